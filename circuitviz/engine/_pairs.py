@@ -1,0 +1,151 @@
+"""Clean/corrupted prompt pairs and their validated tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+
+class InputError(ValueError):
+    """Bad input to an analysis; the message names the problem and the fix."""
+
+
+def _as_tuple(name: str, values: str | Sequence[str], n: int | None = None) -> tuple[str, ...]:
+    if isinstance(values, str):
+        return (values,) * (n or 1)
+    values = tuple(values)
+    if not all(isinstance(v, str) for v in values):
+        raise InputError(f"PromptPairs.{name} must be strings.")
+    return values
+
+
+@dataclass(frozen=True)
+class PromptPairs:
+    """A batch of clean and corrupted prompts, with the correct and wrong next tokens.
+
+    ``clean[i]`` and ``corrupted[i]`` must tokenize to the same length; the metric reads the
+    final position. ``answers[i]`` is the correct next token for ``clean[i]`` and
+    ``wrong_answers[i]`` the one the corrupted prompt favours (a single string is used for
+    every pair). Answers must be single tokens: include a leading space where the tokenizer
+    expects one, e.g. ``" Mary"``.
+    """
+
+    clean: tuple[str, ...]
+    corrupted: tuple[str, ...]
+    answers: tuple[str, ...]
+    wrong_answers: tuple[str, ...]
+
+    def __init__(
+        self,
+        clean: Sequence[str] | str,
+        corrupted: Sequence[str] | str,
+        answers: Sequence[str] | str,
+        wrong_answers: Sequence[str] | str,
+    ) -> None:
+        clean_t = _as_tuple("clean", clean)
+        n = len(clean_t)
+        object.__setattr__(self, "clean", clean_t)
+        object.__setattr__(self, "corrupted", _as_tuple("corrupted", corrupted, n))
+        object.__setattr__(self, "answers", _as_tuple("answers", answers, n))
+        object.__setattr__(self, "wrong_answers", _as_tuple("wrong_answers", wrong_answers, n))
+        if n == 0:
+            raise InputError("PromptPairs is empty: give at least one clean/corrupted pair.")
+        for field in ("corrupted", "answers", "wrong_answers"):
+            if len(getattr(self, field)) != n:
+                raise InputError(
+                    f"PromptPairs has {n} clean prompts but {len(getattr(self, field))} {field}; "
+                    "give one per clean prompt."
+                )
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {
+            "clean": list(self.clean),
+            "corrupted": list(self.corrupted),
+            "answers": list(self.answers),
+            "wrong_answers": list(self.wrong_answers),
+        }
+
+    def tokenize(self, model: TransformerBridge) -> Tokens:
+        return tokenize(model, self)
+
+
+@dataclass(frozen=True, eq=False)
+class Tokens:
+    """Validated tokens of a :class:`PromptPairs` on one model."""
+
+    clean: torch.Tensor  # [batch, pos]
+    corrupted: torch.Tensor  # [batch, pos]
+    answers: torch.Tensor  # [batch]
+    wrong_answers: torch.Tensor  # [batch]
+    str_tokens: list[str]  # of clean[0]
+
+    @property
+    def batch(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.clean.shape[1]
+
+
+def single_token(model: TransformerBridge, text: str, what: str) -> int:
+    ids = model.to_tokens(text, prepend_bos=False)[0]
+    if ids.numel() != 1:
+        pieces = model.to_str_tokens(text, prepend_bos=False)
+        hint = "" if text.startswith(" ") else " (did you mean a leading space, e.g. ' Mary'?)"
+        raise InputError(
+            f"{what} {text!r} is {ids.numel()} tokens {pieces}, not one{hint}. "
+            "Answers must be single tokens for this model's tokenizer."
+        )
+    return int(ids[0])
+
+
+def _encode(model: TransformerBridge, prompts: tuple[str, ...], which: str) -> torch.Tensor:
+    rows = [model.to_tokens(p)[0] for p in prompts]
+    lengths = {len(r) for r in rows}
+    if len(lengths) > 1:
+        detail = ", ".join(f"{which}[{i}]: {len(r)}" for i, r in enumerate(rows[:6]))
+        raise InputError(
+            f"The {which} prompts have different token lengths ({detail}…). Every prompt in a "
+            "batch must tokenize to the same length: use one template per batch, or split it."
+        )
+    return torch.stack(rows)
+
+
+def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
+    """Tokenize and check a batch: equal lengths, single-token answers, within the context."""
+    if not isinstance(pairs, PromptPairs):
+        raise InputError(
+            f"Expected circuitviz.PromptPairs, got {type(pairs).__name__}; build one with "
+            "PromptPairs(clean=[...], corrupted=[...], answers=[...], wrong_answers=[...])."
+        )
+    clean = _encode(model, pairs.clean, "clean")
+    corrupted = _encode(model, pairs.corrupted, "corrupted")
+    if clean.shape != corrupted.shape:
+        raise InputError(
+            f"Clean prompts have {clean.shape[1]} tokens but corrupted prompts have "
+            f"{corrupted.shape[1]}: each corrupted prompt must tokenize to the same length as "
+            "its clean prompt (swap names or words for others of the same token count)."
+        )
+    n_ctx = int(model.cfg.n_ctx)
+    if clean.shape[1] > n_ctx:
+        raise InputError(
+            f"Prompts have {clean.shape[1]} tokens but the model's context is {n_ctx}: "
+            "shorten the prompts."
+        )
+    answers = torch.tensor([single_token(model, a, "Answer") for a in pairs.answers])
+    wrong = torch.tensor([single_token(model, a, "Wrong answer") for a in pairs.wrong_answers])
+    device = model.cfg.device
+    return Tokens(
+        clean=clean.to(device),
+        corrupted=corrupted.to(device),
+        answers=answers.to(device),
+        wrong_answers=wrong.to(device),
+        str_tokens=list(model.to_str_tokens(clean[0])),
+    )

@@ -1,0 +1,312 @@
+"""Activation patching, exact and batched.
+
+TransformerLens runs one full forward pass per patched component. Here every condition of a
+map (one per layer × head, say) is a row of one batch, and each row joins the batch only at
+the layer it patches: earlier layers cannot differ from the unpatched run, so they run once,
+for a single base row. A hook on ``blocks.{L}.hook_resid_pre`` appends copies of the base
+row for the conditions of layer ``L`` ("growing the batch"); the target hook then writes the
+source activation into those rows. Only the final position reaches the unembedding.
+
+The bridge's attention mask has the prompt batch's size, so a growing pass starts from one
+prompt; a batch of prompts is one pass per prompt, and the metric sees them all together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from . import _hooks
+from ._metrics import Metric, MetricFn, bind_metric
+from ._models import model_name
+from ._pairs import InputError, PromptPairs, Tokens, tokenize
+from ._results import PatchResult, pos_label
+
+Direction = Literal["denoise", "noise"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a map patches: the hook, the axes of the map, and how one cell is written."""
+
+    hook: str  # formatted with the layer
+    axes: tuple[str, ...]
+    cell: str  # "pos" | "head" | "head_pos" | "pattern"
+
+
+TARGETS: dict[str, Target] = {
+    "resid_pre": Target("blocks.{}.hook_resid_pre", ("layer", "pos"), "pos"),
+    "attn_out": Target("blocks.{}.hook_attn_out", ("layer", "pos"), "pos"),
+    "mlp_out": Target("blocks.{}.hook_mlp_out", ("layer", "pos"), "pos"),
+    "heads": Target("blocks.{}.attn.hook_z", ("layer", "head"), "head"),
+    "heads_by_pos": Target("blocks.{}.attn.hook_z", ("layer", "pos", "head"), "head_pos"),
+    "q": Target("blocks.{}.attn.hook_q", ("layer", "head"), "head"),
+    "k": Target("blocks.{}.attn.hook_k", ("layer", "kv_head"), "head"),
+    "v": Target("blocks.{}.attn.hook_v", ("layer", "kv_head"), "head"),
+    "pattern": Target("blocks.{}.attn.hook_pattern", ("layer", "head"), "pattern"),
+}
+
+
+def get_target(over: str) -> Target:
+    try:
+        return TARGETS[over]
+    except (KeyError, TypeError):
+        raise InputError(f"Unknown over={over!r}: use one of {sorted(TARGETS)}.") from None
+
+
+def axis_sizes(model: TransformerBridge, n_pos: int) -> dict[str, int]:
+    cfg = model.cfg
+    return {
+        "layer": cfg.n_layers,
+        "pos": n_pos,
+        "head": cfg.n_heads,
+        "kv_head": getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
+    }
+
+
+def axis_labels(
+    model: TransformerBridge, axes: Iterable[str], tokens: Tokens
+) -> dict[str, list[str]]:
+    sizes = axis_sizes(model, tokens.n_pos)
+    make = {
+        "layer": lambda i: f"L{i}",
+        "head": lambda i: f"H{i}",
+        "kv_head": lambda i: f"KV{i}",
+        "pos": lambda i: pos_label(i, tokens.str_tokens[i]),
+    }
+    return {a: [make[a](i) for i in range(sizes[a])] for a in axes}
+
+
+def write_cell(act: torch.Tensor, rows: slice, cell: str, idx: tuple[int, ...], src: torch.Tensor):
+    """Write the source activation of one cell into ``act[rows]``. ``idx`` excludes the layer,
+    in the target's axis order; ``src`` has one row per patched row (or broadcasts)."""
+    if cell == "pos":
+        (pos,) = idx
+        act[rows, pos] = src[:, pos]
+    elif cell == "head":
+        (head,) = idx
+        act[rows, :, head] = src[:, :, head]
+    elif cell == "head_pos":
+        pos, head = idx
+        act[rows, pos, head] = src[:, pos, head]
+    elif cell == "pattern":
+        (head,) = idx
+        act[rows, head] = src[:, head]
+    else:  # pragma: no cover - TARGETS is closed
+        raise AssertionError(cell)
+
+
+@dataclass
+class Baselines:
+    """What every analysis of one batch needs first: tokens, unpatched final logits, metric."""
+
+    tokens: Tokens
+    clean_logits: torch.Tensor  # [batch, d_vocab]
+    corrupted_logits: torch.Tensor
+    metric: Metric
+    clean: float
+    corrupted: float
+
+
+def final_logits(
+    model: TransformerBridge, tokens: torch.Tensor, fwd: _hooks.Hooks = ()
+) -> torch.Tensor:
+    """Final-position logits ``[batch, d_vocab]`` of one hooked forward pass."""
+    hooks = [*fwd, (_hooks.LAST_POSITION_HOOK, _hooks.last_position_only)]
+    return _hooks.run(model, tokens, hooks)[:, -1]
+
+
+def cache_acts(model: TransformerBridge, tokens: torch.Tensor, names: Iterable[str]):
+    """Final logits and the named activations of one forward pass."""
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(x: torch.Tensor, hook: object) -> None:
+            store[name] = x.detach().clone()
+
+        return hook
+
+    logits = final_logits(model, tokens, [(n, keep(n)) for n in dict.fromkeys(names)])
+    return logits, store
+
+
+def baselines(
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    metric: str | MetricFn,
+    cache: dict[str, Iterable[str]] | None = None,
+) -> tuple[Baselines, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Run clean and corrupted once each, caching the activations named in ``cache``."""
+    tokens = tokenize(model, pairs)
+    cache = cache or {}
+    with torch.inference_mode():
+        clean_logits, clean_acts = cache_acts(model, tokens.clean, cache.get("clean", ()))
+        corr_logits, corr_acts = cache_acts(model, tokens.corrupted, cache.get("corrupted", ()))
+        bound = bind_metric(metric, tokens, clean_logits, corr_logits)
+        clean, corrupted = bound(clean_logits), bound(corr_logits)
+    return (
+        Baselines(tokens, clean_logits, corr_logits, bound, clean, corrupted),
+        clean_acts,
+        corr_acts,
+    )
+
+
+def _row_bytes(model: TransformerBridge, n_pos: int) -> int:
+    """Rough peak bytes one row holds inside a block (activations freed layer by layer)."""
+    cfg = model.cfg
+    d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+    per_pos = 10 * cfg.d_model + 4 * d_mlp + 4 * cfg.n_heads * n_pos
+    elem = torch.finfo(cfg.dtype).bits // 8 if cfg.dtype.is_floating_point else 4
+    return n_pos * per_pos * elem + 4 * cfg.d_vocab
+
+
+def _chunks(
+    conds: list[tuple[int, ...]], size: int
+) -> list[list[tuple[int, int, tuple[int, ...]]]]:
+    """Split conditions (sorted by layer) into chunks of ``size``, keeping their indices."""
+    order = sorted(range(len(conds)), key=lambda i: conds[i][0])
+    items = [(i, conds[i][0], conds[i][1:]) for i in order]
+    return [items[s : s + size] for s in range(0, len(items), size)]
+
+
+def growing_pass(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    chunk: list[tuple[int, int, tuple[int, ...]]],
+    hook_name: Callable[[int], str],
+    cell: str,
+    source: Callable[[int], torch.Tensor],
+) -> torch.Tensor:
+    """One forward pass of a single prompt (``tokens``: ``[1, pos]``) that patches one
+    condition per extra row. Returns final logits ``[1 + len(chunk), d_vocab]``; row 0 is
+    unpatched and row ``1 + j`` is condition ``chunk[j]``."""
+    by_layer: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+    for j, (_, layer, idx) in enumerate(chunk):
+        by_layer.setdefault(layer, []).append((1 + j, idx))
+    fns: dict[str, list] = {}
+
+    def grow(n: int):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, x[:1].expand(n, *x.shape[1:])])
+
+        return fn
+
+    def patch(layer: int, rows: list[tuple[int, tuple[int, ...]]]):
+        src = source(layer)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            for row, idx in rows:
+                write_cell(x, slice(row, row + 1), cell, idx, src)
+            return x
+
+        return fn
+
+    for layer, rows in by_layer.items():
+        fns.setdefault(f"blocks.{layer}.hook_resid_pre", []).append(grow(len(rows)))
+        fns.setdefault(hook_name(layer), []).append(patch(layer, rows))
+
+    def compose(steps):
+        def hook(x: torch.Tensor, hook: object) -> torch.Tensor:
+            for step in steps:
+                x = step(x)
+            return x
+
+        return hook
+
+    return final_logits(model, tokens, [(name, compose(steps)) for name, steps in fns.items()])
+
+
+def patch(
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    *,
+    over: str = "heads",
+    direction: Direction = "denoise",
+    metric: str | MetricFn = "logit_diff",
+    memory_budget: float = 2**30,
+    max_rows: int = 1024,
+    progress: bool = True,
+) -> PatchResult:
+    """Exact activation patching of every component of one kind, batched.
+
+    Args:
+        over: ``"resid_pre"``, ``"attn_out"``, ``"mlp_out"`` (layer × pos), ``"heads"``
+            (layer × head, all positions), ``"heads_by_pos"`` (layer × pos × head), or the
+            heads' ``"q"``, ``"k"``, ``"v"`` (layer × kv_head for GQA keys/values) and
+            ``"pattern"`` (layer × head).
+        direction: ``"denoise"`` runs the corrupted prompts and patches in clean activations
+            (TransformerLens's convention); ``"noise"`` runs clean and patches in corrupted.
+        metric: ``"logit_diff"``, ``"normalized_logit_diff"``, ``"answer_prob"``, ``"kl"``,
+            or a callable of final-position logits ``[batch, d_vocab]``.
+        memory_budget: bytes one batched pass may use; bigger maps are chunked to fit.
+
+    Returns a :class:`PatchResult` equal to ``transformer_lens.patching``'s for the same
+    target (with the metric averaged over the batch).
+    """
+    target = get_target(over)
+    if direction not in ("denoise", "noise"):
+        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
+    n_layers = model.cfg.n_layers
+    names = [target.hook.format(layer) for layer in range(n_layers)]
+    source_run = "clean" if direction == "denoise" else "corrupted"
+    base, clean_acts, corr_acts = baselines(model, pairs, metric, {source_run: names})
+    sources = clean_acts if direction == "denoise" else corr_acts
+    run_tokens = base.tokens.corrupted if direction == "denoise" else base.tokens.clean
+    tokens = base.tokens
+    sizes = axis_sizes(model, tokens.n_pos)
+    shape = tuple(sizes[a] for a in target.axes)
+    conds = [
+        tuple(int(i) for i in idx)
+        for idx in torch.cartesian_prod(*[torch.arange(n) for n in shape])
+        .reshape(-1, len(shape))
+        .tolist()
+    ]
+    rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos)) - 1
+    chunk_size = max(1, min(max_rows, rows_fit))
+    chunks = _chunks(conds, chunk_size)
+    values = torch.empty(len(conds))
+    batch = tokens.batch
+    n_forward = 2
+    bar = tqdm(
+        total=len(chunks) * batch, desc=f"patching {over}", disable=not progress, leave=False
+    )
+    try:
+        with torch.inference_mode():
+            for chunk in chunks:
+                logits = []
+                for b in range(batch):
+                    out = growing_pass(
+                        model,
+                        run_tokens[b : b + 1],
+                        chunk,
+                        lambda layer: target.hook.format(layer),
+                        target.cell,
+                        lambda layer, b=b: sources[target.hook.format(layer)][b : b + 1],
+                    )
+                    logits.append(out[1:])
+                    n_forward += 1
+                    bar.update()
+                stacked = torch.stack(logits, dim=1)  # [conditions, batch, d_vocab]
+                for j, (i, _, _) in enumerate(chunk):
+                    values[i] = base.metric(stacked[j])
+    finally:
+        bar.close()
+    return PatchResult(
+        values=values.reshape(shape),
+        axes=target.axes,
+        labels=axis_labels(model, target.axes, tokens),
+        target=over,
+        direction=direction,
+        method="activation",
+        metric=base.metric.name,
+        clean=base.clean,
+        corrupted=base.corrupted,
+        tokens=tokens.str_tokens,
+        model_name=model_name(model),
+        extra={"forward_passes": n_forward, "chunk_size": chunk_size},
+    )
