@@ -1,0 +1,113 @@
+// TypeScript mirrors of each view's synced traits (Python: circuitviz/views/_*.py).
+import type { EncodedArray } from "./codec";
+
+/** The part of anywidget's model interface the views use (the standalone shim implements it). */
+export interface AnyModel<T> {
+  get<K extends keyof T>(key: K): T[K];
+  set<K extends keyof T>(key: K, value: T[K]): void;
+  on(event: string, callback: (...args: any[]) => void): void;
+  off(event?: string | null, callback?: ((...args: any[]) => void) | null): void;
+  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
+  save_changes(): void;
+}
+
+export interface TopTokens {
+  tokens: string[];
+  probs: number[];
+}
+
+export interface AblationResultDict {
+  components?: string[];
+  mode?: string;
+  metric?: string;
+  clean?: number;
+  corrupted?: number;
+  ablated?: number;
+  top_before?: TopTokens;
+  top_after?: TopTokens;
+}
+
+export interface AblationTraits {
+  can_ablate: boolean;
+  ablated: string[];
+  mode: string;
+  metric: string;
+  result: AblationResultDict;
+  error: string;
+  selected: string;
+}
+
+export interface AttentionTraits {
+  tokens: string[];
+  n_layers: number;
+  n_heads: number;
+  model_name: string;
+  /** uint8 [layer, head, s, s]: max-pooled patterns × 255. */
+  thumbnails: EncodedArray;
+  /** float32 [layer, head] per role. */
+  scores: Record<string, EncodedArray>;
+  show_scores: string;
+  selected: string;
+  error: string;
+}
+
+export interface PatchMap {
+  values: EncodedArray;
+  axes: string[];
+  labels: Record<string, string[]>;
+  target: string;
+  direction: string;
+  method: string;
+  metric: string;
+  clean: number;
+  corrupted: number;
+  baseline: number;
+  baseline_label: string;
+  model: string;
+}
+
+export interface PatchingTraits extends AblationTraits {
+  map: PatchMap;
+}
+
+export interface GraphNode {
+  id: string;
+  type: "embed" | "head" | "mlp" | "logits" | string;
+  layer: number;
+  head?: number | null;
+  pos?: number | null;
+  label?: string;
+  score?: number | null;
+}
+
+export interface GraphEdges {
+  /** uint16/uint32 node indices, float32 weights, uint8 index into `inputs`. */
+  source: EncodedArray;
+  target: EncodedArray;
+  weight: EncodedArray;
+  input: EncodedArray;
+  inputs: string[];
+}
+
+export interface GraphPayload {
+  model?: string;
+  method?: string;
+  metric?: string;
+  per_position?: boolean;
+  n_layers: number;
+  n_heads: number;
+  tokens?: string[];
+  clean?: number | null;
+  corrupted?: number | null;
+  nodes: GraphNode[];
+  edges: GraphEdges | null;
+}
+
+export interface CircuitTraits extends AblationTraits {
+  graph: GraphPayload;
+  top_n: number;
+  threshold: number;
+  pinned: string[];
+  faithfulness: { circuit?: number | null; ablated?: number | null };
+  has_faithfulness: boolean;
+}
