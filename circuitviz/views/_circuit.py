@@ -1,0 +1,281 @@
+"""CircuitView: a circuit graph (embeddings, heads, MLPs, logits) with click-to-ablate.
+
+The graph is a ``circuitviz.Graph``, its JSON (dict, string or file path; schema in
+docs/CONTRACTS.md), or — given none — node scores from exact head and MLP patching (no edges).
+Nodes travel as JSON (a few hundred); edges as binary arrays (source/target node indices,
+float32 weights), since an all-pairs graph has tens of thousands of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import traitlets as t
+
+from ..engine import InputError, PatchResult, PromptPairs, patch
+from ..engine._models import model_name
+from ..engine._pairs import tokenize
+from ._base import STATIC, AblationView
+from ._codec import encode
+
+NODE_TYPES = ("embed", "head", "mlp", "logits")
+EDGE_INPUTS = ("q", "k", "v", "mlp", "logits")
+
+
+def graph_dict(graph: Any) -> tuple[dict[str, Any], Any]:
+    """Graph JSON as a dict, plus the Graph object when one was given (for faithfulness)."""
+    if hasattr(graph, "to_json"):
+        data = graph.to_json()
+        return (json.loads(data) if isinstance(data, str) else dict(data)), graph
+    if isinstance(graph, Mapping):
+        return dict(graph), None
+    if isinstance(graph, Path) or (isinstance(graph, str) and not graph.lstrip().startswith("{")):
+        path = Path(graph)
+        if not path.is_file():
+            raise InputError(f"No graph file at {str(path)!r}: pass a Graph, its JSON or a path.")
+        return json.loads(path.read_text(encoding="utf-8")), None
+    if isinstance(graph, str):
+        return json.loads(graph), None
+    raise InputError(
+        f"graph must be a circuitviz.Graph, dict, JSON string or path, not {type(graph).__name__}."
+    )
+
+
+def graph_object(data: dict[str, Any]) -> Any:
+    """Rebuild a Graph from JSON when circuitviz provides one (so faithfulness works)."""
+    try:
+        import circuitviz
+
+        cls = getattr(circuitviz, "Graph", None)
+        return cls.from_json(data) if cls is not None and hasattr(cls, "from_json") else None
+    except Exception:
+        return None
+
+
+def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate graph JSON and turn it into the ``graph`` trait (edges binary)."""
+    schema = data.get("schema", "circuitviz.graph/1")
+    if not str(schema).startswith("circuitviz.graph/"):
+        raise InputError(f"Not a circuitviz graph (schema {schema!r}).")
+    raw_nodes = data.get("nodes")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise InputError("The graph has no nodes.")
+    nodes, index = [], {}
+    for n in raw_nodes:
+        if not isinstance(n, Mapping) or not isinstance(n.get("id"), str):
+            raise InputError(f"Every graph node needs a string 'id'; got {n!r:.80}.")
+        if n["id"] in index:
+            raise InputError(f"Duplicate graph node id {n['id']!r}.")
+        score = n.get("score")
+        index[n["id"]] = len(nodes)
+        nodes.append(
+            {
+                "id": n["id"],
+                "type": str(n.get("type", "head")),
+                "layer": int(n.get("layer", 0)),
+                "head": None if n.get("head") is None else int(n["head"]),
+                "pos": None if n.get("pos") is None else int(n["pos"]),
+                "label": str(n.get("label", n["id"])),
+                "score": None if score is None or not np.isfinite(score) else float(score),
+            }
+        )
+    src, dst, weight, kind = [], [], [], []
+    inputs = list(EDGE_INPUTS)
+    for e in data.get("edges") or []:
+        a, b = index.get(e.get("source")), index.get(e.get("target"))
+        w = e.get("weight")
+        if a is None or b is None or w is None or not np.isfinite(w):
+            continue  # an edge to a pruned node, or a NaN weight, has nothing to draw
+        inp = str(e.get("input", ""))
+        if inp not in inputs:
+            inputs.append(inp)
+        src.append(a)
+        dst.append(b)
+        weight.append(float(w))
+        kind.append(inputs.index(inp))
+    idx_dtype = "uint16" if len(nodes) < 2**16 else "uint32"
+    edges = (
+        {
+            "source": encode(np.array(src), idx_dtype),
+            "target": encode(np.array(dst), idx_dtype),
+            "weight": encode(np.array(weight), "float32"),
+            "input": encode(np.array(kind), "uint8"),
+            "inputs": inputs,
+        }
+        if src
+        else None
+    )
+    meta = (
+        "model",
+        "method",
+        "metric",
+        "per_position",
+        "n_layers",
+        "n_heads",
+        "tokens",
+        "clean",
+        "corrupted",
+        "prompts",
+    )
+    out = {k: data[k] for k in meta if k in data}
+    out.setdefault(
+        "n_layers", 1 + max((n["layer"] for n in nodes if n["type"] in ("head", "mlp")), default=0)
+    )
+    out.setdefault(
+        "n_heads", 1 + max((n["head"] or 0 for n in nodes if n["type"] == "head"), default=0)
+    )
+    out["nodes"], out["edges"] = nodes, edges
+    return out
+
+
+def patching_graph(
+    model: Any, pairs: PromptPairs, *, metric: str = "logit_diff", heads: PatchResult | None = None
+) -> dict[str, Any]:
+    """A node-only graph scored by exact patching: each head's denoising effect, and each MLP's
+    (per-position effects of ``mlp_out``, summed)."""
+    heads = heads or patch(model, pairs, over="heads", metric=metric, progress=False)
+    mlp = patch(model, pairs, over="mlp_out", metric=metric, progress=False)
+    cfg = model.cfg
+    nodes: list[dict[str, Any]] = [{"id": "EMBED", "type": "embed", "layer": -1, "score": None}]
+    for layer in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            score = float(heads.values[layer, h]) - heads.corrupted
+            nodes.append(
+                {"id": f"L{layer}H{h}", "type": "head", "layer": layer, "head": h, "score": score}
+            )
+        score = float((mlp.values[layer] - mlp.corrupted).sum())
+        nodes.append({"id": f"MLP{layer}", "type": "mlp", "layer": layer, "score": score})
+    nodes.append({"id": "LOGITS", "type": "logits", "layer": cfg.n_layers, "score": None})
+    return {
+        "schema": "circuitviz.graph/1",
+        "model": model_name(model),
+        "prompts": pairs.to_dict(),
+        "method": "activation patching",
+        "metric": heads.metric,
+        "per_position": False,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "tokens": tokenize(model, pairs).str_tokens,
+        "clean": heads.clean,
+        "corrupted": heads.corrupted,
+        "nodes": nodes,
+        "edges": [],
+    }
+
+
+def build_graph(model: Any, pairs: PromptPairs, metric: str) -> tuple[dict[str, Any], Any]:
+    """Edges from ``circuitviz.circuit`` when it is installed; else patching scores."""
+    try:
+        import circuitviz
+
+        build = getattr(circuitviz, "circuit", None)
+        if build is not None and not callable(build):
+            build = getattr(build, "circuit", None)
+        if callable(build):
+            g = build(model, pairs, metric=metric)
+            return graph_dict(g)
+    except Exception as err:
+        warnings.warn(
+            f"circuitviz.circuit failed ({err!r}); scoring nodes by patching instead.", stacklevel=3
+        )
+    return patching_graph(model, pairs, metric=metric), None
+
+
+class CircuitView(AblationView):
+    """A circuit graph: layers bottom-up, heads and MLPs per layer (and per token when the
+    graph is per position); edge width and colour show weight and sign.
+
+    Plain click ablates only that node (click again to clear); shift-click adds or removes it;
+    alt-click pins it (pinned nodes stay visible whatever ``top_n``).
+    """
+
+    _esm = STATIC / "circuit.js"
+    STATE_KEYS = ("selected", "ablated", "mode", "metric", "top_n", "threshold", "pinned")
+
+    graph = t.Dict().tag(sync=True)
+    """The graph: metadata and ``nodes`` as JSON, ``edges`` as binary arrays."""
+
+    top_n = t.Int(30).tag(sync=True)
+    """How many head/MLP nodes to show, by |score| (embeddings and logits always)."""
+
+    threshold = t.Float(0.0).tag(sync=True)
+    """Hide edges whose |weight| is below this fraction of the strongest edge (0–1)."""
+
+    pinned = t.List(t.Unicode()).tag(sync=True)
+    """Nodes shown whatever ``top_n``."""
+
+    has_faithfulness = t.Bool(False).tag(sync=True)
+    """Whether the graph can score its own faithfulness (needs a Graph, model and pairs)."""
+
+    faithfulness = t.Dict().tag(sync=True)
+    """``{"circuit": f, "ablated": f}``: faithfulness of the shown circuit, and of it minus the
+    ablated nodes."""
+
+    def __init__(
+        self,
+        model: Any = None,
+        pairs: PromptPairs | None = None,
+        graph: Any = None,
+        *,
+        state: Mapping[str, Any] | None = None,
+        metric: str = "logit_diff",
+        **kwargs: Any,
+    ) -> None:
+        if graph is None:
+            if model is None or pairs is None:
+                raise InputError("CircuitView needs graph=, or model= and pairs= to build one.")
+            data, obj = build_graph(model, pairs, metric)
+        else:
+            data, obj = graph_dict(graph)
+            obj = obj or graph_object(data)
+        payload = graph_payload(data)
+        self._graph = obj
+        ranked = sum(n["type"] not in ("embed", "logits") for n in payload["nodes"])
+        if payload.get("metric") in ("logit_diff", "normalized_logit_diff", "answer_prob", "kl"):
+            metric = payload["metric"]
+        super().__init__(
+            model=model, pairs=pairs, graph=payload, metric=metric, top_n=min(30, ranked), **kwargs
+        )
+        self.has_faithfulness = bool(
+            obj is not None and hasattr(obj, "faithfulness") and self.can_ablate
+        )
+        self._apply_state(state)
+        self._baseline()
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [n["id"] for n in self.graph["nodes"]]
+
+    @t.validate("threshold")
+    def _check_threshold(self, proposal: Any) -> float:
+        return min(1.0, max(0.0, float(proposal["value"])))
+
+    @t.validate("top_n")
+    def _check_top_n(self, proposal: Any) -> int:
+        return max(0, int(proposal["value"]))
+
+    def _msg_faithfulness(self, content: dict[str, Any]) -> None:
+        if not self.has_faithfulness:
+            raise InputError(
+                "This graph cannot compute faithfulness (needs a Graph with model and pairs)."
+            )
+        known = set(self.node_ids)
+        nodes = content.get("nodes")
+        ablated = content.get("ablated", [])
+        if not isinstance(nodes, list) or not all(isinstance(n, str) and n in known for n in nodes):
+            raise InputError("faithfulness: 'nodes' must be ids of this graph's nodes.")
+        if not isinstance(ablated, list) or not all(isinstance(n, str) for n in ablated):
+            raise InputError("faithfulness: 'ablated' must be a list of component ids.")
+        gone = set(ablated)
+        kept = [n for n in nodes if re.sub(r":P\d+$", "", n) not in gone]
+        f = self._graph.faithfulness
+        self.faithfulness = {
+            "circuit": float(f(self._model, self._pairs, nodes=nodes)),
+            "ablated": float(f(self._model, self._pairs, nodes=kept)),
+        }

@@ -1,0 +1,52 @@
+"""``explore(model, pairs)``: attention, patching and circuit views with a linked selection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as widgets
+import traitlets
+
+from ..engine import PromptPairs, patch
+from ._attention import AttentionView
+from ._circuit import CircuitView, patching_graph
+from ._patching import PatchingView
+
+
+class Explorer(widgets.VBox):
+    """The three views in one box; selecting a head in any of them selects it in all."""
+
+    def __init__(self, attention: AttentionView, patching: PatchingView, circuit: CircuitView):
+        self.attention = attention
+        self.patching = patching
+        self.circuit = circuit
+        # Kernel-side links: they also keep view.selected right for Python readers.
+        self._links = [
+            traitlets.link((patching, "selected"), (attention, "selected")),
+            traitlets.link((patching, "selected"), (circuit, "selected")),
+        ]
+        super().__init__([widgets.HBox([patching, attention]), circuit])
+
+    @property
+    def views(self) -> list[Any]:
+        return [self.attention, self.patching, self.circuit]
+
+
+def explore(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    graph: Any = None,
+    metric: str = "logit_diff",
+    prompt: str | None = None,
+) -> Explorer:
+    """Attention (on ``prompt``, default ``pairs.clean[0]``), exact head patching, and the circuit
+    graph (``graph`` or one scored by patching), linked by the selected component."""
+    heads = patch(model, pairs, over="heads", metric=metric, progress=False)
+    patching = PatchingView(heads, model=model, pairs=pairs)
+    attention = AttentionView(model, prompt if prompt is not None else pairs.clean[0])
+    if graph is None:
+        graph = patching_graph(model, pairs, metric=metric, heads=heads)
+    circuit = CircuitView(model, pairs, graph, metric=metric)
+    patching.selected = attention.selected
+    return Explorer(attention, patching, circuit)

@@ -1,0 +1,89 @@
+"""PatchingView: any PatchResult (exact or attribution) as a heatmap with click-to-ablate.
+
+Colour is the *effect*: value − baseline, on a diverging scale centred at 0. The baseline is
+the corrupted metric for denoising, the clean metric for noising, and 0 for attribution
+patching (whose values are already estimated changes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import traitlets as t
+
+from ..engine import METRICS, InputError, PatchResult, PromptPairs
+from ._base import STATIC, AblationView
+from ._codec import MAX_MESSAGE_BYTES, encode
+
+
+def baseline(result: PatchResult) -> tuple[float, str]:
+    """The value a cell's effect is measured from, and its label for the colour bar."""
+    if result.method == "attribution":
+        return 0.0, "0 (attribution estimates a change)"
+    if result.direction == "noise":
+        return float(result.clean), "clean baseline"
+    return float(result.corrupted), "corrupted baseline"
+
+
+def map_payload(result: PatchResult) -> dict[str, Any]:
+    """The ``map`` trait: binary values plus axes, labels and baselines."""
+    values = encode(result.values, "float32")
+    if len(values["view"]) > MAX_MESSAGE_BYTES // 2:
+        values = encode(result.values, "float16")
+    base, label = baseline(result)
+    return {
+        "values": values,
+        "axes": list(result.axes),
+        "labels": {k: [str(x) for x in v] for k, v in result.labels.items()},
+        "target": result.target,
+        "direction": result.direction,
+        "method": result.method,
+        "metric": result.metric,
+        "clean": float(result.clean),
+        "corrupted": float(result.corrupted),
+        "baseline": base,
+        "baseline_label": label,
+        "model": result.model_name,
+    }
+
+
+class PatchingView(AblationView):
+    """A :class:`~circuitviz.PatchResult` as a heatmap.
+
+    Hover a cell for its exact value. With ``model=`` and ``pairs=``, clicking a head or MLP
+    cell ablates that component on the clean prompts (plain click: only that one, again to
+    clear; shift-click: add/remove) and shows the new metric and top next tokens.
+    """
+
+    _esm = STATIC / "patching.js"
+    STATE_KEYS = ("selected", "ablated", "mode", "metric")
+
+    map = t.Dict().tag(sync=True)
+    """The patching map: ``values`` (binary), ``axes``, ``labels``, ``target``, ``direction``,
+    ``method``, ``metric``, ``clean``, ``corrupted``, ``baseline``, ``baseline_label``."""
+
+    def __init__(
+        self,
+        result: PatchResult,
+        *,
+        model: Any = None,
+        pairs: PromptPairs | None = None,
+        state: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(result, PatchResult):
+            raise InputError(
+                f"PatchingView needs a PatchResult (from circuitviz.patch or "
+                f"attribution_patch), got {type(result).__name__}."
+            )
+        self._patch = result
+        metric = result.metric if result.metric in METRICS else "logit_diff"
+        super().__init__(model=model, pairs=pairs, map=map_payload(result), metric=metric, **kwargs)
+        self._apply_state(state)
+        self._baseline()
+
+    @property
+    def patch_result(self) -> PatchResult:
+        """The :class:`~circuitviz.PatchResult` shown."""
+        return self._patch
