@@ -1,0 +1,63 @@
+"""Static figures and file export: ``save(obj, path, **style)`` by extension.
+
+``.svg``/``.pdf``/``.png`` are drawn with plotly and rendered by kaleido (headless Chromium);
+``.html`` is a standalone page written by :mod:`circuitviz.export._html`. Every figure uses
+one publication style (:func:`make_style`) and the one diverging colour map :data:`DIVERGING`.
+"""
+
+from ._graph_figure import graph_figure
+from ._static import FORMATS, figure_of, render, save, save_many
+from ._style import (
+    CATEGORICAL,
+    COLUMN_WIDTHS,
+    DIVERGING,
+    SEQUENTIAL,
+    STYLE_KEYS,
+    ExportError,
+    Style,
+    apply_style,
+    make_style,
+)
+
+
+def patch_figure(result, **options):
+    """Heatmap of a :class:`~circuitviz.PatchResult` (see ``engine._figures``)."""
+    from ..engine._figures import patch_figure as build
+
+    return build(result, **options)
+
+
+def attention_figure(result, **options):
+    """One head's attention pattern, or the head-role scores, of an ``AttentionResult``."""
+    from ..engine._figures import attention_figure as build
+
+    return build(result, **options)
+
+
+def ablation_figure(result, **options):
+    """Top tokens before/after and the metric of an ``AblationResult``."""
+    from ..engine._figures import ablation_figure as build
+
+    return build(result, **options)
+
+
+__all__ = [
+    "CATEGORICAL",
+    "COLUMN_WIDTHS",
+    "DIVERGING",
+    "FORMATS",
+    "SEQUENTIAL",
+    "STYLE_KEYS",
+    "ExportError",
+    "Style",
+    "ablation_figure",
+    "apply_style",
+    "attention_figure",
+    "figure_of",
+    "graph_figure",
+    "make_style",
+    "patch_figure",
+    "render",
+    "save",
+    "save_many",
+]

@@ -1,0 +1,465 @@
+"""Static figure of a circuit graph (``circuitviz.graph/1`` JSON or a ``Graph``).
+
+Layers run bottom (embeddings) to top (logits); within a layer, heads then the MLP run left
+to right (per position, positions side by side). Only columns that hold a node take space.
+Labels are placed greedily, most important node first, in the first of four spots around
+the node that overlaps no placed label and no other node; nodes that have no free spot stay
+unlabelled (their id is in the hover text), so graphs of hundreds of nodes stay legible.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._style import (
+    CATEGORICAL,
+    NEGATIVE,
+    POSITIVE,
+    PX_PER_INCH,
+    ExportError,
+    apply_style,
+    reject_unknown,
+    split_style,
+)
+
+# Width of a text character relative to the font size: generous for digits and capitals in
+# Arial/Liberation Sans (≈ 0.56–0.67), so estimated boxes contain the real ones.
+CHAR_WIDTH = 0.64
+LINE_HEIGHT = 1.25
+NODE_SYMBOLS = {"embed": "square", "head": "circle", "mlp": "square", "logits": "diamond"}
+TYPE_ORDER = ("embed", "head", "mlp", "logits")
+WIDTH_LEVELS = 4
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def overlaps(self, other: Box) -> bool:
+        return (
+            self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
+        )
+
+    def inside(self, outer: Box) -> bool:
+        return (
+            self.x0 >= outer.x0
+            and self.y0 >= outer.y0
+            and self.x1 <= outer.x1
+            and self.y1 <= outer.y1
+        )
+
+
+def text_box_size(text: str, font_px: float) -> tuple[float, float]:
+    """Estimated (width, height) in px of one line of text."""
+    return len(text) * font_px * CHAR_WIDTH + 2, font_px * LINE_HEIGHT
+
+
+def graph_json(graph: Any) -> dict[str, Any]:
+    """The JSON dict of a ``Graph``, a JSON string or a dict."""
+    if hasattr(graph, "to_json"):
+        graph = graph.to_json()
+    if isinstance(graph, str | bytes):
+        graph = json.loads(graph)
+    if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+        raise ExportError(
+            "Not a circuit graph: expected a Graph or a dict with 'nodes' and 'edges' "
+            "(schema circuitviz.graph/1)."
+        )
+    return graph
+
+
+def prune(
+    graph: dict[str, Any], *, threshold: float | None = None, top_n: int | None = None
+) -> dict[str, Any]:
+    """Keep edges with ``|weight| >= threshold``, then the ``top_n`` strongest, and the nodes
+    they join (plus embeddings and logits). A graph without edges is pruned by node score."""
+    if threshold is None and top_n is None:
+        return graph
+    if top_n is not None and top_n < 1:
+        raise ExportError(f"top_n={top_n}: give a positive number of edges to keep.")
+    edges = graph.get("edges") or []
+    if not edges:
+        nodes = [
+            n for n in graph["nodes"] if threshold is None or abs(n.get("score") or 0) >= threshold
+        ]
+        nodes.sort(key=lambda n: -abs(n.get("score") or 0))
+        return {**graph, "nodes": nodes[:top_n] if top_n else nodes}
+    kept = [e for e in edges if threshold is None or abs(e["weight"]) >= threshold]
+    kept.sort(key=lambda e: -abs(e["weight"]))
+    kept = kept[:top_n] if top_n else kept
+    ids = {e["source"] for e in kept} | {e["target"] for e in kept}
+    nodes = [n for n in graph["nodes"] if n["id"] in ids or n.get("type") in ("embed", "logits")]
+    return {**graph, "nodes": nodes, "edges": kept}
+
+
+def _node_layer(node: dict[str, Any], n_layers: int) -> float:
+    kind = node.get("type")
+    if kind == "embed":
+        return -1
+    if kind == "logits":
+        return n_layers
+    if node.get("layer") is None:
+        raise ExportError(f"Graph node {node.get('id')!r} has no layer.")
+    return node["layer"]
+
+
+def layout_positions(graph: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Node id → (x, y): y is the layer; x packs the used (position, head/MLP) columns."""
+    nodes = graph["nodes"]
+    n_layers = graph.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
+    n_heads = graph.get("n_heads") or 1 + max((n.get("head") or 0) for n in nodes)
+
+    def slot(node: dict[str, Any]) -> tuple[int, int]:
+        column = {"head": node.get("head") or 0, "mlp": n_heads}.get(node.get("type"), n_heads + 1)
+        return (node.get("pos") or 0, column)
+
+    body = [n for n in nodes if n.get("type") not in ("embed", "logits")]
+    slots = sorted({slot(n) for n in body})
+    x_of: dict[tuple[int, int], float] = {}
+    x = 0.0
+    for i, s in enumerate(slots):
+        if i and s[0] != slots[i - 1][0]:
+            x += 0.6  # a gap between positions
+        x_of[s] = x
+        x += 1.0
+    centre = (max(x_of.values()) / 2) if x_of else 0.0
+    pos_centre: dict[int, list[float]] = {}
+    for s, sx in x_of.items():
+        pos_centre.setdefault(s[0], []).append(sx)
+    out = {}
+    for n in nodes:
+        y = _node_layer(n, n_layers)
+        if n.get("type") in ("embed", "logits"):
+            xs = pos_centre.get(n.get("pos")) if n.get("pos") is not None else None
+            out[n["id"]] = ((sum(xs) / len(xs)) if xs else centre, y)
+        else:
+            out[n["id"]] = (x_of[slot(n)], y)
+    return out
+
+
+class _Geometry:
+    """Data coordinates → figure pixels (y down), given fixed margins and axis ranges."""
+
+    def __init__(self, *, width, height, margin, x_range, y_range):
+        self.width, self.height, self.margin = width, height, margin
+        self.x_range, self.y_range = x_range, y_range
+        self.plot_w = width - margin["l"] - margin["r"]
+        self.plot_h = height - margin["t"] - margin["b"]
+
+    def px(self, x: float, y: float) -> tuple[float, float]:
+        (x0, x1), (y0, y1) = self.x_range, self.y_range
+        return (
+            self.margin["l"] + (x - x0) / (x1 - x0) * self.plot_w,
+            self.margin["t"] + (y1 - y) / (y1 - y0) * self.plot_h,
+        )
+
+    def data(self, px_x: float, px_y: float) -> tuple[float, float]:
+        (x0, x1), (y0, y1) = self.x_range, self.y_range
+        return (
+            x0 + (px_x - self.margin["l"]) / self.plot_w * (x1 - x0),
+            y1 - (px_y - self.margin["t"]) / self.plot_h * (y1 - y0),
+        )
+
+
+def place_labels(
+    items: list[tuple[str, str, float, float, float]],
+    obstacles: dict[str, Box],
+    *,
+    font_px: float,
+    bounds: Box,
+) -> list[tuple[str, str, str, Box]]:
+    """Greedy label placement. ``items``: (node id, text, px x, px y, marker radius) in
+    priority order. Returns (id, text, spot, box) for the labels that fit."""
+    placed: list[tuple[str, str, str, Box]] = []
+    boxes: list[Box] = []
+    for node_id, text, cx, cy, r in items:
+        w, h = text_box_size(text, font_px)
+        gap = r + 1.5
+        spots = {
+            "top": Box(cx - w / 2, cy - gap - h, cx + w / 2, cy - gap),
+            "right": Box(cx + gap, cy - h / 2, cx + gap + w, cy + h / 2),
+            "left": Box(cx - gap - w, cy - h / 2, cx - gap, cy + h / 2),
+            "bottom": Box(cx - w / 2, cy + gap, cx + w / 2, cy + gap + h),
+        }
+        for spot, box in spots.items():
+            if not box.inside(bounds) or any(box.overlaps(b) for b in boxes):
+                continue
+            if any(box.overlaps(o) for oid, o in obstacles.items() if oid != node_id):
+                continue
+            placed.append((node_id, text, spot, box))
+            boxes.append(box)
+            break
+    return placed
+
+
+def _edge_traces(graph, pos, ablated: set[str]):
+    import plotly.graph_objects as go
+
+    edges = [e for e in graph.get("edges") or [] if e["source"] in pos and e["target"] in pos]
+    biggest = max((abs(e["weight"]) for e in edges), default=0.0) or 1.0
+    buckets: dict[tuple[str, int], list[dict]] = {}
+    for e in edges:
+        if e["source"] in ablated or e["target"] in ablated:
+            key = ("ablated", 0)
+        else:
+            level = min(WIDTH_LEVELS - 1, int(abs(e["weight"]) / biggest * WIDTH_LEVELS))
+            key = ("positive" if e["weight"] >= 0 else "negative", level)
+        buckets.setdefault(key, []).append(e)
+    traces = []
+    # Weak edges first, so strong ones are drawn on top.
+    for (sign, level), members in sorted(buckets.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        for e in members:
+            (x0, y0), (x1, y1) = pos[e["source"]], pos[e["target"]]
+            xs += [x0, x1, None]
+            ys += [y0, y1, None]
+        strength = (level + 1) / WIDTH_LEVELS
+        line = (
+            {"color": "#bbbbbb", "width": 0.6, "dash": "dot"}
+            if sign == "ablated"
+            else {
+                "color": POSITIVE if sign == "positive" else NEGATIVE,
+                "width": 0.3 + 2.4 * strength,
+            }
+        )
+        traces.append(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=line,
+                opacity=1.0 if sign == "ablated" else 0.3 + 0.6 * strength,
+                hoverinfo="skip",
+                showlegend=False,
+                name=f"{sign} edges",
+            )
+        )
+    return traces
+
+
+def graph_figure(
+    graph: Any,
+    *,
+    threshold: float | None = None,
+    top_n: int | None = None,
+    ablated: Iterable[str] = (),
+    selected: str | None = None,
+    title: str | None = None,
+    **options: Any,
+):
+    """A publication figure of a circuit graph.
+
+    ``graph``: a ``Graph``, its ``to_json()`` dict/string. ``threshold``/``top_n`` prune
+    edges by ``|weight|`` (a ``Graph`` prunes itself with ``Graph.prune``); ``ablated``:
+    node ids drawn crossed out with dotted edges; ``selected``: a node id to ring.
+    Style options as :func:`circuitviz.export.make_style`.
+    """
+    import plotly.graph_objects as go
+
+    style, rest = split_style(options)
+    reject_unknown(rest, "graph_figure", ("threshold", "top_n", "ablated", "selected", "title"))
+    if hasattr(graph, "prune") and (threshold is not None or top_n is not None):
+        graph = graph.prune(top_n=top_n, threshold=threshold) or graph
+        data = graph_json(graph)
+    else:
+        data = prune(graph_json(graph), threshold=threshold, top_n=top_n)
+    nodes = data["nodes"]
+    if not nodes:
+        raise ExportError("This graph has no nodes to draw (prune less, or check the circuit).")
+    ablated = set(ablated)
+    pos = layout_positions(data)
+    n_layers = data.get("n_layers") or int(max(y for _, y in pos.values()))
+    font_px = style.font_px
+    label_px = font_px * 0.9
+
+    # Fixed margins (no automargin) so data→pixel geometry is exact for label placement.
+    layer_names = {-1: "embed", n_layers: "logits", **{i: f"L{i}" for i in range(n_layers)}}
+    longest = max(len(s) for s in layer_names.values())
+    title_text = (
+        title
+        if title is not None
+        else f"Circuit ({data.get('method', '?')}, {data.get('metric', '?')})"
+    )
+    margin = {
+        "l": longest * font_px * CHAR_WIDTH + 10,
+        "r": 6,
+        "t": (font_px * 1.8 if title_text else 0) + font_px * 1.7 + 4,
+        "b": 6,
+        "pad": 0,
+    }
+    xs = [x for x, _ in pos.values()]
+    x_range = (min(xs) - 0.7, max(xs) + 0.7)
+    y_range = (-1.6, n_layers + 0.6)
+    row_px = max(font_px * 2.4, 16.0)
+    natural = (margin["t"] + margin["b"] + (y_range[1] - y_range[0]) * row_px) / PX_PER_INCH
+
+    fig = go.Figure()
+    for trace in _edge_traces(data, pos, ablated):
+        fig.add_trace(trace)
+    fig.update_layout(title=title_text)
+    apply_style(fig, style, natural_height=natural)
+    geo = _Geometry(
+        width=fig.layout.width,
+        height=fig.layout.height,
+        margin=margin,
+        x_range=x_range,
+        y_range=y_range,
+    )
+
+    # Node size by |score|, kept inside one column and row.
+    col_px = geo.plot_w / max(1e-9, x_range[1] - x_range[0])
+    lay_px = geo.plot_h / (y_range[1] - y_range[0])
+    cap = max(3.0, min(0.7 * col_px, 0.7 * lay_px, 12.0))
+    top_score = max((abs(n.get("score") or 0) for n in nodes), default=0.0) or 1.0
+    size = {n["id"]: min(cap, 4.0 + 6.0 * abs(n.get("score") or 0) / top_score) for n in nodes}
+    for n in nodes:
+        if n.get("type") in ("embed", "logits"):
+            size[n["id"]] = cap
+
+    by_type: dict[str, list[dict]] = {}
+    for n in nodes:
+        by_type.setdefault(n.get("type") if n.get("type") in TYPE_ORDER else "other", []).append(n)
+    for kind in sorted(by_type, key=lambda k: TYPE_ORDER.index(k) if k in TYPE_ORDER else 9):
+        members = by_type[kind]
+        fig.add_trace(
+            go.Scatter(
+                x=[pos[n["id"]][0] for n in members],
+                y=[pos[n["id"]][1] for n in members],
+                mode="markers",
+                name=kind if kind != "mlp" else "MLP",
+                marker={
+                    "symbol": NODE_SYMBOLS.get(kind, "circle"),
+                    "size": [size[n["id"]] for n in members],
+                    "color": CATEGORICAL.get(kind, CATEGORICAL["other"]),
+                    "opacity": [0.35 if n["id"] in ablated else 1.0 for n in members],
+                    "line": {"width": 0.5, "color": "white"},
+                },
+                customdata=[[n["id"], n.get("score") or 0.0] for n in members],
+                hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}<extra></extra>",
+            )
+        )
+    marked = [n for n in nodes if n["id"] in ablated]
+    if marked:
+        fig.add_trace(
+            go.Scatter(
+                x=[pos[n["id"]][0] for n in marked],
+                y=[pos[n["id"]][1] for n in marked],
+                mode="markers",
+                name="ablated",
+                marker={
+                    "symbol": "x-thin",
+                    "color": "#000000",
+                    "size": [size[n["id"]] * 1.3 for n in marked],
+                    "line": {"width": 1.2, "color": "#000000"},
+                },
+                hoverinfo="skip",
+            )
+        )
+    if selected in pos:
+        sx, sy = pos[selected]
+        fig.add_trace(
+            go.Scatter(
+                x=[sx],
+                y=[sy],
+                mode="markers",
+                name="selected",
+                marker={
+                    "symbol": "circle-open",
+                    "color": "#000000",
+                    "size": size[selected] + 5,
+                    "line": {"width": 1.5, "color": "#000000"},
+                },
+                hoverinfo="skip",
+            )
+        )
+
+    # Labels: most important first; obstacles are the other nodes' markers.
+    obstacles = {}
+    for n in nodes:
+        cx, cy = geo.px(*pos[n["id"]])
+        r = size[n["id"]] / 2 + (3 if n["id"] == selected else 0)
+        obstacles[n["id"]] = Box(cx - r, cy - r, cx + r, cy + r)
+
+    def priority(n: dict[str, Any]):
+        return (
+            n["id"] != selected,
+            n.get("type") not in ("embed", "logits"),
+            -abs(n.get("score") or 0),
+        )
+
+    items = []
+    for n in sorted(nodes, key=priority):
+        cx, cy = geo.px(*pos[n["id"]])
+        text = str(n.get("label") or n["id"])
+        items.append((n["id"], text, cx, cy, obstacles[n["id"]].x1 - cx))
+    plot_area = Box(geo.margin["l"] - 2, geo.margin["t"], geo.width - 1, geo.height - 1)
+    from ..engine._figures import text_label
+
+    # One text trace (not annotations: hundreds of those are slow to build and render),
+    # each label centred in the box that place_labels() found free.
+    labels = place_labels(items, obstacles, font_px=label_px, bounds=plot_area)
+    centres = [geo.data((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2) for _, _, _, b in labels]
+    fig.add_trace(
+        go.Scatter(
+            x=[x for x, _ in centres],
+            y=[y for _, y in centres],
+            mode="text",
+            text=[text_label(text) for _, text, _, _ in labels],
+            textposition="middle center",
+            # A white halo keeps labels readable over edges.
+            textfont={
+                "size": label_px,
+                "family": style.font_family,
+                "color": "#222222",
+                "shadow": "1px 1px 1px white, -1px -1px 1px white, 1px -1px 1px white, -1px 1px 1px white",
+            },
+            customdata=[node_id for node_id, _, _, _ in labels],
+            hoverinfo="skip",
+            showlegend=False,
+            name="labels",
+        )
+    )
+
+    shown_layers = sorted({int(y) for _, y in pos.values()} | {-1, n_layers})
+    every = max(1, int(font_px * 1.2 // lay_px) + 1)
+    tickvals = [i for i in range(-1, n_layers + 1) if (i + 1) % every == 0 or i in (-1, n_layers)]
+    fig.update_layout(
+        margin=margin,
+        showlegend=True,
+        legend={
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "y": 1,
+            "yanchor": "bottom",
+            "font": {"size": label_px},
+            "itemsizing": "constant",
+            "tracegroupgap": 0,
+        },
+        xaxis={
+            "range": list(x_range),
+            "visible": False,
+            "fixedrange": True,
+            "automargin": False,
+        },
+        yaxis={
+            "range": list(y_range),
+            "tickvals": tickvals,
+            "ticktext": [layer_names[i] for i in tickvals],
+            "showgrid": False,
+            "zeroline": False,
+            "showline": False,
+            "ticks": "",
+            "automargin": False,
+            "fixedrange": True,
+        },
+        meta={**fig.layout.meta, "layers_shown": shown_layers},
+    )
+    return fig
