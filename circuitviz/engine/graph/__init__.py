@@ -1,0 +1,115 @@
+"""Attribution graphs: EAP / EAP-IG edge scores, pruning, exact faithfulness, JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from .._metrics import MetricFn
+from .._pairs import InputError, PromptPairs, tokenize
+from ._eap import eap_scores
+from ._faithfulness import ABLATIONS, Faithfulness, FaithfulnessCurve
+from ._graph import SCHEMA, Edge, Graph, Node
+from ._layout import Layout, all_weights, model_info
+
+METHODS = ("eap", "eap-ig")
+
+__all__ = [
+    "ABLATIONS",
+    "METHODS",
+    "SCHEMA",
+    "Edge",
+    "Faithfulness",
+    "FaithfulnessCurve",
+    "Graph",
+    "Node",
+    "circuit",
+    "edge_patch",
+]
+
+
+def circuit(
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    *,
+    method: str = "eap",
+    steps: int | None = None,
+    per_position: bool = False,
+    metric: str | MetricFn = "logit_diff",
+    progress: bool = True,
+) -> Graph:
+    """The attribution graph of ``model`` on ``pairs``.
+
+    Nodes are the embeddings, every attention head, every MLP and the logits (split by
+    position when ``per_position``); every sender → receiver path in the residual stream is
+    an edge, a head's q, k and v inputs being separate receivers (with grouped-query
+    attention, k and v are one receiver per KV head, shared by its query heads). An edge's
+    weight is its EAP score ``(a_u(corrupted) − a_u(clean)) · ∂M/∂x_r`` (summed over
+    positions, averaged over the batch): ≈ how much patching that edge alone with its
+    corrupted value changes the metric.
+
+    Args:
+        method: ``"eap"`` (two forwards, one backward) or ``"eap-ig"`` (receiver gradients
+            averaged over ``steps`` inputs interpolated from the corrupted to the clean
+            embeddings; one forward and backward each).
+        steps: EAP-IG steps (default 5); ``steps=1`` is EAP.
+        per_position: one node per (component, position); edges join nodes at the same
+            position (information moves across positions only inside heads).
+        metric: a metric name or callable of final-position logits (see ``circuitviz.patch``).
+    """
+    if method not in METHODS:
+        raise InputError(f"Unknown method={method!r}: use one of {METHODS}.")
+    if steps is None:
+        steps = 5 if method == "eap-ig" else 1
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be an integer ≥ 1, got {steps!r}.")
+    if method == "eap" and steps != 1:
+        raise InputError("steps applies to method='eap-ig'; EAP takes one gradient (steps=1).")
+    tokens = tokenize(model, pairs)
+    layout = Layout.of(model)
+    if layout.n_heads % layout.n_kv_heads:
+        raise InputError(
+            f"{layout.n_heads} query heads don't split into {layout.n_kv_heads} KV groups."
+        )
+    scores, bound, clean, corrupted = eap_scores(
+        model, layout, all_weights(model), tokens, metric, steps=steps, progress=progress
+    )
+    if not per_position:
+        scores = scores.sum(2, keepdim=True)
+    info = model_info(model)
+    graph = Graph.build(
+        layout=layout,
+        scores=scores.cpu(),
+        model=info["model"],
+        prompts=pairs.to_dict(),
+        tokens=tokens.str_tokens,
+        method=method,
+        metric=bound.name,
+        per_position=per_position,
+        clean=clean,
+        corrupted=corrupted,
+        steps=steps,
+    )
+    if callable(metric):
+        graph._cache["metric_fn"] = metric
+    return graph
+
+
+def edge_patch(
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    graph: Graph,
+    edges: Edge | Sequence | dict | Iterable,
+    *,
+    ablation: str = "corrupted",
+) -> float | torch.Tensor:
+    """Exact effect ``M(patched) − M(clean)`` of patching one edge (a float) or of each of a
+    list of edges alone (a tensor) — the quantity an edge's weight estimates."""
+    single = isinstance(edges, (Edge, dict)) or (
+        isinstance(edges, tuple) and len(edges) == 3 and all(isinstance(x, str) for x in edges)
+    )
+    if single:
+        return graph.patch_edge(model, pairs, edges, ablation)
+    return graph.patch_edges(model, pairs, edges, ablation)

@@ -1,0 +1,202 @@
+"""Edge attribution patching (EAP) and EAP with integrated gradients (EAP-IG).
+
+Sign convention: ``score(u → r) = (a_u(corrupted) − a_u(clean)) · ∂M/∂x_r``, summed over
+positions and averaged over the batch, where ``a_u [batch, pos, d_model]`` is what sender ``u``
+writes into the residual stream and ``x_r`` the pre-norm residual that receiver ``r`` reads.
+It is the first-order estimate of ``M(clean run with this one edge patched to corrupted) −
+M(clean)``: a negative score means the edge carries (part of) the clean behaviour.
+
+Cost does not depend on the number of edges: EAP runs the corrupted and clean prompts once
+each and backpropagates once; EAP-IG averages the receiver gradients over ``steps`` inputs
+interpolated between the corrupted (α=0, excluded) and clean (α=1) embeddings, one forward
+and one backward each. ``steps=1`` is EAP.
+
+Per-head q/k/v gradients: the gradient at ``attn.hook_q/k/v`` ``[batch, pos, head, d_head]``
+is mapped back to the post-norm input with ``W_Q[head]ᵀ`` and then through ``ln1`` (a
+vector-Jacobian product on the cached residual), giving each head's own pre-norm input
+gradient. This never needs ``set_use_split_qkv_input``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from .. import _hooks
+from .._metrics import Metric, MetricFn, bind_metric
+from .._pairs import Tokens
+from ._layout import Layout, Weights
+
+EMBED_HOOK = "blocks.0.hook_resid_pre"  # token (+ position) embeddings: the EMBED sender
+
+
+def sender_hooks(
+    layout: Layout, weights: list[Weights], write: Callable[[int, torch.Tensor], None]
+) -> _hooks.Hooks:
+    """Forward hooks that hand each sender's output ``[batch, pos, n, d_model]`` (``n`` = the
+    senders written at once) to ``write(first_sender_index, value)``."""
+
+    def embed(x: torch.Tensor, hook: object) -> None:
+        write(0, x[:, :, None])
+
+    def heads(layer: int):
+        W_O = weights[layer].W_O
+
+        def fn(z: torch.Tensor, hook: object) -> None:
+            write(layout.head_sender(layer), torch.einsum("bphd,hdm->bphm", z, W_O))
+
+        return fn
+
+    def mlp(layer: int):
+        def fn(x: torch.Tensor, hook: object) -> None:
+            write(layout.mlp_sender(layer), x[:, :, None])
+
+        return fn
+
+    out: list = [(EMBED_HOOK, embed)]
+    for layer in range(layout.n_layers):
+        out.append((f"blocks.{layer}.attn.hook_z", heads(layer)))
+        out.append((f"blocks.{layer}.hook_mlp_out", mlp(layer)))
+    return out
+
+
+def sender_acts(
+    model: TransformerBridge, layout: Layout, weights: list[Weights], tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward: final logits ``[batch, d_vocab]`` and every sender's output
+    ``[sender, batch, pos, d_model]``."""
+    batch, n_pos = tokens.shape
+    d_model = int(model.cfg.d_model)
+    acts = torch.zeros(len(layout.senders), batch, n_pos, d_model, device=tokens.device)
+
+    def write(i: int, value: torch.Tensor) -> None:
+        acts[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float()
+
+    logits = final_logits(model, tokens, sender_hooks(layout, weights, write))
+    return logits, acts
+
+
+def final_logits(model: TransformerBridge, tokens: torch.Tensor, fwd: _hooks.Hooks) -> torch.Tensor:
+    hooks = [*fwd, (_hooks.LAST_POSITION_HOOK, _hooks.last_position_only)]
+    return _hooks.run(model, tokens, hooks)[:, -1]
+
+
+def receiver_grads(
+    model: TransformerBridge,
+    layout: Layout,
+    weights: list[Weights],
+    tokens: torch.Tensor,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    embed_override: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One forward and one backward: ``∂M/∂x_r`` for every receiver,
+    ``[receiver, batch, pos, d_model]``, where ``M`` is the batch-mean metric.
+
+    ``embed_override [batch, pos, d_model]`` replaces the token embeddings (EAP-IG's
+    interpolated inputs)."""
+    kept: dict[str, torch.Tensor] = {}
+    resid: dict[int, torch.Tensor] = {}
+
+    def keep(name: str):
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            # A new tensor: only what reads the hook gets it. (The bridge hands ln2.hook_in
+            # the residual tensor itself; its gradient would include the residual path.)
+            kept[name] = x.clone()
+            return kept[name]
+
+        return fn
+
+    def keep_resid(layer: int):
+        def fn(x: torch.Tensor, hook: object) -> None:
+            resid[layer] = x.detach()
+
+        return fn
+
+    def embed(x: torch.Tensor, hook: object) -> torch.Tensor:
+        # A leaf that needs grad: the metric's graph then never asks for parameter gradients.
+        return (x.detach() if embed_override is None else embed_override).requires_grad_(True)
+
+    fwd: list = [("hook_embed", embed)]
+    for layer in range(layout.n_layers):
+        fwd.append((f"blocks.{layer}.hook_resid_pre", keep_resid(layer)))
+        for kind in "qkv":
+            fwd.append((f"blocks.{layer}.attn.hook_{kind}", keep(f"{kind}{layer}")))
+        fwd.append((f"blocks.{layer}.ln2.hook_in", keep(f"mlp{layer}")))
+    fwd.append(("ln_final.hook_in", keep("logits")))
+    with torch.enable_grad():
+        logits = final_logits(model, tokens, fwd)
+        value = metric(logits).mean()
+        names = list(kept)
+        grads = dict(zip(names, torch.autograd.grad(value, [kept[n] for n in names]), strict=True))
+        batch, n_pos = tokens.shape
+        out = torch.empty(len(layout.receivers), batch, n_pos, int(model.cfg.d_model))
+        for layer in range(layout.n_layers):
+            w = weights[layer]
+            # Per head: gradient on the post-norm input, [batch, pos, n, d_model].
+            post = torch.cat(
+                [
+                    torch.einsum("bpnd,nmd->bpnm", grads[f"q{layer}"], w.W_Q),
+                    torch.einsum("bpnd,nmd->bpnm", grads[f"k{layer}"], w.W_K),
+                    torch.einsum("bpnd,nmd->bpnm", grads[f"v{layer}"], w.W_V),
+                ],
+                dim=2,
+            )
+            x = resid[layer][:, :, None].expand_as(post).clone().requires_grad_(True)
+            (pre,) = torch.autograd.grad(w.ln1(x), x, post)
+            out[layout.receiver_slice(layer, "attn")] = pre.permute(2, 0, 1, 3).float()
+            out[layout.receiver_slice(layer, "mlp")] = grads[f"mlp{layer}"][None].float()
+        out[layout.logits_receiver] = grads["logits"].float()
+    return out.detach()
+
+
+def eap_scores(
+    model: TransformerBridge,
+    layout: Layout,
+    weights: list[Weights],
+    tokens: Tokens,
+    metric: str | MetricFn,
+    *,
+    steps: int = 1,
+    progress: bool = True,
+) -> tuple[torch.Tensor, Metric, float, float]:
+    """Scores ``[sender, receiver, pos]`` (zero where the edge is invalid), the bound metric,
+    and the clean and corrupted metric values."""
+    with torch.inference_mode():
+        clean_logits, clean = sender_acts(model, layout, weights, tokens.clean)
+        corr_logits, corr = sender_acts(model, layout, weights, tokens.corrupted)
+        bound = bind_metric(metric, tokens, clean_logits, corr_logits)
+        m_clean, m_corr = bound(clean_logits), bound(corr_logits)
+    grads = None
+    embeds: tuple[torch.Tensor, torch.Tensor] | None = None
+    if steps > 1:
+        embeds = _embeddings(model, tokens)
+    for k in tqdm(range(1, steps + 1), desc="EAP-IG steps", disable=not progress or steps == 1):
+        override = None
+        if embeds is not None:
+            alpha = k / steps
+            override = embeds[1] + alpha * (embeds[0] - embeds[1])
+        g = receiver_grads(model, layout, weights, tokens.clean, bound.per_example, override)
+        grads = g if grads is None else grads + g
+    grads = grads / steps
+    diff = corr - clean  # [sender, batch, pos, d_model]
+    scores = torch.einsum("sbpd,rbpd->srp", diff, grads)
+    scores = scores * layout.valid[:, :, None].to(scores)
+    return scores, bound, m_clean, m_corr
+
+
+def _embeddings(model: TransformerBridge, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token embeddings (``hook_embed``) of the clean and corrupted prompts."""
+    out = []
+    with torch.no_grad():  # not inference mode: the interpolations feed a backward pass
+        for toks in (tokens.clean, tokens.corrupted):
+            store = {}
+
+            def keep(x: torch.Tensor, hook: object, store=store) -> None:
+                store["e"] = x.detach().clone()
+
+            final_logits(model, toks, [("hook_embed", keep)])
+            out.append(store["e"])
+    return out[0], out[1]

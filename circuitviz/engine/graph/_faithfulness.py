@@ -1,0 +1,322 @@
+"""Evaluating circuits exactly: a clean forward pass in which every edge outside the circuit
+carries its corrupted (or mean) value instead.
+
+Receiver ``r`` reads ``x_r = resid − Σ_{u: (u→r) ∉ circuit} (a_u − ref_u)``, where ``resid``
+and ``a_u`` are the activations of this very (patched) pass and ``ref_u`` the corrupted run's
+(or the batch mean of the clean run's). The residual stream itself is never changed; only
+what each receiver reads. Heads read their input through ``ln1`` and their own ``W_Q``/``W_K``
+/``W_V``, so a head's q, k and v are recomputed from its own patched input at
+``attn.hook_q/k/v``; the MLP reads at ``ln2.hook_in`` and the logits at ``ln_final.hook_in``.
+
+Many circuits run in one pass: circuit ``k`` is rows ``k·batch … (k+1)·batch − 1``. With every
+edge in the circuit this is the clean run; with none, the corrupted run (exactly: each
+receiver then reads the sum of the corrupted senders plus the constant biases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from .._metrics import METRICS, Metric, MetricFn, bind_metric
+from .._pairs import InputError, PromptPairs, Tokens, tokenize
+from ._eap import final_logits, sender_acts, sender_hooks
+from ._layout import Layout, Weights, all_weights, model_info
+
+if TYPE_CHECKING:
+    from ._graph import Graph
+
+
+def circuit_logits(
+    model: TransformerBridge,
+    layout: Layout,
+    weights: list[Weights],
+    clean: torch.Tensor,
+    ref: torch.Tensor,
+    masks: torch.Tensor,
+) -> torch.Tensor:
+    """Final logits ``[circuit, batch, d_vocab]`` of clean runs with edges outside each circuit
+    patched.
+
+    Args:
+        clean: clean tokens ``[batch, pos]``.
+        ref: reference sender outputs ``[sender, batch or 1, pos, d_model]``.
+        masks: ``[circuit, sender, receiver]`` or ``[circuit, sender, receiver, pos]`` bool,
+            True where the edge is in the circuit (invalid edges are ignored).
+    """
+    n_circ = masks.shape[0]
+    batch, n_pos = clean.shape
+    d_model = int(model.cfg.d_model)
+    per_pos = masks.ndim == 4
+    valid = layout.valid.to(masks.device)
+    off = (~masks) & (valid[:, :, None] if per_pos else valid)  # edges to patch
+    off = off.float()
+    delta = torch.zeros(len(layout.senders), n_circ, batch, n_pos, d_model)
+    ref = ref.float()
+
+    def write(i: int, value: torch.Tensor) -> None:
+        n = value.shape[2]
+        cur = value.float().permute(2, 0, 1, 3).reshape(n, n_circ, batch, n_pos, d_model)
+        delta[i : i + n] = cur - ref[i : i + n, None]
+
+    def correction(n_senders: int, rs: slice) -> torch.Tensor | None:
+        """``[circuit·batch, pos, receiver, d_model]`` to subtract, or None if nothing is
+        patched for these receivers."""
+        o = off[:, :n_senders, rs]
+        if not o.any():
+            return None
+        d = delta[:n_senders]
+        if per_pos:
+            c = torch.einsum("ksrp,skbpd->kbprd", o, d)
+        else:
+            c = torch.einsum("ksr,skbpd->kbprd", o, d)
+        return c.reshape(n_circ * batch, n_pos, -1, d_model)
+
+    resid: dict[int, torch.Tensor] = {}
+
+    def keep_resid(layer: int):
+        def fn(x: torch.Tensor, hook: object) -> None:
+            resid[layer] = x
+
+        return fn
+
+    def head_input(layer: int, kind: str):
+        w = weights[layer]
+        rs = layout.receiver_slice(layer, kind)
+
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor | None:
+            c = correction(layout.n_senders_before(layer), rs)
+            if c is None:
+                return None
+            rows = resid[layer][:, :, None] - c.to(x.dtype)
+            return w.project(kind, w.ln1(rows)).to(x.dtype)
+
+        return fn
+
+    def plain_input(n_senders: int, rs: slice):
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor | None:
+            c = correction(n_senders, rs)
+            return None if c is None else x - c[:, :, 0].to(x.dtype)
+
+        return fn
+
+    fwd = list(sender_hooks(layout, weights, write))
+    for layer in range(layout.n_layers):
+        fwd.append((f"blocks.{layer}.hook_resid_pre", keep_resid(layer)))
+        for kind in "qkv":
+            fwd.append((f"blocks.{layer}.attn.hook_{kind}", head_input(layer, kind)))
+        fwd.append(
+            (
+                f"blocks.{layer}.ln2.hook_in",
+                plain_input(
+                    layout.n_senders_before(layer, mlp=True), layout.receiver_slice(layer, "mlp")
+                ),
+            )
+        )
+    last = layout.logits_receiver
+    fwd.append(("ln_final.hook_in", plain_input(len(layout.senders), slice(last, last + 1))))
+    tokens = clean.repeat(n_circ, 1)
+    with torch.inference_mode():
+        logits = final_logits(model, tokens, fwd)
+    return logits.reshape(n_circ, batch, -1)
+
+
+# --- evaluating a graph's circuits on a model ------------------------------------------------
+
+ABLATIONS = ("corrupted", "mean")
+
+
+@dataclass
+class Context:
+    """What every evaluation of one graph on one model needs, computed once and cached on the
+    graph: tokens, weights, reference sender outputs, the bound metric and its baselines."""
+
+    layout: Layout
+    weights: list[Weights]
+    tokens: Tokens
+    ref: torch.Tensor  # [sender, batch or 1, pos, d_model]
+    metric: Metric
+    clean: float
+    reference: float  # the metric with every edge patched (the corrupted run for "corrupted")
+    max_rows: int = 64
+
+    def metrics(self, model: TransformerBridge, masks: torch.Tensor) -> list[float]:
+        """The metric of each circuit ``masks[k]`` (chunked to bound memory)."""
+        per_pass = max(1, self.max_rows // self.tokens.batch)
+        out = []
+        for start in range(0, masks.shape[0], per_pass):
+            chunk = masks[start : start + per_pass]
+            logits = circuit_logits(
+                model, self.layout, self.weights, self.tokens.clean, self.ref, chunk
+            )
+            out += [self.metric(lg) for lg in logits]
+        return out
+
+    def recovered(self, value: float) -> float:
+        return (value - self.reference) / (self.clean - self.reference)
+
+
+def check_model(graph: Graph, model: TransformerBridge) -> None:
+    info = model_info(model)
+    mine = {k: getattr(graph, k) for k in ("model", "n_layers", "n_heads", "n_kv_heads")}
+    wrong = [f"{k}: graph {mine[k]!r}, model {info[k]!r}" for k in mine if mine[k] != info[k]]
+    if wrong:
+        raise InputError(
+            f"This graph was built for another model ({'; '.join(wrong)}). Evaluate it on the "
+            "model it was built on, or build a new graph with circuitviz.circuit(model, pairs)."
+        )
+
+
+def check_pairs(graph: Graph, pairs: PromptPairs) -> None:
+    if not isinstance(pairs, PromptPairs):
+        raise InputError(f"Expected circuitviz.PromptPairs, got {type(pairs).__name__}.")
+    if pairs.to_dict() != graph.prompts:
+        raise InputError(
+            "These prompt pairs are not the ones the graph was built on (the graph holds "
+            f"{len(graph.prompts['clean'])} pairs starting {graph.prompts['clean'][0]!r}). "
+            "Pass the same PromptPairs, or build a graph for the new pairs."
+        )
+
+
+def context(
+    graph: Graph,
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    ablation: str = "corrupted",
+    metric: str | MetricFn | None = None,
+) -> Context:
+    check_model(graph, model)
+    check_pairs(graph, pairs)
+    if ablation not in ABLATIONS:
+        raise InputError(f"Unknown ablation={ablation!r}: use one of {ABLATIONS}.")
+    metric = metric if metric is not None else graph._cache.get("metric_fn", graph.metric)
+    key = (id(model), ablation, metric if isinstance(metric, str) else id(metric))
+    if key in graph._cache:
+        return graph._cache[key]
+    if not callable(metric) and metric not in METRICS:
+        raise InputError(
+            f"The graph's metric {metric!r} was a custom function: pass it again as metric=…."
+        )
+    layout = Layout.of(model)
+    weights = all_weights(model)
+    tokens = tokenize(model, pairs)
+    with torch.inference_mode():
+        clean_logits, clean_acts = sender_acts(model, layout, weights, tokens.clean)
+        corr_logits, corr_acts = sender_acts(model, layout, weights, tokens.corrupted)
+    bound = bind_metric(metric, tokens, clean_logits, corr_logits)
+    ref = corr_acts if ablation == "corrupted" else clean_acts.mean(1, keepdim=True)
+    ctx = Context(layout, weights, tokens, ref, bound, bound(clean_logits), bound(corr_logits))
+    if ablation == "mean":
+        ctx.reference = ctx.metrics(model, empty_mask(graph)[None])[0]
+    graph._cache[key] = ctx
+    return ctx
+
+
+def empty_mask(graph: Graph) -> torch.Tensor:
+    """No edge in the circuit: ``[sender, receiver]`` or ``[sender, receiver, pos]``."""
+    m = torch.zeros_like(graph.kept)
+    return m if graph.per_position else m[:, :, 0]
+
+
+def circuit_mask(
+    graph: Graph,
+    nodes: Iterable[str] | None = None,
+    edges: Iterable | None = None,
+    ablated: Iterable[str] = (),
+) -> torch.Tensor:
+    """The circuit as an edge mask ``[sender, receiver(, pos)]``: the graph's own edges by
+    default, else the given edges, or every edge between the given nodes (EMBED and LOGITS
+    are always in). ``ablated`` nodes then lose all their outgoing edges."""
+    if nodes is not None and edges is not None:
+        raise InputError("Give the circuit as nodes=… or edges=…, not both.")
+    layout = graph.layout
+    if edges is not None:
+        edges = list(edges)
+        if not edges:
+            raise InputError("The circuit is empty: give at least one edge.")
+        mask = torch.zeros_like(graph.kept)
+        for e in edges:
+            mask[graph.edge_index(e)] = True
+    elif nodes is not None:
+        nodes = list(nodes)
+        if not nodes:
+            raise InputError("The circuit is empty: give at least one node.")
+        inside = torch.zeros(len(layout.nodes), graph.n_pos, dtype=torch.bool)
+        inside[0] = inside[-1] = True
+        for i, p in graph.node_indices(nodes):
+            inside[i, slice(None) if p is None else p] = True
+        index = {n: i for i, n in enumerate(layout.nodes)}
+        recv = torch.stack(
+            [torch.stack([inside[index[t]] for t in r.targets]).any(0) for r in layout.receivers]
+        )  # [receiver, pos]
+        mask = inside[: len(layout.senders), None] & recv[None]
+    else:
+        mask = graph.kept.clone()
+    mask &= layout.valid[:, :, None]
+    if not mask.any():
+        raise InputError("The circuit has no edges (after pruning): keep more edges.")
+    for i, p in graph.node_indices(ablated):
+        if i == len(layout.senders):
+            raise InputError("LOGITS can't be ablated; ablate the nodes that feed it.")
+        mask[i, :, slice(None) if p is None else p] = False
+    return mask if graph.per_position else mask[:, :, 0]
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """How much of the clean metric a circuit recovers: ``recovered = (metric − corrupted) /
+    (clean − corrupted)`` (1 = the whole model's behaviour, 0 = none of it)."""
+
+    recovered: float
+    metric: float
+    clean: float
+    corrupted: float
+    n_edges: int
+    ablation: str
+
+    def __float__(self) -> float:
+        return self.recovered
+
+
+@dataclass(frozen=True)
+class FaithfulnessCurve:
+    sizes: list[int]  # requested top-n
+    n_edges: list[int]  # edges left after pruning to EMBED→LOGITS paths
+    n_nodes: list[int]
+    recovered: list[float]
+    metric: list[float]
+    clean: float
+    corrupted: float
+    model: str
+    method: str
+    ablation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        fig = go.Figure(
+            go.Scatter(
+                x=self.n_edges,
+                y=self.recovered,
+                mode="lines+markers",
+                customdata=list(zip(self.sizes, self.n_nodes, self.metric, strict=True)),
+                hovertemplate="%{x} edges (top %{customdata[0]}), %{customdata[1]} nodes<br>"
+                "recovered %{y:.3f} (metric %{customdata[2]:.3f})<extra></extra>",
+            )
+        )
+        fig.add_hline(y=1.0, line_dash="dot", annotation_text="clean")
+        fig.add_hline(y=0.0, line_dash="dot", annotation_text=self.ablation)
+        fig.update_layout(
+            title=f"Faithfulness of {self.method} circuits · {self.model}",
+            xaxis={"title": "edges in circuit", "type": "log"},
+            yaxis={"title": "metric recovered"},
+            template="simple_white",
+        )
+        return fig

@@ -1,0 +1,414 @@
+"""The attribution graph: nodes, scored edges, pruning and JSON (schema circuitviz.graph/1,
+documented in docs/graph_schema.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from .._metrics import MetricFn
+from .._pairs import InputError, PromptPairs
+from . import _faithfulness as _f
+from ._layout import Layout
+from ._prune import on_paths
+
+SCHEMA = "circuitviz.graph/1"
+_NODE_RE = re.compile(r"^(EMBED|LOGITS|MLP(\d+)|L(\d+)H(\d+))(?::P(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str  # "L3H5", "MLP7", "EMBED", "LOGITS", with ":P4" per position
+    type: str  # "embed" | "head" | "mlp" | "logits"
+    layer: int  # -1 for EMBED, n_layers for LOGITS
+    head: int | None
+    pos: int | None
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``source → target`` through ``input`` ("q", "k", "v", "mlp", "logits").
+
+    ``weight`` is the attribution score: ≈ the change of the metric when this edge alone is
+    patched with its corrupted value. With grouped-query attention a k/v input is shared by
+    a group of query heads: ``targets`` lists them all (``target`` is the first) and
+    ``kv_head`` names the KV head; otherwise ``targets == (target,)`` and ``kv_head`` is None.
+    """
+
+    source: str
+    target: str
+    input: str
+    weight: float
+    targets: tuple[str, ...] = ()
+    kv_head: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "source": self.source,
+            "target": self.target,
+            "input": self.input,
+            "weight": self.weight,
+        }
+        if self.kv_head is not None:
+            out["kv_head"] = self.kv_head
+            out["targets"] = list(self.targets)
+        return out
+
+
+def parse_node(node_id: str, layout: Layout, n_pos: int | None) -> tuple[int, int | None]:
+    """Node id -> (node index in ``layout.nodes``, position or None)."""
+    m = _NODE_RE.match(str(node_id))
+    if m is None:
+        raise InputError(
+            f"Unknown node id {node_id!r}: use 'EMBED', 'LOGITS', 'MLP<layer>' or "
+            "'L<layer>H<head>', with ':P<pos>' on per-position graphs."
+        )
+    base, pos = m.group(1), m.group(5)
+    nodes = layout.nodes
+    if base not in nodes:
+        raise InputError(
+            f"Node {node_id!r} is not in this model ({layout.n_layers} layers, "
+            f"{layout.n_heads} heads)."
+        )
+    if pos is not None:
+        if n_pos is None:
+            raise InputError(f"Node {node_id!r} has a position but the graph is not per position.")
+        if int(pos) >= n_pos:
+            raise InputError(f"Node {node_id!r}: the prompts have only {n_pos} positions.")
+    return nodes.index(base), None if pos is None else int(pos)
+
+
+@dataclass(eq=False)
+class Graph:
+    """Attribution graph of one model on one batch of prompt pairs.
+
+    ``scores [sender, receiver, pos]`` holds every edge's score (``pos`` has size 1 unless
+    ``per_position``); ``kept`` marks the edges in this (possibly pruned) graph and
+    ``node_mask [node, pos]`` its nodes, in the order of :class:`Layout`.
+    """
+
+    model: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    prompts: dict[str, list[str]]
+    tokens: list[str]
+    method: str
+    metric: str
+    per_position: bool
+    clean: float
+    corrupted: float
+    scores: torch.Tensor
+    kept: torch.Tensor
+    node_mask: torch.Tensor
+    node_scores: torch.Tensor  # [node, pos]
+    steps: int = 1
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # construction ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, *, layout: Layout, scores: torch.Tensor, **info: Any) -> Graph:
+        valid = layout.valid[:, :, None].expand_as(scores)
+        # A node's score: the summed scores of its outgoing edges, i.e. the attribution-patching
+        # estimate of patching its whole output; the logits get their incoming sum.
+        out = scores.sum(1)
+        into_logits = scores[:, layout.logits_receiver].sum(0, keepdim=True)
+        return cls(
+            n_layers=layout.n_layers,
+            n_heads=layout.n_heads,
+            n_kv_heads=layout.n_kv_heads,
+            scores=scores,
+            kept=valid.clone(),
+            node_mask=torch.ones(len(layout.nodes), scores.shape[2], dtype=torch.bool),
+            node_scores=torch.cat([out, into_logits]),
+            **info,
+        )
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.n_layers, self.n_heads, self.n_kv_heads)
+
+    @property
+    def n_pos(self) -> int:
+        return self.scores.shape[2]
+
+    def _suffix(self, pos: int) -> str:
+        return f":P{pos}" if self.per_position else ""
+
+    # listing -----------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        out = []
+        for i, p in self.node_mask.nonzero().tolist():
+            out.append(self._node(i, p))
+        return out
+
+    def _node(self, i: int, p: int) -> Node:
+        base = self.layout.nodes[i]
+        pos = p if self.per_position else None
+        label = base if pos is None else f"{base} @ {p}:{self.tokens[p]}"
+        score = float(self.node_scores[i, p])
+        if base == "EMBED":
+            return Node("EMBED" + self._suffix(p), "embed", -1, None, pos, label, score)
+        if base == "LOGITS":
+            return Node(
+                "LOGITS" + self._suffix(p), "logits", self.n_layers, None, pos, label, score
+            )
+        if base.startswith("MLP"):
+            return Node(base + self._suffix(p), "mlp", int(base[3:]), None, pos, label, score)
+        layer, head = map(int, base[1:].split("H"))
+        return Node(base + self._suffix(p), "head", layer, head, pos, label, score)
+
+    @property
+    def edges(self) -> list[Edge]:
+        """Edges of this graph, largest ``|weight|`` first."""
+        idx = self.kept.nonzero()
+        weights = self.scores[self.kept]
+        order = weights.abs().argsort(descending=True)
+        return [self._edge(*idx[j].tolist()) for j in order.tolist()]
+
+    def _edge(self, s: int, r: int, p: int) -> Edge:
+        layout = self.layout
+        rec = layout.receivers[r]
+        sfx = self._suffix(p)
+        nodes = layout.nodes
+        targets = tuple(t for t in rec.targets if self.node_mask[nodes.index(t), p]) or rec.targets
+        gqa = rec.input in ("k", "v") and layout.group > 1
+        return Edge(
+            source=layout.senders[s] + sfx,
+            target=targets[0] + sfx,
+            input=rec.input,
+            weight=float(self.scores[s, r, p]),
+            targets=tuple(t + sfx for t in targets),
+            kv_head=rec.index if gqa else None,
+        )
+
+    def edge_index(self, edge: Edge | Sequence | dict) -> tuple[int, int, int]:
+        """(sender, receiver, pos) of an :class:`Edge`, a ``(source, target, input)`` tuple
+        or a dict with those keys."""
+        if isinstance(edge, Edge):
+            source, target, kind = edge.source, edge.target, edge.input
+        elif isinstance(edge, dict):
+            try:
+                source, target, kind = edge["source"], edge["target"], edge["input"]
+            except KeyError as e:
+                raise InputError(
+                    f"An edge dict needs 'source', 'target' and 'input' ({e})."
+                ) from None
+        else:
+            try:
+                source, target, kind = edge
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"Can't read edge {edge!r}: give an Edge, a dict or (source, target, input)."
+                ) from None
+        layout = self.layout
+        n_pos = self.n_pos if self.per_position else None
+        s, ps = parse_node(source, layout, n_pos)
+        t, pt = parse_node(target, layout, n_pos)
+        if self.per_position and (ps is None or ps != pt):
+            raise InputError(
+                f"Edge {source}→{target}: per-position edges join nodes at the same position."
+            )
+        if s == len(layout.senders):
+            raise InputError("LOGITS sends no edges.")
+        r = layout.receiver_index.get((layout.nodes[t], kind))
+        if r is None:
+            raise InputError(f"{layout.nodes[t]} has no input {kind!r} (q, k, v, mlp, logits).")
+        if not layout.valid[s, r]:
+            raise InputError(f"No edge {source}→{target} ({kind}): {source} runs after it.")
+        return s, r, ps or 0
+
+    def score(self, source: str, target: str, input: str) -> float:
+        """The score of one edge (pruned or not)."""
+        return float(self.scores[self.edge_index((source, target, input))])
+
+    # pruning -----------------------------------------------------------------------------
+    def prune(self, top_n: int | None = None, threshold: float | None = None) -> Graph:
+        """A new graph of the ``top_n`` edges by ``|weight|`` and/or those with
+        ``|weight| ≥ threshold``, then only the nodes and edges on some EMBED → LOGITS path.
+        Edges with weight exactly 0 never count. Pruning starts from this graph's edges."""
+        if top_n is None and threshold is None:
+            raise InputError("prune needs top_n=… or threshold=….")
+        cand = self.kept & (self.scores != 0)
+        if threshold is not None:
+            cand &= self.scores.abs() >= float(threshold)
+        if top_n is not None:
+            if int(top_n) < 0:
+                raise InputError(f"top_n must be ≥ 0, got {top_n}.")
+            flat = torch.where(cand, self.scores.abs(), torch.tensor(-1.0)).flatten()
+            n = min(int(top_n), int(cand.sum()))
+            keep = torch.zeros_like(flat, dtype=torch.bool)
+            keep[flat.topk(n).indices] = True
+            cand &= keep.view_as(cand)
+        kept, nodes = on_paths(self.layout, cand)
+        return replace(self, kept=kept, node_mask=nodes, _cache=self._cache)
+
+    # serialization -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "model": self.model,
+            "prompts": self.prompts,
+            "method": self.method,
+            "metric": self.metric,
+            "per_position": self.per_position,
+            "steps": self.steps,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "tokens": self.tokens,
+            "clean": self.clean,
+            "corrupted": self.corrupted,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "edges": [e.to_dict() for e in self.edges],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> Graph:
+        data = json.loads(text) if isinstance(text, str) else text
+        if data.get("schema") != SCHEMA:
+            raise InputError(f"Not a {SCHEMA} graph (schema {data.get('schema')!r}).")
+        layout = Layout(data["n_layers"], data["n_heads"], data.get("n_kv_heads", data["n_heads"]))
+        per_pos = bool(data["per_position"])
+        n_pos = len(data["tokens"]) if per_pos else 1
+        scores = torch.zeros(len(layout.senders), len(layout.receivers), n_pos)
+        kept = torch.zeros_like(scores, dtype=torch.bool)
+        node_mask = torch.zeros(len(layout.nodes), n_pos, dtype=torch.bool)
+        node_scores = torch.zeros(len(layout.nodes), n_pos)
+        g = cls(
+            model=data["model"],
+            n_layers=layout.n_layers,
+            n_heads=layout.n_heads,
+            n_kv_heads=layout.n_kv_heads,
+            prompts=data["prompts"],
+            tokens=list(data["tokens"]),
+            method=data["method"],
+            metric=data["metric"],
+            per_position=per_pos,
+            clean=float(data["clean"]),
+            corrupted=float(data["corrupted"]),
+            scores=scores,
+            kept=kept,
+            node_mask=node_mask,
+            node_scores=node_scores,
+            steps=int(data.get("steps", 1)),
+        )
+        for n in data["nodes"]:
+            i, p = parse_node(n["id"], layout, n_pos if per_pos else None)
+            node_mask[i, p or 0] = True
+            node_scores[i, p or 0] = float(n["score"])
+        for e in data["edges"]:
+            idx = g.edge_index(e)
+            scores[idx] = float(e["weight"])
+            kept[idx] = True
+        return g
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph({self.model}, {self.method}, metric={self.metric}, "
+            f"{int(self.node_mask.sum())} nodes, {int(self.kept.sum())} edges"
+            f"{', per position' if self.per_position else ''})"
+        )
+
+    # evaluation on the model -------------------------------------------------------------
+    def faithfulness(
+        self,
+        model: TransformerBridge,
+        pairs: PromptPairs,
+        nodes: Iterable[str] | None = None,
+        edges: Iterable | None = None,
+        ablation: str = "corrupted",
+        ablated: Iterable[str] = (),
+        metric: str | MetricFn | None = None,
+    ) -> _f.Faithfulness:
+        """Exact faithfulness of a circuit — this graph's edges, or the given ``nodes`` or
+        ``edges`` — in one forward pass once the baselines are cached: every edge outside it
+        is patched with its corrupted value (or the batch mean of the clean run), and the
+        ``ablated`` nodes lose all their outgoing edges too."""
+        ctx = _f.context(self, model, pairs, ablation, metric)
+        mask = _f.circuit_mask(self, nodes, edges, ablated)
+        (value,) = ctx.metrics(model, mask[None])
+        return _f.Faithfulness(
+            ctx.recovered(value), value, ctx.clean, ctx.reference, int(mask.sum()), ablation
+        )
+
+    def faithfulness_curve(
+        self,
+        model: TransformerBridge,
+        pairs: PromptPairs,
+        sizes: Sequence[int] = (10, 30, 100, 300, 1000),
+        ablation: str = "corrupted",
+        metric: str | MetricFn | None = None,
+    ) -> _f.FaithfulnessCurve:
+        """Faithfulness of the top-n-edge circuit (pruned to EMBED→LOGITS paths) for each
+        size, batched into as few forward passes as memory allows."""
+        sizes = [int(n) for n in sizes]
+        if not sizes or min(sizes) < 1:
+            raise InputError(f"sizes must be positive edge counts, got {sizes}.")
+        ctx = _f.context(self, model, pairs, ablation, metric)
+        pruned = [self.prune(top_n=n) for n in sizes]
+        masks = torch.stack([g.kept if self.per_position else g.kept[:, :, 0] for g in pruned])
+        values = ctx.metrics(model, masks)
+        return _f.FaithfulnessCurve(
+            sizes=sizes,
+            n_edges=[int(g.kept.sum()) for g in pruned],
+            n_nodes=[int(g.node_mask.sum()) for g in pruned],
+            recovered=[ctx.recovered(v) for v in values],
+            metric=values,
+            clean=ctx.clean,
+            corrupted=ctx.reference,
+            model=self.model,
+            method=self.method,
+            ablation=ablation,
+        )
+
+    def patch_edges(
+        self,
+        model: TransformerBridge,
+        pairs: PromptPairs,
+        edges: Iterable,
+        ablation: str = "corrupted",
+        metric: str | MetricFn | None = None,
+    ) -> torch.Tensor:
+        """Exact effect ``M(patched) − M(clean)`` of patching each edge alone (the quantity an
+        edge's weight estimates), ``[n_edges]``; one forward row per edge and prompt."""
+        ctx = _f.context(self, model, pairs, ablation, metric)
+        edges = list(edges)
+        full = torch.ones_like(self.kept)
+        masks = full[None].repeat(len(edges), 1, 1, 1)
+        for k, e in enumerate(edges):
+            masks[(k, *self.edge_index(e))] = False
+        if not self.per_position:
+            masks = masks[..., 0]
+        return torch.tensor(ctx.metrics(model, masks)) - ctx.clean
+
+    def patch_edge(
+        self,
+        model: TransformerBridge,
+        pairs: PromptPairs,
+        edge: Edge | Sequence | dict,
+        ablation: str = "corrupted",
+        metric: str | MetricFn | None = None,
+    ) -> float:
+        """Exact effect ``M(patched) − M(clean)`` of patching one edge, in one forward pass."""
+        return float(self.patch_edges(model, pairs, [edge], ablation, metric)[0])
+
+    # checks ------------------------------------------------------------------------------
+    def node_indices(self, ids: Iterable[str]) -> list[tuple[int, int | None]]:
+        n_pos = self.n_pos if self.per_position else None
+        return [parse_node(i, self.layout, n_pos) for i in ids]
