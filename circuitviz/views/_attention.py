@@ -8,7 +8,7 @@ focused, as row chunks of at most 4 MiB each (``{"type": "request_layer", "layer
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import traitlets as t
@@ -46,6 +46,7 @@ class AttentionView(View):
     """
 
     _esm = STATIC / "attention.js"
+    BUNDLE: ClassVar[str] = "attention"
     STATE_KEYS = ("selected", "show_scores")
 
     tokens = t.List(t.Unicode()).tag(sync=True)

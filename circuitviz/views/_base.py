@@ -23,7 +23,6 @@ import anywidget
 import traitlets as t
 
 from ..engine import METRICS, MODES, AblationResult, InputError, PromptPairs, ablate
-from ..engine._results import head_id, mlp_id
 
 STATIC = Path(__file__).parent.parent / "static"
 COMPONENT = re.compile(r"L(\d+)H(\d+)|MLP(\d+)")
@@ -172,7 +171,7 @@ class AblationView(View):
         self._last = res
         with self.hold_trait_notifications():
             self.mode, self.metric, self.error = mode, metric, ""
-            self.ablated = [*(head_id(l, h) for l, h in res.heads), *(mlp_id(l) for l in res.mlps)]
+            self.ablated = list(res.components)
             self.result = res.to_dict()
         return res
 

@@ -13,7 +13,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import traitlets as t
@@ -196,6 +196,7 @@ class CircuitView(AblationView):
     """
 
     _esm = STATIC / "circuit.js"
+    BUNDLE: ClassVar[str] = "circuit"
     STATE_KEYS = ("selected", "ablated", "mode", "metric", "top_n", "threshold", "pinned")
 
     graph = t.Dict().tag(sync=True)

@@ -8,7 +8,7 @@ patching (whose values are already estimated changes).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import traitlets as t
 
@@ -57,6 +57,7 @@ class PatchingView(AblationView):
     """
 
     _esm = STATIC / "patching.js"
+    BUNDLE: ClassVar[str] = "patching"
     STATE_KEYS = ("selected", "ablated", "mode", "metric")
 
     map = t.Dict().tag(sync=True)
@@ -80,6 +81,12 @@ class PatchingView(AblationView):
         self._patch = result
         metric = result.metric if result.metric in METRICS else "logit_diff"
         super().__init__(model=model, pairs=pairs, map=map_payload(result), metric=metric, **kwargs)
+        if not self.can_ablate:  # still show the map's own baselines in the side panel
+            self.result = {
+                "metric": result.metric,
+                "clean": result.clean,
+                "corrupted": result.corrupted,
+            }
         self._apply_state(state)
         self._baseline()
 

@@ -127,7 +127,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       });
       const shape = n.type === "mlp" ? svgEl("rect", { x: -r, y: -r, width: 2 * r, height: 2 * r, rx: 2 }) : svgEl("circle", { r });
       shape.setAttribute("fill", isAbl ? "#fff" : NODE_COLORS[n.type] ?? "#777");
-      shape.setAttribute("stroke", selected === n.id ? "#000" : isAbl ? "#333" : "#fff");
+      // The ring shows the score's sign; the fill shows the node type.
+      const ring = (n.score ?? 0) >= 0 ? POSITIVE : NEGATIVE;
+      shape.setAttribute("stroke", selected === n.id ? "#000" : isAbl ? "#333" : n.score ? ring : "#fff");
       shape.setAttribute("stroke-width", selected === n.id ? "2.5" : "1.2");
       if (isAbl) shape.setAttribute("stroke-dasharray", "2 1.5");
       g.append(shape);

@@ -74,7 +74,7 @@ export const STYLE = `
 .cv-root[data-busy="true"] .cv-busy{visibility:visible}
 .cv-root[data-busy="true"] .cv-main{opacity:.7}
 .cv-tokens{white-space:pre-wrap;line-height:1.9;max-height:260px;overflow:auto;border:1px solid #eee;padding:4px;font-family:ui-monospace,Menlo,monospace}
-.cv-token{padding:1px 0;border-bottom:3px solid transparent;cursor:default}
+.cv-token{padding:1px 0;box-shadow:inset -1px 0 #e4e4e4;border-bottom:3px solid transparent;cursor:default}
 .cv-token[data-focus="true"]{outline:2px solid #333}
 .cv-muted{color:#777}
 .cv-topk td:last-child{text-align:right;font-variant-numeric:tabular-nums}

@@ -54,7 +54,7 @@ export function geometry(
   cols: number,
   rowLabelW: number,
   colLabelH: number,
-  opts: { maxWidth: number; maxHeight: number; maxCell: number; colorbar: boolean; title: boolean },
+  opts: { maxWidth: number; maxHeight: number; maxCell: number; colorbar: boolean; title: boolean; minWidth?: number },
 ): Geometry {
   const plotW = Math.max(Math.min(opts.maxWidth, cols * opts.maxCell), Math.min(cols * 4, opts.maxWidth));
   const plotH = Math.max(Math.min(opts.maxHeight, rows * opts.maxCell), Math.min(rows * 4, opts.maxHeight));
@@ -62,17 +62,17 @@ export function geometry(
   const ch = plotH / rows;
   const left = rowLabelW + 8;
   const top = colLabelH + 8 + (opts.title ? 18 : 0);
-  const width = left + plotW + (opts.colorbar ? 80 : 10);
-  const height = top + Math.max(plotH, opts.colorbar ? 120 : 0) + 10;
+  const width = Math.max(opts.minWidth ?? 0, left + plotW + (opts.colorbar ? 72 : 10));
+  const height = top + Math.max(plotH, opts.colorbar ? 120 : 0) + (opts.colorbar ? 24 : 10);
   return { left, top, plotW, plotH, cw, ch, width, height, rowStep: Math.ceil(12 / ch), colStep: Math.ceil(12 / cw) };
 }
 
-function measure(labels: string[], limit: number): number {
+function measure(labels: string[], limit: number, chars = 24): number {
   const ctx = document.createElement("canvas").getContext("2d");
-  if (!ctx) return Math.min(limit, 7 * Math.max(0, ...labels.map((l) => l.length)));
+  if (!ctx) return Math.min(limit, 7 * Math.max(0, ...labels.map((l) => Math.min(chars, l.length))));
   ctx.font = FONT;
   let w = 0;
-  for (const l of labels) w = Math.max(w, ctx.measureText(truncate(l, 24)).width);
+  for (const l of labels) w = Math.max(w, ctx.measureText(truncate(l, chars)).width);
   return Math.min(limit, Math.ceil(w));
 }
 
@@ -96,6 +96,7 @@ export class Heatmap {
       maxCell: opts.maxCell ?? 28,
       colorbar: !!data.colorbar,
       title: !!data.title,
+      minWidth: Math.max(Math.ceil(measure([data.title ?? ""], 700, 200) * 1.2) + 8, measure([`colour: ${data.colorbar?.label ?? ""}`], 600, 200) + rowW + 16),
     });
     this.image = this.paintCells();
     this.canvas = el("canvas", { class: "cv-heatmap-canvas" });
@@ -284,13 +285,10 @@ export class Heatmap {
     ctx.textBaseline = "middle";
     const ticks = bar.min < 0 && bar.max > 0 ? [bar.max, 0, bar.min] : [bar.max, bar.min];
     for (const t of ticks) ctx.fillText(fmtTick(t), x + 16, g.top + ((bar.max - t) / (bar.max - bar.min || 1)) * h);
-    ctx.save();
-    ctx.translate(x + 62, g.top + h / 2);
-    ctx.rotate(-Math.PI / 2);
-    ctx.textAlign = "center";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
     ctx.fillStyle = "#555";
-    ctx.fillText(truncate(bar.label, 48), 0, 0);
-    ctx.restore();
+    ctx.fillText(`colour: ${bar.label}`, g.left, g.top + h + 6);
   }
 
   /** The same picture as vector SVG: a rect per cell (a raster image beyond 40k cells). */
@@ -348,9 +346,7 @@ export class Heatmap {
     for (const t of ticks) {
       group.append(svgEl("text", { x: x + 16, y: g.top + ((bar.max - t) / (bar.max - bar.min || 1)) * h, "dominant-baseline": "middle" }, fmtTick(t)));
     }
-    const lx = x + 62;
-    const ly = g.top + h / 2;
-    group.append(svgEl("text", { x: lx, y: ly, transform: `rotate(-90 ${lx} ${ly})`, "text-anchor": "middle", fill: "#555" }, bar.label));
+    group.append(svgEl("text", { x: g.left, y: g.top + h + 16, fill: "#555" }, `colour: ${bar.label}`));
     return group;
   }
 }
