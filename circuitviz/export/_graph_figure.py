@@ -32,6 +32,8 @@ LINE_HEIGHT = 1.25
 NODE_SYMBOLS = {"embed": "square", "head": "circle", "mlp": "square", "logits": "diamond"}
 TYPE_ORDER = ("embed", "head", "mlp", "logits")
 WIDTH_LEVELS = 4
+# Beyond this many edges a figure is ink, not information: draw only the strongest.
+MAX_DRAWN_EDGES = 2000
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ def text_box_size(text: str, font_px: float) -> tuple[float, float]:
 
 def graph_json(graph: Any) -> dict[str, Any]:
     """The JSON dict of a ``Graph``, a JSON string or a dict."""
-    if hasattr(graph, "to_json"):
+    if hasattr(graph, "to_dict"):
+        graph = graph.to_dict()
+    elif hasattr(graph, "to_json"):
         graph = graph.to_json()
     if isinstance(graph, str | bytes):
         graph = json.loads(graph)
@@ -202,6 +206,8 @@ def _edge_traces(graph, pos, ablated: set[str]):
     import plotly.graph_objects as go
 
     edges = [e for e in graph.get("edges") or [] if e["source"] in pos and e["target"] in pos]
+    if len(edges) > MAX_DRAWN_EDGES:
+        edges = sorted(edges, key=lambda e: -abs(e["weight"]))[:MAX_DRAWN_EDGES]
     biggest = max((abs(e["weight"]) for e in edges), default=0.0) or 1.0
     buckets: dict[tuple[str, int], list[dict]] = {}
     for e in edges:
@@ -257,7 +263,8 @@ def graph_figure(
     """A publication figure of a circuit graph.
 
     ``graph``: a ``Graph``, its ``to_json()`` dict/string. ``threshold``/``top_n`` prune
-    edges by ``|weight|`` (a ``Graph`` prunes itself with ``Graph.prune``); ``ablated``:
+    edges by ``|weight|`` (a ``Graph`` prunes itself with ``Graph.prune``); at most the
+    :data:`MAX_DRAWN_EDGES` strongest edges are drawn. ``ablated``:
     node ids drawn crossed out with dotted edges; ``selected``: a node id to ring.
     Style options as :func:`circuitviz.export.make_style`.
     """

@@ -1,0 +1,285 @@
+"""``circuitviz`` command line: publication figures from a shell or CI.
+
+    circuitviz figure --task ioi --analysis patch --over heads -o patch.svg -o patch.png
+    circuitviz figure --model tiny-llama --task pairs.json --analysis attention \\
+        --layer 1 --head 2 -o attn.pdf
+
+Every output path is checked (extension, writable folder) before the model loads, and
+files are written atomically, so a failed run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ANALYSES = ("attention", "patch", "attribution", "circuit")
+TINY_MODELS = {"tiny-llama": "llama", "tiny-gpt2": "gpt2"}
+PAIR_KEYS = ("clean", "corrupted", "answers", "wrong_answers")
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """A problem with the command's input, reported as one line without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="circuitviz",
+        description="Mechanistic-interpretability figures from the command line.",
+        epilog="Run `circuitviz figure --help` for the figure options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fig = sub.add_parser(
+        "figure",
+        help="run an analysis and write its figure (.svg, .pdf, .png or .html)",
+        description=(
+            "Run one analysis on a model and task, and write its figure. The output's\n"
+            "extension picks the format: .svg, .pdf, .png (static, publication style) or\n"
+            ".html (standalone interactive page). Give -o several times for several files."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  circuitviz figure --task ioi --analysis patch --over heads -o patch.svg\n"
+            "  circuitviz figure --analysis attention --layer 4 --head 7 -o attn.png --dpi 600\n"
+            "  circuitviz figure --analysis circuit --top-n 150 --column double -o circuit.pdf\n"
+            "  circuitviz figure --model tiny-llama --task pairs.json --analysis patch -o p.svg\n"
+            "\n"
+            'pairs.json: {"clean": [...], "corrupted": [...], "answers": [...], '
+            '"wrong_answers": [...]}\n'
+            "Static export uses kaleido with Chromium; set BROWSER_PATH to choose a Chromium."
+        ),
+    )
+    what = fig.add_argument_group("model and task")
+    what.add_argument(
+        "--model",
+        default="demo",
+        help="'demo' (SmolLM2-135M-Instruct, default), 'tiny-llama', 'tiny-gpt2' "
+        "(random 2-layer test models), or a Hugging Face name or local folder",
+    )
+    what.add_argument(
+        "--task",
+        default=None,
+        help="'ioi', 'induction' or a JSON file of prompt pairs "
+        "(default: ioi, or induction for the tiny models)",
+    )
+    what.add_argument("--n", type=int, default=8, help="number of prompt pairs (default 8)")
+    what.add_argument("--seed", type=int, default=0, help="random seed of the task (default 0)")
+    what.add_argument(
+        "--metric",
+        default="logit_diff",
+        help="logit_diff (default), normalized_logit_diff, answer_prob or kl",
+    )
+
+    how = fig.add_argument_group("analysis")
+    how.add_argument("--analysis", choices=ANALYSES, default="patch", help="default: patch")
+    how.add_argument(
+        "--over",
+        default=None,
+        help="what patch/attribution patches: heads (default), heads_by_pos, resid_pre, "
+        "attn_out, mlp_out, q, k, v, pattern",
+    )
+    how.add_argument(
+        "--direction",
+        choices=("denoise", "noise"),
+        default=None,
+        help="patch/attribution: denoise (default) or noise",
+    )
+    how.add_argument("--layer", type=int, default=None, help="attention: the head's layer")
+    how.add_argument(
+        "--head",
+        type=int,
+        default=None,
+        help="attention: the head (with --layer; without both, the head-role scores)",
+    )
+    how.add_argument("--top-n", type=int, default=None, help="circuit: keep the N strongest edges")
+    how.add_argument(
+        "--threshold", type=float, default=None, help="circuit: keep edges with |weight| >= T"
+    )
+
+    out = fig.add_argument_group("output and style")
+    out.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="file to write (.svg .pdf .png .html); repeat for several formats",
+    )
+    out.add_argument("--font-family", default=None, help="CSS font list (default Arial-like)")
+    out.add_argument("--font-size", type=float, default=None, help="points (default 8)")
+    out.add_argument(
+        "--column",
+        choices=("single", "double"),
+        default=None,
+        help="width preset: single (3.5 in, default) or double (7.0 in)",
+    )
+    out.add_argument("--width", type=float, default=None, help="inches (overrides --column)")
+    out.add_argument("--height", type=float, default=None, help="inches (default: fits the figure)")
+    out.add_argument("--dpi", type=int, default=None, help="PNG resolution (default 300)")
+    fig.set_defaults(run=run_figure)
+    return parser
+
+
+def style_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("font_family", "font_size", "column", "width", "height", "dpi")
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Options that don't fit the analysis are mistakes: say so before any slow work."""
+    by_analysis = {
+        "over": ("patch", "attribution"),
+        "direction": ("patch", "attribution"),
+        "layer": ("attention",),
+        "head": ("attention",),
+        "top_n": ("circuit",),
+        "threshold": ("circuit",),
+    }
+    for name, analyses in by_analysis.items():
+        if getattr(args, name) is not None and args.analysis not in analyses:
+            flag = "--" + name.replace("_", "-")
+            raise CliError(
+                f"{flag} applies to --analysis {' or '.join(analyses)}, not {args.analysis}."
+            )
+    if (args.layer is None) != (args.head is None):
+        raise CliError("give both --layer and --head (one head's pattern), or neither.")
+    if args.n < 1:
+        raise CliError(f"--n must be at least 1, got {args.n}.")
+
+
+def load_model(name: str):
+    import circuitviz
+
+    if name in TINY_MODELS:
+        return circuitviz.tiny_model(TINY_MODELS[name])
+    return circuitviz.load_model(name)
+
+
+def load_pairs_file(path: Path):
+    from circuitviz import PromptPairs
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CliError(f"can't read --task file {str(path)!r}: {err.strerror}.") from err
+    except json.JSONDecodeError as err:
+        raise CliError(f"--task file {str(path)!r} is not valid JSON: {err}.") from err
+    if not isinstance(data, dict) or any(k not in data for k in PAIR_KEYS):
+        raise CliError(
+            f"--task file {str(path)!r} needs a JSON object with lists {list(PAIR_KEYS)}."
+        )
+    return PromptPairs(*(data[k] for k in PAIR_KEYS))
+
+
+def make_pairs(model, args: argparse.Namespace):
+    from circuitviz import tasks
+
+    task = args.task or ("induction" if args.model in TINY_MODELS else "ioi")
+    if task in ("ioi", "induction"):
+        return getattr(tasks, task)(model, args.n, seed=args.seed)
+    if task.endswith(".json") or Path(task).is_file():
+        return load_pairs_file(Path(task))
+    raise CliError(f"unknown --task {task!r}: use ioi, induction or a .json file of pairs.")
+
+
+def _engine(name: str):
+    """A top-level circuitviz function, or a clear error if this build lacks it."""
+    import circuitviz
+
+    fn = getattr(circuitviz, name, None)
+    if fn is None and name == "circuit":
+        try:
+            from circuitviz.engine.graph import circuit as fn
+        except ImportError:
+            fn = None
+    if fn is None:
+        raise CliError(f"this circuitviz build has no circuitviz.{name}() yet.")
+    return fn
+
+
+def _call(fn, *args: Any, **options: Any):
+    """Call with the options ``fn`` accepts; ``progress=False`` keeps CI logs clean."""
+    params = inspect.signature(fn).parameters
+    return fn(*args, **{k: v for k, v in options.items() if k in params and v is not None})
+
+
+def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The result object and the figure options that go with it."""
+    if args.analysis == "attention":
+        result = _engine("attention")(model, pairs.clean[0])
+        return result, {"layer": args.layer, "head": args.head}
+    if args.analysis in ("patch", "attribution"):
+        fn = _engine("patch" if args.analysis == "patch" else "attribution_patch")
+        over = args.over or "heads"
+        result = _call(
+            fn,
+            model,
+            pairs,
+            over=over,
+            direction=args.direction,
+            metric=args.metric,
+            progress=False,
+        )
+        return result, {}
+    graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=False)
+    # Unpruned graphs of real models have far too many edges to draw.
+    top_n = args.top_n if args.top_n is not None or args.threshold is not None else 200
+    if hasattr(graph, "prune"):  # prune once, so the HTML page shows the same graph
+        return graph.prune(top_n=top_n, threshold=args.threshold), {}
+    return graph, {"top_n": top_n, "threshold": args.threshold}
+
+
+def run_figure(args: argparse.Namespace) -> int:
+    from circuitviz.export import figure_of, make_style
+    from circuitviz.export._static import check_writable, export_format, save_many
+
+    check_arguments(args)
+    style = style_options(args)
+    make_style(**style)  # bad style is reported before the model loads
+    for path in args.output:
+        export_format(path)
+        check_writable(path)
+    model = load_model(args.model)
+    pairs = make_pairs(model, args)
+    result, figure_options = run_analysis(model, pairs, args)
+    figure_options = {k: v for k, v in figure_options.items() if v is not None}
+    static = [p for p in args.output if export_format(p) != "html"]
+    html = [p for p in args.output if export_format(p) == "html"]
+    written = []
+    if static:  # one figure for every static format
+        fig = figure_of(result, **figure_options, **style)
+        written += save_many(fig, static, **style)
+    if html:
+        written += save_many(result, html)
+    for path in written:
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    from circuitviz.engine import InputError, MetricError, ModelNotFoundError
+
+    try:
+        return args.run(args)
+    except (CliError, InputError, MetricError, ModelNotFoundError, NotImplementedError) as err:
+        print(f"circuitviz: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("circuitviz: interrupted; no file written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
