@@ -246,6 +246,8 @@ class CircuitView(AblationView):
         self.has_faithfulness = bool(
             obj is not None and hasattr(obj, "faithfulness") and self.can_ablate
         )
+        if not self.can_ablate and payload.get("clean") is not None:
+            self.result = {k: payload.get(k) for k in ("metric", "clean", "corrupted")}
         self._apply_state(state)
         self._baseline()
 
