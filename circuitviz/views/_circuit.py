@@ -8,6 +8,7 @@ float32 weights), since an all-pairs graph has tens of thousands of them.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import warnings
@@ -47,12 +48,25 @@ def graph_dict(graph: Any) -> tuple[dict[str, Any], Any]:
     )
 
 
-def graph_object(data: dict[str, Any]) -> Any:
-    """Rebuild a Graph from JSON when circuitviz provides one (so faithfulness works)."""
+def _graph_api(name: str) -> Any:
+    """``circuitviz.<name>``, else ``circuitviz.engine.graph.<name>``, else None."""
     try:
         import circuitviz
 
-        cls = getattr(circuitviz, "Graph", None)
+        found = getattr(circuitviz, name, None)
+        if found is None or not callable(found):
+            from ..engine import graph as engine_graph
+
+            found = getattr(engine_graph, name, None)
+        return found
+    except Exception:
+        return None
+
+
+def graph_object(data: dict[str, Any]) -> Any:
+    """Rebuild a Graph from JSON when circuitviz provides one (so faithfulness works)."""
+    cls = _graph_api("Graph")
+    try:
         return cls.from_json(data) if cls is not None and hasattr(cls, "from_json") else None
     except Exception:
         return None
@@ -170,20 +184,16 @@ def patching_graph(
 
 
 def build_graph(model: Any, pairs: PromptPairs, metric: str) -> tuple[dict[str, Any], Any]:
-    """Edges from ``circuitviz.circuit`` when it is installed; else patching scores."""
-    try:
-        import circuitviz
-
-        build = getattr(circuitviz, "circuit", None)
-        if build is not None and not callable(build):
-            build = getattr(build, "circuit", None)
-        if callable(build):
-            g = build(model, pairs, metric=metric)
-            return graph_dict(g)
-    except Exception as err:
-        warnings.warn(
-            f"circuitviz.circuit failed ({err!r}); scoring nodes by patching instead.", stacklevel=3
-        )
+    """The EAP graph from ``circuitviz.circuit`` when available; else patching scores."""
+    build = _graph_api("circuit")
+    if callable(build):
+        try:
+            return graph_dict(build(model, pairs, metric=metric, progress=False))
+        except Exception as err:
+            warnings.warn(
+                f"circuitviz.circuit failed ({err!r}); scoring nodes by patching instead.",
+                stacklevel=3,
+            )
     return patching_graph(model, pairs, metric=metric), None
 
 
@@ -276,9 +286,11 @@ class CircuitView(AblationView):
         if not isinstance(ablated, list) or not all(isinstance(n, str) for n in ablated):
             raise InputError("faithfulness: 'ablated' must be a list of component ids.")
         gone = set(ablated)
-        kept = [n for n in nodes if re.sub(r":P\d+$", "", n) not in gone]
+        dropped = [n for n in nodes if re.sub(r":P\d+$", "", n) in gone]
         f = self._graph.faithfulness
-        self.faithfulness = {
-            "circuit": float(f(self._model, self._pairs, nodes=nodes)),
-            "ablated": float(f(self._model, self._pairs, nodes=kept)),
-        }
+        circuit = f(self._model, self._pairs, nodes=nodes)
+        if "ablated" in inspect.signature(f).parameters:
+            after = f(self._model, self._pairs, nodes=nodes, ablated=dropped)
+        else:
+            after = f(self._model, self._pairs, nodes=[n for n in nodes if n not in dropped])
+        self.faithfulness = {"circuit": float(circuit), "ablated": float(after)}
