@@ -9,7 +9,7 @@ import traitlets
 
 from ..engine import PromptPairs, patch
 from ._attention import AttentionView
-from ._circuit import CircuitView, patching_graph
+from ._circuit import CircuitView
 from ._patching import PatchingView
 
 
@@ -41,12 +41,12 @@ def explore(
     prompt: str | None = None,
 ) -> Explorer:
     """Attention (on ``prompt``, default ``pairs.clean[0]``), exact head patching, and the circuit
-    graph (``graph`` or one scored by patching), linked by the selected component."""
+    graph (``graph``, else ``circuitviz.circuit``'s EAP graph), linked by the selected component.
+
+    Each view keeps its own ablation set; the selection (``.selected``) is shared."""
     heads = patch(model, pairs, over="heads", metric=metric, progress=False)
     patching = PatchingView(heads, model=model, pairs=pairs)
     attention = AttentionView(model, prompt if prompt is not None else pairs.clean[0])
-    if graph is None:
-        graph = patching_graph(model, pairs, metric=metric, heads=heads)
-    circuit = CircuitView(model, pairs, graph, metric=metric)
+    circuit = CircuitView(model, pairs, graph, metric=metric)  # None: EAP graph, or patching
     patching.selected = attention.selected
     return Explorer(attention, patching, circuit)
