@@ -28,3 +28,7 @@ __all__ = [
     "patch",
     "tiny_model",
 ]
+
+from .engine import Graph, circuit  # noqa: E402
+
+__all__ += ["Graph", "circuit"]

@@ -28,3 +28,8 @@ __all__ = [
     "tiny_model",
     "tokenize",
 ]
+
+# Attribution graphs (circuitviz.engine.graph).
+from .graph import Edge, Graph, Node, circuit, edge_patch
+
+__all__ += ["Edge", "Graph", "Node", "circuit", "edge_patch"]
