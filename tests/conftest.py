@@ -159,7 +159,7 @@ class JupyterServer:
             "--LabApp.news_url=None",
             f"--LabApp.workspaces_dir={self.home / 'workspaces'}",
         ]
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             cmd,
             cwd=self.root_dir,

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import ARTIFACTS, DEMO_MISSING, ROOT, demo_available, kernel_eval
+
+try:  # tests/ may or may not be a package
+    from tests.conftest import ARTIFACTS, DEMO_MISSING, ROOT, demo_available, kernel_eval
+except ImportError:
+    from conftest import ARTIFACTS, DEMO_MISSING, ROOT, demo_available, kernel_eval
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -169,3 +173,229 @@ def test_probe_widget_roundtrip(jupyter_server, page, ui):
     finally:
         client.stop_channels()
     assert page.dialogs == []
+
+
+# ----------------------------------------------------------------------------- circuitviz views
+
+LATENCY_BUDGET_MS = float(__import__("os").environ.get("CIRCUITVIZ_LATENCY_BUDGET_MS", "3000"))
+
+
+def js_fmt(v: float) -> str:
+    """Python twin of ``fmt`` in js/src/dom.ts (what the views print for a metric)."""
+    a = abs(v)
+    if a != 0 and (a < 1e-3 or a >= 1e5):
+        mant, exp = f"{v:.2e}".split("e")
+        return f"{mant}e{'+' if int(exp) >= 0 else '-'}{abs(int(exp))}"
+    return re.sub(r"\.?0+$", "", f"{v:.4f}") or "0"
+
+
+def view(page, kind: str):
+    return page.locator(f'[data-view="{kind}"]').first
+
+
+INSTALL_CLICK_CLOCK = """(sel) => {
+    // Click time (capture phase, before any view handler) and the moment the view's panel
+    // has the kernel's answer: data-busy back to "false" with a metric-ablated value.
+    const root = document.querySelector(sel);
+    window.__cv = { clicks: [], done: [] };
+    document.addEventListener("click", () => window.__cv.clicks.push(performance.now()), true);
+    const obs = new MutationObserver(() => {
+        const c = window.__cv;
+        if (c.done.length >= c.clicks.length) return;
+        if (root.getAttribute("data-busy") !== "false") return;
+        const m = root.querySelector('[data-role="metric-ablated"]');
+        if (!m || m.dataset.value === "") return;
+        const value = m.dataset.value;
+        const shown = m.textContent;
+        requestAnimationFrame(() => c.done.push({ t: performance.now(), value, shown }));
+    });
+    obs.observe(root, { subtree: true, childList: true, attributes: true, characterData: true });
+}"""
+
+
+def click_and_wait(page, target, timeout: float = 120_000) -> dict:
+    """Click ``target`` (a head); wait until its view shows the kernel's new metric.
+    Returns ``{"ms": click→painted latency, "value": data-value, "shown": text}``."""
+    n = page.evaluate("window.__cv.clicks.length")
+    target.click()
+    page.wait_for_function(f"window.__cv.done.length >= {n + 1}", timeout=timeout)
+    click = page.evaluate(f"window.__cv.clicks[{n}]")
+    done = page.evaluate(f"window.__cv.done[{n}]")
+    return {"ms": done["t"] - click, "value": float(done["value"]), "shown": done["shown"]}
+
+
+@pytest.fixture(scope="module")
+def lab_ioi(jupyter_server, browser):
+    """JupyterLab with tests/e2e/e2e_ioi.ipynb run: circuit, patching and attention views."""
+    if not demo_available():
+        pytest.skip(DEMO_MISSING)
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.dialogs = []
+    page.on("dialog", lambda d: (page.dialogs.append(f"{d.type}: {d.message}"), d.dismiss()))
+    t0 = time.monotonic()
+    open_notebook(page, jupyter_server.lab_url("e2e_ioi.ipynb"))
+    run_all_cells(page, "E2E_READY True True")
+    for kind in ("circuit", "patching", "attention"):
+        view(page, kind).wait_for(state="visible", timeout=120_000)
+    print(f"\n[e2e] JupyterLab notebook ran in {time.monotonic() - t0:.1f}s")
+    yield page
+    context.close()
+
+
+def kernel_readback(page, jupyter_server, var: str) -> tuple[list[str], float]:
+    """Read ``var``'s ablation back from Python: once in a new notebook cell (as a person
+    would), once over the kernel protocol; both must agree."""
+    marker = f"READBACK_{var}"
+    text = run_new_cell(
+        page,
+        f"import json; print({marker!r}, json.dumps({var}.ablated), repr({var}.result['ablated']))",
+        marker,
+    )
+    m = re.search(rf"{marker} (\[.*?\]) (\S+)", text)
+    assert m, text
+    ablated, value = json.loads(m[1]), float(m[2])
+    client = jupyter_server.kernel_client("e2e_ioi.ipynb")
+    try:
+        out = kernel_eval(client, f"print(json.dumps([{var}.ablated, {var}.ablation.ablated]))")
+    finally:
+        client.stop_channels()
+    k_ablated, k_value = json.loads(out)
+    assert k_ablated == ablated and k_value == pytest.approx(value)
+    return ablated, value
+
+
+def first_heads(page, kind: str, n: int) -> list[str]:
+    sel = (
+        f'[data-view="{kind}"] [data-component][data-type="head"]'
+        if kind == "circuit"
+        else f'[data-view="{kind}"] [data-component^="L"]'
+    )
+    ids = page.eval_on_selector_all(sel, "els => els.map(e => e.dataset.component)")
+    heads = [i for i in dict.fromkeys(ids) if re.fullmatch(r"L\d+H\d+", i)]
+    assert len(heads) >= n, f"{kind} view shows only {heads}"
+    return heads[:n]
+
+
+@pytest.mark.demo
+@pytest.mark.parametrize("kind,var", [("circuit", "cv_view"), ("patching", "pv")])
+def test_click_head_ablates_in_kernel(lab_ioi, jupyter_server, kind, var):
+    page = lab_ioi
+    root = view(page, kind)
+    root.scroll_into_view_if_needed()
+    page.evaluate(INSTALL_CLICK_CLOCK, f'[data-view="{kind}"]')
+    head = first_heads(page, kind, 1)[0]
+    metric = root.locator('[data-role="metric-ablated"]')
+    assert metric.inner_text().strip() == "–"  # nothing ablated yet
+    got = click_and_wait(page, root.locator(f'[data-component="{head}"]').first)
+    ablated, value = kernel_readback(page, jupyter_server, var)
+    assert ablated == [head]
+    assert got["value"] == pytest.approx(value, rel=1e-5)
+    assert metric.inner_text().strip() == js_fmt(value)
+    assert root.locator('[data-role="error"]').inner_text().strip() == ""
+    if kind == "circuit":
+        assert (
+            root.locator(f'[data-component="{head}"]').first.get_attribute("data-ablated") == "true"
+        )
+    assert page.dialogs == []
+    screenshot(page, f"{kind}_view", root, docs=True)
+
+
+@pytest.mark.demo
+def test_attention_view_renders(lab_ioi):
+    page = lab_ioi
+    root = view(page, "attention")
+    root.scroll_into_view_if_needed()
+    canvas = root.locator('[data-role="grid-canvas"]')
+    canvas.wait_for(state="visible")
+    inked = page.evaluate(
+        """(c) => { const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+                   let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 250 || d[i+1] < 250) n++;
+                   return n; }""",
+        canvas.element_handle(),
+    )
+    assert inked > 100, "the thumbnail grid canvas is blank"
+    tokens = root.locator('[data-role="tokens"]').inner_text()
+    assert "gave" in tokens
+    # Focusing another head loads its layer's full pattern from the kernel.
+    root.locator('[data-component="L2H3"]').first.click()
+    page.wait_for_function(
+        "() => document.querySelector('[data-view=\"attention\"]').getAttribute('data-busy') === 'false'"
+        " && document.querySelector('[data-view=\"attention\"] [data-role=\"focus-title\"]').textContent.includes('L2H3')",
+        timeout=60_000,
+    )
+    screenshot(page, "attention_view", root, docs=True)
+
+
+@pytest.mark.demo
+def test_prompt_is_shown_literally(lab_ioi):
+    """Hostile text in a prompt is data: shown as text, never parsed as HTML or templates."""
+    page = lab_ioi
+    root = page.locator('[data-view="attention"]').nth(1)
+    root.scroll_into_view_if_needed()
+    text = root.locator('[data-role="tokens"]').inner_text()
+    for literal in (
+        "<img src=x onerror=alert(1)>",
+        "</script><script>alert(2)</script>",
+        "{{ 7*7 }}",
+    ):
+        assert literal.replace(" ", "") in text.replace(" ", ""), text
+    assert "49" not in text
+    assert root.locator("img, script").count() == 0
+    assert page.locator(".jp-OutputArea img[src='x']").count() == 0
+    page.wait_for_timeout(500)  # give a would-be onerror handler time to fire
+    assert page.dialogs == []
+    screenshot(page, "attention_xss", root)
+
+
+@pytest.mark.demo
+def test_click_latency(lab_ioi, artifacts):
+    """Click → the view shows the kernel's new metric, measured in the browser over 10 clicks."""
+    page = lab_ioi
+    root = view(page, "patching")
+    root.scroll_into_view_if_needed()
+    page.evaluate(INSTALL_CLICK_CLOCK, '[data-view="patching"]')
+    heads = first_heads(page, "patching", 5)
+    samples = []
+    for i in range(10):
+        head = heads[i % len(heads)]
+        got = click_and_wait(page, root.locator(f'[data-component="{head}"]').first)
+        samples.append(got["ms"])
+    n_tokens = len(page.locator('[data-view="attention"] [data-role="tokens"] .cv-token').all())
+    median = statistics.median(samples)
+    report = {
+        "view": "PatchingView",
+        "model": "demo (SmolLM2-135M-Instruct), CPU",
+        "prompt_tokens": n_tokens,
+        "prompts": 2,
+        "clicks": len(samples),
+        "samples_ms": [round(s, 1) for s in samples],
+        "median_ms": round(median, 1),
+        "target_ms": 500,
+    }
+    (artifacts / "latency.json").write_text(json.dumps(report, indent=2))
+    print(f"\n[e2e] click→updated view latency: median {median:.0f} ms over {len(samples)} clicks")
+    assert median <= LATENCY_BUDGET_MS, report
+
+
+@pytest.mark.demo
+def test_notebook7_click_ablates(jupyter_server, page):
+    if not demo_available():
+        pytest.skip(DEMO_MISSING)
+    open_notebook(page, jupyter_server.notebook_url("e2e_nb7.ipynb"))
+    assert (
+        "/notebooks/" in page.url and page.locator("#jp-NotebookPanel, .jp-NotebookPanel").count()
+    )
+    run_all_cells(page, "NB7_READY True")
+    root = view(page, "patching")
+    root.wait_for(state="visible")
+    page.evaluate(INSTALL_CLICK_CLOCK, '[data-view="patching"]')
+    head = first_heads(page, "patching", 1)[0]
+    got = click_and_wait(page, root.locator(f'[data-component="{head}"]').first)
+    text = run_new_cell(page, "print('NB7', pv.ablated, pv.result['ablated'])", "NB7 [")
+    m = re.search(r"NB7 \[(.*?)\] (\S+)", text)
+    assert m and m[1] == repr(head)
+    assert got["value"] == pytest.approx(float(m[2]), rel=1e-5)
+    assert page.dialogs == []
+    screenshot(page, "notebook7_patching", root)
