@@ -234,6 +234,21 @@ def test_pdf_is_one_non_blank_page_of_the_column_width(rendered, tmp_path):
     assert (page < 128).mean() > 0.01  # some dark ink: text and cells
 
 
+def ink_box(grey: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(grey < 128)
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+def test_pdf_page_shows_the_same_picture_as_the_png(heads_by_pos, tmp_path):
+    """The whole figure is on the page: nothing shifted or clipped at the edges."""
+    pdf = save(heads_by_pos, tmp_path / "map.pdf")
+    png = save(heads_by_pos, tmp_path / "map.png", dpi=100)
+    page = pdf_page_pixels(pdf, tmp_path, dpi=100)
+    picture = png_pixels(png.read_bytes())[..., :3].mean(axis=2)
+    assert abs(page.shape[0] - picture.shape[0]) <= 1 and abs(page.shape[1] - picture.shape[1]) <= 1
+    assert np.allclose(ink_box(page), ink_box(picture), atol=2), (ink_box(page), ink_box(picture))
+
+
 def test_png_is_single_column_at_the_requested_dpi_and_not_blank(rendered):
     data = rendered["png"].read_bytes()
     assert png_size(data)[0] == round(3.5 * 120)

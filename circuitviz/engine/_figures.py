@@ -114,8 +114,6 @@ def patch_figure(
             zmid=centre,
             zmin=centre - span,
             zmax=centre + span,
-            xgap=0.5,
-            ygap=0.5,
             colorbar={"title": {"text": result.metric}},
             hovertemplate=(
                 f"{row_axis} %{{y}}<br>{col_axis} %{{x}}<br>{result.metric} %{{z:.4f}}<extra></extra>"
@@ -189,8 +187,6 @@ def attention_figure(
                 colorscale=SEQUENTIAL,
                 zmin=0,
                 zmax=1,
-                xgap=0.5,
-                ygap=0.5,
                 colorbar={"title": {"text": "attention"}},
                 hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>",
             )
@@ -227,8 +223,6 @@ def attention_figure(
                 colorscale=SEQUENTIAL,
                 zmin=0,
                 zmax=1,
-                xgap=0.5,
-                ygap=0.5,
                 showscale=i == len(names),
                 colorbar={"title": {"text": "score"}},
                 hovertemplate=f"{role} %{{y}}%{{x}}: %{{z:.3f}}<extra></extra>",

@@ -80,12 +80,42 @@ def write_atomically(target: Path, write) -> None:
         raise
 
 
+def _print_pdf_without_margins() -> None:
+    """kaleido 1.x prints a PDF page the figure's size but with 0.1 in margins inside it,
+    which shifts the figure and clips its bottom and right edges; print with no margins."""
+    try:
+        from kaleido._kaleido_tab import _devtools_utils as devtools
+    except ImportError:  # another kaleido layout: leave it alone
+        return
+    if getattr(devtools.print_pdf, "circuitviz", False) or not hasattr(devtools, "_raise_error"):
+        return
+
+    async def print_pdf(tab):
+        params = {
+            "printBackground": True,
+            "marginTop": 0,
+            "marginBottom": 0,
+            "marginLeft": 0,
+            "marginRight": 0,
+            "preferCSSPageSize": True,
+            "pageRanges": "1",
+        }
+        response = await tab.send_command("Page.printToPDF", params=params)
+        devtools._raise_error(response)
+        return response.get("result", {}).get("data")
+
+    print_pdf.circuitviz = True
+    devtools.print_pdf = print_pdf
+
+
 def _ensure_server() -> None:
     global _server_started
     with _server_lock:
         if _server_started:
             return
         import kaleido
+
+        _print_pdf_without_margins()
 
         # MathJax would be fetched from a CDN; figures use no LaTeX, and CI may be offline.
         kaleido.start_sync_server(silence_warnings=True, mathjax=False)
