@@ -23,6 +23,7 @@ export class AblationPanel {
   readonly error: HTMLDivElement;
   private request = 0;
   private pending: string[] | null = null;
+  private watchdog: ReturnType<typeof setTimeout> | undefined;
   private readonly modeSelect: HTMLSelectElement;
   private readonly metricSelect: HTMLSelectElement;
   private readonly table: HTMLTableElement;
@@ -68,6 +69,7 @@ export class AblationPanel {
       if (msg.request !== undefined && msg.request !== this.request) return; // a stale reply
       this.pending = null;
       this.setBusy(false);
+      clearTimeout(this.watchdog);
       if (msg.type === "error") setText(this.error, msg.message ?? "error");
       this.onChange();
       this.update();
@@ -97,6 +99,14 @@ export class AblationPanel {
     setText(this.error, "");
     this.setBusy(true);
     this.model.send({ type: "ablate", components, mode: this.modeSelect.value, metric: this.metricSelect.value, request: this.request });
+    // A dead or busy kernel never answers: stop looking busy and say so, keep the view usable.
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => {
+      this.pending = null;
+      this.setBusy(false);
+      setText(this.error, "No answer from the kernel after 120 s: is it running? Try again or Reset.");
+      this.onChange();
+    }, 120_000);
     this.onChange();
   }
 

@@ -167,7 +167,7 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
     const role = model.get("show_scores");
-    const sel = parseHead(model.get("selected"));
+    const sel = focused;
     ctx.imageSmoothingEnabled = t > cell;
     for (let l = 0; l < L; l++) {
       ctx.fillStyle = "#444";
@@ -236,7 +236,7 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
 
   function highlight(i: number | null): void {
     hoverPos = i;
-    const sel = parseHead(model.get("selected"));
+    const sel = focused;
     const p = sel ? store.pattern(sel[0], sel[1]) : null;
     for (let j = 0; j < T; j++) {
       const s = spans[j];
@@ -258,10 +258,19 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     }
   }
 
-  function focus(): void {
-    drawGrid();
+  // The focused head: the selection when it names one of this model's heads (another view may
+  // select an MLP or a node of another graph; the focus then stays where it was).
+  let focused: [number, number] | null = null;
+  function currentHead(): [number, number] | null {
     const sel = parseHead(model.get("selected"));
-    if (!sel || sel[0] >= L || sel[1] >= H) {
+    if (sel && sel[0] < L && sel[1] < H) focused = sel;
+    return focused;
+  }
+
+  function focus(): void {
+    const sel = currentHead();
+    drawGrid();
+    if (!sel) {
       setText(focusTitle, "Click a head to see its pattern");
       return;
     }
@@ -302,8 +311,7 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     if (msg.type === "layer") {
       if (store.add(msg as LayerChunk, buffers[0] ?? new DataView(new ArrayBuffer(0)))) {
         rootEl.setAttribute("data-busy", "false");
-        const sel = parseHead(model.get("selected"));
-        if (sel && sel[0] === msg.layer) focus();
+        if (focused && focused[0] === msg.layer) focus();
       }
     } else if (msg.type === "error") {
       rootEl.setAttribute("data-busy", "false");
