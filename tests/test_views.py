@@ -346,14 +346,21 @@ def test_faithfulness_of_shown_and_ablated_circuit(model, pairs):
     graph = FakeGraph()
     view = CircuitView(model, pairs, graph)
     assert view.has_faithfulness
+    out = Outbox(view)
     view._handle_custom_msg(
         {"type": "faithfulness", "nodes": ["EMBED", "L0H1", "L1H3", "LOGITS"], "ablated": ["L1H3"]}
     )
-    assert view.faithfulness == {"circuit": 0.4, "ablated": 0.3}
+    f = view.faithfulness
+    assert (f["circuit"], f["ablated"], f["ablated_nodes"]) == (0.4, 0.3, ["L1H3"])
     assert graph.calls[-1] == ["EMBED", "L0H1", "LOGITS"]
-    out = Outbox(view)
+    # LOGITS/EMBED are never "ablated" even if asked
+    view._handle_custom_msg(
+        {"type": "faithfulness", "nodes": ["EMBED", "LOGITS"], "ablated": ["LOGITS"]}
+    )
+    assert view.faithfulness["ablated_nodes"] == []
+    assert out.types() == ["faithfulness", "faithfulness"]
     view._handle_custom_msg({"type": "faithfulness", "nodes": ["NOPE"]})
-    assert out.types() == ["error"]
+    assert out.types()[-1] == "error"
     assert not CircuitView(graph=GRAPH).has_faithfulness
 
 

@@ -225,8 +225,9 @@ class CircuitView(AblationView):
     """Whether the graph can score its own faithfulness (needs a Graph, model and pairs)."""
 
     faithfulness = t.Dict().tag(sync=True)
-    """``{"circuit": f, "ablated": f}``: faithfulness of the shown circuit, and of it minus the
-    ablated nodes."""
+    """``{"circuit": f, "ablated": f, "nodes": [...], "ablated_nodes": [...]}``: faithfulness
+    (fraction of the clean−corrupted metric recovered) of the shown circuit, and of it with the
+    ablated nodes removed; computed on request (the view's "faithfulness" button)."""
 
     def __init__(
         self,
@@ -286,11 +287,20 @@ class CircuitView(AblationView):
         if not isinstance(ablated, list) or not all(isinstance(n, str) for n in ablated):
             raise InputError("faithfulness: 'ablated' must be a list of component ids.")
         gone = set(ablated)
-        dropped = [n for n in nodes if re.sub(r":P\d+$", "", n) in gone]
+        types = {n["id"]: n["type"] for n in self.graph["nodes"]}
+        dropped = [
+            n for n in nodes if types[n] in ("head", "mlp") and re.sub(r":P\d+$", "", n) in gone
+        ]
         f = self._graph.faithfulness
         circuit = f(self._model, self._pairs, nodes=nodes)
         if "ablated" in inspect.signature(f).parameters:
             after = f(self._model, self._pairs, nodes=nodes, ablated=dropped)
         else:
             after = f(self._model, self._pairs, nodes=[n for n in nodes if n not in dropped])
-        self.faithfulness = {"circuit": float(circuit), "ablated": float(after)}
+        self.faithfulness = {
+            "circuit": float(circuit),
+            "ablated": float(after),
+            "nodes": list(nodes),
+            "ablated_nodes": dropped,
+        }
+        self.send({"type": "faithfulness", "request": content.get("request")})

@@ -13,11 +13,10 @@ const ABLATABLE = new Set(["head", "mlp"]);
 function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLElement }) {
   const rootEl = root(host, "circuit");
   const info = el("div", { class: "cv-muted", "data-role": "hover-info" }, "hover a node or edge");
-  const panel = new AblationPanel(model, rootEl, () => {
-    draw();
-    requestFaithfulness();
-  });
+  const panel = new AblationPanel(model, rootEl, () => draw());
   const faith = el("table", { class: "cv-faith" });
+  const faithButton = el("button", { class: "cv-button", "data-role": "faithfulness-run", type: "button", title: "Exact faithfulness of the shown circuit, with and without your ablations (one forward pass each)" }, "Faithfulness");
+  faithButton.addEventListener("click", () => requestFaithfulness());
   panel.extra.append(faith);
   const topN = el("input", { type: "range", min: 1, step: 1, "data-role": "top-n" });
   const topNLabel = el("span", { "data-role": "top-n-value" });
@@ -156,25 +155,31 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     model.save_changes();
   }
 
+  function shownIds(): string[] {
+    return [...pruned().nodes].map((i) => nodes[i].id);
+  }
+
+  /** Faithfulness is recomputed on request only (it costs forward passes); once the shown
+   * circuit or the ablation set changes, the last values are marked stale. */
   function drawFaithfulness(): void {
     clear(faith);
     if (!model.get("has_faithfulness")) return;
     const f = model.get("faithfulness") ?? {};
+    const same = (a: string[] | undefined, b: string[]) => !!a && a.length === b.length && a.every((x, i) => x === b[i]);
+    const shown = shownIds();
+    const ablatedShown = shown.filter((id) => panel.current().includes(id.replace(/:P\d+$/, "")) && ABLATABLE.has(nodes.find((n) => n.id === id)?.type ?? ""));
+    const stale = f.circuit === undefined || !same(f.nodes, shown) || !same(f.ablated_nodes, ablatedShown);
     faith.append(
-      el("tr", {}, el("td", {}, "faithfulness (shown circuit)"), el("td", { "data-role": "faithfulness-circuit" }, fmt(f.circuit ?? NaN, 3))),
-      el("tr", {}, el("td", {}, "… after your ablations"), el("td", { "data-role": "faithfulness-ablated" }, fmt(f.ablated ?? NaN, 3))),
+      el("tr", {}, el("td", {}, "faithfulness (shown circuit)"), el("td", { "data-role": "faithfulness-circuit", "data-stale": String(stale) }, fmt(f.circuit ?? NaN, 3))),
+      el("tr", {}, el("td", {}, "… after your ablations"), el("td", { "data-role": "faithfulness-ablated", "data-stale": String(stale) }, fmt(f.ablated ?? NaN, 3))),
+      el("tr", {}, el("td", { colspan: 2 }, faithButton, stale && f.circuit !== undefined ? el("span", { class: "cv-muted" }, " (stale: recompute)") : "")),
     );
   }
 
-  let faithTimer: ReturnType<typeof setTimeout> | undefined;
   function requestFaithfulness(): void {
     if (!model.get("has_faithfulness")) return;
-    clearTimeout(faithTimer);
-    faithTimer = setTimeout(() => {
-      const p = pruned();
-      const ids = [...p.nodes].map((i) => nodes[i].id);
-      model.send({ type: "faithfulness", nodes: ids, ablated: panel.current() });
-    }, 400);
+    rootEl.setAttribute("data-busy", "true");
+    model.send({ type: "faithfulness", nodes: shownIds(), ablated: panel.current() });
   }
 
   function exportSVG(): SVGSVGElement {
@@ -229,21 +234,15 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     model.set("threshold", Number(threshold.value));
     model.save_changes();
   });
-  model.on("msg:custom", (msg: { type?: string; message?: string }) => {
-    if (msg.type === "faithfulness_error") setText(panel.error, msg.message ?? "");
+  model.on("msg:custom", (msg: { type?: string }) => {
+    if (msg.type === "faithfulness") rootEl.setAttribute("data-busy", "false");
   });
-  for (const name of ["change:top_n", "change:threshold", "change:pinned"]) {
-    model.on(name, () => {
-      draw();
-      requestFaithfulness();
-    });
-  }
+  for (const name of ["change:top_n", "change:threshold", "change:pinned"]) model.on(name, () => draw());
   for (const name of ["change:selected", "change:ablated"]) model.on(name, () => draw());
   model.on("change:faithfulness", () => drawFaithfulness());
   model.on("change:graph", () => load());
   try {
     load();
-    requestFaithfulness();
   } catch (e) {
     setText(panel.error, `Could not draw this graph: ${e}`);
   }

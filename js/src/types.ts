@@ -108,6 +108,6 @@ export interface CircuitTraits extends AblationTraits {
   top_n: number;
   threshold: number;
   pinned: string[];
-  faithfulness: { circuit?: number | null; ablated?: number | null };
+  faithfulness: { circuit?: number | null; ablated?: number | null; nodes?: string[]; ablated_nodes?: string[] };
   has_faithfulness: boolean;
 }
