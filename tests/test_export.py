@@ -35,6 +35,7 @@ from circuitviz.export import (
     render,
     save,
 )
+from circuitviz.export._style import NEGATIVE, POSITIVE
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 PAIRS = circuitviz.PromptPairs(
@@ -361,7 +362,8 @@ def test_graph_layout_runs_embed_to_logits_upwards_and_marks_state():
     assert sorted(set(by_name["head"].y)) == list(range(6))
     assert list(by_name["ablated"].x) and list(by_name["selected"].y) == [3]
     colours = {t.line.color for t in fig.data if t.mode == "lines"}
-    assert {DIVERGING[0][1], DIVERGING[-1][1]} <= colours  # negative and positive weights
+    assert {NEGATIVE, POSITIVE} <= colours  # negative and positive weights
+    assert NEGATIVE in DIVERGING[1] and POSITIVE in DIVERGING[-2]  # same red/blue as heatmaps
 
 
 def test_graph_prune_by_top_n_and_threshold():

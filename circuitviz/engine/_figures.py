@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..export._style import (
-    CATEGORICAL,
     DIVERGING,
     PX_PER_INCH,
     SEQUENTIAL,
@@ -26,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DIVERGING", "ablation_figure", "attention_figure", "patch_figure", "text_label"]
 
+# Okabe–Ito grey, blue and vermillion (colour-blind safe) for before / after / corrupted.
+BEFORE, AFTER, CORRUPTED = "#999999", "#0072B2", "#D55E00"
 _CONTROL = {"\n": "↵", "\r": "␍", "\t": "⇥"}
 
 
@@ -260,8 +261,8 @@ def ablation_figure(
     )
     labels = [text_label(repr(t)[1:-1] if t.strip() != t else t) for t in tokens]
     for name, probs, colour in (
-        ("before", before, CATEGORICAL["embed"]),
-        ("after", after, CATEGORICAL["head"]),
+        ("before", before, BEFORE),
+        ("after", after, AFTER),
     ):
         fig.add_trace(
             go.Bar(
@@ -279,7 +280,7 @@ def ablation_figure(
         go.Bar(
             x=["clean", "ablated", "corrupted"],
             y=[result.clean, result.ablated, result.corrupted],
-            marker_color=[CATEGORICAL["embed"], CATEGORICAL["head"], CATEGORICAL["logits"]],
+            marker_color=[BEFORE, AFTER, CORRUPTED],
             showlegend=False,
             hovertemplate="%{x}: %{y:.4f}<extra></extra>",
         ),

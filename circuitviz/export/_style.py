@@ -21,29 +21,23 @@ MAX_INCHES = 40.0
 DEFAULT_FONT = "Arial, Liberation Sans, Helvetica, DejaVu Sans, sans-serif"
 TEXT_COLOUR = "#222222"
 
-# Colour-blind-safe diverging map (ColorBrewer RdBu, reversed: blue negative, white zero, red
-# positive). The one definition: widgets and figures must use this so they match.
-DIVERGING: list[list[Any]] = [
-    [0.0, "#2166ac"],
-    [0.1, "#4393c3"],
-    [0.2, "#92c5de"],
-    [0.35, "#d1e5f0"],
-    [0.5, "#f7f7f7"],
-    [0.65, "#fddbc7"],
-    [0.8, "#f4a582"],
-    [0.9, "#d6604d"],
-    [1.0, "#b2182b"],
-]
-NEGATIVE, POSITIVE = DIVERGING[0][1], DIVERGING[-1][1]
+# Colour-blind-safe diverging map: ColorBrewer RdBu (11 classes), negative red, white at zero,
+# positive blue — the same stops as the widgets (js/src/colors.ts), so figures match them.
+_RDBU = (
+    "#67001f", "#b2182b", "#d6604d", "#f4a582", "#fddbc7", "#f7f7f7",
+    "#d1e5f0", "#92c5de", "#4393c3", "#2166ac", "#053061",
+)  # fmt: skip
+DIVERGING: list[list[Any]] = [[i / (len(_RDBU) - 1), c] for i, c in enumerate(_RDBU)]
+NEGATIVE, POSITIVE = "#b2182b", "#2166ac"  # edge colours by weight sign, as in the widgets
 # Sequential map for non-negative values such as attention weights (ColorBrewer Blues).
 SEQUENTIAL = "Blues"
-# Okabe–Ito colours (colour-blind safe) for categories such as graph node types.
+# Okabe–Ito colours (colour-blind safe) for graph node types, as in the widgets.
 CATEGORICAL = {
     "embed": "#999999",
-    "head": "#0072B2",
-    "mlp": "#E69F00",
-    "logits": "#D55E00",
-    "other": "#009E73",
+    "head": "#E69F00",
+    "mlp": "#009E73",
+    "logits": "#CC79A7",
+    "other": "#56B4E9",
 }
 
 
