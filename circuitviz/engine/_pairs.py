@@ -107,7 +107,7 @@ def single_token(model: TransformerBridge, text: str, what: str) -> int:
 
 
 def _encode(model: TransformerBridge, prompts: tuple[str, ...], which: str) -> torch.Tensor:
-    rows = [model.to_tokens(p)[0] for p in prompts]
+    rows = [model.to_tokens(p, truncate=False)[0] for p in prompts]
     lengths = {len(r) for r in rows}
     if len(lengths) > 1:
         detail = ", ".join(f"{which}[{i}]: {len(r)}" for i, r in enumerate(rows[:6]))

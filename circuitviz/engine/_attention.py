@@ -1,0 +1,90 @@
+"""Attention patterns of every head, and head-role scores."""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from . import _hooks
+from ._models import model_name
+from ._pairs import InputError
+from ._results import AttentionResult
+
+ROLES = ("previous_token", "duplicate_token", "induction")
+
+
+def role_masks(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where each role looks, as ``[dest, src]`` 0/1 masks for one prompt's ``tokens [pos]``.
+
+    - previous-token: ``src == dest - 1``;
+    - duplicate-token: an earlier ``src`` holding the same token as ``dest``;
+    - induction: ``src`` right after an earlier occurrence of ``dest``'s token
+      (``tokens[src - 1] == tokens[dest]``, ``src <= dest``).
+    """
+    n = tokens.shape[0]
+    dest = torch.arange(n)[:, None]
+    src = torch.arange(n)[None, :]
+    same = tokens[:, None] == tokens[None, :]
+    prev_same = torch.zeros(n, n, dtype=torch.bool)
+    prev_same[:, 1:] = tokens[:, None] == tokens[None, :-1]
+    return {
+        "previous_token": (src == dest - 1),
+        "duplicate_token": same & (src < dest),
+        "induction": prev_same & (src <= dest) & (src >= 1),
+    }
+
+
+def role_scores(patterns: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean attention mass on each role's positions, over destinations where the role applies.
+
+    ``patterns``: ``[layer, head, dest, src]``; returns ``{role: [layer, head]}`` in [0, 1].
+    """
+    out = {}
+    p = patterns.float()
+    for role, mask in role_masks(tokens.cpu()).items():
+        rows = mask.any(-1)
+        if not rows.any():
+            out[role] = torch.zeros(p.shape[:2])
+            continue
+        mass = (p * mask.to(p.device)).sum(-1)  # [layer, head, dest]
+        out[role] = mass[..., rows.to(p.device)].mean(-1).cpu()
+    return out
+
+
+def attention(model: TransformerBridge, prompt: str | torch.Tensor) -> AttentionResult:
+    """Attention patterns of every layer and head for one prompt, with head-role scores.
+
+    Patterns are kept in float16 on the CPU: 30 layers × 9 heads of a 1,000-token prompt
+    take 540 MB instead of 1 GB.
+    """
+    if isinstance(prompt, str):
+        if not prompt:
+            raise InputError("The prompt is empty: give some text to look at.")
+        tokens = model.to_tokens(prompt, truncate=False)
+    else:
+        tokens = prompt.reshape(1, -1)
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise InputError(
+            f"The prompt has {tokens.shape[1]} tokens but the model's context is "
+            f"{model.cfg.n_ctx}: shorten it."
+        )
+    n_layers = model.cfg.n_layers
+    patterns: list[torch.Tensor | None] = [None] * n_layers
+
+    def keep(layer: int):
+        def hook(x: torch.Tensor, hook: object) -> None:
+            patterns[layer] = x[0].detach().to("cpu", torch.float16)
+
+        return hook
+
+    fwd = [(f"blocks.{layer}.attn.hook_pattern", keep(layer)) for layer in range(n_layers)]
+    fwd.append((_hooks.LAST_POSITION_HOOK, _hooks.last_position_only))
+    with torch.inference_mode():
+        _hooks.run(model, tokens, fwd)
+    stacked = torch.stack(patterns)  # type: ignore[arg-type]
+    return AttentionResult(
+        patterns=stacked,
+        tokens=list(model.to_str_tokens(tokens[0])),
+        scores=role_scores(stacked, tokens[0]),
+        model_name=model_name(model),
+    )

@@ -1,0 +1,136 @@
+"""Builders of :class:`~circuitviz.PromptPairs` for common behaviours."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from transformer_lens.model_bridge import TransformerBridge
+
+from .engine._pairs import InputError, PromptPairs
+
+NAMES = (
+    "John Mary Tom James Dan Sid Martin Amy Lisa Paul Mark Kate Anna Sarah Emma Jack "
+    "Michael David Laura Alice Bob Peter George Susan Helen Chris Eric Frank Linda Jane Rose"
+).split()
+PLACES = "store garden school park restaurant hospital office station house market".split()
+OBJECTS = "drink ring kiss bone basketball computer necklace apple book letter".split()
+IOI_TEMPLATES = (
+    "When {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "After {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "When {A} and {B} got a {OBJECT} at the {PLACE}, {S} gave it to",
+    "While {A} and {B} were working at the {PLACE}, {S} gave a {OBJECT} to",
+    "Then, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
+)
+
+
+def _single_tokens(model: TransformerBridge, words: Sequence[str]) -> list[str]:
+    """The words that are one token each, with a leading space, for this tokenizer."""
+    return [w for w in words if model.to_tokens(" " + w, prepend_bos=False).shape[1] == 1]
+
+
+def ioi(
+    model: TransformerBridge,
+    n: int = 8,
+    *,
+    seed: int = 0,
+    templates: Sequence[str] = IOI_TEMPLATES,
+) -> PromptPairs:
+    """Indirect-object identification pairs, half ABBA and half BABA.
+
+    Clean: "When John and Mary went to the store, John gave a drink to" → " Mary".
+    Corrupted: the second subject becomes the indirect object ("…, Mary gave a drink to"),
+    which flips the answer, so the wrong answer is the subject (" John"). Only templates of
+    the most common token length are used, so the batch is rectangular.
+    """
+    if n < 1:
+        raise InputError(f"ioi needs n >= 1, got n={n}.")
+    names = _single_tokens(model, NAMES)
+    places = _single_tokens(model, PLACES) or list(PLACES)
+    objects = _single_tokens(model, OBJECTS) or list(OBJECTS)
+    if len(names) < 2:
+        raise InputError(
+            "This tokenizer has fewer than two single-token names, so IOI prompts can't be "
+            "built; use circuitviz.tasks.factual with your own pairs instead."
+        )
+    fill = {"A": names[0], "B": names[1], "S": names[0], "PLACE": places[0], "OBJECT": objects[0]}
+    lengths = {t: model.to_tokens(t.format(**fill)).shape[1] for t in templates}
+    common = Counter(lengths.values()).most_common(1)[0][0]
+    usable = [t for t in templates if lengths[t] == common]
+    rng = random.Random(seed)
+    clean, corrupted, answers, wrong = [], [], [], []
+    for i in range(n):
+        template = usable[i % len(usable)]
+        io, s = rng.sample(names, 2)
+        first, second = (io, s) if i % 2 == 0 else (s, io)  # ABBA, then BABA
+        words = {"PLACE": rng.choice(places), "OBJECT": rng.choice(objects)}
+        clean.append(template.format(A=first, B=second, S=s, **words))
+        corrupted.append(template.format(A=first, B=second, S=io, **words))
+        answers.append(" " + io)
+        wrong.append(" " + s)
+    return PromptPairs(clean, corrupted, answers, wrong)
+
+
+def _word_tokens(model: TransformerBridge) -> tuple[list[int], str]:
+    """Token ids that are plain words, and how to join them so they round-trip."""
+    vocab = model.tokenizer.get_vocab()
+    ids = sorted(vocab.values())
+    joiner = ""
+    words = []
+    for i in ids:
+        text = model.to_string([i])
+        if text.startswith(" ") and text[1:].isalpha() and len(text) > 2:
+            words.append(i)
+    if len(words) < 50:  # word-level tokenizers (tiny test models) have no leading spaces
+        joiner = " "
+        words = [i for i in ids if model.to_string([i]).strip().isalnum()]
+    return words, joiner
+
+
+def induction(
+    model: TransformerBridge, n: int = 8, *, seq_len: int = 10, seed: int = 0
+) -> PromptPairs:
+    """Repeated random tokens: ``x1..xL x1..x(L-1)`` → ``xL``.
+
+    The corrupted prompt replaces the first half with other random tokens, so nothing can be
+    copied; its wrong answer is what induction would copy there.
+    """
+    if n < 1 or seq_len < 2:
+        raise InputError(f"induction needs n >= 1 and seq_len >= 2, got n={n}, seq_len={seq_len}.")
+    words, joiner = _word_tokens(model)
+    rng = random.Random(seed)
+    clean, corrupted, answers, wrong = [], [], [], []
+    while len(clean) < n:
+        xs = rng.sample(words, seq_len)
+        ys = rng.sample([w for w in words if w not in xs], seq_len)
+        text = lambda ids: joiner.join(model.to_string([i]) for i in ids)  # noqa: E731
+        c, k = text(xs + xs[:-1]), text(ys + xs[:-1])
+        if model.to_tokens(c).shape[1] != 2 * seq_len or model.to_tokens(k).shape[1] != 2 * seq_len:
+            continue  # the tokens merged when joined; draw again
+        clean.append(c)
+        corrupted.append(k)
+        # Word-level tokenizers take bare words; BPE answers keep their leading space.
+        answers.append(model.to_string([xs[-1]]).strip() if joiner else model.to_string([xs[-1]]))
+        wrong.append(model.to_string([ys[-1]]).strip() if joiner else model.to_string([ys[-1]]))
+    return PromptPairs(clean, corrupted, answers, wrong)
+
+
+def factual(model: TransformerBridge, pairs: Sequence[tuple[str, str]]) -> PromptPairs:
+    """Your own ``(prompt, answer)`` pairs. Each prompt's corrupted version is the next
+    prompt in the list, and its wrong answer is that prompt's answer, so all prompts must
+    tokenize to the same length and have different answers."""
+    pairs = list(pairs)
+    if len(pairs) < 2:
+        raise InputError(
+            "factual needs at least two (prompt, answer) pairs: each corrupts the next."
+        )
+    prompts = [p for p, _ in pairs]
+    answers = [a for _, a in pairs]
+    if len(set(answers)) < 2:
+        raise InputError("factual needs at least two different answers.")
+    corrupted = prompts[1:] + prompts[:1]
+    wrong = answers[1:] + answers[:1]
+    out = PromptPairs(prompts, corrupted, answers, wrong)
+    out.tokenize(model)  # fail now, naming the problem, rather than inside an analysis
+    return out
