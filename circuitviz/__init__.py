@@ -1,34 +1,51 @@
-"""circuitviz: explore transformer circuits inline in a notebook."""
+"""circuitviz: explore transformer circuits inline in a notebook.
 
+The engine (``circuitviz.engine``) is pure torch over TransformerLens bridges; the views
+(``circuitviz.views``) are thin anywidget classes over its results.
+"""
+
+from . import tasks
 from .engine import (
     AblationResult,
     AttentionResult,
+    Graph,
     InputError,
     MetricError,
     ModelNotFoundError,
     PatchResult,
     PromptPairs,
+    ablate,
+    attention,
+    attribution_patch,
+    circuit,
     load_model,
     patch,
     tiny_model,
 )
+from .views import AttentionView, CircuitView, PatchingView, explore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AblationResult",
     "AttentionResult",
+    "AttentionView",
+    "CircuitView",
+    "Graph",
     "InputError",
     "MetricError",
     "ModelNotFoundError",
     "PatchResult",
+    "PatchingView",
     "PromptPairs",
     "__version__",
+    "ablate",
+    "attention",
+    "attribution_patch",
+    "circuit",
+    "explore",
     "load_model",
     "patch",
+    "tasks",
     "tiny_model",
 ]
-
-from .engine import Graph, circuit  # noqa: E402
-
-__all__ += ["Graph", "circuit"]

@@ -1,5 +1,8 @@
 """The analysis engine: pure torch over TransformerLens bridges; never imports widgets."""
 
+from ._ablation import MODES, ablate
+from ._attention import ROLES, attention
+from ._attribution import attribution_patch
 from ._hooks import has_hooks, hooks
 from ._metrics import METRICS, Metric, MetricError
 from ._models import ModelNotFoundError, load_model
@@ -7,20 +10,31 @@ from ._pairs import InputError, PromptPairs, Tokens, tokenize
 from ._patching import TARGETS, patch
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._tiny import tiny_model
+from .graph import Edge, Graph, Node, circuit, edge_patch
 
 __all__ = [
     "METRICS",
+    "MODES",
+    "ROLES",
     "TARGETS",
     "AblationResult",
     "AttentionResult",
+    "Edge",
+    "Graph",
     "InputError",
     "Metric",
     "MetricError",
     "ModelNotFoundError",
+    "Node",
     "PatchResult",
     "PromptPairs",
     "Tokens",
     "TopTokens",
+    "ablate",
+    "attention",
+    "attribution_patch",
+    "circuit",
+    "edge_patch",
     "has_hooks",
     "hooks",
     "load_model",
@@ -28,8 +42,3 @@ __all__ = [
     "tiny_model",
     "tokenize",
 ]
-
-# Attribution graphs (circuitviz.engine.graph).
-from .graph import Edge, Graph, Node, circuit, edge_patch
-
-__all__ += ["Edge", "Graph", "Node", "circuit", "edge_patch"]
