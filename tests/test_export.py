@@ -366,6 +366,33 @@ def test_graph_layout_runs_embed_to_logits_upwards_and_marks_state():
     assert NEGATIVE in DIVERGING[1] and POSITIVE in DIVERGING[-2]  # same red/blue as heatmaps
 
 
+def per_position_graph(tokens: list[str], n_layers: int = 3, n_heads: int = 2) -> dict:
+    rng = random.Random(1)
+    graph = big_graph(n_layers, n_heads, 0)
+    nodes = []
+    for p in range(len(tokens)):
+        for n in graph["nodes"]:
+            nodes.append({**n, "id": f"{n['id']}:P{p}", "pos": p, "label": f"{n['id']} @ {p}"})
+    layer_of = {n["id"]: n["layer"] for n in nodes}
+    edges = [
+        {"source": a, "target": b, "input": "v", "weight": rng.gauss(0, 1)}
+        for a in layer_of
+        for b in layer_of
+        if a.split(":")[1] == b.split(":")[1] and layer_of[a] < layer_of[b]
+    ]
+    return {**graph, "per_position": True, "tokens": tokens, "nodes": nodes, "edges": edges}
+
+
+def test_per_position_graph_has_its_tokens_under_the_columns():
+    tokens = ["<bos>", "When", HOSTILE]
+    fig = graph_figure(per_position_graph(tokens))
+    assert fig.layout.xaxis.visible
+    assert list(fig.layout.xaxis.ticktext) == ["0: &lt;bos&gt;", "1: When", "2: &lt;img src…"]
+    boxes = label_boxes(fig)
+    assert len(boxes) >= 6 and list(overlapping(boxes)) == []
+    assert all(":" not in text and "@" not in text for text, _ in boxes)  # tokens are on the axis
+
+
 def test_graph_prune_by_top_n_and_threshold():
     graph = big_graph(6, 4, 200)
 

@@ -16,6 +16,7 @@ from ..export._style import (
     apply_style,
     reject_unknown,
     split_style,
+    text_label,
 )
 
 if TYPE_CHECKING:
@@ -27,15 +28,6 @@ __all__ = ["DIVERGING", "ablation_figure", "attention_figure", "patch_figure", "
 
 # Okabe–Ito grey, blue and vermillion (colour-blind safe) for before / after / corrupted.
 BEFORE, AFTER, CORRUPTED = "#999999", "#0072B2", "#D55E00"
-_CONTROL = {"\n": "↵", "\r": "␍", "\t": "⇥"}
-
-
-def text_label(text: str) -> str:
-    """A token shown literally: plotly reads ``<b>``/``<br>`` in text as markup, so escape
-    ``& < >`` (plotly turns the entities back into characters, and its SVG escapes them)."""
-    for char, shown in _CONTROL.items():
-        text = text.replace(char, shown)
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _heatmap_height(style, n_rows: int, *, extra_in: float = 0.9) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from ._style import (
@@ -23,6 +24,7 @@ from ._style import (
     apply_style,
     reject_unknown,
     split_style,
+    text_label,
 )
 
 # Width of a text character relative to the font size: generous for digits and capitals in
@@ -145,6 +147,21 @@ def layout_positions(graph: dict[str, Any]) -> dict[str, tuple[float, float]]:
         else:
             out[n["id"]] = (x_of[slot(n)], y)
     return out
+
+
+def _position_ticks(graph: dict[str, Any], pos: dict[str, tuple[float, float]]):
+    """Tick positions and token texts (at most 12 characters) of a per-position graph."""
+    tokens = graph.get("tokens") or []
+    columns: dict[int, list[float]] = {}
+    for n in graph["nodes"]:
+        if n.get("pos") is not None and n.get("type") not in ("embed", "logits"):
+            columns.setdefault(n["pos"], []).append(pos[n["id"]][0])
+    if not graph.get("per_position") or not columns:
+        return [], []
+    ticks = sorted(columns)
+    texts = [f"{p}: {tokens[p]}" if p < len(tokens) else str(p) for p in ticks]
+    texts = [t if len(t) <= 12 else t[:11] + "…" for t in texts]
+    return [(min(columns[p]) + max(columns[p])) / 2 for p in ticks], texts
 
 
 class _Geometry:
@@ -303,6 +320,20 @@ def graph_figure(
     }
     xs = [x for x, _ in pos.values()]
     x_range = (min(xs) - 0.7, max(xs) + 0.7)
+    position_ticks = _position_ticks(data, pos)
+    tick_angle = 0
+    if position_ticks[0]:  # per-position graphs: tokens under their columns
+        widest = max(text_box_size(t, font_px)[0] for t in position_ticks[1])
+        unit_px = (style.width_in * PX_PER_INCH - margin["l"] - margin["r"]) / (
+            x_range[1] - x_range[0]
+        )
+        ticks = position_ticks[0]
+        gap = min((b - a for a, b in pairwise(ticks)), default=x_range[1] - x_range[0])
+        if widest < gap * unit_px * 0.95:
+            margin["b"] += font_px * LINE_HEIGHT + 4
+        else:  # too tight side by side: rotate, and make room below for the longest
+            tick_angle = -60
+            margin["b"] += widest * 0.87 + 4
     y_range = (-1.6, n_layers + 0.6)
     row_px = max(font_px * 2.4, 16.0)
     natural = (margin["t"] + margin["b"] + (y_range[1] - y_range[0]) * row_px) / PX_PER_INCH
@@ -405,10 +436,10 @@ def graph_figure(
     for n in sorted(nodes, key=priority):
         cx, cy = geo.px(*pos[n["id"]])
         text = str(n.get("label") or n["id"])
+        if position_ticks[0]:  # the column's token is on the axis: "L3H5", not "L3H5 @ 4:Mary"
+            text = n["id"].split(":")[0]
         items.append((n["id"], text, cx, cy, obstacles[n["id"]].x1 - cx))
     plot_area = Box(geo.margin["l"] - 2, geo.margin["t"], geo.width - 1, geo.height - 1)
-    from ..engine._figures import text_label
-
     # One text trace (not annotations: hundreds of those are slow to build and render),
     # each label centred in the box that place_labels() found free.
     labels = place_labels(items, obstacles, font_px=label_px, bounds=plot_area)
@@ -418,6 +449,7 @@ def graph_figure(
             x=[x for x, _ in centres],
             y=[y for _, y in centres],
             mode="text",
+            cliponaxis=False,  # labels may reach into the right margin; bounds keep them on the paper
             text=[text_label(text) for _, text, _, _ in labels],
             textposition="middle center",
             # A white halo keeps labels readable over edges.
@@ -452,7 +484,14 @@ def graph_figure(
         },
         xaxis={
             "range": list(x_range),
-            "visible": False,
+            "visible": bool(position_ticks[0]),
+            "tickvals": position_ticks[0],
+            "ticktext": [text_label(t) for t in position_ticks[1]],
+            "tickangle": tick_angle,
+            "ticks": "",
+            "showline": False,
+            "showgrid": False,
+            "zeroline": False,
             "fixedrange": True,
             "automargin": False,
         },

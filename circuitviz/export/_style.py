@@ -41,6 +41,17 @@ CATEGORICAL = {
 }
 
 
+_CONTROL = {"\n": "↵", "\r": "␍", "\t": "⇥"}
+
+
+def text_label(text: str) -> str:
+    """A token shown literally: plotly reads ``<b>``/``<br>`` in text as markup, so escape
+    ``& < >`` (plotly turns the entities back into characters, and its SVG escapes them)."""
+    for char, shown in _CONTROL.items():
+        text = text.replace(char, shown)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 class ExportError(InputError):
     """A figure can't be drawn or written: the message says what is wrong and how to fix it."""
 
