@@ -496,3 +496,13 @@ def test_render_refuses_other_formats(heads):
     with pytest.raises(ExportError):
         render(figure_of(heads), "jpg")
     assert set(_static.FORMATS) == {"svg", "pdf", "png", "html"}
+
+
+def test_missing_chromium_is_a_clear_error_not_a_hang(monkeypatch, tmp_path):
+    from choreographer.browsers.chromium import Chromium
+
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chromium"))
+    if Chromium.find_browser(skip_local=False) != str(tmp_path / "no-chromium"):
+        pytest.skip("a browser downloaded by choreographer takes precedence here")
+    with pytest.raises(ExportError, match="needs Chromium"):
+        _static._check_chromium()

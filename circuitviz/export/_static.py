@@ -108,12 +108,32 @@ def _print_pdf_without_margins() -> None:
     devtools.print_pdf = print_pdf
 
 
+def _check_chromium() -> None:
+    """Fail clearly when no Chromium can be found: kaleido's server thread would die on
+    start-up and leave every later render waiting forever."""
+    try:
+        from choreographer.browsers.chromium import Chromium
+    except ImportError:  # another choreographer layout: let kaleido report it
+        return
+    path = Chromium.find_browser(skip_local=False)
+    if not path or not Path(path).is_file():
+        where = os.environ.get("BROWSER_PATH")
+        raise ExportError(
+            "Static export (.svg/.pdf/.png) needs Chromium, and none was found"
+            + (f" at BROWSER_PATH={where!r}" if where else "")
+            + ". Install it (`apt-get install chromium`, or `plotly_get_chrome`) or set "
+            "BROWSER_PATH=/path/to/chromium; or export .html instead."
+        )
+
+
 def _ensure_server() -> None:
     global _server_started
     with _server_lock:
         if _server_started:
             return
         import kaleido
+
+        _check_chromium()
 
         _print_pdf_without_margins()
 
