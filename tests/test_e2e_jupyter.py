@@ -204,8 +204,8 @@ INSTALL_CLICK_CLOCK = """(sel) => {
         if (c.done.length >= c.clicks.length) return;
         if (root.getAttribute("data-busy") !== "false") return;
         const m = root.querySelector('[data-role="metric-ablated"]');
-        if (!m || m.dataset.value === "") return;
-        const value = m.dataset.value;
+        if (!m) return;
+        const value = m.dataset.value;  // "" when the click cleared the ablation set
         const shown = m.textContent;
         requestAnimationFrame(() => c.done.push({ t: performance.now(), value, shown }));
     });
@@ -221,7 +221,8 @@ def click_and_wait(page, target, timeout: float = 120_000) -> dict:
     page.wait_for_function(f"window.__cv.done.length >= {n + 1}", timeout=timeout)
     click = page.evaluate(f"window.__cv.clicks[{n}]")
     done = page.evaluate(f"window.__cv.done[{n}]")
-    return {"ms": done["t"] - click, "value": float(done["value"]), "shown": done["shown"]}
+    value = float(done["value"]) if done["value"] else None
+    return {"ms": done["t"] - click, "value": value, "shown": done["shown"]}
 
 
 @pytest.fixture(scope="module")
@@ -356,11 +357,14 @@ def test_click_latency(lab_ioi, artifacts):
     root = view(page, "patching")
     root.scroll_into_view_if_needed()
     page.evaluate(INSTALL_CLICK_CLOCK, '[data-view="patching"]')
-    heads = first_heads(page, "patching", 5)
+    # Consecutive clicks on different heads: each ablates only the clicked head.
+    current = root.locator('[data-role="ablated-list"]').inner_text()
+    heads = [h for h in first_heads(page, "patching", 6) if h not in current][:5]
     samples = []
     for i in range(10):
         head = heads[i % len(heads)]
         got = click_and_wait(page, root.locator(f'[data-component="{head}"]').first)
+        assert got["value"] is not None, f"clicking {head} showed no ablated metric"
         samples.append(got["ms"])
     n_tokens = len(page.locator('[data-view="attention"] [data-role="tokens"] .cv-token').all())
     median = statistics.median(samples)
