@@ -34,6 +34,7 @@ LINE_HEIGHT = 1.25
 NODE_SYMBOLS = {"embed": "square", "head": "circle", "mlp": "square", "logits": "diamond"}
 TYPE_ORDER = ("embed", "head", "mlp", "logits")
 WIDTH_LEVELS = 4
+EMPTY_RUN_ROWS = 0.5  # height of a collapsed run of empty layers, in rows
 # Beyond this many edges a figure is ink, not information: draw only the strongest.
 MAX_DRAWN_EDGES = 2000
 
@@ -115,8 +116,29 @@ def _node_layer(node: dict[str, Any], n_layers: int) -> float:
     return node["layer"]
 
 
-def layout_positions(graph: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Node id → (x, y): y is the layer; x packs the used (position, head/MLP) columns."""
+def layer_rows(used: set[int], n_layers: int) -> dict[int, float]:
+    """Layer → row height ``y`` (embeddings -1, logits on top). A run of two or more layers
+    without nodes shrinks to a half-row gap, so a pruned circuit isn't mostly empty rows."""
+    rows: dict[int, float] = {}
+    y, layer = -1.0, -1
+    while layer <= n_layers:
+        end = layer
+        while end < n_layers and end not in used and end != -1:
+            end += 1
+        if end - layer >= 2:
+            y += EMPTY_RUN_ROWS
+            layer = end
+            continue
+        rows[layer] = y
+        y += 1
+        layer += 1
+    return rows
+
+
+def layout_positions(
+    graph: dict[str, Any],
+) -> tuple[dict[str, tuple[float, float]], dict[int, float]]:
+    """Node id → (x, y), and layer → y. x packs the used (position, head/MLP) columns."""
     nodes = graph["nodes"]
     n_layers = graph.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
     n_heads = graph.get("n_heads") or 1 + max((n.get("head") or 0) for n in nodes)
@@ -138,15 +160,16 @@ def layout_positions(graph: dict[str, Any]) -> dict[str, tuple[float, float]]:
     pos_centre: dict[int, list[float]] = {}
     for s, sx in x_of.items():
         pos_centre.setdefault(s[0], []).append(sx)
+    rows = layer_rows({_node_layer(n, n_layers) for n in body}, n_layers)
     out = {}
     for n in nodes:
-        y = _node_layer(n, n_layers)
+        y = rows[_node_layer(n, n_layers)]
         if n.get("type") in ("embed", "logits"):
             xs = pos_centre.get(n.get("pos")) if n.get("pos") is not None else None
             out[n["id"]] = ((sum(xs) / len(xs)) if xs else centre, y)
         else:
             out[n["id"]] = (x_of[slot(n)], y)
-    return out
+    return out, rows
 
 
 def _position_ticks(graph: dict[str, Any], pos: dict[str, tuple[float, float]]):
@@ -298,8 +321,8 @@ def graph_figure(
     if not nodes:
         raise ExportError("This graph has no nodes to draw (prune less, or check the circuit).")
     ablated = set(ablated)
-    pos = layout_positions(data)
-    n_layers = data.get("n_layers") or int(max(y for _, y in pos.values()))
+    n_layers = data.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
+    pos, rows = layout_positions({**data, "n_layers": n_layers})
     font_px = style.font_px
     label_px = font_px * 0.9
 
@@ -334,7 +357,7 @@ def graph_figure(
         else:  # too tight side by side: rotate, and make room below for the longest
             tick_angle = -60
             margin["b"] += widest * 0.87 + 4
-    y_range = (-1.6, n_layers + 0.6)
+    y_range = (min(rows.values()) - 0.6, max(rows.values()) + 0.6)
     row_px = max(font_px * 2.4, 16.0)
     natural = (margin["t"] + margin["b"] + (y_range[1] - y_range[0]) * row_px) / PX_PER_INCH
 
@@ -466,9 +489,8 @@ def graph_figure(
         )
     )
 
-    shown_layers = sorted({int(y) for _, y in pos.values()} | {-1, n_layers})
     every = max(1, int(font_px * 1.2 // lay_px) + 1)
-    tickvals = [i for i in range(-1, n_layers + 1) if (i + 1) % every == 0 or i in (-1, n_layers)]
+    shown = [i for i in sorted(rows) if (i + 1) % every == 0 or i in (-1, n_layers)]
     fig.update_layout(
         margin=margin,
         showlegend=True,
@@ -497,8 +519,8 @@ def graph_figure(
         },
         yaxis={
             "range": list(y_range),
-            "tickvals": tickvals,
-            "ticktext": [layer_names[i] for i in tickvals],
+            "tickvals": [rows[i] for i in shown],
+            "ticktext": [layer_names[i] for i in shown],
             "showgrid": False,
             "zeroline": False,
             "showline": False,
@@ -506,6 +528,6 @@ def graph_figure(
             "automargin": False,
             "fixedrange": True,
         },
-        meta={**fig.layout.meta, "layers_shown": shown_layers},
+        meta={**fig.layout.meta, "layer_rows": {str(k): v for k, v in rows.items()}},
     )
     return fig
