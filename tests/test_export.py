@@ -275,6 +275,14 @@ def test_columns_and_fonts_are_physical_sizes(heads):
     assert figure_of(heads, height=2.5).layout.height == 2.5 * 96
 
 
+def test_a_plotly_figure_is_restyled_on_request(heads, tmp_path):
+    fig = figure_of(heads)
+    assert figure_of(fig).layout.width == 3.5 * 96  # kept as styled
+    wide = save(fig, tmp_path / "wide.png", column="double", dpi=100)
+    assert png_size(wide.read_bytes())[0] == 700
+    assert fig.layout.width == 3.5 * 96  # the caller's figure is not changed
+
+
 def test_patch_map_is_centred_on_its_baseline_with_the_shared_diverging_map(heads):
     from circuitviz.engine._figures import DIVERGING as engine_diverging
 

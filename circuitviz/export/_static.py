@@ -18,6 +18,7 @@ from typing import Any
 
 from ._style import (
     PX_PER_INCH,
+    STYLE_KEYS,
     ExportError,
     Style,
     apply_style,
@@ -188,6 +189,9 @@ def figure_of(obj: Any, **options: Any):
         if rest:
             raise TypeError(f"A plotly Figure takes only style options, not {sorted(rest)}.")
         fig = go.Figure(obj)
+        if is_styled(fig) and set(options) & STYLE_KEYS:  # restyle: the caller asked for it
+            height_in = (fig.layout.height or 2.6 * PX_PER_INCH) / PX_PER_INCH
+            apply_style(fig, style, natural_height=height_in)
     elif _is_graph(obj):
         from ._graph_figure import graph_figure
 
