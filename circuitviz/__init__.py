@@ -22,7 +22,6 @@ from .engine import (
     patch,
     tiny_model,
 )
-from .views import AttentionView, CircuitView, PatchingView, explore
 
 __version__ = "0.1.0"
 
@@ -49,3 +48,15 @@ __all__ = [
     "tasks",
     "tiny_model",
 ]
+
+_VIEWS = ("AttentionView", "CircuitView", "PatchingView", "explore")
+
+
+def __getattr__(name: str):
+    # The widget stack (anywidget, ipywidgets) loads on first use, so scripts and GPU jobs
+    # that only run the engine never import it.
+    if name in _VIEWS:
+        from . import views
+
+        return getattr(views, name)
+    raise AttributeError(f"module 'circuitviz' has no attribute {name!r}")

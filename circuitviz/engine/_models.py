@@ -122,7 +122,8 @@ def load_model(
             "in Hugging Face format, or download it first with `huggingface-cli download NAME` "
             "on a machine with hub access."
         ) from e
-    hf_model.eval()
+    # boot_transformers does not move a model it is handed, so place it first.
+    hf_model.to(device).eval()
     # A local directory is booted under its own path, so TransformerLens reads its config offline.
     boot_name = str(source) if name == "demo" else hf_name
     model = TransformerBridge.boot_transformers(

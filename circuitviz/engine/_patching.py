@@ -183,8 +183,8 @@ def growing_pass(
     source: Callable[[int], torch.Tensor],
 ) -> torch.Tensor:
     """One forward pass of a single prompt (``tokens``: ``[1, pos]``) that patches one
-    condition per extra row. Returns final logits ``[1 + len(chunk), d_vocab]``; row 0 is
-    unpatched and row ``1 + j`` is condition ``chunk[j]``."""
+    condition per extra row. Returns final logits ``[1 + len(chunk), d_vocab]``: row 0 is
+    the unpatched run and row ``1 + j`` is condition ``chunk[j]``."""
     by_layer: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
     for j, (_, layer, idx) in enumerate(chunk):
         by_layer.setdefault(layer, []).append((1 + j, idx))
@@ -251,51 +251,61 @@ def patch(
     target = get_target(over)
     if direction not in ("denoise", "noise"):
         raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
-    n_layers = model.cfg.n_layers
-    names = [target.hook.format(layer) for layer in range(n_layers)]
-    source_run = "clean" if direction == "denoise" else "corrupted"
-    base, clean_acts, corr_acts = baselines(model, pairs, metric, {source_run: names})
-    sources = clean_acts if direction == "denoise" else corr_acts
-    run_tokens = base.tokens.corrupted if direction == "denoise" else base.tokens.clean
-    tokens = base.tokens
+    tokens = tokenize(model, pairs)
+    names = [target.hook.format(layer) for layer in range(model.cfg.n_layers)]
+    src_tokens, run_tokens = (
+        (tokens.clean, tokens.corrupted)
+        if direction == "denoise"
+        else (tokens.corrupted, tokens.clean)
+    )
+    with torch.inference_mode():
+        src_logits, sources = cache_acts(model, src_tokens, names)
     sizes = axis_sizes(model, tokens.n_pos)
     shape = tuple(sizes[a] for a in target.axes)
-    conds = [
-        tuple(int(i) for i in idx)
-        for idx in torch.cartesian_prod(*[torch.arange(n) for n in shape])
-        .reshape(-1, len(shape))
-        .tolist()
-    ]
+    grid = torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(-1, len(shape))
+    conds = [tuple(int(i) for i in idx) for idx in grid.tolist()]
     rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos)) - 1
     chunk_size = max(1, min(max_rows, rows_fit))
     chunks = _chunks(conds, chunk_size)
     values = torch.empty(len(conds))
-    batch = tokens.batch
-    n_forward = 2
+    n_forward = 1
+    metric_fn: Metric | None = None
     bar = tqdm(
-        total=len(chunks) * batch, desc=f"patching {over}", disable=not progress, leave=False
+        total=len(chunks) * tokens.batch, desc=f"patching {over}", disable=not progress, leave=False
     )
     try:
         with torch.inference_mode():
             for chunk in chunks:
                 logits = []
-                for b in range(batch):
-                    out = growing_pass(
-                        model,
-                        run_tokens[b : b + 1],
-                        chunk,
-                        lambda layer: target.hook.format(layer),
-                        target.cell,
-                        lambda layer, b=b: sources[target.hook.format(layer)][b : b + 1],
+                for b in range(tokens.batch):
+                    logits.append(
+                        growing_pass(
+                            model,
+                            run_tokens[b : b + 1],
+                            chunk,
+                            lambda layer: target.hook.format(layer),
+                            target.cell,
+                            lambda layer, b=b: sources[target.hook.format(layer)][b : b + 1],
+                        )
                     )
-                    logits.append(out[1:])
                     n_forward += 1
                     bar.update()
-                stacked = torch.stack(logits, dim=1)  # [conditions, batch, d_vocab]
+                stacked = torch.stack(logits, dim=1)  # [1 + conditions, batch, d_vocab]
+                if metric_fn is None:
+                    # Row 0 is the unpatched run: the second baseline comes for free.
+                    run_logits = stacked[0]
+                    clean_logits, corr_logits = (
+                        (src_logits, run_logits)
+                        if direction == "denoise"
+                        else (run_logits, src_logits)
+                    )
+                    metric_fn = bind_metric(metric, tokens, clean_logits, corr_logits)
+                    clean, corrupted = metric_fn(clean_logits), metric_fn(corr_logits)
                 for j, (i, _, _) in enumerate(chunk):
-                    values[i] = base.metric(stacked[j])
+                    values[i] = metric_fn(stacked[1 + j])
     finally:
         bar.close()
+    assert metric_fn is not None
     return PatchResult(
         values=values.reshape(shape),
         axes=target.axes,
@@ -303,9 +313,9 @@ def patch(
         target=over,
         direction=direction,
         method="activation",
-        metric=base.metric.name,
-        clean=base.clean,
-        corrupted=base.corrupted,
+        metric=metric_fn.name,
+        clean=clean,
+        corrupted=corrupted,
         tokens=tokens.str_tokens,
         model_name=model_name(model),
         extra={"forward_passes": n_forward, "chunk_size": chunk_size},
