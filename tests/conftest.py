@@ -327,3 +327,22 @@ def pytest_runtest_makereport(item, call):
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+@pytest.fixture(scope="session")
+def summary(pytestconfig) -> list[str]:
+    """Lines (measurements) printed at the end of the run, e.g. click latency."""
+    if not hasattr(pytestconfig, "_circuitviz_summary"):
+        pytestconfig._circuitviz_summary = []
+    return pytestconfig._circuitviz_summary
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = getattr(config, "_circuitviz_summary", [])
+    if lines:
+        terminalreporter.section("circuitviz measurements")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -226,7 +226,7 @@ def click_and_wait(page, target, timeout: float = 120_000) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lab_ioi(jupyter_server, browser):
+def lab_ioi(jupyter_server, browser, summary):
     """JupyterLab with tests/e2e/e2e_ioi.ipynb run: circuit, patching and attention views."""
     if not demo_available():
         pytest.skip(DEMO_MISSING)
@@ -240,7 +240,7 @@ def lab_ioi(jupyter_server, browser):
     run_all_cells(page, "E2E_READY True True")
     for kind in ("circuit", "patching", "attention"):
         view(page, kind).wait_for(state="visible", timeout=120_000)
-    print(f"\n[e2e] JupyterLab notebook ran in {time.monotonic() - t0:.1f}s")
+    summary.append(f"e2e_ioi.ipynb ran in JupyterLab in {time.monotonic() - t0:.1f}s")
     yield page
     context.close()
 
@@ -351,7 +351,7 @@ def test_prompt_is_shown_literally(lab_ioi):
 
 
 @pytest.mark.demo
-def test_click_latency(lab_ioi, artifacts):
+def test_click_latency(lab_ioi, artifacts, summary):
     """Click → the view shows the kernel's new metric, measured in the browser over 10 clicks."""
     page = lab_ioi
     root = view(page, "patching")
@@ -379,7 +379,9 @@ def test_click_latency(lab_ioi, artifacts):
         "target_ms": 500,
     }
     (artifacts / "latency.json").write_text(json.dumps(report, indent=2))
-    print(f"\n[e2e] click→updated view latency: median {median:.0f} ms over {len(samples)} clicks")
+    line = f"click→updated view latency (PatchingView, demo model): median {median:.0f} ms over {len(samples)} clicks"
+    print("\n[e2e] " + line)
+    summary.append(line)
     assert median <= LATENCY_BUDGET_MS, report
 
 
