@@ -34,6 +34,7 @@ LINE_HEIGHT = 1.25
 NODE_SYMBOLS = {"embed": "square", "head": "circle", "mlp": "square", "logits": "diamond"}
 TYPE_ORDER = ("embed", "head", "mlp", "logits")
 WIDTH_LEVELS = 4
+LABEL_SCALE = 0.9  # node labels and legend, relative to the style's font size
 EMPTY_RUN_ROWS = 0.5  # height of a collapsed run of empty layers, in rows
 # Beyond this many edges a figure is ink, not information: draw only the strongest.
 MAX_DRAWN_EDGES = 2000
@@ -290,6 +291,121 @@ def _edge_traces(graph, pos, ablated: set[str]):
     return traces
 
 
+def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
+    """One marker trace per node type (the legend), then ablated crosses and the selection ring."""
+    import plotly.graph_objects as go
+
+    traces = []
+    by_type: dict[str, list[dict]] = {}
+    for n in nodes:
+        by_type.setdefault(n.get("type") if n.get("type") in TYPE_ORDER else "other", []).append(n)
+    for kind in sorted(by_type, key=lambda k: TYPE_ORDER.index(k) if k in TYPE_ORDER else 9):
+        members = by_type[kind]
+        traces.append(
+            go.Scatter(
+                x=[pos[n["id"]][0] for n in members],
+                y=[pos[n["id"]][1] for n in members],
+                mode="markers",
+                name=kind if kind != "mlp" else "MLP",
+                marker={
+                    "symbol": NODE_SYMBOLS.get(kind, "circle"),
+                    "size": [size[n["id"]] for n in members],
+                    "color": CATEGORICAL.get(kind, CATEGORICAL["other"]),
+                    "opacity": [0.35 if n["id"] in ablated else 1.0 for n in members],
+                    "line": {"width": 0.5, "color": "white"},
+                },
+                customdata=[[n["id"], n.get("score") or 0.0] for n in members],
+                hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}<extra></extra>",
+            )
+        )
+    marked = [n for n in nodes if n["id"] in ablated]
+    if marked:
+        traces.append(
+            go.Scatter(
+                x=[pos[n["id"]][0] for n in marked],
+                y=[pos[n["id"]][1] for n in marked],
+                mode="markers",
+                name="ablated",
+                marker={
+                    "symbol": "x-thin",
+                    "color": "#000000",
+                    "size": [size[n["id"]] * 1.3 for n in marked],
+                    "line": {"width": 1.2, "color": "#000000"},
+                },
+                hoverinfo="skip",
+            )
+        )
+    if selected in pos:
+        sx, sy = pos[selected]
+        traces.append(
+            go.Scatter(
+                x=[sx],
+                y=[sy],
+                mode="markers",
+                name="selected",
+                marker={
+                    "symbol": "circle-open",
+                    "color": "#000000",
+                    "size": size[selected] + 5,
+                    "line": {"width": 1.5, "color": "#000000"},
+                },
+                hoverinfo="skip",
+            )
+        )
+
+    return traces
+
+
+def _label_trace(nodes, pos, size, geo: _Geometry, selected, *, short: bool, style):
+    """Node labels placed by :func:`place_labels`, as one text trace (hundreds of
+    annotations would be slow to build and render)."""
+    import plotly.graph_objects as go
+
+    # Most important first; a label may not cover another node's marker.
+    obstacles = {}
+    for n in nodes:
+        cx, cy = geo.px(*pos[n["id"]])
+        r = size[n["id"]] / 2 + (3 if n["id"] == selected else 0)
+        obstacles[n["id"]] = Box(cx - r, cy - r, cx + r, cy + r)
+
+    def priority(n: dict[str, Any]):
+        return (
+            n["id"] != selected,
+            n.get("type") not in ("embed", "logits"),
+            -abs(n.get("score") or 0),
+        )
+
+    items = []
+    for n in sorted(nodes, key=priority):
+        cx, cy = geo.px(*pos[n["id"]])
+        text = str(n.get("label") or n["id"])
+        if short:
+            text = n["id"].split(":")[0]
+        items.append((n["id"], text, cx, cy, obstacles[n["id"]].x1 - cx))
+    plot_area = Box(geo.margin["l"] - 2, geo.margin["t"], geo.width - 1, geo.height - 1)
+    labels = place_labels(items, obstacles, font_px=style.font_px * LABEL_SCALE, bounds=plot_area)
+    centres = [geo.data((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2) for _, _, _, b in labels]
+    return go.Scatter(
+        x=[x for x, _ in centres],
+        y=[y for _, y in centres],
+        mode="text",
+        cliponaxis=False,  # labels may reach into the right margin; bounds keep them on the paper
+        text=[text_label(text) for _, text, _, _ in labels],
+        textposition="middle center",
+        # A white halo keeps labels readable over edges.
+        textfont={
+            "size": style.font_px * LABEL_SCALE,
+            "family": style.font_family,
+            "color": "#222222",
+            "shadow": "1px 1px 1px white, -1px -1px 1px white, 1px -1px 1px white, -1px 1px 1px white",
+        },
+        customdata=[node_id for node_id, _, _, _ in labels],
+        hoverinfo="skip",
+        showlegend=False,
+        name="labels",
+    )
+
+
 def graph_figure(
     graph: Any,
     *,
@@ -324,7 +440,7 @@ def graph_figure(
     n_layers = data.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
     pos, rows = layout_positions({**data, "n_layers": n_layers})
     font_px = style.font_px
-    label_px = font_px * 0.9
+    label_px = font_px * LABEL_SCALE
 
     # Fixed margins (no automargin) so data→pixel geometry is exact for label placement.
     layer_names = {-1: "embed", n_layers: "logits", **{i: f"L{i}" for i in range(n_layers)}}
@@ -384,110 +500,13 @@ def graph_figure(
         if n.get("type") in ("embed", "logits"):
             size[n["id"]] = cap
 
-    by_type: dict[str, list[dict]] = {}
-    for n in nodes:
-        by_type.setdefault(n.get("type") if n.get("type") in TYPE_ORDER else "other", []).append(n)
-    for kind in sorted(by_type, key=lambda k: TYPE_ORDER.index(k) if k in TYPE_ORDER else 9):
-        members = by_type[kind]
-        fig.add_trace(
-            go.Scatter(
-                x=[pos[n["id"]][0] for n in members],
-                y=[pos[n["id"]][1] for n in members],
-                mode="markers",
-                name=kind if kind != "mlp" else "MLP",
-                marker={
-                    "symbol": NODE_SYMBOLS.get(kind, "circle"),
-                    "size": [size[n["id"]] for n in members],
-                    "color": CATEGORICAL.get(kind, CATEGORICAL["other"]),
-                    "opacity": [0.35 if n["id"] in ablated else 1.0 for n in members],
-                    "line": {"width": 0.5, "color": "white"},
-                },
-                customdata=[[n["id"], n.get("score") or 0.0] for n in members],
-                hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}<extra></extra>",
-            )
-        )
-    marked = [n for n in nodes if n["id"] in ablated]
-    if marked:
-        fig.add_trace(
-            go.Scatter(
-                x=[pos[n["id"]][0] for n in marked],
-                y=[pos[n["id"]][1] for n in marked],
-                mode="markers",
-                name="ablated",
-                marker={
-                    "symbol": "x-thin",
-                    "color": "#000000",
-                    "size": [size[n["id"]] * 1.3 for n in marked],
-                    "line": {"width": 1.2, "color": "#000000"},
-                },
-                hoverinfo="skip",
-            )
-        )
-    if selected in pos:
-        sx, sy = pos[selected]
-        fig.add_trace(
-            go.Scatter(
-                x=[sx],
-                y=[sy],
-                mode="markers",
-                name="selected",
-                marker={
-                    "symbol": "circle-open",
-                    "color": "#000000",
-                    "size": size[selected] + 5,
-                    "line": {"width": 1.5, "color": "#000000"},
-                },
-                hoverinfo="skip",
-            )
-        )
+    for trace in _node_traces(nodes, pos, size, ablated, selected):
+        fig.add_trace(trace)
 
-    # Labels: most important first; obstacles are the other nodes' markers.
-    obstacles = {}
-    for n in nodes:
-        cx, cy = geo.px(*pos[n["id"]])
-        r = size[n["id"]] / 2 + (3 if n["id"] == selected else 0)
-        obstacles[n["id"]] = Box(cx - r, cy - r, cx + r, cy + r)
-
-    def priority(n: dict[str, Any]):
-        return (
-            n["id"] != selected,
-            n.get("type") not in ("embed", "logits"),
-            -abs(n.get("score") or 0),
-        )
-
-    items = []
-    for n in sorted(nodes, key=priority):
-        cx, cy = geo.px(*pos[n["id"]])
-        text = str(n.get("label") or n["id"])
-        if position_ticks[0]:  # the column's token is on the axis: "L3H5", not "L3H5 @ 4:Mary"
-            text = n["id"].split(":")[0]
-        items.append((n["id"], text, cx, cy, obstacles[n["id"]].x1 - cx))
-    plot_area = Box(geo.margin["l"] - 2, geo.margin["t"], geo.width - 1, geo.height - 1)
-    # One text trace (not annotations: hundreds of those are slow to build and render),
-    # each label centred in the box that place_labels() found free.
-    labels = place_labels(items, obstacles, font_px=label_px, bounds=plot_area)
-    centres = [geo.data((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2) for _, _, _, b in labels]
-    fig.add_trace(
-        go.Scatter(
-            x=[x for x, _ in centres],
-            y=[y for _, y in centres],
-            mode="text",
-            cliponaxis=False,  # labels may reach into the right margin; bounds keep them on the paper
-            text=[text_label(text) for _, text, _, _ in labels],
-            textposition="middle center",
-            # A white halo keeps labels readable over edges.
-            textfont={
-                "size": label_px,
-                "family": style.font_family,
-                "color": "#222222",
-                "shadow": "1px 1px 1px white, -1px -1px 1px white, 1px -1px 1px white, -1px 1px 1px white",
-            },
-            customdata=[node_id for node_id, _, _, _ in labels],
-            hoverinfo="skip",
-            showlegend=False,
-            name="labels",
-        )
-    )
+    short = bool(
+        position_ticks[0]
+    )  # the column's token is on the axis: "L3H5", not "L3H5 @ 4:Mary"
+    fig.add_trace(_label_trace(nodes, pos, size, geo, selected, short=short, style=style))
 
     every = max(1, int(font_px * 1.2 // lay_px) + 1)
     shown = [i for i in sorted(rows) if (i + 1) % every == 0 or i in (-1, n_layers)]
