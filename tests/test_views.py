@@ -186,7 +186,8 @@ def test_patching_map_payload(model, pairs, heads):
 def test_attribution_and_noising_baselines(heads):
     attr = PatchResult(**{**heads.__dict__, "method": "attribution"})
     noise = PatchResult(**{**heads.__dict__, "direction": "noise"})
-    assert PatchingView(attr).map["baseline"] == 0.0
+    # attribution values are estimated metrics after patching (run baseline + estimated change)
+    assert PatchingView(attr).map["baseline"] == pytest.approx(heads.corrupted)
     assert PatchingView(noise).map["baseline"] == pytest.approx(heads.clean)
 
 

@@ -29,9 +29,22 @@ NODE_TYPES = ("embed", "head", "mlp", "logits")
 EDGE_INPUTS = ("q", "k", "v", "mlp", "logits")
 
 
-def graph_dict(graph: Any) -> tuple[dict[str, Any], Any]:
+def shrink(graph: Any, max_edges: int | None) -> Any:
+    """A Graph with more than ``max_edges`` edges, pruned to its strongest ``max_edges``
+    (``Graph.prune``): listing 70k edges is slow and the view draws at most 1,500."""
+    try:
+        n_edges = int(graph.kept.sum())
+        if max_edges is not None and n_edges > max_edges and hasattr(graph, "prune"):
+            return graph.prune(top_n=max_edges)
+    except Exception:
+        pass
+    return graph
+
+
+def graph_dict(graph: Any, max_edges: int | None = None) -> tuple[dict[str, Any], Any]:
     """Graph JSON as a dict, plus the Graph object when one was given (for faithfulness)."""
     if hasattr(graph, "to_json"):
+        graph = shrink(graph, max_edges)
         data = graph.to_json()
         return (json.loads(data) if isinstance(data, str) else dict(data)), graph
     if isinstance(graph, Mapping):
@@ -183,12 +196,14 @@ def patching_graph(
     }
 
 
-def build_graph(model: Any, pairs: PromptPairs, metric: str) -> tuple[dict[str, Any], Any]:
+def build_graph(
+    model: Any, pairs: PromptPairs, metric: str, max_edges: int | None = None
+) -> tuple[dict[str, Any], Any]:
     """The EAP graph from ``circuitviz.circuit`` when available; else patching scores."""
     build = _graph_api("circuit")
     if callable(build):
         try:
-            return graph_dict(build(model, pairs, metric=metric, progress=False))
+            return graph_dict(build(model, pairs, metric=metric, progress=False), max_edges)
         except Exception as err:
             warnings.warn(
                 f"circuitviz.circuit failed ({err!r}); scoring nodes by patching instead.",
@@ -203,6 +218,9 @@ class CircuitView(AblationView):
 
     Plain click ablates only that node (click again to clear); shift-click adds or removes it;
     alt-click pins it (pinned nodes stay visible whatever ``top_n``).
+
+    ``max_edges``: a ``Graph`` with more edges is shown pruned to its strongest ``max_edges``
+    (``None``: all); JSON graphs are shown as given.
     """
 
     _esm = STATIC / "circuit.js"
@@ -237,15 +255,17 @@ class CircuitView(AblationView):
         *,
         state: Mapping[str, Any] | None = None,
         metric: str = "logit_diff",
+        max_edges: int | None = 5000,
         **kwargs: Any,
     ) -> None:
         if graph is None:
             if model is None or pairs is None:
                 raise InputError("CircuitView needs graph=, or model= and pairs= to build one.")
-            data, obj = build_graph(model, pairs, metric)
+            data, obj = build_graph(model, pairs, metric, max_edges)
         else:
-            data, obj = graph_dict(graph)
-            obj = obj or graph_object(data)
+            data, obj = graph_dict(graph, max_edges)
+            if obj is None and model is not None and pairs is not None:  # only for faithfulness
+                obj = graph_object(data)
         payload = graph_payload(data)
         self._graph = obj
         ranked = sum(n["type"] not in ("embed", "logits") for n in payload["nodes"])

@@ -1,8 +1,8 @@
 """PatchingView: any PatchResult (exact or attribution) as a heatmap with click-to-ablate.
 
 Colour is the *effect*: value − baseline, on a diverging scale centred at 0. The baseline is
-the corrupted metric for denoising, the clean metric for noising, and 0 for attribution
-patching (whose values are already estimated changes).
+the metric of the unpatched run: corrupted for denoising, clean for noising. Exact and
+attribution maps alike hold (estimated) metric values after patching, so one rule fits both.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from ._codec import MAX_MESSAGE_BYTES, encode
 
 def baseline(result: PatchResult) -> tuple[float, str]:
     """The value a cell's effect is measured from, and its label for the colour bar."""
-    if result.method == "attribution":
-        return 0.0, "0 (attribution estimates a change)"
     if result.direction == "noise":
         return float(result.clean), "clean baseline"
     return float(result.corrupted), "corrupted baseline"

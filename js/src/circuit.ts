@@ -24,7 +24,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const thresholdLabel = el("span", { "data-role": "threshold-value" });
   const fit = el("button", { class: "cv-button", "data-role": "fit", type: "button" }, "Fit");
   const title = el("span", { class: "cv-title", "data-role": "title" });
-  const svg = svgEl("svg", { class: "cv-graph", width: 640, height: 520, style: "border:1px solid #eee;cursor:grab;background:#fff" });
+  const svg = svgEl("svg", { class: "cv-graph", width: 720, height: 560, style: "border:1px solid #eee;cursor:grab;background:#fff" });
   const viewport = svgEl("g", { class: "cv-viewport" });
   const edgeLayer = svgEl("g", { class: "cv-edges" });
   const nodeLayer = svgEl("g", { class: "cv-nodes" });
@@ -61,18 +61,29 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
           inputs: g.edges.inputs,
         }
       : null;
-    layout = layoutGraph(nodes, { nLayers: g.n_layers, nHeads: g.n_heads, perPosition: !!g.per_position, nPos: g.tokens?.length });
     const ranked = nodes.filter((n) => n.type !== "embed" && n.type !== "logits").length;
     topN.max = String(Math.max(1, ranked));
     setText(title, `${g.method ?? "circuit"} graph · ${g.model ?? ""} · ${g.metric ?? ""}`);
-    fitView();
+    laidOut = "";
     draw();
+  }
+
+  /** Lay out the shown nodes only (compact rows) and refit when that set changes — not on
+   * ablation or selection, so clicking never moves the picture. */
+  let laidOut = "";
+  function relayout(shown: GraphNode[]): void {
+    const key = shown.map((n) => n.id).join(",");
+    if (key === laidOut) return;
+    laidOut = key;
+    const g = model.get("graph");
+    layout = layoutGraph(shown, { nLayers: g.n_layers, nHeads: g.n_heads, perPosition: !!g.per_position, nPos: g.tokens?.length, compact: true });
+    fitView();
   }
 
   function fitView(): void {
     const w = Number(svg.getAttribute("width"));
     const h = Number(svg.getAttribute("height"));
-    view.k = Math.min(w / layout.width, h / layout.height, 2);
+    view.k = Math.min(w / layout.width, h / layout.height, 1.6);
     view.x = (w - layout.width * view.k) / 2;
     view.y = (h - layout.height * view.k) / 2;
     applyView();
@@ -92,6 +103,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     threshold.value = String(model.get("threshold"));
     setText(thresholdLabel, model.get("threshold").toFixed(2));
     const p = pruned();
+    relayout([...p.nodes].sort((a, b) => a - b).map((i) => nodes[i]));
     const ablated = new Set(panel.current());
     const pinned = new Set(model.get("pinned"));
     const selected = model.get("selected");

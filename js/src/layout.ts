@@ -11,6 +11,8 @@ export interface LayoutOptions {
   rowHeight?: number;
   slotWidth?: number;
   margin?: number;
+  /** One row per layer that has a node (pruned circuits span few of 30 layers). */
+  compact?: boolean;
 }
 
 export interface Point {
@@ -41,11 +43,14 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
   const slotW = opts.slotWidth ?? (perPos ? 16 : 56);
   const bandW = slots * slotW + (perPos ? 12 : 0);
   const width = 2 * margin + nPos * bandW;
-  const rows = opts.nLayers + 2; // embed row, one per layer, logits row
+  const clampLayer = (l: number) => Math.min(Math.max(l, -1), opts.nLayers);
+  const layers = opts.compact ? [...new Set(nodes.map((n) => clampLayer(n.layer)))].sort((a, b) => a - b) : Array.from({ length: opts.nLayers + 2 }, (_, i) => i - 1);
+  const rowOf = new Map(layers.map((l, i) => [l, i]));
+  const rows = Math.max(layers.length, 1);
   const height = 2 * margin + (rows - 1) * rowH;
   const positions = new Map<string, Point>();
   for (const n of nodes) {
-    const row = Math.min(Math.max(n.layer, -1), opts.nLayers) + 1;
+    const row = rowOf.get(clampLayer(n.layer)) ?? 0;
     const y = height - margin - row * rowH;
     const band = perPos && n.pos !== null && n.pos !== undefined ? n.pos : null;
     let x: number;
@@ -98,7 +103,7 @@ export function prune(
       if (w >= cut && w > 0 && keep.has(edges.source[e]) && keep.has(edges.target[e])) out.push(e);
     }
     out.sort((a, b) => Math.abs(edges.weight[b]) - Math.abs(edges.weight[a]));
-    out.splice(opts.maxEdges ?? 1500);
+    out.splice(opts.maxEdges ?? 400);
   }
   return { nodes: keep, edges: out, maxWeight };
 }

@@ -31,6 +31,22 @@ describe("graph layout", () => {
     expect(spots.size).toBe(nodes.length);
   });
 
+  it("compact layout gives rows only to layers with nodes, keeping their order", () => {
+    const sparse: GraphNode[] = [
+      { id: "EMBED", type: "embed", layer: -1 },
+      { id: "L7H0", type: "head", layer: 7, head: 0 },
+      { id: "L20H1", type: "head", layer: 20, head: 1 },
+      { id: "LOGITS", type: "logits", layer: 30 },
+    ];
+    const full = layoutGraph(sparse, { nLayers: 30, nHeads: 2 });
+    const compact = layoutGraph(sparse, { nLayers: 30, nHeads: 2, compact: true });
+    expect(compact.height).toBeLessThan(full.height / 5);
+    const y = (id: string) => compact.positions.get(id)!.y;
+    expect(y("EMBED")).toBeGreaterThan(y("L7H0"));
+    expect(y("L7H0")).toBeGreaterThan(y("L20H1"));
+    expect(y("L20H1")).toBeGreaterThan(y("LOGITS"));
+  });
+
   it("puts per-position nodes in one band per token", () => {
     const pp: GraphNode[] = [
       { id: "L0H0:P0", type: "head", layer: 0, head: 0, pos: 0 },
