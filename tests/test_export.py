@@ -294,6 +294,13 @@ def test_patch_map_is_centred_on_its_baseline_with_the_shared_diverging_map(head
     assert DIVERGING[len(DIVERGING) // 2][1] == "#f7f7f7"  # white at the centre
 
 
+def test_every_map_is_centred_on_the_unpatched_run(model):
+    attribution = circuitviz.attribution_patch(model, PAIRS, over="heads")
+    assert figure_of(attribution).data[0].zmid == attribution.corrupted
+    noising = circuitviz.patch(model, PAIRS, over="resid_pre", direction="noise", progress=False)
+    assert figure_of(noising).data[0].zmid == noising.clean
+
+
 def test_selected_cell_is_outlined(heads):
     fig = figure_of(heads, selected="L1H2")
     (shape,) = fig.layout.shapes

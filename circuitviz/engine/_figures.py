@@ -75,7 +75,8 @@ def patch_figure(
     selected: str | None = None,
     **options: Any,
 ) -> go.Figure:
-    """Heatmap of a patching map, coloured around its baseline (0 for attribution).
+    """Heatmap of a patching map, coloured around the unpatched run's metric (the corrupted
+    run when denoising, the clean run when noising), as in the PatchingView.
 
     ``selected``: a component id (``"L3H5"``) to outline; ``zmax``: the colour range's
     half-width (default: the largest deviation); ``colorscale``: default :data:`DIVERGING`.
@@ -90,11 +91,8 @@ def patch_figure(
             "nothing to draw. Check the prompts and `over=`."
         )
     v, rows, cols, row_axis, col_axis, index = _flatten_for_heatmap(result)
-    centre = (
-        0.0
-        if result.method == "attribution"
-        else (result.corrupted if result.direction == "denoise" else result.clean)
-    )
+    # Both methods give the metric after the patch: centre on the unpatched run's value.
+    centre = result.corrupted if result.direction == "denoise" else result.clean
     span = zmax if zmax is not None else (float((v - centre).abs().max()) or 1.0)
     x = [text_label(c) for c in cols]
     y = [text_label(r) for r in rows]
