@@ -284,7 +284,7 @@ def test_a_plotly_figure_is_restyled_on_request(heads, tmp_path):
 
 
 def test_patch_map_is_centred_on_its_baseline_with_the_shared_diverging_map(heads):
-    from circuitviz.engine._figures import DIVERGING as engine_diverging
+    from circuitviz.export._figures import DIVERGING as engine_diverging
 
     assert engine_diverging is DIVERGING
     (trace,) = figure_of(heads).data

@@ -75,9 +75,8 @@ class PatchResult:
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` components whose patch moves the metric furthest from the baseline."""
+        # Exact and attribution maps both hold the metric after the patch.
         base = self.corrupted if self.direction == "denoise" else self.clean
-        if self.method == "attribution":
-            base = 0.0
         flat = (self.values - base).abs().flatten()
         idx = flat.argsort(descending=True)[:k]
         shape = self.values.shape
@@ -88,8 +87,8 @@ class PatchResult:
         return out
 
     def figure(self, **style: Any):
-        """A plotly heatmap of this map (see :func:`circuitviz.figures.patch_figure`)."""
-        from ._figures import patch_figure
+        """A plotly heatmap of this map (see :func:`circuitviz.export.patch_figure`)."""
+        from ..export import patch_figure
 
         return patch_figure(self, **style)
 
@@ -139,6 +138,17 @@ class AblationResult:
             "top_after": self.top_after.to_dict(),
         }
 
+    def figure(self, **style: Any):
+        """Top tokens before and after, beside the clean, ablated and corrupted metric."""
+        from ..export import ablation_figure
+
+        return ablation_figure(self, **style)
+
+    def save(self, path: str, **style: Any) -> None:
+        from ..export import save
+
+        save(self, path, **style)
+
     def __repr__(self) -> str:
         what = ", ".join(self.components) or "nothing"
         return (
@@ -176,7 +186,7 @@ class AttentionResult:
 
     def figure(self, *, layer: int | None = None, head: int | None = None, **style: Any):
         """One head's pattern, or (no head given) the head-role scores as a heatmap."""
-        from ._figures import attention_figure
+        from ..export import attention_figure
 
         return attention_figure(self, layer=layer, head=head, **style)
 

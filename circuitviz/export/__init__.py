@@ -21,22 +21,22 @@ from ._style import (
 
 
 def patch_figure(result, **options):
-    """Heatmap of a :class:`~circuitviz.PatchResult` (see ``engine._figures``)."""
-    from ..engine._figures import patch_figure as build
+    """Heatmap of a :class:`~circuitviz.PatchResult` (see ``export._figures``)."""
+    from ._figures import patch_figure as build
 
     return build(result, **options)
 
 
 def attention_figure(result, **options):
     """One head's attention pattern, or the head-role scores, of an ``AttentionResult``."""
-    from ..engine._figures import attention_figure as build
+    from ._figures import attention_figure as build
 
     return build(result, **options)
 
 
 def ablation_figure(result, **options):
     """Top tokens before/after and the metric of an ``AblationResult``."""
-    from ..engine._figures import ablation_figure as build
+    from ._figures import ablation_figure as build
 
     return build(result, **options)
 

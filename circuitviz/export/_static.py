@@ -199,7 +199,7 @@ def figure_of(obj: Any, **options: Any):
     elif hasattr(obj, "figure"):
         fig = obj.figure(**options)
     elif type(obj).__name__ == "AblationResult":
-        from ..engine._figures import ablation_figure
+        from ._figures import ablation_figure
 
         fig = ablation_figure(obj, **options)
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..export._style import (
+from ._style import (
     DIVERGING,
     PX_PER_INCH,
     SEQUENTIAL,
@@ -22,7 +22,7 @@ from ..export._style import (
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from ._results import AblationResult, AttentionResult, PatchResult
+    from ..engine._results import AblationResult, AttentionResult, PatchResult
 
 __all__ = ["DIVERGING", "ablation_figure", "attention_figure", "patch_figure", "text_label"]
 
