@@ -53,27 +53,41 @@ def circuit_logits(
     d_model = int(model.cfg.d_model)
     per_pos = masks.ndim == 4
     valid = layout.valid.to(masks.device)
-    off = (~masks) & (valid[:, :, None] if per_pos else valid)  # edges to patch
-    off = off.float()
+    valid = valid[:, :, None] if per_pos else valid
+    off = (~masks) & valid  # edges to patch
+    on = masks & valid
     delta = torch.zeros(len(layout.senders), n_circ, batch, n_pos, d_model)
+    running = torch.zeros(n_circ, batch, n_pos, d_model)  # Σ delta of the senders so far
     ref = ref.float()
 
     def write(i: int, value: torch.Tensor) -> None:
         n = value.shape[2]
         cur = value.float().permute(2, 0, 1, 3).reshape(n, n_circ, batch, n_pos, d_model)
         delta[i : i + n] = cur - ref[i : i + n, None]
+        running.add_(delta[i : i + n].sum(0))
+
+    def masked_sum(mask: torch.Tensor, n_senders: int) -> torch.Tensor:
+        """Σ_s mask[k, s, r(, p)] · delta[s, k] -> ``[circuit, batch, pos, receiver, d_model]``,
+        over only the senders the mask uses (circuits are sparse, or nearly full)."""
+        dims = (0, 2, 3) if per_pos else (0, 2)
+        used = mask.any(dim=dims).nonzero()[:, 0]
+        m, d = mask[:, used].float(), delta[:n_senders][used]
+        if per_pos:
+            return torch.einsum("ksrp,skbpd->kbprd", m, d)
+        return torch.einsum("ksr,skbpd->kbprd", m, d)
 
     def correction(n_senders: int, rs: slice) -> torch.Tensor | None:
-        """``[circuit·batch, pos, receiver, d_model]`` to subtract, or None if nothing is
-        patched for these receivers."""
-        o = off[:, :n_senders, rs]
+        """``[circuit·batch, pos, receiver, d_model]`` to subtract from the residual, or None
+        if nothing is patched for these receivers. Σ over the patched edges' senders, or —
+        when fewer senders are in the circuit — all senders so far minus the circuit's."""
+        o, i = off[:, :n_senders, rs], on[:, :n_senders, rs]
         if not o.any():
             return None
-        d = delta[:n_senders]
-        if per_pos:
-            c = torch.einsum("ksrp,skbpd->kbprd", o, d)
+        dims = (0, 2, 3) if per_pos else (0, 2)
+        if int(i.any(dim=dims).sum()) < int(o.any(dim=dims).sum()):
+            c = running[:, :, :, None] - masked_sum(i, n_senders)
         else:
-            c = torch.einsum("ksr,skbpd->kbprd", o, d)
+            c = masked_sum(o, n_senders)
         return c.reshape(n_circ * batch, n_pos, -1, d_model)
 
     resid: dict[int, torch.Tensor] = {}
