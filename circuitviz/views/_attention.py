@@ -7,6 +7,7 @@ focused, as row chunks of at most 4 MiB each (``{"type": "request_layer", "layer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -152,15 +153,20 @@ class AttentionView(View):
             self.send(msg, buffers=buffers)
 
     def static_replies(self, budget: int = 48 * 2**20) -> list[dict[str, Any]]:
-        """Replies the standalone HTML page replays without a kernel: every layer's patterns
-        while they fit in ``budget`` bytes (later layers then say they need a kernel)."""
+        """Replies the standalone HTML page replays without a kernel: the focused head's layer
+        first, then the others in order while they fit in ``budget`` bytes (the rest say they
+        need a kernel)."""
+        m = re.fullmatch(r"L(\d+)H\d+", self.selected)
+        first = int(m[1]) if m and int(m[1]) < self.n_layers else 0
+        order = [first, *(layer for layer in range(self.n_layers) if layer != first)]
         replies, used = [], 0
-        for layer in range(self.n_layers):
+        for layer in order:
             msgs = self.layer_messages(layer)
             size = sum(len(b) for _, bufs in msgs for b in bufs)
             if used + size > budget:
                 notice = (
-                    f"Layer {layer} is not embedded in this page (too large); open it in Jupyter."
+                    f"Layer {layer} is not embedded in this page (over the size budget); "
+                    "open the view in Jupyter, or export a shorter prompt."
                 )
                 msgs = [({"type": "error", "layer": layer, "message": notice}, [])]
             else:

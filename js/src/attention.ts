@@ -97,20 +97,18 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   const gridH = 16 + L * (cell + gap);
   const gridCanvas = el("canvas", { "data-role": "grid-canvas" });
   const hits = el("div", { class: "cv-hits", style: `left:${labelW}px;top:16px` });
-  const gridTip = el("div", { class: "cv-tooltip" });
+  const gridTip = el("div", { class: "cv-tooltip", "data-role": "grid-tooltip" });
   const grid = el("div", { class: "cv-hm cv-grid", "data-role": "grid" }, gridCanvas, hits, gridTip);
   for (let l = 0; l < L; l++) {
     for (let h = 0; h < H; h++) {
       const id = `L${l}H${h}`;
       const hit = el("div", { class: "cv-hit", "data-component": id, role: "button", "aria-label": id, style: `left:${h * (cell + gap)}px;top:${l * (cell + gap)}px;width:${cell}px;height:${cell}px` });
       hit.addEventListener("mouseenter", () => {
-        const role = model.get("show_scores");
         const lines = [id, ...["previous_token", "duplicate_token", "induction"].map((r) => `${r}: ${fmt(score(r, l, h), 3)}`)];
         setText(gridTip, lines.join("\n"));
         gridTip.style.display = "block";
         gridTip.style.left = `${labelW + (h + 1) * (cell + gap)}px`;
         gridTip.style.top = `${16 + l * (cell + gap)}px`;
-        gridTip.dataset.role = role ? "score-tooltip" : "tooltip";
       });
       hit.addEventListener("mouseleave", () => (gridTip.style.display = "none"));
       hit.addEventListener("click", () => {

@@ -114,16 +114,21 @@ export class Heatmap {
     this.draw();
   }
 
-  /** One pixel per cell; drawImage scales it (nearest-neighbour when enlarging). */
+  /** One pixel per cell, or — when there are more cells than screen pixels — one pixel per
+   * block holding the block's strongest value (|max|), so a one-cell stripe in a 1,000-token
+   * pattern stays visible instead of being averaged away. */
   private paintCells(): HTMLCanvasElement {
     const { rows, cols, colorValues, scale } = this.data;
-    const img = el("canvas", { width: cols, height: rows });
+    const w = Math.min(cols, Math.max(1, Math.ceil(this.geom.plotW)));
+    const h = Math.min(rows, Math.max(1, Math.ceil(this.geom.plotH)));
+    const img = el("canvas", { width: w, height: h });
     const ctx = img.getContext("2d");
     if (!ctx) return img;
-    const pixels = ctx.createImageData(cols, rows);
+    const block = downsample(colorValues, rows, cols, h, w);
+    const pixels = ctx.createImageData(w, h);
     const p = pixels.data;
-    for (let i = 0; i < rows * cols; i++) {
-      const c: RGB = scale(colorValues[i]);
+    for (let i = 0; i < w * h; i++) {
+      const c: RGB = scale(block[i]);
       p[4 * i] = c[0];
       p[4 * i + 1] = c[1];
       p[4 * i + 2] = c[2];
@@ -195,7 +200,7 @@ export class Heatmap {
     ctx.scale(dpr, dpr);
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, g.width, g.height);
-    ctx.imageSmoothingEnabled = g.cw < 1 || g.ch < 1;
+    ctx.imageSmoothingEnabled = false;
     ctx.drawImage(this.image, g.left, g.top, g.plotW, g.plotH);
     this.drawLabels(ctx);
     this.drawMarks(ctx);
@@ -349,6 +354,21 @@ export class Heatmap {
     group.append(svgEl("text", { x: g.left, y: g.top + h + 16, fill: "#555" }, `colour: ${bar.label}`));
     return group;
   }
+}
+
+/** Max-|v| pooling of a rows × cols grid to h × w (h ≤ rows, w ≤ cols); NaN-safe. */
+export function downsample(values: ArrayLike<number>, rows: number, cols: number, h: number, w: number): Float32Array {
+  const out = new Float32Array(h * w).fill(NaN);
+  for (let r = 0; r < rows; r++) {
+    const y = Math.floor((r * h) / rows);
+    for (let c = 0; c < cols; c++) {
+      const v = values[r * cols + c];
+      const i = y * w + Math.floor((c * w) / cols);
+      const cur = out[i];
+      if (Number.isNaN(cur) || Math.abs(v) > Math.abs(cur)) out[i] = v;
+    }
+  }
+  return out;
 }
 
 function fmtTick(v: number): string {
