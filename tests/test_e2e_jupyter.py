@@ -177,7 +177,7 @@ def test_probe_widget_roundtrip(jupyter_server, page, ui):
 
 # ----------------------------------------------------------------------------- circuitviz views
 
-LATENCY_BUDGET_MS = float(__import__("os").environ.get("CIRCUITVIZ_LATENCY_BUDGET_MS", "3000"))
+LATENCY_BUDGET_MS = float(__import__("os").environ.get("CIRCUITVIZ_LATENCY_BUDGET_MS", "5000"))
 
 
 def js_fmt(v: float) -> str:
