@@ -117,7 +117,7 @@ def test_gqa_receivers_are_per_kv_head_and_their_gradients_are_exact(model):
     def metric(lg):
         return lg[rows, tokens.answers] - lg[rows, tokens.wrong_answers]
 
-    grads = receiver_grads(model, layout, weights, tokens.clean, metric)
+    grads = receiver_grads(model, layout, weights, tokens.clean, lambda logits: metric)
     torch.manual_seed(0)
     delta = torch.randn(tokens.batch, tokens.n_pos, int(model.cfg.d_model)) * 1e-3
     with torch.no_grad():

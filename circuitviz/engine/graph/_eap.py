@@ -64,7 +64,11 @@ def sender_hooks(
 
 
 def sender_acts(
-    model: TransformerBridge, layout: Layout, weights: list[Weights], tokens: torch.Tensor
+    model: TransformerBridge,
+    layout: Layout,
+    weights: list[Weights],
+    tokens: torch.Tensor,
+    extra: _hooks.Hooks = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward: final logits ``[batch, d_vocab]`` and every sender's output
     ``[sender, batch, pos, d_model]``."""
@@ -75,7 +79,7 @@ def sender_acts(
     def write(i: int, value: torch.Tensor) -> None:
         acts[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float()
 
-    logits = final_logits(model, tokens, sender_hooks(layout, weights, write))
+    logits = final_logits(model, tokens, [*sender_hooks(layout, weights, write), *extra])
     return logits, acts
 
 
@@ -89,14 +93,17 @@ def receiver_grads(
     layout: Layout,
     weights: list[Weights],
     tokens: torch.Tensor,
-    metric: Callable[[torch.Tensor], torch.Tensor],
+    metric: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
     embed_override: torch.Tensor | None = None,
+    extra: _hooks.Hooks = (),
 ) -> torch.Tensor:
     """One forward and one backward: ``∂M/∂x_r`` for every receiver,
     ``[receiver, batch, pos, d_model]``, where ``M`` is the batch-mean metric.
 
+    ``metric(logits)`` gets this run's detached final logits and returns the per-example
+    metric function (so a metric can be bound to the clean logits of this very run).
     ``embed_override [batch, pos, d_model]`` replaces the token embeddings (EAP-IG's
-    interpolated inputs)."""
+    interpolated inputs); ``extra`` hooks ride along (caching the senders)."""
     kept: dict[str, torch.Tensor] = {}
     resid: dict[int, torch.Tensor] = {}
 
@@ -119,7 +126,7 @@ def receiver_grads(
         # A leaf that needs grad: the metric's graph then never asks for parameter gradients.
         return (x.detach() if embed_override is None else embed_override).requires_grad_(True)
 
-    fwd: list = [("hook_embed", embed)]
+    fwd: list = [("hook_embed", embed), *extra]
     for layer in range(layout.n_layers):
         fwd.append((f"blocks.{layer}.hook_resid_pre", keep_resid(layer)))
         for kind in "qkv":
@@ -128,7 +135,7 @@ def receiver_grads(
     fwd.append(("ln_final.hook_in", keep("logits")))
     with torch.enable_grad():
         logits = final_logits(model, tokens, fwd)
-        value = metric(logits).mean()
+        value = metric(logits.detach())(logits).mean()
         names = list(kept)
         grads = dict(zip(names, torch.autograd.grad(value, [kept[n] for n in names]), strict=True))
         batch, n_pos = tokens.shape
@@ -163,40 +170,51 @@ def eap_scores(
     progress: bool = True,
 ) -> tuple[torch.Tensor, Metric, float, float]:
     """Scores ``[sender, receiver, pos]`` (zero where the edge is invalid), the bound metric,
-    and the clean and corrupted metric values."""
-    with torch.inference_mode():
-        clean_logits, clean = sender_acts(model, layout, weights, tokens.clean)
-        corr_logits, corr = sender_acts(model, layout, weights, tokens.corrupted)
-        bound = bind_metric(metric, tokens, clean_logits, corr_logits)
-        m_clean, m_corr = bound(clean_logits), bound(corr_logits)
+    and the clean and corrupted metric values.
+
+    Passes: one corrupted forward, then ``steps`` forward+backward passes at α = 1 (the clean
+    run, which also caches the clean senders and binds the metric), (steps−1)/steps, …, 1/steps.
+    """
+    embeds: dict[str, torch.Tensor] = {}
+
+    def keep_embed(name: str):
+        def fn(x: torch.Tensor, hook: object) -> None:
+            embeds[name] = x.detach().clone()
+
+        return fn
+
+    with torch.no_grad():  # not inference mode: the embeddings feed EAP-IG's backward passes
+        corr_logits, corr = sender_acts(
+            model, layout, weights, tokens.corrupted, [("hook_embed", keep_embed("corrupted"))]
+        )
+    clean = torch.zeros_like(corr)
+
+    def write(i: int, value: torch.Tensor) -> None:
+        clean[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float()
+
+    bound: list[Metric] = []
+
+    def bind(logits: torch.Tensor):
+        if not bound:
+            bound.append(bind_metric(metric, tokens, logits, corr_logits))
+            bound.append(logits)
+        return bound[0].per_example
+
     grads = None
-    embeds: tuple[torch.Tensor, torch.Tensor] | None = None
-    if steps > 1:
-        embeds = _embeddings(model, tokens)
-    for k in tqdm(range(1, steps + 1), desc="EAP-IG steps", disable=not progress or steps == 1):
-        override = None
-        if embeds is not None:
-            alpha = k / steps
-            override = embeds[1] + alpha * (embeds[0] - embeds[1])
-        g = receiver_grads(model, layout, weights, tokens.clean, bound.per_example, override)
+    alphas = [k / steps for k in range(steps, 0, -1)]
+    for k, alpha in enumerate(
+        tqdm(alphas, desc="EAP-IG steps", disable=not progress or steps == 1, leave=False)
+    ):
+        if k == 0:  # the clean run
+            extra = [*sender_hooks(layout, weights, write), ("hook_embed", keep_embed("clean"))]
+            g = receiver_grads(model, layout, weights, tokens.clean, bind, None, extra)
+        else:
+            override = embeds["corrupted"] + alpha * (embeds["clean"] - embeds["corrupted"])
+            g = receiver_grads(model, layout, weights, tokens.clean, bind, override)
         grads = g if grads is None else grads + g
     grads = grads / steps
+    metric_, clean_logits = bound
     diff = corr - clean  # [sender, batch, pos, d_model]
     scores = torch.einsum("sbpd,rbpd->srp", diff, grads)
     scores = scores * layout.valid[:, :, None].to(scores)
-    return scores, bound, m_clean, m_corr
-
-
-def _embeddings(model: TransformerBridge, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token embeddings (``hook_embed``) of the clean and corrupted prompts."""
-    out = []
-    with torch.no_grad():  # not inference mode: the interpolations feed a backward pass
-        for toks in (tokens.clean, tokens.corrupted):
-            store = {}
-
-            def keep(x: torch.Tensor, hook: object, store=store) -> None:
-                store["e"] = x.detach().clone()
-
-            final_logits(model, toks, [("hook_embed", keep)])
-            out.append(store["e"])
-    return out[0], out[1]
+    return scores, metric_, metric_(clean_logits), metric_(corr_logits)
