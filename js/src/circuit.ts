@@ -3,7 +3,7 @@
 import { AblationPanel } from "./ablation";
 import { decode } from "./codec";
 import { NEGATIVE, NODE_COLORS, POSITIVE } from "./colors";
-import { clear, el, fmt, root, setText } from "./dom";
+import { clear, el, fmt, root, setText, truncate } from "./dom";
 import { exportButtons, svgEl } from "./export";
 import { edgePath, layoutGraph, prune, type EdgeList } from "./layout";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
@@ -125,7 +125,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       const n = nodes[i];
       const pt = layout.positions.get(n.id)!;
       const r = n.type === "embed" || n.type === "logits" ? 8 : 4 + 7 * Math.sqrt(Math.abs(n.score ?? 0) / maxScore);
-      const isAbl = ablated.has(n.id);
+      const isAbl = ablated.has(n.id.replace(/:P\d+$/, "")); // per-position nodes ablate their whole head/MLP
       const g = svgEl("g", {
         class: "cv-node",
         transform: `translate(${pt.x},${pt.y})`,
@@ -146,7 +146,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       g.append(shape);
       if (isAbl) g.append(svgEl("path", { d: `M${-r * 0.6},${-r * 0.6}L${r * 0.6},${r * 0.6}M${r * 0.6},${-r * 0.6}L${-r * 0.6},${r * 0.6}`, stroke: "#333", "stroke-width": 1.5 }));
       if (pinned.has(n.id)) g.append(svgEl("circle", { r: 2, cx: r, cy: -r, fill: "#333" }));
-      g.append(svgEl("text", { y: r + 9, "text-anchor": "middle", "font-size": 8, fill: "#333", "pointer-events": "none" }, n.label ?? n.id));
+      // Per-position nodes name only the component; the token is on the axis below.
+      const text = n.pos !== null && n.pos !== undefined ? n.id.replace(/:P\d+$/, "") : (n.label ?? n.id);
+      g.append(svgEl("text", { y: r + 9, "text-anchor": "middle", "font-size": n.pos != null ? 6 : 8, fill: "#333", "pointer-events": "none" }, text));
       g.addEventListener("mouseenter", () => setText(info, `${n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${ABLATABLE.has(n.type) ? " · click: ablate only this · shift-click: add/remove · alt-click: pin" : ""}`));
       g.addEventListener("click", (ev) => {
         ev.stopPropagation();
@@ -157,6 +159,10 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         else draw();
       });
       nodeLayer.append(g);
+    }
+    const tokens = model.get("graph").tokens ?? [];
+    for (const b of layout.bands) {
+      nodeLayer.append(svgEl("text", { x: b.x, y: layout.height - 8, "text-anchor": "middle", "font-size": 9, fill: "#555", "data-role": "band-label" }, `${b.pos}: ${truncate(tokens[b.pos] ?? "", 14)}`));
     }
     drawFaithfulness();
   }

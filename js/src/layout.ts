@@ -24,6 +24,8 @@ export interface Layout {
   positions: Map<string, Point>;
   width: number;
   height: number;
+  /** Per-position graphs: the x centre of each token's band (for axis labels). */
+  bands: { pos: number; x: number }[];
 }
 
 /** Column of a node inside its layer: heads 0…H-1, the MLP after them. */
@@ -40,7 +42,7 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
   const slots = opts.nHeads + 1;
   const maxPos = Math.max(0, ...nodes.map((n) => n.pos ?? 0));
   const nPos = perPos ? Math.max(opts.nPos ?? 0, maxPos + 1) : 1;
-  const slotW = opts.slotWidth ?? (perPos ? 16 : 56);
+  const slotW = opts.slotWidth ?? (perPos ? 24 : 56);
   const bandW = slots * slotW + (perPos ? 12 : 0);
   const width = 2 * margin + nPos * bandW;
   const clampLayer = (l: number) => Math.min(Math.max(l, -1), opts.nLayers);
@@ -62,7 +64,8 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
     // MLPs sit half a row above their layer's heads: they read the heads' output.
     positions.set(n.id, { x, y: n.type === "mlp" ? y - rowH / 2.5 : y });
   }
-  return { positions, width, height };
+  const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + pos * bandW + (slots * slotW) / 2 })) : [];
+  return { positions, width, height: height + (perPos ? 16 : 0), bands };
 }
 
 export interface EdgeList {
@@ -88,7 +91,9 @@ export function prune(
   const keep = new Set<number>();
   const ranked: number[] = [];
   nodes.forEach((n, i) => {
-    if (n.type === "embed" || n.type === "logits" || pinned.has(n.id)) keep.add(i);
+    // Embeddings and logits always show, except per-position ones with nothing flowing (score 0).
+    const io = (n.type === "embed" || n.type === "logits") && (n.pos === null || n.pos === undefined || (n.score ?? 1) !== 0);
+    if (io || pinned.has(n.id)) keep.add(i);
     else ranked.push(i);
   });
   ranked.sort((a, b) => Math.abs(nodes[b].score ?? 0) - Math.abs(nodes[a].score ?? 0));
