@@ -223,3 +223,21 @@ def test_bad_input_is_a_clear_error_and_leaves_no_hooks(model, graph):
     assert not has_hooks(model)
     with torch.inference_mode():
         assert torch.equal(model(tokens.clean), before)
+
+
+def test_cost_is_a_fixed_number_of_passes(model):
+    """EAP: two forwards (corrupted, clean with gradient) and one backward, however many
+    edges; EAP-IG: one more forward and backward per extra step."""
+    from circuitviz.engine import hooks
+
+    calls = []
+
+    def count(x, hook):
+        calls.append(x.requires_grad)
+
+    for method, steps, passes in (("eap", None, 2), ("eap-ig", 4, 5)):
+        calls.clear()
+        with hooks(model, [("ln_final.hook_in", count)]):
+            circuit(model, PAIRS, method=method, steps=steps, progress=False)
+        assert len(calls) == passes
+        assert sum(calls) == passes - 1  # every pass but the corrupted one is differentiated
