@@ -440,3 +440,47 @@ def test_explore_links_selection(model, pairs):
     assert box.patching.selected == box.attention.selected == "L1H2"
     box.attention.selected = "L0H3"
     assert box.circuit.selected == "L0H3"
+
+
+# ----------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.browser
+def test_standalone_html_works_without_a_kernel(tmp_path, page, model, pairs):
+    """The exported page renders the same views: hover, selection, threshold, export work;
+    ablation says it needs a kernel; hostile tokens stay text (no dialog, no element)."""
+    box = explore(model, pairs)
+    hostile = AttentionView(synthetic_attention(5, tokens=["<bos>", *HOSTILE]))
+    write_html(box, tmp_path / "explore.html")
+    write_html(hostile, tmp_path / "hostile.html")
+
+    page.goto((tmp_path / "hostile.html").as_uri())
+    tokens = page.locator('.cv-attention [data-role="tokens"] .cv-token')
+    tokens.first.wait_for()
+    assert tokens.all_inner_texts() == ["<bos>", *HOSTILE]
+    assert page.locator(".cv-root img").count() == 0 and not page.dialogs
+    page.locator('.cv-attention [data-role="focus"] canvas').wait_for()
+
+    page.goto((tmp_path / "explore.html").as_uri())
+    cell = page.locator('.cv-patching [data-component="L1H2"]')
+    cell.hover()
+    tip = page.locator('.cv-patching [data-role="tooltip"]').inner_text()
+    assert tip.startswith("L1H2") and "effect vs corrupted baseline" in tip
+    cell.click()
+    error = page.locator('.cv-patching [data-role="error"]')
+    error.filter(has_text="live Python kernel").wait_for()
+    assert page.locator(".cv-patching").get_attribute("data-busy") == "false"
+    # selection is linked across the three views
+    title = page.locator('.cv-attention [data-role="focus-title"]')
+    assert title.inner_text().startswith("L1H2")
+    node = page.locator('.cv-circuit [data-component="L1H2"]')
+    assert node.get_attribute("data-selected") == "true"
+    edges = page.locator(".cv-circuit path[data-edge]")
+    before = edges.count()
+    page.locator('.cv-circuit [data-role="threshold"]').fill("0.6")
+    assert 0 < edges.count() < before
+    with page.expect_download() as download:
+        page.locator('.cv-patching [data-role="export-svg"]').click()
+    svg = open(download.value.path(), encoding="utf-8").read()
+    assert svg.lstrip().startswith("<?xml") and 'data-component="L1H2"' in svg
+    assert not page.console_errors and not page.dialogs
