@@ -28,6 +28,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from .. import _hooks
 from .._metrics import Metric, MetricFn, bind_metric
 from .._pairs import Tokens
+from .._patching import final_logits
 from ._layout import Layout, Weights
 
 EMBED_HOOK = "blocks.0.hook_resid_pre"  # token (+ position) embeddings: the EMBED sender
@@ -81,11 +82,6 @@ def sender_acts(
 
     logits = final_logits(model, tokens, [*sender_hooks(layout, weights, write), *extra])
     return logits, acts
-
-
-def final_logits(model: TransformerBridge, tokens: torch.Tensor, fwd: _hooks.Hooks) -> torch.Tensor:
-    hooks = [*fwd, (_hooks.LAST_POSITION_HOOK, _hooks.last_position_only)]
-    return _hooks.run(model, tokens, hooks)[:, -1]
 
 
 def receiver_grads(

@@ -24,7 +24,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .._metrics import METRICS, Metric, MetricFn, bind_metric
 from .._pairs import InputError, PromptPairs, Tokens, tokenize
-from ._eap import final_logits, sender_acts, sender_hooks
+from .._patching import final_logits
+from ._eap import sender_acts, sender_hooks
 from ._layout import Layout, Weights, all_weights, model_info
 
 if TYPE_CHECKING:
