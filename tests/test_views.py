@@ -302,6 +302,16 @@ def test_circuit_graph_edges_are_binary(tmp_path):
     assert CircuitView(graph=path).graph["nodes"] == g["nodes"]
 
 
+def test_huge_graphs_send_only_the_strongest_nodes(monkeypatch):
+    import circuitviz.views._circuit as circuit_module
+
+    monkeypatch.setattr(circuit_module, "MAX_NODES", 4)
+    with pytest.warns(UserWarning, match="showing the 4 strongest"):
+        view = CircuitView(graph=GRAPH)
+    assert [n["id"] for n in view.graph["nodes"]] == ["EMBED", "LOGITS", "L1H3", "L0H1"]
+    np.testing.assert_allclose(decode(view.graph["edges"]["weight"]), [0.03, -0.5, 1.2], rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -26,6 +26,9 @@ from ._base import STATIC, AblationView
 from ._codec import encode
 
 NODE_TYPES = ("embed", "head", "mlp", "logits")
+#: Nodes travel as JSON: past this many (a per-position graph of a long prompt) only the
+#: strongest are sent, keeping every message well under 10 MiB.
+MAX_NODES = 20_000
 EDGE_INPUTS = ("q", "k", "v", "mlp", "logits")
 
 
@@ -112,6 +115,18 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
                 "score": None if score is None or not np.isfinite(score) else float(score),
             }
         )
+    if len(nodes) > MAX_NODES:
+        io = [n for n in nodes if n["type"] in ("embed", "logits")]
+        rest = sorted(
+            (n for n in nodes if n["type"] not in ("embed", "logits")),
+            key=lambda n: -abs(n["score"] or 0.0),
+        )
+        nodes = [*io, *rest[: max(0, MAX_NODES - len(io))]]
+        warnings.warn(
+            f"The graph has {len(raw_nodes)} nodes; showing the {len(nodes)} strongest.",
+            stacklevel=3,
+        )
+        index = {n["id"]: i for i, n in enumerate(nodes)}
     src, dst, weight, kind = [], [], [], []
     inputs = list(EDGE_INPUTS)
     for e in data.get("edges") or []:

@@ -25,7 +25,8 @@ class Explorer(widgets.VBox):
             traitlets.link((patching, "selected"), (attention, "selected")),
             traitlets.link((patching, "selected"), (circuit, "selected")),
         ]
-        super().__init__([widgets.HBox([patching, attention]), circuit])
+        row = widgets.HBox([patching, attention], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([row, circuit])
 
     @property
     def views(self) -> list[Any]:

@@ -54,7 +54,7 @@ export function truncate(s: string, n: number): string {
 }
 
 export const STYLE = `
-.cv-root{font:12px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;position:relative}
+.cv-root{font:12px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;background:#fff;position:relative;padding:4px}
 .cv-toolbar{display:flex;flex-wrap:wrap;gap:6px;align-items:center;margin:4px 0}
 .cv-title{font-weight:600;margin-right:8px}
 .cv-button,.cv-select{font:inherit;padding:2px 8px;border:1px solid #bbb;border-radius:4px;background:#fafafa;cursor:pointer}
