@@ -37,6 +37,8 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
     }
     const max = maxAbs(effect) || 1;
     const scale = divergingScale(max);
+    // Denoising moves corrupted → clean, noising clean → corrupted: both as a share of the gap.
+    const gap = map.direction === "noise" ? map.corrupted - map.clean : map.clean - map.corrupted;
     const what = map.method === "attribution" ? "attribution estimate" : `${map.metric} after patching`;
     const title = `${map.method} patching of ${map.target} (${map.direction}) · ${map.metric}`;
     setText(toolbar.querySelector('[data-role="title"]')!, title);
@@ -61,6 +63,7 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
             `${id}   (${arr.rowLabels[r]}, ${arr.colLabels[c]})`,
             `${what}: ${fmt(raw[i], 5)}`,
             `effect vs ${map.baseline_label}: ${fmt(effect[i], 5)}`,
+            gap ? `= ${fmt((100 * effect[i]) / gap, 3)}% of the clean − corrupted gap` : "",
             `clean ${fmt(map.clean)} · corrupted ${fmt(map.corrupted)}`,
             target && model.get("can_ablate") ? `click: ablate ${target} · shift-click: add to set` : "",
           ]
