@@ -102,7 +102,7 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   for (let l = 0; l < L; l++) {
     for (let h = 0; h < H; h++) {
       const id = `L${l}H${h}`;
-      const hit = el("div", { class: "cv-hit", "data-component": id, role: "button", "aria-label": id, style: `left:${h * (cell + gap)}px;top:${l * (cell + gap)}px;width:${cell}px;height:${cell}px` });
+      const hit = el("div", { class: "cv-hit", "data-component": id, role: "button", tabindex: 0, "aria-label": id, style: `left:${h * (cell + gap)}px;top:${l * (cell + gap)}px;width:${cell}px;height:${cell}px` });
       hit.addEventListener("mouseenter", () => {
         const lines = [id, ...["previous_token", "duplicate_token", "induction"].map((r) => `${r}: ${fmt(score(r, l, h), 3)}`)];
         setText(gridTip, lines.join("\n"));
@@ -111,6 +111,12 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
         gridTip.style.top = `${16 + l * (cell + gap)}px`;
       });
       hit.addEventListener("mouseleave", () => (gridTip.style.display = "none"));
+      hit.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" || e.key === " ") {
+          e.preventDefault();
+          hit.click();
+        }
+      });
       hit.addEventListener("click", () => {
         model.set("selected", id);
         model.save_changes();

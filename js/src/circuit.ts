@@ -135,6 +135,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         "data-selected": String(selected === n.id),
         "data-pinned": String(pinned.has(n.id)),
         style: "cursor:pointer",
+        tabindex: 0,
+        role: "button",
+        "aria-label": `${n.id} (${n.type})`,
       });
       const shape = n.type === "mlp" ? svgEl("rect", { x: -r, y: -r, width: 2 * r, height: 2 * r, rx: 2 }) : svgEl("circle", { r });
       shape.setAttribute("fill", isAbl ? "#fff" : NODE_COLORS[n.type] ?? "#777");
@@ -150,6 +153,12 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       const text = n.pos !== null && n.pos !== undefined ? n.id.replace(/:P\d+$/, "") : (n.label ?? n.id);
       g.append(svgEl("text", { y: r + 9, "text-anchor": "middle", "font-size": n.pos != null ? 6 : 8, fill: "#333", "pointer-events": "none" }, text));
       g.addEventListener("mouseenter", () => setText(info, `${n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${ABLATABLE.has(n.type) ? " · click: ablate only this · shift-click: add/remove · alt-click: pin" : ""}`));
+      g.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") {
+          ev.preventDefault();
+          g.dispatchEvent(new MouseEvent("click", { shiftKey: ev.shiftKey, altKey: ev.altKey }));
+        }
+      });
       g.addEventListener("click", (ev) => {
         ev.stopPropagation();
         if (ev.altKey) return togglePin(n.id);

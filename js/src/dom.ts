@@ -66,6 +66,7 @@ export const STYLE = `
 .cv-hm canvas{display:block}
 .cv-hits{position:absolute;left:0;top:0}
 .cv-hit{position:absolute;cursor:pointer;background:transparent}
+.cv-hit:focus-visible,.cv-node:focus-visible{outline:2px solid #0072B2;outline-offset:1px}
 .cv-panel{min-width:220px;max-width:320px;border-left:1px solid #ddd;padding-left:10px}
 .cv-panel table{border-collapse:collapse}
 .cv-panel td{padding:1px 6px 1px 0}

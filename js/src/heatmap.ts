@@ -143,12 +143,20 @@ export class Heatmap {
     const g = this.geom;
     const layer = el("div", { class: "cv-hits", style: `left:${g.left}px;top:${g.top}px;width:${g.plotW}px;height:${g.plotH}px` });
     if (!component || rows * cols > (this.opts.maxHitCells ?? 20000)) return layer;
+    const focusable = rows * cols <= 600; // keyboard: Tab to a cell, Enter (Shift+Enter adds)
+    layer.addEventListener("keydown", (e) => {
+      const t = e.target as HTMLElement;
+      if ((e.key === "Enter" || e.key === " ") && t.dataset.row !== undefined) {
+        e.preventDefault();
+        this.opts.onClick?.(Number(t.dataset.row), Number(t.dataset.col), e as unknown as MouseEvent);
+      }
+    });
     for (let r = 0; r < rows; r++) {
       for (let c = 0; c < cols; c++) {
         const id = component(r, c);
         if (!id) continue;
         const style = `left:${c * g.cw}px;top:${r * g.ch}px;width:${Math.max(1, g.cw)}px;height:${Math.max(1, g.ch)}px`;
-        layer.append(el("div", { class: "cv-hit", "data-component": id, "data-row": r, "data-col": c, role: "gridcell", "aria-label": id, style }));
+        layer.append(el("div", { class: "cv-hit", "data-component": id, "data-row": r, "data-col": c, role: "gridcell", "aria-label": id, tabindex: focusable ? 0 : undefined, style }));
       }
     }
     return layer;
