@@ -152,6 +152,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       // Per-position nodes name only the component; the token is on the axis below.
       const text = n.pos !== null && n.pos !== undefined ? n.id.replace(/:P\d+$/, "") : (n.label ?? n.id);
       g.append(svgEl("text", { y: r + 9, "text-anchor": "middle", "font-size": n.pos != null ? 6 : 8, fill: "#333", "pointer-events": "none" }, text));
+      g.addEventListener("mouseenter", () => spotlight(n.id));
+      g.addEventListener("mouseleave", () => spotlight(null));
       g.addEventListener("mouseenter", () => setText(info, `${n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${ABLATABLE.has(n.type) ? " · click: ablate only this · shift-click: add/remove · alt-click: pin" : ""}`));
       g.addEventListener("keydown", (ev) => {
         if (ev.key === "Enter" || ev.key === " ") {
@@ -174,6 +176,15 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       nodeLayer.append(svgEl("text", { x: b.x, y: layout.height - 8, "text-anchor": "middle", "font-size": 9, fill: "#555", "data-role": "band-label" }, `${b.pos}: ${truncate(tokens[b.pos] ?? "", 14)}`));
     }
     drawFaithfulness();
+  }
+
+  /** Hovering a node dims every edge that does not touch it. */
+  function spotlight(id: string | null): void {
+    for (const path of edgeLayer.querySelectorAll<SVGPathElement>("path[data-edge]")) {
+      const [a, b] = (path.getAttribute("data-edge") ?? "").split("->");
+      const on = id === null || a === id || b === id;
+      path.style.opacity = on ? "" : "0.08";
+    }
   }
 
   function togglePin(id: string): void {
