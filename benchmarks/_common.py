@@ -27,8 +27,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace):
     if args.random_init is None:
         return cv.load_model("demo", device=args.device)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(args.random_init)

@@ -492,7 +492,9 @@ def test_standalone_html_works_without_a_kernel(tmp_path, page, model, pairs):
     # keyboard: Enter on a focused thumbnail focuses that head everywhere
     page.locator('.cv-attention [data-component="L0H3"]').focus()
     page.keyboard.press("Enter")
-    assert page.locator('.cv-circuit [data-component="L0H3"]').get_attribute("data-selected") == "true"
+    assert (
+        page.locator('.cv-circuit [data-component="L0H3"]').get_attribute("data-selected") == "true"
+    )
     with page.expect_download() as download:
         page.locator('.cv-patching [data-role="export-svg"]').click()
     svg = open(download.value.path(), encoding="utf-8").read()
