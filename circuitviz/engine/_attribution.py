@@ -14,8 +14,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from ._metrics import MetricFn, bind_metric
 from ._models import model_name
-from ._pairs import InputError, PromptPairs, tokenize
-from ._patching import Direction, axis_labels, cache_acts, final_logits, get_target
+from ._pairs import PromptPairs
+from ._patching import Direction, axis_labels, final_logits, source_run
 from ._results import PatchResult
 
 
@@ -45,18 +45,9 @@ def attribution_patch(
     Returns a :class:`PatchResult` with ``method="attribution"`` whose values estimate the
     metric after each patch; compare them with exact patching by rank.
     """
-    target = get_target(over)
-    if direction not in ("denoise", "noise"):
-        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
-    tokens = tokenize(model, pairs)
-    names = [target.hook.format(layer) for layer in range(model.cfg.n_layers)]
-    src_tokens, run_tokens = (
-        (tokens.clean, tokens.corrupted)
-        if direction == "denoise"
-        else (tokens.corrupted, tokens.clean)
+    target, tokens, names, run_tokens, src_logits, src_acts = source_run(
+        model, pairs, over, direction
     )
-    with torch.inference_mode():
-        src_logits, src_acts = cache_acts(model, src_tokens, names)
 
     run_acts: dict[str, torch.Tensor] = {}
 

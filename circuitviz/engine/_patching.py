@@ -156,6 +156,28 @@ def baselines(
     )
 
 
+def source_run(model: TransformerBridge, pairs: PromptPairs, over: str, direction: str):
+    """Validate a map request and run the source prompts once, caching the target's
+    activations at every layer: clean for "denoise", corrupted for "noise".
+
+    Returns ``(target, tokens, hook names, tokens of the run to patch, source final logits,
+    source activations by hook name)``.
+    """
+    target = get_target(over)
+    if direction not in ("denoise", "noise"):
+        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
+    tokens = tokenize(model, pairs)
+    names = [target.hook.format(layer) for layer in range(model.cfg.n_layers)]
+    src_tokens, run_tokens = (
+        (tokens.clean, tokens.corrupted)
+        if direction == "denoise"
+        else (tokens.corrupted, tokens.clean)
+    )
+    with torch.inference_mode():
+        src_logits, src_acts = cache_acts(model, src_tokens, names)
+    return target, tokens, names, run_tokens, src_logits, src_acts
+
+
 def _row_bytes(model: TransformerBridge, n_pos: int) -> int:
     """Rough peak bytes one row holds inside a block (activations freed layer by layer)."""
     cfg = model.cfg
@@ -248,18 +270,9 @@ def patch(
     Returns a :class:`PatchResult` equal to ``transformer_lens.patching``'s for the same
     target (with the metric averaged over the batch).
     """
-    target = get_target(over)
-    if direction not in ("denoise", "noise"):
-        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
-    tokens = tokenize(model, pairs)
-    names = [target.hook.format(layer) for layer in range(model.cfg.n_layers)]
-    src_tokens, run_tokens = (
-        (tokens.clean, tokens.corrupted)
-        if direction == "denoise"
-        else (tokens.corrupted, tokens.clean)
+    target, tokens, _names, run_tokens, src_logits, sources = source_run(
+        model, pairs, over, direction
     )
-    with torch.inference_mode():
-        src_logits, sources = cache_acts(model, src_tokens, names)
     sizes = axis_sizes(model, tokens.n_pos)
     shape = tuple(sizes[a] for a in target.axes)
     grid = torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(-1, len(shape))
