@@ -125,4 +125,19 @@ def test_demo_model_heads_map_equals_transformer_lens(demo_model):
     ref = tl_reference(demo_model, pairs, "heads")
     assert ours.values.shape == (30, 9)
     assert (ours.values - ref).abs().max() <= TOL
-    assert 4.0 < ours.clean < 8.0  # the demo model does IOI: clean logit diff about 5.6
+    assert ours.clean > 0 > ours.corrupted  # prefers the indirect object only when it should
+
+
+@pytest.mark.demo
+def test_demo_model_does_ioi_on_the_canonical_prompt(demo_model):
+    """The figure quoted in the docs: a clean logit diff of about 5.6 on the classic prompt.
+    (Other IOI pairs vary, e.g. 3.6 for the first pair of ``tasks.ioi(seed=0)``.)"""
+    pairs = cv.PromptPairs(
+        ["When John and Mary went to the store, John gave a drink to"],
+        ["When John and Mary went to the store, Mary gave a drink to"],
+        [" Mary"],
+        [" John"],
+    )
+    result = cv.patch(demo_model, pairs, over="resid_pre", progress=False)
+    assert result.clean == pytest.approx(5.58, abs=0.1)
+    assert result.corrupted < -4
