@@ -195,7 +195,10 @@ class JupyterServer:
         return f"{self.base}{path}{sep}token={self.token}"
 
     def lab_url(self, notebook: str) -> str:
-        return self.url(f"/lab/tree/{notebook}")
+        # A workspace of its own: the default one would reopen notebooks from earlier tests,
+        # and "run all cells" would then run whichever of them JupyterLab made current.
+        workspace = notebook.rsplit(".", 1)[0].replace("/", "-") + "-" + secrets.token_hex(4)
+        return self.url(f"/lab/workspaces/{workspace}/tree/{notebook}")
 
     def notebook_url(self, notebook: str) -> str:
         return self.url(f"/notebooks/{notebook}")

@@ -8,6 +8,7 @@ would: clicks heads, reads the kernel's state back and checks what the view show
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -32,7 +33,9 @@ KERNEL_TIMEOUT = 600_000  # ms: generous, the first demo-model cell loads weight
 
 
 def open_notebook(page, url: str) -> None:
-    """Open a notebook in JupyterLab or Notebook 7 and wait until its kernel is idle."""
+    """Open a notebook in JupyterLab or Notebook 7 and wait until it is the current widget
+    and its kernel is idle."""
+    notebook = url.split("?")[0].rsplit("/", 1)[-1]
     page.goto(url, wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", state="visible", timeout=120_000)
     deadline = time.monotonic() + 120
@@ -42,17 +45,19 @@ def open_notebook(page, url: str) -> None:
         if dialog.count() and dialog.first.is_visible():
             dialog.first.click()
         status = page.evaluate(
-            """() => {
+            """(notebook) => {
                 const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-                const k = w && w.sessionContext && w.sessionContext.session
+                if (!w || !w.context || !w.context.path.endsWith(notebook)) return null;
+                const k = w.sessionContext && w.sessionContext.session
                     && w.sessionContext.session.kernel;
                 return k ? k.status : null;
-            }"""
+            }""",
+            notebook,
         )
         if status == "idle":
             return
         page.wait_for_timeout(250)
-    raise TimeoutError(f"kernel never became idle for {url}")
+    raise TimeoutError(f"{notebook} never became the current notebook with an idle kernel")
 
 
 def run_command(page, command: str) -> None:
@@ -177,7 +182,9 @@ def test_probe_widget_roundtrip(jupyter_server, page, ui):
 
 # ----------------------------------------------------------------------------- circuitviz views
 
-LATENCY_BUDGET_MS = float(__import__("os").environ.get("CIRCUITVIZ_LATENCY_BUDGET_MS", "5000"))
+# The target is a 500 ms median on a quiet machine (README); CI machines are shared, so the
+# test only fails on a clear regression. Set the variable to 500 to hold the target itself.
+LATENCY_BUDGET_MS = float(os.environ.get("CIRCUITVIZ_LATENCY_BUDGET_MS", "5000"))
 
 
 def js_fmt(v: float) -> str:
@@ -196,20 +203,33 @@ def view(page, kind: str):
 INSTALL_CLICK_CLOCK = """(sel) => {
     // Click time (capture phase, before any view handler) and the moment the view's panel
     // has the kernel's answer: data-busy back to "false" with a metric-ablated value.
+    // Installing again (tests share one page) replaces the previous clock, not adds to it.
+    const old = window.__cvClock;
+    if (old) {
+        document.removeEventListener("click", old.onClick, true);
+        old.observer.disconnect();
+    }
     const root = document.querySelector(sel);
-    window.__cv = { clicks: [], done: [] };
-    document.addEventListener("click", () => window.__cv.clicks.push(performance.now()), true);
-    const obs = new MutationObserver(() => {
-        const c = window.__cv;
-        if (c.done.length >= c.clicks.length) return;
+    const c = { clicks: [], done: [] };
+    let scheduled = false;
+    const onClick = () => c.clicks.push(performance.now());
+    const observer = new MutationObserver(() => {
+        if (scheduled || c.done.length >= c.clicks.length) return;
         if (root.getAttribute("data-busy") !== "false") return;
         const m = root.querySelector('[data-role="metric-ablated"]');
         if (!m) return;
         const value = m.dataset.value;  // "" when the click cleared the ablation set
         const shown = m.textContent;
-        requestAnimationFrame(() => c.done.push({ t: performance.now(), value, shown }));
+        scheduled = true;  // one answer per click, stamped at the next paint
+        requestAnimationFrame(() => {
+            c.done.push({ t: performance.now(), value, shown });
+            scheduled = false;
+        });
     });
-    obs.observe(root, { subtree: true, childList: true, attributes: true, characterData: true });
+    document.addEventListener("click", onClick, true);
+    observer.observe(root, { subtree: true, childList: true, attributes: true, characterData: true });
+    window.__cv = c;
+    window.__cvClock = { onClick, observer };
 }"""
 
 
@@ -218,7 +238,17 @@ def click_and_wait(page, target, timeout: float = 120_000) -> dict:
     Returns ``{"ms": click→painted latency, "value": data-value, "shown": text}``."""
     n = page.evaluate("window.__cv.clicks.length")
     target.click()
-    page.wait_for_function(f"window.__cv.done.length >= {n + 1}", timeout=timeout)
+    try:
+        page.wait_for_function(f"window.__cv.done.length >= {n + 1}", timeout=timeout)
+    except Exception as e:
+        state = page.evaluate(
+            """(n) => ({ clock: window.__cv, busy: [...document.querySelectorAll('[data-busy]')]
+                .map((v) => v.getAttribute('data-view') + ':' + v.getAttribute('data-busy')),
+                errors: [...document.querySelectorAll('[data-role="error"]')].map((e) => e.textContent),
+                lists: [...document.querySelectorAll('[data-role="ablated-list"]')].map((e) => e.textContent) })""",
+            n,
+        )
+        raise AssertionError(f"click {n} on {target} got no updated view: {state}") from e
     click = page.evaluate(f"window.__cv.clicks[{n}]")
     done = page.evaluate(f"window.__cv.done[{n}]")
     value = float(done["value"]) if done["value"] else None
@@ -352,34 +382,45 @@ def test_prompt_is_shown_literally(lab_ioi):
 
 @pytest.mark.demo
 def test_click_latency(lab_ioi, artifacts, summary):
-    """Click → the view shows the kernel's new metric, measured in the browser over 10 clicks."""
+    """Click → the view shows the kernel's new metric, measured in the browser: ten clicks on
+    heads not ablated before (each a real forward pass in the kernel), then five repeats
+    (answered from the ablation cache)."""
     page = lab_ioi
     root = view(page, "patching")
     root.scroll_into_view_if_needed()
     page.evaluate(INSTALL_CLICK_CLOCK, '[data-view="patching"]')
     # Consecutive clicks on different heads: each ablates only the clicked head.
     current = root.locator('[data-role="ablated-list"]').inner_text()
-    heads = [h for h in first_heads(page, "patching", 6) if h not in current][:5]
+    heads = [h for h in first_heads(page, "patching", 12) if h not in current][:10]
+    assert len(heads) == 10
     samples = []
-    for i in range(10):
-        head = heads[i % len(heads)]
+    for head in heads + heads[:5]:
         got = click_and_wait(page, root.locator(f'[data-component="{head}"]').first)
         assert got["value"] is not None, f"clicking {head} showed no ablated metric"
         samples.append(got["ms"])
-    n_tokens = len(page.locator('[data-view="attention"] [data-role="tokens"] .cv-token').all())
-    median = statistics.median(samples)
+    first, repeats = samples[:10], samples[10:]
+    n_tokens = (
+        page.locator('[data-view="attention"]')
+        .first.locator('[data-role="tokens"] .cv-token')
+        .count()
+    )
+    median = statistics.median(first)
     report = {
         "view": "PatchingView",
         "model": "demo (SmolLM2-135M-Instruct), CPU",
         "prompt_tokens": n_tokens,
         "prompts": 2,
-        "clicks": len(samples),
-        "samples_ms": [round(s, 1) for s in samples],
+        "samples_ms": [round(s, 1) for s in first],
         "median_ms": round(median, 1),
+        "repeat_samples_ms": [round(s, 1) for s in repeats],
+        "repeat_median_ms": round(statistics.median(repeats), 1),
         "target_ms": 500,
     }
     (artifacts / "latency.json").write_text(json.dumps(report, indent=2))
-    line = f"click→updated view latency (PatchingView, demo model): median {median:.0f} ms over {len(samples)} clicks"
+    line = (
+        f"click→updated view latency (PatchingView, demo model): median {median:.0f} ms over "
+        f"{len(first)} new heads, {report['repeat_median_ms']:.0f} ms for repeated ones"
+    )
     print("\n[e2e] " + line)
     summary.append(line)
     assert median <= LATENCY_BUDGET_MS, report
