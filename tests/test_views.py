@@ -452,6 +452,22 @@ def test_explore_links_selection(model, pairs):
     assert box.circuit.selected == "L0H3"
 
 
+def test_explore_shares_one_ablation_set(model, pairs):
+    box = explore(model, pairs)
+    box.patching._handle_custom_msg({"type": "ablate", "components": ["L1H2"], "request": 1})
+    assert box.circuit.ablated == ["L1H2"] and box.circuit.result == box.patching.result
+    assert box.circuit.ablation is box.patching.ablation
+    box.circuit._handle_custom_msg(
+        {"type": "ablate", "components": ["L0H1", "MLP1"], "mode": "mean", "request": 2}
+    )
+    assert box.patching.ablated == ["L0H1", "MLP1"] and box.patching.mode == "mean"
+    assert box.patching.result["ablated"] == box.circuit.result["ablated"]
+    box.circuit._handle_custom_msg({"type": "ablate", "components": ["L9H0"], "request": 3})
+    assert box.circuit.error and box.patching.ablated == ["L0H1", "MLP1"]  # errors stay local
+    box.patching.reset()
+    assert box.circuit.ablated == [] == box.patching.ablated
+
+
 # ----------------------------------------------------------------------------- in a browser
 
 

@@ -168,12 +168,16 @@ class AblationView(View):
         heads = [c for c in comps if c.startswith("L")]
         mlps = [c for c in comps if c.startswith("MLP")]
         res = ablate(self._model, self._pairs, heads=heads, mlps=mlps, mode=mode, metric=metric)
+        self.show_ablation(res, mode=mode, metric=metric)
+        return res
+
+    def show_ablation(self, res: AblationResult, *, mode: str, metric: str) -> None:
+        """Show an ablation computed elsewhere (``explore`` shares one set across views)."""
         self._last = res
         with self.hold_trait_notifications():
             self.mode, self.metric, self.error = mode, metric, ""
             self.ablated = list(res.components)
             self.result = res.to_dict()
-        return res
 
     def reset(self) -> None:
         """Clear the ablation set."""

@@ -25,8 +25,24 @@ class Explorer(widgets.VBox):
             traitlets.link((patching, "selected"), (attention, "selected")),
             traitlets.link((patching, "selected"), (circuit, "selected")),
         ]
+        # One ablation set for the whole explorer: a click in either view shows in both.
+        self._sharing = False
+        for view in (patching, circuit):
+            view.observe(self._share_ablation, names="result")
         row = widgets.HBox([patching, attention], layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__([row, circuit])
+
+    def _share_ablation(self, change: Any) -> None:
+        source = change.owner
+        if self._sharing or source.ablation is None:
+            return
+        self._sharing = True
+        try:
+            for view in (self.patching, self.circuit):
+                if view is not source and view.can_ablate:
+                    view.show_ablation(source.ablation, mode=source.mode, metric=source.metric)
+        finally:
+            self._sharing = False
 
     @property
     def views(self) -> list[Any]:
@@ -44,7 +60,8 @@ def explore(
     """Attention (on ``prompt``, default ``pairs.clean[0]``), exact head patching, and the circuit
     graph (``graph``, else ``circuitviz.circuit``'s EAP graph), linked by the selected component.
 
-    Each view keeps its own ablation set; the selection (``.selected``) is shared."""
+    The selection (``.selected``) and the ablation set (``.ablated``, ``.result``) are shared:
+    a click in the patching map or the circuit shows its ablation in both."""
     heads = patch(model, pairs, over="heads", metric=metric, progress=False)
     patching = PatchingView(heads, model=model, pairs=pairs)
     attention = AttentionView(model, prompt if prompt is not None else pairs.clean[0])

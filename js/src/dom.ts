@@ -67,7 +67,7 @@ export const STYLE = `
 .cv-hits{position:absolute;left:0;top:0}
 .cv-hit{position:absolute;cursor:pointer;background:transparent}
 .cv-hit:focus-visible,.cv-node:focus-visible{outline:2px solid #0072B2;outline-offset:1px}
-.cv-panel{min-width:220px;max-width:320px;border-left:1px solid #ddd;padding-left:10px}
+.cv-panel{min-width:220px;max-width:360px;border-left:1px solid #ddd;padding-left:10px}
 .cv-panel table{border-collapse:collapse}
 .cv-panel td{padding:1px 6px 1px 0}
 .cv-row{display:flex;gap:12px;align-items:flex-start;flex-wrap:wrap}
@@ -79,6 +79,7 @@ export const STYLE = `
 .cv-token[data-focus="true"]{outline:2px solid #333}
 .cv-muted{color:#777}
 .cv-topk td:last-child{text-align:right;font-variant-numeric:tabular-nums}
+.cv-topk-wrap{display:flex;gap:14px;align-items:flex-start;margin-top:4px}
 `;
 
 export function root(el_: HTMLElement, kind: string): HTMLDivElement {

@@ -17,7 +17,8 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
   let heatmap: Heatmap | null = null;
   let arrangement: ReturnType<typeof arrange> | null = null;
   const onError = (e: unknown) => setText(panel.error, String(e));
-  const toolbar = el("div", { class: "cv-toolbar" }, el("span", { class: "cv-title", "data-role": "title" }), ...exportButtons("patching", () => heatmap!.toSVG(), onError));
+  // The heatmap draws its own title (so exported SVGs carry it); the toolbar holds only actions.
+  const toolbar = el("div", { class: "cv-toolbar" }, ...exportButtons("patching", () => heatmap!.toSVG(), onError));
   rootEl.append(toolbar, el("div", { class: "cv-row" }, el("div", {}, main, info), panel.el));
 
   function build(): void {
@@ -41,7 +42,6 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
     const gap = map.direction === "noise" ? map.corrupted - map.clean : map.clean - map.corrupted;
     const what = map.method === "attribution" ? "attribution estimate" : `${map.metric} after patching`;
     const title = `${map.method} patching of ${map.target} (${map.direction}) · ${map.metric}`;
-    setText(toolbar.querySelector('[data-role="title"]')!, title);
     heatmap = new Heatmap(
       {
         rows: arr.rows,
