@@ -29,9 +29,5 @@ if [ -f js/package.json ]; then
   )
 fi
 
-# The JupyterLab/Playwright end-to-end tests (marker "browser") hung once waiting on a kernel
-# and are opt-in until that is fixed: CIRCUITVIZ_BROWSER_TESTS=1 bash scripts/test.sh
-marker=(-m "not browser")
-[ "${CIRCUITVIZ_BROWSER_TESTS:-0}" = 1 ] && marker=()
-echo "==> python -m pytest ${marker[*]}"
-python -m pytest -q "${marker[@]}" "$@"
+echo "==> python -m pytest"
+python -m pytest -q "$@"
