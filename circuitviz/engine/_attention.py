@@ -37,18 +37,35 @@ def role_masks(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
 def role_scores(patterns: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean attention mass on each role's positions, over destinations where the role applies.
 
-    ``patterns``: ``[layer, head, dest, src]``; returns ``{role: [layer, head]}`` in [0, 1].
+    ``patterns``: ``[..., head, dest, src]`` (e.g. ``[layer, head, dest, src]`` or one layer's
+    ``[head, dest, src]``); returns ``{role: [..., head]}`` in [0, 1], on the CPU.
     """
-    out = {}
-    p = patterns.float()
-    for role, mask in role_masks(tokens.cpu()).items():
-        rows = mask.any(-1)
-        if not rows.any():
-            out[role] = torch.zeros(p.shape[:2])
-            continue
-        mass = (p * mask.to(p.device)).sum(-1)  # [layer, head, dest]
-        out[role] = mass[..., rows.to(p.device)].mean(-1).cpu()
-    return out
+    return _RoleScorer(tokens)(patterns)
+
+
+class _RoleScorer:
+    """Role masks built once per prompt, applied to one layer's patterns at a time. The masks
+    are sparse (a diagonal, a few repeats), so scores gather just the masked entries: cheap
+    even for a 1,000-token prompt, and no layer's patterns are copied."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.n = tokens.shape[0]
+        self.pairs = {}  # role -> (dest, src, destinations where the role applies)
+        for role, mask in role_masks(tokens.cpu()).items():
+            dest, src = mask.nonzero(as_tuple=True)
+            self.pairs[role] = (dest, src, dest.unique())
+
+    def __call__(self, patterns: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for role, (dest, src, rows) in self.pairs.items():
+            if rows.numel() == 0:
+                out[role] = torch.zeros(patterns.shape[:-2])
+                continue
+            dest, src, rows = (i.to(patterns.device) for i in (dest, src, rows))
+            picked = patterns[..., dest, src].float()  # [..., pairs]
+            mass = picked.new_zeros(*patterns.shape[:-2], self.n).index_add_(-1, dest, picked)
+            out[role] = mass[..., rows].mean(-1).cpu()
+        return out
 
 
 def attention(model: TransformerBridge, prompt: str | torch.Tensor) -> AttentionResult:
@@ -70,10 +87,13 @@ def attention(model: TransformerBridge, prompt: str | torch.Tensor) -> Attention
         )
     n_layers = model.cfg.n_layers
     patterns: list[torch.Tensor | None] = [None] * n_layers
+    scores: list[dict[str, torch.Tensor] | None] = [None] * n_layers
+    scorer = _RoleScorer(tokens[0])
 
     def keep(layer: int):
         def hook(x: torch.Tensor, hook: object) -> None:
             patterns[layer] = x[0].detach().to("cpu", torch.float16)
+            scores[layer] = scorer(x[0].detach())  # from the full-precision pattern
 
         return hook
 
@@ -81,10 +101,9 @@ def attention(model: TransformerBridge, prompt: str | torch.Tensor) -> Attention
     fwd.append((_hooks.LAST_POSITION_HOOK, _hooks.last_position_only))
     with torch.inference_mode():
         _hooks.run(model, tokens, fwd)
-    stacked = torch.stack(patterns)  # type: ignore[arg-type]
     return AttentionResult(
-        patterns=stacked,
+        patterns=torch.stack(patterns),  # type: ignore[arg-type]
         tokens=list(model.to_str_tokens(tokens[0])),
-        scores=role_scores(stacked, tokens[0]),
+        scores={role: torch.stack([s[role] for s in scores]) for role in ROLES},  # type: ignore[index]
         model_name=model_name(model),
     )
