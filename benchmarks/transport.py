@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -37,17 +36,8 @@ sys.path.insert(0, str(ROOT))
 from circuitviz.engine._attention import role_scores  # noqa: E402
 from circuitviz.engine._results import AttentionResult  # noqa: E402
 from circuitviz.views import AttentionView  # noqa: E402
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (one Chromium set-up)
 
-CHROMIUM = os.environ.get("CIRCUITVIZ_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
 L, H, S = 12, 12, 512
 
 
