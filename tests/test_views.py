@@ -516,3 +516,39 @@ def test_standalone_html_works_without_a_kernel(tmp_path, page, model, pairs):
     svg = open(download.value.path(), encoding="utf-8").read()
     assert svg.lstrip().startswith("<?xml") and 'data-component="L1H2"' in svg
     assert not page.console_errors and not page.dialogs
+
+
+@pytest.mark.browser
+def test_a_1200_token_prompt_stays_responsive(tmp_path, page, summary):
+    """A long prompt: the focused head is a canvas (not 1.4 M SVG cells), and hovering a token
+    recolours all 1,200 tokens within a frame budget."""
+    n = 1200
+    write_html(AttentionView(synthetic_attention(n)), tmp_path / "long.html")
+    page.goto((tmp_path / "long.html").as_uri())
+    page.locator('.cv-attention [data-component="L1H2"]').click()
+    focus = page.locator('.cv-attention [data-role="focus"]')
+    focus.locator("canvas").first.wait_for()
+    assert focus.locator("*").count() < 50  # a canvas, not 1.4 M cell elements
+    spans = page.locator('.cv-attention [data-role="tokens"] .cv-token')
+    assert spans.count() == n
+    hover_ms = page.evaluate(
+        """() => {
+            const spans = document.querySelectorAll('.cv-attention [data-role="tokens"] .cv-token');
+            const times = [];
+            for (const i of [1199, 600, 5, 1100, 900]) {
+                const t0 = performance.now();
+                spans[i].dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+                times.push(performance.now() - t0);
+            }
+            return times;
+        }"""
+    )
+    assert page.locator('.cv-attention [data-role="tokens"] [data-focus="true"]').inner_text() == (
+        "tok900"
+    )
+    worst = max(hover_ms)
+    summary.append(
+        f"AttentionView, {n} tokens: token hover recolours all tokens in {worst:.0f} ms (worst of 5)"
+    )
+    assert worst < 250, hover_ms
+    assert not page.console_errors and not page.dialogs
