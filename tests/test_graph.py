@@ -241,3 +241,62 @@ def test_cost_is_a_fixed_number_of_passes(model):
             circuit(model, PAIRS, method=method, steps=steps, progress=False)
         assert len(calls) == passes
         assert sum(calls) == passes - 1  # every pass but the corrupted one is differentiated
+
+
+def test_a_demo_sized_graph_lists_and_round_trips_its_70k_edges():
+    """The demo model's shape (30 layers, 9 query heads on 3 KV heads) without the model:
+    every valid edge listed once, largest |weight| first, and JSON that round-trips exactly,
+    for the whole graph, a pruned one and a per-position one. (Listing used to look every
+    target up in a list and take ~1 min; now about a second.)"""
+    layout = Layout(30, 9, 3)
+    gen = torch.Generator().manual_seed(0)
+
+    def build(n_pos: int) -> Graph:
+        scores = torch.randn(len(layout.senders), len(layout.receivers), n_pos, generator=gen)
+        scores = scores.round(decimals=1) * layout.valid[:, :, None]  # ties in |weight|
+        return Graph.build(
+            layout=layout,
+            scores=scores,
+            model="synthetic",
+            prompts=PAIRS.to_dict(),
+            tokens=[f"t{i}" for i in range(n_pos)],
+            method="eap",
+            metric="logit_diff",
+            per_position=n_pos > 1,
+            clean=3.0,
+            corrupted=-1.0,
+        )
+
+    graph = build(1)
+    n_valid = int(layout.valid.sum())
+    assert n_valid == 70651
+    edges = graph.edges
+    assert len(edges) == n_valid == len({(e.source, e.target, e.input) for e in edges})
+    weights = [abs(e.weight) for e in edges]
+    assert weights == sorted(weights, reverse=True)
+    index = [graph.edge_index(e) for e in edges]
+    assert all(
+        index[i] < index[i + 1] for i in range(len(edges) - 1) if weights[i] == weights[i + 1]
+    )  # ties in (sender, receiver) order: deterministic
+    assert all(e.weight == float(graph.scores[i]) for e, i in zip(edges, index, strict=True))
+    # GQA: one k and one v receiver per KV head, shared by its 3 query heads
+    into = {(e.input, e.kv_head, e.targets) for e in edges if e.source == "EMBED"}
+    assert ("k", 2, ("L29H6", "L29H7", "L29H8")) in into
+    assert ("q", None, ("L29H7",)) in into
+    assert len(graph.nodes) == len(layout.nodes) == 302
+
+    pruned = graph.prune(top_n=2000)
+    per_pos = build(4).prune(top_n=5000)
+    for g in (graph, pruned, per_pos):
+        text = g.to_json()
+        back = Graph.from_json(text)
+        assert back.to_json() == text
+        assert torch.equal(back.kept, g.kept) and torch.equal(back.node_mask, g.node_mask)
+        assert torch.equal(back.scores[back.kept], g.scores[g.kept])
+    # pruning can drop heads of a GQA group: shared k/v edges then list only the kept ones
+    data = json.loads(pruned.to_json())
+    kept_ids = {n["id"] for n in data["nodes"]}
+    assert all(set(e.get("targets", [e["target"]])) <= kept_ids for e in data["edges"])
+    assert any(e["input"] == "k" and len(e["targets"]) < 3 for e in data["edges"])
+    data = json.loads(per_pos.to_json())
+    assert all(":P" in e["source"] and ":P" in e["target"] for e in data["edges"])

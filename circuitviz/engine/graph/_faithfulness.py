@@ -254,8 +254,7 @@ def circuit_mask(
         if not edges:
             raise InputError("The circuit is empty: give at least one edge.")
         mask = torch.zeros_like(graph.kept)
-        for e in edges:
-            mask[graph.edge_index(e)] = True
+        mask[tuple(torch.tensor([graph.edge_index(e) for e in edges]).T)] = True
     elif nodes is not None:
         nodes = list(nodes)
         if not nodes:
@@ -264,7 +263,7 @@ def circuit_mask(
         inside[0] = inside[-1] = True
         for i, p in graph.node_indices(nodes):
             inside[i, slice(None) if p is None else p] = True
-        index = {n: i for i, n in enumerate(layout.nodes)}
+        index = layout.node_index
         recv = torch.stack(
             [torch.stack([inside[index[t]] for t in r.targets]).any(0) for r in layout.receivers]
         )  # [receiver, pos]

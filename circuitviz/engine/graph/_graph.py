@@ -15,7 +15,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs
 from . import _faithfulness as _f
-from ._layout import Layout
+from ._layout import Layout, Receiver, shared_layout
 from ._prune import on_paths
 
 SCHEMA = "circuitviz.graph/1"
@@ -75,8 +75,8 @@ def parse_node(node_id: str, layout: Layout, n_pos: int | None) -> tuple[int, in
             "'L<layer>H<head>', with ':P<pos>' on per-position graphs."
         )
     base, pos = m.group(1), m.group(5)
-    nodes = layout.nodes
-    if base not in nodes:
+    index = layout.node_index.get(base)
+    if index is None:
         raise InputError(
             f"Node {node_id!r} is not in this model ({layout.n_layers} layers, "
             f"{layout.n_heads} heads)."
@@ -86,7 +86,7 @@ def parse_node(node_id: str, layout: Layout, n_pos: int | None) -> tuple[int, in
             raise InputError(f"Node {node_id!r} has a position but the graph is not per position.")
         if int(pos) >= n_pos:
             raise InputError(f"Node {node_id!r}: the prompts have only {n_pos} positions.")
-    return nodes.index(base), None if pos is None else int(pos)
+    return index, None if pos is None else int(pos)
 
 
 @dataclass(eq=False)
@@ -137,7 +137,8 @@ class Graph:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.n_layers, self.n_heads, self.n_kv_heads)
+        # Shared per shape (lru_cache): cheap on every access, and right after replace().
+        return shared_layout(self.n_layers, self.n_heads, self.n_kv_heads)
 
     @property
     def n_pos(self) -> int:
@@ -149,16 +150,17 @@ class Graph:
     # listing -----------------------------------------------------------------------------
     @property
     def nodes(self) -> list[Node]:
-        out = []
-        for i, p in self.node_mask.nonzero().tolist():
-            out.append(self._node(i, p))
-        return out
+        idx = self.node_mask.nonzero()
+        scores = self.node_scores[self.node_mask].tolist()  # same (node, pos) order as idx
+        names = self.layout.nodes
+        return [
+            self._node(names[i], p, score)
+            for (i, p), score in zip(idx.tolist(), scores, strict=True)
+        ]
 
-    def _node(self, i: int, p: int) -> Node:
-        base = self.layout.nodes[i]
+    def _node(self, base: str, p: int, score: float) -> Node:
         pos = p if self.per_position else None
         label = base if pos is None else f"{base} @ {p}:{self.tokens[p]}"
-        score = float(self.node_scores[i, p])
         if base == "EMBED":
             return Node("EMBED" + self._suffix(p), "embed", -1, None, pos, label, score)
         if base == "LOGITS":
@@ -172,27 +174,39 @@ class Graph:
 
     @property
     def edges(self) -> list[Edge]:
-        """Edges of this graph, largest ``|weight|`` first."""
-        idx = self.kept.nonzero()
+        """Edges of this graph, largest ``|weight|`` first (ties in sender, receiver,
+        position order)."""
+        idx = self.kept.nonzero()  # row-major: the order of self.scores[self.kept]
         weights = self.scores[self.kept]
-        order = weights.abs().argsort(descending=True)
-        return [self._edge(*idx[j].tolist()) for j in order.tolist()]
-
-    def _edge(self, s: int, r: int, p: int) -> Edge:
+        order = weights.abs().argsort(descending=True, stable=True)
+        if not len(order):
+            return []
         layout = self.layout
-        rec = layout.receivers[r]
+        senders, receivers, index = layout.senders, layout.receivers, layout.node_index
+        node_mask = self.node_mask.tolist()
+        gqa = layout.group > 1
+        suffixes = [self._suffix(p) for p in range(self.n_pos)]
+        # What an edge shows of its receiver depends only on (receiver, pos): its kept
+        # targets (a GQA group may have lost heads in pruning), input and KV head.
+        shown: dict[tuple[int, int], tuple[str, str, tuple[str, ...], int | None]] = {}
+        out = []
+        s_, r_, p_ = idx[order].T.tolist()
+        for s, r, p, w in zip(s_, r_, p_, weights[order].tolist(), strict=True):
+            rec = shown.get((r, p))
+            if rec is None:
+                rec = shown[r, p] = self._receiver_shown(receivers[r], p, node_mask, index, gqa)
+            sfx = suffixes[p]
+            out.append(Edge(senders[s] + sfx, rec[0], rec[1], w, rec[2], rec[3]))
+        return out
+
+    def _receiver_shown(
+        self, rec: Receiver, p: int, node_mask: list, index: dict[str, int], gqa: bool
+    ) -> tuple[str, str, tuple[str, ...], int | None]:
+        """(target, input, targets, kv_head) of the edges into ``rec`` at position ``p``."""
         sfx = self._suffix(p)
-        nodes = layout.nodes
-        targets = tuple(t for t in rec.targets if self.node_mask[nodes.index(t), p]) or rec.targets
-        gqa = rec.input in ("k", "v") and layout.group > 1
-        return Edge(
-            source=layout.senders[s] + sfx,
-            target=targets[0] + sfx,
-            input=rec.input,
-            weight=float(self.scores[s, r, p]),
-            targets=tuple(t + sfx for t in targets),
-            kv_head=rec.index if gqa else None,
-        )
+        targets = tuple(t for t in rec.targets if node_mask[index[t]][p]) or rec.targets
+        kv_head = rec.index if gqa and rec.input in ("k", "v") else None
+        return targets[0] + sfx, rec.input, tuple(t + sfx for t in targets), kv_head
 
     def edge_index(self, edge: Edge | Sequence | dict) -> tuple[int, int, int]:
         """(sender, receiver, pos) of an :class:`Edge`, a ``(source, target, input)`` tuple
@@ -226,7 +240,7 @@ class Graph:
         r = layout.receiver_index.get((layout.nodes[t], kind))
         if r is None:
             raise InputError(f"{layout.nodes[t]} has no input {kind!r} (q, k, v, mlp, logits).")
-        if not layout.valid[s, r]:
+        if not layout.valid_rows[s][r]:
             raise InputError(f"No edge {source}→{target} ({kind}): {source} runs after it.")
         return s, r, ps or 0
 
@@ -283,7 +297,9 @@ class Graph:
         data = json.loads(text) if isinstance(text, str) else text
         if data.get("schema") != SCHEMA:
             raise InputError(f"Not a {SCHEMA} graph (schema {data.get('schema')!r}).")
-        layout = Layout(data["n_layers"], data["n_heads"], data.get("n_kv_heads", data["n_heads"]))
+        layout = shared_layout(
+            data["n_layers"], data["n_heads"], data.get("n_kv_heads", data["n_heads"])
+        )
         per_pos = bool(data["per_position"])
         n_pos = len(data["tokens"]) if per_pos else 1
         scores = torch.zeros(len(layout.senders), len(layout.receivers), n_pos)
@@ -308,14 +324,17 @@ class Graph:
             node_scores=node_scores,
             steps=int(data.get("steps", 1)),
         )
+        # Parse everything first (a later entry for the same node or edge wins), then fill
+        # the tensors in one indexed assignment each.
+        node_values: dict[tuple[int, int], float] = {}
         for n in data["nodes"]:
             i, p = parse_node(n["id"], layout, n_pos if per_pos else None)
-            node_mask[i, p or 0] = True
-            node_scores[i, p or 0] = float(n["score"])
+            node_values[i, p or 0] = float(n["score"])
+        _fill(node_scores, node_mask, node_values)
+        edge_values: dict[tuple[int, int, int], float] = {}
         for e in data["edges"]:
-            idx = g.edge_index(e)
-            scores[idx] = float(e["weight"])
-            kept[idx] = True
+            edge_values[g.edge_index(e)] = float(e["weight"])
+        _fill(scores, kept, edge_values)
         return g
 
     def __repr__(self) -> str:
@@ -391,8 +410,9 @@ class Graph:
         edges = list(edges)
         full = torch.ones_like(self.kept)
         masks = full[None].repeat(len(edges), 1, 1, 1)
-        for k, e in enumerate(edges):
-            masks[(k, *self.edge_index(e))] = False
+        if edges:
+            s, r, p = torch.tensor([self.edge_index(e) for e in edges]).T
+            masks[torch.arange(len(edges)), s, r, p] = False
         if not self.per_position:
             masks = masks[..., 0]
         return torch.tensor(ctx.metrics(model, masks)) - ctx.clean
@@ -408,7 +428,30 @@ class Graph:
         """Exact effect ``M(patched) − M(clean)`` of patching one edge, in one forward pass."""
         return float(self.patch_edges(model, pairs, [edge], ablation, metric)[0])
 
+    # figures -----------------------------------------------------------------------------
+    def figure(self, **options: Any):
+        """A publication figure of this graph (see :func:`circuitviz.export.graph_figure`:
+        ``threshold=``, ``top_n=``, ``ablated=``, ``selected=``, ``title=`` and style)."""
+        from ...export import graph_figure
+
+        return graph_figure(self, **options)
+
+    def save(self, path: str, **options: Any) -> None:
+        """Write this graph as SVG, PDF, PNG or standalone HTML (by extension)."""
+        from ...export import save
+
+        save(self, path, **options)
+
     # checks ------------------------------------------------------------------------------
     def node_indices(self, ids: Iterable[str]) -> list[tuple[int, int | None]]:
         n_pos = self.n_pos if self.per_position else None
         return [parse_node(i, self.layout, n_pos) for i in ids]
+
+
+def _fill(values: torch.Tensor, mask: torch.Tensor, entries: dict[tuple[int, ...], float]) -> None:
+    """``values[index] = value`` and ``mask[index] = True`` for every entry."""
+    if not entries:
+        return
+    index = tuple(torch.tensor(list(entries), dtype=torch.long).T)
+    values[index] = torch.tensor(list(entries.values()), dtype=values.dtype)
+    mask[index] = True

@@ -20,7 +20,7 @@ An edge ``sender → receiver`` is valid when the sender runs before the receive
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -50,7 +50,7 @@ class Layout:
     def of(cls, model: TransformerBridge) -> Layout:
         cfg = model.cfg
         n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-        return cls(int(cfg.n_layers), int(cfg.n_heads), int(n_kv))
+        return shared_layout(int(cfg.n_layers), int(cfg.n_heads), int(n_kv))
 
     @property
     def group(self) -> int:
@@ -124,10 +124,16 @@ class Layout:
 
     @cached_property
     def valid(self) -> torch.Tensor:
-        """``[n_senders, n_receivers]`` bool: the sender runs before the receiver."""
+        """``[n_senders, n_receivers]`` bool: the sender runs before the receiver. Shared by
+        every user of this layout: never modify it in place."""
         s_stage = torch.tensor([self._sender_stage(i) for i in range(len(self.senders))])
         r_stage = torch.tensor([self._receiver_stage(r) for r in self.receivers])
         return s_stage[:, None] < r_stage[None, :]
+
+    @cached_property
+    def valid_rows(self) -> list[list[bool]]:
+        """:attr:`valid` as nested lists, for checking single edges without tensor indexing."""
+        return self.valid.tolist()
 
     def _sender_stage(self, i: int) -> int:
         if i == 0:
@@ -139,9 +145,21 @@ class Layout:
     def _receiver_stage(r: Receiver) -> int:
         return 2 * r.layer + (2 if r.input == "mlp" else 1)
 
-    @property
+    @cached_property
     def nodes(self) -> list[str]:
         return [*self.senders, "LOGITS"]
+
+    @cached_property
+    def node_index(self) -> dict[str, int]:
+        """Node id (without position) -> index in :attr:`nodes`."""
+        return {n: i for i, n in enumerate(self.nodes)}
+
+
+@lru_cache(maxsize=64)
+def shared_layout(n_layers: int, n_heads: int, n_kv_heads: int) -> Layout:
+    """The one shared :class:`Layout` of this shape (its node lists, receiver index and
+    validity mask are computed once)."""
+    return Layout(int(n_layers), int(n_heads), int(n_kv_heads))
 
 
 def model_info(model: TransformerBridge) -> dict:
