@@ -1,5 +1,6 @@
 """The IOI attribution graph on the demo model (SmolLM2-135M: 30 layers, 9 query heads on
-3 KV heads): GQA receivers, exact extremes and a faithful circuit. Slow on CPU (~1 min)."""
+3 KV heads): GQA receivers, exact extremes and a faithful circuit. ~5 s on a 2-core CPU once
+the model is loaded (listing its 70,651 edges took ~40 s before Graph.edges was vectorised)."""
 
 from __future__ import annotations
 
