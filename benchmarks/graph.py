@@ -1,17 +1,19 @@
 """Benchmark: the IOI attribution graph on the demo model, next to exact node patching.
 
     python benchmarks/graph.py [--device cpu|cuda] [--n 8] [--steps 5] [--sizes 10 30 100 300 1000]
+    python benchmarks/graph.py --device cuda --random-init DIR --json results/h100_graph.json
 
 Reports wall time and peak memory (CPU: process RSS sampled every 10 ms via psutil, as a rise
-over the RSS before the phase; GPU: torch.cuda.max_memory_allocated) for EAP, EAP-IG, the
-faithfulness curve, and ``circuitviz.patch(model, pairs, over="heads")`` on the same pairs.
+over the RSS before the phase; GPU: torch.cuda.max_memory_allocated) for EAP, EAP-IG, listing
+the graph's edges and its JSON, the faithfulness curve, one circuit, and
+``circuitviz.patch(model, pairs, over="heads")`` on the same pairs. One warm-up forward runs
+before the timed phases.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -20,7 +22,11 @@ import psutil
 import torch
 
 import circuitviz
+from circuitviz.engine import tokenize
+from circuitviz.engine.graph import Graph
 from circuitviz.tasks import ioi
+
+from _common import add_model_args, load, machine
 
 
 @contextmanager
@@ -50,61 +56,90 @@ def measure(name: str, device: torch.device, results: dict):
         stop.set()
         thread.join()
         if device.type == "cuda":
-            mem = torch.cuda.max_memory_allocated() / 2**20
-            what = "GPU peak allocated"
+            mem, what = torch.cuda.max_memory_allocated() / 2**20, "gpu_peak_allocated_mib"
         else:
-            mem = (peak[0] - start_rss) / 2**20
-            what = "RSS rise"
-        results[name] = (seconds, mem)
-        print(f"{name:<34} {seconds:8.2f} s   {mem:9.1f} MiB ({what})", flush=True)
+            mem, what = (peak[0] - start_rss) / 2**20, "rss_rise_mib"
+        results[name] = {"seconds": seconds, what: mem}
+        label = "GPU peak allocated" if device.type == "cuda" else "RSS rise"
+        print(f"{name:<36} {seconds:8.2f} s   {mem:9.1f} MiB ({label})", flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_model_args(parser)
     parser.add_argument("--n", type=int, default=8, help="IOI prompt pairs")
     parser.add_argument("--steps", type=int, default=5, help="EAP-IG steps")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100, 300, 1000])
     parser.add_argument("--skip-patch", action="store_true", help="skip exact node patching")
+    parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}")
-    print(
-        f"CPU: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-        f"RAM {psutil.virtual_memory().total / 2**30:.0f} GiB"
-    )
-    if device.type == "cuda":
-        print(f"GPU: {torch.cuda.get_device_name(device)}")
-    results: dict = {}
-    with measure("load demo model", device, results):
-        model = circuitviz.load_model("demo", device=device)
+    print(f"machine: {machine()}, RAM {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    phases: dict = {}
+    cpu = torch.device("cpu")  # the model's device is known only once it is loaded
+    with measure("load model", cpu, phases):
+        model = load(args)
+    device = torch.device(model.cfg.device)
     pairs = ioi(model, n=args.n, seed=0)
-    print(f"{len(pairs)} IOI pairs, {model.to_tokens(pairs.clean[0]).shape[1]} tokens each")
-    with measure("graph: EAP (2 fwd + 1 bwd)", device, results):
-        graph = circuitviz.circuit(model, pairs, progress=False)
-    with measure(f"graph: EAP-IG ({args.steps} steps)", device, results):
-        circuitviz.circuit(model, pairs, method="eap-ig", steps=args.steps, progress=False)
-    with measure("faithfulness: baselines (2 fwd)", device, results):
-        graph.faithfulness(model, pairs)
-    with measure(f"faithfulness curve ({len(args.sizes)} sizes)", device, results):
-        curve = graph.faithfulness_curve(model, pairs, sizes=args.sizes)
-    pruned = graph.prune(top_n=args.sizes[len(args.sizes) // 2])
-    with measure("faithfulness: one circuit (1 fwd)", device, results):
-        pruned.faithfulness(model, pairs, ablated=[pruned.nodes[1].id])
-    if not args.skip_patch:
-        with measure('exact patch(over="heads")', device, results):
-            circuitviz.patch(model, pairs, over="heads", progress=False)
-    n_edges = int(graph.kept.sum())
+    tokens = tokenize(model, pairs)
     print(
-        f"\n{len(graph.nodes)} nodes, {n_edges} edges; clean {graph.clean:.3f}, "
-        f"corrupted {graph.corrupted:.3f} (logit diff)"
+        f"model: {circuitviz.engine._models.model_name(model)} on {device}"
+        f"{' (random weights)' if args.random_init else ''}; "
+        f"{tokens.batch} IOI pair(s) of {tokens.n_pos} tokens"
+    )
+    with torch.inference_mode():  # warm up kernels and allocator
+        model(tokens.clean)
+
+    with measure("graph: EAP (2 fwd + 1 bwd)", device, phases):
+        graph = circuitviz.circuit(model, pairs, progress=False)
+    with measure(f"graph: EAP-IG ({args.steps} steps)", device, phases):
+        circuitviz.circuit(model, pairs, method="eap-ig", steps=args.steps, progress=False)
+    with measure("graph: list edges", device, phases):
+        edges = graph.edges
+    with measure("graph: to_json", device, phases):
+        text = graph.to_json()
+    with measure("graph: from_json", device, phases):
+        Graph.from_json(text)
+    with measure("faithfulness: baselines (2 fwd)", device, phases):
+        graph.faithfulness(model, pairs)
+    with measure(f"faithfulness curve ({len(args.sizes)} sizes)", device, phases):
+        curve = graph.faithfulness_curve(model, pairs, sizes=args.sizes)
+    pruned = graph.prune(top_n=max(args.sizes))
+    heads = [n.id for n in pruned.nodes if n.type == "head"][:1]  # one live ablation
+    with measure("faithfulness: one circuit (1 fwd)", device, phases):
+        pruned.faithfulness(model, pairs, ablated=heads)
+    if not args.skip_patch:
+        with measure('exact patch(over="heads")', device, phases):
+            circuitviz.patch(model, pairs, over="heads", progress=False)
+
+    print(
+        f"\n{len(graph.nodes)} nodes, {len(edges)} edges ({len(text) / 2**20:.1f} MiB of JSON); "
+        f"clean {graph.clean:.3f}, corrupted {graph.corrupted:.3f} (logit diff)"
     )
     print("faithfulness curve (EAP, top-n edges pruned to EMBED→LOGITS paths, corrupted patching):")
     for size, n, nodes, rec in zip(
         curve.sizes, curve.n_edges, curve.n_nodes, curve.recovered, strict=True
     ):
         print(f"  top {size:>5}: {n:>5} edges, {nodes:>4} nodes, recovered {rec:6.3f}")
+    if args.json:
+        figures = {
+            "machine": machine(),
+            "device": str(device),
+            "random_weights": args.random_init is not None,
+            "pairs": tokens.batch,
+            "n_pos": tokens.n_pos,
+            "eap_ig_steps": args.steps,
+            "n_nodes": len(graph.nodes),
+            "n_edges": len(edges),
+            "clean": graph.clean,
+            "corrupted": graph.corrupted,
+            "phases": phases,
+            "curve": {k: getattr(curve, k) for k in ("sizes", "n_edges", "n_nodes", "recovered")},
+        }
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
