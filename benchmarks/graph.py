@@ -1,7 +1,7 @@
 """Benchmark: the IOI attribution graph on the demo model, next to exact node patching.
 
     python benchmarks/graph.py [--device cpu|cuda] [--n 8] [--steps 5] [--sizes 10 30 100 300 1000]
-    python benchmarks/graph.py --device cuda --random-init DIR --json results/h100_graph.json
+    python benchmarks/graph.py --device cuda --random-init DIR --json benchmarks/results/h100_graph.json
 
 Reports wall time and peak memory (CPU: process RSS sampled every 10 ms via psutil, as a rise
 over the RSS before the phase; GPU: torch.cuda.max_memory_allocated) for EAP, EAP-IG, listing
