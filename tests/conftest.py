@@ -138,6 +138,14 @@ class JupyterServer:
     def start(self, timeout: float = 120) -> JupyterServer:
         for d in ("config", "runtime", "ipython"):
             (self.home / d).mkdir(parents=True, exist_ok=True)
+        # No "get notified about Jupyter news?" toast over the views (and the screenshots).
+        labconfig = self.home / "config" / "labconfig"
+        labconfig.mkdir(exist_ok=True)
+        (labconfig / "page_config.json").write_text(
+            json.dumps(
+                {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
+            )
+        )
         cmd = [
             sys.executable,
             "-m",

@@ -260,7 +260,8 @@ def lab_ioi(jupyter_server, browser, summary):
     """JupyterLab with tests/e2e/e2e_ioi.ipynb run: circuit, patching and attention views."""
     if not demo_available():
         pytest.skip(DEMO_MISSING)
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    # Tall enough that each view fits on screen whole, for its screenshot.
+    context = browser.new_context(viewport={"width": 1500, "height": 1900})
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.dialogs = []
@@ -329,6 +330,16 @@ def test_click_head_ablates_in_kernel(lab_ioi, jupyter_server, kind, var):
         assert (
             root.locator(f'[data-component="{head}"]').first.get_attribute("data-ablated") == "true"
         )
+        # Faithfulness follows the click by itself: the shown circuit, then without the head.
+        root.locator('.cv-faith[data-state="ready"]').wait_for(timeout=60_000)
+        shown = root.locator('[data-role="faithfulness-ablated"]').inner_text().strip()
+        client = jupyter_server.kernel_client("e2e_ioi.ipynb")
+        try:
+            f = json.loads(kernel_eval(client, "print(json.dumps(cv_view.faithfulness))"))
+        finally:
+            client.stop_channels()
+        assert f["ablated_nodes"] == [head] and f["circuit"] != f["ablated"]
+        assert float(shown) == pytest.approx(f["ablated"], abs=6e-4)  # shown to 3 decimals
     assert page.dialogs == []
     screenshot(page, f"{kind}_view", root, docs=True)
 

@@ -260,7 +260,8 @@ class CircuitView(AblationView):
     faithfulness = t.Dict().tag(sync=True)
     """``{"circuit": f, "ablated": f, "nodes": [...], "ablated_nodes": [...]}``: faithfulness
     (fraction of the clean−corrupted metric recovered) of the shown circuit, and of it with the
-    ablated nodes removed; computed on request (the view's "faithfulness" button)."""
+    ablated nodes removed. The view asks for it whenever the shown circuit or the ablation set
+    changes (and on its "Faithfulness" button)."""
 
     def __init__(
         self,
@@ -283,6 +284,7 @@ class CircuitView(AblationView):
                 obj = graph_object(data)
         payload = graph_payload(data)
         self._graph = obj
+        self._faith_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], float] = {}
         ranked = sum(n["type"] not in ("embed", "logits") for n in payload["nodes"])
         if payload.get("metric") in ("logit_diff", "normalized_logit_diff", "answer_prob", "kl"):
             metric = payload["metric"]
@@ -309,6 +311,23 @@ class CircuitView(AblationView):
     def _check_top_n(self, proposal: Any) -> int:
         return max(0, int(proposal["value"]))
 
+    def _faithfulness_of(self, nodes: list[str], dropped: list[str]) -> float:
+        """One forward pass per new (circuit, ablated) pair; the view asks again on every
+        change, so answers are remembered (the model and pairs are fixed for this view)."""
+        key = (tuple(nodes), tuple(dropped))
+        if key not in self._faith_cache:
+            f = self._graph.faithfulness
+            if not dropped:
+                value = f(self._model, self._pairs, nodes=nodes)
+            elif "ablated" in inspect.signature(f).parameters:
+                value = f(self._model, self._pairs, nodes=nodes, ablated=dropped)
+            else:
+                value = f(self._model, self._pairs, nodes=[n for n in nodes if n not in dropped])
+            if len(self._faith_cache) > 256:
+                self._faith_cache.clear()
+            self._faith_cache[key] = float(value)
+        return self._faith_cache[key]
+
     def _msg_faithfulness(self, content: dict[str, Any]) -> None:
         if not self.has_faithfulness:
             raise InputError(
@@ -326,12 +345,8 @@ class CircuitView(AblationView):
         dropped = [
             n for n in nodes if types[n] in ("head", "mlp") and re.sub(r":P\d+$", "", n) in gone
         ]
-        f = self._graph.faithfulness
-        circuit = f(self._model, self._pairs, nodes=nodes)
-        if "ablated" in inspect.signature(f).parameters:
-            after = f(self._model, self._pairs, nodes=nodes, ablated=dropped)
-        else:
-            after = f(self._model, self._pairs, nodes=[n for n in nodes if n not in dropped])
+        circuit = self._faithfulness_of(nodes, [])
+        after = self._faithfulness_of(nodes, dropped) if dropped else circuit
         self.faithfulness = {
             "circuit": float(circuit),
             "ablated": float(after),

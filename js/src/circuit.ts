@@ -197,8 +197,15 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     return [...pruned().nodes].map((i) => nodes[i].id);
   }
 
-  /** Faithfulness is recomputed on request only (it costs forward passes); once the shown
-   * circuit or the ablation set changes, the last values are marked stale. */
+  /** Faithfulness is live: whenever the shown circuit or the ablation set changes, the last
+   * values are marked stale and recomputed after a short pause (one request in flight at a
+   * time; a request that failed is not retried until something changes or the button is
+   * pressed). */
+  let faithInFlight = "";
+  let faithFailed = "";
+  let faithTimer: ReturnType<typeof setTimeout> | undefined;
+  const faithKey = () => JSON.stringify([shownIds(), panel.current()]);
+
   function drawFaithfulness(): void {
     clear(faith);
     if (!model.get("has_faithfulness")) return;
@@ -207,17 +214,27 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     const shown = shownIds();
     const ablatedShown = shown.filter((id) => panel.current().includes(id.replace(/:P\d+$/, "")) && ABLATABLE.has(nodes.find((n) => n.id === id)?.type ?? ""));
     const stale = f.circuit === undefined || !same(f.nodes, shown) || !same(f.ablated_nodes, ablatedShown);
+    const status = faithInFlight ? " (updating…)" : stale && f.circuit !== undefined ? " (stale)" : "";
+    faith.setAttribute("data-state", faithInFlight ? "running" : stale ? "stale" : "ready");
     faith.append(
       el("tr", {}, el("td", {}, "faithfulness (shown circuit)"), el("td", { "data-role": "faithfulness-circuit", "data-stale": String(stale) }, fmt(f.circuit ?? NaN, 3))),
       el("tr", {}, el("td", {}, "… after your ablations"), el("td", { "data-role": "faithfulness-ablated", "data-stale": String(stale) }, fmt(f.ablated ?? NaN, 3))),
-      el("tr", {}, el("td", { colspan: 2 }, faithButton, stale && f.circuit !== undefined ? el("span", { class: "cv-muted" }, " (stale: recompute)") : "")),
+      el("tr", {}, el("td", { colspan: 2 }, faithButton, el("span", { class: "cv-muted" }, status))),
     );
+    if (stale && !faithInFlight && faithKey() !== faithFailed) {
+      clearTimeout(faithTimer);
+      faithTimer = setTimeout(() => {
+        if (!faithInFlight && faithKey() !== faithFailed) requestFaithfulness();
+      }, 400);
+    }
   }
 
   function requestFaithfulness(): void {
     if (!model.get("has_faithfulness")) return;
-    rootEl.setAttribute("data-busy", "true");
-    model.send({ type: "faithfulness", nodes: shownIds(), ablated: panel.current() });
+    faithInFlight = faithKey();
+    faithFailed = "";
+    model.send({ type: "faithfulness", nodes: shownIds(), ablated: panel.current(), request: "faithfulness" });
+    drawFaithfulness();
   }
 
   function exportSVG(): SVGSVGElement {
@@ -272,8 +289,11 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     model.set("threshold", Number(threshold.value));
     model.save_changes();
   });
-  model.on("msg:custom", (msg: { type?: string }) => {
-    if (msg.type === "faithfulness") rootEl.setAttribute("data-busy", "false");
+  model.on("msg:custom", (msg: { type?: string; request?: unknown }) => {
+    if (msg.request !== "faithfulness" || !faithInFlight) return;
+    if (msg.type === "error") faithFailed = faithInFlight;
+    faithInFlight = "";
+    drawFaithfulness();
   });
   for (const name of ["change:top_n", "change:threshold", "change:pinned"]) model.on(name, () => draw());
   for (const name of ["change:selected", "change:ablated"]) model.on(name, () => draw());
