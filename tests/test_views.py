@@ -370,6 +370,12 @@ def test_faithfulness_of_shown_and_ablated_circuit(model, pairs):
     )
     assert view.faithfulness["ablated_nodes"] == []
     assert out.types() == ["faithfulness", "faithfulness"]
+    # the view asks again after every change: a circuit already scored costs nothing
+    calls = len(graph.calls)
+    view._handle_custom_msg(
+        {"type": "faithfulness", "nodes": ["EMBED", "L0H1", "L1H3", "LOGITS"], "ablated": ["L1H3"]}
+    )
+    assert len(graph.calls) == calls and view.faithfulness["ablated"] == 0.3
     view._handle_custom_msg({"type": "faithfulness", "nodes": ["NOPE"]})
     assert out.types()[-1] == "error"
     assert not CircuitView(graph=GRAPH).has_faithfulness
