@@ -220,9 +220,10 @@ INSTALL_CLICK_CLOCK = """(sel) => {
         if (!m) return;
         const value = m.dataset.value;  // "" when the click cleared the ablation set
         const shown = m.textContent;
+        const error = root.querySelector('[data-role="error"]')?.textContent ?? "";
         scheduled = true;  // one answer per click, stamped at the next paint
         requestAnimationFrame(() => {
-            c.done.push({ t: performance.now(), value, shown });
+            c.done.push({ t: performance.now(), value, shown, error });
             scheduled = false;
         });
     });
@@ -252,6 +253,7 @@ def click_and_wait(page, target, timeout: float = 120_000) -> dict:
     click = page.evaluate(f"window.__cv.clicks[{n}]")
     done = page.evaluate(f"window.__cv.done[{n}]")
     value = float(done["value"]) if done["value"] else None
+    assert not done["error"], f"the view shows an error after the click: {done['error']}"
     return {"ms": done["t"] - click, "value": value, "shown": done["shown"]}
 
 
