@@ -273,6 +273,8 @@ def lab_ioi(jupyter_server, browser, summary):
     run_all_cells(page, "E2E_READY True True")
     for kind in ("circuit", "patching", "attention"):
         view(page, kind).wait_for(state="visible", timeout=120_000)
+    # The circuit scores its shown circuit by itself once drawn; let that settle first.
+    view(page, "circuit").locator('.cv-faith[data-state="ready"]').wait_for(timeout=120_000)
     summary.append(f"e2e_ioi.ipynb ran in JupyterLab in {time.monotonic() - t0:.1f}s")
     yield page
     context.close()
