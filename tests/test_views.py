@@ -340,7 +340,7 @@ def test_circuit_default_graph_scores_heads_and_mlps(model, pairs):
 
 
 class FakeGraph:
-    """A Graph stand-in: to_json and faithfulness(model, pairs, nodes=...)."""
+    """A Graph stand-in: to_json and faithfulness(model, pairs, nodes=..., ablated=...)."""
 
     def __init__(self):
         self.calls: list[list[str]] = []
@@ -348,9 +348,10 @@ class FakeGraph:
     def to_json(self):
         return GRAPH
 
-    def faithfulness(self, model, pairs, *, nodes):
-        self.calls.append(list(nodes))
-        return len(nodes) / 10
+    def faithfulness(self, model, pairs, *, nodes, ablated=()):
+        kept = [n for n in nodes if n not in ablated]  # what the circuit keeps
+        self.calls.append(kept)
+        return len(kept) / 10
 
 
 def test_faithfulness_of_shown_and_ablated_circuit(model, pairs):

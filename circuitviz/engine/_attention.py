@@ -49,7 +49,6 @@ class _RoleScorer:
     even for a 1,000-token prompt, and no layer's patterns are copied."""
 
     def __init__(self, tokens: torch.Tensor):
-        self.n = tokens.shape[0]
         self.pairs = {}  # role -> (dest, src, destinations where the role applies)
         for role, mask in role_masks(tokens.cpu()).items():
             dest, src = mask.nonzero(as_tuple=True)
@@ -63,7 +62,7 @@ class _RoleScorer:
                 continue
             dest, src, rows = (i.to(patterns.device) for i in (dest, src, rows))
             picked = patterns[..., dest, src].float()  # [..., pairs]
-            mass = picked.new_zeros(*patterns.shape[:-2], self.n).index_add_(-1, dest, picked)
+            mass = picked.new_zeros(patterns.shape[:-1]).index_add_(-1, dest, picked)  # [..., dest]
             out[role] = mass[..., rows].mean(-1).cpu()
         return out
 

@@ -8,7 +8,6 @@ float32 weights), since an all-pairs graph has tens of thousands of them.
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import warnings
@@ -316,13 +315,7 @@ class CircuitView(AblationView):
         change, so answers are remembered (the model and pairs are fixed for this view)."""
         key = (tuple(nodes), tuple(dropped))
         if key not in self._faith_cache:
-            f = self._graph.faithfulness
-            if not dropped:
-                value = f(self._model, self._pairs, nodes=nodes)
-            elif "ablated" in inspect.signature(f).parameters:
-                value = f(self._model, self._pairs, nodes=nodes, ablated=dropped)
-            else:
-                value = f(self._model, self._pairs, nodes=[n for n in nodes if n not in dropped])
+            value = self._graph.faithfulness(self._model, self._pairs, nodes=nodes, ablated=dropped)
             if len(self._faith_cache) > 256:
                 self._faith_cache.clear()
             self._faith_cache[key] = float(value)
