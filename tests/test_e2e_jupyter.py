@@ -107,10 +107,12 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 def screenshot(page, name: str, locator=None, docs: bool = False) -> Path:
+    """Save to tests/artifacts; README screenshots (``docs``) are refreshed in docs/img only
+    when CIRCUITVIZ_UPDATE_DOCS=1, so a test run leaves the tracked tree alone."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     (locator or page).screenshot(path=str(path))
-    if docs:
+    if docs and os.environ.get("CIRCUITVIZ_UPDATE_DOCS") == "1":
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS_IMG / f"{name}.png")
     return path

@@ -170,6 +170,28 @@ def test_prune_keeps_top_edges_on_paths_and_faithfulness_grows(model, graph):
     assert mean.ablation == "mean" and np.isfinite(mean.recovered)
 
 
+def test_per_position_pruning_keeps_every_node_its_edges_name(model):
+    """A path can enter a head through its k/v input at position s and leave it at a later
+    position. The head's node at s is kept for that edge, so a view draws every kept edge."""
+    from circuitviz.views._circuit import graph_payload
+
+    gp = circuit(model, PAIRS, per_position=True, progress=False)
+    entered_by_kv_only = 0
+    for n in (10, 40, 150, 600):
+        top = gp.prune(top_n=n)
+        ids = {node.id for node in top.nodes}
+        edges = top.edges
+        for e in edges:
+            assert e.source in ids and set(e.targets) <= ids, e
+        senders = {e.source for e in edges}
+        entered_by_kv_only += sum(
+            1 for e in edges if e.input in ("k", "v") and not set(e.targets) & senders
+        )
+        payload = graph_payload(top.to_dict())
+        assert payload["edges"]["weight"]["shape"] == [len(edges)]
+    assert entered_by_kv_only > 0  # the case this test is about did arise
+
+
 def test_json_round_trip_and_schema(model, graph):
     pruned = circuit(model, PAIRS, per_position=True, progress=False).prune(top_n=12)
     for g in (graph, pruned):

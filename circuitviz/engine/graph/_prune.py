@@ -4,6 +4,10 @@ Inside a head, information moves across positions: its output at position ``p`` 
 input at ``p`` and its k/v inputs at every position ``s ≤ p``. Everything else stays at its
 position. Without per-position nodes there is one position and these rules reduce to plain
 graph reachability.
+
+A head's node at position ``s`` is on a path when its output at ``s`` is, or when its k/v
+input at ``s`` is: a path may enter the head at ``s`` and leave it at a later position, and
+the node is kept so that the kept edge into that k/v input has a node to point at.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ def on_paths(layout: Layout, edges: torch.Tensor) -> tuple[torch.Tensor, torch.T
         fed[rs] = (edges[:, rs] & fwd[:n_send, None]).any(0)
 
     G = layout.group
+    kv_fed = []  # per layer, [head, pos]: the k or v input its KV head reads there is fed
     for layer in range(layout.n_layers):
         feed(layout.receiver_slice(layer, "attn"))
         q, k, v = (layout.receiver_slice(layer, x) for x in "qkv")
-        kv = _cummax(fed[k] | fed[v])  # [kv_head, pos]
+        kv_fed.append((fed[k] | fed[v]).repeat_interleave(G, dim=0))
         h0 = layout.head_sender(layer)
-        fwd[h0 : h0 + layout.n_heads] = fed[q] | kv.repeat_interleave(G, dim=0)
+        fwd[h0 : h0 + layout.n_heads] = fed[q] | _cummax(kv_fed[-1])
         feed(layout.receiver_slice(layer, "mlp"))
         fwd[layout.mlp_sender(layer)] = fed[layout.receiver_slice(layer, "mlp")][0]
     last = layout.logits_receiver
@@ -66,5 +71,11 @@ def on_paths(layout: Layout, edges: torch.Tensor) -> tuple[torch.Tensor, torch.T
         useful[layout.receiver_slice(layer, "v")] = group
     bwd[0] = reaches(0)
 
+    nodes = fwd & bwd
+    for layer in range(layout.n_layers):
+        h0 = layout.head_sender(layer)
+        heads = slice(h0, h0 + layout.n_heads)
+        # fed k/v at s reaches every later output, so a used later output closes the path
+        nodes[heads] |= kv_fed[layer] & _cummax(bwd[heads], reverse=True)
     kept = edges & fwd[:n_send, None] & useful[None]
-    return kept, fwd & bwd
+    return kept, nodes
