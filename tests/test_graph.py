@@ -71,6 +71,29 @@ def test_eap_matches_exact_edge_patching(model, graph):
     assert one == pytest.approx(float(exact[0]), abs=1e-6)
 
 
+def test_edge_sweeps_hold_one_pass_of_masks_at_a_time(model, graph, monkeypatch):
+    """Sweeping many edges never builds every edge's mask at once (each is a whole
+    [sender, receiver(, pos)] mask; 70k of them at the demo shape would be ~10 GB)."""
+    from circuitviz.engine.graph import _faithfulness
+
+    graph = circuit(model, PAIRS, progress=False)  # its own evaluation cache
+    ctx = _faithfulness.context(graph, model, PAIRS)
+    ctx.max_rows = 2 * len(PAIRS.clean)  # two circuits per forward pass
+    seen = []
+    run = _faithfulness.circuit_logits
+
+    def spy(model, layout, weights, clean, ref, masks):
+        seen.append(masks.shape[0])
+        return run(model, layout, weights, clean, ref, masks)
+
+    monkeypatch.setattr(_faithfulness, "circuit_logits", spy)
+    edges = graph.edges[:7]
+    swept = graph.patch_edges(model, PAIRS, edges, progress=False)
+    assert seen == [2, 2, 2, 1]
+    singles = [graph.patch_edge(model, PAIRS, e) for e in edges]
+    np.testing.assert_allclose(swept.numpy(), singles, atol=1e-6)
+
+
 def test_patching_no_edge_is_clean_and_every_edge_is_corrupted(model, graph):
     full = graph.faithfulness(model, PAIRS)
     assert full.metric == pytest.approx(graph.clean, abs=1e-6)

@@ -111,5 +111,5 @@ def edge_patch(
         isinstance(edges, tuple) and len(edges) == 3 and all(isinstance(x, str) for x in edges)
     )
     if single:
-        return graph.patch_edge(model, pairs, edges, ablation)
-    return graph.patch_edges(model, pairs, edges, ablation)
+        return graph.patch_edge(model, pairs, edges, ablation=ablation)
+    return graph.patch_edges(model, pairs, edges, ablation=ablation)

@@ -15,11 +15,12 @@ receiver then reads the sum of the corrupted senders plus the constant biases).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from .._metrics import METRICS, Metric, MetricFn, bind_metric
@@ -159,16 +160,36 @@ class Context:
     reference: float  # the metric with every edge patched (the corrupted run for "corrupted")
     max_rows: int = 64
 
-    def metrics(self, model: TransformerBridge, masks: torch.Tensor) -> list[float]:
-        """The metric of each circuit ``masks[k]`` (chunked to bound memory)."""
-        per_pass = max(1, self.max_rows // self.tokens.batch)
+    @property
+    def circuits_per_pass(self) -> int:
+        return max(1, self.max_rows // self.tokens.batch)
+
+    def metrics(
+        self,
+        model: TransformerBridge,
+        masks: torch.Tensor | Callable[[int, int], torch.Tensor],
+        n: int | None = None,
+        progress: bool = False,
+    ) -> list[float]:
+        """The metric of each circuit, ``masks[k]``, chunked to bound memory. ``masks`` may
+        instead be a function ``(start, stop) -> masks[start:stop]`` of ``n`` circuits, so that
+        only one chunk of masks exists at a time."""
+        if isinstance(masks, torch.Tensor):
+            n, tensor = masks.shape[0], masks
+
+            def masks(start: int, stop: int) -> torch.Tensor:
+                return tensor[start:stop]
+
+        per_pass = self.circuits_per_pass
         out = []
-        for start in range(0, masks.shape[0], per_pass):
-            chunk = masks[start : start + per_pass]
-            logits = circuit_logits(
-                model, self.layout, self.weights, self.tokens.clean, self.ref, chunk
-            )
-            out += [self.metric(lg) for lg in logits]
+        with tqdm(total=n, desc="circuits", disable=not progress, leave=False) as bar:
+            for start in range(0, n, per_pass):
+                chunk = masks(start, min(n, start + per_pass))
+                logits = circuit_logits(
+                    model, self.layout, self.weights, self.tokens.clean, self.ref, chunk
+                )
+                out += [self.metric(lg) for lg in logits]
+                bar.update(chunk.shape[0])
         return out
 
     def recovered(self, value: float) -> float:

@@ -349,6 +349,7 @@ class Graph:
         self,
         model: TransformerBridge,
         pairs: PromptPairs,
+        *,
         nodes: Iterable[str] | None = None,
         edges: Iterable | None = None,
         ablation: str = "corrupted",
@@ -370,6 +371,7 @@ class Graph:
         self,
         model: TransformerBridge,
         pairs: PromptPairs,
+        *,
         sizes: Sequence[int] = (10, 30, 100, 300, 1000),
         ablation: str = "corrupted",
         metric: str | MetricFn | None = None,
@@ -401,32 +403,42 @@ class Graph:
         model: TransformerBridge,
         pairs: PromptPairs,
         edges: Iterable,
+        *,
         ablation: str = "corrupted",
         metric: str | MetricFn | None = None,
+        progress: bool = True,
     ) -> torch.Tensor:
         """Exact effect ``M(patched) − M(clean)`` of patching each edge alone (the quantity an
-        edge's weight estimates), ``[n_edges]``; one forward row per edge and prompt."""
+        edge's weight estimates), ``[n_edges]``; one forward row per edge and prompt, with
+        only one pass's worth of edge masks in memory at a time."""
+        index = torch.tensor([self.edge_index(e) for e in edges], dtype=torch.long)
         ctx = _f.context(self, model, pairs, ablation, metric)
-        edges = list(edges)
         full = torch.ones_like(self.kept)
-        masks = full[None].repeat(len(edges), 1, 1, 1)
-        if edges:
-            s, r, p = torch.tensor([self.edge_index(e) for e in edges]).T
-            masks[torch.arange(len(edges)), s, r, p] = False
-        if not self.per_position:
-            masks = masks[..., 0]
-        return torch.tensor(ctx.metrics(model, masks)) - ctx.clean
+
+        def masks(start: int, stop: int) -> torch.Tensor:
+            m = full[None].repeat(stop - start, 1, 1, 1)
+            s, r, p = index[start:stop].T
+            m[torch.arange(stop - start), s, r, p] = False
+            return m if self.per_position else m[..., 0]
+
+        values = ctx.metrics(model, masks, n=len(index), progress=progress)
+        return torch.tensor(values) - ctx.clean
 
     def patch_edge(
         self,
         model: TransformerBridge,
         pairs: PromptPairs,
         edge: Edge | Sequence | dict,
+        *,
         ablation: str = "corrupted",
         metric: str | MetricFn | None = None,
     ) -> float:
         """Exact effect ``M(patched) − M(clean)`` of patching one edge, in one forward pass."""
-        return float(self.patch_edges(model, pairs, [edge], ablation, metric)[0])
+        return float(
+            self.patch_edges(
+                model, pairs, [edge], ablation=ablation, metric=metric, progress=False
+            )[0]
+        )
 
     # figures -----------------------------------------------------------------------------
     def figure(self, **options: Any):
