@@ -13,9 +13,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from ._metrics import MetricFn, bind_metric
-from ._models import model_name
 from ._pairs import PromptPairs
-from ._patching import Direction, axis_labels, final_logits, source_run
+from ._patching import Direction, final_logits, patch_result, source_run
 from ._results import PatchResult
 
 
@@ -84,18 +83,15 @@ def attribution_patch(
             grad = torch.zeros_like(act) if grad is None else grad
             effects.append(_cell_effects((src_acts[name] - act) * grad, target.cell))
     values = (baseline + torch.stack(effects)).float().cpu()
-    clean, corrupted = bound(clean_logits), bound(corr_logits)
-    return PatchResult(
-        values=values,
-        axes=target.axes,
-        labels=axis_labels(model, target.axes, tokens),
-        target=over,
+    return patch_result(
+        model,
+        tokens,
+        over,
+        values,
         direction=direction,
         method="attribution",
-        metric=bound.name,
-        clean=clean,
-        corrupted=corrupted,
-        tokens=tokens.str_tokens,
-        model_name=model_name(model),
+        metric=bound,
+        clean=bound(clean_logits),
+        corrupted=bound(corr_logits),
         extra={"forward_passes": 2, "backward_passes": 1},
     )

@@ -319,17 +319,46 @@ def patch(
     finally:
         bar.close()
     assert metric_fn is not None
-    return PatchResult(
-        values=values.reshape(shape),
-        axes=target.axes,
-        labels=axis_labels(model, target.axes, tokens),
-        target=over,
+    return patch_result(
+        model,
+        tokens,
+        over,
+        values.reshape(shape),
         direction=direction,
         method="activation",
-        metric=metric_fn.name,
+        metric=metric_fn,
+        clean=clean,
+        corrupted=corrupted,
+        extra={"forward_passes": n_forward, "chunk_size": chunk_size},
+    )
+
+
+def patch_result(
+    model: TransformerBridge,
+    tokens: Tokens,
+    over: str,
+    values: torch.Tensor,
+    *,
+    direction: Direction,
+    method: str,
+    metric: Metric,
+    clean: float,
+    corrupted: float,
+    extra: dict,
+) -> PatchResult:
+    """The map of ``over`` as a :class:`PatchResult`, labelled with its axes and the tokens."""
+    axes = TARGETS[over].axes
+    return PatchResult(
+        values=values,
+        axes=axes,
+        labels=axis_labels(model, axes, tokens),
+        target=over,
+        direction=direction,
+        method=method,
+        metric=metric.name,
         clean=clean,
         corrupted=corrupted,
         tokens=tokens.str_tokens,
         model_name=model_name(model),
-        extra={"forward_passes": n_forward, "chunk_size": chunk_size},
+        extra=extra,
     )
