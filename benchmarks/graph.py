@@ -5,7 +5,8 @@
 
 Reports wall time and peak memory (CPU: process RSS sampled every 10 ms via psutil, as a rise
 over the RSS before the phase; GPU: torch.cuda.max_memory_allocated) for EAP, EAP-IG, listing
-the graph's edges and its JSON, the faithfulness curve, one circuit, and
+the graph's edges and its JSON, the faithfulness curve, one circuit, exact patching of the
+top ``--check-edges`` edges (with their correlation to EAP), and
 ``circuitviz.patch(model, pairs, over="heads")`` on the same pairs. One warm-up forward runs
 before the timed phases.
 """
@@ -73,6 +74,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="EAP-IG steps")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 100, 300, 1000])
     parser.add_argument("--skip-patch", action="store_true", help="skip exact node patching")
+    parser.add_argument(
+        "--check-edges",
+        type=int,
+        default=64,
+        help="patch this many top-|score| edges exactly and correlate them with EAP (0: skip)",
+    )
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -95,7 +102,9 @@ def main() -> None:
     with measure("graph: EAP (2 fwd + 1 bwd)", device, phases):
         graph = circuitviz.circuit(model, pairs, progress=False)
     with measure(f"graph: EAP-IG ({args.steps} steps)", device, phases):
-        circuitviz.circuit(model, pairs, method="eap-ig", steps=args.steps, progress=False)
+        graph_ig = circuitviz.circuit(
+            model, pairs, method="eap-ig", steps=args.steps, progress=False
+        )
     with measure("graph: list edges", device, phases):
         edges = graph.edges
     with measure("graph: to_json", device, phases):
@@ -110,6 +119,24 @@ def main() -> None:
     heads = [n.id for n in pruned.nodes if n.type == "head"][:1]  # one live ablation
     with measure("faithfulness: one circuit (1 fwd)", device, phases):
         pruned.faithfulness(model, pairs, ablated=heads)
+    check = None
+    if args.check_edges:
+        top = edges[: args.check_edges]
+        with measure(f"exact patching of {len(top)} edges", device, phases):
+            exact = graph.patch_edges(model, pairs, top, progress=False)
+        eap = torch.tensor([e.weight for e in top])
+        eap_ig = torch.tensor([graph_ig.score(e.source, e.target, e.input) for e in top])
+
+        def pearson(x: torch.Tensor) -> float:
+            return float(torch.corrcoef(torch.stack([x, exact.float()]))[0, 1])
+
+        check = {
+            "edges": len(top),
+            "pearson_eap": pearson(eap),
+            "pearson_eap_ig": pearson(eap_ig),
+            "same_sign_eap": float(((eap > 0) == (exact > 0)).float().mean()),
+            "same_sign_eap_ig": float(((eap_ig > 0) == (exact > 0)).float().mean()),
+        }
     if not args.skip_patch:
         with measure('exact patch(over="heads")', device, phases):
             circuitviz.patch(model, pairs, over="heads", progress=False)
@@ -123,6 +150,12 @@ def main() -> None:
         curve.sizes, curve.n_edges, curve.n_nodes, curve.recovered, strict=True
     ):
         print(f"  top {size:>5}: {n:>5} edges, {nodes:>4} nodes, recovered {rec:6.3f}")
+    if check:
+        print(
+            f"exact edge patching of the top {check['edges']} edges by |EAP|: Pearson with EAP "
+            f"{check['pearson_eap']:.3f} (same sign {check['same_sign_eap']:.0%}), with EAP-IG "
+            f"{check['pearson_eap_ig']:.3f} (same sign {check['same_sign_eap_ig']:.0%})"
+        )
     if args.json:
         figures = {
             "machine": machine(),
@@ -137,6 +170,7 @@ def main() -> None:
             "corrupted": graph.corrupted,
             "phases": phases,
             "curve": {k: getattr(curve, k) for k in ("sizes", "n_edges", "n_nodes", "recovered")},
+            "edge_check": check,
         }
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
