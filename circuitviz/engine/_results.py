@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +28,19 @@ def parse_component(component: str) -> tuple[str, int, int | None]:
     if m := re.fullmatch(r"MLP(\d+)", component):
         return "mlp", int(m[1]), None
     raise ValueError(f"Not a head or MLP id: {component!r} (expected e.g. 'L3H5' or 'MLP7').")
+
+
+def ablation_target(component: str) -> str | None:
+    """The head or MLP a map cell or graph node stands for (``"L3H5:P4"`` → ``"L3H5"``,
+    ``"mlp_out:L2:P4"`` → ``"MLP2"``), or None where nothing ablatable is (mirrors
+    ``js/src/patchmap.ts``)."""
+    import re
+
+    if m := re.fullmatch(r"L(\d+)H(\d+)(?::P\d+)?", component):
+        return head_id(int(m[1]), int(m[2]))
+    if m := re.fullmatch(r"MLP(\d+)(?::P\d+)?|mlp_out:L(\d+):P\d+", component):
+        return mlp_id(int(m[1] or m[2]))
+    return None
 
 
 def pos_label(pos: int, token: str) -> str:
@@ -73,6 +89,12 @@ class PatchResult:
             return mlp_id(layer)
         return f"{self.target}:L{layer}:P{named['pos']}"
 
+    def cells(self) -> list[str]:
+        """The id of every cell (see :meth:`component`), in the order of ``values.flatten()``."""
+        return [
+            self.component(index) for index in itertools.product(*map(range, self.values.shape))
+        ]
+
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` components whose patch moves the metric furthest from the baseline."""
         # Exact and attribution maps both hold the metric after the patch.
@@ -92,11 +114,12 @@ class PatchResult:
 
         return patch_figure(self, **style)
 
-    def save(self, path: str, **style: Any) -> None:
-        """Write this map as SVG, PDF, PNG or standalone HTML (by extension)."""
+    def save(self, path: str | os.PathLike, **style: Any) -> Path:
+        """Write this map as SVG, PDF, PNG or standalone HTML (by extension); returns the
+        path."""
         from ..export import save
 
-        save(self, path, **style)
+        return save(self, path, **style)
 
 
 @dataclass(eq=False)
@@ -144,10 +167,11 @@ class AblationResult:
 
         return ablation_figure(self, **style)
 
-    def save(self, path: str, **style: Any) -> None:
+    def save(self, path: str | os.PathLike, **style: Any) -> Path:
+        """Write this as SVG, PDF, PNG or standalone HTML (by extension); returns the path."""
         from ..export import save
 
-        save(self, path, **style)
+        return save(self, path, **style)
 
     def __repr__(self) -> str:
         what = ", ".join(self.components) or "nothing"
@@ -190,7 +214,8 @@ class AttentionResult:
 
         return attention_figure(self, layer=layer, head=head, **style)
 
-    def save(self, path: str, **style: Any) -> None:
+    def save(self, path: str | os.PathLike, **style: Any) -> Path:
+        """Write this as SVG, PDF, PNG or standalone HTML (by extension); returns the path."""
         from ..export import save
 
-        save(self, path, **style)
+        return save(self, path, **style)

@@ -6,8 +6,10 @@ options of :func:`circuitviz.export.make_style`; unknown options are an error, n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..engine._results import ablation_target
 from ._style import (
     DIVERGING,
     PX_PER_INCH,
@@ -73,18 +75,21 @@ def patch_figure(
     colorscale: Any = None,
     zmax: float | None = None,
     selected: str | None = None,
+    ablated: Iterable[str] = (),
     **options: Any,
 ) -> go.Figure:
     """Heatmap of a patching map, coloured around the unpatched run's metric (the corrupted
     run when denoising, the clean run when noising), as in the PatchingView.
 
-    ``selected``: a component id (``"L3H5"``) to outline; ``zmax``: the colour range's
-    half-width (default: the largest deviation); ``colorscale``: default :data:`DIVERGING`.
+    ``selected``: a cell id (``"L3H5"``, ``"L3H5:P4"``) or the head/MLP it stands for, whose
+    cells are outlined; ``ablated``: heads/MLPs whose cells are crossed out, as in the view;
+    ``zmax``: the colour range's half-width (default: the largest deviation);
+    ``colorscale``: default :data:`DIVERGING`.
     """
     import plotly.graph_objects as go
 
     style, rest = split_style(options)
-    reject_unknown(rest, "patch_figure", ("title", "colorscale", "zmax", "selected"))
+    reject_unknown(rest, "patch_figure", ("title", "colorscale", "zmax", "selected", "ablated"))
     if result.values.numel() == 0:
         raise ExportError(
             f"This PatchResult is empty (values of shape {tuple(result.values.shape)}); "
@@ -120,27 +125,33 @@ def patch_figure(
     )
     # Category axes keep their order; reversed puts layer 0 at the top, as in the widgets.
     fig.update_yaxes(autorange="reversed")
-    if selected is not None:
-        cell = next(
-            (
-                (r, c)
-                for r in range(len(rows))
-                for c in range(len(cols))
-                if result.component(index(r, c)) == selected
-            ),
-            None,
-        )
-        if cell is None:
+    ablated = set(ablated)
+    if selected is not None or ablated:
+        cells = [
+            (r, c, result.component(index(r, c)))
+            for r in range(len(rows))
+            for c in range(len(cols))
+        ]
+        chosen = [(r, c) for r, c, i in cells if selected in (i, ablation_target(i))]
+        if selected is not None and not chosen:
             raise ExportError(f"selected={selected!r} is not a cell of this map.")
-        r, c = cell
-        fig.add_shape(
-            type="rect",
-            x0=c - 0.5,
-            x1=c + 0.5,
-            y0=r - 0.5,
-            y1=r + 0.5,
-            line={"color": "#000000", "width": 1.5},
-        )
+        for r, c in chosen:
+            fig.add_shape(
+                type="rect",
+                x0=c - 0.5,
+                x1=c + 0.5,
+                y0=r - 0.5,
+                y1=r + 0.5,
+                line={"color": "#000000", "width": 1.5},
+            )
+        for r, c, i in cells:
+            if ablation_target(i) in ablated:
+                fig.add_shape(
+                    type="path",
+                    path=f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}",
+                    line={"color": "#333333", "width": 1.2},
+                    name="ablated",
+                )
     return apply_style(fig, style, natural_height=_heatmap_height(style, len(rows)))
 
 

@@ -113,6 +113,19 @@ class AttentionView(View):
         """The :class:`~circuitviz.AttentionResult` shown."""
         return self._result
 
+    def figure(self, **options: Any) -> Any:
+        """The focused head's pattern, or the head-role scores when the grid shows a role's
+        scores (see :func:`circuitviz.export.attention_figure`)."""
+        from ..export import attention_figure
+
+        if self.show_scores and not {"layer", "head"} & set(options):
+            return attention_figure(self._result, **{"roles": (self.show_scores,), **options})
+        head = r"L(\d+)H(\d+)"
+        m = re.fullmatch(head, self.selected) or re.fullmatch(
+            head, self._default_head(self._result)
+        )
+        return attention_figure(self._result, **{"layer": int(m[1]), "head": int(m[2]), **options})
+
     @t.validate("show_scores")
     def _check_role(self, proposal: Any) -> str:
         if proposal["value"] not in ("", *ROLES):

@@ -14,6 +14,7 @@ kernel and leave the view waiting).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -76,6 +77,20 @@ class View(anywidget.AnyWidget):
 
     def _restore_ablation(self, components: list[str]) -> None:
         self.ablated = components
+
+    # -- export ------------------------------------------------------------------------------
+    def figure(self, **options: Any) -> Any:
+        """A publication figure (plotly) of what this view shows now."""
+        raise NotImplementedError(f"{type(self).__name__} has no static figure.")
+
+    def save(self, path: str | os.PathLike, **options: Any) -> Path:
+        """Write what this view shows: ``.svg``, ``.pdf`` or ``.png`` as a publication figure
+        of its current selection, ablation set and thresholds (style options as
+        :func:`circuitviz.export.make_style`; options of :meth:`figure` override the view's),
+        or ``.html`` as this interactive view, standalone (no kernel). Returns the path."""
+        from ..export import save
+
+        return save(self, path, **options)
 
     # -- messages ----------------------------------------------------------------------------
     def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:

@@ -21,14 +21,17 @@ import traitlets as t
 from ..engine import InputError, PatchResult, PromptPairs, patch
 from ..engine._models import model_name
 from ..engine._pairs import tokenize
+from ..engine._results import ablation_target
 from ._base import STATIC, AblationView
-from ._codec import encode
+from ._codec import decode, encode
 
 NODE_TYPES = ("embed", "head", "mlp", "logits")
 #: Nodes travel as JSON: past this many (a per-position graph of a long prompt) only the
 #: strongest are sent, keeping every message well under 10 MiB.
 MAX_NODES = 20_000
 EDGE_INPUTS = ("q", "k", "v", "mlp", "logits")
+#: The view draws at most this many edges, the strongest (``prune`` in js/src/layout.ts).
+MAX_DRAWN_EDGES = 400
 
 
 def shrink(graph: Any, max_edges: int | None) -> Any:
@@ -297,6 +300,58 @@ class CircuitView(AblationView):
             self.result = {k: payload.get(k) for k in ("metric", "clean", "corrupted")}
         self._apply_state(state)
         self._baseline()
+
+    def shown_graph(self) -> dict[str, Any]:
+        """What the view draws now, as graph JSON: EMBED, LOGITS, the pinned nodes and the
+        ``top_n`` head/MLP nodes by |score|; among them, the edges of at least ``threshold`` ×
+        the strongest |weight|, the strongest :data:`MAX_DRAWN_EDGES` (``prune`` in
+        js/src/layout.ts does the same in the browser)."""
+        g = self.graph
+        nodes = g["nodes"]
+        pinned = set(self.pinned)
+        keep, ranked = set(), []
+        for i, n in enumerate(nodes):
+            io = n["type"] in ("embed", "logits") and (n["pos"] is None or n["score"] != 0)
+            if io or n["id"] in pinned:
+                keep.add(i)
+            else:
+                ranked.append(i)
+        ranked.sort(key=lambda i: -abs(nodes[i]["score"] or 0.0))  # stable, as in JS
+        keep.update(ranked[: max(0, self.top_n)])
+        edges = []
+        if g.get("edges"):
+            e = {k: decode(g["edges"][k]) for k in ("source", "target", "weight", "input")}
+            size = np.abs(e["weight"].astype(np.float64))
+            cut = float(self.threshold) * float(size.max(initial=0.0))
+            for j in np.argsort(-size, kind="stable"):
+                if len(edges) == MAX_DRAWN_EDGES:
+                    break
+                a, b = int(e["source"][j]), int(e["target"][j])
+                if size[j] >= cut and size[j] > 0 and a in keep and b in keep:
+                    edges.append(
+                        {
+                            "source": nodes[a]["id"],
+                            "target": nodes[b]["id"],
+                            "input": g["edges"]["inputs"][int(e["input"][j])],
+                            "weight": float(e["weight"][j]),
+                        }
+                    )
+        meta = {k: v for k, v in g.items() if k not in ("nodes", "edges")}
+        return {**meta, "nodes": [nodes[i] for i in sorted(keep)], "edges": edges}
+
+    def figure(self, **options: Any) -> Any:
+        """The shown circuit (:meth:`shown_graph`) as a publication figure, ablated nodes
+        crossed out and the selected one ringed (see :func:`circuitviz.export.graph_figure`)."""
+        from ..export import graph_figure
+
+        data = self.shown_graph()
+        ids = {n["id"] for n in data["nodes"]}
+        gone = set(self.ablated)
+        defaults = {
+            "ablated": [i for i in ids if ablation_target(i) in gone],
+            "selected": self.selected if self.selected in ids else None,
+        }
+        return graph_figure(data, **{**defaults, **options})
 
     @property
     def node_ids(self) -> list[str]:

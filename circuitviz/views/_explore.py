@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -47,6 +49,19 @@ class Explorer(widgets.VBox):
     @property
     def views(self) -> list[Any]:
         return [self.attention, self.patching, self.circuit]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the three views, still linked, as one standalone ``.html`` page (no kernel).
+        For a figure, save one view: ``box.circuit.save("circuit.svg")``."""
+        from ..export import ExportError, save
+        from ..export._static import export_format
+
+        if export_format(path) != "html":
+            raise ExportError(
+                f"explore() saves as one .html page, not {Path(path).suffix}: for a figure, "
+                "save one of its views, e.g. box.patching.save('map.svg')."
+            )
+        return save(self, path)
 
 
 def explore(

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import traitlets as t
 
 from ..engine import METRICS, InputError, PatchResult, PromptPairs
+from ..engine._results import ablation_target
 from ._base import STATIC, AblationView
 from ._codec import MAX_MESSAGE_BYTES, encode
 
@@ -92,3 +93,15 @@ class PatchingView(AblationView):
     def patch_result(self) -> PatchResult:
         """The :class:`~circuitviz.PatchResult` shown."""
         return self._patch
+
+    def figure(self, **options: Any) -> Any:
+        """The map as a publication heatmap, with this view's selection outlined and its
+        ablated heads/MLPs crossed out (see :func:`circuitviz.export.patch_figure`)."""
+        from ..export import patch_figure
+
+        cells = self._patch.cells()
+        shown = set(cells) | {ablation_target(c) for c in cells}
+        selected = self.selected if self.selected in shown else None  # linked from elsewhere
+        return patch_figure(
+            self._patch, **{"selected": selected, "ablated": list(self.ablated), **options}
+        )

@@ -4,9 +4,11 @@ documented in docs/graph_schema.md)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -448,11 +450,12 @@ class Graph:
 
         return graph_figure(self, **options)
 
-    def save(self, path: str, **options: Any) -> None:
-        """Write this graph as SVG, PDF, PNG or standalone HTML (by extension)."""
+    def save(self, path: str | os.PathLike, **options: Any) -> Path:
+        """Write this graph as SVG, PDF, PNG or standalone HTML (by extension); returns the
+        path."""
         from ...export import save
 
-        save(self, path, **options)
+        return save(self, path, **options)
 
     # checks ------------------------------------------------------------------------------
     def node_indices(self, ids: Iterable[str]) -> list[tuple[int, int | None]]:

@@ -1,0 +1,137 @@
+"""view.save(...) and view.figure(): a static figure of what each view shows now (selection,
+ablation set, top_n, threshold, pins), and the view itself as standalone HTML."""
+
+from __future__ import annotations
+
+import itertools
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import circuitviz as cv
+from circuitviz.export import ExportError
+from circuitviz.export._html import write_html
+from circuitviz.views import AttentionView, CircuitView, PatchingView, explore
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cv.tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return cv.PromptPairs(["t1 t2 t3 t4 t1 t2"], ["t5 t6 t7 t8 t5 t6"], [" t3"], [" t7"])
+
+
+@pytest.fixture(scope="module")
+def graph(model, pairs):
+    return cv.circuit(model, pairs, progress=False)
+
+
+NODE_TRACES = ("embed", "head", "MLP", "logits")
+
+
+def crosses(fig) -> int:
+    return sum(shape.type == "path" for shape in fig.layout.shapes)
+
+
+def outlines(fig) -> int:
+    return sum(shape.type == "rect" for shape in fig.layout.shapes)
+
+
+def test_patching_view_figure_marks_its_selection_and_ablations(model, pairs, tmp_path):
+    by_pos = cv.patch(model, pairs, over="heads_by_pos", progress=False)
+    view = PatchingView(by_pos, model=model, pairs=pairs)
+    assert crosses(view.figure()) == 0
+    view.ablate(["L0H1", "L1H3"])
+    view.selected = "L1H2"
+    fig = view.figure()
+    n_pos = by_pos.values.shape[by_pos.axes.index("pos")]
+    assert crosses(fig) == 2 * n_pos  # every position of each ablated head
+    assert outlines(fig) == n_pos
+    view.selected = "MLP0"  # linked from another view: not a cell of a heads map
+    assert outlines(view.figure()) == 0
+    assert outlines(view.figure(selected="L0H0")) == n_pos  # options override the view
+    svg = view.save(tmp_path / "map.svg")
+    text = svg.read_text()
+    ET.fromstring(text)
+    assert "heads_by_pos" in text and "L1H3" in text
+
+
+def test_circuit_view_figure_draws_the_shown_circuit(model, pairs, graph, tmp_path):
+    view = CircuitView(model, pairs, graph=graph)
+    view.top_n, view.threshold = 4, 0.1
+    shown = view.shown_graph()
+    heads = [n for n in shown["nodes"] if n["type"] in ("head", "mlp")]
+    assert len(heads) == 4
+    assert {"EMBED", "LOGITS"} <= {n["id"] for n in shown["nodes"]}
+    strongest = max(abs(e.weight) for e in graph.edges)
+    ids = {n["id"] for n in shown["nodes"]}
+    assert all(abs(e["weight"]) >= 0.1 * strongest for e in shown["edges"])
+    assert all(e["source"] in ids and e["target"] in ids for e in shown["edges"])
+    weights = [abs(e["weight"]) for e in shown["edges"]]
+    assert weights == sorted(weights, reverse=True)
+    view.pinned = ["L0H0"]
+    assert "L0H0" in {n["id"] for n in view.shown_graph()["nodes"]}
+    target = heads[0]["id"]
+    view.ablate([target])
+    view.selected = target
+    fig = view.figure()
+    marked = {t.name: t for t in fig.data if t.mode == "markers"}
+    assert len(marked["ablated"].x) == 1 and len(marked["selected"].x) == 1
+    drawn = sum(len(t.x) for t in fig.data if t.mode == "markers" and t.name in NODE_TRACES)
+    assert drawn == len(view.shown_graph()["nodes"])
+    ET.fromstring(view.save(tmp_path / "circuit.svg").read_text())
+
+
+def test_attention_view_figure_is_the_focused_head_or_the_role_scores(model, tmp_path):
+    view = AttentionView(model, "t1 t2 t3 t1 t2 t3")
+    view.selected = "L1H2"
+    assert view.figure().layout.title.text == "Attention of L1H2"
+    view.show_scores = "induction"
+    fig = view.figure()
+    assert fig.layout.title.text == "Head-role scores" and len(fig.data) == 1
+    assert view.figure(layer=0, head=1).layout.title.text == "Attention of L0H1"
+    assert view.save(tmp_path / "attention.png", dpi=50).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_views_and_explore_save_standalone_html(model, pairs, tmp_path):
+    box = explore(model, pairs)
+    assert "<html" in box.save(tmp_path / "explore.html").read_text().lower()
+    assert "<html" in box.patching.save(tmp_path / "map.html").read_text().lower()
+    with pytest.raises(ExportError, match="save one of its views"):
+        box.save(tmp_path / "explore.svg")
+    with pytest.raises(ExportError, match="unknown extension"):
+        box.circuit.save(tmp_path / "circuit.jpg")
+    assert not (tmp_path / "explore.svg").exists()
+
+
+# ----------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.browser
+def test_shown_graph_is_what_the_browser_draws(pairs, tmp_path, page):
+    """CircuitView.shown_graph (Python) mirrors prune in js/src/layout.ts: over settings of
+    top_n, threshold and pins, the page draws exactly its nodes and edges (up to the 400-edge
+    cap, which a 6-layer graph's 30 strongest nodes exceed)."""
+    deeper = cv.tiny_model("llama", n_layers=6)
+    view = CircuitView(deeper, pairs, graph=cv.circuit(deeper, pairs, progress=False))
+    path = tmp_path / "circuit.html"
+    view.top_n = 30
+    assert len(view.shown_graph()["edges"]) == 400
+    for top_n, threshold, pinned in itertools.product((3, 12, 30), (0.0, 0.05), ([], ["MLP1"])):
+        view.top_n, view.threshold, view.pinned = top_n, threshold, pinned
+        write_html(view, path)
+        page.goto(path.as_uri())
+        page.locator(".cv-circuit [data-component]").first.wait_for()
+        nodes = page.eval_on_selector_all(
+            ".cv-circuit g.cv-node", "els => els.map(e => e.getAttribute('data-component'))"
+        )
+        edges = page.eval_on_selector_all(
+            ".cv-circuit path[data-edge]", "els => els.map(e => e.getAttribute('data-edge'))"
+        )
+        shown = view.shown_graph()
+        assert sorted(nodes) == sorted(n["id"] for n in shown["nodes"])
+        assert sorted(edges) == sorted(f"{e['source']}->{e['target']}" for e in shown["edges"])
+    assert not page.console_errors
