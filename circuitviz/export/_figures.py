@@ -146,12 +146,15 @@ def patch_figure(
             )
         for r, c, i in cells:
             if ablation_target(i) in ablated:
-                fig.add_shape(
-                    type="path",
-                    path=f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}",
-                    line={"color": "#333333", "width": 1.2},
-                    name="ablated",
-                )
+                cross = f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}"
+                # black on a white halo: visible on the darkest and the palest cells alike
+                for colour, width in (("#ffffff", 2.6), ("#000000", 1.1)):
+                    fig.add_shape(
+                        type="path",
+                        path=cross,
+                        line={"color": colour, "width": width},
+                        name="ablated",
+                    )
     return apply_style(fig, style, natural_height=_heatmap_height(style, len(rows)))
 
 
