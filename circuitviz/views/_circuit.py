@@ -1,7 +1,7 @@
 """CircuitView: a circuit graph (embeddings, heads, MLPs, logits) with click-to-ablate.
 
 The graph is a ``circuitviz.Graph``, its JSON (dict, string or file path; schema in
-docs/CONTRACTS.md), or — given none — node scores from exact head and MLP patching (no edges).
+docs/graph_schema.md), or — given none — the EAP graph of ``circuitviz.circuit``.
 Nodes travel as JSON (a few hundred); edges as binary arrays (source/target node indices,
 float32 weights), since an all-pairs graph has tens of thousands of them.
 """
@@ -18,10 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 import traitlets as t
 
-from ..engine import InputError, PatchResult, PromptPairs, patch
-from ..engine._models import model_name
-from ..engine._pairs import tokenize
+from ..engine import InputError, PromptPairs
 from ..engine._results import ablation_target
+from ..engine.graph import Graph, circuit
 from ._base import STATIC, AblationView
 from ._codec import decode, encode
 
@@ -36,13 +35,10 @@ MAX_DRAWN_EDGES = 400
 
 def shrink(graph: Any, max_edges: int | None) -> Any:
     """A Graph with more than ``max_edges`` edges, pruned to its strongest ``max_edges``
-    (``Graph.prune``): listing 70k edges is slow and the view draws at most 1,500."""
-    try:
-        n_edges = int(graph.kept.sum())
-        if max_edges is not None and n_edges > max_edges and hasattr(graph, "prune"):
-            return graph.prune(top_n=max_edges)
-    except Exception:
-        pass
+    (``Graph.prune``): listing 70k edges is slow, and the view draws at most
+    :data:`MAX_DRAWN_EDGES` of them."""
+    if isinstance(graph, Graph) and max_edges is not None and int(graph.kept.sum()) > max_edges:
+        return graph.prune(top_n=max_edges)
     return graph
 
 
@@ -66,27 +62,12 @@ def graph_dict(graph: Any, max_edges: int | None = None) -> tuple[dict[str, Any]
     )
 
 
-def _graph_api(name: str) -> Any:
-    """``circuitviz.<name>``, else ``circuitviz.engine.graph.<name>``, else None."""
+def graph_object(data: dict[str, Any]) -> Graph | None:
+    """Rebuild a Graph from JSON, so that faithfulness works; None for graph JSON that is not
+    a whole ``circuitviz.circuit`` graph (a hand-made or node-only one is still drawn)."""
     try:
-        import circuitviz
-
-        found = getattr(circuitviz, name, None)
-        if found is None or not callable(found):
-            from ..engine import graph as engine_graph
-
-            found = getattr(engine_graph, name, None)
-        return found
-    except Exception:
-        return None
-
-
-def graph_object(data: dict[str, Any]) -> Any:
-    """Rebuild a Graph from JSON when circuitviz provides one (so faithfulness works)."""
-    cls = _graph_api("Graph")
-    try:
-        return cls.from_json(data) if cls is not None and hasattr(cls, "from_json") else None
-    except Exception:
+        return Graph.from_json(data)
+    except (InputError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -178,55 +159,11 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def patching_graph(
-    model: Any, pairs: PromptPairs, *, metric: str = "logit_diff", heads: PatchResult | None = None
-) -> dict[str, Any]:
-    """A node-only graph scored by exact patching: each head's denoising effect, and each MLP's
-    (per-position effects of ``mlp_out``, summed)."""
-    heads = heads or patch(model, pairs, over="heads", metric=metric, progress=False)
-    mlp = patch(model, pairs, over="mlp_out", metric=metric, progress=False)
-    cfg = model.cfg
-    nodes: list[dict[str, Any]] = [{"id": "EMBED", "type": "embed", "layer": -1, "score": None}]
-    for layer in range(cfg.n_layers):
-        for h in range(cfg.n_heads):
-            score = float(heads.values[layer, h]) - heads.corrupted
-            nodes.append(
-                {"id": f"L{layer}H{h}", "type": "head", "layer": layer, "head": h, "score": score}
-            )
-        score = float((mlp.values[layer] - mlp.corrupted).sum())
-        nodes.append({"id": f"MLP{layer}", "type": "mlp", "layer": layer, "score": score})
-    nodes.append({"id": "LOGITS", "type": "logits", "layer": cfg.n_layers, "score": None})
-    return {
-        "schema": "circuitviz.graph/1",
-        "model": model_name(model),
-        "prompts": pairs.to_dict(),
-        "method": "activation patching",
-        "metric": heads.metric,
-        "per_position": False,
-        "n_layers": cfg.n_layers,
-        "n_heads": cfg.n_heads,
-        "tokens": tokenize(model, pairs).str_tokens,
-        "clean": heads.clean,
-        "corrupted": heads.corrupted,
-        "nodes": nodes,
-        "edges": [],
-    }
-
-
 def build_graph(
     model: Any, pairs: PromptPairs, metric: str, max_edges: int | None = None
-) -> tuple[dict[str, Any], Any]:
-    """The EAP graph from ``circuitviz.circuit`` when available; else patching scores."""
-    build = _graph_api("circuit")
-    if callable(build):
-        try:
-            return graph_dict(build(model, pairs, metric=metric, progress=False), max_edges)
-        except Exception as err:
-            warnings.warn(
-                f"circuitviz.circuit failed ({err!r}); scoring nodes by patching instead.",
-                stacklevel=3,
-            )
-    return patching_graph(model, pairs, metric=metric), None
+) -> tuple[dict[str, Any], Graph]:
+    """The EAP graph of ``circuitviz.circuit`` on ``pairs``, as JSON and as the Graph."""
+    return graph_dict(circuit(model, pairs, metric=metric, progress=False), max_edges)
 
 
 class CircuitView(AblationView):

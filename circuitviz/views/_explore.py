@@ -80,6 +80,6 @@ def explore(
     heads = patch(model, pairs, over="heads", metric=metric, progress=False)
     patching = PatchingView(heads, model=model, pairs=pairs)
     attention = AttentionView(model, prompt if prompt is not None else pairs.clean[0])
-    circuit = CircuitView(model, pairs, graph, metric=metric)  # None: EAP graph, or patching
+    circuit = CircuitView(model, pairs, graph, metric=metric)  # None: the EAP graph
     patching.selected = attention.selected
     return Explorer(attention, patching, circuit)
