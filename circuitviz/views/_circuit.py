@@ -67,7 +67,7 @@ def graph_object(data: dict[str, Any]) -> Graph | None:
     a whole ``circuitviz.circuit`` graph (a hand-made or node-only one is still drawn)."""
     try:
         return Graph.from_json(data)
-    except (InputError, KeyError, TypeError, ValueError):
+    except (InputError, LookupError, TypeError, ValueError, AttributeError):
         return None
 
 
@@ -219,9 +219,9 @@ class CircuitView(AblationView):
             data, obj = build_graph(model, pairs, metric, max_edges)
         else:
             data, obj = graph_dict(graph, max_edges)
-            if obj is None and model is not None and pairs is not None:  # only for faithfulness
-                obj = graph_object(data)
-        payload = graph_payload(data)
+        payload = graph_payload(data)  # validated before it is rebuilt as a Graph
+        if obj is None and model is not None and pairs is not None:  # only for faithfulness
+            obj = graph_object(data)
         self._graph = obj
         self._faith_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], float] = {}
         ranked = sum(n["type"] not in ("embed", "logits") for n in payload["nodes"])
