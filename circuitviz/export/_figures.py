@@ -127,12 +127,12 @@ def patch_figure(
     fig.update_yaxes(autorange="reversed")
     ablated = set(ablated)
     if selected is not None or ablated:
-        cells = [
-            (r, c, result.component(index(r, c)))
-            for r in range(len(rows))
-            for c in range(len(cols))
-        ]
-        chosen = [(r, c) for r, c, i in cells if selected in (i, ablation_target(i))]
+        cells = []  # (row, col, cell id, the head/MLP it stands for)
+        for r in range(len(rows)):
+            for c in range(len(cols)):
+                i = result.component(index(r, c))
+                cells.append((r, c, i, ablation_target(i)))
+        chosen = [(r, c) for r, c, i, target in cells if selected in (i, target)]
         if selected is not None and not chosen:
             raise ExportError(f"selected={selected!r} is not a cell of this map.")
         for r, c in chosen:
@@ -144,8 +144,8 @@ def patch_figure(
                 y1=r + 0.5,
                 line={"color": "#000000", "width": 1.5},
             )
-        for r, c, i in cells:
-            if ablation_target(i) in ablated:
+        for r, c, _, target in cells:
+            if target in ablated:
                 cross = f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}"
                 # black on a white halo: visible on the darkest and the palest cells alike
                 for colour, width in (("#ffffff", 2.6), ("#000000", 1.1)):
