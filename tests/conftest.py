@@ -78,6 +78,14 @@ def tiny_llama():
     return circuitviz.tiny_model("llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_pairs():
+    """One pair for the tiny models: a repeated sequence, its corruption, and the answer."""
+    from circuitviz import PromptPairs
+
+    return PromptPairs(["t1 t2 t3 t4 t1 t2"], ["t5 t6 t7 t8 t5 t6"], [" t3"], [" t7"])
+
+
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def tiny(request):
     import circuitviz

@@ -15,18 +15,8 @@ from circuitviz.views import AttentionView, CircuitView, PatchingView, explore
 
 
 @pytest.fixture(scope="module")
-def model():
-    return cv.tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(["t1 t2 t3 t4 t1 t2"], ["t5 t6 t7 t8 t5 t6"], [" t3"], [" t7"])
-
-
-@pytest.fixture(scope="module")
-def graph(model, pairs):
-    return cv.circuit(model, pairs, progress=False)
+def graph(tiny_llama, tiny_pairs):
+    return cv.circuit(tiny_llama, tiny_pairs, progress=False)
 
 
 NODE_TRACES = ("embed", "head", "MLP", "logits")
@@ -41,9 +31,9 @@ def outlines(fig) -> int:
     return sum(shape.type == "rect" for shape in fig.layout.shapes)
 
 
-def test_patching_view_figure_marks_its_selection_and_ablations(model, pairs, tmp_path):
-    by_pos = cv.patch(model, pairs, over="heads_by_pos", progress=False)
-    view = PatchingView(by_pos, model=model, pairs=pairs)
+def test_patching_view_figure_marks_its_selection_and_ablations(tiny_llama, tiny_pairs, tmp_path):
+    by_pos = cv.patch(tiny_llama, tiny_pairs, over="heads_by_pos", progress=False)
+    view = PatchingView(by_pos, model=tiny_llama, pairs=tiny_pairs)
     assert crosses(view.figure()) == 0
     view.ablate(["L0H1", "L1H3"])
     view.selected = "L1H2"
@@ -60,8 +50,8 @@ def test_patching_view_figure_marks_its_selection_and_ablations(model, pairs, tm
     assert "heads_by_pos" in text and "L1H3" in text
 
 
-def test_circuit_view_figure_draws_the_shown_circuit(model, pairs, graph, tmp_path):
-    view = CircuitView(model, pairs, graph=graph)
+def test_circuit_view_figure_draws_the_shown_circuit(tiny_llama, tiny_pairs, graph, tmp_path):
+    view = CircuitView(tiny_llama, tiny_pairs, graph=graph)
     view.top_n, view.threshold = 4, 0.1
     shown = view.shown_graph()
     heads = [n for n in shown["nodes"] if n["type"] in ("head", "mlp")]
@@ -86,8 +76,8 @@ def test_circuit_view_figure_draws_the_shown_circuit(model, pairs, graph, tmp_pa
     ET.fromstring(view.save(tmp_path / "circuit.svg").read_text())
 
 
-def test_attention_view_figure_is_the_focused_head_or_the_role_scores(model, tmp_path):
-    view = AttentionView(model, "t1 t2 t3 t1 t2 t3")
+def test_attention_view_figure_is_the_focused_head_or_the_role_scores(tiny_llama, tmp_path):
+    view = AttentionView(tiny_llama, "t1 t2 t3 t1 t2 t3")
     view.selected = "L1H2"
     assert view.figure().layout.title.text == "Attention of L1H2"
     view.show_scores = "induction"
@@ -97,8 +87,8 @@ def test_attention_view_figure_is_the_focused_head_or_the_role_scores(model, tmp
     assert view.save(tmp_path / "attention.png", dpi=50).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_views_and_explore_save_standalone_html(model, pairs, tmp_path):
-    box = explore(model, pairs)
+def test_views_and_explore_save_standalone_html(tiny_llama, tiny_pairs, tmp_path):
+    box = explore(tiny_llama, tiny_pairs)
     assert "<html" in box.save(tmp_path / "explore.html").read_text().lower()
     assert "<html" in box.patching.save(tmp_path / "map.html").read_text().lower()
     with pytest.raises(ExportError, match="save one of its views"):
@@ -112,12 +102,12 @@ def test_views_and_explore_save_standalone_html(model, pairs, tmp_path):
 
 
 @pytest.mark.browser
-def test_shown_graph_is_what_the_browser_draws(pairs, tmp_path, page):
+def test_shown_graph_is_what_the_browser_draws(tiny_pairs, tmp_path, page):
     """CircuitView.shown_graph (Python) mirrors prune in js/src/layout.ts: over settings of
     top_n, threshold and pins, the page draws exactly its nodes and edges (up to the 400-edge
     cap, which a 6-layer graph's 30 strongest nodes exceed)."""
     deeper = cv.tiny_model("llama", n_layers=6)
-    view = CircuitView(deeper, pairs, graph=cv.circuit(deeper, pairs, progress=False))
+    view = CircuitView(deeper, tiny_pairs, graph=cv.circuit(deeper, tiny_pairs, progress=False))
     path = tmp_path / "circuit.html"
     view.top_n = 30
     assert len(view.shown_graph()["edges"]) == 400

@@ -27,13 +27,13 @@ HOSTILE = [
 
 
 @pytest.fixture(scope="module")
-def model():
-    return cv.tiny_model("llama")
+def model(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(["t1 t2 t3 t4 t1 t2"], ["t5 t6 t7 t8 t5 t6"], [" t3"], [" t7"])
+def pairs(tiny_pairs):
+    return tiny_pairs
 
 
 @pytest.fixture(scope="module")
