@@ -26,8 +26,14 @@ if [ -f js/package.json ]; then
     cd js
     if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
     npm test
+    echo "==> tsc --noEmit"
+    npx tsc --noEmit
   )
 fi
+
+echo "==> ruff check, ruff format --check"
+ruff check .
+ruff format --check .
 
 echo "==> python -m pytest"
 python -m pytest -q "$@"
