@@ -180,6 +180,7 @@ class CircuitView(AblationView):
     _esm = STATIC / "circuit.js"
     BUNDLE: ClassVar[str] = "circuit"
     STATE_KEYS = ("selected", "ablated", "mode", "metric", "top_n", "threshold", "pinned")
+    FRONTEND_TRAITS = frozenset({"selected", "pinned", "top_n", "threshold"})
 
     graph = t.Dict().tag(sync=True)
     """The graph: metadata and ``nodes`` as JSON, ``edges`` as binary arrays."""
