@@ -21,6 +21,7 @@ import traitlets as t
 from ..engine import InputError, PromptPairs
 from ..engine._results import ablation_target
 from ..engine.graph import Graph, circuit
+from ..engine.graph._schema import check_graph_json
 from ._base import STATIC, AblationView
 from ._codec import decode, encode
 
@@ -73,6 +74,7 @@ def graph_object(data: dict[str, Any]) -> Graph | None:
 
 def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     """Validate graph JSON and turn it into the ``graph`` trait (edges binary)."""
+    check_graph_json(data)
     schema = data.get("schema", "circuitviz.graph/1")
     if not str(schema).startswith("circuitviz.graph/"):
         raise InputError(f"Not a circuitviz graph (schema {schema!r}).")
