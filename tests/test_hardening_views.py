@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ipywidgets.widgets.widget import _remove_buffers
 
 import circuitviz as cv
-from circuitviz.engine import InputError, has_hooks
+from circuitviz.engine import InputError, PatchResult, has_hooks
 from circuitviz.views import AttentionView, CircuitView, PatchingView
 from circuitviz.views._base import MAX_ITEMS, MAX_TEXT, QUOTE_CHARS
 
@@ -77,43 +77,33 @@ def synced(view) -> dict:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_llama):
-    return tiny_llama
+def logits_before(tiny_llama):
+    return tiny_llama(PROBE).detach().clone()
 
 
 @pytest.fixture(scope="module")
-def pairs(tiny_pairs):
-    return tiny_pairs
+def heads(tiny_llama, tiny_pairs):
+    return cv.patch(tiny_llama, tiny_pairs, over="heads", progress=False)
 
 
 @pytest.fixture(scope="module")
-def logits_before(model):
-    return model(PROBE).detach().clone()
+def graph(tiny_llama, tiny_pairs):
+    return cv.circuit(tiny_llama, tiny_pairs, progress=False)
 
 
 @pytest.fixture(scope="module")
-def heads(model, pairs):
-    return cv.patch(model, pairs, over="heads", progress=False)
+def patching(tiny_llama, tiny_pairs, heads):
+    return PatchingView(heads, model=tiny_llama, pairs=tiny_pairs)
 
 
 @pytest.fixture(scope="module")
-def graph(model, pairs):
-    return cv.circuit(model, pairs, progress=False)
+def circuit(tiny_llama, tiny_pairs, graph):
+    return CircuitView(tiny_llama, tiny_pairs, graph)
 
 
 @pytest.fixture(scope="module")
-def patching(model, pairs, heads):
-    return PatchingView(heads, model=model, pairs=pairs)
-
-
-@pytest.fixture(scope="module")
-def circuit(model, pairs, graph):
-    return CircuitView(model, pairs, graph)
-
-
-@pytest.fixture(scope="module")
-def attention(model):
-    return AttentionView(model, PROBE)
+def attention(tiny_llama):
+    return AttentionView(tiny_llama, PROBE)
 
 
 def healthy(view, model, logits_before) -> None:
@@ -162,7 +152,7 @@ FORGED = [
 @pytest.mark.parametrize("kind", ["patching", "circuit", "attention"])
 @pytest.mark.parametrize(("update", "names"), FORGED, ids=[str(i) for i in range(len(FORGED))])
 def test_forged_trait_updates_are_refused_and_reverted(
-    request, kind, update, names, model, logits_before
+    request, kind, update, names, tiny_llama, logits_before
 ):
     view = request.getfixturevalue(kind)
     before = synced(view)
@@ -181,7 +171,7 @@ def test_forged_trait_updates_are_refused_and_reverted(
     for key in set(update) & set(view.keys):
         kernel, _, _ = _remove_buffers(view.get_state(key))  # as ipywidgets sends it
         assert reverted[key] == json.loads(json.dumps(kernel[key]))
-    healthy(view, model, logits_before)
+    healthy(view, tiny_llama, logits_before)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +184,7 @@ def test_forged_trait_updates_are_refused_and_reverted(
     ],
 )
 def test_allowed_updates_go_through_the_traits_validators(
-    request, kind, update, expect, model, logits_before
+    request, kind, update, expect, tiny_llama, logits_before
 ):
     view = request.getfixturevalue(kind)
     view.error = ""
@@ -206,7 +196,7 @@ def test_allowed_updates_go_through_the_traits_validators(
     assert any(m["method"] == "echo_update" for m in wire.sent)
     if expect and expect != update:  # the validator changed the value: the page gets it back
         assert wire.updates() == expect
-    healthy(view, model, logits_before)
+    healthy(view, tiny_llama, logits_before)
 
 
 JSON = st.recursive(
@@ -261,9 +251,9 @@ def test_any_update_is_applied_whole_or_not_at_all(circuit, update):
             assert getattr(circuit, key) == trait._validate(circuit, update[key])
 
 
-def test_forged_updates_leave_model_and_view_working(circuit, model, logits_before):
+def test_forged_updates_leave_model_and_view_working(circuit, tiny_llama, logits_before):
     """Run after the property test: the view survived every update it tried."""
-    healthy(circuit, model, logits_before)
+    healthy(circuit, tiny_llama, logits_before)
 
 
 # ------------------------------------------------------------------------- state restore
@@ -287,17 +277,17 @@ BAD_STATES = [
 )
 @pytest.mark.parametrize("with_model", [True, False])
 def test_bad_state_raises_input_error(
-    heads, model, pairs, logits_before, state, expect, with_model
+    heads, tiny_llama, tiny_pairs, logits_before, state, expect, with_model
 ):
-    kwargs = {"model": model, "pairs": pairs} if with_model else {}
+    kwargs = {"model": tiny_llama, "pairs": tiny_pairs} if with_model else {}
     if not with_model and expect == "out of range":
-        expect = ""  # without a model, layer counts are unknown: only the id format is checked
+        expect = ""  # without a tiny_llama, layer counts are unknown: only the id format is checked
     if expect:
         with pytest.raises(InputError, match=expect) as info:
             PatchingView(heads, state=state, **kwargs)
         assert len(str(info.value)) < 700  # a 1 MB id is not echoed
-    assert not has_hooks(model)
-    assert torch.equal(model(PROBE), logits_before)
+    assert not has_hooks(tiny_llama)
+    assert torch.equal(tiny_llama(PROBE), logits_before)
 
 
 @pytest.mark.parametrize(
@@ -309,18 +299,18 @@ def test_bad_circuit_state_raises_input_error(graph, state):
         CircuitView(graph=graph, state=state)
 
 
-def test_attention_bad_state_raises(model):
+def test_attention_bad_state_raises(tiny_llama):
     with pytest.raises(InputError, match="show_scores"):
-        AttentionView(model, PROBE, state={"show_scores": "<b>"})
+        AttentionView(tiny_llama, PROBE, state={"show_scores": "<b>"})
 
 
-def test_good_state_round_trips(heads, model, pairs, logits_before):
-    view = PatchingView(heads, model=model, pairs=pairs)
+def test_good_state_round_trips(heads, tiny_llama, tiny_pairs, logits_before):
+    view = PatchingView(heads, model=tiny_llama, pairs=tiny_pairs)
     view.ablate(["L1H0", "MLP0"], mode="mean")
     view.selected = "L1H0"
-    again = PatchingView(heads, model=model, pairs=pairs, state=view.state)
+    again = PatchingView(heads, model=tiny_llama, pairs=tiny_pairs, state=view.state)
     assert again.state == view.state and again.result == view.result
-    healthy(again, model, logits_before)
+    healthy(again, tiny_llama, logits_before)
 
 
 # ---------------------------------------------------------------------- message limits
@@ -344,7 +334,7 @@ BIG = "x" * (10 * 2**20)
     ids=lambda v: None if isinstance(v, (dict, str)) else str(v),
 )
 def test_oversized_messages_are_refused_without_echo(
-    circuit, attention, model, logits_before, content, expect
+    circuit, attention, tiny_llama, logits_before, content, expect
 ):
     view = attention if content["type"] == "request_layer" else circuit
     before = synced(view)
@@ -354,7 +344,7 @@ def test_oversized_messages_are_refused_without_echo(
     assert reply["type"] == "error" and expect in reply["message"]
     assert len(json.dumps(reply)) < 1000 and len(view.error) < 700  # never the input back
     assert synced(view) == before
-    healthy(view, model, logits_before)
+    healthy(view, tiny_llama, logits_before)
 
 
 def test_echoed_values_are_cut(circuit, graph):
@@ -379,7 +369,7 @@ def test_faithfulness_at_the_limit_is_answered(circuit):
 # ---------------------------------------------------------------------- on_msg routing
 
 
-def test_user_callbacks_get_messages_the_view_does_not_handle(patching, model, logits_before):
+def test_user_callbacks_get_messages_the_view_does_not_handle(patching, tiny_llama, logits_before):
     got = []
 
     def mine(widget, content, buffers):
@@ -404,7 +394,7 @@ def test_user_callbacks_get_messages_the_view_does_not_handle(patching, model, l
     wire.custom({"type": "my_event"})  # no callback: the page is told
     (reply,) = wire.customs()
     assert reply["type"] == "error" and "ablate" in reply["message"]
-    healthy(patching, model, logits_before)
+    healthy(patching, tiny_llama, logits_before)
 
 
 def test_reserved_message_types():
@@ -417,7 +407,22 @@ def test_demo_model_refuses_a_forged_update(demo_model):
     pairs = cv.PromptPairs(
         ["The capital of France is"], ["The capital of Italy is"], [" Paris"], [" Rome"]
     )
-    result = cv.attribution_patch(demo_model, pairs, over="heads")
+    n_layers, n_heads = demo_model.cfg.n_layers, demo_model.cfg.n_heads
+    result = PatchResult(  # a blank map: the view's clicks are what is under test
+        values=torch.zeros(n_layers, n_heads),
+        axes=("layer", "head"),
+        labels={
+            "layer": [f"L{i}" for i in range(n_layers)],
+            "head": [f"H{h}" for h in range(n_heads)],
+        },
+        target="heads",
+        direction="denoise",
+        method="activation",
+        metric="logit_diff",
+        clean=0.0,
+        corrupted=0.0,
+        tokens=[],
+    )
     view = PatchingView(result, model=demo_model, pairs=pairs)
     before_logits = demo_model(PROBE).detach().clone()
     before = synced(view)
@@ -489,14 +494,16 @@ ABSURD_GRAPHS = [
 @pytest.mark.parametrize(
     ("data", "expect"), ABSURD_GRAPHS, ids=[str(i) for i in range(len(ABSURD_GRAPHS))]
 )
-def test_absurd_graph_json_is_refused_before_allocating(data, expect, model, pairs, logits_before):
+def test_absurd_graph_json_is_refused_before_allocating(
+    data, expect, tiny_llama, tiny_pairs, logits_before
+):
     with pytest.raises(InputError, match=expect) as info:
-        CircuitView(graph=data, model=model, pairs=pairs)
+        CircuitView(graph=data, model=tiny_llama, pairs=tiny_pairs)
     assert len(str(info.value)) < 400  # names the field, never echoes it
     with pytest.raises(InputError):
         cv.Graph.from_json(data)
-    assert not has_hooks(model)
-    assert torch.equal(model(PROBE), logits_before)
+    assert not has_hooks(tiny_llama)
+    assert torch.equal(tiny_llama(PROBE), logits_before)
 
 
 def test_graph_from_json_refuses_shapes_too_big_to_hold(graph):

@@ -269,21 +269,13 @@ class AblationView(View):
         self._last: AblationResult | None = None
         self.can_ablate = model is not None and pairs is not None
 
-    @t.validate("mode")
-    def _check_mode(self, proposal: Any) -> str:
-        if proposal["value"] not in MODES:
-            raise t.TraitError(
-                f"Unknown ablation mode {quote(proposal['value'])}: use one of {list(MODES)}."
-            )
-        return proposal["value"]
-
-    @t.validate("metric")
-    def _check_metric(self, proposal: Any) -> str:
-        if proposal["value"] not in METRICS:
-            raise t.TraitError(
-                f"Unknown metric {quote(proposal['value'])}: use one of {list(METRICS)}."
-            )
-        return proposal["value"]
+    @t.validate("mode", "metric")
+    def _check_choice(self, proposal: Any) -> str:
+        name, value = proposal["trait"].name, proposal["value"]
+        what, allowed = {"mode": ("ablation mode", MODES), "metric": ("metric", METRICS)}[name]
+        if value not in allowed:
+            raise t.TraitError(f"Unknown {what} {quote(value)}: use one of {list(allowed)}.")
+        return value
 
     @property
     def ablation(self) -> AblationResult | None:

@@ -21,7 +21,7 @@ import traitlets as t
 from ..engine import InputError, PromptPairs
 from ..engine._results import ablation_target
 from ..engine.graph import Graph, circuit
-from ..engine.graph._schema import check_graph_json
+from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
 from ._codec import decode, encode
 
@@ -138,19 +138,7 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
         if src
         else None
     )
-    meta = (
-        "model",
-        "method",
-        "metric",
-        "per_position",
-        "n_layers",
-        "n_heads",
-        "tokens",
-        "clean",
-        "corrupted",
-        "prompts",
-    )
-    out = {k: data[k] for k in meta if k in data}
+    out = {k: data[k] for k in GRAPH_META if k in data}
     out.setdefault(
         "n_layers", 1 + max((n["layer"] for n in nodes if n["type"] in ("head", "mlp")), default=0)
     )

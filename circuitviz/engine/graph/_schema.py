@@ -26,9 +26,9 @@ MAX_DENSE_CELLS = 2**28
 MAX_ID_CHARS = 64
 MAX_TEXT_CHARS = 1000
 NODE_TYPES = ("embed", "head", "mlp", "logits")
-WHOLE_KEYS = (
+#: The metadata of a whole graph (``Graph.to_dict``) besides its nodes and edges.
+GRAPH_META = (
     "model",
-    "prompts",
     "method",
     "metric",
     "per_position",
@@ -37,9 +37,9 @@ WHOLE_KEYS = (
     "tokens",
     "clean",
     "corrupted",
-    "nodes",
-    "edges",
+    "prompts",
 )
+WHOLE_KEYS = (*GRAPH_META, "nodes", "edges")
 
 
 def _short(value: Any) -> str:
