@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -254,6 +256,27 @@ def test_any_update_is_applied_whole_or_not_at_all(circuit, update):
 def test_forged_updates_leave_model_and_view_working(circuit, tiny_llama, logits_before):
     """Run after the property test: the view survived every update it tried."""
     healthy(circuit, tiny_llama, logits_before)
+
+
+VIEWS = (AttentionView, PatchingView, CircuitView)
+JS_SRC = Path(__file__).parent.parent / "js" / "src"
+
+
+def page_writes(path: Path) -> set[str]:
+    """Traits a front-end module writes (``model.set("name", ...)``)."""
+    return set(re.findall(r"model\.set\(\s*[\"'](\w+)[\"']", path.read_text()))
+
+
+@pytest.mark.parametrize("view", VIEWS, ids=lambda v: v.__name__)
+def test_frontend_traits_match_what_the_page_writes(view):
+    """A trait the page writes but the class does not declare would be refused in use."""
+    assert page_writes(JS_SRC / f"{view.BUNDLE}.ts") <= view.FRONTEND_TRAITS
+    synced = {name for name, trait in view.class_traits().items() if trait.metadata.get("sync")}
+    assert view.FRONTEND_TRAITS <= synced
+    shared = [f for f in JS_SRC.glob("*.ts") if f.stem not in {v.BUNDLE for v in VIEWS}]
+    common = frozenset.intersection(*(v.FRONTEND_TRAITS for v in VIEWS))
+    for module in shared:  # modules several views import may write only what all accept
+        assert page_writes(module) <= common, module.name
 
 
 # ------------------------------------------------------------------------- state restore
