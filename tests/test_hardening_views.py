@@ -564,3 +564,81 @@ def test_mutated_graph_json_is_drawn_or_refused(node, field, value, top, top_val
     except InputError:
         return
     assert view.figure().data  # drawn, in bounded time and memory
+
+
+# ---------------------------------------------------------------------- in a real JupyterLab
+
+FORGER = '''
+import traitlets
+from circuitviz.views._base import View
+
+class Forger(View):
+    """A circuitviz View whose page writes a trait it does not own, and one it does."""
+    _esm = """
+    function render({ model, el }) {
+      const button = (role, act) => {
+        const b = document.createElement("button");
+        b.dataset.role = role;
+        b.textContent = role;
+        b.addEventListener("click", act);
+        return b;
+      };
+      const owned = document.createElement("span");
+      owned.dataset.role = "owned";
+      const selected = document.createElement("span");
+      selected.dataset.role = "selected";
+      const error = document.createElement("span");
+      error.dataset.role = "error";
+      const show = () => {
+        owned.textContent = String(model.get("owned"));
+        selected.textContent = model.get("selected");
+        error.textContent = model.get("error");
+      };
+      const forge = button("forge", () => { model.set("owned", 999); model.save_changes(); show(); });
+      const select = button("select", () => { model.set("selected", "L0H1"); model.save_changes(); });
+      for (const name of ["owned", "selected", "error"]) model.on(`change:${name}`, show);
+      show();
+      el.append(forge, select, owned, selected, error);
+    }
+    export default { render };
+    """
+    owned = traitlets.Int(1).tag(sync=True)
+
+forger = Forger()
+display(forger)
+print("FORGER_READY")
+'''
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_page_write_to_a_kernel_owned_trait_is_reverted_in_jupyterlab(jupyter_server, page):
+    """Through real Jupyter comms: the page's optimistic value is replaced by the kernel's,
+    the refusal is shown, and an allowed write still goes through."""
+    try:  # tests/ may or may not be a package
+        from tests.conftest import kernel_eval
+        from tests.test_e2e_jupyter import open_notebook, run_all_cells, write_notebook
+    except ImportError:
+        from conftest import kernel_eval
+        from test_e2e_jupyter import open_notebook, run_all_cells, write_notebook
+
+    name = "forger.ipynb"
+    write_notebook(jupyter_server.root_dir / name, [FORGER])
+    open_notebook(page, jupyter_server.lab_url(name))
+    run_all_cells(page, "FORGER_READY")
+    page.locator('[data-role="forge"]').click()
+    page.wait_for_function(
+        """() => document.querySelector('[data-role="owned"]').textContent === "1"
+              && document.querySelector('[data-role="error"]').textContent
+                   .startsWith("Update refused")"""
+    )
+    page.locator('[data-role="select"]').click()
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=\"selected\"]').textContent === 'L0H1'"
+    )
+    client = jupyter_server.kernel_client(name)
+    try:
+        out = kernel_eval(client, "print(forger.owned, forger.selected, forger.error[:14])")
+    finally:
+        client.stop_channels()
+    assert out.split() == ["1", "L0H1", "Update", "refused"]
