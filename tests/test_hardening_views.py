@@ -353,6 +353,7 @@ BIG = "x" * (10 * 2**20)
         ({"type": "ablate", "components": [], **{f"k{i}": 0 for i in range(40)}}, "keys"),
         ({"type": "ablate", "components": [], "request": BIG}, "character"),
         ({"type": "request_layer", "layer": BIG}, "character"),
+        ({"type": "ablate", "components": [["L0H1"] * 1000] * 100}, "in all"),
     ],
     ids=lambda v: None if isinstance(v, (dict, str)) else str(v),
 )

@@ -60,27 +60,37 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
-def check_size(value: Any, where: str, depth: int = 0) -> None:
-    """Refuse page-sent data over the :data:`MAX_ITEMS` / :data:`MAX_TEXT` / :data:`MAX_DEPTH` /
-    :data:`MAX_KEYS` limits (InputError naming the place, never echoing the data)."""
-    if depth > MAX_DEPTH:
-        raise InputError(f"{where} nests deeper than {MAX_DEPTH} levels.")
-    if isinstance(value, str):
-        if len(value) > MAX_TEXT:
-            raise InputError(f"{where} is a {len(value)}-character string; at most {MAX_TEXT}.")
-    elif isinstance(value, (list, tuple)):
-        if len(value) > MAX_ITEMS:
-            raise InputError(f"{where} has {len(value)} items; at most {MAX_ITEMS}.")
-        for i, item in enumerate(value):
-            check_size(item, f"{where}[{i}]", depth + 1)
-    elif isinstance(value, Mapping):
-        if len(value) > MAX_KEYS:
-            raise InputError(f"{where} has {len(value)} keys; at most {MAX_KEYS}.")
-        for key, item in value.items():
-            check_size(key, f"a key of {where}", depth + 1)
-            check_size(item, f"{where}[{quote(key, 40)}]", depth + 1)
-    elif not (value is None or isinstance(value, (bool, int, float))):
-        raise InputError(f"{where} is a {type(value).__name__}; expected JSON data.")
+def check_size(value: Any, where: str) -> None:
+    """Refuse page-sent data over the limits: a list of more than :data:`MAX_ITEMS` items, a
+    string over :data:`MAX_TEXT` characters, nesting deeper than :data:`MAX_DEPTH`, an object
+    of more than :data:`MAX_KEYS` keys, more than ``2 × MAX_ITEMS`` values in all, or anything
+    but JSON data. Raises InputError naming the place, never echoing the data."""
+    budget = [2 * MAX_ITEMS]
+
+    def walk(value: Any, where: str, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InputError(f"{where}: the data holds over {2 * MAX_ITEMS} values in all.")
+        if depth > MAX_DEPTH:
+            raise InputError(f"{where} nests deeper than {MAX_DEPTH} levels.")
+        if isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise InputError(f"{where} is a {len(value)}-character string; at most {MAX_TEXT}.")
+        elif isinstance(value, (list, tuple)):
+            if len(value) > MAX_ITEMS:
+                raise InputError(f"{where} has {len(value)} items; at most {MAX_ITEMS}.")
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]", depth + 1)
+        elif isinstance(value, Mapping):
+            if len(value) > MAX_KEYS:
+                raise InputError(f"{where} has {len(value)} keys; at most {MAX_KEYS}.")
+            for key, item in value.items():
+                walk(key, f"a key of {where}", depth + 1)
+                walk(item, f"{where}[{quote(key, 40)}]", depth + 1)
+        elif not (value is None or isinstance(value, (bool, int, float))):
+            raise InputError(f"{where} is a {type(value).__name__}; expected JSON data.")
+
+    walk(value, where, 0)
 
 
 def error_text(err: BaseException) -> str:
