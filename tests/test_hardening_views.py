@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ipywidgets.widgets.widget import _remove_buffers
 
 import circuitviz as cv
-from circuitviz.engine import InputError, PatchResult, has_hooks
+from circuitviz.engine import InputError, has_hooks
 from circuitviz.views import AttentionView, CircuitView, PatchingView
 from circuitviz.views._base import MAX_ITEMS, MAX_TEXT, QUOTE_CHARS
 
@@ -432,22 +432,11 @@ def test_demo_model_refuses_a_forged_update(demo_model):
     pairs = cv.PromptPairs(
         ["The capital of France is"], ["The capital of Italy is"], [" Paris"], [" Rome"]
     )
-    n_layers, n_heads = demo_model.cfg.n_layers, demo_model.cfg.n_heads
-    result = PatchResult(  # a blank map: the view's clicks are what is under test
-        values=torch.zeros(n_layers, n_heads),
-        axes=("layer", "head"),
-        labels={
-            "layer": [f"L{i}" for i in range(n_layers)],
-            "head": [f"H{h}" for h in range(n_heads)],
-        },
-        target="heads",
-        direction="denoise",
-        method="activation",
-        metric="logit_diff",
-        clean=0.0,
-        corrupted=0.0,
-        tokens=[],
-    )
+    try:  # tests/ may or may not be a package
+        from tests.test_export import hand_patch_result
+    except ImportError:
+        from test_export import hand_patch_result
+    result = hand_patch_result(["The", " capital"])  # a small map: the clicks are under test
     view = PatchingView(result, model=demo_model, pairs=pairs)
     before_logits = demo_model(PROBE).detach().clone()
     before = synced(view)
