@@ -110,18 +110,21 @@ def patch_figure(
             zmid=centre,
             zmin=centre - span,
             zmax=centre + span,
-            colorbar={"title": {"text": result.metric}},
+            colorbar={"title": {"text": text_label(result.metric)}},
             hovertemplate=(
-                f"{row_axis} %{{y}}<br>{col_axis} %{{x}}<br>{result.metric} %{{z:.4f}}<extra></extra>"
+                f"{text_label(row_axis)} %{{y}}<br>{text_label(col_axis)} %{{x}}<br>"
+                f"{text_label(result.metric)} %{{z:.4f}}<extra></extra>"
             ),
         )
     )
     fig.update_layout(
         title=title
         if title is not None
-        else f"{result.method.capitalize()} patching of {result.target} ({result.direction})",
-        xaxis={"title": AXIS_TITLES.get(col_axis, col_axis), "type": "category"},
-        yaxis={"title": AXIS_TITLES.get(row_axis, row_axis), "type": "category"},
+        else text_label(
+            f"{result.method.capitalize()} patching of {result.target} ({result.direction})"
+        ),
+        xaxis={"title": text_label(AXIS_TITLES.get(col_axis, col_axis)), "type": "category"},
+        yaxis={"title": text_label(AXIS_TITLES.get(row_axis, row_axis)), "type": "category"},
     )
     # Category axes keep their order; reversed puts layer 0 at the top, as in the widgets.
     fig.update_yaxes(autorange="reversed")
@@ -213,7 +216,7 @@ def attention_figure(
     fig = make_subplots(
         rows=1,
         cols=len(names),
-        subplot_titles=[n.replace("_", " ") for n in names],
+        subplot_titles=[text_label(n.replace("_", " ")) for n in names],
         shared_yaxes=True,
         horizontal_spacing=0.04,
     )
@@ -230,7 +233,7 @@ def attention_figure(
                 zmax=1,
                 showscale=i == len(names),
                 colorbar={"title": {"text": "score"}},
-                hovertemplate=f"{role} %{{y}}%{{x}}: %{{z:.3f}}<extra></extra>",
+                hovertemplate=f"{text_label(role)} %{{y}}%{{x}}: %{{z:.3f}}<extra></extra>",
             ),
             row=1,
             col=i,
@@ -293,7 +296,9 @@ def ablation_figure(
     )
     what = ", ".join(result.components) or "nothing"
     fig.update_layout(
-        title=title if title is not None else f"{result.mode.capitalize()}-ablating {what}",
+        title=title
+        if title is not None
+        else text_label(f"{result.mode.capitalize()}-ablating {what}"),
         barmode="group",
         bargap=0.25,
         legend={"orientation": "h", "x": 0, "y": -0.12, "yanchor": "top"},
@@ -301,6 +306,6 @@ def ablation_figure(
     fig.update_yaxes(type="category", autorange="reversed", row=1, col=1)
     fig.update_xaxes(title_text="next-token probability", row=1, col=1)
     fig.update_xaxes(type="category", row=1, col=2)
-    fig.update_yaxes(title_text=result.metric, row=1, col=2)
+    fig.update_yaxes(title_text=text_label(result.metric), row=1, col=2)
     natural = max(style.width_in * 0.5, len(tokens) * style.font_px * 2.2 / PX_PER_INCH + 0.9)
     return apply_style(fig, style, natural_height=natural)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from ..engine.graph._schema import check_graph_json
 from ._style import (
     CATEGORICAL,
     NEGATIVE,
@@ -314,7 +315,7 @@ def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
                     "opacity": [0.35 if n["id"] in ablated else 1.0 for n in members],
                     "line": {"width": 0.5, "color": "white"},
                 },
-                customdata=[[n["id"], n.get("score") or 0.0] for n in members],
+                customdata=[[text_label(n["id"]), n.get("score") or 0.0] for n in members],
                 hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}<extra></extra>",
             )
         )
@@ -399,7 +400,7 @@ def _label_trace(nodes, pos, size, geo: _Geometry, selected, *, short: bool, sty
             "color": "#222222",
             "shadow": "1px 1px 1px white, -1px -1px 1px white, 1px -1px 1px white, -1px 1px 1px white",
         },
-        customdata=[node_id for node_id, _, _, _ in labels],
+        customdata=[text_label(node_id) for node_id, _, _, _ in labels],
         hoverinfo="skip",
         showlegend=False,
         name="labels",
@@ -436,6 +437,7 @@ def graph_figure(
     nodes = data["nodes"]
     if not nodes:
         raise ExportError("This graph has no nodes to draw (prune less, or check the circuit).")
+    check_graph_json(data)  # a shared file's shapes, before they size anything
     ablated = set(ablated)
     n_layers = data.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
     pos, rows = layout_positions({**data, "n_layers": n_layers})
@@ -448,7 +450,7 @@ def graph_figure(
     title_text = (
         title
         if title is not None
-        else f"Circuit ({data.get('method', '?')}, {data.get('metric', '?')})"
+        else text_label(f"Circuit ({data.get('method', '?')}, {data.get('metric', '?')})")
     )
     margin = {
         "l": longest * font_px * CHAR_WIDTH + 10,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import atexit
 import os
-import tempfile
+import secrets
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -65,19 +66,37 @@ def check_writable(path: str | os.PathLike) -> Path:
     return target
 
 
+def _temp_beside(target: Path) -> Path:
+    """A new empty file next to ``target``, created with mode 0666 so the kernel applies the
+    umask, exactly as for a plain ``open()`` (``mkstemp`` would make it 0600)."""
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{target.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def write_atomically(target: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temp file beside ``target``, then rename it into place,
-    so a failure never leaves a partial file at ``target``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    so a failure never leaves a partial file at ``target``. Saving over a file keeps that
+    file's permissions (a private 0600 file stays private); a new file gets the permissions a
+    plain ``open()`` would give it (0666 less the umask)."""
     try:
-        write(Path(tmp))
+        mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = None
+    tmp = _temp_beside(target)
+    try:
+        write(tmp)
         if os.path.getsize(tmp) == 0:
             raise ExportError(f"Exporting {str(target)!r} produced an empty file.")
-        os.chmod(tmp, 0o644)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

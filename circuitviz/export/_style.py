@@ -44,9 +44,15 @@ CATEGORICAL = {
 _CONTROL = {"\n": "↵", "\r": "␍", "\t": "⇥"}
 
 
-def text_label(text: str) -> str:
-    """A token shown literally: plotly reads ``<b>``/``<br>`` in text as markup, so escape
-    ``& < >`` (plotly turns the entities back into characters, and its SVG escapes them)."""
+def text_label(text: Any) -> str:
+    """``text`` shown literally in a plotly figure. Every string a figure takes from data (a
+    token, node id or label, metric, model, mode or axis name: anything a user or a shared file
+    supplies) goes through here before it becomes a title, axis title, tick label, annotation,
+    legend name or hover text. Plotly reads ``<b>``, ``<i>``, ``<br>``, ``<sub>``, ``<a href=…>``
+    in text as markup (a link in an exported SVG), so ``& < >`` are escaped: plotly turns the
+    entities back into characters and its SVG escapes them. Line breaks show as ↵ ⇥ ␍.
+    An explicit ``title=`` option is the caller's own plotly text and is used as given."""
+    text = str(text)
     for char, shown in _CONTROL.items():
         text = text.replace(char, shown)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

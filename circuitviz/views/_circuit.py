@@ -21,6 +21,7 @@ import traitlets as t
 from ..engine import InputError, PromptPairs
 from ..engine._results import ablation_target
 from ..engine.graph import Graph, circuit
+from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
 from ._codec import decode, encode
 
@@ -73,6 +74,7 @@ def graph_object(data: dict[str, Any]) -> Graph | None:
 
 def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     """Validate graph JSON and turn it into the ``graph`` trait (edges binary)."""
+    check_graph_json(data)
     schema = data.get("schema", "circuitviz.graph/1")
     if not str(schema).startswith("circuitviz.graph/"):
         raise InputError(f"Not a circuitviz graph (schema {schema!r}).")
@@ -136,19 +138,7 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
         if src
         else None
     )
-    meta = (
-        "model",
-        "method",
-        "metric",
-        "per_position",
-        "n_layers",
-        "n_heads",
-        "tokens",
-        "clean",
-        "corrupted",
-        "prompts",
-    )
-    out = {k: data[k] for k in meta if k in data}
+    out = {k: data[k] for k in GRAPH_META if k in data}
     out.setdefault(
         "n_layers", 1 + max((n["layer"] for n in nodes if n["type"] in ("head", "mlp")), default=0)
     )
@@ -180,6 +170,7 @@ class CircuitView(AblationView):
     _esm = STATIC / "circuit.js"
     BUNDLE: ClassVar[str] = "circuit"
     STATE_KEYS = ("selected", "ablated", "mode", "metric", "top_n", "threshold", "pinned")
+    FRONTEND_TRAITS = frozenset({"selected", "pinned", "top_n", "threshold"})
 
     graph = t.Dict().tag(sync=True)
     """The graph: metadata and ``nodes`` as JSON, ``edges`` as binary arrays."""

@@ -19,6 +19,7 @@ from .._pairs import InputError, PromptPairs
 from . import _faithfulness as _f
 from ._layout import Layout, Receiver, shared_layout
 from ._prune import on_paths
+from ._schema import check_graph_json
 
 SCHEMA = "circuitviz.graph/1"
 _NODE_RE = re.compile(r"^(EMBED|LOGITS|MLP(\d+)|L(\d+)H(\d+))(?::P(\d+))?$")
@@ -296,7 +297,11 @@ class Graph:
 
     @classmethod
     def from_json(cls, text: str | dict) -> Graph:
+        """The Graph of :meth:`to_json`'s output (a string or its dict). Shapes are checked
+        against the node list and sane bounds first (:func:`check_graph_json`): a file that
+        declares absurd sizes is an :class:`InputError`, not a hung kernel."""
         data = json.loads(text) if isinstance(text, str) else text
+        check_graph_json(data, whole=True)  # shapes fit the nodes before anything is allocated
         if data.get("schema") != SCHEMA:
             raise InputError(f"Not a {SCHEMA} graph (schema {data.get('schema')!r}).")
         layout = shared_layout(
