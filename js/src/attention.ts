@@ -172,9 +172,9 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   const gap = 2;
   const labelW = 34;
   const cellsW = H * (cell + gap) - gap;
-  const gridW = Math.max(labelW + cellsW + 8, 250); // room for the colour bar's caption
-  const barTop = 16 + L * (cell + gap) + 6;
-  const gridH = barTop + 46;
+  const gridW = labelW + cellsW + 8;
+  const gridH = 16 + L * (cell + gap);
+  const barTop = gridH + 6; // the exported SVG's colour bar
   const gridCanvas = el("canvas", { "data-role": "grid-canvas" });
   const hits = el("div", { class: "cv-hits", style: `left:${labelW}px;top:16px` });
   const gridTip = el("div", { class: "cv-tooltip", "data-role": "grid-tooltip" });
@@ -242,23 +242,20 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     return { ticks: [0, 0.05, 0.25, 0.5, 1].map((v) => [Math.sqrt(v), String(v)]), caption: "thumbnails: max attention (√ scale)" };
   }
 
-  function drawGridLegend(ctx: CanvasRenderingContext2D): void {
+  // The grid's colour bar is DOM (text ticks), under the canvas: readable and testable.
+  const legend = el("div", { class: "cv-grid-legend", "data-role": "grid-legend", style: `position:relative;margin-left:${labelW}px;width:${cellsW}px;height:42px` });
+  grid.append(legend);
+  function drawGridLegend(): void {
     const { ticks, caption } = gridLegend();
-    for (let i = 0; i < cellsW; i++) {
+    const bar = el("canvas", { width: cellsW, height: 1, style: `display:block;width:${cellsW}px;height:10px;border:1px solid #999;box-sizing:border-box` });
+    const ctx = bar.getContext("2d");
+    if (ctx) for (let i = 0; i < cellsW; i++) {
       ctx.fillStyle = css(sequential(i / (cellsW - 1)));
-      ctx.fillRect(labelW + i, barTop, 1, 10);
+      ctx.fillRect(i, 0, 1, 1);
     }
-    ctx.strokeStyle = "#999";
-    ctx.lineWidth = 1;
-    ctx.strokeRect(labelW + 0.5, barTop + 0.5, cellsW - 1, 9);
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.fillStyle = "#222";
-    ctx.textAlign = "center";
-    ctx.textBaseline = "top";
-    for (const [pos, label] of ticks) ctx.fillText(label, labelW + pos * cellsW, barTop + 12);
-    ctx.textAlign = "left";
-    ctx.fillStyle = "#555";
-    ctx.fillText(caption, labelW, barTop + 27);
+    const tickEls = ticks.map(([pos, label]) => el("span", { "data-role": "legend-tick", style: `position:absolute;top:11px;left:${pos * cellsW}px;transform:translateX(-50%);font-size:11px` }, label));
+    const captionEl = el("span", { "data-role": "legend-caption", style: "position:absolute;top:25px;left:0;font-size:11px;color:#555;white-space:nowrap" }, caption);
+    legend.replaceChildren(bar, ...tickEls, captionEl);
   }
 
   function drawGrid(): void {
@@ -312,14 +309,14 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
         }
       }
     }
-    drawGridLegend(ctx);
+    drawGridLegend();
     for (const hit of hits.children) {
       (hit as HTMLElement).dataset.selected = String(!!sel && (hit as HTMLElement).dataset.component === `L${sel[0]}H${sel[1]}`);
     }
   }
 
   function gridSVG(): SVGSVGElement {
-    const svg = svgRoot(gridW, gridH);
+    const svg = svgRoot(Math.max(gridW, 250), barTop + 46);
     const role = model.get("show_scores");
     for (let h = 0; h < H; h++) svg.append(svgEl("text", { x: labelW + h * (cell + gap) + cell / 2, y: 12, "text-anchor": "middle" }, `H${h}`));
     for (let l = 0; l < L; l++) {
