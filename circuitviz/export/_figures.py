@@ -6,8 +6,13 @@ options of :func:`circuitviz.export.make_style`; unknown options are an error, n
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn import functional as F
 
 from ..engine._results import ablation_target
 from ._style import (
@@ -171,6 +176,9 @@ def patch_figure(
 COLOR_SCALES = ("linear", "sqrt", "log")
 #: The log scale resolves attention down to this; smaller weights share its colour.
 LOG_FLOOR = 1e-4
+#: Above this many tokens a pattern figure shows block maxima (as the view's canvas does):
+#: one cell per token would be thinner than a pixel and stripes would vanish.
+MAX_FIGURE_BINS = 400
 #: Colour-bar ticks of the √ scale (attention values; positions are their square roots).
 SQRT_TICKS = (0, 0.01, 0.05, 0.1, 0.25, 0.5, 1)
 
@@ -201,6 +209,34 @@ def attention_colors(p: Any, scale: str) -> tuple[Any, float, float, dict[str, A
         "ticktext": [("≤" if e == low else "") + f"{10.0**e:g}" for e in exponents],
     }
     return np.log10(np.clip(p, LOG_FLOOR, None)), float(low), 0.0, colorbar
+
+
+def bin_edges(n_tokens: int, bins: int) -> list[int]:
+    """Token bin boundaries for downsampling to at most ``bins`` bins: the first token (BOS,
+    where attention piles up) alone, then equal blocks (the last may be shorter)."""
+    block = math.ceil((n_tokens - 1) / max(1, bins - 1))
+    return [0, *range(1, n_tokens, block), n_tokens]
+
+
+def bin_label(tokens: list[str], start: int, stop: int) -> str:
+    """A bin's axis label: its token range and first token."""
+    if stop - start == 1:
+        return f"{start}: {tokens[start]}"
+    return f"{start}–{stop - 1}: {tokens[start]}…"
+
+
+def block_max(patterns: torch.Tensor, edges: list[int]) -> torch.Tensor:
+    """``[head, dest, src]`` patterns → ``[head, bins, bins]``: the largest weight in each
+    block of :func:`bin_edges` (max, not mean: a one-token stripe stays visible)."""
+    block = edges[2] - edges[1]
+    x = patterns.float()
+    n = len(edges) - 1
+    out = x.new_empty(x.shape[0], n, n)
+    out[:, 0, 0] = x[:, 0, 0]
+    out[:, 0, 1:] = F.max_pool1d(x[:, 0:1, 1:], block, ceil_mode=True)[:, 0]
+    out[:, 1:, 0] = F.max_pool1d(x[:, 1:, 0][:, None], block, ceil_mode=True)[:, 0]
+    out[:, 1:, 1:] = F.max_pool2d(x[:, None, 1:, 1:], block, ceil_mode=True)[:, 0]
+    return out
 
 
 def attention_figure(
@@ -240,8 +276,18 @@ def attention_figure(
                 f"No head L{layer}H{head}: this model has layers 0–{result.n_layers - 1} "
                 f"and heads 0–{result.n_heads - 1}."
             )
+        pattern = result.patterns[layer, head]
+        n_tokens = pattern.shape[-1]
         labels = [text_label(f"{i}: {t}") for i, t in enumerate(result.tokens)]
-        p = result.patterns[layer, head].float().numpy()
+        axis_note = ""
+        if n_tokens > MAX_FIGURE_BINS:
+            edges = bin_edges(n_tokens, MAX_FIGURE_BINS)
+            pattern = block_max(pattern[None], edges)[0]
+            labels = [
+                text_label(bin_label(result.tokens, a, z)) for a, z in itertools.pairwise(edges)
+            ]
+            axis_note = f", max over blocks of {edges[2] - edges[1]}"
+        p = pattern.float().numpy()
         first_key = 1 if hide_bos and p.shape[1] > 1 else 0
         z, zmin, zmax, colorbar = attention_colors(p[:, first_key:], color_scale)
         fig = go.Figure(
@@ -261,8 +307,12 @@ def attention_figure(
         hidden = " (BOS column hidden)" if first_key else ""
         fig.update_layout(
             title=title if title is not None else f"Attention of L{layer}H{head}{hidden}",
-            xaxis={"title": "key (source)", "type": "category"},
-            yaxis={"title": "query (destination)", "type": "category", "autorange": "reversed"},
+            xaxis={"title": f"key (source){axis_note}", "type": "category"},
+            yaxis={
+                "title": f"query (destination){axis_note}",
+                "type": "category",
+                "autorange": "reversed",
+            },
         )
         # Square cells: height follows the width (and the token labels need room).
         return apply_style(fig, style, natural_height=style.width_in * 0.95 + 0.3)

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from ..engine import AttentionResult, InputError, attention
 from ..engine._results import head_id
-from ..export._figures import COLOR_SCALES, LOG_FLOOR
+from ..export._figures import COLOR_SCALES, LOG_FLOOR, bin_edges, block_max
 from ._base import STATIC, View
 from ._codec import encode, row_chunks
 
@@ -267,24 +267,3 @@ class AttentionView(View):
             "(the first token keeps its own row and column). Open the view in Jupyter to see "
             "every token."
         )
-
-
-def bin_edges(n_tokens: int, bins: int) -> list[int]:
-    """Token bin boundaries for downsampling to at most ``bins`` bins: the first token (BOS,
-    where attention piles up) alone, then equal blocks (the last may be shorter)."""
-    block = math.ceil((n_tokens - 1) / max(1, bins - 1))
-    return [0, *range(1, n_tokens, block), n_tokens]
-
-
-def block_max(patterns: torch.Tensor, edges: list[int]) -> torch.Tensor:
-    """``[head, dest, src]`` patterns → ``[head, bins, bins]``: the largest weight in each
-    block of :func:`bin_edges` (max, not mean: a one-token stripe stays visible)."""
-    block = edges[2] - edges[1]
-    x = patterns.float()
-    n = len(edges) - 1
-    out = x.new_empty(x.shape[0], n, n)
-    out[:, 0, 0] = x[:, 0, 0]
-    out[:, 0, 1:] = F.max_pool1d(x[:, 0:1, 1:], block, ceil_mode=True)[:, 0]
-    out[:, 1:, 0] = F.max_pool1d(x[:, 1:, 0][:, None], block, ceil_mode=True)[:, 0]
-    out[:, 1:, 1:] = F.max_pool2d(x[:, None, 1:, 1:], block, ceil_mode=True)[:, 0]
-    return out
