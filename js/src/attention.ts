@@ -243,17 +243,18 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   }
 
   // The grid's colour bar is DOM (text ticks), under the canvas: readable and testable.
-  const legend = el("div", { class: "cv-grid-legend", "data-role": "grid-legend", style: `position:relative;margin-left:${labelW}px;width:${cellsW}px;height:42px` });
+  const legendW = Math.max(cellsW, 180); // a grid of few heads still gets readable ticks
+  const legend = el("div", { class: "cv-grid-legend", "data-role": "grid-legend", style: `position:relative;margin:0 8px 0 ${labelW}px;width:${legendW}px;height:42px` });
   grid.append(legend);
   function drawGridLegend(): void {
     const { ticks, caption } = gridLegend();
-    const bar = el("canvas", { width: cellsW, height: 1, style: `display:block;width:${cellsW}px;height:10px;border:1px solid #999;box-sizing:border-box` });
+    const bar = el("canvas", { width: legendW, height: 1, style: `display:block;width:${legendW}px;height:10px;border:1px solid #999;box-sizing:border-box` });
     const ctx = bar.getContext("2d");
-    if (ctx) for (let i = 0; i < cellsW; i++) {
-      ctx.fillStyle = css(sequential(i / (cellsW - 1)));
+    if (ctx) for (let i = 0; i < legendW; i++) {
+      ctx.fillStyle = css(sequential(i / (legendW - 1)));
       ctx.fillRect(i, 0, 1, 1);
     }
-    const tickEls = ticks.map(([pos, label]) => el("span", { "data-role": "legend-tick", style: `position:absolute;top:11px;left:${pos * cellsW}px;transform:translateX(-50%);font-size:11px` }, label));
+    const tickEls = ticks.map(([pos, label]) => el("span", { "data-role": "legend-tick", style: `position:absolute;top:11px;left:${pos * legendW}px;transform:translateX(-50%);font-size:11px` }, label));
     const captionEl = el("span", { "data-role": "legend-caption", style: "position:absolute;top:25px;left:0;font-size:11px;color:#555;white-space:nowrap" }, caption);
     legend.replaceChildren(bar, ...tickEls, captionEl);
   }
@@ -316,7 +317,7 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   }
 
   function gridSVG(): SVGSVGElement {
-    const svg = svgRoot(Math.max(gridW, 250), barTop + 46);
+    const svg = svgRoot(Math.max(gridW, labelW + legendW + 60), barTop + 46);
     const role = model.get("show_scores");
     for (let h = 0; h < H; h++) svg.append(svgEl("text", { x: labelW + h * (cell + gap) + cell / 2, y: 12, "text-anchor": "middle" }, `H${h}`));
     for (let l = 0; l < L; l++) {
@@ -337,8 +338,8 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     for (let i = 0; i <= 10; i++) grad.append(svgEl("stop", { offset: i / 10, "stop-color": css(sequential(i / 10)) }));
     const defs = svgEl("defs");
     defs.append(grad);
-    svg.append(defs, svgEl("rect", { x: labelW, y: barTop, width: cellsW, height: 10, fill: "url(#cv-grid-colorbar)", stroke: "#999" }));
-    for (const [pos, label] of ticks) svg.append(svgEl("text", { x: labelW + pos * cellsW, y: barTop + 22, "text-anchor": "middle" }, label));
+    svg.append(defs, svgEl("rect", { x: labelW, y: barTop, width: legendW, height: 10, fill: "url(#cv-grid-colorbar)", stroke: "#999" }));
+    for (const [pos, label] of ticks) svg.append(svgEl("text", { x: labelW + pos * legendW, y: barTop + 22, "text-anchor": "middle" }, label));
     svg.append(svgEl("text", { x: labelW, y: barTop + 38, fill: "#555" }, caption));
     return svg;
   }
@@ -450,8 +451,8 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
         rowLabels: labels,
         colLabels: labels.slice(first),
         rowTitle: "query",
-        colTitle: first ? "key (BOS column hidden)" : "key",
-        title: `L${l}H${h}`,
+        colTitle: "key",
+        title: first ? `L${l}H${h} (BOS column hidden)` : `L${l}H${h}`,
         colorbar: { min: 0, max: 1, label: scaleLabel(scale), scale: sequentialScale(0, 1), ticks: scaleTicks(scale, logFloor) },
         tooltip: (r, c) => `query ${binRange(info, r)} → key ${binRange(info, c + first)}\n${what} ${fmt(p[r * n + c + first], 5)}`,
       },
