@@ -4,6 +4,7 @@ standalone HTML page of a prompt whose full layers exceed the page's budget."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -240,7 +241,7 @@ def assert_legend_readable(page) -> list[str]:
     ticks = page.locator('.cv-attention [data-role="grid-legend"] [data-role="legend-tick"]')
     boxes = [ticks.nth(i).bounding_box() for i in range(ticks.count())]
     assert len(boxes) >= 2
-    for a, b in zip(boxes, boxes[1:], strict=False):
+    for a, b in itertools.pairwise(boxes):
         assert a["x"] + a["width"] <= b["x"], (a, b)
     return ticks.all_inner_texts()
 
