@@ -92,7 +92,7 @@ def test_figure_follows_the_views_options():
     np.testing.assert_allclose(trace.z, np.sqrt(p[:, 1:]), rtol=1e-6)
     np.testing.assert_allclose(trace.customdata, p[:, 1:])  # hover shows the exact weight
     assert trace.colorbar.title.text == "attention (√ scale)" and "0.25" in trace.colorbar.ticktext
-    assert "BOS column hidden" in fig.layout.title.text
+    assert "BOS hidden" in fig.layout.title.text
     view.color_scale = "log"
     log = view.figure().data[0]
     assert (log.zmin, log.zmax) == (np.log10(LOG_FLOOR), 0)
@@ -109,7 +109,7 @@ def test_long_pattern_figures_show_block_maxima_like_the_view():
     trace = attention_figure(res, layer=0, head=0, hide_bos=True).data[0]
     edges = bin_edges(MAX_FIGURE_BINS + 50, MAX_FIGURE_BINS)
     assert len(trace.y) == len(edges) - 1 <= MAX_FIGURE_BINS and len(trace.x) == len(trace.y) - 1
-    assert trace.y[0] == "0: &lt;bos&gt;" and trace.y[1] == "1–2: tok1…"  # text, not markup
+    assert trace.y[0] == "0: &lt;bos&gt;" and trace.y[1] == "1–2"  # text, not markup
     # the previous-token stripe survives: in its own block or the one before, each query
     # block holds a ~0.05 weight (a mean over the block would dilute it)
     z = np.asarray(trace.z)  # keys from bin 1: column c is bin c + 1

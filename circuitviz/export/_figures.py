@@ -219,10 +219,8 @@ def bin_edges(n_tokens: int, bins: int) -> list[int]:
 
 
 def bin_label(tokens: list[str], start: int, stop: int) -> str:
-    """A bin's axis label: its token range and first token."""
-    if stop - start == 1:
-        return f"{start}: {tokens[start]}"
-    return f"{start}–{stop - 1}: {tokens[start]}…"
+    """A bin's axis label: its token, or its token range (short: a figure has little room)."""
+    return f"{start}: {tokens[start]}" if stop - start == 1 else f"{start}–{stop - 1}"
 
 
 def block_max(patterns: torch.Tensor, edges: list[int]) -> torch.Tensor:
@@ -286,7 +284,7 @@ def attention_figure(
             labels = [
                 text_label(bin_label(result.tokens, a, z)) for a, z in itertools.pairwise(edges)
             ]
-            axis_note = f", max over blocks of {edges[2] - edges[1]}"
+            axis_note = f" · blocks of {edges[2] - edges[1]}, max"
         p = pattern.float().numpy()
         first_key = 1 if hide_bos and p.shape[1] > 1 else 0
         z, zmin, zmax, colorbar = attention_colors(p[:, first_key:], color_scale)
@@ -304,7 +302,7 @@ def attention_figure(
                 hovertemplate="query %{y}<br>key %{x}<br>attention %{customdata:.4f}<extra></extra>",
             )
         )
-        hidden = " (BOS column hidden)" if first_key else ""
+        hidden = " (BOS hidden)" if first_key else ""
         fig.update_layout(
             title=title if title is not None else f"Attention of L{layer}H{head}{hidden}",
             xaxis={"title": f"key (source){axis_note}", "type": "category"},
