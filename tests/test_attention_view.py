@@ -346,6 +346,25 @@ def test_2000_tokens_at_full_resolution(long_attention, tmp_path, wide_page, art
     assert wide_page.evaluate(TOKEN_STYLES) != before
     wide_page.mouse.move(5, 5)
     assert wide_page.evaluate(TOKEN_STYLES) == before
+    hover_ms = wide_page.evaluate(
+        """() => {
+            const box = document.querySelector('.cv-attention [data-role="tokens"]');
+            const times = [];
+            for (const i of [1999, 1000, 5, 1500]) {
+                const t0 = performance.now();
+                box.children[i].dispatchEvent(new MouseEvent("mouseover", { bubbles: true }));
+                times.push(performance.now() - t0);
+            }
+            box.dispatchEvent(new MouseEvent("mouseleave"));
+            return times;
+        }"""
+    )
+    summary.append(
+        f"AttentionView, {N_TOKENS} tokens: token hover recolours every token in "
+        f"{max(hover_ms):.0f} ms (worst of 4)"
+    )
+    assert max(hover_ms) < 250, hover_ms
+    assert wide_page.evaluate(TOKEN_STYLES) == before
 
     # hide BOS: at the same point near the plot's left edge the tooltip names the next key
     focus = wide_page.locator('.cv-attention [data-role="focus"]')

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 import traitlets as t
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from ..engine import AttentionResult, InputError, attention
 from ..engine._results import head_id
@@ -238,7 +239,8 @@ class AttentionView(View):
         room = budget - (full if first_full else 0)
         bins = math.isqrt(room // (2 * self.n_heads * len(shared)))
         replies = [self._reply(first, self.layer_messages(first))] if first_full else []
-        for layer in shared:
+        # block maxima of 30 layers of a 2,000-token prompt take ~20 s on a laptop CPU
+        for layer in tqdm(shared, desc="downsampling layers for the page", leave=False):
             if bins >= MIN_BINS:
                 notice = self._downsampled_notice(layer, full, budget, bin_edges(n_tokens, bins))
                 msgs = self.layer_messages(layer, bins=bins, notice=notice)
