@@ -481,20 +481,20 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
       } else setText(error, msg.message ?? "error");
     }
   });
-  const saveTrait = <K extends keyof AttentionTraits>(key: K, value: AttentionTraits[K]) => {
-    model.set(key, value);
-    model.save_changes();
-  };
+  // Each write names its trait literally: a test checks them against FRONTEND_TRAITS.
   roleSelect.addEventListener("change", () => {
-    saveTrait("show_scores", roleSelect.value);
+    model.set("show_scores", roleSelect.value);
+    model.save_changes();
     drawGrid();
   });
   scaleSelect.addEventListener("change", () => {
-    saveTrait("color_scale", scaleSelect.value);
+    model.set("color_scale", scaleSelect.value);
+    model.save_changes();
     focus();
   });
   hideBos.addEventListener("change", () => {
-    saveTrait("hide_bos", hideBos.checked);
+    model.set("hide_bos", hideBos.checked);
+    model.save_changes();
     focus();
   });
   model.on("change:show_scores", () => {
