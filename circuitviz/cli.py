@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ANALYSES = ("attention", "patch", "attribution", "circuit")
+COLOR_SCALES = ("linear", "sqrt", "log")  # circuitviz.export._figures.COLOR_SCALES
 TINY_MODELS = {"tiny-llama": "llama", "tiny-gpt2": "gpt2"}
 PAIR_KEYS = ("clean", "corrupted", "answers", "wrong_answers")
 EXIT_BAD_INPUT = 2
@@ -98,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="attention: the head (with --layer; without both, the head-role scores)",
     )
+    how.add_argument(
+        "--hide-bos",
+        action="store_true",
+        default=None,
+        help="attention (with --layer/--head): leave out the first key column (BOS)",
+    )
+    how.add_argument(
+        "--color-scale",
+        choices=COLOR_SCALES,
+        default=None,
+        help="attention (with --layer/--head): linear (default), sqrt or log colours",
+    )
     how.add_argument("--top-n", type=int, default=None, help="circuit: keep the N strongest edges")
     how.add_argument(
         "--threshold", type=float, default=None, help="circuit: keep edges with |weight| >= T"
@@ -139,6 +152,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         "direction": ("patch", "attribution"),
         "layer": ("attention",),
         "head": ("attention",),
+        "hide_bos": ("attention",),
+        "color_scale": ("attention",),
         "top_n": ("circuit",),
         "threshold": ("circuit",),
     }
@@ -150,6 +165,10 @@ def check_arguments(args: argparse.Namespace) -> None:
             )
     if (args.layer is None) != (args.head is None):
         raise CliError("give both --layer and --head (one head's pattern), or neither.")
+    if args.layer is None and (args.hide_bos or args.color_scale):
+        raise CliError(
+            "--hide-bos and --color-scale apply to one head's pattern: give --layer and --head."
+        )
     if args.n < 1:
         raise CliError(f"--n must be at least 1, got {args.n}.")
 
@@ -214,7 +233,8 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
     """The result object and the figure options that go with it."""
     if args.analysis == "attention":
         result = _engine("attention")(model, pairs.clean[0])
-        return result, {"layer": args.layer, "head": args.head}
+        shown = {"hide_bos": args.hide_bos, "color_scale": args.color_scale}
+        return result, {"layer": args.layer, "head": args.head, **shown}
     if args.analysis in ("patch", "attribution"):
         fn = _engine("patch" if args.analysis == "patch" else "attribution_patch")
         over = args.over or "heads"
@@ -234,6 +254,19 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
     if hasattr(graph, "prune"):  # prune once, so the HTML page shows the same graph
         return graph.prune(top_n=top_n, threshold=args.threshold), {}
     return graph, {"top_n": top_n, "threshold": args.threshold}
+
+
+def html_object(result: Any, figure_options: dict[str, Any]) -> Any:
+    """What the .html page shows: an attention result as a view focused on --layer/--head
+    with --hide-bos and --color-scale, so the page opens on what the static figure shows."""
+    if type(result).__name__ != "AttentionResult":
+        return result
+    from circuitviz.views import AttentionView
+
+    state = {k: v for k, v in figure_options.items() if k in ("hide_bos", "color_scale")}
+    if "layer" in figure_options:
+        state["selected"] = f"L{figure_options['layer']}H{figure_options['head']}"
+    return AttentionView(result, state=state)
 
 
 def run_figure(args: argparse.Namespace) -> int:
@@ -257,7 +290,7 @@ def run_figure(args: argparse.Namespace) -> int:
         fig = figure_of(result, **figure_options, **style)
         written += save_many(fig, static, **style)
     if html:
-        written += save_many(result, html)
+        written += save_many(html_object(result, figure_options), html)
     for path in written:
         print(path)
     return 0

@@ -6,8 +6,13 @@ options of :func:`circuitviz.export.make_style`; unknown options are an error, n
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn import functional as F
 
 from ..engine._results import ablation_target
 from ._style import (
@@ -26,7 +31,16 @@ if TYPE_CHECKING:
 
     from ..engine._results import AblationResult, AttentionResult, PatchResult
 
-__all__ = ["DIVERGING", "ablation_figure", "attention_figure", "patch_figure", "text_label"]
+__all__ = [
+    "COLOR_SCALES",
+    "DIVERGING",
+    "LOG_FLOOR",
+    "ablation_figure",
+    "attention_colors",
+    "attention_figure",
+    "patch_figure",
+    "text_label",
+]
 
 # Okabe–Ito grey, blue and vermillion (colour-blind safe) for before / after / corrupted.
 BEFORE, AFTER, CORRUPTED = "#999999", "#0072B2", "#D55E00"
@@ -161,6 +175,71 @@ def patch_figure(
     return apply_style(fig, style, natural_height=_heatmap_height(style, len(rows)))
 
 
+#: Colour scales of attention patterns (AttentionView.color_scale, attention_figure).
+COLOR_SCALES = ("linear", "sqrt", "log")
+#: The log scale resolves attention down to this; smaller weights share its colour.
+LOG_FLOOR = 1e-4
+#: Above this many tokens a pattern figure shows block maxima (as the view's canvas does):
+#: one cell per token would be thinner than a pixel and stripes would vanish.
+MAX_FIGURE_BINS = 400
+#: Colour-bar ticks of the √ scale (attention values; positions are their square roots).
+SQRT_TICKS = (0, 0.01, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+def attention_colors(p: Any, scale: str) -> tuple[Any, float, float, dict[str, Any]]:
+    """What a heatmap's colour encodes for attention ``p`` on ``scale``: the transformed
+    values, their range, and a colour bar whose ticks read as attention weights (the same
+    scale and ticks as ``js/src/attention.ts``)."""
+    import numpy as np
+
+    if scale not in COLOR_SCALES:
+        raise ExportError(f"Unknown color_scale {scale!r}: use one of {COLOR_SCALES}.")
+    if scale == "linear":
+        return p, 0.0, 1.0, {"title": {"text": "attention"}}
+    if scale == "sqrt":
+        ticks = list(SQRT_TICKS)
+        colorbar = {
+            "title": {"text": "attention (√ scale)"},
+            "tickvals": [float(np.sqrt(v)) for v in ticks],
+            "ticktext": [f"{v:g}" for v in ticks],
+        }
+        return np.sqrt(np.clip(p, 0, None)), 0.0, 1.0, colorbar
+    low = int(np.log10(LOG_FLOOR))
+    exponents = list(range(low, 1))
+    colorbar = {
+        "title": {"text": "attention (log scale)"},
+        "tickvals": exponents,
+        "ticktext": [("≤" if e == low else "") + f"{10.0**e:g}" for e in exponents],
+    }
+    return np.log10(np.clip(p, LOG_FLOOR, None)), float(low), 0.0, colorbar
+
+
+def bin_edges(n_tokens: int, bins: int) -> list[int]:
+    """Token bin boundaries for downsampling to at most ``bins`` bins: the first token (BOS,
+    where attention piles up) alone, then equal blocks (the last may be shorter)."""
+    block = math.ceil((n_tokens - 1) / max(1, bins - 1))
+    return [0, *range(1, n_tokens, block), n_tokens]
+
+
+def bin_label(tokens: list[str], start: int, stop: int) -> str:
+    """A bin's axis label: its token, or its token range (short: a figure has little room)."""
+    return f"{start}: {tokens[start]}" if stop - start == 1 else f"{start}–{stop - 1}"
+
+
+def block_max(patterns: torch.Tensor, edges: list[int]) -> torch.Tensor:
+    """``[head, dest, src]`` patterns → ``[head, bins, bins]``: the largest weight in each
+    block of :func:`bin_edges` (max, not mean: a one-token stripe stays visible)."""
+    block = edges[2] - edges[1]
+    x = patterns.float()
+    n = len(edges) - 1
+    out = x.new_empty(x.shape[0], n, n)
+    out[:, 0, 0] = x[:, 0, 0]
+    out[:, 0, 1:] = F.max_pool1d(x[:, 0:1, 1:], block, ceil_mode=True)[:, 0]
+    out[:, 1:, 0] = F.max_pool1d(x[:, 1:, 0][:, None], block, ceil_mode=True)[:, 0]
+    out[:, 1:, 1:] = F.max_pool2d(x[:, None, 1:, 1:], block, ceil_mode=True)[:, 0]
+    return out
+
+
 def attention_figure(
     result: AttentionResult,
     *,
@@ -168,41 +247,73 @@ def attention_figure(
     head: int | None = None,
     roles: tuple[str, ...] | None = None,
     title: str | None = None,
+    hide_bos: bool = False,
+    color_scale: str = "linear",
     **options: Any,
 ) -> go.Figure:
-    """One head's query × key pattern (``layer`` and ``head`` given), else head-role scores."""
+    """One head's query × key pattern (``layer`` and ``head`` given), else head-role scores.
+
+    ``hide_bos``: leave out the first key column (the BOS token, where most heads park
+    attention); ``color_scale``: ``"linear"``, ``"sqrt"`` or ``"log"`` (see
+    :data:`COLOR_SCALES`), as the AttentionView's options of the same names.
+    """
     import plotly.graph_objects as go
 
     style, rest = split_style(options)
-    reject_unknown(rest, "attention_figure", ("layer", "head", "roles", "title"))
+    reject_unknown(
+        rest, "attention_figure", ("layer", "head", "roles", "title", "hide_bos", "color_scale")
+    )
     if result.patterns.numel() == 0:
         raise ExportError("This AttentionResult is empty (no layers, heads or tokens).")
     if (layer is None) != (head is None):
         raise ExportError("Give both layer= and head= for one head's pattern, or neither.")
+    if layer is None and (hide_bos or color_scale != "linear"):
+        raise ExportError(
+            "hide_bos= and color_scale= apply to one head's pattern: give layer= and head=."
+        )
     if layer is not None:
         if not (0 <= layer < result.n_layers and 0 <= head < result.n_heads):
             raise ExportError(
                 f"No head L{layer}H{head}: this model has layers 0–{result.n_layers - 1} "
                 f"and heads 0–{result.n_heads - 1}."
             )
+        pattern = result.patterns[layer, head]
+        n_tokens = pattern.shape[-1]
         labels = [text_label(f"{i}: {t}") for i, t in enumerate(result.tokens)]
-        z = result.patterns[layer, head].float().numpy()
+        axis_note = ""
+        if n_tokens > MAX_FIGURE_BINS:
+            edges = bin_edges(n_tokens, MAX_FIGURE_BINS)
+            pattern = block_max(pattern[None], edges)[0]
+            labels = [
+                text_label(bin_label(result.tokens, a, z)) for a, z in itertools.pairwise(edges)
+            ]
+            axis_note = f" · blocks of {edges[2] - edges[1]}, max"
+        p = pattern.float().numpy()
+        first_key = 1 if hide_bos and p.shape[1] > 1 else 0
+        z, zmin, zmax, colorbar = attention_colors(p[:, first_key:], color_scale)
         fig = go.Figure(
             go.Heatmap(
                 z=z,
-                x=labels,
+                x=labels[first_key:],
                 y=labels,
                 colorscale=SEQUENTIAL,
-                zmin=0,
-                zmax=1,
-                colorbar={"title": {"text": "attention"}},
-                hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>",
+                zmin=zmin,
+                zmax=zmax,
+                colorbar=colorbar,
+                # the exact weight on hover, whatever the colour scale
+                customdata=p[:, first_key:],
+                hovertemplate="query %{y}<br>key %{x}<br>attention %{customdata:.4f}<extra></extra>",
             )
         )
+        hidden = " (BOS hidden)" if first_key else ""
         fig.update_layout(
-            title=title if title is not None else f"Attention of L{layer}H{head}",
-            xaxis={"title": "key (source)", "type": "category"},
-            yaxis={"title": "query (destination)", "type": "category", "autorange": "reversed"},
+            title=title if title is not None else f"Attention of L{layer}H{head}{hidden}",
+            xaxis={"title": f"key (source){axis_note}", "type": "category"},
+            yaxis={
+                "title": f"query (destination){axis_note}",
+                "type": "category",
+                "autorange": "reversed",
+            },
         )
         # Square cells: height follows the width (and the token labels need room).
         return apply_style(fig, style, natural_height=style.width_in * 0.95 + 0.3)

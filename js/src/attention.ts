@@ -1,8 +1,10 @@
 // AttentionView: a layer × head grid of thumbnails; the focused head as a query × key heatmap
 // and as the prompt's text. Thumbnails arrive with the widget; a layer's full patterns
 // (float16) only when one of its heads is focused: {type: "request_layer", layer} → chunks.
+// A standalone HTML page may answer with a downsampled layer: the chunks then carry the token
+// bins' `edges` and a `notice` the view shows above the heatmap.
 import { decode, type EncodedArray } from "./codec";
-import { css, sequential, sequentialScale } from "./colors";
+import { css, type RGB, sequential, sequentialScale, textOn } from "./colors";
 import { el, fmt, root, select, setText, showToken, truncate } from "./dom";
 import { exportButtons, svgEl, svgRoot } from "./export";
 import { Heatmap } from "./heatmap";
@@ -10,6 +12,12 @@ import type { AnyModel, AttentionTraits } from "./types";
 
 export const ROLES = ["", "previous_token", "duplicate_token", "induction"];
 const ROLE_LABELS: Record<string, string> = { "": "patterns", previous_token: "previous-token score", duplicate_token: "duplicate-token score", induction: "induction score" };
+export const COLOR_SCALES = ["linear", "sqrt", "log"];
+const SCALE_LABELS: Record<string, string> = { linear: "linear", sqrt: "√ (sqrt)", log: "log" };
+/** Colour-bar ticks of the √ scale: attention values (python: export/_figures.SQRT_TICKS). */
+const SQRT_TICKS = [0, 0.01, 0.05, 0.1, 0.25, 0.5, 1];
+/** Text highlight colour of "what this token attends to". */
+const ATTENDS: RGB = [33, 102, 172];
 
 interface LayerChunk {
   type: "layer";
@@ -17,14 +25,28 @@ interface LayerChunk {
   head: number;
   row0: number;
   row1: number;
+  /** Rows (and columns) of the pattern sent: tokens, or token bins when downsampled. */
   n_pos: number;
+  n_tokens?: number;
   chunks: number;
   dtype: "float16" | "float32";
+  /** Downsampled only: bin b holds tokens edges[b] … edges[b + 1] - 1. */
+  edges?: number[];
+  notice?: string;
+}
+
+/** How a layer's pattern maps to tokens: n × n cells, token i in cell row/column bin[i]. */
+export interface LayerInfo {
+  n: number;
+  edges: number[] | null;
+  bin: Int32Array;
+  notice: string;
 }
 
 /** Reassembles one layer's [head, dest, src] patterns from row chunks. */
 export class LayerStore {
   private heads = new Map<number, Float32Array[]>();
+  private infos = new Map<number, LayerInfo>();
   private received = new Map<number, number>();
   private done = new Set<number>();
 
@@ -36,8 +58,10 @@ export class LayerStore {
   add(msg: LayerChunk, buffer: DataView | ArrayBuffer | ArrayBufferView): boolean {
     let heads = this.heads.get(msg.layer);
     if (!heads) {
-      heads = Array.from({ length: this.nHeads }, () => new Float32Array(this.nPos * this.nPos));
+      const n = msg.n_pos;
+      heads = Array.from({ length: this.nHeads }, () => new Float32Array(n * n));
       this.heads.set(msg.layer, heads);
+      this.infos.set(msg.layer, layerInfo(this.nPos, n, msg.edges ?? null, msg.notice ?? ""));
     }
     const rows = msg.row1 - msg.row0;
     const { data } = decode({ view: buffer, dtype: msg.dtype, shape: [rows, msg.n_pos] } as EncodedArray);
@@ -52,9 +76,55 @@ export class LayerStore {
     return this.done.has(layer);
   }
 
+  info(layer: number): LayerInfo | null {
+    return this.done.has(layer) ? this.infos.get(layer)! : null;
+  }
+
   pattern(layer: number, head: number): Float32Array | null {
     return this.done.has(layer) ? this.heads.get(layer)![head] : null;
   }
+}
+
+function layerInfo(nTokens: number, n: number, edges: number[] | null, notice: string): LayerInfo {
+  const bin = new Int32Array(nTokens);
+  for (let i = 0; i < nTokens; i++) bin[i] = i;
+  if (edges) for (let b = 0; b + 1 < edges.length; b++) bin.fill(b, edges[b], edges[b + 1]);
+  return { n, edges, bin, notice };
+}
+
+/** Where attention p sits on a colour scale, in [0, 1] (python: export/_figures.attention_colors). */
+export function colorPosition(scale: string, p: number, logFloor: number): number {
+  if (scale === "sqrt") return Math.sqrt(Math.max(0, p));
+  if (scale === "log") {
+    const low = Math.log10(logFloor);
+    return (Math.log10(Math.max(p, logFloor)) - low) / -low;
+  }
+  return p;
+}
+
+/** Colour-bar ticks ([position, label]) that read as attention weights on `scale`. */
+export function scaleTicks(scale: string, logFloor: number): [number, string][] {
+  if (scale === "sqrt") return SQRT_TICKS.map((v) => [Math.sqrt(v), String(v)]);
+  if (scale === "log") {
+    const low = Math.round(Math.log10(logFloor));
+    const out: [number, string][] = [];
+    for (let e = low; e <= 0; e++) out.push([(e - low) / -low, (e === low ? "≤" : "") + String(Number((10 ** e).toPrecision(1)))]);
+    return out;
+  }
+  return [0, 0.25, 0.5, 0.75, 1].map((v) => [v, String(v)]);
+}
+
+function scaleLabel(scale: string): string {
+  return scale === "linear" ? "attention" : `attention (${scale === "sqrt" ? "√" : "log"} scale)`;
+}
+
+/** Everything hovering a token may set, back to the stylesheet's (no inline style left). */
+export function clearHover(s: HTMLElement): void {
+  s.style.removeProperty("background");
+  s.style.removeProperty("color");
+  s.style.removeProperty("border-bottom-color");
+  s.removeAttribute("data-focus");
+  s.removeAttribute("title");
 }
 
 export function parseHead(id: string): [number, number] | null {
@@ -68,14 +138,20 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   const H = model.get("n_heads");
   const tokens = model.get("tokens");
   const T = tokens.length;
+  const logFloor = model.get("log_floor") || 1e-4;
   const store = new LayerStore(H, T);
   const requested = new Set<number>();
+  const layerErrors = new Map<number, string>();
   const error = el("div", { class: "cv-error", "data-role": "error", role: "alert" });
   const roleSelect = select("role", ROLES, model.get("show_scores") || "", ROLE_LABELS);
   roleSelect.title = "Show head-role scores on the grid";
+  const scaleSelect = select("color-scale", COLOR_SCALES, model.get("color_scale") || "linear", SCALE_LABELS);
+  scaleSelect.title = "Colour scale of the focused head's pattern (√ and log show faint attention)";
+  const hideBos = el("input", { type: "checkbox", "data-role": "hide-bos" });
+  hideBos.checked = !!model.get("hide_bos");
   const focusTitle = el("div", { class: "cv-title", "data-role": "focus-title" });
   const focusBox = el("div", { class: "cv-focus", "data-role": "focus" });
-  const tokenBox = el("div", { class: "cv-tokens", "data-role": "tokens" });
+  const tokenBox = el("div", { class: "cv-tokens", "data-role": "tokens", style: "overflow-wrap:anywhere" });
   const busy = el("span", { class: "cv-busy", "data-role": "busy" }, "loading layer…");
   let heatmap: Heatmap | null = null;
   const onError = (e: unknown) => setText(error, String(e));
@@ -85,6 +161,8 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     { class: "cv-toolbar" },
     el("span", { class: "cv-title" }, `Attention · ${model.get("model_name") || "model"} · ${T} tokens`),
     el("label", {}, "grid shows ", roleSelect),
+    el("label", {}, "colour ", scaleSelect),
+    el("label", { title: "Hide the first key column: most heads park attention on BOS (the attention sink)" }, hideBos, " hide BOS column"),
     ...exportButtons("attention", buildSVG, onError),
     busy,
   );
@@ -93,8 +171,10 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   const cell = Math.max(14, Math.min(44, Math.floor(560 / Math.max(L, 1))));
   const gap = 2;
   const labelW = 34;
-  const gridW = labelW + H * (cell + gap);
+  const cellsW = H * (cell + gap) - gap;
+  const gridW = labelW + cellsW + 8;
   const gridH = 16 + L * (cell + gap);
+  const barTop = gridH + 6; // the exported SVG's colour bar
   const gridCanvas = el("canvas", { "data-role": "grid-canvas" });
   const hits = el("div", { class: "cv-hits", style: `left:${labelW}px;top:16px` });
   const gridTip = el("div", { class: "cv-tooltip", "data-role": "grid-tooltip" });
@@ -125,7 +205,10 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
       hits.append(hit);
     }
   }
-  rootEl.append(toolbar, error, el("div", { class: "cv-row cv-main" }, grid, el("div", {}, focusTitle, focusBox, tokenBox)));
+  // The focus column takes the rest of the row (basis 0) so a long prompt's text wraps
+  // inside it instead of pushing the heatmap below the grid.
+  const focusCol = el("div", { class: "cv-focus-col", style: "flex:1 1 0" }, focusTitle, focusBox, tokenBox);
+  rootEl.append(toolbar, error, el("div", { class: "cv-row cv-main" }, grid, focusCol));
 
   const scoreArrays: Record<string, Float32Array> = {};
   for (const [k, v] of Object.entries(model.get("scores") ?? {})) scoreArrays[k] = decode(v).data as Float32Array;
@@ -150,6 +233,30 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
             }
       ctx.putImageData(img, 0, 0);
     }
+  }
+
+  /** The grid's colour bar: role scores (linear 0–1) or the thumbnails' √ scale. */
+  function gridLegend(): { ticks: [number, string][]; caption: string } {
+    const role = model.get("show_scores");
+    if (role) return { ticks: [0, 0.25, 0.5, 0.75, 1].map((v) => [v, String(v)]), caption: ROLE_LABELS[role] ?? role };
+    return { ticks: [0, 0.05, 0.25, 0.5, 1].map((v) => [Math.sqrt(v), String(v)]), caption: "thumbnails: max attention (√ scale)" };
+  }
+
+  // The grid's colour bar is DOM (text ticks), under the canvas: readable and testable.
+  const legendW = Math.max(cellsW, 180); // a grid of few heads still gets readable ticks
+  const legend = el("div", { class: "cv-grid-legend", "data-role": "grid-legend", style: `position:relative;margin:0 8px 0 ${labelW}px;width:${legendW}px;height:42px` });
+  grid.append(legend);
+  function drawGridLegend(): void {
+    const { ticks, caption } = gridLegend();
+    const bar = el("canvas", { width: legendW, height: 1, style: `display:block;width:${legendW}px;height:10px;border:1px solid #999;box-sizing:border-box` });
+    const ctx = bar.getContext("2d");
+    if (ctx) for (let i = 0; i < legendW; i++) {
+      ctx.fillStyle = css(sequential(i / (legendW - 1)));
+      ctx.fillRect(i, 0, 1, 1);
+    }
+    const tickEls = ticks.map(([pos, label]) => el("span", { "data-role": "legend-tick", style: `position:absolute;top:11px;left:${pos * legendW}px;transform:translateX(-50%);font-size:11px` }, label));
+    const captionEl = el("span", { "data-role": "legend-caption", style: "position:absolute;top:25px;left:0;font-size:11px;color:#555;white-space:nowrap" }, caption);
+    legend.replaceChildren(bar, ...tickEls, captionEl);
   }
 
   function drawGrid(): void {
@@ -185,7 +292,7 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
           ctx.fillStyle = css(c);
           ctx.fillRect(x, y, cell, cell);
           if (cell >= 24) {
-            ctx.fillStyle = s > 0.5 ? "#fff" : "#000";
+            ctx.fillStyle = textOn(c);
             ctx.textAlign = "center";
             ctx.fillText(s.toFixed(2), x + cell / 2, y + cell / 2);
             ctx.textAlign = "right";
@@ -203,13 +310,14 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
         }
       }
     }
+    drawGridLegend();
     for (const hit of hits.children) {
       (hit as HTMLElement).dataset.selected = String(!!sel && (hit as HTMLElement).dataset.component === `L${sel[0]}H${sel[1]}`);
     }
   }
 
   function gridSVG(): SVGSVGElement {
-    const svg = svgRoot(gridW, gridH);
+    const svg = svgRoot(Math.max(gridW, labelW + legendW + 60), barTop + 46);
     const role = model.get("show_scores");
     for (let h = 0; h < H; h++) svg.append(svgEl("text", { x: labelW + h * (cell + gap) + cell / 2, y: 12, "text-anchor": "middle" }, `H${h}`));
     for (let l = 0; l < L; l++) {
@@ -225,6 +333,14 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
         }
       }
     }
+    const { ticks, caption } = gridLegend();
+    const grad = svgEl("linearGradient", { id: "cv-grid-colorbar", x1: 0, y1: 0, x2: 1, y2: 0 });
+    for (let i = 0; i <= 10; i++) grad.append(svgEl("stop", { offset: i / 10, "stop-color": css(sequential(i / 10)) }));
+    const defs = svgEl("defs");
+    defs.append(grad);
+    svg.append(defs, svgEl("rect", { x: labelW, y: barTop, width: legendW, height: 10, fill: "url(#cv-grid-colorbar)", stroke: "#999" }));
+    for (const [pos, label] of ticks) svg.append(svgEl("text", { x: labelW + pos * legendW, y: barTop + 22, "text-anchor": "middle" }, label));
+    svg.append(svgEl("text", { x: labelW, y: barTop + 38, fill: "#555" }, caption));
     return svg;
   }
 
@@ -242,21 +358,29 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     hoverPos = i;
     const sel = focused;
     const p = sel ? store.pattern(sel[0], sel[1]) : null;
+    const info = sel ? store.info(sel[0]) : null;
+    if (i === null || !p || !info) {
+      for (const s of spans) clearHover(s);
+      return;
+    }
+    const { n, bin } = info;
+    const scale = model.get("color_scale") || "linear";
     for (let j = 0; j < T; j++) {
       const s = spans[j];
-      if (i === null || !p) {
-        s.style.background = "";
-        s.style.borderBottomColor = "transparent";
-        s.removeAttribute("data-focus");
-        s.removeAttribute("title");
-        continue;
+      const to = p[bin[i] * n + bin[j]]; // i (query) attends to j (key); a block's max when downsampled
+      const from = p[bin[j] * n + bin[i]]; // j attends to i
+      if (j <= i) {
+        const alpha = Math.min(1, colorPosition(scale, to, logFloor)) * 0.85;
+        s.style.background = css(ATTENDS, alpha);
+        s.style.color = textOn(ATTENDS.map((c) => Math.round(255 + (c - 255) * alpha)) as RGB);
+      } else {
+        s.style.removeProperty("background");
+        s.style.removeProperty("color");
       }
-      const to = p[i * T + j]; // i (query) attends to j (key)
-      const from = p[j * T + i]; // j attends to i
-      s.style.background = j <= i ? css([33, 102, 172], Math.min(1, to) * 0.85) : "";
-      s.style.color = j <= i && to > 0.5 ? "#fff" : "";
-      s.style.borderBottomColor = j >= i ? css([230, 159, 0], Math.min(1, from)) : "transparent";
-      s.title = `attention from ${i} → ${j}: ${fmt(to, 4)}\nfrom ${j} → ${i}: ${fmt(from, 4)}`;
+      if (j >= i) s.style.borderBottomColor = css([230, 159, 0], Math.min(1, colorPosition(scale, from, logFloor)));
+      else s.style.removeProperty("border-bottom-color");
+      const approx = info.edges ? " (block max)" : "";
+      s.title = `attention from ${i} → ${j}: ${fmt(to, 4)}${approx}\nfrom ${j} → ${i}: ${fmt(from, 4)}${approx}`;
       if (j === i) s.setAttribute("data-focus", "true");
       else s.removeAttribute("data-focus");
     }
@@ -271,6 +395,19 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     return focused;
   }
 
+  /** Token range and first token of a row/column of the shown pattern. */
+  function binLabel(info: LayerInfo, b: number): string {
+    if (!info.edges) return `${b}: ${truncate(showToken(tokens[b]), 16)}`;
+    const [a, z] = [info.edges[b], info.edges[b + 1] - 1];
+    return a === z ? `${a}: ${truncate(showToken(tokens[a]), 12)}` : `${a}–${z}: ${truncate(`${showToken(tokens[a])}…`, 10)}`;
+  }
+
+  function binRange(info: LayerInfo, b: number): string {
+    if (!info.edges) return `${b} ${JSON.stringify(tokens[b])}`;
+    const [a, z] = [info.edges[b], info.edges[b + 1] - 1];
+    return a === z ? `${a} ${JSON.stringify(tokens[a])}` : `${a}–${z}`;
+  }
+
   function focus(): void {
     const sel = currentHead();
     drawGrid();
@@ -281,7 +418,14 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     const [l, h] = sel;
     setText(focusTitle, `L${l}H${h} · query (rows) × key (columns) · hover tokens below`);
     const p = store.pattern(l, h);
-    if (!p) {
+    const info = store.info(l);
+    if (!p || !info) {
+      heatmap = null;
+      const failed = layerErrors.get(l);
+      if (failed) {
+        focusBox.replaceChildren(el("div", { class: "cv-error", "data-role": "layer-notice" }, failed));
+        return;
+      }
       focusBox.replaceChildren(el("div", { class: "cv-muted", "data-role": "loading" }, `loading layer ${l}…`));
       if (!requested.has(l)) {
         requested.add(l);
@@ -290,24 +434,32 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
       }
       return;
     }
-    const labels = tokens.map((tok, i) => `${i}: ${truncate(showToken(tok), 16)}`);
+    const scale = model.get("color_scale") || "linear";
+    const n = info.n;
+    const first = model.get("hide_bos") && n > 1 ? 1 : 0; // bin 0 is the first token alone
+    const cols = n - first;
+    const values = new Float32Array(n * cols);
+    for (let r = 0; r < n; r++) for (let c = 0; c < cols; c++) values[r * cols + c] = colorPosition(scale, p[r * n + c + first], logFloor);
+    const labels = Array.from({ length: n }, (_, b) => binLabel(info, b));
+    const what = info.edges ? "largest attention in block" : "attention";
     heatmap = new Heatmap(
       {
-        rows: T,
-        cols: T,
-        colorValues: p,
+        rows: n,
+        cols,
+        colorValues: values,
         scale: sequentialScale(0, 1),
         rowLabels: labels,
-        colLabels: labels,
+        colLabels: labels.slice(first),
         rowTitle: "query",
         colTitle: "key",
-        title: `L${l}H${h}`,
-        colorbar: { min: 0, max: 1, label: "attention", scale: sequentialScale(0, 1) },
-        tooltip: (r, c) => `query ${r} ${JSON.stringify(tokens[r])} → key ${c} ${JSON.stringify(tokens[c])}\nattention ${fmt(p[r * T + c], 5)}`,
+        title: first ? `L${l}H${h} (BOS column hidden)` : `L${l}H${h}`,
+        colorbar: { min: 0, max: 1, label: scaleLabel(scale), scale: sequentialScale(0, 1), ticks: scaleTicks(scale, logFloor) },
+        tooltip: (r, c) => `query ${binRange(info, r)} → key ${binRange(info, c + first)}\n${what} ${fmt(p[r * n + c + first], 5)}`,
       },
-      { maxWidth: 560, maxHeight: 560, onHover: (r) => highlight(r) },
+      { maxWidth: 560, maxHeight: 560, onHover: (r) => highlight(r === null ? null : info.edges ? info.edges[r] : r) },
     );
-    focusBox.replaceChildren(heatmap.el);
+    const notice = info.notice ? [el("div", { class: "cv-muted", "data-role": "layer-notice", style: "max-width:640px;margin:2px 0 6px" }, info.notice)] : [];
+    focusBox.replaceChildren(...notice, heatmap.el);
     if (hoverPos !== null) highlight(hoverPos);
   }
 
@@ -319,18 +471,43 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
       }
     } else if (msg.type === "error") {
       rootEl.setAttribute("data-busy", "false");
-      if (msg.layer !== undefined) requested.delete(msg.layer);
-      setText(error, msg.message ?? "error");
+      if (msg.layer !== undefined && msg.layer !== null) {
+        // A layer that can't come (out of range, or not embedded in a standalone page): say
+        // so where its pattern would be, instead of "loading" forever.
+        requested.delete(msg.layer);
+        layerErrors.set(msg.layer, msg.message ?? "error");
+        if (focused && focused[0] === msg.layer) focus();
+        else setText(error, msg.message ?? "error");
+      } else setText(error, msg.message ?? "error");
     }
   });
+  // Each write names its trait literally: a test checks them against FRONTEND_TRAITS.
   roleSelect.addEventListener("change", () => {
     model.set("show_scores", roleSelect.value);
     model.save_changes();
     drawGrid();
   });
+  scaleSelect.addEventListener("change", () => {
+    model.set("color_scale", scaleSelect.value);
+    model.save_changes();
+    focus();
+  });
+  hideBos.addEventListener("change", () => {
+    model.set("hide_bos", hideBos.checked);
+    model.save_changes();
+    focus();
+  });
   model.on("change:show_scores", () => {
     roleSelect.value = model.get("show_scores") || "";
     drawGrid();
+  });
+  model.on("change:color_scale", () => {
+    scaleSelect.value = model.get("color_scale") || "linear";
+    focus();
+  });
+  model.on("change:hide_bos", () => {
+    hideBos.checked = !!model.get("hide_bos");
+    focus();
   });
   model.on("change:selected", () => focus());
   model.on("change:error", () => setText(error, model.get("error")));

@@ -16,7 +16,8 @@ export interface HeatmapData {
   rowTitle?: string;
   colTitle?: string;
   title?: string;
-  colorbar?: { min: number; max: number; label: string; scale: Scale };
+  /** `ticks`: [position, label] pairs (default: the ends, and 0 when inside the range). */
+  colorbar?: { min: number; max: number; label: string; scale: Scale; ticks?: [number, string][] };
   tooltip: (r: number, c: number) => string;
   component?: (r: number, c: number) => string | null;
 }
@@ -48,7 +49,8 @@ export interface Geometry {
   colStep: number;
 }
 
-/** Where everything goes. Label steps keep labels ≥ 11 px apart on dense axes. */
+/** Where everything goes. Label steps keep labels ≥ 14 px apart on dense axes (an 11 px
+ * label's box is 13 px tall, so 12 px steps made neighbours overlap). */
 export function geometry(
   rows: number,
   cols: number,
@@ -64,7 +66,7 @@ export function geometry(
   const top = colLabelH + 8 + (opts.title ? 18 : 0);
   const width = Math.max(opts.minWidth ?? 0, left + plotW + (opts.colorbar ? 72 : 10));
   const height = top + Math.max(plotH, opts.colorbar ? 120 : 0) + (opts.colorbar ? 24 : 10);
-  return { left, top, plotW, plotH, cw, ch, width, height, rowStep: Math.ceil(12 / ch), colStep: Math.ceil(12 / cw) };
+  return { left, top, plotW, plotH, cw, ch, width, height, rowStep: Math.ceil(14 / ch), colStep: Math.ceil(14 / cw) };
 }
 
 function measure(labels: string[], limit: number, chars = 24): number {
@@ -296,8 +298,7 @@ export class Heatmap {
     ctx.fillStyle = "#222";
     ctx.textAlign = "left";
     ctx.textBaseline = "middle";
-    const ticks = bar.min < 0 && bar.max > 0 ? [bar.max, 0, bar.min] : [bar.max, bar.min];
-    for (const t of ticks) ctx.fillText(fmtTick(t), x + 16, g.top + ((bar.max - t) / (bar.max - bar.min || 1)) * h);
+    for (const [t, label] of colorbarTicks(bar)) ctx.fillText(label, x + 16, g.top + ((bar.max - t) / (bar.max - bar.min || 1)) * h);
     ctx.textAlign = "left";
     ctx.textBaseline = "top";
     ctx.fillStyle = "#555";
@@ -355,9 +356,8 @@ export class Heatmap {
     const defs = svgEl("defs");
     defs.append(grad);
     group.append(defs, svgEl("rect", { x, y: g.top, width: 12, height: h, fill: "url(#cv-colorbar)", stroke: "#999" }));
-    const ticks = bar.min < 0 && bar.max > 0 ? [bar.max, 0, bar.min] : [bar.max, bar.min];
-    for (const t of ticks) {
-      group.append(svgEl("text", { x: x + 16, y: g.top + ((bar.max - t) / (bar.max - bar.min || 1)) * h, "dominant-baseline": "middle" }, fmtTick(t)));
+    for (const [t, label] of colorbarTicks(bar)) {
+      group.append(svgEl("text", { x: x + 16, y: g.top + ((bar.max - t) / (bar.max - bar.min || 1)) * h, "dominant-baseline": "middle" }, label));
     }
     group.append(svgEl("text", { x: g.left, y: g.top + h + 16, fill: "#555" }, `colour: ${bar.label}`));
     return group;
@@ -377,6 +377,12 @@ export function downsample(values: ArrayLike<number>, rows: number, cols: number
     }
   }
   return out;
+}
+
+function colorbarTicks(bar: NonNullable<HeatmapData["colorbar"]>): [number, string][] {
+  if (bar.ticks) return bar.ticks;
+  const ticks = bar.min < 0 && bar.max > 0 ? [bar.max, 0, bar.min] : [bar.max, bar.min];
+  return ticks.map((t) => [t, fmtTick(t)]);
 }
 
 function fmtTick(v: number): string {

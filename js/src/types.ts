@@ -47,6 +47,12 @@ export interface AttentionTraits {
   /** float32 [layer, head] per role. */
   scores: Record<string, EncodedArray>;
   show_scores: string;
+  /** Hide the first key column (BOS) of the focused head's pattern. */
+  hide_bos: boolean;
+  /** "linear" | "sqrt" | "log": colour scale of the focused head's pattern. */
+  color_scale: string;
+  /** The log scale's smallest resolved attention (kernel constant). */
+  log_floor: number;
   selected: string;
   error: string;
 }

@@ -18,6 +18,6 @@ describe("heatmap", () => {
     const big = geometry(1000, 1000, 80, 80, { maxWidth: 560, maxHeight: 560, maxCell: 28, colorbar: false, title: true });
     expect(big.plotW).toBe(560);
     expect(big.cw).toBeCloseTo(0.56);
-    expect(big.colStep).toBe(Math.ceil(12 / 0.56));
+    expect(big.colStep).toBe(Math.ceil(14 / 0.56));
   });
 });
