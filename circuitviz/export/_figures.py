@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..engine._results import ablation_target
+from ..engine._cells import (
+    ablation_targets,
+    baseline_of,
+    check_color,
+    color_labels,
+    is_covered,
+    is_selected,
+    zero_tolerance,
+)
+from ..engine._pairs import InputError
 from ._style import (
     DIVERGING,
     PX_PER_INCH,
@@ -74,45 +83,58 @@ def patch_figure(
     title: str | None = None,
     colorscale: Any = None,
     zmax: float | None = None,
+    color: str = "effect",
     selected: str | None = None,
     ablated: Iterable[str] = (),
     **options: Any,
 ) -> go.Figure:
-    """Heatmap of a patching map, coloured around the unpatched run's metric (the corrupted
-    run when denoising, the clean run when noising), as in the PatchingView.
+    """Heatmap of a patching map on a diverging scale centred on the unpatched run's metric
+    (the corrupted run when denoising, the clean run when noising), as in the PatchingView.
 
-    ``selected``: a cell id (``"L3H5"``, ``"L3H5:P4"``) or the head/MLP it stands for, whose
-    cells are outlined; ``ablated``: heads/MLPs whose cells are crossed out, as in the view;
-    ``zmax``: the colour range's half-width (default: the largest deviation);
-    ``colorscale``: default :data:`DIVERGING`.
+    ``color``: ``"effect"`` (default, as the view) colours and labels each cell by value −
+    baseline; ``"value"`` labels the colour bar in the metric's own units, centred on the
+    baseline (the colours are the same). The colour bar names the baseline and its value.
+    ``selected``: a cell id (``"L3H5"``, ``"L3H5:P4"``) or what a click on cells ablates, whose
+    cells are outlined; ``ablated``: components (``"L3H5"``, ``"L3H5:P4"``, ``"MLP2:P4"``)
+    whose cells are crossed out, as in the view; ``zmax``: the colour range's half-width
+    (default: the largest deviation); ``colorscale``: default :data:`DIVERGING`.
     """
     import plotly.graph_objects as go
 
     style, rest = split_style(options)
-    reject_unknown(rest, "patch_figure", ("title", "colorscale", "zmax", "selected", "ablated"))
+    reject_unknown(
+        rest, "patch_figure", ("title", "colorscale", "zmax", "color", "selected", "ablated")
+    )
+    try:
+        check_color(color)
+    except InputError as err:
+        raise ExportError(str(err)) from None
     if result.values.numel() == 0:
         raise ExportError(
             f"This PatchResult is empty (values of shape {tuple(result.values.shape)}); "
             "nothing to draw. Check the prompts and `over=`."
         )
     v, rows, cols, row_axis, col_axis, index = _flatten_for_heatmap(result)
-    # Both methods give the metric after the patch: centre on the unpatched run's value.
-    centre = result.corrupted if result.direction == "denoise" else result.clean
-    span = zmax if zmax is not None else (float((v - centre).abs().max()) or 1.0)
+    centre, _ = baseline_of(result)
+    effect = v.double() - centre
+    effect[effect.abs() <= zero_tolerance(result)] = 0.0  # float32 noise is no effect
+    span = zmax if zmax is not None else (float(effect.abs().max()) or 1.0)
+    shift = 0.0 if color == "effect" else centre
     x = [text_label(c) for c in cols]
     y = [text_label(r) for r in rows]
+    shown = "effect" if color == "effect" else result.metric
     fig = go.Figure(
         go.Heatmap(
-            z=v.numpy(),
+            z=(effect + shift).numpy(),
             x=x,
             y=y,
             colorscale=colorscale or DIVERGING,
-            zmid=centre,
-            zmin=centre - span,
-            zmax=centre + span,
-            colorbar={"title": {"text": result.metric}},
+            zmid=shift,
+            zmin=shift - span,
+            zmax=shift + span,
+            colorbar={"title": {"text": text_label(color_labels(result)[color]), "side": "right"}},
             hovertemplate=(
-                f"{row_axis} %{{y}}<br>{col_axis} %{{x}}<br>{result.metric} %{{z:.4f}}<extra></extra>"
+                f"{row_axis} %{{y}}<br>{col_axis} %{{x}}<br>{shown} %{{z:.4g}}<extra></extra>"
             ),
         )
     )
@@ -125,37 +147,52 @@ def patch_figure(
     )
     # Category axes keep their order; reversed puts layer 0 at the top, as in the widgets.
     fig.update_yaxes(autorange="reversed")
-    ablated = set(ablated)
-    if selected is not None or ablated:
-        cells = []  # (row, col, cell id, the head/MLP it stands for)
-        for r in range(len(rows)):
-            for c in range(len(cols)):
-                i = result.component(index(r, c))
-                cells.append((r, c, i, ablation_target(i)))
-        chosen = [(r, c) for r, c, i, target in cells if selected in (i, target)]
-        if selected is not None and not chosen:
-            raise ExportError(f"selected={selected!r} is not a cell of this map.")
-        for r, c in chosen:
-            fig.add_shape(
-                type="rect",
-                x0=c - 0.5,
-                x1=c + 0.5,
-                y0=r - 0.5,
-                y1=r + 0.5,
-                line={"color": "#000000", "width": 1.5},
-            )
-        for r, c, _, target in cells:
-            if target in ablated:
-                cross = f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}"
-                # black on a white halo: visible on the darkest and the palest cells alike
-                for colour, width in (("#ffffff", 2.6), ("#000000", 1.1)):
-                    fig.add_shape(
-                        type="path",
-                        path=cross,
-                        line={"color": colour, "width": width},
-                        name="ablated",
-                    )
+    _mark_cells(fig, result, len(rows), len(cols), index, selected, set(ablated))
     return apply_style(fig, style, natural_height=_heatmap_height(style, len(rows)))
+
+
+def _mark_cells(fig, result, n_rows, n_cols, index, selected, ablated) -> None:
+    """Outline the selected cells and cross out the ablated ones, each kind as one path (one
+    legend entry), so drawing time grows linearly with the number of cells."""
+    if selected is None and not ablated:
+        return
+    ids = result.cells()
+    targets = ablation_targets(result)
+    strides = [1] * len(result.values.shape)
+    for d in range(len(strides) - 2, -1, -1):
+        strides[d] = strides[d + 1] * result.values.shape[d + 1]
+    outline, cross = [], []
+    for r in range(n_rows):
+        for c in range(n_cols):
+            i = sum(k * s for k, s in zip(index(r, c), strides, strict=True))  # flat index
+            if is_selected(selected, ids[i], targets[i]):
+                outline.append(f"M{c - 0.5},{r - 0.5}H{c + 0.5}V{r + 0.5}H{c - 0.5}Z")
+            if is_covered(targets[i], ablated):
+                cross.append(
+                    f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}"
+                )
+    if selected is not None and not outline:
+        raise ExportError(f"selected={selected!r} is not a cell of this map.")
+    if outline:
+        fig.add_shape(
+            type="path",
+            path="".join(outline),
+            line={"color": "#000000", "width": 1.5},
+            name="selected",
+            showlegend=True,
+        )
+    if cross:
+        # black on a white halo: visible on the darkest and the palest cells alike
+        for colour, width, legend in (("#ffffff", 2.6, False), ("#000000", 1.1, True)):
+            fig.add_shape(
+                type="path",
+                path="".join(cross),
+                line={"color": colour, "width": width},
+                name="ablated",
+                showlegend=legend,
+            )
+    if outline or cross:
+        fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.15, "yanchor": "top"})
 
 
 def attention_figure(

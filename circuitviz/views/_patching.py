@@ -1,8 +1,10 @@
 """PatchingView: any PatchResult (exact or attribution) as a heatmap with click-to-ablate.
 
-Colour is the *effect*: value − baseline, on a diverging scale centred at 0. The baseline is
-the metric of the unpatched run: corrupted for denoising, clean for noising. Exact and
-attribution maps alike hold (estimated) metric values after patching, so one rule fits both.
+Colour is the *effect*: value − baseline, on a diverging scale centred at 0 (``color="value"``
+labels the same colours in the metric's units). The baseline is the metric of the unpatched
+run: corrupted for denoising, clean for noising. Exact and attribution maps alike hold
+(estimated) metric values after patching, so one rule fits both. What each cell is and what a
+click on it ablates comes from :mod:`circuitviz.engine._cells`, sent to the page as templates.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from typing import Any, ClassVar
 import traitlets as t
 
 from ..engine import METRICS, InputError, PatchResult, PromptPairs
-from ..engine._results import ablation_target
+from ..engine._cells import (
+    COLOR_MODES,
+    ablation_targets,
+    baseline_of,
+    cell_rule,
+    color_labels,
+    is_selected,
+    zero_tolerance,
+)
 from ._base import STATIC, AblationView
 from ._codec import MAX_MESSAGE_BYTES, encode
-
-
-def baseline(result: PatchResult) -> tuple[float, str]:
-    """The value a cell's effect is measured from, and its label for the colour bar."""
-    if result.direction == "noise":
-        return float(result.clean), "clean baseline"
-    return float(result.corrupted), "corrupted baseline"
 
 
 def map_payload(result: PatchResult) -> dict[str, Any]:
@@ -30,7 +33,7 @@ def map_payload(result: PatchResult) -> dict[str, Any]:
     values = encode(result.values, "float32")
     if len(values["view"]) > MAX_MESSAGE_BYTES // 2:
         values = encode(result.values, "float16")
-    base, label = baseline(result)
+    base, label = baseline_of(result)
     return {
         "values": values,
         "axes": list(result.axes),
@@ -43,6 +46,9 @@ def map_payload(result: PatchResult) -> dict[str, Any]:
         "corrupted": float(result.corrupted),
         "baseline": base,
         "baseline_label": label,
+        "color_labels": color_labels(result),
+        "zero_tol": zero_tolerance(result),
+        "cells": cell_rule(result).to_dict(),
         "model": result.model_name,
     }
 
@@ -57,11 +63,18 @@ class PatchingView(AblationView):
 
     _esm = STATIC / "patching.js"
     BUNDLE: ClassVar[str] = "patching"
-    STATE_KEYS = ("selected", "ablated", "mode", "metric")
+    STATE_KEYS = ("selected", "ablated", "mode", "metric", "color")
 
     map = t.Dict().tag(sync=True)
     """The patching map: ``values`` (binary), ``axes``, ``labels``, ``target``, ``direction``,
-    ``method``, ``metric``, ``clean``, ``corrupted``, ``baseline``, ``baseline_label``."""
+    ``method``, ``metric``, ``clean``, ``corrupted``, ``baseline``, ``baseline_label``,
+    ``color_labels`` (colour-bar title per colour mode), ``zero_tol`` (smaller effects are
+    shown as 0) and ``cells`` (templates: each cell's id and what a click ablates, or the
+    reason it can't)."""
+
+    color = t.Enum(COLOR_MODES, default_value="effect").tag(sync=True)
+    """``"effect"`` (value − baseline, the default) or ``"value"`` (the metric itself, centred
+    on the baseline): how the colour bar reads; ``figure()``/``save()`` follow it."""
 
     def __init__(
         self,
@@ -95,13 +108,21 @@ class PatchingView(AblationView):
         return self._patch
 
     def figure(self, **options: Any) -> Any:
-        """The map as a publication heatmap, with this view's selection outlined and its
-        ablated heads/MLPs crossed out (see :func:`circuitviz.export.patch_figure`)."""
+        """The map as a publication heatmap coloured as on screen (``color``), with this view's
+        selection outlined and its ablated cells crossed out (see
+        :func:`circuitviz.export.patch_figure`)."""
         from ..export import patch_figure
 
-        cells = self._patch.cells()
-        shown = set(cells) | {ablation_target(c) for c in cells}
-        selected = self.selected if self.selected in shown else None  # linked from elsewhere
+        cells, targets = self._patch.cells(), ablation_targets(self._patch)
+        # a selection linked from another view may be no cell of this map: nothing to outline
+        hit = any(is_selected(self.selected, i, t) for i, t in zip(cells, targets, strict=True))
+        selected = self.selected if hit else None
         return patch_figure(
-            self._patch, **{"selected": selected, "ablated": list(self.ablated), **options}
+            self._patch,
+            **{
+                "selected": selected,
+                "ablated": list(self.ablated),
+                "color": self.color,
+                **options,
+            },
         )

@@ -64,6 +64,11 @@ export const STYLE = `
 .cv-error:empty{display:none}
 .cv-hm{position:relative;display:inline-block;user-select:none}
 .cv-hm canvas{display:block}
+.cv-hm-plot{position:relative}
+.cv-hm-head{display:flex;flex-wrap:wrap;gap:4px 8px;align-items:center;margin-bottom:2px}
+.cv-hm-title{font-weight:600;overflow-wrap:anywhere;flex:1 1 100%}
+.cv-hm-head .cv-button{padding:0 6px}
+.cv-hm-head .cv-button:disabled{opacity:.45;cursor:default}
 .cv-hits{position:absolute;left:0;top:0}
 .cv-hit{position:absolute;cursor:pointer;background:transparent}
 .cv-hit:focus-visible,.cv-node:focus-visible{outline:2px solid #0072B2;outline-offset:1px}
@@ -80,6 +85,9 @@ export const STYLE = `
 .cv-muted{color:#777}
 .cv-topk td:last-child{text-align:right;font-variant-numeric:tabular-nums}
 .cv-topk-wrap{display:flex;gap:14px;align-items:flex-start;margin-top:4px}
+.cv-notice{background:#f4f7fb;border:1px solid #c9d6e6;border-radius:4px;padding:4px 6px;margin:4px 0}
+.cv-per-prompt{margin-top:6px;max-height:240px;overflow:auto}
+.cv-per-prompt td{text-align:right;font-variant-numeric:tabular-nums}
 `;
 
 export function root(el_: HTMLElement, kind: string): HTMLDivElement {
