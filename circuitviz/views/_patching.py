@@ -16,10 +16,10 @@ import traitlets as t
 
 from ..engine import METRICS, InputError, PatchResult, PromptPairs
 from ..engine._cells import (
-    COLOR_MODES,
     ablation_targets,
     baseline_of,
     cell_rule,
+    check_color,
     color_labels,
     is_selected,
     zero_tolerance,
@@ -72,9 +72,13 @@ class PatchingView(AblationView):
     shown as 0) and ``cells`` (templates: each cell's id and what a click ablates, or the
     reason it can't)."""
 
-    color = t.Enum(COLOR_MODES, default_value="effect").tag(sync=True)
+    color = t.Unicode("effect").tag(sync=True)
     """``"effect"`` (value − baseline, the default) or ``"value"`` (the metric itself, centred
     on the baseline): how the colour bar reads; ``figure()``/``save()`` follow it."""
+
+    @t.validate("color")
+    def _check_color(self, proposal: dict[str, Any]) -> str:
+        return check_color(proposal["value"])
 
     def __init__(
         self,

@@ -441,6 +441,15 @@ export class Heatmap {
     const { rowLabels, colLabels, rowTitle, colTitle, rowGroups } = this.data;
     const g = this.geom;
     const shown = this.labelsInView();
+    // How many labels are drawn, and their spacing (px), for tests and screen readers.
+    const v = this.view;
+    Object.assign(this.el.dataset, {
+      rowLabels: String(shown.rows.length),
+      groupLabels: String(shown.groups.length),
+      colLabels: String(shown.cols.length),
+      rowLabelGap: String(shown.rows.length > 1 ? ((shown.rows[1] - shown.rows[0]) * g.plotH) / v.nr : ""),
+      colLabelGap: String(shown.cols.length > 1 ? ((shown.cols[1] - shown.cols[0]) * g.plotW) / v.nc : ""),
+    });
     ctx.fillStyle = "#222";
     ctx.font = FONT;
     ctx.textAlign = "right";

@@ -111,6 +111,8 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
     );
     if (keep) heatmap.setView(keep);
     main.replaceChildren(heatmap.el);
+    // Notes under the map wrap at its width, so the side panel stays beside it.
+    for (const note of [info, clickInfo]) note.style.maxWidth = `${heatmap.geom.width}px`;
     mark();
   }
 
