@@ -318,3 +318,84 @@ def test_screen_colours_match_the_static_figure(tmp_path, page, by_pos, color):
     for r, c, rgb in on_screen:
         assert y_labels[r] == f"L{r // 4}H{r % 4}"  # same row order on screen and in the figure
         assert max(abs(a - b) for a, b in zip(rgb, expected[r][c], strict=True)) <= 3, (r, c)
+
+
+# ----------------------------------------------------------------------------- positioned ablation
+
+
+def test_a_cell_click_ablates_that_head_at_that_position_only(tiny_llama, tiny_pairs, by_pos):
+    view = PatchingView(by_pos, model=tiny_llama, pairs=tiny_pairs)
+    assert view.result["ablated"] is None and view.result["delta"] is None  # nothing ablated
+    sent = []
+    view.send = lambda content, buffers=None: sent.append(content)
+    view._handle_custom_msg({"type": "ablate", "components": ["L1H2:P3"], "request": 1})
+    assert [m["type"] for m in sent] == ["ablation"] and view.ablated == ["L1H2:P3"]
+    direct = cv.ablate(tiny_llama, tiny_pairs, heads=["L1H2:P3"])
+    whole = cv.ablate(tiny_llama, tiny_pairs, heads=["L1H2"])
+    assert view.result["ablated"] == pytest.approx(direct.ablated)
+    assert view.result["delta"] == pytest.approx(direct.ablated - direct.clean)
+    assert direct.ablated != pytest.approx(whole.ablated)  # one position is not the whole head
+    n_pairs = len(tiny_pairs.clean)
+    assert len(view.result["per_prompt"]["ablated"]) == n_pairs
+    # mlp_out cells ablate that MLP at that position
+    mlp = cv.patch(tiny_llama, tiny_pairs, over="mlp_out", progress=False)
+    assert ablation_targets(mlp)[1] == "MLP0:P1"
+    view.ablate(["MLP0:P1"])
+    assert view.result["components"] == ["MLP0:P1"]
+
+
+def test_standalone_state_turns_ablation_off(tiny_llama, tiny_pairs, by_pos):
+    from circuitviz.export._html import KERNEL_NOTICE, view_spec
+
+    view = PatchingView(by_pos, model=tiny_llama, pairs=tiny_pairs)
+    state = view_spec(view)["state"]
+    assert state["can_ablate"] is False and state["standalone"] == KERNEL_NOTICE
+    assert view.can_ablate  # the live view is untouched
+
+
+@pytest.mark.browser
+def test_ablation_panel_shows_the_change_and_each_prompt(
+    tmp_path, page, tiny_llama, tiny_pairs, by_pos, artifacts
+):
+    view = PatchingView(by_pos, model=tiny_llama, pairs=tiny_pairs)
+    res = view.ablate(["L1H2:P3", "L0H1"])
+    open_view(page, tmp_path, view)
+    panel = page.locator('.cv-patching [data-role="ablation-panel"]')
+    delta = panel.locator('[data-role="metric-delta"]')
+    assert float(delta.get_attribute("data-value")) == pytest.approx(res.delta)
+    assert delta.inner_text().startswith(("+", "-", "−", "0"))
+    gap = panel.locator('[data-role="metric-gap"]')
+    if res.gap_fraction is None:
+        assert gap.inner_text().startswith("–")
+    else:
+        assert float(gap.get_attribute("data-value")) == pytest.approx(res.gap_fraction)
+        assert gap.inner_text().endswith("%")
+    rows = panel.locator('[data-role="per-prompt"] tr[data-prompt]')
+    assert rows.count() == len(tiny_pairs.clean)
+    first = rows.first.locator("td").all_inner_texts()
+    assert first[0] == "0" and float(first[1]) == pytest.approx(
+        res.per_prompt["clean"][0], abs=1e-3
+    )
+    # crossed out: that one cell, and every position of the whole head
+    n_pos = by_pos.values.shape[by_pos.axes.index("pos")]
+    ablated = page.locator('.cv-patching .cv-hit[data-ablated="true"]')
+    assert ablated.count() == 1 + n_pos
+    assert (
+        page.locator('.cv-patching [data-component="L1H2:P2"]').get_attribute("data-ablated")
+        == "false"
+    )
+    panel.screenshot(path=str(artifacts / "patching_ablation_panel_standalone.png"))
+
+    # The same state as a live kernel shows it (controls in place of the standalone notice).
+    html = (tmp_path / "view.html").read_text(encoding="utf-8")
+    live = html.replace('"can_ablate":false', '"can_ablate":true').replace(
+        '"standalone":', '"_off":'
+    )
+    (tmp_path / "live.html").write_text(live, encoding="utf-8")
+    page.goto((tmp_path / "live.html").as_uri())
+    page.locator('.cv-patching select[data-role="mode"]').wait_for()
+    page.locator('.cv-patching [data-component="L1H2:P3"]').hover()
+    tip = page.locator('.cv-patching [data-role="tooltip"]').inner_text()
+    assert "click: zero-ablate L1H2:P3 only · shift-click: add to the set" in tip
+    page.locator(".cv-patching").screenshot(path=str(artifacts / "patching_ablation_panel.png"))
+    assert not page.console_errors and not page.dialogs

@@ -94,21 +94,12 @@ def is_selected(selected: str | None, cell: str, target: str | None) -> bool:
 COLOR_MODES = ("effect", "value")
 # float32 keeps ~7 significant digits: a patch whose result differs from the unpatched run by
 # less than this (relative to the metric's scale) did nothing, and prints as an exact 0.
-_FLOAT32_NOISE = 8 * 2.0**-23
-
-
-def baseline_of(result: PatchResult) -> tuple[float, str]:
-    """The metric of the unpatched run each cell's effect is measured from, and its name:
-    the corrupted run when denoising, the clean run when noising (exact and attribution maps
-    both hold the metric after the patch)."""
-    if result.direction == "noise":
-        return float(result.clean), "clean baseline"
-    return float(result.corrupted), "corrupted baseline"
+FLOAT32_NOISE = 8 * 2.0**-23
 
 
 def zero_tolerance(result: PatchResult) -> float:
     """Effects at most this big are float32 noise and are shown as exactly 0."""
-    return _FLOAT32_NOISE * max(1.0, abs(float(result.clean)), abs(float(result.corrupted)))
+    return FLOAT32_NOISE * max(1.0, abs(float(result.clean)), abs(float(result.corrupted)))
 
 
 def check_color(color: str) -> str:
@@ -121,7 +112,7 @@ def check_color(color: str) -> str:
 
 def color_labels(result: PatchResult) -> dict[str, str]:
     """The colour bar's title in each colour mode, naming the baseline and its value."""
-    base, label = baseline_of(result)
+    base, label = result.baseline, result.baseline_label
     what = "attribution estimate" if result.method == "attribution" else result.metric
     return {
         "effect": f"effect = {what} − {label} ({base:.4g})",

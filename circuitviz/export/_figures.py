@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..engine._cells import (
+    FLOAT32_NOISE,
     ablation_targets,
-    baseline_of,
     check_color,
     color_labels,
     is_covered,
@@ -115,7 +115,7 @@ def patch_figure(
             "nothing to draw. Check the prompts and `over=`."
         )
     v, rows, cols, row_axis, col_axis, index = _flatten_for_heatmap(result)
-    centre, _ = baseline_of(result)
+    centre = result.baseline
     effect = v.double() - centre
     effect[effect.abs() <= zero_tolerance(result)] = 0.0  # float32 noise is no effect
     span = zmax if zmax is not None else (float(effect.abs().max()) or 1.0)
@@ -302,10 +302,8 @@ def ablation_figure(
         horizontal_spacing=0.16,
     )
     labels = [text_label(repr(t)[1:-1] if t.strip() != t else t) for t in tokens]
-    for name, probs, colour in (
-        ("before", before, BEFORE),
-        ("after", after, AFTER),
-    ):
+    bars = [("before", before, BEFORE)] + ([("after", after, AFTER)] if top_after else [])
+    for name, probs, colour in bars:
         fig.add_trace(
             go.Bar(
                 x=[probs.get(t, 0.0) for t in tokens],
@@ -318,20 +316,52 @@ def ablation_figure(
             row=1,
             col=1,
         )
+    # The metric: mean bars, and each prompt pair as a dot over its bar.
+    runs = [("clean", result.clean, BEFORE), ("ablated", result.ablated, AFTER)]
+    runs = [r for r in runs if r[1] is not None] + [("corrupted", result.corrupted, CORRUPTED)]
     fig.add_trace(
         go.Bar(
-            x=["clean", "ablated", "corrupted"],
-            y=[result.clean, result.ablated, result.corrupted],
-            marker_color=[BEFORE, AFTER, CORRUPTED],
+            x=[name for name, _, _ in runs],
+            y=[value for _, value, _ in runs],
+            marker_color=[colour for _, _, colour in runs],
             showlegend=False,
-            hovertemplate="%{x}: %{y:.4f}<extra></extra>",
+            hovertemplate="%{x} (mean): %{y:.4f}<extra></extra>",
         ),
         row=1,
         col=2,
     )
-    what = ", ".join(result.components) or "nothing"
+    per_prompt = result.per_prompt
+    xs, ys = [], []
+    for name, _, _ in runs:
+        values = per_prompt.get(name) or []
+        xs += [name] * len(values)
+        ys += list(values)
+    if len(per_prompt.get("clean") or []) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name="one prompt pair",
+                marker={"color": "#000000", "size": 4, "opacity": 0.7},
+                hovertemplate="%{x}: %{y:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.add_hline(y=0, line={"color": "#666666", "width": 0.6}, row=1, col=2)
+    if title is None:
+        if result.ablated is None:
+            title = text_label(f"Nothing ablated ({result.metric} clean {result.clean:.3g})")
+        else:
+            gap = result.gap_fraction
+            share = "" if gap is None else f", {100 * gap:+.3g}% of the clean − corrupted gap"
+            title = text_label(
+                f"{result.mode.capitalize()}-ablating {', '.join(result.components)}: "
+                f"Δ {result.metric} {_signed(result.delta, result)}{share}"
+            )
     fig.update_layout(
-        title=title if title is not None else f"{result.mode.capitalize()}-ablating {what}",
+        title=title,
         barmode="group",
         bargap=0.25,
         legend={"orientation": "h", "x": 0, "y": -0.12, "yanchor": "top"},
@@ -342,3 +372,9 @@ def ablation_figure(
     fig.update_yaxes(title_text=result.metric, row=1, col=2)
     natural = max(style.width_in * 0.5, len(tokens) * style.font_px * 2.2 / PX_PER_INCH + 0.9)
     return apply_style(fig, style, natural_height=natural)
+
+
+def _signed(delta: float, result: AblationResult) -> str:
+    """A change with float32 noise printed as an exact 0."""
+    tolerance = FLOAT32_NOISE * max(1.0, abs(result.clean), abs(result.corrupted))
+    return "0" if abs(delta) <= tolerance else f"{delta:+.4g}"

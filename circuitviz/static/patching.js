@@ -4,7 +4,7 @@ function d(o,t={},...e){let n=document.createElement(o);for(let[r,a]of Object.en
 .cv-title{font-weight:600;margin-right:8px}
 .cv-button,.cv-select{font:inherit;padding:2px 8px;border:1px solid #bbb;border-radius:4px;background:#fafafa;cursor:pointer}
 .cv-button:hover{background:#eee}
-.cv-tooltip{position:absolute;pointer-events:none;background:rgba(20,20,20,.92);color:#fff;padding:4px 6px;border-radius:4px;white-space:pre-wrap;z-index:10;display:none;font-size:11px;max-width:420px;overflow:hidden}
+.cv-tooltip{position:absolute;pointer-events:none;background:rgba(20,20,20,.92);color:#fff;padding:4px 6px;border-radius:4px;white-space:pre-wrap;z-index:10;display:none;font-size:11px;width:max-content;max-width:420px;overflow:hidden}
 .cv-error{color:#a40000;background:#fff0f0;border:1px solid #f3b0b0;border-radius:4px;padding:4px 6px;margin:4px 0;white-space:pre-wrap}
 .cv-error:empty{display:none}
 .cv-hm{position:relative;display:inline-block;user-select:none}

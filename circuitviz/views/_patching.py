@@ -17,7 +17,6 @@ import traitlets as t
 from ..engine import METRICS, InputError, PatchResult, PromptPairs
 from ..engine._cells import (
     ablation_targets,
-    baseline_of,
     cell_rule,
     check_color,
     color_labels,
@@ -33,7 +32,7 @@ def map_payload(result: PatchResult) -> dict[str, Any]:
     values = encode(result.values, "float32")
     if len(values["view"]) > MAX_MESSAGE_BYTES // 2:
         values = encode(result.values, "float16")
-    base, label = baseline_of(result)
+    base, label = result.baseline, result.baseline_label
     return {
         "values": values,
         "axes": list(result.axes),

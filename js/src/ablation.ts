@@ -7,7 +7,7 @@ import { button, clear, el, fmt, select, setText, showToken } from "./dom";
 import type { AnyModel, AblationTraits, AblationResultDict, TopTokens } from "./types";
 
 export const MODES = ["zero", "mean", "resample"];
-/** Mirrors engine/_cells.py _FLOAT32_NOISE: changes this small (relative to the metric's
+/** Mirrors engine/_cells.py FLOAT32_NOISE: changes this small (relative to the metric's
  * scale) are float32 noise and print as 0. */
 const FLOAT32_NOISE = 8 * 2 ** -23;
 
