@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="patch/attribution: denoise (default) or noise",
     )
+    how.add_argument(
+        "--color",
+        choices=("effect", "value"),
+        default=None,
+        help="patch/attribution colour bar: effect = value − baseline (default, as the widget) "
+        "or value (the metric itself, centred on the baseline)",
+    )
     how.add_argument("--layer", type=int, default=None, help="attention: the head's layer")
     how.add_argument(
         "--head",
@@ -137,6 +144,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     by_analysis = {
         "over": ("patch", "attribution"),
         "direction": ("patch", "attribution"),
+        "color": ("patch", "attribution"),
         "layer": ("attention",),
         "head": ("attention",),
         "top_n": ("circuit",),
@@ -227,7 +235,7 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
             metric=args.metric,
             progress=False,
         )
-        return result, {}
+        return result, {"color": args.color}
     graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=False)
     # Unpruned graphs of real models have far too many edges to draw.
     top_n = args.top_n if args.top_n is not None or args.threshold is not None else 200
@@ -257,7 +265,12 @@ def run_figure(args: argparse.Namespace) -> int:
         fig = figure_of(result, **figure_options, **style)
         written += save_many(fig, static, **style)
     if html:
-        written += save_many(result, html)
+        shown = result
+        if "color" in figure_options:  # the page opens in the colour mode asked for
+            from circuitviz.views import PatchingView
+
+            shown = PatchingView(result, state={"color": figure_options["color"]})
+        written += save_many(shown, html)
     for path in written:
         print(path)
     return 0

@@ -399,3 +399,28 @@ def test_ablation_panel_shows_the_change_and_each_prompt(
     assert "click: zero-ablate L1H2:P3 only · shift-click: add to the set" in tip
     page.locator(".cv-patching").screenshot(path=str(artifacts / "patching_ablation_panel.png"))
     assert not page.console_errors and not page.dialogs
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_colours_like_the_widget_and_takes_the_other_mode(tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+
+    from circuitviz.cli import main
+
+    base = ["figure", "--model", "tiny-llama", "--task", "induction", "--n", "2"]
+    effect, value, page = tmp_path / "effect.svg", tmp_path / "value.svg", tmp_path / "value.html"
+    assert main([*base, "-o", str(effect)]) == 0
+    assert main([*base, "--color", "value", "-o", str(value), "-o", str(page)]) == 0
+
+    def text(path):
+        return " ".join(ET.parse(path).getroot().itertext())
+
+    assert "effect = logit_diff − corrupted baseline (" in text(effect)
+    assert "logit_diff, centred on the corrupted baseline (" in text(value)
+    assert '"color":"value"' in page.read_text(encoding="utf-8")
+    capsys.readouterr()
+    bad = [*base, "--analysis", "attention", "--color", "value", "-o", str(tmp_path / "a.svg")]
+    assert main(bad) == 2
+    assert "--color applies to --analysis patch or attribution" in capsys.readouterr().err

@@ -152,8 +152,10 @@ def patch_figure(
 
 
 def _mark_cells(fig, result, n_rows, n_cols, index, selected, ablated) -> None:
-    """Outline the selected cells and cross out the ablated ones, each kind as one path (one
-    legend entry), so drawing time grows linearly with the number of cells."""
+    """Outline the selected cells and cross out the ablated ones, each kind as one path with
+    one legend entry, so drawing time grows linearly with the number of cells."""
+    import plotly.graph_objects as go
+
     if selected is None and not ablated:
         return
     ids = result.cells()
@@ -178,21 +180,42 @@ def _mark_cells(fig, result, n_rows, n_cols, index, selected, ablated) -> None:
             type="path",
             path="".join(outline),
             line={"color": "#000000", "width": 1.5},
+            fillcolor="rgba(0,0,0,0)",
+            opacity=1,  # the simple_white template draws shapes at 30 %
             name="selected",
-            showlegend=True,
         )
     if cross:
         # black on a white halo: visible on the darkest and the palest cells alike
-        for colour, width, legend in (("#ffffff", 2.6, False), ("#000000", 1.1, True)):
+        for colour, width in (("#ffffff", 2.6), ("#000000", 1.1)):
             fig.add_shape(
                 type="path",
                 path="".join(cross),
                 line={"color": colour, "width": width},
+                fillcolor="rgba(0,0,0,0)",
+                opacity=1,
                 name="ablated",
-                showlegend=legend,
+            )
+    # Legend entries for the marks (shapes have none of their own that look like them).
+    for name, symbol, used in (("selected", "square-open", outline), ("ablated", "x-thin", cross)):
+        if used:
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name=name,
+                    marker={
+                        "symbol": symbol,
+                        "size": 9,
+                        "color": "#000000",
+                        "line": {"width": 1.5},
+                    },
+                )
             )
     if outline or cross:
-        fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.15, "yanchor": "top"})
+        fig.update_layout(
+            showlegend=True, legend={"orientation": "h", "x": 0, "y": -0.15, "yanchor": "top"}
+        )
 
 
 def attention_figure(
