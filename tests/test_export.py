@@ -290,7 +290,8 @@ def test_patch_map_is_centred_on_its_baseline_with_the_shared_diverging_map(head
     (trace,) = figure_of(heads).data
     assert [list(c) for c in trace.colorscale] == [list(c) for c in DIVERGING]
     # colour = effect by default: value − the corrupted run's metric (denoising starts there)
-    assert trace.zmid == 0 and "corrupted baseline" in trace.colorbar.title.text
+    title = trace.colorbar.title.text.replace("<br>", " ")  # wrapped to fit beside the bar
+    assert trace.zmid == 0 and "corrupted baseline" in title
     assert trace.z[0][0] == pytest.approx(float(heads.values[0, 0]) - heads.corrupted, abs=1e-6)
     assert trace.zmax - trace.zmid == pytest.approx(trace.zmid - trace.zmin)
     (raw,) = figure_of(heads, color="value").data  # the metric itself, centred on the baseline
@@ -303,7 +304,7 @@ def test_every_map_is_centred_on_the_unpatched_run(model):
     assert figure_of(attribution, color="value").data[0].zmid == attribution.corrupted
     noising = circuitviz.patch(model, PAIRS, over="resid_pre", direction="noise", progress=False)
     assert figure_of(noising, color="value").data[0].zmid == noising.clean
-    assert "clean baseline" in figure_of(noising).data[0].colorbar.title.text
+    assert "clean baseline" in figure_of(noising).data[0].colorbar.title.text.replace("<br>", " ")
 
 
 def test_selected_cell_is_outlined(heads):

@@ -6,6 +6,7 @@ options of :func:`circuitviz.export.make_style`; unknown options are an error, n
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +133,7 @@ def patch_figure(
             zmid=shift,
             zmin=shift - span,
             zmax=shift + span,
-            colorbar={"title": {"text": text_label(color_labels(result)[color]), "side": "right"}},
+            colorbar={"title": {"text": _bar_title(color_labels(result)[color], style, len(rows))}},
             hovertemplate=(
                 f"{row_axis} %{{y}}<br>{col_axis} %{{x}}<br>{shown} %{{z:.4g}}<extra></extra>"
             ),
@@ -149,6 +150,14 @@ def patch_figure(
     fig.update_yaxes(autorange="reversed")
     _mark_cells(fig, result, len(rows), len(cols), index, selected, set(ablated))
     return apply_style(fig, style, natural_height=_heatmap_height(style, len(rows)))
+
+
+def _bar_title(label: str, style, n_rows: int) -> str:
+    """The colour bar's title, wrapped into lines that fit beside the bar (plotly cuts off a
+    vertical title longer than the figure is tall)."""
+    height_px = style.height_in(_heatmap_height(style, n_rows)) * PX_PER_INCH
+    chars = max(12, int((height_px - 90) / (style.font_px * 0.6)))
+    return "<br>".join(text_label(line) for line in textwrap.wrap(label, chars))
 
 
 def _mark_cells(fig, result, n_rows, n_cols, index, selected, ablated) -> None:
