@@ -55,9 +55,13 @@ def map_payload(result: PatchResult) -> dict[str, Any]:
 class PatchingView(AblationView):
     """A :class:`~circuitviz.PatchResult` as a heatmap.
 
-    Hover a cell for its exact value. With ``model=`` and ``pairs=``, clicking a head or MLP
-    cell ablates that component on the clean prompts (plain click: only that one, again to
-    clear; shift-click: add/remove) and shows the new metric and top next tokens.
+    Hover a cell for its exact value and what a click will do; the wheel zooms at the pointer,
+    drag pans, "Reset zoom" shows the whole map. With ``model=`` and ``pairs=``, clicking a
+    cell ablates what it stands for on the clean prompts — a head, or on a ``heads_by_pos`` /
+    ``mlp_out`` map that head/MLP at that position only (plain click: only that one, again to
+    clear; shift-click: add/remove) — and the side panel shows the metric's change (Δ and its
+    share of the clean − corrupted gap), each prompt pair's values and the top next tokens.
+    Residual-stream and KV-head cells can't be ablated and say so.
     """
 
     _esm = STATIC / "patching.js"
