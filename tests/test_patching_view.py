@@ -236,7 +236,15 @@ def test_heads_by_pos_map_zooms_and_keeps_labels_readable(tmp_path, page, demo_m
     assert tip.startswith(under)  # zooming keeps the cell under the pointer in place
     assert "click: select only (ablation needs a live kernel)" in tip
 
+    # the exported SVG is what is on screen: the zoomed part, titled
+    with page.expect_download() as download:
+        page.locator('.cv-patching [data-role="export-svg"]').click()
+    svg = open(download.value.path(), encoding="utf-8").read()
+    assert "heads_by_pos" in svg and f'data-component="{under}"' in svg
+    assert 0 < svg.count("data-component=") < rows * demo_map.values.shape[1] // 4
+
     # drag pans (and selects nothing); reset shows the whole map again
+    page.mouse.move(x, y)
     page.mouse.down()
     page.mouse.move(x + 60, y + 80, steps=5)
     page.mouse.up()
