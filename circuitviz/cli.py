@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="patch/attribution: denoise (default) or noise",
     )
+    how.add_argument(
+        "--color",
+        choices=("effect", "value"),
+        default=None,
+        help="patch/attribution colour bar: effect = value − baseline (default, as the widget) "
+        "or value (the metric itself, centred on the baseline)",
+    )
     how.add_argument("--layer", type=int, default=None, help="attention: the head's layer")
     how.add_argument(
         "--head",
@@ -150,6 +157,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     by_analysis = {
         "over": ("patch", "attribution"),
         "direction": ("patch", "attribution"),
+        "color": ("patch", "attribution"),
         "layer": ("attention",),
         "head": ("attention",),
         "hide_bos": ("attention",),
@@ -247,7 +255,7 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
             metric=args.metric,
             progress=False,
         )
-        return result, {}
+        return result, {"color": args.color}
     graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=False)
     # Unpruned graphs of real models have far too many edges to draw.
     top_n = args.top_n if args.top_n is not None or args.threshold is not None else 200
@@ -290,7 +298,12 @@ def run_figure(args: argparse.Namespace) -> int:
         fig = figure_of(result, **figure_options, **style)
         written += save_many(fig, static, **style)
     if html:
-        written += save_many(html_object(result, figure_options), html)
+        shown = html_object(result, figure_options)
+        if "color" in figure_options:  # the page opens in the colour mode asked for
+            from circuitviz.views import PatchingView
+
+            shown = PatchingView(result, state={"color": figure_options["color"]})
+        written += save_many(shown, html)
     for path in written:
         print(path)
     return 0

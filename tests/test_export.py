@@ -289,22 +289,28 @@ def test_patch_map_is_centred_on_its_baseline_with_the_shared_diverging_map(head
     assert engine_diverging is DIVERGING
     (trace,) = figure_of(heads).data
     assert [list(c) for c in trace.colorscale] == [list(c) for c in DIVERGING]
-    assert trace.zmid == heads.corrupted  # denoising starts from the corrupted run
+    # colour = effect by default: value − the corrupted run's metric (denoising starts there)
+    title = trace.colorbar.title.text.replace("<br>", " ")  # wrapped to fit beside the bar
+    assert trace.zmid == 0 and "corrupted baseline" in title
+    assert trace.z[0][0] == pytest.approx(float(heads.values[0, 0]) - heads.corrupted, abs=1e-6)
     assert trace.zmax - trace.zmid == pytest.approx(trace.zmid - trace.zmin)
+    (raw,) = figure_of(heads, color="value").data  # the metric itself, centred on the baseline
+    assert raw.zmid == heads.corrupted and raw.zmax - raw.zmid == pytest.approx(trace.zmax)
     assert DIVERGING[len(DIVERGING) // 2][1] == "#f7f7f7"  # white at the centre
 
 
 def test_every_map_is_centred_on_the_unpatched_run(model):
     attribution = circuitviz.attribution_patch(model, PAIRS, over="heads")
-    assert figure_of(attribution).data[0].zmid == attribution.corrupted
+    assert figure_of(attribution, color="value").data[0].zmid == attribution.corrupted
     noising = circuitviz.patch(model, PAIRS, over="resid_pre", direction="noise", progress=False)
-    assert figure_of(noising).data[0].zmid == noising.clean
+    assert figure_of(noising, color="value").data[0].zmid == noising.clean
+    assert "clean baseline" in figure_of(noising).data[0].colorbar.title.text.replace("<br>", " ")
 
 
 def test_selected_cell_is_outlined(heads):
     fig = figure_of(heads, selected="L1H2")
     (shape,) = fig.layout.shapes
-    assert (shape.x0 + shape.x1) / 2 == 2 and (shape.y0 + shape.y1) / 2 == 1
+    assert shape.path == "M1.5,0.5H2.5V1.5H1.5Z"  # column 2 (H2), row 1 (L1)
     with pytest.raises(ExportError, match="L9H9"):
         figure_of(heads, selected="L9H9")
 

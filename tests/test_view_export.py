@@ -23,12 +23,14 @@ NODE_TRACES = ("embed", "head", "MLP", "logits")
 
 
 def crosses(fig) -> int:
-    """Crossed-out cells (each cross is a black path on a white halo)."""
-    return sum(shape.type == "path" for shape in fig.layout.shapes) // 2
+    """Crossed-out cells: all crosses are one black path (two strokes each) on a white halo."""
+    black = [s for s in fig.layout.shapes if s.name == "ablated" and s.line.color == "#000000"]
+    return sum(s.path.count("M") for s in black) // 2
 
 
 def outlines(fig) -> int:
-    return sum(shape.type == "rect" for shape in fig.layout.shapes)
+    """Outlined cells: all outlines are one path, a closed square each."""
+    return sum(s.path.count("Z") for s in fig.layout.shapes if s.name == "selected")
 
 
 def test_patching_view_figure_marks_its_selection_and_ablations(tiny_llama, tiny_pairs, tmp_path):

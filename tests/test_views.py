@@ -210,7 +210,7 @@ def test_ablation_message_round_trip(model, pairs, heads):
     assert isinstance(view.ablation, AblationResult) and view.error == ""
     assert json.loads(json.dumps(out.sent[0][0]))["result"]["top_after"]["tokens"]
     view._handle_custom_msg({"type": "ablate", "components": [], "request": 4})
-    assert view.ablated == [] and view.result["ablated"] == pytest.approx(view.result["clean"])
+    assert view.ablated == [] and view.result["ablated"] is None
 
 
 BAD_MESSAGES = [
@@ -499,9 +499,14 @@ def test_standalone_html_works_without_a_kernel(tmp_path, page, model, pairs):
     cell.hover()
     tip = page.locator('.cv-patching [data-role="tooltip"]').inner_text()
     assert tip.startswith("L1H2") and "effect vs corrupted baseline" in tip
+    assert "click: select only (ablation needs a live kernel)" in tip
+    # one notice per view, up front; no ablation controls; a click selects, no error box
+    notices = page.locator('[data-role="standalone-notice"]')
+    assert notices.count() == 2 and "live Python kernel" in notices.first.inner_text()
+    assert page.locator('.cv-patching select[data-role="mode"]').count() == 0
     cell.click()
-    error = page.locator('.cv-patching [data-role="error"]')
-    error.filter(has_text="live Python kernel").wait_for()
+    assert page.locator('.cv-patching [data-role="error"]').inner_text() == ""
+    assert "live kernel" in page.locator('.cv-patching [data-role="click-info"]').inner_text()
     assert page.locator(".cv-patching").get_attribute("data-busy") == "false"
     # selection is linked across the three views
     title = page.locator('.cv-attention [data-role="focus-title"]')

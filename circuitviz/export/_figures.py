@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
 
-from ..engine._results import ablation_target
+from ..engine._cells import (
+    FLOAT32_NOISE,
+    ablation_targets,
+    check_color,
+    color_labels,
+    is_covered,
+    is_selected,
+    zero_tolerance,
+)
+from ..engine._pairs import InputError
 from ._style import (
     DIVERGING,
     PX_PER_INCH,
@@ -88,46 +98,59 @@ def patch_figure(
     title: str | None = None,
     colorscale: Any = None,
     zmax: float | None = None,
+    color: str = "effect",
     selected: str | None = None,
     ablated: Iterable[str] = (),
     **options: Any,
 ) -> go.Figure:
-    """Heatmap of a patching map, coloured around the unpatched run's metric (the corrupted
-    run when denoising, the clean run when noising), as in the PatchingView.
+    """Heatmap of a patching map on a diverging scale centred on the unpatched run's metric
+    (the corrupted run when denoising, the clean run when noising), as in the PatchingView.
 
-    ``selected``: a cell id (``"L3H5"``, ``"L3H5:P4"``) or the head/MLP it stands for, whose
-    cells are outlined; ``ablated``: heads/MLPs whose cells are crossed out, as in the view;
-    ``zmax``: the colour range's half-width (default: the largest deviation);
-    ``colorscale``: default :data:`DIVERGING`.
+    ``color``: ``"effect"`` (default, as the view) colours and labels each cell by value −
+    baseline; ``"value"`` labels the colour bar in the metric's own units, centred on the
+    baseline (the colours are the same). The colour bar names the baseline and its value.
+    ``selected``: a cell id (``"L3H5"``, ``"L3H5:P4"``) or what a click on cells ablates, whose
+    cells are outlined; ``ablated``: components (``"L3H5"``, ``"L3H5:P4"``, ``"MLP2:P4"``)
+    whose cells are crossed out, as in the view; ``zmax``: the colour range's half-width
+    (default: the largest deviation); ``colorscale``: default :data:`DIVERGING`.
     """
     import plotly.graph_objects as go
 
     style, rest = split_style(options)
-    reject_unknown(rest, "patch_figure", ("title", "colorscale", "zmax", "selected", "ablated"))
+    reject_unknown(
+        rest, "patch_figure", ("title", "colorscale", "zmax", "color", "selected", "ablated")
+    )
+    try:
+        check_color(color)
+    except InputError as err:
+        raise ExportError(str(err)) from None
     if result.values.numel() == 0:
         raise ExportError(
             f"This PatchResult is empty (values of shape {tuple(result.values.shape)}); "
             "nothing to draw. Check the prompts and `over=`."
         )
     v, rows, cols, row_axis, col_axis, index = _flatten_for_heatmap(result)
-    # Both methods give the metric after the patch: centre on the unpatched run's value.
-    centre = result.corrupted if result.direction == "denoise" else result.clean
-    span = zmax if zmax is not None else (float((v - centre).abs().max()) or 1.0)
+    centre = result.baseline
+    effect = v.double() - centre
+    effect[effect.abs() <= zero_tolerance(result)] = 0.0  # float32 noise is no effect
+    span = zmax if zmax is not None else (float(effect.abs().max()) or 1.0)
+    shift = 0.0 if color == "effect" else centre
     x = [text_label(c) for c in cols]
     y = [text_label(r) for r in rows]
+    shown = "effect" if color == "effect" else result.metric
     fig = go.Figure(
         go.Heatmap(
-            z=v.numpy(),
+            z=(effect + shift).numpy(),
             x=x,
             y=y,
             colorscale=colorscale or DIVERGING,
-            zmid=centre,
-            zmin=centre - span,
-            zmax=centre + span,
-            colorbar={"title": {"text": text_label(result.metric)}},
+            zmid=shift,
+            zmin=shift - span,
+            zmax=shift + span,
+            colorbar={"title": {"text": _bar_title(color_labels(result)[color], style, len(rows))}},
             hovertemplate=(
                 f"{text_label(row_axis)} %{{y}}<br>{text_label(col_axis)} %{{x}}<br>"
-                f"{text_label(result.metric)} %{{z:.4f}}<extra></extra>"
+                f"{text_label(shown)} %{{z:.4g}}<extra></extra>"
             ),
         )
     )
@@ -142,36 +165,7 @@ def patch_figure(
     )
     # Category axes keep their order; reversed puts layer 0 at the top, as in the widgets.
     fig.update_yaxes(autorange="reversed")
-    ablated = set(ablated)
-    if selected is not None or ablated:
-        cells = []  # (row, col, cell id, the head/MLP it stands for)
-        for r in range(len(rows)):
-            for c in range(len(cols)):
-                i = result.component(index(r, c))
-                cells.append((r, c, i, ablation_target(i)))
-        chosen = [(r, c) for r, c, i, target in cells if selected in (i, target)]
-        if selected is not None and not chosen:
-            raise ExportError(f"selected={selected!r} is not a cell of this map.")
-        for r, c in chosen:
-            fig.add_shape(
-                type="rect",
-                x0=c - 0.5,
-                x1=c + 0.5,
-                y0=r - 0.5,
-                y1=r + 0.5,
-                line={"color": "#000000", "width": 1.5},
-            )
-        for r, c, _, target in cells:
-            if target in ablated:
-                cross = f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}"
-                # black on a white halo: visible on the darkest and the palest cells alike
-                for colour, width in (("#ffffff", 2.6), ("#000000", 1.1)):
-                    fig.add_shape(
-                        type="path",
-                        path=cross,
-                        line={"color": colour, "width": width},
-                        name="ablated",
-                    )
+    _mark_cells(fig, result, len(rows), len(cols), index, selected, set(ablated))
     return apply_style(fig, style, natural_height=_heatmap_height(style, len(rows)))
 
 
@@ -238,6 +232,81 @@ def block_max(patterns: torch.Tensor, edges: list[int]) -> torch.Tensor:
     out[:, 1:, 0] = F.max_pool1d(x[:, 1:, 0][:, None], block, ceil_mode=True)[:, 0]
     out[:, 1:, 1:] = F.max_pool2d(x[:, None, 1:, 1:], block, ceil_mode=True)[:, 0]
     return out
+
+
+def _bar_title(label: str, style, n_rows: int) -> str:
+    """The colour bar's title, wrapped into lines that fit beside the bar (plotly cuts off a
+    vertical title longer than the figure is tall)."""
+    height_px = style.height_in(_heatmap_height(style, n_rows)) * PX_PER_INCH
+    chars = max(12, int((height_px - 90) / (style.font_px * 0.6)))
+    return "<br>".join(text_label(line) for line in textwrap.wrap(label, chars))
+
+
+def _mark_cells(fig, result, n_rows, n_cols, index, selected, ablated) -> None:
+    """Outline the selected cells and cross out the ablated ones, each kind as one path with
+    one legend entry, so drawing time grows linearly with the number of cells."""
+    import plotly.graph_objects as go
+
+    if selected is None and not ablated:
+        return
+    ids = result.cells()
+    targets = ablation_targets(result)
+    strides = [1] * len(result.values.shape)
+    for d in range(len(strides) - 2, -1, -1):
+        strides[d] = strides[d + 1] * result.values.shape[d + 1]
+    outline, cross = [], []
+    for r in range(n_rows):
+        for c in range(n_cols):
+            i = sum(k * s for k, s in zip(index(r, c), strides, strict=True))  # flat index
+            if is_selected(selected, ids[i], targets[i]):
+                outline.append(f"M{c - 0.5},{r - 0.5}H{c + 0.5}V{r + 0.5}H{c - 0.5}Z")
+            if is_covered(targets[i], ablated):
+                cross.append(
+                    f"M{c - 0.4},{r - 0.4}L{c + 0.4},{r + 0.4}M{c - 0.4},{r + 0.4}L{c + 0.4},{r - 0.4}"
+                )
+    if selected is not None and not outline:
+        raise ExportError(f"selected={selected!r} is not a cell of this map.")
+    if outline:
+        fig.add_shape(
+            type="path",
+            path="".join(outline),
+            line={"color": "#000000", "width": 1.5},
+            fillcolor="rgba(0,0,0,0)",
+            opacity=1,  # the simple_white template draws shapes at 30 %
+            name="selected",
+        )
+    if cross:
+        # black on a white halo: visible on the darkest and the palest cells alike
+        for colour, width in (("#ffffff", 2.6), ("#000000", 1.1)):
+            fig.add_shape(
+                type="path",
+                path="".join(cross),
+                line={"color": colour, "width": width},
+                fillcolor="rgba(0,0,0,0)",
+                opacity=1,
+                name="ablated",
+            )
+    # Legend entries for the marks (shapes have none of their own that look like them).
+    for name, symbol, used in (("selected", "square-open", outline), ("ablated", "x-thin", cross)):
+        if used:
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name=name,
+                    marker={
+                        "symbol": symbol,
+                        "size": 9,
+                        "color": "#000000",
+                        "line": {"width": 1.5},
+                    },
+                )
+            )
+    if outline or cross:
+        fig.update_layout(
+            showlegend=True, legend={"orientation": "h", "x": 0, "y": -0.15, "yanchor": "top"}
+        )
 
 
 def attention_figure(
@@ -366,8 +435,9 @@ def ablation_figure(
     style, rest = split_style(options)
     reject_unknown(rest, "ablation_figure", ("k", "title"))
     before = dict(zip(result.top_before.tokens, result.top_before.probs, strict=True))
-    after = dict(zip(result.top_after.tokens, result.top_after.probs, strict=True))
-    tokens = list(dict.fromkeys([*result.top_before.tokens, *result.top_after.tokens]))
+    top_after = result.top_after  # None when nothing is ablated
+    after = dict(zip(top_after.tokens, top_after.probs, strict=True)) if top_after else {}
+    tokens = list(dict.fromkeys([*result.top_before.tokens, *after]))
     tokens = tokens[: k or len(tokens)]
     if not tokens:
         raise ExportError("This AblationResult has no top tokens to draw.")
@@ -378,10 +448,8 @@ def ablation_figure(
         horizontal_spacing=0.16,
     )
     labels = [text_label(repr(t)[1:-1] if t.strip() != t else t) for t in tokens]
-    for name, probs, colour in (
-        ("before", before, BEFORE),
-        ("after", after, AFTER),
-    ):
+    bars = [("before", before, BEFORE)] + ([("after", after, AFTER)] if top_after else [])
+    for name, probs, colour in bars:
         fig.add_trace(
             go.Bar(
                 x=[probs.get(t, 0.0) for t in tokens],
@@ -394,22 +462,52 @@ def ablation_figure(
             row=1,
             col=1,
         )
+    # The metric: mean bars, and each prompt pair as a dot over its bar.
+    runs = [("clean", result.clean, BEFORE), ("ablated", result.ablated, AFTER)]
+    runs = [r for r in runs if r[1] is not None] + [("corrupted", result.corrupted, CORRUPTED)]
     fig.add_trace(
         go.Bar(
-            x=["clean", "ablated", "corrupted"],
-            y=[result.clean, result.ablated, result.corrupted],
-            marker_color=[BEFORE, AFTER, CORRUPTED],
+            x=[name for name, _, _ in runs],
+            y=[value for _, value, _ in runs],
+            marker_color=[colour for _, _, colour in runs],
             showlegend=False,
-            hovertemplate="%{x}: %{y:.4f}<extra></extra>",
+            hovertemplate="%{x} (mean): %{y:.4f}<extra></extra>",
         ),
         row=1,
         col=2,
     )
-    what = ", ".join(result.components) or "nothing"
+    per_prompt = result.per_prompt
+    xs, ys = [], []
+    for name, _, _ in runs:
+        values = per_prompt.get(name) or []
+        xs += [name] * len(values)
+        ys += list(values)
+    if len(per_prompt.get("clean") or []) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name="one prompt pair",
+                marker={"color": "#000000", "size": 4, "opacity": 0.7},
+                hovertemplate="%{x}: %{y:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.add_hline(y=0, line={"color": "#666666", "width": 0.6}, row=1, col=2)
+    if title is None:
+        if result.ablated is None:
+            title = text_label(f"Nothing ablated ({result.metric} clean {result.clean:.3g})")
+        else:
+            gap = result.gap_fraction
+            share = "" if gap is None else f", {100 * gap:+.3g}% of the clean − corrupted gap"
+            title = text_label(
+                f"{result.mode.capitalize()}-ablating {', '.join(result.components)}: "
+                f"Δ {result.metric} {_signed(result.delta, result)}{share}"
+            )
     fig.update_layout(
-        title=title
-        if title is not None
-        else text_label(f"{result.mode.capitalize()}-ablating {what}"),
+        title=title,
         barmode="group",
         bargap=0.25,
         legend={"orientation": "h", "x": 0, "y": -0.12, "yanchor": "top"},
@@ -420,3 +518,9 @@ def ablation_figure(
     fig.update_yaxes(title_text=text_label(result.metric), row=1, col=2)
     natural = max(style.width_in * 0.5, len(tokens) * style.font_px * 2.2 / PX_PER_INCH + 0.9)
     return apply_style(fig, style, natural_height=natural)
+
+
+def _signed(delta: float, result: AblationResult) -> str:
+    """A change with float32 noise printed as an exact 0."""
+    tolerance = FLOAT32_NOISE * max(1.0, abs(result.clean), abs(result.corrupted))
+    return "0" if abs(delta) <= tolerance else f"{delta:+.4g}"

@@ -3,8 +3,9 @@
 A small shim implements the anywidget model interface (``get``, ``set``, ``on``, ``off``,
 ``send``, ``save_changes``) over the embedded state, so the view's own ``render`` runs
 unchanged: hover, thresholds and head selection work; requests the kernel would answer
-(a layer's attention patterns) are replayed from embedded replies; ablation shows a notice
-that it needs a live kernel.
+(a layer's attention patterns) are replayed from embedded replies. Ablation is off: the state
+gets ``standalone`` (the notice, shown once above the ablation panel) and ``can_ablate`` false,
+so the views leave the ablation controls out and clicks only select.
 
 Everything embedded is JSON inside ``<script type="application/json">`` with ``<``, ``>`` and
 ``&`` escaped as ``\\u003c``…, so no token (``</script>``, ``<img onerror=…>``) can end the
@@ -22,7 +23,7 @@ from typing import Any
 STATIC = Path(__file__).parent.parent / "static"
 KERNEL_NOTICE = (
     "Ablation needs a live Python kernel: this is a standalone HTML export. Open the view in "
-    "Jupyter to ablate components."
+    "Jupyter to ablate components; hover, selection and export work here."
 )
 
 SHIM = r"""
@@ -152,6 +153,9 @@ def view_spec(view: Any) -> dict[str, Any]:
     base = {"layout", "tabbable", "tooltip", "comm", "keys", "log"}
     names = [n for n in view.trait_names(sync=True) if not n.startswith("_") and n not in base]
     state, paths, buffers = _remove_buffers(view.get_state(names))
+    if "can_ablate" in state:
+        state["can_ablate"] = False
+        state["standalone"] = KERNEL_NOTICE
     replies = []
     if hasattr(view, "static_replies"):
         for r in view.static_replies():

@@ -7,6 +7,16 @@ import { button, clear, el, fmt, select, setText, showToken } from "./dom";
 import type { AnyModel, AblationTraits, AblationResultDict, TopTokens } from "./types";
 
 export const MODES = ["zero", "mean", "resample"];
+/** Mirrors engine/_cells.py FLOAT32_NOISE: changes this small (relative to the metric's
+ * scale) are float32 noise and print as 0. */
+const FLOAT32_NOISE = 8 * 2 ** -23;
+
+/** A change, with float32 noise shown as an exact 0. */
+export function snapZero(v: number | null | undefined, scale: number[]): number | null | undefined {
+  if (v === null || v === undefined) return v;
+  const tol = FLOAT32_NOISE * Math.max(1, ...scale.filter(Number.isFinite).map(Math.abs));
+  return Math.abs(v) <= tol ? 0 : v;
+}
 export const METRICS = ["logit_diff", "normalized_logit_diff", "answer_prob", "kl"];
 
 /** Click semantics: plain click ablates only that component (clicking the sole ablated one
@@ -29,40 +39,51 @@ export class AblationPanel {
   private readonly table: HTMLTableElement;
   private readonly list: HTMLDivElement;
   private readonly topk: HTMLDivElement;
+  private readonly perPrompt: HTMLDivElement;
   readonly extra: HTMLDivElement;
 
+  /** `metricScope`: says what the metric dropdown changes (the view's own picture does not). */
   constructor(
     private readonly model: AnyModel<AblationTraits>,
     private readonly root: HTMLElement,
     private readonly onChange: () => void,
+    metricScope = "",
   ) {
     this.modeSelect = select("mode", MODES, model.get("mode") || "zero");
     this.metricSelect = select("metric", METRICS, model.get("metric") || "logit_diff");
     const reset = button("Reset", "reset", "Clear the ablation set");
     this.modeSelect.title = "How an ablated component's output is replaced";
-    this.metricSelect.title = "Metric shown below";
+    this.metricSelect.title = `Metric of the ablation readout below. ${metricScope}`.trim();
     this.modeSelect.addEventListener("change", () => this.send(this.current()));
     this.metricSelect.addEventListener("change", () => this.send(this.current()));
     reset.addEventListener("click", () => this.send([]));
     this.table = el("table", { class: "cv-metrics" });
     this.list = el("div", { "data-role": "ablated-list", class: "cv-muted" });
     this.topk = el("div", { class: "cv-topk-wrap" });
+    this.perPrompt = el("div", { class: "cv-per-prompt" });
     this.extra = el("div", { class: "cv-extra" });
     this.error = el("div", { class: "cv-error", "data-role": "error", role: "alert" });
-    const canAblate = model.get("can_ablate");
-    const controls = el("div", { class: "cv-toolbar" }, el("label", {}, "mode ", this.modeSelect), el("label", {}, "metric ", this.metricSelect), reset);
+    const controls = el("div", { class: "cv-toolbar" }, el("label", {}, "mode ", this.modeSelect), el("label", { title: this.metricSelect.title }, "ablation metric ", this.metricSelect), reset);
     const busy = el("span", { class: "cv-busy", "data-role": "busy" }, "running…");
+    // Without a kernel (standalone HTML) or without model/pairs the controls are left out and
+    // one notice says why, up front; clicks then only select.
+    const notice = model.get("standalone")
+      ? el("div", { class: "cv-notice", "data-role": "standalone-notice" }, model.get("standalone")!)
+      : model.get("can_ablate")
+        ? controls
+        : el("div", { class: "cv-muted", "data-role": "notice" }, "Ablation needs model= and pairs=.");
     this.el = el(
       "div",
       { class: "cv-panel", "data-role": "ablation-panel" },
       el("div", { class: "cv-title" }, "Ablation"),
-      canAblate ? controls : el("div", { class: "cv-muted", "data-role": "notice" }, "Ablation needs model= and pairs=."),
+      notice,
       busy,
       this.error,
       this.table,
       this.list,
       this.extra,
       this.topk,
+      this.perPrompt,
     );
     model.on("msg:custom", (msg: { type?: string; request?: number; message?: string }) => {
       if (msg.type !== "ablation" && msg.type !== "error") return;
@@ -90,10 +111,7 @@ export class AblationPanel {
   }
 
   send(components: string[]): void {
-    if (!this.model.get("can_ablate")) {
-      setText(this.error, "Ablation needs a live kernel with model= and pairs=.");
-      return;
-    }
+    if (!this.model.get("can_ablate") || this.model.get("standalone")) return; // the notice says why
     this.request += 1;
     this.pending = components;
     setText(this.error, "");
@@ -121,18 +139,54 @@ export class AblationPanel {
     const err = m.get("error");
     if (err) setText(this.error, err);
     const r: AblationResultDict = m.get("result") ?? {};
+    const any = !!(r.components && r.components.length);
+    const scale = [r.clean ?? 0, r.corrupted ?? 0];
     clear(this.table);
-    const row = (label: string, role: string, v: number | undefined) =>
-      this.table.append(el("tr", {}, el("td", {}, label), el("td", { "data-role": role, "data-value": v ?? "" }, fmt(v))));
+    const row = (label: string, role: string, v: number | null | undefined, text = fmt(v), title = "") =>
+      this.table.append(el("tr", { title }, el("td", {}, label), el("td", { "data-role": role, "data-value": v ?? "" }, text)));
     row("clean", "metric-clean", r.clean);
     row("corrupted", "metric-corrupted", r.corrupted);
-    row("ablated", "metric-ablated", r.components && r.components.length ? r.ablated : undefined);
+    row("ablated", "metric-ablated", any ? r.ablated : null);
+    const delta = any ? snapZero(r.delta, scale) : null;
+    row("Δ (ablated − clean)", "metric-delta", delta, delta === null || delta === undefined ? "–" : signed(delta));
+    const gap = any && delta !== 0 ? r.gap_fraction : delta === 0 ? 0 : null;
+    const gapText = gap === null || gap === undefined ? (any && r.delta !== undefined ? "– (clean ≈ corrupted)" : "–") : `${signed(100 * gap, 3)} %`;
+    row("Δ / (clean − corrupted)", "metric-gap", gap, gapText, "The change as a share of the clean − corrupted gap: −100 % = ablation undoes the whole clean advantage");
     const set = this.current();
     setText(this.list, set.length ? `ablated (${r.mode ?? m.get("mode")}): ${set.join(", ")}` : "nothing ablated — click a component; shift-click adds");
     clear(this.topk);
     if (r.top_before) this.topk.append(topTable("top tokens before", "top-before", r.top_before));
-    if (r.top_after && r.components && r.components.length) this.topk.append(topTable("after ablation", "top-after", r.top_after));
+    if (r.top_after && any) this.topk.append(topTable("after ablation", "top-after", r.top_after));
+    clear(this.perPrompt);
+    if (r.per_prompt?.clean?.length) this.perPrompt.append(perPromptTable(r.per_prompt, r.metric ?? m.get("metric"), scale));
   }
+}
+
+function signed(v: number, digits = 4): string {
+  return v > 0 ? `+${fmt(v, digits)}` : fmt(v, digits);
+}
+
+/** One row per prompt pair: clean, corrupted, ablated and Δ of that pair. */
+function perPromptTable(p: NonNullable<AblationResultDict["per_prompt"]>, metric: string, scale: number[]): HTMLElement {
+  const t = el("table", { class: "cv-topk", "data-role": "per-prompt" });
+  t.append(el("tr", {}, el("td", { class: "cv-muted", colspan: 5 }, `per prompt pair (${metric})`)));
+  t.append(el("tr", { class: "cv-muted" }, ...["#", "clean", "corrupted", "ablated", "Δ"].map((h) => el("td", {}, h))));
+  p.clean.forEach((clean, i) => {
+    const ablated = p.ablated ? p.ablated[i] : null;
+    const delta = ablated === null ? null : snapZero(ablated - clean, scale);
+    t.append(
+      el(
+        "tr",
+        { "data-prompt": i },
+        el("td", {}, String(i)),
+        el("td", {}, fmt(clean, 3)),
+        el("td", {}, fmt(p.corrupted[i], 3)),
+        el("td", {}, ablated === null ? "–" : fmt(ablated, 3)),
+        el("td", {}, delta === null || delta === undefined ? "–" : signed(delta, 3)),
+      ),
+    );
+  });
+  return t;
 }
 
 function topTable(title: string, role: string, top: TopTokens): HTMLElement {

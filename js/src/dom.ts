@@ -59,11 +59,16 @@ export const STYLE = `
 .cv-title{font-weight:600;margin-right:8px}
 .cv-button,.cv-select{font:inherit;padding:2px 8px;border:1px solid #bbb;border-radius:4px;background:#fafafa;cursor:pointer}
 .cv-button:hover{background:#eee}
-.cv-tooltip{position:absolute;pointer-events:none;background:rgba(20,20,20,.92);color:#fff;padding:4px 6px;border-radius:4px;white-space:pre;z-index:10;display:none;font-size:11px;max-width:420px;overflow:hidden}
+.cv-tooltip{position:absolute;pointer-events:none;background:rgba(20,20,20,.92);color:#fff;padding:4px 6px;border-radius:4px;white-space:pre-wrap;z-index:10;display:none;font-size:11px;width:max-content;max-width:420px;overflow:hidden}
 .cv-error{color:#a40000;background:#fff0f0;border:1px solid #f3b0b0;border-radius:4px;padding:4px 6px;margin:4px 0;white-space:pre-wrap}
 .cv-error:empty{display:none}
 .cv-hm{position:relative;display:inline-block;user-select:none}
 .cv-hm canvas{display:block}
+.cv-hm-plot{position:relative}
+.cv-hm-head{display:flex;flex-wrap:wrap;gap:4px 8px;align-items:center;margin-bottom:2px}
+.cv-hm-title{font-weight:600;overflow-wrap:anywhere;flex:1 1 100%}
+.cv-hm-head .cv-button{padding:0 6px}
+.cv-hm-head .cv-button:disabled{opacity:.45;cursor:default}
 .cv-hits{position:absolute;left:0;top:0}
 .cv-hit{position:absolute;cursor:pointer;background:transparent}
 .cv-hit:focus-visible,.cv-node:focus-visible{outline:2px solid #0072B2;outline-offset:1px}
@@ -80,6 +85,9 @@ export const STYLE = `
 .cv-muted{color:#777}
 .cv-topk td:last-child{text-align:right;font-variant-numeric:tabular-nums}
 .cv-topk-wrap{display:flex;gap:14px;align-items:flex-start;margin-top:4px}
+.cv-notice{background:#f4f7fb;border:1px solid #c9d6e6;border-radius:4px;padding:4px 6px;margin:4px 0}
+.cv-per-prompt{margin-top:6px;max-height:240px;overflow:auto}
+.cv-per-prompt td{text-align:right;font-variant-numeric:tabular-nums}
 `;
 
 export function root(el_: HTMLElement, kind: string): HTMLDivElement {

@@ -1,8 +1,10 @@
-// A canvas heatmap: cells drawn once into an offscreen image (one pixel per cell) and scaled,
-// axis labels thinned to fit, colour bar, hover tooltip with the exact value, click, and an
-// invisible element per cell carrying data-component so tests and screen readers can find it.
+// A canvas heatmap: cells drawn into an offscreen image (one pixel per cell) and scaled, axis
+// labels thinned to fit the current zoom, colour bar, hover tooltip with the exact value, click,
+// optional wheel zoom / drag pan, and an invisible element per cell carrying data-component so
+// tests and screen readers can find it. The title is page text above the canvas (it wraps, so
+// it is never cut off); exported SVGs carry it too.
 import { css, type RGB, type Scale } from "./colors";
-import { el, setText, truncate } from "./dom";
+import { button, el, setText, truncate } from "./dom";
 import { svgEl, svgRoot } from "./export";
 
 export interface HeatmapData {
@@ -16,8 +18,12 @@ export interface HeatmapData {
   rowTitle?: string;
   colTitle?: string;
   title?: string;
-  /** `ticks`: [position, label] pairs (default: the ends, and 0 when inside the range). */
-  colorbar?: { min: number; max: number; label: string; scale: Scale; ticks?: [number, string][] };
+  /** Rows in groups (the heads of one layer): when rows are too thin to label one by one, each
+   * group is labelled and separated by a faint line. */
+  rowGroups?: { size: number; label: (g: number) => string };
+  /** `ticks`: positions, or [position, label] pairs (default: the ends, and 0 when inside the
+   * range). */
+  colorbar?: { min: number; max: number; label: string; scale: Scale; ticks?: (number | [number, string])[] };
   tooltip: (r: number, c: number) => string;
   component?: (r: number, c: number) => string | null;
 }
@@ -28,8 +34,41 @@ export interface HeatmapOptions {
   maxCell?: number;
   /** Above this many cells no per-cell elements are made (hover/click still work). */
   maxHitCells?: number;
+  /** Wheel zooms (at the cursor), drag pans, and a reset button appears. */
+  zoom?: boolean;
   onClick?: (r: number, c: number, ev: MouseEvent) => void;
   onHover?: (r: number | null, c: number | null) => void;
+}
+
+/** The part of the grid in view: first row/column (fractional) and how many are shown. */
+export interface View {
+  r0: number;
+  c0: number;
+  nr: number;
+  nc: number;
+}
+
+/** Largest cell size (px) zooming in may reach. */
+const MAX_ZOOM_CELL = 48;
+/** Labels closer than this (px) are thinned. */
+const LABEL_PX = 12;
+
+/** Zoom a view by `factor` (< 1 zooms in) about the grid point (r, c), clamped to the grid. */
+export function zoomView(v: View, rows: number, cols: number, factor: number, r: number, c: number, minR: number, minC: number): View {
+  const nr = Math.min(rows, Math.max(Math.min(rows, minR), v.nr * factor));
+  const nc = Math.min(cols, Math.max(Math.min(cols, minC), v.nc * factor));
+  return clampView({ r0: r - ((r - v.r0) * nr) / v.nr, c0: c - ((c - v.c0) * nc) / v.nc, nr, nc }, rows, cols);
+}
+
+export function clampView(v: View, rows: number, cols: number): View {
+  return { ...v, r0: Math.min(Math.max(0, v.r0), rows - v.nr), c0: Math.min(Math.max(0, v.c0), cols - v.nc) };
+}
+
+/** Indices i in [from, to) that are multiples of step (labels stay put while panning). */
+export function steps(from: number, to: number, step: number): number[] {
+  const out: number[] = [];
+  for (let i = Math.ceil(Math.max(0, from) / step) * step; i < to; i += step) out.push(i);
+  return out;
 }
 
 export type Mark = "selected" | "ablated" | "pinned" | "ablated-selected";
@@ -83,8 +122,15 @@ export class Heatmap {
   readonly geom: Geometry;
   private readonly canvas: HTMLCanvasElement;
   private readonly image: HTMLCanvasElement;
+  private full: HTMLCanvasElement | null = null;
   private readonly tooltip: HTMLDivElement;
+  private readonly hitsInner: HTMLDivElement;
+  private readonly resetButton: HTMLButtonElement | null = null;
   private marks = new Map<number, Mark>();
+  private view: View;
+  private frame = 0;
+  private drag: { x: number; y: number; view: View; moved: boolean } | null = null;
+  private suppressClick = false;
 
   constructor(
     readonly data: HeatmapData,
@@ -97,36 +143,122 @@ export class Heatmap {
       maxHeight: opts.maxHeight ?? 640,
       maxCell: opts.maxCell ?? 28,
       colorbar: !!data.colorbar,
-      title: !!data.title,
-      minWidth: Math.max(Math.ceil(measure([data.title ?? ""], 700, 200) * 1.2) + 8, measure([`colour: ${data.colorbar?.label ?? ""}`], 600, 200) + rowW + 16),
+      title: false, // page text above the canvas
+      minWidth: measure([`colour: ${data.colorbar?.label ?? ""}`], 600, 200) + 24,
     });
+    this.view = { r0: 0, c0: 0, nr: data.rows, nc: data.cols };
     this.image = this.paintCells();
     this.canvas = el("canvas", { class: "cv-heatmap-canvas" });
     this.tooltip = el("div", { class: "cv-tooltip", "data-role": "tooltip" });
-    this.el = el("div", { class: "cv-hm" }, this.canvas, this.hitLayer(), this.tooltip);
-    this.el.addEventListener("mousemove", (e) => this.hover(e));
-    this.el.addEventListener("mouseleave", () => {
+    const g = this.geom;
+    this.hitsInner = this.hitLayer();
+    const hits = el("div", { class: "cv-hits", style: `left:${g.left}px;top:${g.top}px;width:${g.plotW}px;height:${g.plotH}px;overflow:hidden` }, this.hitsInner);
+    const head = el("div", { class: "cv-hm-head", style: `max-width:${g.width}px` });
+    if (data.title) head.append(el("div", { class: "cv-hm-title", "data-role": "heatmap-title" }, data.title));
+    if (opts.zoom) {
+      const reset = button("Reset zoom", "zoom-reset", "Show the whole map again");
+      reset.disabled = true;
+      reset.addEventListener("click", () => this.setView({ r0: 0, c0: 0, nr: data.rows, nc: data.cols }));
+      head.append(reset, el("span", { class: "cv-muted", "data-role": "zoom-hint" }, "wheel: zoom · drag: pan"));
+      this.resetButton = reset;
+    }
+    const plot = el("div", { class: "cv-hm-plot" }, this.canvas, hits, this.tooltip);
+    this.el = el("div", { class: "cv-hm" }, head, plot);
+    plot.addEventListener("mousemove", (e) => this.hover(e));
+    plot.addEventListener("mouseleave", () => {
       this.tooltip.style.display = "none";
       opts.onHover?.(null, null);
     });
-    this.el.addEventListener("click", (e) => {
+    plot.addEventListener("click", (e) => {
+      if (this.suppressClick) {
+        this.suppressClick = false;
+        return;
+      }
       const cell = this.cellAt(e);
       if (cell) opts.onClick?.(cell[0], cell[1], e);
     });
+    if (opts.zoom) this.enableZoom(plot);
     this.draw();
+  }
+
+  /** The part of the grid in view. */
+  get zoomView(): View {
+    return { ...this.view };
+  }
+
+  setView(v: View): void {
+    const d = this.data;
+    this.view = clampView(v, d.rows, d.cols);
+    const zoomed = this.view.nr < d.rows || this.view.nc < d.cols;
+    if (this.resetButton) this.resetButton.disabled = !zoomed;
+    this.el.dataset.zoomed = String(zoomed);
+    const g = this.geom;
+    const sx = g.plotW / this.view.nc / g.cw;
+    const sy = g.plotH / this.view.nr / g.ch;
+    this.hitsInner.style.transform = `scale(${sx},${sy}) translate(${-this.view.c0 * g.cw}px,${-this.view.r0 * g.ch}px)`;
+    cancelAnimationFrame(this.frame);
+    this.frame = requestAnimationFrame(() => this.draw());
+  }
+
+  private enableZoom(plot: HTMLElement): void {
+    const g = this.geom;
+    const d = this.data;
+    plot.addEventListener(
+      "wheel",
+      (e) => {
+        const p = this.plotPoint(e);
+        if (!p) return; // outside the cells: let the page scroll
+        e.preventDefault();
+        const v = this.view;
+        const factor = Math.exp(Math.max(-1, Math.min(1, e.deltaY * 0.002)));
+        this.setView(zoomView(v, d.rows, d.cols, factor, v.r0 + (p[1] / g.plotH) * v.nr, v.c0 + (p[0] / g.plotW) * v.nc, g.plotH / MAX_ZOOM_CELL, g.plotW / MAX_ZOOM_CELL));
+      },
+      { passive: false },
+    );
+    // Window listeners only while a button is down: a rebuilt heatmap leaves none behind.
+    const move = (e: MouseEvent) => {
+      const drag = this.drag;
+      if (!drag) return;
+      const dx = e.clientX - drag.x;
+      const dy = e.clientY - drag.y;
+      if (!drag.moved && Math.hypot(dx, dy) < 4) return; // a click, not a drag
+      drag.moved = true;
+      const v = drag.view;
+      this.setView({ ...v, r0: v.r0 - (dy / g.plotH) * v.nr, c0: v.c0 - (dx / g.plotW) * v.nc });
+    };
+    const up = () => {
+      if (this.drag?.moved) this.suppressClick = true;
+      this.drag = null;
+      window.removeEventListener("mousemove", move);
+      window.removeEventListener("mouseup", up);
+    };
+    plot.addEventListener("mousedown", (e) => {
+      if (e.button !== 0 || !this.plotPoint(e)) return;
+      this.drag = { x: e.clientX, y: e.clientY, view: { ...this.view }, moved: false };
+      window.addEventListener("mousemove", move);
+      window.addEventListener("mouseup", up);
+    });
   }
 
   /** One pixel per cell, or — when there are more cells than screen pixels — one pixel per
    * block holding the block's strongest value (|max|), so a one-cell stripe in a 1,000-token
    * pattern stays visible instead of being averaged away. */
-  private paintCells(): HTMLCanvasElement {
-    const { rows, cols, colorValues, scale } = this.data;
-    const w = Math.min(cols, Math.max(1, Math.ceil(this.geom.plotW)));
+  private paintCells(r0 = 0, r1 = this.data.rows, c0 = 0, c1 = this.data.cols): HTMLCanvasElement {
+    const { cols, colorValues, scale } = this.data;
+    const rows = r1 - r0;
+    const n = c1 - c0;
+    const w = Math.min(n, Math.max(1, Math.ceil(this.geom.plotW)));
     const h = Math.min(rows, Math.max(1, Math.ceil(this.geom.plotH)));
     const img = el("canvas", { width: w, height: h });
     const ctx = img.getContext("2d");
     if (!ctx) return img;
-    const block = downsample(colorValues, rows, cols, h, w);
+    let region: ArrayLike<number> = colorValues;
+    if (rows !== this.data.rows || n !== cols) {
+      const sub = new Float32Array(rows * n);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < n; c++) sub[r * n + c] = colorValues[(r0 + r) * cols + c0 + c];
+      region = sub;
+    }
+    const block = downsample(region, rows, n, h, w);
     const pixels = ctx.createImageData(w, h);
     const p = pixels.data;
     for (let i = 0; i < w * h; i++) {
@@ -140,10 +272,10 @@ export class Heatmap {
     return img;
   }
 
-  private hitLayer(): HTMLElement {
+  private hitLayer(): HTMLDivElement {
     const { rows, cols, component } = this.data;
     const g = this.geom;
-    const layer = el("div", { class: "cv-hits", style: `left:${g.left}px;top:${g.top}px;width:${g.plotW}px;height:${g.plotH}px` });
+    const layer = el("div", { class: "cv-hits-inner", style: `width:${g.plotW}px;height:${g.plotH}px;transform-origin:0 0` });
     if (!component || rows * cols > (this.opts.maxHitCells ?? 20000)) return layer;
     const focusable = rows * cols <= 600; // keyboard: Tab to a cell, Enter (Shift+Enter adds)
     layer.addEventListener("keydown", (e) => {
@@ -164,23 +296,33 @@ export class Heatmap {
     return layer;
   }
 
-  cellAt(e: MouseEvent): [number, number] | null {
+  /** Pointer position inside the plot area (px), or null outside it. */
+  private plotPoint(e: MouseEvent): [number, number] | null {
     const rect = this.canvas.getBoundingClientRect();
     const g = this.geom;
     const x = e.clientX - rect.left - g.left;
     const y = e.clientY - rect.top - g.top;
-    if (x < 0 || y < 0 || x >= g.plotW || y >= g.plotH) return null;
-    return [Math.min(this.data.rows - 1, Math.floor(y / g.ch)), Math.min(this.data.cols - 1, Math.floor(x / g.cw))];
+    return x < 0 || y < 0 || x >= g.plotW || y >= g.plotH ? null : [x, y];
+  }
+
+  cellAt(e: MouseEvent): [number, number] | null {
+    const p = this.plotPoint(e);
+    if (!p) return null;
+    const g = this.geom;
+    const v = this.view;
+    const r = Math.floor(v.r0 + (p[1] / g.plotH) * v.nr);
+    const c = Math.floor(v.c0 + (p[0] / g.plotW) * v.nc);
+    return [Math.min(this.data.rows - 1, r), Math.min(this.data.cols - 1, c)];
   }
 
   private hover(e: MouseEvent): void {
-    const cell = this.cellAt(e);
+    const cell = this.drag?.moved ? null : this.cellAt(e);
     if (!cell) {
       this.tooltip.style.display = "none";
       return;
     }
     setText(this.tooltip, this.data.tooltip(cell[0], cell[1]));
-    const rect = this.el.getBoundingClientRect();
+    const rect = this.canvas.getBoundingClientRect();
     const x = e.clientX - rect.left;
     const y = e.clientY - rect.top;
     this.tooltip.style.display = "block";
@@ -197,6 +339,15 @@ export class Heatmap {
     this.draw();
   }
 
+  /** Screen box of cell (r, c) at the current zoom: x, y, width, height. */
+  private box(r: number, c: number): [number, number, number, number] {
+    const g = this.geom;
+    const v = this.view;
+    const cw = g.plotW / v.nc;
+    const ch = g.plotH / v.nr;
+    return [g.left + (c - v.c0) * cw, g.top + (r - v.r0) * ch, cw, ch];
+  }
+
   draw(): void {
     const g = this.geom;
     const dpr = window.devicePixelRatio || 1;
@@ -211,30 +362,124 @@ export class Heatmap {
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, g.width, g.height);
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(this.image, g.left, g.top, g.plotW, g.plotH);
+    this.drawCells(ctx);
     this.drawLabels(ctx);
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(g.left, g.top, g.plotW, g.plotH);
+    ctx.clip();
     this.drawMarks(ctx);
+    ctx.restore();
     if (this.data.colorbar) this.drawColorbar(ctx);
   }
 
-  private drawLabels(ctx: CanvasRenderingContext2D): void {
-    const { rowLabels, colLabels, rows, cols, title, rowTitle, colTitle } = this.data;
+  private drawCells(ctx: CanvasRenderingContext2D): void {
     const g = this.geom;
+    const d = this.data;
+    const v = this.view;
+    if (v.nr === d.rows && v.nc === d.cols) {
+      ctx.drawImage(this.image, g.left, g.top, g.plotW, g.plotH);
+      return;
+    }
+    // Zoomed: whole cells in view, pooled again when they are still smaller than a pixel.
+    const r0 = Math.floor(v.r0);
+    const c0 = Math.floor(v.c0);
+    const r1 = Math.min(d.rows, Math.ceil(v.r0 + v.nr));
+    const c1 = Math.min(d.cols, Math.ceil(v.c0 + v.nc));
+    const [x, y] = this.box(r0, c0);
+    const [x1, y1] = this.box(r1, c1);
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(g.left, g.top, g.plotW, g.plotH);
+    ctx.clip();
+    if (r1 - r0 <= g.plotH && c1 - c0 <= g.plotW && d.rows * d.cols <= 4_000_000) {
+      this.full ??= this.fullImage();
+      ctx.drawImage(this.full, c0, r0, c1 - c0, r1 - r0, x, y, x1 - x, y1 - y);
+    } else {
+      ctx.drawImage(this.paintCells(r0, r1, c0, c1), x, y, x1 - x, y1 - y);
+    }
+    ctx.restore();
+  }
+
+  /** One pixel per cell, for zoomed views (made on the first zoom). */
+  private fullImage(): HTMLCanvasElement {
+    const { rows, cols, colorValues, scale } = this.data;
+    const img = el("canvas", { width: cols, height: rows });
+    const ctx = img.getContext("2d");
+    if (!ctx) return img;
+    const pixels = ctx.createImageData(cols, rows);
+    const p = pixels.data;
+    for (let i = 0; i < rows * cols; i++) {
+      const c: RGB = scale(colorValues[i]);
+      p.set([c[0], c[1], c[2], 255], 4 * i);
+    }
+    ctx.putImageData(pixels, 0, 0);
+    return img;
+  }
+
+  /** Row/column labels of what is in view, as dense as fits (≥ 12 px apart); when rows are too
+   * thin, their groups (layers) are labelled instead. */
+  labelsInView(): { rows: number[]; cols: number[]; groups: number[] } {
+    const d = this.data;
+    const g = this.geom;
+    const v = this.view;
+    const ch = g.plotH / v.nr;
+    const cw = g.plotW / v.nc;
+    const rowStep = Math.ceil(LABEL_PX / ch);
+    const cols = steps(v.c0 - 1e-9, v.c0 + v.nc, Math.ceil(LABEL_PX / cw)).filter((c) => c + 0.5 >= v.c0 && c + 0.5 <= v.c0 + v.nc);
+    const grp = d.rowGroups;
+    if (rowStep > 1 && grp && grp.size * ch >= LABEL_PX) {
+      const first = Math.floor(v.r0 / grp.size);
+      const groups = steps(first, Math.ceil((v.r0 + v.nr) / grp.size), 1).filter((k) => {
+        const mid = (k + 0.5) * grp.size;
+        return mid >= v.r0 && mid <= v.r0 + v.nr;
+      });
+      return { rows: [], cols, groups };
+    }
+    const rows = steps(v.r0 - 1e-9, v.r0 + v.nr, rowStep).filter((r) => r + 0.5 >= v.r0 && r + 0.5 <= v.r0 + v.nr);
+    return { rows, cols, groups: [] };
+  }
+
+  private drawLabels(ctx: CanvasRenderingContext2D): void {
+    const { rowLabels, colLabels, rowTitle, colTitle, rowGroups } = this.data;
+    const g = this.geom;
+    const shown = this.labelsInView();
+    // How many labels are drawn, and their spacing (px), for tests and screen readers.
+    const v = this.view;
+    Object.assign(this.el.dataset, {
+      rowLabels: String(shown.rows.length),
+      groupLabels: String(shown.groups.length),
+      colLabels: String(shown.cols.length),
+      rowLabelGap: String(shown.rows.length > 1 ? ((shown.rows[1] - shown.rows[0]) * g.plotH) / v.nr : ""),
+      colLabelGap: String(shown.cols.length > 1 ? ((shown.cols[1] - shown.cols[0]) * g.plotW) / v.nc : ""),
+    });
     ctx.fillStyle = "#222";
     ctx.font = FONT;
-    if (title) {
-      ctx.textAlign = "left";
-      ctx.textBaseline = "top";
-      ctx.font = "600 12px system-ui, sans-serif";
-      ctx.fillText(title, 2, 2);
-      ctx.font = FONT;
-    }
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    for (let r = 0; r < rows; r += g.rowStep) ctx.fillText(truncate(rowLabels[r] ?? "", 24), g.left - 4, g.top + (r + 0.5) * g.ch);
-    for (let c = 0; c < cols; c += g.colStep) {
+    for (const r of shown.rows) {
+      const [, y, , h] = this.box(r, 0);
+      ctx.fillText(truncate(rowLabels[r] ?? "", 24), g.left - 4, y + h / 2);
+    }
+    if (rowGroups && shown.groups.length) {
+      ctx.strokeStyle = "rgba(0,0,0,.25)";
+      ctx.lineWidth = 1;
+      for (const k of shown.groups) {
+        const [, y0] = this.box(k * rowGroups.size, 0);
+        const [, y1] = this.box((k + 1) * rowGroups.size, 0);
+        ctx.fillText(rowGroups.label(k), g.left - 4, (Math.max(y0, g.top) + Math.min(y1, g.top + g.plotH)) / 2);
+        if (y0 > g.top + 0.5) {
+          ctx.beginPath();
+          ctx.moveTo(g.left, y0);
+          ctx.lineTo(g.left + g.plotW, y0);
+          ctx.stroke();
+        }
+      }
+    }
+    for (const c of shown.cols) {
+      const [x, , w] = this.box(0, c);
       ctx.save();
-      ctx.translate(g.left + (c + 0.5) * g.cw, g.top - 4);
+      ctx.translate(x + w / 2, g.top - 4);
       ctx.rotate(-Math.PI / 2);
       ctx.textAlign = "left";
       ctx.fillText(truncate(colLabels[c] ?? "", 24), 0, 0);
@@ -251,20 +496,16 @@ export class Heatmap {
     }
     if (colTitle) {
       ctx.textAlign = "left";
-      ctx.fillText(colTitle, g.left, (title ? 18 : 0) + 8);
+      ctx.fillText(colTitle, g.left, 8);
     }
   }
 
   private drawMarks(ctx: CanvasRenderingContext2D): void {
-    const g = this.geom;
     const cols = this.data.cols;
     for (const [i, mark] of this.marks) {
-      const r = Math.floor(i / cols);
-      const c = i % cols;
-      const x = g.left + c * g.cw;
-      const y = g.top + r * g.ch;
-      const w = Math.max(g.cw, 3);
-      const h = Math.max(g.ch, 3);
+      const [x, y, cw, ch] = this.box(Math.floor(i / cols), i % cols);
+      const w = Math.max(cw, 3);
+      const h = Math.max(ch, 3);
       if (mark === "ablated" || mark === "ablated-selected") {
         ctx.strokeStyle = "#111";
         ctx.lineWidth = 1.5;
@@ -305,41 +546,73 @@ export class Heatmap {
     ctx.fillText(`colour: ${bar.label}`, g.left, g.top + h + 6);
   }
 
-  /** The same picture as vector SVG: a rect per cell (a raster image beyond 40k cells). */
+  /** The picture in view as vector SVG: a rect per cell (a raster image beyond 40k cells). */
   toSVG(): SVGSVGElement {
     const d = this.data;
     const g = this.geom;
-    const svg = svgRoot(g.width, g.height);
-    if (d.title) svg.append(svgEl("text", { x: 2, y: 13, "font-weight": 600, "font-size": 12 }, d.title));
-    const cells = svgEl("g", { "shape-rendering": "crispEdges" });
-    if (d.rows * d.cols <= 40000) {
-      for (let r = 0; r < d.rows; r++) {
-        for (let c = 0; c < d.cols; c++) {
-          const attrs: Record<string, string | number> = { x: g.left + c * g.cw, y: g.top + r * g.ch, width: g.cw, height: g.ch, fill: css(d.scale(d.colorValues[r * d.cols + c])) };
+    const v = this.view;
+    const titleLines = d.title ? wrap(d.title, Math.max(40, Math.floor(g.width / 7))) : [];
+    const dy = titleLines.length * 16;
+    const svg = svgRoot(g.width, g.height + dy);
+    titleLines.forEach((line, i) => svg.append(svgEl("text", { x: 2, y: 13 + 16 * i, "font-weight": 600, "font-size": 12 }, line)));
+    const body = svgEl("g", { transform: `translate(0 ${dy})` });
+    svg.append(body);
+    const clipId = `cv-clip-${Math.random().toString(36).slice(2)}`;
+    const defs = svgEl("defs");
+    const clip = svgEl("clipPath", { id: clipId });
+    clip.append(svgEl("rect", { x: g.left, y: g.top, width: g.plotW, height: g.plotH }));
+    defs.append(clip);
+    body.append(defs);
+    const cells = svgEl("g", { "shape-rendering": "crispEdges", "clip-path": `url(#${clipId})` });
+    const r0 = Math.floor(v.r0);
+    const c0 = Math.floor(v.c0);
+    const r1 = Math.min(d.rows, Math.ceil(v.r0 + v.nr));
+    const c1 = Math.min(d.cols, Math.ceil(v.c0 + v.nc));
+    if ((r1 - r0) * (c1 - c0) <= 40000) {
+      for (let r = r0; r < r1; r++) {
+        for (let c = c0; c < c1; c++) {
+          const [x, y, w, h] = this.box(r, c);
+          const attrs: Record<string, string | number> = { x, y, width: w, height: h, fill: css(d.scale(d.colorValues[r * d.cols + c])) };
           const id = d.component?.(r, c);
           if (id) attrs["data-component"] = id;
           cells.append(svgEl("rect", attrs));
         }
       }
     } else {
-      cells.append(svgEl("image", { x: g.left, y: g.top, width: g.plotW, height: g.plotH, href: this.image.toDataURL("image/png"), preserveAspectRatio: "none" }));
+      const img = r1 - r0 === d.rows && c1 - c0 === d.cols ? this.image : this.paintCells(r0, r1, c0, c1);
+      const [x, y] = this.box(r0, c0);
+      const [x1, y1] = this.box(r1, c1);
+      cells.append(svgEl("image", { x, y, width: x1 - x, height: y1 - y, href: img.toDataURL("image/png"), preserveAspectRatio: "none" }));
     }
-    svg.append(cells);
-    for (let r = 0; r < d.rows; r += g.rowStep) {
-      svg.append(svgEl("text", { x: g.left - 4, y: g.top + (r + 0.5) * g.ch, "text-anchor": "end", "dominant-baseline": "middle" }, truncate(d.rowLabels[r] ?? "", 24)));
+    body.append(cells);
+    const shown = this.labelsInView();
+    for (const r of shown.rows) {
+      const [, y, , h] = this.box(r, 0);
+      body.append(svgEl("text", { x: g.left - 4, y: y + h / 2, "text-anchor": "end", "dominant-baseline": "middle" }, truncate(d.rowLabels[r] ?? "", 24)));
     }
-    for (let c = 0; c < d.cols; c += g.colStep) {
-      const x = g.left + (c + 0.5) * g.cw;
+    for (const k of shown.groups) {
+      const size = d.rowGroups!.size;
+      const [, y0] = this.box(k * size, 0);
+      const [, y1] = this.box((k + 1) * size, 0);
+      body.append(svgEl("text", { x: g.left - 4, y: (Math.max(y0, g.top) + Math.min(y1, g.top + g.plotH)) / 2, "text-anchor": "end", "dominant-baseline": "middle" }, d.rowGroups!.label(k)));
+      if (y0 > g.top + 0.5) body.append(svgEl("line", { x1: g.left, x2: g.left + g.plotW, y1: y0, y2: y0, stroke: "rgba(0,0,0,.25)" }));
+    }
+    for (const c of shown.cols) {
+      const [x0, , w] = this.box(0, c);
+      const x = x0 + w / 2;
       const y = g.top - 4;
-      svg.append(svgEl("text", { x, y, transform: `rotate(-90 ${x} ${y})`, "dominant-baseline": "middle" }, truncate(d.colLabels[c] ?? "", 24)));
+      body.append(svgEl("text", { x, y, transform: `rotate(-90 ${x} ${y})`, "dominant-baseline": "middle" }, truncate(d.colLabels[c] ?? "", 24)));
     }
+    if (d.rowTitle) body.append(svgEl("text", { x: 8, y: g.top + g.plotH / 2, transform: `rotate(-90 8 ${g.top + g.plotH / 2})`, "text-anchor": "middle", fill: "#666" }, d.rowTitle));
+    if (d.colTitle) body.append(svgEl("text", { x: g.left, y: 12, fill: "#666" }, d.colTitle));
+    const marks = svgEl("g", { "clip-path": `url(#${clipId})` });
     for (const [i, mark] of this.marks) {
-      const r = Math.floor(i / d.cols);
-      const c = i % d.cols;
+      const [x, y, w, h] = this.box(Math.floor(i / d.cols), i % d.cols);
       const stroke = mark === "ablated" ? "#111" : "#000";
-      svg.append(svgEl("rect", { x: g.left + c * g.cw + 1, y: g.top + r * g.ch + 1, width: Math.max(g.cw - 2, 1), height: Math.max(g.ch - 2, 1), fill: "none", stroke, "stroke-width": 2, "stroke-dasharray": mark === "ablated" ? "3 2" : "none" }));
+      marks.append(svgEl("rect", { x: x + 1, y: y + 1, width: Math.max(w - 2, 1), height: Math.max(h - 2, 1), fill: "none", stroke, "stroke-width": 2, "stroke-dasharray": mark === "ablated" ? "3 2" : "none" }));
     }
-    if (d.colorbar) svg.append(this.colorbarSVG());
+    body.append(marks);
+    if (d.colorbar) body.append(this.colorbarSVG());
     return svg;
   }
 
@@ -380,13 +653,26 @@ export function downsample(values: ArrayLike<number>, rows: number, cols: number
 }
 
 function colorbarTicks(bar: NonNullable<HeatmapData["colorbar"]>): [number, string][] {
-  if (bar.ticks) return bar.ticks;
-  const ticks = bar.min < 0 && bar.max > 0 ? [bar.max, 0, bar.min] : [bar.max, bar.min];
-  return ticks.map((t) => [t, fmtTick(t)]);
+  const ticks = bar.ticks ?? (bar.min < 0 && bar.max > 0 ? [bar.max, 0, bar.min] : [bar.max, bar.min]);
+  return ticks.map((t) => (typeof t === "number" ? [t, fmtTick(t)] : t));
 }
 
 function fmtTick(v: number): string {
   const a = Math.abs(v);
   if (a !== 0 && (a < 0.01 || a >= 1e4)) return v.toExponential(1);
   return String(Number(v.toPrecision(3)));
+}
+
+/** Split text into lines of at most n characters, at spaces where possible. */
+export function wrap(text: string, n: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ")) {
+    if (line && line.length + 1 + word.length > n) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
 }

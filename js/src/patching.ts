@@ -1,90 +1,133 @@
 // PatchingView: a PatchResult as a heatmap coloured by effect = value − baseline (diverging,
-// centred at 0), with click-to-ablate on head and MLP cells.
+// centred at 0; "value" mode labels the same colours in the metric's units), with zoom/pan and
+// click-to-ablate. What a cell is and what a click ablates come from the kernel (map.cells).
 import { AblationPanel } from "./ablation";
 import { decode } from "./codec";
-import { divergingScale, maxAbs } from "./colors";
-import { el, fmt, root, setText } from "./dom";
+import { diverging, divergingScale, maxAbs } from "./colors";
+import { el, fmt, root, select, setText } from "./dom";
 import { exportButtons } from "./export";
-import { Heatmap, type Mark } from "./heatmap";
-import { ablationTarget, arrange } from "./patchmap";
-import type { AnyModel, PatchingTraits } from "./types";
+import { Heatmap, type Mark, type View } from "./heatmap";
+import { arrange, isCovered, isSelected, type Arrangement } from "./patchmap";
+import type { AnyModel, PatchMap, PatchingTraits } from "./types";
+
+const COLOR_LABELS: Record<string, string> = { effect: "colour: effect (value − baseline)", value: "colour: value" };
+
+/** Effect of each cell (value − baseline), float32 noise below the kernel's zero_tol set to 0. */
+export function effects(raw: ArrayLike<number>, map: Pick<PatchMap, "baseline" | "zero_tol">): Float64Array {
+  const out = new Float64Array(raw.length);
+  const tol = map.zero_tol ?? 0;
+  for (let i = 0; i < raw.length; i++) {
+    const e = raw[i] - map.baseline;
+    out[i] = Math.abs(e) <= tol ? 0 : e;
+  }
+  return out;
+}
 
 function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTMLElement }) {
   const rootEl = root(host, "patching");
   const main = el("div", { class: "cv-main" });
   const info = el("div", { class: "cv-muted", "data-role": "hover-info" });
-  const panel = new AblationPanel(model, rootEl, () => mark());
+  const clickInfo = el("div", { class: "cv-muted", "data-role": "click-info" });
+  const panel = new AblationPanel(model, rootEl, () => mark(), "The map was computed once with its own metric; this one is for ablations only.");
   let heatmap: Heatmap | null = null;
-  let arrangement: ReturnType<typeof arrange> | null = null;
+  let arrangement: Arrangement | null = null;
   const onError = (e: unknown) => setText(panel.error, String(e));
-  // The heatmap draws its own title (so exported SVGs carry it); the toolbar holds only actions.
-  const toolbar = el("div", { class: "cv-toolbar" }, ...exportButtons("patching", () => heatmap!.toSVG(), onError));
-  rootEl.append(toolbar, el("div", { class: "cv-row" }, el("div", {}, main, info), panel.el));
+  const colorSelect = select("color", ["effect", "value"], model.get("color") || "effect", COLOR_LABELS);
+  colorSelect.title = "Colour bar in effect (value − baseline) or in the metric's own units; same colours";
+  colorSelect.addEventListener("change", () => {
+    model.set("color", colorSelect.value);
+    model.save_changes();
+  });
+  const toolbar = el("div", { class: "cv-toolbar" }, colorSelect, ...exportButtons("patching", () => heatmap!.toSVG(), onError));
+  rootEl.append(toolbar, el("div", { class: "cv-row" }, el("div", {}, main, info, clickInfo), panel.el));
+
+  const canAblate = () => !!model.get("can_ablate") && !model.get("standalone");
 
   function build(): void {
     const map = model.get("map");
     const values = decode(map.values);
-    const arr = arrange({ axes: map.axes, shape: values.shape, labels: map.labels, target: map.target });
+    const arr = arrange({ axes: map.axes, shape: values.shape, labels: map.labels, cells: map.cells });
+    const keep: View | null = heatmap && arrangement && arrangement.rows === arr.rows && arrangement.cols === arr.cols ? heatmap.zoomView : null;
     arrangement = arr;
     const n = arr.rows * arr.cols;
-    const effect = new Float32Array(n);
-    const raw = new Float32Array(n);
-    for (let r = 0; r < arr.rows; r++) {
-      for (let c = 0; c < arr.cols; c++) {
-        const v = Number(values.data[arr.index(r, c)]);
-        raw[r * arr.cols + c] = v;
-        effect[r * arr.cols + c] = v - map.baseline;
-      }
-    }
+    const raw = new Float64Array(n);
+    for (let r = 0; r < arr.rows; r++) for (let c = 0; c < arr.cols; c++) raw[r * arr.cols + c] = Number(values.data[arr.index(r, c)]);
+    const effect = effects(raw, map);
     const max = maxAbs(effect) || 1;
-    const scale = divergingScale(max);
+    const byValue = model.get("color") === "value";
+    const base = map.baseline;
     // Denoising moves corrupted → clean, noising clean → corrupted: both as a share of the gap.
     const gap = map.direction === "noise" ? map.corrupted - map.clean : map.clean - map.corrupted;
     const what = map.method === "attribution" ? "attribution estimate" : `${map.metric} after patching`;
-    const title = `${map.method} patching of ${map.target} (${map.direction}) · ${map.metric}`;
+    const title = `${map.method} patching of ${map.target} (${map.direction}) · map metric: ${map.metric}`;
+    const labels = map.color_labels ?? { effect: `effect = value − ${map.baseline_label}`, value: map.metric };
     heatmap = new Heatmap(
       {
         rows: arr.rows,
         cols: arr.cols,
-        colorValues: effect,
-        scale,
+        colorValues: byValue ? raw : effect,
+        scale: byValue ? (v) => diverging(v - base, max) : divergingScale(max),
         rowLabels: arr.rowLabels,
         colLabels: arr.colLabels,
         rowTitle: arr.rowTitle,
         colTitle: arr.colTitle,
+        rowGroups: arr.rowGroups,
         title,
-        colorbar: { min: -max, max, scale, label: `effect = value − ${map.baseline_label}` },
+        colorbar: byValue
+          ? { min: base - max, max: base + max, scale: (v) => diverging(v - base, max), label: labels.value, ticks: [base + max, base, base - max] }
+          : { min: -max, max, scale: divergingScale(max), label: labels.effect },
         component: (r, c) => arr.component(r, c),
         tooltip: (r, c) => {
-          const id = arr.component(r, c);
-          const target = ablationTarget(id);
           const i = r * arr.cols + c;
           return [
-            `${id}   (${arr.rowLabels[r]}, ${arr.colLabels[c]})`,
+            `${arr.component(r, c)}   (${arr.rowLabels[r]}, ${arr.colLabels[c]})`,
             `${what}: ${fmt(raw[i], 5)}`,
             `effect vs ${map.baseline_label}: ${fmt(effect[i], 5)}`,
             gap ? `= ${fmt((100 * effect[i]) / gap, 3)}% of the clean − corrupted gap` : "",
             `clean ${fmt(map.clean)} · corrupted ${fmt(map.corrupted)}`,
-            target && model.get("can_ablate") ? `click: ablate ${target} · shift-click: add to set` : "",
+            clickAction(r, c),
           ]
             .filter(Boolean)
             .join("\n");
         },
       },
       {
+        zoom: true,
         onClick: (r, c, ev) => {
           const id = arr.component(r, c);
-          const target = ablationTarget(id);
+          const target = arr.ablates(r, c);
           model.set("selected", target ?? id);
           model.save_changes();
-          if (target && model.get("can_ablate")) panel.click(target, ev.shiftKey);
-          else mark();
+          if (target && canAblate()) {
+            setText(clickInfo, "");
+            panel.click(target, ev.shiftKey);
+          } else {
+            setText(clickInfo, `selected ${id}; ${notAblated(r, c)}`);
+            mark();
+          }
         },
         onHover: (r, c) => setText(info, r === null || c === null ? "" : arr.component(r, c)),
       },
     );
+    if (keep) heatmap.setView(keep);
     main.replaceChildren(heatmap.el);
+    // Notes under the map wrap at its width, so the side panel stays beside it.
+    for (const note of [info, clickInfo]) note.style.maxWidth = `${heatmap.geom.width}px`;
     mark();
+  }
+
+  /** What a click on (r, c) will do, for the tooltip. */
+  function clickAction(r: number, c: number): string {
+    const target = arrangement!.ablates(r, c);
+    if (!target || !canAblate()) return `click: select only (${notAblated(r, c)})`;
+    return `click: ${model.get("mode") || "zero"}-ablate ${target} only · shift-click: add to the set`;
+  }
+
+  function notAblated(r: number, c: number): string {
+    const target = arrangement!.ablates(r, c);
+    if (!target) return `not ablatable: ${model.get("map").cells.reason}`;
+    if (model.get("standalone")) return "ablation needs a live kernel";
+    return "ablation needs model= and pairs=";
   }
 
   function mark(): void {
@@ -95,27 +138,36 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
     const marks = new Map<number, Mark>();
     for (let r = 0; r < arr.rows; r++) {
       for (let c = 0; c < arr.cols; c++) {
-        const id = arr.component(r, c);
-        const base = ablationTarget(id) ?? id;
-        const isSel = !!selected && (id === selected || base === selected);
-        const isAbl = ablated.has(base);
+        const target = arr.ablates(r, c);
+        const isSel = isSelected(selected, arr.component(r, c), target);
+        const isAbl = isCovered(target, ablated);
         if (isSel || isAbl) marks.set(r * arr.cols + c, isAbl ? (isSel ? "ablated-selected" : "ablated") : "selected");
       }
     }
     heatmap.setMarks(marks);
     for (const hit of main.querySelectorAll<HTMLElement>("[data-component]")) {
-      const base = ablationTarget(hit.dataset.component!) ?? hit.dataset.component!;
-      hit.dataset.ablated = String(ablated.has(base));
-      hit.dataset.selected = String(!!selected && (hit.dataset.component === selected || base === selected));
+      const r = Number(hit.dataset.row);
+      const c = Number(hit.dataset.col);
+      const target = arr.ablates(r, c);
+      hit.dataset.ablated = String(isCovered(target, ablated));
+      hit.dataset.selected = String(isSelected(selected, hit.dataset.component!, target));
+      hit.dataset.ablates = target ?? "";
     }
   }
 
-  try {
-    build();
-  } catch (e) {
-    setText(panel.error, `Could not draw this map: ${e}`);
+  function safeBuild(): void {
+    try {
+      build();
+    } catch (e) {
+      setText(panel.error, `Could not draw this map: ${e}`);
+    }
   }
-  model.on("change:map", () => build());
+  safeBuild();
+  model.on("change:map", safeBuild);
+  model.on("change:color", () => {
+    colorSelect.value = model.get("color") || "effect";
+    safeBuild();
+  });
   model.on("change:selected", () => mark());
   model.on("change:ablated", () => mark());
 }

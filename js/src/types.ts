@@ -1,5 +1,6 @@
 // TypeScript mirrors of each view's synced traits (Python: circuitviz/views/_*.py).
 import type { EncodedArray } from "./codec";
+import type { CellRule } from "./patchmap";
 
 /** The part of anywidget's model interface the views use (the standalone shim implements it). */
 export interface AnyModel<T> {
@@ -22,9 +23,15 @@ export interface AblationResultDict {
   metric?: string;
   clean?: number;
   corrupted?: number;
-  ablated?: number;
+  /** null when nothing is ablated. */
+  ablated?: number | null;
+  /** ablated − clean (null when nothing is ablated). */
+  delta?: number | null;
+  /** delta / (clean − corrupted); null when nothing is ablated or the gap is degenerate. */
+  gap_fraction?: number | null;
+  per_prompt?: { clean: number[]; corrupted: number[]; ablated: number[] | null };
   top_before?: TopTokens;
-  top_after?: TopTokens;
+  top_after?: TopTokens | null;
 }
 
 export interface AblationTraits {
@@ -35,6 +42,9 @@ export interface AblationTraits {
   result: AblationResultDict;
   error: string;
   selected: string;
+  /** Set only in a standalone HTML page (no kernel): the notice saying ablation needs a
+   * kernel; ablation controls are left out. */
+  standalone?: string;
 }
 
 export interface AttentionTraits {
@@ -69,11 +79,19 @@ export interface PatchMap {
   corrupted: number;
   baseline: number;
   baseline_label: string;
+  /** Colour-bar title per colour mode ("effect", "value"), naming the baseline and its value. */
+  color_labels: Record<string, string>;
+  /** Effects at most this big are float32 noise, shown as 0. */
+  zero_tol: number;
+  /** Each cell's id and what a click on it ablates (templates, from the kernel). */
+  cells: CellRule;
   model: string;
 }
 
 export interface PatchingTraits extends AblationTraits {
   map: PatchMap;
+  /** "effect" (value − baseline) or "value". */
+  color: string;
 }
 
 export interface GraphNode {

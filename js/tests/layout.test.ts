@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { layoutGraph, prune } from "../src/layout";
-import { ablationTarget, arrange, componentId } from "../src/patchmap";
+import { arrange, fill, isCovered, isSelected } from "../src/patchmap";
 import { nextAblationSet } from "../src/ablation";
 import type { GraphNode } from "../src/types";
 
@@ -77,27 +77,39 @@ describe("pruning", () => {
 });
 
 describe("patch maps and ablation sets", () => {
-  it("mirrors PatchResult.component ids", () => {
-    expect(componentId("heads", { layer: 3, head: 5 })).toBe("L3H5");
-    expect(componentId("heads_by_pos", { layer: 3, pos: 4, head: 5 })).toBe("L3H5:P4");
-    expect(componentId("mlp_out", { layer: 7 })).toBe("MLP7");
-    expect(componentId("resid_pre", { layer: 2, pos: 4 })).toBe("resid_pre:L2:P4");
-    expect(componentId("k", { layer: 1, kv_head: 0 })).toBe("L1KV0.k");
+  const byPos = { component: "L{layer}H{head}:P{pos}", ablates: "L{layer}H{head}:P{pos}", reason: "" };
+
+  it("fills the kernel's templates with a cell's indices", () => {
+    expect(fill("L{layer}H{head}:P{pos}", { layer: 3, pos: 4, head: 5 })).toBe("L3H5:P4");
+    expect(fill("resid_pre:L{layer}:P{pos}", { layer: 2, pos: 4 })).toBe("resid_pre:L2:P4");
   });
 
   it("arranges a layer × pos × head map as (layer, head) rows", () => {
-    const a = arrange({ axes: ["layer", "pos", "head"], shape: [2, 3, 4], labels: { pos: ["0: a", "1: b", "2: c"] }, target: "heads_by_pos" });
+    const a = arrange({ axes: ["layer", "pos", "head"], shape: [2, 3, 4], labels: { pos: ["0: a", "1: b", "2: c"] }, cells: byPos });
     expect([a.rows, a.cols]).toEqual([8, 3]);
     expect(a.component(5, 2)).toBe("L1H1:P2");
+    expect(a.ablates(5, 2)).toBe("L1H1:P2");
     expect(a.index(5, 2)).toBe((1 * 3 + 2) * 4 + 1);
     expect(a.colLabels[1]).toBe("1: b");
+    expect(a.rowGroups?.size).toBe(4);
+    expect(a.rowGroups?.label(1)).toBe("L1");
   });
 
-  it("maps cells to what engine.ablate can ablate", () => {
-    expect(ablationTarget("L3H5:P4")).toBe("L3H5");
-    expect(ablationTarget("mlp_out:L2:P4")).toBe("MLP2");
-    expect(ablationTarget("MLP7")).toBe("MLP7");
-    expect(ablationTarget("resid_pre:L2:P4")).toBeNull();
+  it("cells the kernel marks unablatable ablate nothing", () => {
+    const cells = { component: "resid_pre:L{layer}:P{pos}", ablates: null, reason: "not one component" };
+    const a = arrange({ axes: ["layer", "pos"], shape: [2, 3], labels: {}, cells });
+    expect(a.component(1, 2)).toBe("resid_pre:L1:P2");
+    expect(a.ablates(1, 2)).toBeNull();
+  });
+
+  it("a cell is covered by its own target or its whole head, and selected likewise", () => {
+    expect(isCovered("L3H5:P4", new Set(["L3H5"]))).toBe(true);
+    expect(isCovered("L3H5:P4", new Set(["L3H5:P4"]))).toBe(true);
+    expect(isCovered("L3H5:P4", new Set(["L3H5:P3"]))).toBe(false);
+    expect(isCovered(null, new Set(["L3H5"]))).toBe(false);
+    expect(isSelected("L3H5", "L3H5:P4", "L3H5:P4")).toBe(true);
+    expect(isSelected("", "resid_pre:L2:P4", null)).toBe(false);
+    expect(isSelected("resid_pre:L2:P4", "resid_pre:L2:P4", null)).toBe(true);
   });
 
   it("click replaces the set, shift-click toggles membership", () => {
