@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuitviz.engine._components import Component
 from circuitviz.engine._results import AblationResult, PatchResult, TopTokens
 from circuitviz.export import graph_figure, save
 from circuitviz.export._figures import ablation_figure, patch_figure
@@ -108,13 +109,13 @@ def hostile_graph(text: str) -> dict:
 def hostile_ablation(text: str) -> AblationResult:
     tokens = [LINK, BOLD, text]
     return AblationResult(
-        heads=[(0, 1)],
-        mlps=[],
+        targets=(Component(0, 1),),
         mode=f"zero{BOLD}",
         metric=f"{LINK}{text}",
         clean=1.0,
         corrupted=0.0,
         ablated=0.5,
+        per_prompt={"clean": [1.0], "corrupted": [0.0], "ablated": [0.5]},
         top_before=TopTokens(tokens, [0.5, 0.3, 0.2]),
         top_after=TopTokens(tokens[::-1], [0.4, 0.4, 0.2]),
     )
