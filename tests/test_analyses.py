@@ -61,10 +61,13 @@ def test_attribution_is_zero_where_prompts_agree():
 # --- ablation -----------------------------------------------------------------------------
 
 
-def test_ablating_nothing_is_the_clean_run(model):
+def test_ablating_nothing_reports_no_ablated_value(model):
+    """Nothing ablated: the clean and corrupted baselines, and None for everything after."""
     result = cv.ablate(model, random_pairs())
-    assert result.ablated == pytest.approx(result.clean)
-    assert result.top_after.tokens == result.top_before.tokens
+    assert result.ablated is None and result.top_after is None
+    assert result.delta is None and result.gap_fraction is None
+    assert result.per_prompt["ablated"] is None
+    assert result.per_prompt["clean"] and result.top_before.tokens
 
 
 def test_resample_ablating_everything_is_the_corrupted_run(model):
@@ -95,11 +98,14 @@ def test_zero_ablation_equals_manual_hook(model):
 
 def test_mean_ablation_and_ids(model):
     pairs = random_pairs()
-    by_ids = cv.ablate(model, pairs, heads=["L1H2", "MLP0"], mode="mean")
+    by_ids = cv.ablate(model, pairs, heads=["L1H2"], mlps=["MLP0"], mode="mean")
     by_tuples = cv.ablate(model, pairs, heads=[(1, 2)], mlps=[0], mode="mean")
     assert by_ids.ablated == pytest.approx(by_tuples.ablated)
     assert by_ids.components == ["L1H2", "MLP0"]
-    assert set(by_ids.to_dict()) >= {"clean", "corrupted", "ablated", "top_before", "top_after"}
+    assert list(by_ids.to_dict()) == [
+        "components", "mode", "metric", "clean", "corrupted", "ablated", "delta",
+        "gap_fraction", "per_prompt", "top_before", "top_after",
+    ]  # fmt: skip
 
 
 def test_repeated_ablation_reuses_work(model, monkeypatch):

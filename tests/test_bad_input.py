@@ -79,7 +79,7 @@ def test_unknown_mode(model, unchanged):
     [
         ([(5, 0)], [], "L5H0 is out of range"),
         ([(0, 9)], [], "L0H9 is out of range"),
-        ([], [7], "MLP layer 7"),
+        ([], [7], "MLP7 is out of range"),
     ],
 )
 def test_layer_or_head_out_of_range(model, unchanged, heads, mlps, message):
@@ -99,7 +99,7 @@ def test_metric_returning_nan(model, unchanged):
     def broken(logits: torch.Tensor) -> torch.Tensor:
         return torch.full((logits.shape[0],), float("nan"))
 
-    with pytest.raises(MetricError, match="NaN"):
+    with pytest.raises(MetricError, match="non-finite value \\(nan\\)"):
         cv.patch(model, pairs(), metric=broken, progress=False)
 
 

@@ -8,19 +8,21 @@ forward pass, and a repeated ablation set none.
 
 from __future__ import annotations
 
+import numbers
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from ._metrics import MetricFn
-from ._pairs import InputError, PromptPairs
+from ._components import Component, check_range, parse_components
+from ._metrics import MetricFn, check_metric
+from ._pairs import InputError, PromptPairs, check_pairs
 from ._patching import Baselines, baselines, final_logits
-from ._results import AblationResult, TopTokens, parse_component
+from ._results import AblationResult, TopTokens
 
 Mode = Literal["zero", "mean", "resample"]
 MODES = ("zero", "mean", "resample")
@@ -32,6 +34,7 @@ class _Prepared:
     base: Baselines
     corrupted_acts: dict[str, torch.Tensor]  # hook_z and hook_mlp_out of every layer
     top_before: TopTokens
+    per_prompt: dict[str, list[float]]  # the metric of each pair, clean and corrupted
     memo: OrderedDict = field(default_factory=OrderedDict)
 
 
@@ -62,44 +65,72 @@ def _prepare(
     if key not in per_model:
         names = [f(layer) for layer in range(model.cfg.n_layers) for f in (_z, _mlp)]
         base, _, corr_acts = baselines(model, pairs, metric, {"corrupted": names})
-        per_model[key] = _Prepared(base, corr_acts, top_tokens(model, base.clean_logits[0], k))
+        per_prompt = {
+            "clean": [float(v) for v in base.metric.per_example(base.clean_logits)],
+            "corrupted": [float(v) for v in base.metric.per_example(base.corrupted_logits)],
+        }
+        top = top_tokens(model, base.clean_logits[0], k)
+        per_model[key] = _Prepared(base, corr_acts, top, per_prompt)
     return per_model[key]
 
 
 def normalize_components(
-    model: TransformerBridge, heads: Iterable[Sequence[int]] = (), mlps: Iterable[int] = ()
-) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
-    """Validate and sort heads ``[(layer, head)]`` and MLP layers; ids like "L3H5" work too."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    out_heads, out_mlps = set(), set()
-    for h in heads:
-        if isinstance(h, str):
-            kind, layer, head = parse_component(h)
-            if kind == "mlp":
-                out_mlps.add(layer)
-                continue
-            h = (layer, head)
-        try:
-            layer, head = (int(x) for x in h)
-        except (TypeError, ValueError):
-            raise InputError(
-                f"A head must be (layer, head) or 'L{{layer}}H{{head}}', got {h!r}."
-            ) from None
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise InputError(
-                f"Head L{layer}H{head} is out of range: the model has layers 0–{n_layers - 1} "
-                f"and heads 0–{n_heads - 1}."
-            )
-        out_heads.add((layer, head))
-    for m in mlps:
-        if isinstance(m, str):
-            kind, m, _ = parse_component(m)
-        if not (isinstance(m, int) and 0 <= m < n_layers):
-            raise InputError(
-                f"MLP layer {m!r} is out of range: the model has layers 0–{n_layers - 1}."
-            )
-        out_mlps.add(m)
-    return tuple(sorted(out_heads)), tuple(sorted(out_mlps))
+    model: TransformerBridge,
+    heads: Iterable[Any] = (),
+    mlps: Iterable[Any] = (),
+    n_pos: int | None = None,
+) -> tuple[Component, ...]:
+    """Parse, range-check and sort ``heads=``/``mlps=`` specs (see :mod:`._components`)."""
+    return parse_components(
+        heads, mlps, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=n_pos
+    )
+
+
+def _check_options(mode: Any, k: Any) -> int:
+    if not isinstance(mode, str) or mode not in MODES:
+        raise InputError(f"Unknown ablation mode={mode!r}: use one of {MODES}.")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise InputError(f"k={k!r} must be a positive integer: how many top tokens to show.")
+    return int(k)
+
+
+def replacement(prep: _Prepared, name: str, mode: str) -> torch.Tensor:
+    """What an ablated activation is set to: zeros, the corrupted batch mean, or each
+    example's own corrupted value (``[1 or batch, pos, ...]``)."""
+    corr = prep.corrupted_acts[name]
+    if mode == "zero":
+        return torch.zeros_like(corr[:1])
+    if mode == "mean":
+        return corr.mean(0, keepdim=True)
+    return corr
+
+
+def ablation_hooks(
+    targets: Iterable[Component], source: Callable[[str], torch.Tensor]
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that overwrite each target with ``source(hook name)``, at every position
+    or at the target's one position. Heads write ``hook_z [batch, pos, head, d_head]``, MLPs
+    ``hook_mlp_out [batch, pos, d_model]``."""
+    by_hook: dict[str, list[tuple[int | None, int | None]]] = {}
+    for c in targets:
+        name = _mlp(c.layer) if c.head is None else _z(c.layer)
+        by_hook.setdefault(name, []).append((c.head, c.pos))
+
+    def make(name: str, cells: list[tuple[int | None, int | None]]):
+        src = source(name)
+
+        def hook(x: torch.Tensor, hook: object) -> torch.Tensor:
+            full = src.expand(x.shape[0], *src.shape[1:])
+            for head, pos in cells:
+                index = (slice(None), slice(None) if pos is None else pos)
+                if head is not None:
+                    index += (head,)
+                x[index] = full[index]
+            return x
+
+        return hook
+
+    return [(name, make(name, cells)) for name, cells in by_hook.items()]
 
 
 def ablate(
@@ -115,66 +146,50 @@ def ablate(
     """Ablate attention heads and MLPs on the clean prompts.
 
     Args:
-        heads: ``[(layer, head), ...]`` (or ids like ``"L9H6"``).
-        mlps: MLP layers ``[layer, ...]`` (or ``"MLP7"``).
+        heads: ``[(layer, head), ...]`` or ids like ``"L9H6"``; ``"L9H6:P4"`` ablates the
+            head at position 4 only.
+        mlps: MLP layers ``[layer, ...]`` or ids like ``"MLP7"`` (``"MLP7:P4"``: position 4
+            only).
         mode: ``"zero"`` sets the output to 0; ``"mean"`` to its mean over the corrupted
             prompts at each position; ``"resample"`` to its value on each example's own
             corrupted prompt.
         k: how many top next tokens (of clean prompt 0) to report.
+
+    With nothing to ablate, ``ablated``, ``delta``, ``gap_fraction`` and ``top_after`` of the
+    result are None.
     """
-    if mode not in MODES:
-        raise InputError(f"Unknown ablation mode={mode!r}: use one of {MODES}.")
-    heads_t, mlps_t = normalize_components(model, heads, mlps)
+    k = _check_options(mode, k)
+    check_pairs(pairs)
+    check_metric(metric)
+    targets = normalize_components(model, heads, mlps)  # before any forward pass
     prep = _prepare(model, pairs, metric, k)
-    key = (heads_t, mlps_t, mode)
+    base = prep.base
+    for c in targets:  # positions, now that the prompts' length is known
+        check_range(
+            c, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=base.tokens.n_pos
+        )
+    key = (targets, mode)
     if key in prep.memo:
         prep.memo.move_to_end(key)
         return prep.memo[key]
-    base = prep.base
-
-    def replacement(name: str) -> torch.Tensor:
-        corr = prep.corrupted_acts[name]
-        if mode == "zero":
-            return torch.zeros_like(corr[:1])
-        if mode == "mean":
-            return corr.mean(0, keepdim=True)
-        return corr
-
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads_t:
-        by_layer.setdefault(layer, []).append(head)
-
-    def ablate_heads(layer: int, hs: list[int]):
-        src = replacement(_z(layer))
-
-        def hook(z: torch.Tensor, hook: object) -> torch.Tensor:
-            z[:, :, hs] = src[:, :, hs].expand(z.shape[0], -1, -1, -1)
-            return z
-
-        return hook
-
-    def ablate_mlp(layer: int):
-        src = replacement(_mlp(layer))
-
-        def hook(out: torch.Tensor, hook: object) -> torch.Tensor:
-            return src.expand_as(out).clone()
-
-        return hook
-
-    fwd = [(_z(layer), ablate_heads(layer, hs)) for layer, hs in by_layer.items()]
-    fwd += [(_mlp(layer), ablate_mlp(layer)) for layer in mlps_t]
-    with torch.inference_mode():
-        logits = final_logits(model, base.tokens.clean, fwd) if fwd else base.clean_logits
+    fwd = ablation_hooks(targets, lambda name: replacement(prep, name, mode))
+    ablated = per_prompt = top_after = None
+    if fwd:
+        with torch.inference_mode():
+            logits = final_logits(model, base.tokens.clean, fwd)
+        values = base.metric.per_example(logits)
+        ablated, per_prompt = float(values.mean()), [float(v) for v in values]
+        top_after = top_tokens(model, logits[0], k)
     result = AblationResult(
-        heads=list(heads_t),
-        mlps=list(mlps_t),
+        targets=targets,
         mode=mode,
         metric=base.metric.name,
         clean=base.clean,
         corrupted=base.corrupted,
-        ablated=base.metric(logits),
+        ablated=ablated,
+        per_prompt={**prep.per_prompt, "ablated": per_prompt},
         top_before=prep.top_before,
-        top_after=top_tokens(model, logits[0], k),
+        top_after=top_after,
     )
     prep.memo[key] = result
     if len(prep.memo) > _MEMO_SIZE:

@@ -19,7 +19,33 @@ METRICS = ("logit_diff", "normalized_logit_diff", "answer_prob", "kl")
 
 
 class MetricError(ValueError):
-    """A metric returned something unusable (NaN, wrong shape)."""
+    """A metric returned something unusable (NaN, ±inf, wrong shape), or a normalised metric
+    has no gap between its clean and corrupted baselines to normalise by."""
+
+
+#: Clean and corrupted baselines closer than this (relative to their size, at least 1) leave
+#: no gap to normalise by: float32 logits carry ~7 digits, so a smaller gap is noise.
+GAP_RTOL = 1e-5
+
+
+def gap_is_degenerate(clean: float, corrupted: float) -> bool:
+    """Whether ``clean − corrupted`` is too small (or not finite) to divide by."""
+    gap = clean - corrupted
+    return not (math.isfinite(gap) and abs(gap) > GAP_RTOL * max(1.0, abs(clean), abs(corrupted)))
+
+
+def check_gap(clean: float, corrupted: float, what: str) -> float:
+    """The gap ``clean − corrupted`` that ``what`` divides by; :class:`MetricError` when it is
+    degenerate (:func:`gap_is_degenerate`). The one rule every normalised quantity uses."""
+    if gap_is_degenerate(clean, corrupted):
+        raise MetricError(
+            f"{what} divides by the gap between the clean baseline ({clean:.6g}) and the "
+            f"corrupted baseline ({corrupted:.6g}), but they are equal (within {GAP_RTOL:g} "
+            "relative): the corruption does not change the metric. Use corrupted prompts that "
+            "change the answer (e.g. swap the answer-carrying word), or an unnormalised metric "
+            "such as 'logit_diff'."
+        )
+    return clean - corrupted
 
 
 def logit_diff(logits: torch.Tensor, answers: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
@@ -35,7 +61,18 @@ class Metric:
     fn: Callable[[torch.Tensor], torch.Tensor]  # [batch, d_vocab] -> [batch]
 
     def per_example(self, logits: torch.Tensor) -> torch.Tensor:
-        out = torch.as_tensor(self.fn(logits), dtype=torch.float32, device=logits.device)
+        """The metric of each example, ``[batch]``; the one place its values are checked."""
+        raw = self.fn(logits)
+        try:
+            out = torch.as_tensor(raw, device=logits.device)
+        except (TypeError, ValueError, RuntimeError):
+            out = None
+        if out is None or out.dtype.is_complex:
+            raise MetricError(
+                f"Metric {self.name!r} returned {type(raw).__name__}; it must return a number "
+                f"or a tensor of one value per example ({logits.shape[0]},)."
+            )
+        out = out.to(torch.float32) if out.dtype != torch.float32 else out
         if out.ndim == 0:
             out = out.expand(logits.shape[0])
         if out.shape != (logits.shape[0],):
@@ -43,16 +80,27 @@ class Metric:
                 f"Metric {self.name!r} returned shape {tuple(out.shape)}; it must return a "
                 f"scalar or one value per example ({logits.shape[0]},)."
             )
+        if not bool(torch.isfinite(out.detach()).all()):
+            bad = sorted({str(float(v)) for v in out.detach()[~torch.isfinite(out.detach())]})
+            raise MetricError(
+                f"Metric {self.name!r} returned a non-finite value ({', '.join(bad)}). Check it "
+                "for 0/0, log(0) or overflow; a metric must give a finite number per example."
+            )
         return out
 
     def __call__(self, logits: torch.Tensor) -> float:
-        value = float(self.per_example(logits).mean())
-        if math.isnan(value):
-            raise MetricError(
-                f"Metric {self.name!r} returned NaN. Check it for 0/0 — e.g. a normalised "
-                "metric whose clean and corrupted baselines are equal."
-            )
-        return value
+        """The batch mean of :meth:`per_example`."""
+        return float(self.per_example(logits).mean())
+
+
+def check_metric(metric: object) -> str | MetricFn:
+    """``metric`` if it is a known metric name or a callable, else an :class:`InputError`."""
+    if callable(metric) or (isinstance(metric, str) and metric in METRICS):
+        return metric  # type: ignore[return-value]
+    raise InputError(
+        f"Unknown metric {metric!r}: use one of {METRICS} or a callable of final-position "
+        "logits [batch, d_vocab] returning one value per example."
+    )
 
 
 def bind_metric(
@@ -66,6 +114,7 @@ def bind_metric(
     ``clean_logits`` and ``corrupted_logits`` are the unpatched final-position logits
     ``[batch, d_vocab]``; KL and the normalised logit difference need them.
     """
+    check_metric(metric)
     a, w = tokens.answers, tokens.wrong_answers
     if callable(metric):
         name = getattr(metric, "__name__", "custom")
@@ -73,9 +122,10 @@ def bind_metric(
     if metric == "logit_diff":
         return Metric(metric, lambda lg: logit_diff(lg, a, w))
     if metric == "normalized_logit_diff":
-        clean = logit_diff(clean_logits, a, w).mean()
-        corrupted = logit_diff(corrupted_logits, a, w).mean()
-        return Metric(metric, lambda lg: (logit_diff(lg, a, w) - corrupted) / (clean - corrupted))
+        clean = float(logit_diff(clean_logits, a, w).float().mean())
+        corrupted = float(logit_diff(corrupted_logits, a, w).float().mean())
+        gap = check_gap(clean, corrupted, "metric='normalized_logit_diff'")
+        return Metric(metric, lambda lg: (logit_diff(lg, a, w) - corrupted) / gap)
     if metric == "answer_prob":
         return Metric(
             metric,
@@ -89,4 +139,4 @@ def bind_metric(
             return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
 
         return Metric(metric, kl)
-    raise InputError(f"Unknown metric {metric!r}: use one of {METRICS} or a callable.")
+    raise AssertionError(metric)  # pragma: no cover - check_metric is closed

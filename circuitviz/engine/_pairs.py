@@ -118,13 +118,20 @@ def _encode(model: TransformerBridge, prompts: tuple[str, ...], which: str) -> t
     return torch.stack(rows)
 
 
-def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
-    """Tokenize and check a batch: equal lengths, single-token answers, within the context."""
+def check_pairs(pairs: object) -> PromptPairs:
+    """``pairs`` if it is a :class:`PromptPairs`, else an :class:`InputError` saying how to
+    build one."""
     if not isinstance(pairs, PromptPairs):
         raise InputError(
             f"Expected circuitviz.PromptPairs, got {type(pairs).__name__}; build one with "
             "PromptPairs(clean=[...], corrupted=[...], answers=[...], wrong_answers=[...])."
         )
+    return pairs
+
+
+def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
+    """Tokenize and check a batch: equal lengths, single-token answers, within the context."""
+    check_pairs(pairs)
     clean = _encode(model, pairs.clean, "clean")
     corrupted = _encode(model, pairs.corrupted, "corrupted")
     if clean.shape != corrupted.shape:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._components import Component, parse_id
+from ._metrics import gap_is_degenerate
+from ._pairs import InputError
+
+_MLP_OUT_CELL = re.compile(r"mlp_out:L(0|[1-9][0-9]*):P(0|[1-9][0-9]*)")
 
 
 def head_id(layer: int, head: int) -> str:
@@ -20,27 +27,22 @@ def mlp_id(layer: int) -> str:
 
 
 def parse_component(component: str) -> tuple[str, int, int | None]:
-    """``"L3H5"`` → ``("head", 3, 5)``; ``"MLP7"`` → ``("mlp", 7, None)``."""
-    import re
-
-    if m := re.fullmatch(r"L(\d+)H(\d+)", component):
-        return "head", int(m[1]), int(m[2])
-    if m := re.fullmatch(r"MLP(\d+)", component):
-        return "mlp", int(m[1]), None
-    raise ValueError(f"Not a head or MLP id: {component!r} (expected e.g. 'L3H5' or 'MLP7').")
+    """``"L3H5"`` → ``("head", 3, 5)``; ``"MLP7"`` → ``("mlp", 7, None)`` (a position suffix
+    ``":P4"`` is allowed and dropped). Raises :class:`InputError` on anything else."""
+    comp = parse_id(component)
+    return comp.kind, comp.layer, comp.head
 
 
 def ablation_target(component: str) -> str | None:
     """The head or MLP a map cell or graph node stands for (``"L3H5:P4"`` → ``"L3H5"``,
     ``"mlp_out:L2:P4"`` → ``"MLP2"``), or None where nothing ablatable is (mirrors
     ``js/src/patchmap.ts``)."""
-    import re
-
-    if m := re.fullmatch(r"L(\d+)H(\d+)(?::P\d+)?", component):
-        return head_id(int(m[1]), int(m[2]))
-    if m := re.fullmatch(r"MLP(\d+)(?::P\d+)?|mlp_out:L(\d+):P\d+", component):
-        return mlp_id(int(m[1] or m[2]))
-    return None
+    if m := _MLP_OUT_CELL.fullmatch(component):
+        return mlp_id(int(m[1]))
+    try:
+        return parse_id(component).base_id
+    except InputError:
+        return None
 
 
 def pos_label(pos: int, token: str) -> str:
@@ -73,7 +75,8 @@ class PatchResult:
         shape = " × ".join(f"{a}={n}" for a, n in zip(self.axes, self.values.shape, strict=True))
         return (
             f"PatchResult({self.method} patching of {self.target!r}, {self.direction}, "
-            f"{shape}; {self.metric}: clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
+            f"{shape}; {self.metric}: clean={self.clean:.4g}, corrupted={self.corrupted:.4g}; "
+            f"effects and top() measured from the {self.baseline_label})"
         )
 
     def component(self, index: tuple[int, ...]) -> str:
@@ -95,11 +98,24 @@ class PatchResult:
             self.component(index) for index in itertools.product(*map(range, self.values.shape))
         ]
 
+    @property
+    def baseline(self) -> float:
+        """The unpatched metric of the run being patched, which every cell's effect is measured
+        from: ``corrupted`` for "denoise" (clean activations patched into the corrupted run),
+        ``clean`` for "noise". Exact and attribution maps both hold the metric after the patch,
+        so a cell's effect is ``value − baseline``."""
+        return float(self.corrupted if self.direction == "denoise" else self.clean)
+
+    @property
+    def baseline_label(self) -> str:
+        """``"corrupted baseline"`` (denoise) or ``"clean baseline"`` (noise)."""
+        return "corrupted baseline" if self.direction == "denoise" else "clean baseline"
+
     def top(self, k: int = 10) -> list[tuple[str, float]]:
-        """The ``k`` components whose patch moves the metric furthest from the baseline."""
-        # Exact and attribution maps both hold the metric after the patch.
-        base = self.corrupted if self.direction == "denoise" else self.clean
-        flat = (self.values - base).abs().flatten()
+        """The ``k`` components whose patch moves the metric furthest from :attr:`baseline`
+        (the corrupted baseline for "denoise", the clean one for "noise"), ranked by
+        ``|value − baseline|``; returns ``[(component id, value after the patch)]``."""
+        flat = (self.values - self.baseline).abs().flatten()
         idx = flat.argsort(descending=True)[:k]
         shape = self.values.shape
         out = []
@@ -133,21 +149,42 @@ class TopTokens:
 
 @dataclass(eq=False)
 class AblationResult:
-    """The metric and next-token predictions of the clean prompts before and after ablating."""
+    """The metric and next-token predictions of the clean prompts before and after ablating.
 
-    heads: list[tuple[int, int]]
-    mlps: list[int]
+    ``ablated``, ``delta``, ``gap_fraction`` and ``top_after`` are None when nothing is
+    ablated. ``per_prompt`` holds the metric of each pair: ``{"clean": [...], "corrupted":
+    [...], "ablated": [...] | None}``; the scalars are their means.
+    """
+
+    targets: tuple[Component, ...]  # what was ablated (heads first), see `components`
     mode: str
     metric: str
     clean: float
     corrupted: float
-    ablated: float
+    ablated: float | None
+    per_prompt: dict[str, list[float] | None]
     top_before: TopTokens  # of clean prompt 0
-    top_after: TopTokens
+    top_after: TopTokens | None
 
     @property
     def components(self) -> list[str]:
-        return [head_id(l, h) for l, h in self.heads] + [mlp_id(l) for l in self.mlps]
+        """Ids of the ablated components: ``"L3H5"``, ``"MLP7"``, ``"L3H5:P4"``…"""
+        return [c.id for c in self.targets]
+
+    @property
+    def delta(self) -> float | None:
+        """``ablated − clean``: how far the ablation moved the metric (None if nothing ablated)."""
+        return None if self.ablated is None else self.ablated - self.clean
+
+    @property
+    def gap_fraction(self) -> float | None:
+        """``delta / (clean − corrupted)``: the ablation's change as a fraction of the
+        clean–corrupted gap (−1 = all the way down to corrupted, 0 = no change). None when
+        nothing is ablated or the gap is degenerate
+        (:func:`circuitviz.engine._metrics.gap_is_degenerate`)."""
+        if self.delta is None or gap_is_degenerate(self.clean, self.corrupted):
+            return None
+        return self.delta / (self.clean - self.corrupted)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,8 +194,11 @@ class AblationResult:
             "clean": self.clean,
             "corrupted": self.corrupted,
             "ablated": self.ablated,
+            "delta": self.delta,
+            "gap_fraction": self.gap_fraction,
+            "per_prompt": {k: None if v is None else list(v) for k, v in self.per_prompt.items()},
             "top_before": self.top_before.to_dict(),
-            "top_after": self.top_after.to_dict(),
+            "top_after": None if self.top_after is None else self.top_after.to_dict(),
         }
 
     def figure(self, **style: Any):
@@ -174,10 +214,17 @@ class AblationResult:
         return save(self, path, **style)
 
     def __repr__(self) -> str:
-        what = ", ".join(self.components) or "nothing"
+        n = len(self.per_prompt["clean"] or ())
+        if self.ablated is None:
+            return (
+                f"AblationResult(nothing ablated: {self.metric} clean {self.clean:.4g}, "
+                f"corrupted {self.corrupted:.4g}; {n} prompts)"
+            )
+        gap = "n/a" if self.gap_fraction is None else f"{self.gap_fraction:+.1%}"
         return (
-            f"AblationResult({self.mode}-ablating {what}: {self.metric} "
-            f"{self.clean:.4g} → {self.ablated:.4g} (corrupted {self.corrupted:.4g}))"
+            f"AblationResult({self.mode}-ablating {', '.join(self.components)}: {self.metric} "
+            f"{self.clean:.4g} → {self.ablated:.4g} (delta {self.delta:+.4g} = {gap} of "
+            f"clean − corrupted; corrupted {self.corrupted:.4g}); {n} prompts)"
         )
 
 

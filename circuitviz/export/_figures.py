@@ -252,8 +252,9 @@ def ablation_figure(
     style, rest = split_style(options)
     reject_unknown(rest, "ablation_figure", ("k", "title"))
     before = dict(zip(result.top_before.tokens, result.top_before.probs, strict=True))
-    after = dict(zip(result.top_after.tokens, result.top_after.probs, strict=True))
-    tokens = list(dict.fromkeys([*result.top_before.tokens, *result.top_after.tokens]))
+    top_after = result.top_after  # None when nothing is ablated
+    after = dict(zip(top_after.tokens, top_after.probs, strict=True)) if top_after else {}
+    tokens = list(dict.fromkeys([*result.top_before.tokens, *after]))
     tokens = tokens[: k or len(tokens)]
     if not tokens:
         raise ExportError("This AblationResult has no top tokens to draw.")

@@ -15,7 +15,6 @@ kernel and leave the view waiting).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,9 +23,10 @@ import anywidget
 import traitlets as t
 
 from ..engine import METRICS, MODES, AblationResult, InputError, PromptPairs, ablate
+from ..engine._components import COMPONENT_ID, parse_ids
 
 STATIC = Path(__file__).parent.parent / "static"
-COMPONENT = re.compile(r"L(\d+)H(\d+)|MLP(\d+)")
+COMPONENT = COMPONENT_ID  # the engine's grammar: "L3H5", "MLP7", optionally ":P4"
 MAX_COMPONENTS = 1024
 
 
@@ -153,22 +153,8 @@ class AblationView(View):
         comps = list(components)
         if len(comps) > MAX_COMPONENTS:
             raise InputError(f"Too many components ({len(comps)}); at most {MAX_COMPONENTS}.")
-        cfg = self._model.cfg
-        out: list[str] = []
-        for c in comps:
-            m = COMPONENT.fullmatch(c) if isinstance(c, str) else None
-            if not m:
-                raise InputError(
-                    f"Unknown component {c!r}: expected a head 'L3H5' or an MLP 'MLP7'."
-                )
-            layer = int(m[1] if m[1] is not None else m[3])
-            if layer >= cfg.n_layers:
-                raise InputError(f"{c} is out of range: the model has layers 0–{cfg.n_layers - 1}.")
-            if m[2] is not None and int(m[2]) >= cfg.n_heads:
-                raise InputError(f"{c} is out of range: the model has heads 0–{cfg.n_heads - 1}.")
-            if c not in out:
-                out.append(c)
-        return out
+        cfg = self._model.cfg  # positions are checked by the engine, against the prompts
+        return [c.id for c in parse_ids(comps, n_layers=cfg.n_layers, n_heads=cfg.n_heads)]
 
     def ablate(
         self, components: Iterable[str] = (), *, mode: str | None = None, metric: str | None = None

@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from .._metrics import METRICS, Metric, MetricFn, bind_metric
+from .._components import check_range, parse_id
+from .._metrics import METRICS, Metric, MetricFn, bind_metric, check_gap
 from .._pairs import InputError, PromptPairs, Tokens, tokenize
 from .._patching import final_logits
 from ._eap import sender_acts, sender_hooks
@@ -193,7 +194,8 @@ class Context:
         return out
 
     def recovered(self, value: float) -> float:
-        return (value - self.reference) / (self.clean - self.reference)
+        gap = check_gap(self.clean, self.reference, "Faithfulness (the share recovered)")
+        return (value - self.reference) / gap
 
 
 def check_model(graph: Graph, model: TransformerBridge) -> None:
@@ -294,11 +296,28 @@ def circuit_mask(
     mask &= layout.valid[:, :, None]
     if not mask.any():
         raise InputError("The circuit has no edges (after pruning): keep more edges.")
-    for i, p in graph.node_indices(ablated):
-        if i == len(layout.senders):
-            raise InputError("LOGITS can't be ablated; ablate the nodes that feed it.")
+    for i, p in graph.node_indices(ablated_ids(graph, ablated)):
         mask[i, :, slice(None) if p is None else p] = False
     return mask if graph.per_position else mask[:, :, 0]
+
+
+def ablated_ids(graph: Graph, ablated: Iterable[Any]) -> list[str]:
+    """Check ``ablated=`` with the engine's component grammar (plus ``"EMBED"``, a sender
+    here): heads and MLPs, optionally at one position, in range for this graph."""
+    if isinstance(ablated, (str, bytes)) or not isinstance(ablated, Iterable):
+        raise InputError("ablated= must be a list of node ids, e.g. ['L3H5', 'MLP2'].")
+    out = []
+    for spec in ablated:
+        if spec == "LOGITS":
+            raise InputError("LOGITS can't be ablated; ablate the nodes that feed it.")
+        if isinstance(spec, str) and spec.split(":")[0] == "EMBED":
+            out.append(spec)
+            continue
+        comp = check_range(
+            parse_id(spec), n_layers=graph.n_layers, n_heads=graph.n_heads, n_pos=graph.n_pos
+        )
+        out.append(comp.id)
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,182 @@
+"""The one grammar of component specs: heads, MLPs, and optionally one position of either.
+
+Every entry point that takes components — :func:`~circuitviz.ablate`, ``Graph.faithfulness(
+ablated=…)``, the views' click-to-ablate messages — parses them here, so a spec means the same
+thing everywhere and a bad one gets the same error.
+
+- a head: ``(layer, head)`` of real integers (Python, numpy or 0-d torch integers; not floats,
+  bools or digit strings), or the id ``"L3H5"``;
+- an MLP: an integer layer, or the id ``"MLP7"``;
+- either id may end in ``":P5"``: that component at position 5 only.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._pairs import InputError
+
+# No leading zeros, so one component has one id.
+_NUM = r"(0|[1-9][0-9]*)"
+COMPONENT_ID = re.compile(rf"(?:L{_NUM}H{_NUM}|MLP{_NUM})(?::P{_NUM})?")
+HEAD_FORM = "(layer, head) or 'L3H5' (optionally at one position, 'L3H5:P4')"
+MLP_FORM = "a layer number or 'MLP7' (optionally at one position, 'MLP7:P4')"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A head (``head`` set) or an MLP (``head`` None), everywhere or at one position."""
+
+    layer: int
+    head: int | None = None
+    pos: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "mlp" if self.head is None else "head"
+
+    @property
+    def base_id(self) -> str:
+        """The id without the position: ``"L3H5"``, ``"MLP7"``."""
+        return f"MLP{self.layer}" if self.head is None else f"L{self.layer}H{self.head}"
+
+    @property
+    def id(self) -> str:
+        """``"L3H5"``, ``"MLP7"``, or with a position ``"L3H5:P4"``."""
+        return self.base_id if self.pos is None else f"{self.base_id}:P{self.pos}"
+
+    def sort_key(self) -> tuple[int, int, int, int]:
+        return (
+            self.head is None,
+            self.layer,
+            -1 if self.head is None else self.head,
+            -1 if self.pos is None else self.pos,
+        )
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def parse_id(spec: Any) -> Component:
+    """Parse one component id (``"L3H5"``, ``"MLP7"``, ``"L3H5:P4"``); no range check."""
+    m = COMPONENT_ID.fullmatch(spec) if isinstance(spec, str) else None
+    if m is None:
+        raise InputError(
+            f"Unknown component {spec!r}: expected a head 'L3H5' or an MLP 'MLP7', optionally "
+            "at one position ('L3H5:P4', 'MLP7:P4')."
+        )
+    pos = None if m[4] is None else int(m[4])
+    if m[3] is not None:
+        return Component(int(m[3]), None, pos)
+    return Component(int(m[1]), int(m[2]), pos)
+
+
+def _as_int(x: Any) -> int | None:
+    """``x`` as an int if it is a real integer (Python, numpy or a 0-d torch integer)."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 0 or x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            return None
+        return int(x)
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return int(x)
+    return None
+
+
+def _id_of_kind(spec: str, kind: str) -> Component:
+    """Parse an id given as a ``kind`` ("head" in ``heads=``, "mlp" in ``mlps=``)."""
+    comp = parse_id(spec)
+    if comp.kind != kind:
+        what, right, wrong = (
+            ("an MLP", "mlps", "heads")
+            if kind == "head"
+            else ("an attention head", "heads", "mlps")
+        )
+        raise InputError(f"{spec!r} is {what}: pass it in {right}=, not {wrong}=.")
+    return comp
+
+
+def _head(spec: Any) -> Component:
+    if isinstance(spec, str):
+        return _id_of_kind(spec, "head")
+    try:
+        parts = tuple(spec)
+    except TypeError:
+        parts = ()
+    numbers_ = [_as_int(x) for x in parts]
+    if len(parts) != 2 or None in numbers_ or isinstance(spec, (bytes, dict)):
+        raise InputError(f"Bad head {spec!r}: a head is {HEAD_FORM}, with integer layer and head.")
+    return Component(numbers_[0], numbers_[1])  # type: ignore[arg-type]
+
+
+def _mlp(spec: Any) -> Component:
+    if isinstance(spec, str):
+        return _id_of_kind(spec, "mlp")
+    layer = _as_int(spec)
+    if layer is None:
+        raise InputError(f"Bad MLP {spec!r}: an MLP is {MLP_FORM}.")
+    return Component(layer)
+
+
+def check_range(
+    comp: Component, *, n_layers: int, n_heads: int, n_pos: int | None = None
+) -> Component:
+    """Raise :class:`InputError` unless ``comp`` exists in a model of this size (and, when
+    ``n_pos`` is given, its position in prompts of that many tokens)."""
+    if not 0 <= comp.layer < n_layers:
+        raise InputError(
+            f"{comp.id} is out of range: the model has layers 0–{n_layers - 1} "
+            f"(heads 'L0H0'–'L{n_layers - 1}H{n_heads - 1}', MLPs 'MLP0'–'MLP{n_layers - 1}')."
+        )
+    if comp.head is not None and not 0 <= comp.head < n_heads:
+        raise InputError(f"{comp.id} is out of range: the model has heads 0–{n_heads - 1}.")
+    if comp.pos is not None and n_pos is not None and not 0 <= comp.pos < n_pos:
+        raise InputError(
+            f"{comp.id} is out of range: the prompts have positions 0–{n_pos - 1} ({n_pos} tokens)."
+        )
+    return comp
+
+
+def _iterable(specs: Any, name: str) -> list:
+    if isinstance(specs, (str, bytes)) or not isinstance(specs, Iterable):
+        raise InputError(
+            f"{name}= must be a list of components, e.g. {name}="
+            + ("[(3, 5), 'L4H1']." if name == "heads" else "[7, 'MLP8'].")
+        )
+    return list(specs)
+
+
+def parse_components(
+    heads: Iterable[Any] = (),
+    mlps: Iterable[Any] = (),
+    *,
+    n_layers: int,
+    n_heads: int,
+    n_pos: int | None = None,
+) -> tuple[Component, ...]:
+    """Parse, range-check, de-duplicate and sort ``heads=`` and ``mlps=`` specs."""
+    comps = [_head(h) for h in _iterable(heads, "heads")]
+    comps += [_mlp(m) for m in _iterable(mlps, "mlps")]
+    for c in comps:
+        check_range(c, n_layers=n_layers, n_heads=n_heads, n_pos=n_pos)
+    return tuple(sorted(set(comps), key=Component.sort_key))
+
+
+def parse_ids(
+    ids: Iterable[Any], *, n_layers: int, n_heads: int, n_pos: int | None = None
+) -> list[Component]:
+    """Parse and range-check a mixed list of ids (``["L3H5", "MLP7:P2"]``), keeping their
+    order and dropping repeats."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise InputError("components must be a list of ids like ['L3H5', 'MLP2', 'L4H1:P3'].")
+    out: list[Component] = []
+    for spec in ids:
+        c = check_range(parse_id(spec), n_layers=n_layers, n_heads=n_heads, n_pos=n_pos)
+        if c not in out:
+            out.append(c)
+    return out
