@@ -229,7 +229,7 @@ def test_positioned_head_on_the_demo_model(demo_model):
 
     per = manual_metric(demo_model, pairs, name, edit)
     result = cv.ablate(demo_model, pairs, heads=[f"L9H6:P{pos}"])
-    assert abs(result.ablated - float(per.mean())) <= 1e-5  # 30 float32 layers
+    assert abs(result.ablated - float(per.mean())) <= 1e-6  # measured 4.8e-7 on CPU
     assert not has_hooks(demo_model)
 
 
