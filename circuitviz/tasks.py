@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from transformer_lens.model_bridge import TransformerBridge
 
+from .engine._components import as_int, listed
+from .engine._models import check_bridge
 from .engine._pairs import InputError, PromptPairs
 
 NAMES = (
@@ -23,6 +25,13 @@ IOI_TEMPLATES = (
     "While {A} and {B} were working at the {PLACE}, {S} gave a {OBJECT} to",
     "Then, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
 )
+
+
+def _count(value: object, name: str, task: str, least: int = 1) -> int:
+    n = as_int(value)
+    if n is None or n < least:
+        raise InputError(f"{task} needs {name} to be an integer ≥ {least}, got {name}={value!r}.")
+    return n
 
 
 def _single_tokens(model: TransformerBridge, words: Sequence[str]) -> list[str]:
@@ -44,8 +53,11 @@ def ioi(
     which flips the answer, so the wrong answer is the subject (" John"). Only templates of
     the most common token length are used, so the batch is rectangular.
     """
-    if n < 1:
-        raise InputError(f"ioi needs n >= 1, got n={n}.")
+    check_bridge(model)
+    n = _count(n, "n", "ioi")
+    templates = listed(templates, "templates", "['When {A} and {B} went to the {PLACE}, {S} …']")
+    if not templates or not all(isinstance(t, str) for t in templates):
+        raise InputError("ioi needs templates: a non-empty list of strings.")
     names = _single_tokens(model, NAMES)
     places = _single_tokens(model, PLACES) or list(PLACES)
     objects = _single_tokens(model, OBJECTS) or list(OBJECTS)
@@ -55,6 +67,14 @@ def ioi(
             "built; use circuitviz.tasks.factual with your own pairs instead."
         )
     fill = {"A": names[0], "B": names[1], "S": names[0], "PLACE": places[0], "OBJECT": objects[0]}
+    for t in templates:
+        try:
+            t.format(**fill)
+        except (KeyError, IndexError, ValueError) as err:
+            raise InputError(
+                f"ioi template {t!r} can't be filled ({type(err).__name__}: {err}): use only "
+                "the fields {A}, {B}, {S}, {PLACE} and {OBJECT}."
+            ) from None
     lengths = {t: model.to_tokens(t.format(**fill)).shape[1] for t in templates}
     common = Counter(lengths.values()).most_common(1)[0][0]
     usable = [t for t in templates if lengths[t] == common]
@@ -96,9 +116,16 @@ def induction(
     The corrupted prompt replaces the first half with other random tokens, so nothing can be
     copied; its wrong answer is what induction would copy there.
     """
-    if n < 1 or seq_len < 2:
-        raise InputError(f"induction needs n >= 1 and seq_len >= 2, got n={n}, seq_len={seq_len}.")
+    check_bridge(model)
+    n = _count(n, "n", "induction")
+    seq_len = _count(seq_len, "seq_len", "induction", least=2)
     words, joiner = _word_tokens(model)
+    longest = min(len(words) // 2, (int(model.cfg.n_ctx) - 1) // 2)
+    if seq_len > longest:
+        raise InputError(
+            f"induction needs seq_len ≤ {longest} for this model (its context and its "
+            f"{len(words)} word tokens), got seq_len={seq_len}."
+        )
     rng = random.Random(seed)
     clean, corrupted, answers, wrong = [], [], [], []
     while len(clean) < n:
@@ -120,7 +147,19 @@ def factual(model: TransformerBridge, pairs: Sequence[tuple[str, str]]) -> Promp
     """Your own ``(prompt, answer)`` pairs. Each prompt's corrupted version is the next
     prompt in the list, and its wrong answer is that prompt's answer, so all prompts must
     tokenize to the same length and have different answers."""
-    pairs = list(pairs)
+    check_bridge(model)
+    pairs = listed(pairs, "pairs", "[('The Eiffel Tower is in', ' Paris'), …]")
+    for item in pairs:
+        if (
+            isinstance(item, (str, bytes))
+            or not isinstance(item, Sequence)
+            or len(item) != 2
+            or not all(isinstance(x, str) for x in item)
+        ):
+            raise InputError(
+                f"factual takes (prompt, answer) pairs of strings, got {item!r}: e.g. "
+                "[('The Eiffel Tower is in', ' Paris'), ('The Colosseum is in', ' Rome')]."
+            )
     if len(pairs) < 2:
         raise InputError(
             "factual needs at least two (prompt, answer) pairs: each corrupts the next."

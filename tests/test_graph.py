@@ -249,7 +249,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_hooks(model, graph):
         (lambda: graph.faithfulness(model, PAIRS, nodes=[]), "empty"),
         (lambda: graph.faithfulness(model, PAIRS, edges=[]), "empty"),
         (lambda: graph.faithfulness(model, PAIRS, nodes=["L9H0"]), "not in this model"),
-        (lambda: graph.faithfulness(model, PAIRS, ablated=["head3"]), "Unknown node"),
+        (lambda: graph.faithfulness(model, PAIRS, ablated=["head3"]), "Unknown component"),
         (lambda: graph.faithfulness(model, PAIRS, ablated=["LOGITS"]), "LOGITS"),
         (lambda: graph.patch_edge(model, PAIRS, ("MLP1", "L0H0", "q")), "runs after"),
         (lambda: graph.faithfulness(model, PAIRS, ablation="zero"), "ablation"),

@@ -20,6 +20,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from ._components import Component, check_range, parse_components
 from ._metrics import MetricFn, check_metric
+from ._models import check_bridge
 from ._pairs import InputError, PromptPairs, check_pairs
 from ._patching import Baselines, baselines, final_logits
 from ._results import AblationResult, TopTokens
@@ -86,11 +87,15 @@ def normalize_components(
     )
 
 
-def _check_options(mode: Any, k: Any) -> int:
+def _check_options(model: TransformerBridge, mode: Any, k: Any) -> int:
     if not isinstance(mode, str) or mode not in MODES:
         raise InputError(f"Unknown ablation mode={mode!r}: use one of {MODES}.")
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise InputError(f"k={k!r} must be a positive integer: how many top tokens to show.")
+    if k > model.cfg.d_vocab:
+        raise InputError(
+            f"k={k} is more top tokens than the model's vocabulary has ({model.cfg.d_vocab})."
+        )
     return int(k)
 
 
@@ -158,7 +163,8 @@ def ablate(
     With nothing to ablate, ``ablated``, ``delta``, ``gap_fraction`` and ``top_after`` of the
     result are None.
     """
-    k = _check_options(mode, k)
+    check_bridge(model)
+    k = _check_options(model, mode, k)
     check_pairs(pairs)
     check_metric(metric)
     targets = normalize_components(model, heads, mlps)  # before any forward pass

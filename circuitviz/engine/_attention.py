@@ -6,8 +6,8 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from . import _hooks
-from ._models import model_name
-from ._pairs import InputError
+from ._models import check_bridge, model_name
+from ._pairs import InputError, check_text
 from ._results import AttentionResult
 
 ROLES = ("previous_token", "duplicate_token", "induction")
@@ -67,18 +67,46 @@ class _RoleScorer:
         return out
 
 
+def prompt_tokens(model: TransformerBridge, prompt: object) -> torch.Tensor:
+    """One prompt as token ids ``[1, pos]``: a string, or ids ``[pos]`` / ``[1, pos]``. A batch
+    is refused: the patterns of one prompt are what the view shows, and the model would
+    otherwise join the prompts into one sequence."""
+    if isinstance(prompt, str):
+        check_text(prompt, "The prompt")
+        return model.to_tokens(prompt, truncate=False)
+    if not isinstance(prompt, torch.Tensor) or prompt.ndim not in (1, 2):
+        shape = f" of shape {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor) else ""
+        raise InputError(
+            f"attention takes one prompt: a string or token ids [pos]; got "
+            f"{type(prompt).__name__}{shape}. For several prompts, call it once per prompt."
+        )
+    if prompt.ndim == 2 and prompt.shape[0] != 1:
+        raise InputError(
+            f"attention takes one prompt, but these token ids are a batch of "
+            f"{prompt.shape[0]} ({tuple(prompt.shape)}): call it once per prompt, e.g. "
+            "attention(model, tokens[0])."
+        )
+    if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+        raise InputError(f"Token ids must be integer token ids, got dtype {prompt.dtype}.")
+    tokens = prompt.reshape(1, -1)
+    if tokens.shape[1] == 0:
+        raise InputError("The prompt is empty: give at least one token.")
+    vocab = int(model.cfg.d_vocab)
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        raise InputError(
+            f"Token ids must lie in the model's vocabulary, 0–{vocab - 1}; got ids from "
+            f"{int(tokens.min())} to {int(tokens.max())}."
+        )
+    return tokens.to(model.cfg.device, torch.long)
+
+
 def attention(model: TransformerBridge, prompt: str | torch.Tensor) -> AttentionResult:
     """Attention patterns of every layer and head for one prompt, with head-role scores.
 
     Patterns are kept in float16 on the CPU: 30 layers × 9 heads of a 1,000-token prompt
     take 540 MB instead of 1 GB.
     """
-    if isinstance(prompt, str):
-        if not prompt:
-            raise InputError("The prompt is empty: give some text to look at.")
-        tokens = model.to_tokens(prompt, truncate=False)
-    else:
-        tokens = prompt.reshape(1, -1)
+    tokens = prompt_tokens(check_bridge(model), prompt)
     if tokens.shape[1] > model.cfg.n_ctx:
         raise InputError(
             f"The prompt has {tokens.shape[1]} tokens but the model's context is "

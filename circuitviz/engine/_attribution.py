@@ -45,7 +45,7 @@ def attribution_patch(
     metric after each patch; compare them with exact patching by rank.
     """
     target, tokens, names, run_tokens, src_logits, src_acts = source_run(
-        model, pairs, over, direction
+        model, pairs, over, direction, metric
     )
 
     run_acts: dict[str, torch.Tensor] = {}

@@ -77,7 +77,7 @@ def parse_id(spec: Any) -> Component:
     return Component(int(m[1]), int(m[2]), pos)
 
 
-def _as_int(x: Any) -> int | None:
+def as_int(x: Any) -> int | None:
     """``x`` as an int if it is a real integer (Python, numpy or a 0-d torch integer)."""
     if isinstance(x, torch.Tensor):
         if x.ndim != 0 or x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
@@ -108,7 +108,7 @@ def _head(spec: Any) -> Component:
         parts = tuple(spec)
     except TypeError:
         parts = ()
-    numbers_ = [_as_int(x) for x in parts]
+    numbers_ = [as_int(x) for x in parts]
     if len(parts) != 2 or None in numbers_ or isinstance(spec, (bytes, dict)):
         raise InputError(f"Bad head {spec!r}: a head is {HEAD_FORM}, with integer layer and head.")
     return Component(numbers_[0], numbers_[1])  # type: ignore[arg-type]
@@ -117,7 +117,7 @@ def _head(spec: Any) -> Component:
 def _mlp(spec: Any) -> Component:
     if isinstance(spec, str):
         return _id_of_kind(spec, "mlp")
-    layer = _as_int(spec)
+    layer = as_int(spec)
     if layer is None:
         raise InputError(f"Bad MLP {spec!r}: an MLP is {MLP_FORM}.")
     return Component(layer)
@@ -142,13 +142,12 @@ def check_range(
     return comp
 
 
-def _iterable(specs: Any, name: str) -> list:
-    if isinstance(specs, (str, bytes)) or not isinstance(specs, Iterable):
-        raise InputError(
-            f"{name}= must be a list of components, e.g. {name}="
-            + ("[(3, 5), 'L4H1']." if name == "heads" else "[7, 'MLP8'].")
-        )
-    return list(specs)
+def listed(values: Any, name: str, example: str) -> list:
+    """``values`` as a list, if it is a list-like of items (not a string, bytes or a single
+    object); else an :class:`InputError` showing ``example``."""
+    if isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
+        raise InputError(f"{name}= must be a list, e.g. {name}={example}; got {values!r}.")
+    return list(values)
 
 
 def parse_components(
@@ -160,8 +159,8 @@ def parse_components(
     n_pos: int | None = None,
 ) -> tuple[Component, ...]:
     """Parse, range-check, de-duplicate and sort ``heads=`` and ``mlps=`` specs."""
-    comps = [_head(h) for h in _iterable(heads, "heads")]
-    comps += [_mlp(m) for m in _iterable(mlps, "mlps")]
+    comps = [_head(h) for h in listed(heads, "heads", "[(3, 5), 'L4H1']")]
+    comps += [_mlp(m) for m in listed(mlps, "mlps", "[7, 'MLP8']")]
     for c in comps:
         check_range(c, n_layers=n_layers, n_heads=n_heads, n_pos=n_pos)
     return tuple(sorted(set(comps), key=Component.sort_key))
@@ -172,10 +171,8 @@ def parse_ids(
 ) -> list[Component]:
     """Parse and range-check a mixed list of ids (``["L3H5", "MLP7:P2"]``), keeping their
     order and dropping repeats."""
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-        raise InputError("components must be a list of ids like ['L3H5', 'MLP2', 'L4H1:P3'].")
     out: list[Component] = []
-    for spec in ids:
+    for spec in listed(ids, "components", "['L3H5', 'MLP2', 'L4H1:P3']"):
         c = check_range(parse_id(spec), n_layers=n_layers, n_heads=n_heads, n_pos=n_pos)
         if c not in out:
             out.append(c)

@@ -25,22 +25,63 @@ def _hook_point(model: TransformerBridge, name: str):
         raise KeyError(f"The model has no hook named {name!r}.") from None
 
 
+# PyTorch's per-module hook registries (dicts keyed by ever-increasing handle ids) and
+# TransformerLens's lists of handles on each HookPoint.
+_TORCH_REGISTRIES = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+_LENS_LISTS = ("fwd_hooks", "bwd_hooks")
+
+
+def _snapshot(point: torch.nn.Module) -> dict[str, set[int]]:
+    """The hooks registered on ``point`` now: torch's handle ids, and TransformerLens handles'
+    object ids."""
+    snap = {a: set(getattr(point, a)) for a in _TORCH_REGISTRIES if hasattr(point, a)}
+    snap.update({a: {id(h) for h in getattr(point, a)} for a in _LENS_LISTS if hasattr(point, a)})
+    return snap
+
+
+def _restore(point: torch.nn.Module, snap: dict[str, set[int]]) -> None:
+    """Remove every hook registered on ``point`` since ``snap``."""
+    for attr in _TORCH_REGISTRIES:
+        registry = getattr(point, attr, None)
+        if registry is not None:
+            for key in [k for k in registry if k not in snap.get(attr, ())]:
+                del registry[key]
+    for attr in _LENS_LISTS:
+        handles = getattr(point, attr, None)
+        if handles is not None:
+            handles[:] = [h for h in handles if id(h) in snap.get(attr, ())]
+
+
 @contextmanager
 def hooks(model: TransformerBridge, fwd: Hooks = (), bwd: Hooks = ()) -> Iterator[None]:
-    """Attach forward (and backward) hooks for the duration of the block, then remove them."""
-    added = []  # (hook point, handle list, handle): only ours are removed, never the user's
+    """Attach forward (and backward) hooks for the duration of the block, then remove them.
+
+    Interrupt-safe: each hook point's registered hooks are snapshotted *before* anything is
+    added to it, and on the way out everything registered since is removed — not only the
+    handles we got back. So a Ctrl-C landing inside ``HookPoint.add_hook``, after it
+    registered the hook but before it returned the handle, leaks nothing. Hooks that were
+    there before (the user's, permanent ones) stay.
+    """
+    touched: dict[int, tuple[torch.nn.Module, dict[str, set[int]]]] = {}
     try:
         for direction, pairs in (("fwd", fwd), ("bwd", bwd)):
             for name, fn in pairs:
                 point = _hook_point(model, name)
-                handle = point.add_hook(fn, dir=direction)
-                added.append((point.fwd_hooks if direction == "fwd" else point.bwd_hooks, handle))
+                if id(point) not in touched:
+                    touched[id(point)] = (point, _snapshot(point))
+                point.add_hook(fn, dir=direction)
         yield
     finally:
-        for handles, handle in reversed(added):
-            handle.hook.remove()
-            if handle in handles:
-                handles.remove(handle)
+        for point, snap in touched.values():
+            _restore(point, snap)
 
 
 def run(model: TransformerBridge, tokens: torch.Tensor, fwd: Hooks = ()) -> torch.Tensor:
@@ -50,9 +91,10 @@ def run(model: TransformerBridge, tokens: torch.Tensor, fwd: Hooks = ()) -> torc
 
 
 def has_hooks(model: TransformerBridge) -> bool:
-    """Whether any non-permanent hook is still attached (tests use it to prove cleanliness)."""
+    """Whether any hook is attached to any hook point, as PyTorch sees it (so a hook whose
+    TransformerLens handle was lost still counts) or as TransformerLens lists it."""
     for hp in model.hook_dict.values():
-        if len(hp._forward_hooks) or len(hp._backward_hooks):
+        if any(getattr(hp, a, None) for a in _TORCH_REGISTRIES + _LENS_LISTS):
             return True
     return False
 

@@ -11,12 +11,30 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from ._pairs import InputError
+
 DEMO_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ModelNotFoundError(RuntimeError):
     """No weights could be found for the requested model."""
+
+
+def check_bridge(model: object) -> TransformerBridge:
+    """``model`` if it is a loaded ``TransformerBridge``, else an :class:`InputError` saying
+    how to get one."""
+    if not isinstance(model, TransformerBridge):
+        hint = (
+            f" Load it first: model = circuitviz.load_model({model!r})."
+            if isinstance(model, (str, os.PathLike))
+            else ""
+        )
+        raise InputError(
+            f"Expected a model (a TransformerLens TransformerBridge, from circuitviz.load_model "
+            f"or circuitviz.tiny_model), got {type(model).__name__}.{hint}"
+        )
+    return model
 
 
 def default_device() -> torch.device:
@@ -83,6 +101,32 @@ def _demo_hf_dir() -> Path:
     return target
 
 
+def check_device(device: object) -> torch.device:
+    """The device to load on: ``device`` parsed and available, or the default."""
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError):
+        raise InputError(
+            f"device={device!r} is not a device: use 'cpu', 'cuda', 'cuda:1' or 'mps'."
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"device={device!r}, but CUDA is not available here (no GPU, or a CPU-only "
+                "torch): use device='cpu', or leave device unset to pick one automatically."
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise InputError(
+                f"device={device!r}, but there are only {torch.cuda.device_count()} CUDA "
+                "devices: use 'cuda:0'…"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device={device!r}, but MPS is not available here: use device='cpu'.")
+    return parsed
+
+
 def load_model(
     name: str | TransformerBridge = "demo",
     *,
@@ -100,14 +144,20 @@ def load_model(
     """
     if isinstance(name, TransformerBridge):
         return name
-    if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(
-            f"load_model expects a model name, a directory or a TransformerBridge, got {type(name).__name__}."
+    if not isinstance(name, (str, os.PathLike)) or not str(name):
+        raise InputError(
+            "load_model expects a model name ('demo', a Hugging Face name), a directory or a "
+            f"TransformerBridge, got {name!r}."
+        )
+    device = check_device(device)
+    if dtype is None:
+        dtype = torch.float32
+    elif not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(
+            f"dtype={dtype!r} must be a floating torch dtype, e.g. torch.float32 or torch.bfloat16."
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or torch.float32
     if name == "demo":
         source, hf_name = _demo_hf_dir(), DEMO_HF_NAME
     else:

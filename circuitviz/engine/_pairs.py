@@ -13,12 +13,35 @@ class InputError(ValueError):
     """Bad input to an analysis; the message names the problem and the fix."""
 
 
+def check_text(text: str, what: str) -> str:
+    """``text`` if a tokenizer can take it: non-empty, and valid Unicode (a lone surrogate
+    such as ``"\\ud800"``, left by a bad decode, can't be encoded)."""
+    if not text:
+        raise InputError(f"{what} is empty: give some text.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            f"{what} {text!r} contains a lone surrogate ({text[err.start]!r} at index "
+            f"{err.start}), which no tokenizer can encode: remove it, or decode the text's "
+            "bytes properly (e.g. data.decode('utf-8'))."
+        ) from None
+    return text
+
+
 def _as_tuple(name: str, values: str | Sequence[str], n: int | None = None) -> tuple[str, ...]:
     if isinstance(values, str):
-        return (values,) * (n or 1)
+        values = (values,) * (n or 1)
+    elif not isinstance(values, Sequence):
+        raise InputError(
+            f"PromptPairs.{name} must be a string or a list of strings, got "
+            f"{type(values).__name__}."
+        )
     values = tuple(values)
     if not all(isinstance(v, str) for v in values):
         raise InputError(f"PromptPairs.{name} must be strings.")
+    for i, v in enumerate(values):
+        check_text(v, f"PromptPairs.{name}[{i}]")
     return values
 
 
@@ -131,6 +154,9 @@ def check_pairs(pairs: object) -> PromptPairs:
 
 def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
     """Tokenize and check a batch: equal lengths, single-token answers, within the context."""
+    from ._models import check_bridge  # _models imports this module
+
+    check_bridge(model)
     check_pairs(pairs)
     clean = _encode(model, pairs.clean, "clean")
     corrupted = _encode(model, pairs.corrupted, "corrupted")
@@ -148,6 +174,12 @@ def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
         )
     answers = torch.tensor([single_token(model, a, "Answer") for a in pairs.answers])
     wrong = torch.tensor([single_token(model, a, "Wrong answer") for a in pairs.wrong_answers])
+    for i in (answers == wrong).nonzero()[:, 0].tolist():
+        raise InputError(
+            f"In pair {i}, the answer {pairs.answers[i]!r} and the wrong answer "
+            f"{pairs.wrong_answers[i]!r} are the same token, so every logit difference is 0 "
+            "and every map would be blank: give a wrong answer that differs from the answer."
+        )
     device = model.cfg.device
     return Tokens(
         clean=clean.to(device),

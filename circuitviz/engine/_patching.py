@@ -13,6 +13,8 @@ prompt; a batch of prompts is one pass per prompt, and the metric sees them all 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from . import _hooks
-from ._metrics import Metric, MetricFn, bind_metric
+from ._metrics import Metric, MetricFn, bind_metric, check_metric
 from ._models import model_name
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
 from ._results import PatchResult, pos_label
@@ -156,7 +158,13 @@ def baselines(
     )
 
 
-def source_run(model: TransformerBridge, pairs: PromptPairs, over: str, direction: str):
+def source_run(
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    over: str,
+    direction: str,
+    metric: str | MetricFn,
+):
     """Validate a map request and run the source prompts once, caching the target's
     activations at every layer: clean for "denoise", corrupted for "noise".
 
@@ -164,8 +172,9 @@ def source_run(model: TransformerBridge, pairs: PromptPairs, over: str, directio
     source activations by hook name)``.
     """
     target = get_target(over)
-    if direction not in ("denoise", "noise"):
+    if not isinstance(direction, str) or direction not in ("denoise", "noise"):
         raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
+    check_metric(metric)
     tokens = tokenize(model, pairs)
     names = [target.hook.format(layer) for layer in range(model.cfg.n_layers)]
     src_tokens, run_tokens = (
@@ -243,6 +252,20 @@ def growing_pass(
     return final_logits(model, tokens, [(name, compose(steps)) for name, steps in fns.items()])
 
 
+def check_budget(memory_budget: object, max_rows: object) -> None:
+    """Both must be positive: bytes one pass may use, and rows one pass may hold."""
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Real):
+        ok = False
+    else:
+        ok = memory_budget > 0 and math.isfinite(memory_budget)
+    if not ok:
+        raise InputError(
+            f"memory_budget={memory_budget!r} must be a positive number of bytes, e.g. 2**30."
+        )
+    if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral) or max_rows < 1:
+        raise InputError(f"max_rows={max_rows!r} must be a positive integer, e.g. 1024.")
+
+
 def patch(
     model: TransformerBridge,
     pairs: PromptPairs,
@@ -270,8 +293,9 @@ def patch(
     Returns a :class:`PatchResult` equal to ``transformer_lens.patching``'s for the same
     target (with the metric averaged over the batch).
     """
+    check_budget(memory_budget, max_rows)
     target, tokens, _names, run_tokens, src_logits, sources = source_run(
-        model, pairs, over, direction
+        model, pairs, over, direction, metric
     )
     sizes = axis_sizes(model, tokens.n_pos)
     shape = tuple(sizes[a] for a in target.axes)

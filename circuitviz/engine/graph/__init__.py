@@ -59,7 +59,9 @@ def circuit(
             position (information moves across positions only inside heads).
         metric: a metric name or callable of final-position logits (see ``circuitviz.patch``).
     """
-    if method not in METHODS:
+    if not isinstance(per_position, bool):
+        raise InputError(f"per_position must be True or False, got {per_position!r}.")
+    if not isinstance(method, str) or method not in METHODS:
         raise InputError(f"Unknown method={method!r}: use one of {METHODS}.")
     if steps is None:
         steps = 5 if method == "eap-ig" else 1

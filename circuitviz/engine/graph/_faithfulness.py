@@ -23,8 +23,9 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from .._components import check_range, parse_id
-from .._metrics import METRICS, Metric, MetricFn, bind_metric, check_gap
+from .._components import check_range, listed, parse_id
+from .._metrics import METRICS, Metric, MetricFn, bind_metric, check_gap, check_metric
+from .._models import check_bridge
 from .._pairs import InputError, PromptPairs, Tokens, tokenize
 from .._patching import final_logits
 from ._eap import sender_acts, sender_hooks
@@ -199,7 +200,7 @@ class Context:
 
 
 def check_model(graph: Graph, model: TransformerBridge) -> None:
-    info = model_info(model)
+    info = model_info(check_bridge(model))
     mine = {k: getattr(graph, k) for k in ("model", "n_layers", "n_heads", "n_kv_heads")}
     wrong = [f"{k}: graph {mine[k]!r}, model {info[k]!r}" for k in mine if mine[k] != info[k]]
     if wrong:
@@ -229,8 +230,10 @@ def context(
 ) -> Context:
     check_model(graph, model)
     check_pairs(graph, pairs)
-    if ablation not in ABLATIONS:
+    if not isinstance(ablation, str) or ablation not in ABLATIONS:
         raise InputError(f"Unknown ablation={ablation!r}: use one of {ABLATIONS}.")
+    if metric is not None:
+        check_metric(metric)
     metric = metric if metric is not None else graph._cache.get("metric_fn", graph.metric)
     key = (id(model), ablation, metric if isinstance(metric, str) else id(metric))
     if key in graph._cache:
@@ -273,13 +276,13 @@ def circuit_mask(
         raise InputError("Give the circuit as nodes=… or edges=…, not both.")
     layout = graph.layout
     if edges is not None:
-        edges = list(edges)
+        edges = listed(edges, "edges", "graph.edges[:10]")
         if not edges:
             raise InputError("The circuit is empty: give at least one edge.")
         mask = torch.zeros_like(graph.kept)
         mask[tuple(torch.tensor([graph.edge_index(e) for e in edges]).T)] = True
     elif nodes is not None:
-        nodes = list(nodes)
+        nodes = listed(nodes, "nodes", "['L3H5', 'MLP2']")
         if not nodes:
             raise InputError("The circuit is empty: give at least one node.")
         inside = torch.zeros(len(layout.nodes), graph.n_pos, dtype=torch.bool)
@@ -304,18 +307,20 @@ def circuit_mask(
 def ablated_ids(graph: Graph, ablated: Iterable[Any]) -> list[str]:
     """Check ``ablated=`` with the engine's component grammar (plus ``"EMBED"``, a sender
     here): heads and MLPs, optionally at one position, in range for this graph."""
-    if isinstance(ablated, (str, bytes)) or not isinstance(ablated, Iterable):
-        raise InputError("ablated= must be a list of node ids, e.g. ['L3H5', 'MLP2'].")
     out = []
-    for spec in ablated:
+    for spec in listed(ablated, "ablated", "['L3H5', 'MLP2']"):
         if spec == "LOGITS":
             raise InputError("LOGITS can't be ablated; ablate the nodes that feed it.")
         if isinstance(spec, str) and spec.split(":")[0] == "EMBED":
             out.append(spec)
             continue
-        comp = check_range(
-            parse_id(spec), n_layers=graph.n_layers, n_heads=graph.n_heads, n_pos=graph.n_pos
-        )
+        comp = parse_id(spec)
+        if comp.pos is not None and not graph.per_position:
+            raise InputError(
+                f"{spec!r} names a position, but this graph is not per position: ablate "
+                f"{comp.base_id!r}, or build the graph with circuit(..., per_position=True)."
+            )
+        check_range(comp, n_layers=graph.n_layers, n_heads=graph.n_heads, n_pos=graph.n_pos)
         out.append(comp.id)
     return out
 

@@ -4,6 +4,8 @@ documented in docs/graph_schema.md)."""
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .._components import as_int, listed
 from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs
 from . import _faithfulness as _f
@@ -258,12 +261,18 @@ class Graph:
         Edges with weight exactly 0 never count. Pruning starts from this graph's edges."""
         if top_n is None and threshold is None:
             raise InputError("prune needs top_n=… or threshold=….")
+        if top_n is not None and (as_int(top_n) is None or top_n < 0):
+            raise InputError(f"top_n must be an integer ≥ 0 (a number of edges), got {top_n!r}.")
+        if threshold is not None and not (
+            isinstance(threshold, numbers.Real)
+            and not isinstance(threshold, bool)
+            and 0 <= threshold < math.inf
+        ):
+            raise InputError(f"threshold must be a number ≥ 0 (|weight|), got {threshold!r}.")
         cand = self.kept & (self.scores != 0)
         if threshold is not None:
             cand &= self.scores.abs() >= float(threshold)
         if top_n is not None:
-            if int(top_n) < 0:
-                raise InputError(f"top_n must be ≥ 0, got {top_n}.")
             flat = torch.where(cand, self.scores.abs(), torch.tensor(-1.0)).flatten()
             n = min(int(top_n), int(cand.sum()))
             keep = torch.zeros_like(flat, dtype=torch.bool)
@@ -385,9 +394,10 @@ class Graph:
     ) -> _f.FaithfulnessCurve:
         """Faithfulness of the top-n-edge circuit (pruned to EMBED→LOGITS paths) for each
         size, batched into as few forward passes as memory allows."""
-        sizes = [int(n) for n in sizes]
-        if not sizes or min(sizes) < 1:
-            raise InputError(f"sizes must be positive edge counts, got {sizes}.")
+        counts = [as_int(n) for n in listed(sizes, "sizes", "[10, 100, 1000]")]
+        if not counts or None in counts or min(counts) < 1:  # type: ignore[type-var]
+            raise InputError(f"sizes must be positive edge counts, got {sizes!r}.")
+        sizes = counts  # type: ignore[assignment]
         ctx = _f.context(self, model, pairs, ablation, metric)
         pruned = [self.prune(top_n=n) for n in sizes]
         masks = torch.stack([g.kept if self.per_position else g.kept[:, :, 0] for g in pruned])
@@ -418,6 +428,9 @@ class Graph:
         """Exact effect ``M(patched) − M(clean)`` of patching each edge alone (the quantity an
         edge's weight estimates), ``[n_edges]``; one forward row per edge and prompt, with
         only one pass's worth of edge masks in memory at a time."""
+        edges = listed(edges, "edges", "graph.edges[:10]")
+        if not edges:
+            raise InputError("patch_edges needs at least one edge, e.g. graph.edges[:10].")
         index = torch.tensor([self.edge_index(e) for e in edges], dtype=torch.long)
         ctx = _f.context(self, model, pairs, ablation, metric)
         full = torch.ones_like(self.kept)
