@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="'ioi', 'induction' or a JSON file of prompt pairs "
         "(default: ioi, or induction for the tiny models)",
     )
+    what.add_argument(
+        "--prepend-bos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start every prompt with the model's BOS token, or not (default: the model's "
+        "convention; the demo model prepends <|im_start|>; a pairs file may set prepend_bos)",
+    )
     what.add_argument("--n", type=int, default=8, help="number of prompt pairs (default 8)")
     what.add_argument("--seed", type=int, default=0, help="random seed of the task (default 0)")
     what.add_argument(
@@ -162,7 +169,7 @@ def load_model(name: str):
     return circuitviz.load_model(name)
 
 
-def load_pairs_file(path: Path):
+def load_pairs_file(path: Path, prepend_bos: bool | None = None):
     from circuitviz import PromptPairs
 
     try:
@@ -175,7 +182,9 @@ def load_pairs_file(path: Path):
         raise CliError(
             f"--task file {str(path)!r} needs a JSON object with lists {list(PAIR_KEYS)}."
         )
-    return PromptPairs(*(data[k] for k in PAIR_KEYS))
+    if prepend_bos is not None:  # the command line wins over the file
+        data = {**data, "prepend_bos": prepend_bos}
+    return PromptPairs.from_dict(data)
 
 
 def make_pairs(model, args: argparse.Namespace):
@@ -183,9 +192,9 @@ def make_pairs(model, args: argparse.Namespace):
 
     task = args.task or ("induction" if args.model in TINY_MODELS else "ioi")
     if task in ("ioi", "induction"):
-        return getattr(tasks, task)(model, args.n, seed=args.seed)
+        return getattr(tasks, task)(model, args.n, seed=args.seed, prepend_bos=args.prepend_bos)
     if task.endswith(".json") or Path(task).is_file():
-        return load_pairs_file(Path(task))
+        return load_pairs_file(Path(task), args.prepend_bos)
     raise CliError(f"unknown --task {task!r}: use ioi, induction or a .json file of pairs.")
 
 
@@ -213,7 +222,7 @@ def _call(fn, *args: Any, **options: Any):
 def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The result object and the figure options that go with it."""
     if args.analysis == "attention":
-        result = _engine("attention")(model, pairs.clean[0])
+        result = _call(_engine("attention"), model, pairs.clean[0], prepend_bos=pairs.prepend_bos)
         return result, {"layer": args.layer, "head": args.head}
     if args.analysis in ("patch", "attribution"):
         fn = _engine("patch" if args.analysis == "patch" else "attribution_patch")
