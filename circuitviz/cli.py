@@ -22,10 +22,26 @@ ANALYSES = ("attention", "patch", "attribution", "circuit")
 TINY_MODELS = {"tiny-llama": "llama", "tiny-gpt2": "gpt2"}
 PAIR_KEYS = ("clean", "corrupted", "answers", "wrong_answers")
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class CliError(Exception):
     """A problem with the command's input, reported as one line without a traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying the files that were complete before it (each is written atomically,
+    so there is never a partial one)."""
+
+    def __init__(self, written: Sequence[Path] = ()):
+        super().__init__()
+        self.written = list(written)
+
+    def message(self) -> str:
+        if not self.written:
+            return "circuitviz: interrupted; no file written."
+        done = ", ".join(str(p) for p in self.written)
+        return f"circuitviz: interrupted; only {done} written, the other outputs not."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--width", type=float, default=None, help="inches (overrides --column)")
     out.add_argument("--height", type=float, default=None, help="inches (default: fits the figure)")
     out.add_argument("--dpi", type=int, default=None, help="PNG resolution (default 300)")
+    out.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show progress on stderr (default: on); Ctrl-C stops cleanly, writing no file",
+    )
     fig.set_defaults(run=run_figure)
     return parser
 
@@ -214,7 +236,7 @@ def _engine(name: str):
 
 
 def _call(fn, *args: Any, **options: Any):
-    """Call with the options ``fn`` accepts; ``progress=False`` keeps CI logs clean."""
+    """Call with the options ``fn`` accepts (not every analysis takes ``progress``)."""
     params = inspect.signature(fn).parameters
     return fn(*args, **{k: v for k, v in options.items() if k in params and v is not None})
 
@@ -234,10 +256,10 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
             over=over,
             direction=args.direction,
             metric=args.metric,
-            progress=False,
+            progress=args.progress,
         )
         return result, {}
-    graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=False)
+    graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=args.progress)
     # Unpruned graphs of real models have far too many edges to draw.
     top_n = args.top_n if args.top_n is not None or args.threshold is not None else 200
     if hasattr(graph, "prune"):  # prune once, so the HTML page shows the same graph
@@ -246,6 +268,7 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
 
 
 def run_figure(args: argparse.Namespace) -> int:
+    from circuitviz._progress import Steps
     from circuitviz.export import figure_of, make_style
     from circuitviz.export._static import check_writable, export_format, save_many
 
@@ -255,18 +278,28 @@ def run_figure(args: argparse.Namespace) -> int:
     for path in args.output:
         export_format(path)
         check_writable(path)
-    model = load_model(args.model)
-    pairs = make_pairs(model, args)
-    result, figure_options = run_analysis(model, pairs, args)
-    figure_options = {k: v for k, v in figure_options.items() if v is not None}
-    static = [p for p in args.output if export_format(p) != "html"]
-    html = [p for p in args.output if export_format(p) == "html"]
-    written = []
-    if static:  # one figure for every static format
-        fig = figure_of(result, **figure_options, **style)
-        written += save_many(fig, static, **style)
-    if html:
-        written += save_many(result, html)
+    names = ["loading the model", "building the prompts", args.analysis, "writing"]
+    written: list[Path] = []
+    try:
+        with Steps("figure", names, enabled=args.progress, file=sys.stderr) as steps:
+            steps.start("loading the model")
+            model = load_model(args.model)
+            steps.start("building the prompts")
+            pairs = make_pairs(model, args)
+            steps.start(args.analysis)
+            result, figure_options = run_analysis(model, pairs, args)
+            figure_options = {k: v for k, v in figure_options.items() if v is not None}
+            steps.start("writing")
+            static = [p for p in args.output if export_format(p) != "html"]
+            html = [p for p in args.output if export_format(p) == "html"]
+            if static:  # one figure for every static format
+                fig = figure_of(result, **figure_options, **style)
+                for path in static:
+                    written += save_many(fig, [path], **style)
+            for path in html:
+                written += save_many(result, [path])
+    except KeyboardInterrupt as err:
+        raise Interrupted(written) from err
     for path in written:
         print(path)
     return 0
@@ -278,16 +311,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    from circuitviz.engine import InputError, MetricError, ModelNotFoundError
+    try:  # the import loads torch (seconds): Ctrl-C there is an interrupt too
+        from circuitviz.engine import InputError, MetricError, ModelNotFoundError
 
-    try:
-        return args.run(args)
-    except (CliError, InputError, MetricError, ModelNotFoundError, NotImplementedError) as err:
-        print(f"circuitviz: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("circuitviz: interrupted; no file written.", file=sys.stderr)
-        return 130
+        try:
+            return args.run(args)
+        except (CliError, InputError, MetricError, ModelNotFoundError, NotImplementedError) as err:
+            print(f"circuitviz: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    except KeyboardInterrupt as err:
+        print(
+            err.message() if isinstance(err, Interrupted) else Interrupted().message(),
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
