@@ -1,0 +1,148 @@
+"""marimo, for real: serve tests/marimo/patching_app.py with ``marimo run`` on loopback,
+click a head in Chromium, and read the ablation back from the notebook's Python side.
+
+The notebook's read-back cell writes what it sees (``view.value``, ``view.widget.ablated``
+and the ablation result, via ``mo.state``) to ``$CIRCUITVIZ_MARIMO_OUT``; the test compares
+that with ``circuitviz.ablate`` run here on the same model and pairs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import circuitviz as cv
+from tests.conftest import ROOT, free_port
+
+APP = ROOT / "tests" / "marimo" / "patching_app.py"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        importlib.util.find_spec("marimo") is None,
+        reason="marimo is missing: `pip install marimo` (it is in the test extra)",
+    ),
+]
+
+
+class MarimoApp:
+    """``marimo run APP`` on a free loopback port, with a random access token."""
+
+    def __init__(self, app: Path, workdir: Path):
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.readback = workdir / "readback.json"
+        self.log_path = workdir / "marimo.log"
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH")] if p),
+            CIRCUITVIZ_MARIMO_OUT=str(self.readback),
+            MARIMO_SKIP_UPDATE_CHECK="1",
+        )
+        cmd = [sys.executable, "-m", "marimo", "-q", "run", str(app), "--headless",
+               "--host", "127.0.0.1", "--port", str(self.port), "--token",
+               "--token-password", self.token, "--no-sandbox"]  # fmt: skip
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/?access_token={self.token}"
+
+    def wait_until_up(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"marimo exited early:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.5)
+        raise RuntimeError(f"marimo did not answer /health in {timeout}s:\n{self.log_tail()}")
+
+    def read(self, until, timeout: float = 60) -> dict:
+        """The read-back cell's latest output, once ``until(output)`` holds."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            try:
+                seen = json.loads(self.readback.read_text())
+                if until(seen):
+                    return seen
+            except (OSError, json.JSONDecodeError):
+                pass  # not written yet, or being rewritten
+            time.sleep(0.2)
+        raise AssertionError(f"the notebook's read-back never matched; last: {seen}")
+
+    def log_tail(self, n: int = 40) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text().splitlines()[-n:])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+
+
+@pytest.fixture
+def marimo_app(tmp_path):
+    app = MarimoApp(APP, tmp_path)
+    try:
+        app.wait_until_up()
+        yield app
+    finally:
+        app.stop()
+
+
+def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page, artifacts):
+    page.goto(marimo_app.url)
+    root = page.locator('.cv-root[data-view="patching"]')
+    cell = root.locator('[data-component="L1H0"]')
+    cell.wait_for(state="visible", timeout=180_000)
+    before = marimo_app.read(lambda out: out["metric_ablated"] is not None)
+    assert before["ablated"] == [] and before["components"] == []
+
+    cell.click()
+    after = marimo_app.read(lambda out: out["components"] == ["L1H0"])
+    assert after["ablated"] == ["L1H0"] and after["selected"] == "L1H0"
+    model = cv.tiny_model("llama")  # the notebook's model: same seed, same weights
+    pairs = cv.PromptPairs.from_dict(after["pairs"])
+    expected = cv.ablate(model, pairs, heads=["L1H0"])
+    assert after["metric_ablated"] == pytest.approx(expected.ablated, abs=1e-5)
+    assert after["metric_ablated"] != pytest.approx(before["metric_ablated"], abs=1e-6)
+    shown = root.locator('[data-role="metric-ablated"]')
+    assert float(shown.get_attribute("data-value")) == pytest.approx(expected.ablated, abs=1e-5)
+    assert cell.get_attribute("data-ablated") == "true"
+    readback = page.get_by_text("Python side:")
+    assert "L1H0" in readback.locator("xpath=..").inner_text()
+
+    root.locator('[data-component="L0H1"]').click(modifiers=["Shift"])
+    both = marimo_app.read(lambda out: out["components"] == ["L0H1", "L1H0"])
+    expected = cv.ablate(model, pairs, heads=["L0H1", "L1H0"])
+    assert both["metric_ablated"] == pytest.approx(expected.ablated, abs=1e-5)
+    page.mouse.move(5, 5)  # no tooltip over the screenshot
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts / "marimo_patching.png"), full_page=True)
+
+    root.locator('[data-role="reset"]').click()
+    marimo_app.read(lambda out: out["components"] == [])
+    assert page.console_errors == [], page.console_errors
+    assert page.dialogs == []
