@@ -56,5 +56,4 @@ class Steps:
     ) -> None:
         if kind is None and self.current is not None:
             self.bar.update(1)
-            self.bar.set_description_str(f"{self.title}: done", refresh=False)
         self.bar.close()

@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="show progress on stderr (default: on); Ctrl-C stops cleanly, writing no file",
+        default=None,
+        help="show progress on stderr (default: when stderr is a terminal, so CI logs stay "
+        "clean); Ctrl-C stops cleanly, writing no partial file",
     )
     fig.set_defaults(run=run_figure)
     return parser
@@ -273,6 +274,8 @@ def run_figure(args: argparse.Namespace) -> int:
     from circuitviz.export._static import check_writable, export_format, save_many
 
     check_arguments(args)
+    if args.progress is None:
+        args.progress = sys.stderr.isatty()
     style = style_options(args)
     make_style(**style)  # bad style is reported before the model loads
     for path in args.output:

@@ -121,8 +121,10 @@ def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page
     assert before["ablated"] == [] and before["components"] == []
 
     cell.click()
-    after = marimo_app.read(lambda out: out["components"] == ["L1H0"])
-    assert after["ablated"] == ["L1H0"] and after["selected"] == "L1H0"
+    # Two updates reach Python separately, each rerunning the read-back cell: the selection
+    # (a UI change, `view.value`) and the ablation (kernel-side, through `mo.state`).
+    after = marimo_app.read(lambda out: out["components"] == ["L1H0"] and out["selected"] == "L1H0")
+    assert after["ablated"] == ["L1H0"]
     model = cv.tiny_model("llama")  # the notebook's model: same seed, same weights
     pairs = cv.PromptPairs.from_dict(after["pairs"])
     expected = cv.ablate(model, pairs, heads=["L1H0"])

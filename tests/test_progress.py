@@ -45,6 +45,34 @@ def test_explore_names_each_step_on_its_progress_bar(tiny_llama, tiny_pairs, cap
     assert "explore" not in capfd.readouterr().err
 
 
+@pytest.mark.slow
+def test_explore_shows_a_widget_bar_in_a_notebook_kernel():
+    """In a real kernel ``tqdm.auto`` is the notebook bar: a progress widget is displayed
+    before the explorer, and its label names the steps."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    source = """import circuitviz as cv
+model = cv.tiny_model("llama")
+pairs = cv.PromptPairs(["t1 t2 t3 t4 t1 t2"], ["t5 t6 t7 t8 t5 t6"], [" t3"], [" t7"])
+cv.explore(model, pairs)"""
+    nb.cells = [nbformat.v4.new_code_cell(source)]
+    NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=True).execute()
+    views = [
+        o
+        for o in nb.cells[0].outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    texts = [o["data"]["text/plain"] for o in views]
+    assert texts[0].startswith("explore: 0/4 steps"), texts
+    assert any(t.startswith("patching heads") for t in texts[1:-1]), texts  # the inner bar
+    assert texts[-1].startswith("Explorer("), texts
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    labels = [m["state"].get("value", "") for m in state.values() if m["model_name"] == "HTMLModel"]
+    assert any("explore:\u2007views:\u20074/4" in label for label in labels), labels
+
+
 class Interrupt:
     """A raw torch forward hook (not circuitviz's) that raises KeyboardInterrupt on its n-th
     call, as Ctrl-C would in the middle of a forward pass with circuitviz's hooks attached."""
@@ -119,13 +147,16 @@ def test_interrupting_the_views_step_closes_the_views_already_built(
 
 def test_cli_figure_shows_progress_on_stderr_only(tmp_path, capfd):
     out = tmp_path / "patch.html"
-    assert main(["figure", "--model", "tiny-llama", "--analysis", "patch", "-o", str(out)]) == 0
+    argv = ["figure", "--model", "tiny-llama", "--analysis", "patch", "-o", str(out)]
+    assert main([*argv, "--progress"]) == 0
     captured = capfd.readouterr()
     assert captured.out.strip() == str(out)  # stdout stays the list of written files
     for step in ("loading the model", "building the prompts", "patch", "writing"):
         assert f"figure: {step}" in captured.err, step
     assert "patching heads" in captured.err
-    assert main(["figure", "--model", "tiny-llama", "--no-progress", "-o", str(out)]) == 0
+    assert main([*argv, "--no-progress"]) == 0
+    assert capfd.readouterr().err == ""
+    assert main(argv) == 0  # default: progress only when stderr is a terminal (not here)
     assert capfd.readouterr().err == ""
 
 
@@ -141,7 +172,7 @@ def test_cli_interrupt_exits_130_with_one_line_and_no_partial_file(
 
     monkeypatch.setattr(cli if where == "run_analysis" else _static, where, interrupted)
     outputs = [tmp_path / "a.svg", tmp_path / "b.html"]
-    argv = ["figure", "--model", "tiny-llama", *(f"-o{p}" for p in outputs)]
+    argv = ["figure", "--model", "tiny-llama", "--progress", *(f"-o{p}" for p in outputs)]
     assert main(argv) == 130
     captured = capfd.readouterr()
     lines = [line for line in captured.err.splitlines() if line.startswith("circuitviz:")]
@@ -179,7 +210,8 @@ def test_ctrl_c_on_a_real_cli_run(tmp_path):
     computed: status 130, one line on stderr, no traceback, no output or temp file."""
     out = tmp_path / "circuit.svg"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "circuitviz", "figure", "--analysis", "circuit", "-o", str(out)]
+    cmd = [sys.executable, "-m", "circuitviz", "figure", "--analysis", "circuit", "--progress"]
+    cmd += ["-o", str(out)]
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
