@@ -1,5 +1,6 @@
-"""marimo, for real: serve tests/marimo/patching_app.py with ``marimo run`` on loopback,
-click a head in Chromium, and read the ablation back from the notebook's Python side.
+"""marimo, for real: serve tests/marimo/patching_app.py with ``marimo run`` (app view) and
+``marimo edit`` (the editor) on loopback, click a head in Chromium, and read the ablation
+back from the notebook's Python side.
 
 The notebook's read-back cell writes what it sees (``view.value``, ``view.widget.ablated``
 and the ablation result, via ``mo.state``) to ``$CIRCUITVIZ_MARIMO_OUT``; the test compares
@@ -12,6 +13,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 import circuitviz as cv
 from tests.conftest import ROOT, free_port
@@ -36,9 +39,10 @@ pytestmark = [
 
 
 class MarimoApp:
-    """``marimo run APP`` on a free loopback port, with a random access token."""
+    """``marimo run|edit APP`` on a free loopback port, with a random access token."""
 
-    def __init__(self, app: Path, workdir: Path):
+    def __init__(self, app: Path, workdir: Path, mode: str):
+        self.mode = mode
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.readback = workdir / "readback.json"
@@ -49,7 +53,7 @@ class MarimoApp:
             CIRCUITVIZ_MARIMO_OUT=str(self.readback),
             MARIMO_SKIP_UPDATE_CHECK="1",
         )
-        cmd = [sys.executable, "-m", "marimo", "-q", "run", str(app), "--headless",
+        cmd = [sys.executable, "-m", "marimo", "-q", mode, str(app), "--headless",
                "--host", "127.0.0.1", "--port", str(self.port), "--token",
                "--token-password", self.token, "--no-sandbox"]  # fmt: skip
         self._log = open(self.log_path, "w")
@@ -102,9 +106,12 @@ class MarimoApp:
         self._log.close()
 
 
-@pytest.fixture
-def marimo_app(tmp_path):
-    app = MarimoApp(APP, tmp_path)
+@pytest.fixture(params=["run", "edit"])
+def marimo_app(tmp_path, request):
+    # Serve a copy: `marimo edit` caches outputs in __marimo__/ beside the notebook.
+    copy = tmp_path / APP.name
+    shutil.copy(APP, copy)
+    app = MarimoApp(copy, tmp_path, request.param)
     try:
         app.wait_until_up()
         yield app
@@ -112,10 +119,24 @@ def marimo_app(tmp_path):
         app.stop()
 
 
+def run_all(page, shown, tries: int = 6) -> None:
+    """The editor opens with every cell stale: press its "run all" button (the last
+    ``run-button``) until ``shown`` appears; a press before the kernel is connected is lost."""
+    for _ in range(tries):
+        page.locator('[data-testid="run-button"]').last.click(timeout=60_000)
+        try:
+            shown.wait_for(state="visible", timeout=30_000)
+            return
+        except PlaywrightTimeout:
+            continue
+
+
 def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page, artifacts):
     page.goto(marimo_app.url)
     root = page.locator('.cv-root[data-view="patching"]')
     cell = root.locator('[data-component="L1H0"]')
+    if marimo_app.mode == "edit":
+        run_all(page, cell)
     cell.wait_for(state="visible", timeout=180_000)
     before = marimo_app.read(lambda out: out["metric_ablated"] is not None)
     assert before["ablated"] == [] and before["components"] == []
@@ -133,8 +154,8 @@ def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page
     shown = root.locator('[data-role="metric-ablated"]')
     assert float(shown.get_attribute("data-value")) == pytest.approx(expected.ablated, abs=1e-5)
     assert cell.get_attribute("data-ablated") == "true"
-    readback = page.get_by_text("Python side:")
-    assert "L1H0" in readback.locator("xpath=..").inner_text()
+    readback = page.locator('[data-testid="cv-readback"]')
+    readback.filter(has_text='"components": ["L1H0"]').wait_for(timeout=30_000)
 
     root.locator('[data-component="L0H1"]').click(modifiers=["Shift"])
     both = marimo_app.read(lambda out: out["components"] == ["L0H1", "L1H0"])
@@ -142,7 +163,7 @@ def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page
     assert both["metric_ablated"] == pytest.approx(expected.ablated, abs=1e-5)
     page.mouse.move(5, 5)  # no tooltip over the screenshot
     page.wait_for_timeout(300)
-    page.screenshot(path=str(artifacts / "marimo_patching.png"), full_page=True)
+    page.screenshot(path=str(artifacts / f"marimo_{marimo_app.mode}.png"), full_page=True)
 
     root.locator('[data-role="reset"]').click()
     marimo_app.read(lambda out: out["components"] == [])

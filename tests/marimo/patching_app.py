@@ -13,6 +13,7 @@ app = marimo.App(width="full")
 
 @app.cell
 def _():
+    import html
     import json
     import os
 
@@ -20,7 +21,7 @@ def _():
 
     import circuitviz as cv
 
-    return cv, json, mo, os
+    return cv, html, json, mo, os
 
 
 @app.cell
@@ -43,7 +44,7 @@ def _(mo, view):
 
 
 @app.cell
-def _(get_result, json, mo, os, pairs, view):
+def _(get_result, html, json, mo, os, pairs, view):
     # Reruns whenever the ablation changes (get_result) or the widget's state does (view.value).
     result = get_result()
     readback = {
@@ -56,8 +57,10 @@ def _(get_result, json, mo, os, pairs, view):
     if os.environ.get("CIRCUITVIZ_MARIMO_OUT"):
         with open(os.environ["CIRCUITVIZ_MARIMO_OUT"], "w") as f:
             json.dump(readback, f)
-    shown = {k: v for k, v in readback.items() if k != "pairs"}
-    mo.md(f"**Python side:** `{json.dumps(shown)}`")
+    shown = json.dumps({k: v for k, v in readback.items() if k != "pairs"})
+    mo.Html(
+        f'<p data-testid="cv-readback"><b>Python side:</b> <code>{html.escape(shown)}</code></p>'
+    )
     return
 
 
