@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ import circuitviz as cv
 from tests.conftest import ROOT, free_port
 
 APP = ROOT / "tests" / "marimo" / "patching_app.py"
+EXPLORE_APP = ROOT / "tests" / "marimo" / "explore_app.py"
 
 pytestmark = [
     pytest.mark.browser,
@@ -106,17 +108,23 @@ class MarimoApp:
         self._log.close()
 
 
+@contextmanager
+def served(app: Path, workdir: Path, mode: str):
+    # Serve a copy: `marimo edit` caches outputs in __marimo__/ beside the notebook.
+    copy = workdir / app.name
+    shutil.copy(app, copy)
+    server = MarimoApp(copy, workdir, mode)
+    try:
+        server.wait_until_up()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["run", "edit"])
 def marimo_app(tmp_path, request):
-    # Serve a copy: `marimo edit` caches outputs in __marimo__/ beside the notebook.
-    copy = tmp_path / APP.name
-    shutil.copy(APP, copy)
-    app = MarimoApp(copy, tmp_path, request.param)
-    try:
-        app.wait_until_up()
-        yield app
-    finally:
-        app.stop()
+    with served(APP, tmp_path, request.param) as server:
+        yield server
 
 
 def run_all(page, shown, tries: int = 6) -> None:
@@ -169,3 +177,27 @@ def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page
     marimo_app.read(lambda out: out["components"] == [])
     assert page.console_errors == [], page.console_errors
     assert page.dialogs == []
+
+
+def test_explore_shows_its_three_linked_views_in_marimo(tmp_path, page, artifacts):
+    """marimo has no ipywidgets boxes: ``Explorer._display_`` lays the views out with marimo's
+    stacks, and a click in the patching map still ablates in the circuit view too."""
+    with served(EXPLORE_APP, tmp_path, "run") as server:
+        page.goto(server.url)
+        patching = page.locator('.cv-root[data-view="patching"]')
+        circuit = page.locator('.cv-root[data-view="circuit"]')
+        patching.locator('[data-component="L1H0"]').wait_for(state="visible", timeout=180_000)
+        page.locator('.cv-root[data-view="attention"]').wait_for(state="visible")
+        circuit.locator('[data-component="L1H0"]').wait_for(state="visible")
+        patching.locator('[data-component="L1H0"]').click()
+        # The circuit redraws its nodes on an update: wait on a selector, not an element.
+        circuit.locator('[data-component="L1H0"][data-ablated="true"]').wait_for(timeout=60_000)
+        value = circuit.locator('[data-role="metric-ablated"]').get_attribute("data-value")
+        model = cv.tiny_model("llama")
+        pairs = cv.PromptPairs(["t1 t2 t3 t4 t1 t2"], ["t5 t6 t7 t8 t5 t6"], [" t3"], [" t7"])
+        assert float(value) == pytest.approx(cv.ablate(model, pairs, heads=["L1H0"]).ablated)
+        assert "Jupyter widgets are not supported" not in page.locator("body").inner_text()
+        page.mouse.move(5, 5)
+        page.screenshot(path=str(artifacts / "marimo_explore.png"), full_page=True)
+        circuit.screenshot(path=str(artifacts / "marimo_explore_circuit.png"))  # below the fold
+        assert page.console_errors == [], page.console_errors

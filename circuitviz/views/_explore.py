@@ -47,6 +47,16 @@ class Explorer(widgets.VBox):
         finally:
             self._sharing = False
 
+    def _display_(self) -> Any:
+        """marimo's display hook (Jupyter ignores it): marimo draws anywidgets but not
+        ipywidgets boxes, so show the three views, still linked in the kernel, in its layout."""
+        import marimo as mo
+
+        top = mo.hstack(
+            [mo.ui.anywidget(self.patching), mo.ui.anywidget(self.attention)], wrap=True
+        )
+        return mo.vstack([top, mo.ui.anywidget(self.circuit)])
+
     @property
     def views(self) -> list[Any]:
         return [self.attention, self.patching, self.circuit]
