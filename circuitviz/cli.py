@@ -23,10 +23,26 @@ COLOR_SCALES = ("linear", "sqrt", "log")  # circuitviz.export._figures.COLOR_SCA
 TINY_MODELS = {"tiny-llama": "llama", "tiny-gpt2": "gpt2"}
 PAIR_KEYS = ("clean", "corrupted", "answers", "wrong_answers")
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class CliError(Exception):
     """A problem with the command's input, reported as one line without a traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying the files that were complete before it (each is written atomically,
+    so there is never a partial one)."""
+
+    def __init__(self, written: Sequence[Path] = ()):
+        super().__init__()
+        self.written = list(written)
+
+    def message(self) -> str:
+        if not self.written:
+            return "circuitviz: interrupted; no file written."
+        done = ", ".join(str(p) for p in self.written)
+        return f"circuitviz: interrupted; only {done} written, the other outputs not."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="'ioi', 'induction' or a JSON file of prompt pairs "
         "(default: ioi, or induction for the tiny models)",
+    )
+    what.add_argument(
+        "--prepend-bos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start every prompt with the model's BOS token, or not (default: the model's "
+        "convention; the demo model prepends <|im_start|>; a pairs file may set prepend_bos)",
     )
     what.add_argument("--n", type=int, default=8, help="number of prompt pairs (default 8)")
     what.add_argument("--seed", type=int, default=0, help="random seed of the task (default 0)")
@@ -143,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--width", type=float, default=None, help="inches (overrides --column)")
     out.add_argument("--height", type=float, default=None, help="inches (default: fits the figure)")
     out.add_argument("--dpi", type=int, default=None, help="PNG resolution (default 300)")
+    out.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: when stderr is a terminal, so CI logs stay "
+        "clean); Ctrl-C stops cleanly, writing no partial file",
+    )
     fig.set_defaults(run=run_figure)
     return parser
 
@@ -189,7 +219,7 @@ def load_model(name: str):
     return circuitviz.load_model(name)
 
 
-def load_pairs_file(path: Path):
+def load_pairs_file(path: Path, prepend_bos: bool | None = None):
     from circuitviz import PromptPairs
 
     try:
@@ -202,7 +232,9 @@ def load_pairs_file(path: Path):
         raise CliError(
             f"--task file {str(path)!r} needs a JSON object with lists {list(PAIR_KEYS)}."
         )
-    return PromptPairs(*(data[k] for k in PAIR_KEYS))
+    if prepend_bos is not None:  # the command line wins over the file
+        data = {**data, "prepend_bos": prepend_bos}
+    return PromptPairs.from_dict(data)
 
 
 def make_pairs(model, args: argparse.Namespace):
@@ -210,9 +242,9 @@ def make_pairs(model, args: argparse.Namespace):
 
     task = args.task or ("induction" if args.model in TINY_MODELS else "ioi")
     if task in ("ioi", "induction"):
-        return getattr(tasks, task)(model, args.n, seed=args.seed)
+        return getattr(tasks, task)(model, args.n, seed=args.seed, prepend_bos=args.prepend_bos)
     if task.endswith(".json") or Path(task).is_file():
-        return load_pairs_file(Path(task))
+        return load_pairs_file(Path(task), args.prepend_bos)
     raise CliError(f"unknown --task {task!r}: use ioi, induction or a .json file of pairs.")
 
 
@@ -232,7 +264,7 @@ def _engine(name: str):
 
 
 def _call(fn, *args: Any, **options: Any):
-    """Call with the options ``fn`` accepts; ``progress=False`` keeps CI logs clean."""
+    """Call with the options ``fn`` accepts (not every analysis takes ``progress``)."""
     params = inspect.signature(fn).parameters
     return fn(*args, **{k: v for k, v in options.items() if k in params and v is not None})
 
@@ -240,7 +272,7 @@ def _call(fn, *args: Any, **options: Any):
 def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The result object and the figure options that go with it."""
     if args.analysis == "attention":
-        result = _engine("attention")(model, pairs.clean[0])
+        result = _call(_engine("attention"), model, pairs.clean[0], prepend_bos=pairs.prepend_bos)
         shown = {"hide_bos": args.hide_bos, "color_scale": args.color_scale}
         return result, {"layer": args.layer, "head": args.head, **shown}
     if args.analysis in ("patch", "attribution"):
@@ -253,10 +285,10 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
             over=over,
             direction=args.direction,
             metric=args.metric,
-            progress=False,
+            progress=args.progress,
         )
         return result, {"color": args.color}
-    graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=False)
+    graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=args.progress)
     # Unpruned graphs of real models have far too many edges to draw.
     top_n = args.top_n if args.top_n is not None or args.threshold is not None else 200
     if hasattr(graph, "prune"):  # prune once, so the HTML page shows the same graph
@@ -278,32 +310,46 @@ def html_object(result: Any, figure_options: dict[str, Any]) -> Any:
 
 
 def run_figure(args: argparse.Namespace) -> int:
+    from circuitviz._progress import Steps
     from circuitviz.export import figure_of, make_style
     from circuitviz.export._static import check_writable, export_format, save_many
 
     check_arguments(args)
+    if args.progress is None:
+        args.progress = sys.stderr.isatty()
     style = style_options(args)
     make_style(**style)  # bad style is reported before the model loads
     for path in args.output:
         export_format(path)
         check_writable(path)
-    model = load_model(args.model)
-    pairs = make_pairs(model, args)
-    result, figure_options = run_analysis(model, pairs, args)
-    figure_options = {k: v for k, v in figure_options.items() if v is not None}
-    static = [p for p in args.output if export_format(p) != "html"]
-    html = [p for p in args.output if export_format(p) == "html"]
-    written = []
-    if static:  # one figure for every static format
-        fig = figure_of(result, **figure_options, **style)
-        written += save_many(fig, static, **style)
-    if html:
-        shown = html_object(result, figure_options)
-        if "color" in figure_options:  # the page opens in the colour mode asked for
-            from circuitviz.views import PatchingView
+    names = ["loading the model", "building the prompts", args.analysis, "writing"]
+    written: list[Path] = []
+    try:
+        with Steps("figure", names, enabled=args.progress, file=sys.stderr) as steps:
+            steps.start("loading the model")
+            model = load_model(args.model)
+            steps.start("building the prompts")
+            pairs = make_pairs(model, args)
+            steps.start(args.analysis)
+            result, figure_options = run_analysis(model, pairs, args)
+            figure_options = {k: v for k, v in figure_options.items() if v is not None}
+            steps.start("writing")
+            static = [p for p in args.output if export_format(p) != "html"]
+            html = [p for p in args.output if export_format(p) == "html"]
+            if static:  # one figure for every static format
+                fig = figure_of(result, **figure_options, **style)
+                for path in static:
+                    written += save_many(fig, [path], **style)
+            if html:
+                shown = html_object(result, figure_options)
+                if "color" in figure_options:  # the page opens in the colour mode asked for
+                    from circuitviz.views import PatchingView
 
-            shown = PatchingView(result, state={"color": figure_options["color"]})
-        written += save_many(shown, html)
+                    shown = PatchingView(result, state={"color": figure_options["color"]})
+                for path in html:
+                    written += save_many(shown, [path])
+    except KeyboardInterrupt as err:
+        raise Interrupted(written) from err
     for path in written:
         print(path)
     return 0
@@ -315,16 +361,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    from circuitviz.engine import InputError, MetricError, ModelNotFoundError
+    try:  # the import loads torch (seconds): Ctrl-C there is an interrupt too
+        from circuitviz.engine import InputError, MetricError, ModelNotFoundError
 
-    try:
-        return args.run(args)
-    except (CliError, InputError, MetricError, ModelNotFoundError, NotImplementedError) as err:
-        print(f"circuitviz: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("circuitviz: interrupted; no file written.", file=sys.stderr)
-        return 130
+        try:
+            return args.run(args)
+        except (CliError, InputError, MetricError, ModelNotFoundError, NotImplementedError) as err:
+            print(f"circuitviz: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    except KeyboardInterrupt as err:
+        print(
+            err.message() if isinstance(err, Interrupted) else Interrupted().message(),
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .engine._components import as_int, listed
 from .engine._models import check_bridge
-from .engine._pairs import InputError, PromptPairs
+from .engine._pairs import InputError, PromptPairs, encode
 
 NAMES = (
     "John Mary Tom James Dan Sid Martin Amy Lisa Paul Mark Kate Anna Sarah Emma Jack "
@@ -45,13 +45,15 @@ def ioi(
     *,
     seed: int = 0,
     templates: Sequence[str] = IOI_TEMPLATES,
+    prepend_bos: bool | None = None,
 ) -> PromptPairs:
     """Indirect-object identification pairs, half ABBA and half BABA.
 
     Clean: "When John and Mary went to the store, John gave a drink to" → " Mary".
     Corrupted: the second subject becomes the indirect object ("…, Mary gave a drink to"),
     which flips the answer, so the wrong answer is the subject (" John"). Only templates of
-    the most common token length are used, so the batch is rectangular.
+    the most common token length are used, so the batch is rectangular. ``prepend_bos`` is
+    passed to :class:`~circuitviz.PromptPairs` (``None``: the model's convention).
     """
     check_bridge(model)
     n = _count(n, "n", "ioi")
@@ -75,7 +77,7 @@ def ioi(
                 f"ioi template {t!r} can't be filled ({type(err).__name__}: {err}): use only "
                 "the fields {A}, {B}, {S}, {PLACE} and {OBJECT}."
             ) from None
-    lengths = {t: model.to_tokens(t.format(**fill)).shape[1] for t in templates}
+    lengths = {t: len(encode(model, t.format(**fill), prepend_bos=False)) for t in templates}
     common = Counter(lengths.values()).most_common(1)[0][0]
     usable = [t for t in templates if lengths[t] == common]
     rng = random.Random(seed)
@@ -89,7 +91,7 @@ def ioi(
         corrupted.append(template.format(A=first, B=second, S=io, **words))
         answers.append(" " + io)
         wrong.append(" " + s)
-    return PromptPairs(clean, corrupted, answers, wrong)
+    return PromptPairs(clean, corrupted, answers, wrong, prepend_bos=prepend_bos)
 
 
 def _word_tokens(model: TransformerBridge) -> tuple[list[int], str]:
@@ -109,12 +111,18 @@ def _word_tokens(model: TransformerBridge) -> tuple[list[int], str]:
 
 
 def induction(
-    model: TransformerBridge, n: int = 8, *, seq_len: int = 10, seed: int = 0
+    model: TransformerBridge,
+    n: int = 8,
+    *,
+    seq_len: int = 10,
+    seed: int = 0,
+    prepend_bos: bool | None = None,
 ) -> PromptPairs:
     """Repeated random tokens: ``x1..xL x1..x(L-1)`` → ``xL``.
 
     The corrupted prompt replaces the first half with other random tokens, so nothing can be
-    copied; its wrong answer is what induction would copy there.
+    copied; its wrong answer is what induction would copy there. ``prepend_bos`` is passed
+    to :class:`~circuitviz.PromptPairs` (``None``: the model's convention).
     """
     check_bridge(model)
     n = _count(n, "n", "induction")
@@ -133,20 +141,27 @@ def induction(
         ys = rng.sample([w for w in words if w not in xs], seq_len)
         text = lambda ids: joiner.join(model.to_string([i]) for i in ids)  # noqa: E731
         c, k = text(xs + xs[:-1]), text(ys + xs[:-1])
-        if model.to_tokens(c).shape[1] != 2 * seq_len or model.to_tokens(k).shape[1] != 2 * seq_len:
+        n_tokens = {len(encode(model, p, prepend_bos=False)) for p in (c, k)}
+        if n_tokens != {2 * seq_len - 1}:
             continue  # the tokens merged when joined; draw again
         clean.append(c)
         corrupted.append(k)
         # Word-level tokenizers take bare words; BPE answers keep their leading space.
         answers.append(model.to_string([xs[-1]]).strip() if joiner else model.to_string([xs[-1]]))
         wrong.append(model.to_string([ys[-1]]).strip() if joiner else model.to_string([ys[-1]]))
-    return PromptPairs(clean, corrupted, answers, wrong)
+    return PromptPairs(clean, corrupted, answers, wrong, prepend_bos=prepend_bos)
 
 
-def factual(model: TransformerBridge, pairs: Sequence[tuple[str, str]]) -> PromptPairs:
+def factual(
+    model: TransformerBridge,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    prepend_bos: bool | None = None,
+) -> PromptPairs:
     """Your own ``(prompt, answer)`` pairs. Each prompt's corrupted version is the next
     prompt in the list, and its wrong answer is that prompt's answer, so all prompts must
-    tokenize to the same length and have different answers."""
+    tokenize to the same length and have different answers. ``prepend_bos`` is passed to
+    :class:`~circuitviz.PromptPairs` (``None``: the model's convention)."""
     check_bridge(model)
     pairs = listed(pairs, "pairs", "[('The Eiffel Tower is in', ' Paris'), …]")
     for item in pairs:
@@ -170,6 +185,6 @@ def factual(model: TransformerBridge, pairs: Sequence[tuple[str, str]]) -> Promp
         raise InputError("factual needs at least two different answers.")
     corrupted = prompts[1:] + prompts[:1]
     wrong = answers[1:] + answers[:1]
-    out = PromptPairs(prompts, corrupted, answers, wrong)
+    out = PromptPairs(prompts, corrupted, answers, wrong, prepend_bos=prepend_bos)
     out.tokenize(model)  # fail now, naming the problem, rather than inside an analysis
     return out

@@ -7,7 +7,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from . import _hooks
 from ._models import check_bridge, model_name
-from ._pairs import InputError, check_text
+from ._pairs import InputError, check_text, encode
 from ._results import AttentionResult
 
 ROLES = ("previous_token", "duplicate_token", "induction")
@@ -67,13 +67,15 @@ class _RoleScorer:
         return out
 
 
-def prompt_tokens(model: TransformerBridge, prompt: object) -> torch.Tensor:
+def prompt_tokens(
+    model: TransformerBridge, prompt: object, prepend_bos: bool | None = None
+) -> torch.Tensor:
     """One prompt as token ids ``[1, pos]``: a string, or ids ``[pos]`` / ``[1, pos]``. A batch
     is refused: the patterns of one prompt are what the view shows, and the model would
     otherwise join the prompts into one sequence."""
     if isinstance(prompt, str):
         check_text(prompt, "The prompt")
-        return model.to_tokens(prompt, truncate=False)
+        return encode(model, prompt, prepend_bos=prepend_bos)[None]
     if not isinstance(prompt, torch.Tensor) or prompt.ndim not in (1, 2):
         shape = f" of shape {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor) else ""
         raise InputError(
@@ -100,13 +102,18 @@ def prompt_tokens(model: TransformerBridge, prompt: object) -> torch.Tensor:
     return tokens.to(model.cfg.device, torch.long)
 
 
-def attention(model: TransformerBridge, prompt: str | torch.Tensor) -> AttentionResult:
+def attention(
+    model: TransformerBridge, prompt: str | torch.Tensor, *, prepend_bos: bool | None = None
+) -> AttentionResult:
     """Attention patterns of every layer and head for one prompt, with head-role scores.
+
+    ``prepend_bos``: whether a text prompt starts with BOS (``None``: the model's convention,
+    as in :class:`PromptPairs`); token ids are used as given.
 
     Patterns are kept in float16 on the CPU: 30 layers × 9 heads of a 1,000-token prompt
     take 540 MB instead of 1 GB.
     """
-    tokens = prompt_tokens(check_bridge(model), prompt)
+    tokens = prompt_tokens(check_bridge(model), prompt, prepend_bos)
     if tokens.shape[1] > model.cfg.n_ctx:
         raise InputError(
             f"The prompt has {tokens.shape[1]} tokens but the model's context is "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -45,6 +46,20 @@ def _as_tuple(name: str, values: str | Sequence[str], n: int | None = None) -> t
     return values
 
 
+PAIR_KEYS = ("clean", "corrupted", "answers", "wrong_answers")
+
+
+def uses_bos(model: TransformerBridge, prepend_bos: bool | None) -> bool:
+    """Whether prompts get a BOS token: ``prepend_bos``, or the model's convention if None."""
+    return bool(model.cfg.default_prepend_bos) if prepend_bos is None else prepend_bos
+
+
+def encode(model: TransformerBridge, text: str, *, prepend_bos: bool | None) -> torch.Tensor:
+    """One prompt's token ids ``[pos]``. Every analysis tokenizes prompts here, so the BOS
+    choice is honoured everywhere."""
+    return model.to_tokens(text, prepend_bos=uses_bos(model, prepend_bos), truncate=False)[0]
+
+
 @dataclass(frozen=True)
 class PromptPairs:
     """A batch of clean and corrupted prompts, with the correct and wrong next tokens.
@@ -54,12 +69,18 @@ class PromptPairs:
     ``wrong_answers[i]`` the one the corrupted prompt favours (a single string is used for
     every pair). Answers must be single tokens: include a leading space where the tokenizer
     expects one, e.g. ``" Mary"``.
+
+    ``prepend_bos`` says whether every prompt starts with the model's BOS token: ``None``
+    (default) follows the model's own convention (``model.cfg.default_prepend_bos``; the demo
+    model prepends ``<|im_start|>``), ``True``/``False`` force it. It is part of the pairs'
+    identity: the same prompts with and without BOS are different inputs.
     """
 
     clean: tuple[str, ...]
     corrupted: tuple[str, ...]
     answers: tuple[str, ...]
     wrong_answers: tuple[str, ...]
+    prepend_bos: bool | None
 
     def __init__(
         self,
@@ -67,7 +88,15 @@ class PromptPairs:
         corrupted: Sequence[str] | str,
         answers: Sequence[str] | str,
         wrong_answers: Sequence[str] | str,
+        *,
+        prepend_bos: bool | None = None,
     ) -> None:
+        if prepend_bos is not None and not isinstance(prepend_bos, bool):
+            raise InputError(
+                f"PromptPairs(prepend_bos=...) must be True, False or None (the model's "
+                f"convention), got {prepend_bos!r}."
+            )
+        object.__setattr__(self, "prepend_bos", prepend_bos)
         clean_t = _as_tuple("clean", clean)
         n = len(clean_t)
         object.__setattr__(self, "clean", clean_t)
@@ -86,13 +115,24 @@ class PromptPairs:
     def __len__(self) -> int:
         return len(self.clean)
 
-    def to_dict(self) -> dict[str, list[str]]:
+    def to_dict(self) -> dict[str, Any]:
+        """The pairs as JSON-ready lists, with ``prepend_bos`` (``None``: the model's default)."""
         return {
             "clean": list(self.clean),
             "corrupted": list(self.corrupted),
             "answers": list(self.answers),
             "wrong_answers": list(self.wrong_answers),
+            "prepend_bos": self.prepend_bos,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PromptPairs:
+        """The inverse of :meth:`to_dict`; a missing ``prepend_bos`` (older graph JSON) is
+        ``None``, the model's default, which is what those files were built with."""
+        missing = [k for k in PAIR_KEYS if k not in data]
+        if missing:
+            raise InputError(f"Prompt pairs need the lists {list(PAIR_KEYS)}; missing {missing}.")
+        return cls(*(data[k] for k in PAIR_KEYS), prepend_bos=data.get("prepend_bos"))
 
     def tokenize(self, model: TransformerBridge) -> Tokens:
         return tokenize(model, self)
@@ -106,7 +146,8 @@ class Tokens:
     corrupted: torch.Tensor  # [batch, pos]
     answers: torch.Tensor  # [batch]
     wrong_answers: torch.Tensor  # [batch]
-    str_tokens: list[str]  # of clean[0]
+    str_tokens: list[str]  # of clean[0], exactly as fed (with BOS if it was prepended)
+    prepend_bos: bool  # whether a BOS token was prepended
 
     @property
     def batch(self) -> int:
@@ -129,8 +170,10 @@ def single_token(model: TransformerBridge, text: str, what: str) -> int:
     return int(ids[0])
 
 
-def _encode(model: TransformerBridge, prompts: tuple[str, ...], which: str) -> torch.Tensor:
-    rows = [model.to_tokens(p, truncate=False)[0] for p in prompts]
+def _encode(
+    model: TransformerBridge, prompts: tuple[str, ...], which: str, prepend_bos: bool
+) -> torch.Tensor:
+    rows = [encode(model, p, prepend_bos=prepend_bos) for p in prompts]
     lengths = {len(r) for r in rows}
     if len(lengths) > 1:
         detail = ", ".join(f"{which}[{i}]: {len(r)}" for i, r in enumerate(rows[:6]))
@@ -158,8 +201,9 @@ def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
 
     check_bridge(model)
     check_pairs(pairs)
-    clean = _encode(model, pairs.clean, "clean")
-    corrupted = _encode(model, pairs.corrupted, "corrupted")
+    bos = uses_bos(model, pairs.prepend_bos)
+    clean = _encode(model, pairs.clean, "clean", bos)
+    corrupted = _encode(model, pairs.corrupted, "corrupted", bos)
     if clean.shape != corrupted.shape:
         raise InputError(
             f"Clean prompts have {clean.shape[1]} tokens but corrupted prompts have "
@@ -187,4 +231,5 @@ def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
         answers=answers.to(device),
         wrong_answers=wrong.to(device),
         str_tokens=list(model.to_str_tokens(clean[0])),
+        prepend_bos=bos,
     )

@@ -9,7 +9,8 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from ..engine import PromptPairs, patch
+from .._progress import Steps
+from ..engine import PromptPairs, attention, circuit, patch
 from ._attention import AttentionView
 from ._circuit import CircuitView
 from ._patching import PatchingView
@@ -46,6 +47,16 @@ class Explorer(widgets.VBox):
         finally:
             self._sharing = False
 
+    def _display_(self) -> Any:
+        """marimo's display hook (Jupyter ignores it): marimo draws anywidgets but not
+        ipywidgets boxes, so show the three views, still linked in the kernel, in its layout."""
+        import marimo as mo
+
+        top = mo.hstack(
+            [mo.ui.anywidget(self.patching), mo.ui.anywidget(self.attention)], wrap=True
+        )
+        return mo.vstack([top, mo.ui.anywidget(self.circuit)])
+
     @property
     def views(self) -> list[Any]:
         return [self.attention, self.patching, self.circuit]
@@ -64,6 +75,9 @@ class Explorer(widgets.VBox):
         return save(self, path)
 
 
+EXPLORE_STEPS = ("exact head patching", "attention", "attribution graph", "views")
+
+
 def explore(
     model: Any,
     pairs: PromptPairs,
@@ -71,15 +85,39 @@ def explore(
     graph: Any = None,
     metric: str = "logit_diff",
     prompt: str | None = None,
+    progress: bool = True,
 ) -> Explorer:
     """Attention (on ``prompt``, default ``pairs.clean[0]``), exact head patching, and the circuit
     graph (``graph``, else ``circuitviz.circuit``'s EAP graph), linked by the selected component.
 
     The selection (``.selected``) and the ablation set (``.ablated``, ``.result``) are shared:
-    a click in the patching map or the circuit shows its ablation in both."""
-    heads = patch(model, pairs, over="heads", metric=metric, progress=False)
-    patching = PatchingView(heads, model=model, pairs=pairs)
-    attention = AttentionView(model, prompt if prompt is not None else pairs.clean[0])
-    circuit = CircuitView(model, pairs, graph, metric=metric)  # None: the EAP graph
-    patching.selected = attention.selected
-    return Explorer(attention, patching, circuit)
+    a click in the patching map or the circuit shows its ablation in both.
+
+    ``progress`` shows one bar naming the running step (a widget in a notebook), with the
+    long steps' own bars under it. Interrupting (Ctrl-C, the notebook's stop button) leaves
+    no hooks on the model and no half-built widgets: the views made so far are closed."""
+    built: list[widgets.Widget] = []
+    try:
+        with Steps("explore", EXPLORE_STEPS, enabled=progress) as steps:
+            steps.start("exact head patching")
+            heads = patch(model, pairs, over="heads", metric=metric, progress=progress)
+            steps.start("attention")
+            shown = prompt if prompt is not None else pairs.clean[0]
+            patterns = attention(model, shown, prepend_bos=pairs.prepend_bos)
+            steps.start("attribution graph")
+            if graph is None:
+                graph = circuit(model, pairs, metric=metric, progress=progress)
+            steps.start("views")
+            patching = PatchingView(heads, model=model, pairs=pairs)
+            built.append(patching)
+            attention_view = AttentionView(patterns)
+            built.append(attention_view)
+            circuit_view = CircuitView(model, pairs, graph, metric=metric)
+            built.append(circuit_view)
+            patching.selected = attention_view.selected
+            return Explorer(attention_view, patching, circuit_view)
+    except BaseException:
+        for view in built:  # no widget outlives a failed or interrupted explore()
+            view.layout.close()  # each DOMWidget owns a Layout widget, which close() keeps
+            view.close()
+        raise

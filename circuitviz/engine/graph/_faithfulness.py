@@ -213,7 +213,7 @@ def check_model(graph: Graph, model: TransformerBridge) -> None:
 def check_pairs(graph: Graph, pairs: PromptPairs) -> None:
     if not isinstance(pairs, PromptPairs):
         raise InputError(f"Expected circuitviz.PromptPairs, got {type(pairs).__name__}.")
-    if pairs.to_dict() != graph.prompts:
+    if pairs != PromptPairs.from_dict(graph.prompts):
         raise InputError(
             "These prompt pairs are not the ones the graph was built on (the graph holds "
             f"{len(graph.prompts['clean'])} pairs starting {graph.prompts['clean'][0]!r}). "
