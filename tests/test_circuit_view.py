@@ -135,7 +135,6 @@ window.cvBridgeTimes = [];
         for (const k of path.slice(0, -1)) obj = obj[k];
         obj[path[path.length - 1]] = bytes(buffers[i]);
       });
-      if (key !== "graph" && JSON.stringify(model.state[key]) === JSON.stringify(value)) continue;
       model.state[key] = value;
       model.emit("change:" + key, value);
     }
@@ -167,6 +166,7 @@ class Bridge:
         self.view = view
         self.sent: list = []
         self.largest = 0
+        self.last = {key: self.blob(key)[0] for key in KERNEL_TRAITS}  # what the page has
         view.send = lambda content, buffers=None: self.sent.append((content, buffers or []))
         page.expose_function("pyKernel", self.call)
         write_html(view, path)
@@ -179,9 +179,17 @@ class Bridge:
         text = text.replace("<head>", "<head>" + BRIDGE % {"controls": controls}, 1)
         path.write_text(text, encoding="utf-8")
 
-    def call(self, kind: str, payload: str) -> str:
+    def blob(self, key: str):
         from ipywidgets.widgets.widget import _remove_buffers
 
+        value, paths, buffers = _remove_buffers({key: getattr(self.view, key)})
+        return json.dumps(value) + "".join(bytes(b).hex() for b in buffers), (
+            value,
+            paths,
+            buffers,
+        )
+
+    def call(self, kind: str, payload: str) -> str:
         t0 = time.perf_counter()
         content = json.loads(payload)
         if kind == "state":
@@ -194,7 +202,10 @@ class Bridge:
         kernel_ms = 1000 * (time.perf_counter() - t0)
         state = []
         for key in KERNEL_TRAITS:
-            value, paths, buffers = _remove_buffers({key: getattr(self.view, key)})
+            blob, (value, paths, buffers) = self.blob(key)
+            if self.last.get(key) == blob:
+                continue  # as in Jupyter: only changed traits are sent
+            self.last[key] = blob
             size = len(json.dumps(value)) + sum(len(bytes(b)) for b in buffers)
             self.largest = max(self.largest, size)
             state.append(
@@ -334,14 +345,20 @@ def test_controls_search_pins_and_repaint_time(bridged, page, summary):
     page.locator('.cv-circuit [data-role="edge-input"][value="q"]').uncheck()
     wait_drawn(page, n)
     assert page.locator('.cv-circuit path[data-input="q"]').count() == 0
-    n = len(page.evaluate("window.cvBridgeTimes"))
-    page.locator('.cv-circuit [data-role="edge-sign"]').select_option("negative")
-    wait_drawn(page, n)
-    strokes = page.eval_on_selector_all(
-        ".cv-circuit path[data-edge]", "e => e.map(p => p.getAttribute('stroke'))"
-    )
-    assert strokes and set(strokes) == {"rgb(178,24,43)"}
-    assert not off_path(view.shown_graph())
+    for sign, colour in (("positive", "rgb(33,102,172)"), ("negative", "rgb(178,24,43)")):
+        n = len(page.evaluate("window.cvBridgeTimes"))
+        page.locator('.cv-circuit [data-role="edge-sign"]').select_option(sign)
+        wait_drawn(page, n)
+        strokes = page.eval_on_selector_all(
+            ".cv-circuit path[data-edge]", "e => e.map(p => p.getAttribute('stroke'))"
+        )
+        assert set(strokes) <= {colour} and not off_path(view.shown_graph())
+        if not strokes:  # no path of that sign alone: the view says so
+            assert (
+                "no EMBED → LOGITS path"
+                in page.locator('.cv-circuit [data-role="controls-notice"]').inner_text()
+            )
+    page.locator('.cv-circuit [data-role="edge-sign"]').select_option("both")
     # search: a head that is not shown is pinned, drawn, selected and centred
     hidden = next(
         i for i in view.node_ids if i.startswith("L") and i not in set(drawn(page)["nodes"])

@@ -317,6 +317,13 @@ class CircuitView(AblationView):
         payload["edges"] = encode_edges(
             new_index[c.src[lines]], new_index[dst], c.weight[lines], c.input[lines], c.inputs
         )
+        payload["n_edges"] = int(edges.sum())
+        if not len(keep):
+            payload["notice"] = (
+                "Nothing to show: no EMBED → LOGITS path is left at these settings (a sign or "
+                "input filter keeps only paths made entirely of such edges). Show more, or "
+                "relax a filter."
+            )
         payload["totals"] = {
             "nodes": int(c.ranked.sum()),
             "edges": int((np.isfinite(c.weight) & (c.weight != 0)).sum()),
@@ -341,7 +348,7 @@ class CircuitView(AblationView):
                         "weight": float(w),
                     }
                 )
-        meta = {k: v for k, v in g.items() if k not in ("nodes", "edges", "totals")}
+        meta = {k: v for k, v in g.items() if k not in ("nodes", "edges", "totals", "n_edges", "notice")}
         return {**meta, "nodes": list(nodes), "edges": edges}
 
     def shown_circuit(self) -> Graph | None:

@@ -16,6 +16,7 @@ const EDGE_INPUTS = ["q", "k", "v", "mlp", "logits"];
 const LABEL_PX = 12;
 const AXIS_W = 46;
 const TOKEN_AXIS_H = 18;
+const STANDALONE = "This is a standalone export: it shows the circuit as saved. Changing what is shown needs the live kernel.";
 
 interface Edges {
   source: ArrayLike<number>;
@@ -95,6 +96,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   let layout = layoutGraph([], { nLayers: 0, nHeads: 0 });
   const view = { k: 1, x: 0, y: 0 };
   let pendingFocus: string | null = null;
+  let live = true;
 
   function load(): void {
     const t0 = performance.now();
@@ -105,9 +107,11 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       ? { source: decode(g.edges.source).data, target: decode(g.edges.target).data, weight: decode(g.edges.weight).data, input: decode(g.edges.input).data, inputs: g.edges.inputs }
       : null;
     setText(title, `${g.method ?? "circuit"} graph · ${g.model ?? ""} · ${g.metric ?? ""}`);
-    const nEdges = edges ? edges.weight.length : 0;
+    const nEdges = g.n_edges ?? (edges ? edges.weight.length : 0);
     const inner = nodes.filter((n) => ABLATABLE.has(n.type)).length;
     setText(counts, `showing ${inner} of ${g.totals?.nodes ?? inner} nodes · ${nEdges} of ${g.totals?.edges ?? nEdges} edges`);
+    if (!live) setText(notice, STANDALONE);
+    else setText(notice, g.notice ?? "");
     relayout();
     draw();
     if (pendingFocus && byId.has(pendingFocus)) focusNode(pendingFocus);
@@ -472,8 +476,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   search.addEventListener("change", () => find(search.value));
   model.on("msg:custom", (msg: { type?: string; request?: unknown; live?: boolean }) => {
     if (msg.type === "hello" && msg.live === false) {
+      live = false;
       for (const c of [topNodes, topEdges, minRel, more, less, sign, ...inputBoxes]) c.disabled = true;
-      setText(notice, "This is a standalone export: it shows the circuit as saved. Changing what is shown needs the live kernel.");
+      setText(notice, STANDALONE);
       return;
     }
     if (msg.request !== "faithfulness" || !faithInFlight) return;

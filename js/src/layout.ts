@@ -65,7 +65,7 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
       x = margin + band * bandW + (slot(n, opts.nHeads) + 0.5) * slotW;
     }
     // MLPs sit half a row above their layer's heads: they read the heads' output.
-    positions.set(n.id, { x, y: n.type === "mlp" ? y - rowH / 2.5 : y });
+    positions.set(n.id, { x, y: n.type === "mlp" ? y - rowH / 4 : y });
   }
   const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + pos * bandW + (slots * slotW) / 2 })) : [];
   const rowYs = layers.map((layer, i) => ({ layer, y: height - margin - i * rowH }));
@@ -149,6 +149,11 @@ export function placeLabels(requests: LabelRequest[], nodes: { x: number; y: num
       { x: q.x - d - q.w / 2, y: q.y + d + q.h / 2 },
       { x: q.x + d + q.w / 2, y: q.y - d - q.h / 2 },
       { x: q.x - d - q.w / 2, y: q.y - d - q.h / 2 },
+      // further out, still next to the node
+      { x: q.x, y: q.y + d + (q.h * 3) / 2 },
+      { x: q.x, y: q.y - d - (q.h * 3) / 2 },
+      { x: q.x + d + q.w / 2 + q.h, y: q.y },
+      { x: q.x - d - q.w / 2 - q.h, y: q.y },
     ];
     for (const s of spots) {
       const box = { x0: s.x - q.w / 2, y0: s.y - q.h / 2, x1: s.x + q.w / 2, y1: s.y + q.h / 2 };

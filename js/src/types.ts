@@ -103,6 +103,11 @@ export interface GraphPayload {
   edges: GraphEdges | null;
   /** Head/MLP nodes and nonzero edges of the whole graph (the kernel keeps it). */
   totals?: { nodes: number; edges: number };
+  /** Edges shown (a GQA k/v edge is drawn into each shown head of its group, so there can
+   * be more drawn lines). */
+  n_edges?: number;
+  /** Why nothing is shown, when nothing is. */
+  notice?: string;
 }
 
 export interface CircuitTraits extends AblationTraits {

@@ -377,12 +377,15 @@ def graph_candidates(graph: Any) -> Candidates:
     inputs = list(EDGE_INPUTS)
     input_code = torch.tensor([inputs.index(x.input) for x in receivers])
 
+    shape = graph.kept.shape
+    flat = ((s * shape[1] + r) * shape[2] + p).numpy()  # each edge's place in a dense mask
+    node_flat = (listed[:, 0] * n_pos + listed[:, 1]).numpy()
+
     def paths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = torch.from_numpy(mask)
-        dense = torch.zeros_like(graph.kept)
-        dense[s[m], r[m], p[m]] = True
-        kept, on = on_paths(layout, dense)
-        return kept[s, r, p].numpy(), on[listed[:, 0], listed[:, 1]].numpy()
+        dense = np.zeros(graph.kept.numel(), dtype=bool)
+        dense[flat[mask]] = True
+        kept, on = on_paths(layout, torch.from_numpy(dense).view(shape))
+        return kept.numpy().ravel()[flat], on.numpy().ravel()[node_flat]
 
     def between(allowed: np.ndarray) -> np.ndarray:
         dense = torch.zeros(n_nodes, n_pos, dtype=torch.bool)
