@@ -49,6 +49,7 @@ class AttentionView(View):
     _esm = STATIC / "attention.js"
     BUNDLE: ClassVar[str] = "attention"
     STATE_KEYS = ("selected", "show_scores")
+    FRONTEND_TRAITS = frozenset({"selected", "show_scores"})
 
     tokens = t.List(t.Unicode()).tag(sync=True)
     """The prompt's tokens, as text (never HTML)."""

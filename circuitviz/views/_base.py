@@ -10,10 +10,19 @@ Ablation protocol (mirrors ``js/src/ablation.ts``)::
 The kernel validates every message; a bad one gets an error reply and changes nothing, and no
 exception ever leaves the handler (a comm handler that raises would log a traceback in the
 kernel and leave the view waiting).
+
+The kernel owns the state. A page can send trait updates for any synced trait; only those in
+the class's ``FRONTEND_TRAITS`` are accepted, each checked by the trait's own validators (the
+same ones a Python assignment runs). Any other update is rejected whole: nothing is applied,
+the page is sent the kernel's values back, and ``view.error`` says why. Custom messages of the
+types the view handles (a ``_msg_<type>`` method: ``ablate``, ``request_layer``,
+``faithfulness``) are size-checked before their handler runs; any other message goes to the
+callbacks registered with ``view.on_msg``.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -29,12 +38,69 @@ STATIC = Path(__file__).parent.parent / "static"
 COMPONENT = re.compile(r"L(\d+)H(\d+)|MLP(\d+)")
 MAX_COMPONENTS = 1024
 
+#: Limits on anything a page sends (trait updates and the view's own messages): a list holds at
+#: most this many items (the most nodes a CircuitView shows, ``_circuit.MAX_NODES``)…
+MAX_ITEMS = 20_000
+#: …a string at most this many characters (ids, modes, metrics and request tags are short)…
+MAX_TEXT = 256
+#: …and objects nest at most this deep, with at most this many keys each.
+MAX_DEPTH = 4
+MAX_KEYS = 32
+#: An error message quotes at most this much of the input it complains about.
+QUOTE_CHARS = 100
+MAX_ERROR_CHARS = 600
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters: errors name bad input without echoing a
+    10 MB string back to the page."""
+    if isinstance(value, (str, bytes)) and len(value) > 4 * limit:
+        value = value[: 4 * limit]  # never repr a huge string only to cut it
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def check_size(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse page-sent data over the :data:`MAX_ITEMS` / :data:`MAX_TEXT` / :data:`MAX_DEPTH` /
+    :data:`MAX_KEYS` limits (InputError naming the place, never echoing the data)."""
+    if depth > MAX_DEPTH:
+        raise InputError(f"{where} nests deeper than {MAX_DEPTH} levels.")
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise InputError(f"{where} is a {len(value)}-character string; at most {MAX_TEXT}.")
+    elif isinstance(value, (list, tuple)):
+        if len(value) > MAX_ITEMS:
+            raise InputError(f"{where} has {len(value)} items; at most {MAX_ITEMS}.")
+        for i, item in enumerate(value):
+            check_size(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, Mapping):
+        if len(value) > MAX_KEYS:
+            raise InputError(f"{where} has {len(value)} keys; at most {MAX_KEYS}.")
+        for key, item in value.items():
+            check_size(key, f"a key of {where}", depth + 1)
+            check_size(item, f"{where}[{quote(key, 40)}]", depth + 1)
+    elif not (value is None or isinstance(value, (bool, int, float))):
+        raise InputError(f"{where} is a {type(value).__name__}; expected JSON data.")
+
+
+def error_text(err: BaseException) -> str:
+    """What the page is told about ``err``: its message (our errors name problem and fix; others
+    their type too), never longer than :data:`MAX_ERROR_CHARS`."""
+    ours = isinstance(err, (ValueError, t.TraitError))  # InputError is a ValueError
+    text = str(err) if ours else repr(err)
+    return text if len(text) <= MAX_ERROR_CHARS else f"{text[: MAX_ERROR_CHARS - 1]}…"
+
 
 class View(anywidget.AnyWidget):
-    """Base of the circuitviz views: ``state`` save/restore and a custom-message router."""
+    """Base of the circuitviz views: ``state`` save/restore, kernel-owned traits (the page may
+    write only ``FRONTEND_TRAITS``) and a custom-message router."""
 
     #: Synced traits that make up ``view.state``, in order.
     STATE_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    #: Synced traits the page may write (``model.set`` in js/src); updates to any other trait
+    #: are rejected and reverted (:meth:`set_state`).
+    FRONTEND_TRAITS: ClassVar[frozenset[str]] = frozenset({"selected"})
 
     selected = t.Unicode("").tag(sync=True)
     """Selected component id (``"L3H5"``, ``"MLP7"``…); linked across views by ``explore``."""
@@ -42,9 +108,12 @@ class View(anywidget.AnyWidget):
     error = t.Unicode("").tag(sync=True)
     """The last error shown in the view ('' when none)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.on_msg(self._on_custom_msg)
+    @t.validate("selected")
+    def _check_selected(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if len(value) > MAX_TEXT:
+            raise t.TraitError(f"selected must be a component id of at most {MAX_TEXT} characters.")
+        return value
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -58,25 +127,71 @@ class View(anywidget.AnyWidget):
         return out
 
     def _apply_state(self, state: Mapping[str, Any] | None) -> None:
+        """Restore ``state`` (from :attr:`state`); raises InputError, naming the key, for
+        anything the view would refuse from Python."""
         if state is None:
             return
         if not isinstance(state, Mapping):
             raise InputError(f"state must be a dict (from view.state), got {type(state).__name__}.")
+        check_size(dict(state), "state")  # it may come from a file someone sent
         unknown = sorted(set(state) - set(self.STATE_KEYS))
         if unknown:
             raise InputError(
-                f"Unknown state keys {unknown} for {type(self).__name__}; "
+                f"Unknown state keys {quote(unknown)} for {type(self).__name__}; "
                 f"expected some of {list(self.STATE_KEYS)}."
             )
-        with self.hold_trait_notifications():
-            for key, value in state.items():
-                if key != "ablated":
-                    setattr(self, key, value)
+        try:
+            with self.hold_trait_notifications():  # all or nothing: a TraitError rolls back
+                for key, value in state.items():
+                    if key != "ablated":
+                        setattr(self, key, value)
+        except t.TraitError as err:
+            raise InputError(f"Bad state: {error_text(err)}") from None
         if "ablated" in state:
-            self._restore_ablation(list(state["ablated"]))
+            self._restore_ablation(state["ablated"])
 
-    def _restore_ablation(self, components: list[str]) -> None:
+    def _restore_ablation(self, components: Any) -> None:
         self.ablated = components
+
+    # -- kernel-owned traits -----------------------------------------------------------------
+    def set_state(self, sync_data: dict[str, Any]) -> None:
+        """Apply a trait update from the page (ipywidgets routes comm ``update`` messages here).
+
+        Only :attr:`FRONTEND_TRAITS` may change, each through its trait's validators; an update
+        that names any other trait, or a value a validator refuses, is rejected whole: nothing
+        changes, the page is sent the kernel's values back and ``error`` says why."""
+        names = list(sync_data) if isinstance(sync_data, Mapping) else []
+        try:
+            if not isinstance(sync_data, Mapping):
+                raise InputError("Malformed trait update: expected an object.")
+            refused = sorted(set(names) - self.FRONTEND_TRAITS)
+            if refused:
+                raise InputError(
+                    f"The page may not set {quote(refused)}: the kernel owns them "
+                    f"(the page may set {sorted(self.FRONTEND_TRAITS)})."
+                )
+            for name in names:
+                check_size(sync_data[name], name)
+                trait = self.traits()[name]
+                from_json = self.trait_metadata(name, "from_json", self._trait_from_json)
+                trait._validate(self, from_json(sync_data[name], self))  # refuse before the echo
+        except Exception as err:
+            self._revert(names, err)
+            return
+        before = {name: getattr(self, name) for name in names}
+        try:
+            super().set_state(sync_data)
+        except Exception as err:  # a validator that depends on another trait: undo, then revert
+            with self.hold_trait_notifications():
+                for name, value in before.items():
+                    self.set_trait(name, value)
+            self._revert(names, err)
+
+    def _revert(self, names: list[str], err: BaseException) -> None:
+        self.error = f"Update refused: {error_text(err)}"
+        known = [name for name in names if isinstance(name, str) and name in self.keys]
+        if known:
+            self.send_state(known)  # the page's copy goes back to the kernel's values
 
     # -- export ------------------------------------------------------------------------------
     def figure(self, **options: Any) -> Any:
@@ -93,23 +208,40 @@ class View(anywidget.AnyWidget):
         return save(self, path, **options)
 
     # -- messages ----------------------------------------------------------------------------
-    def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[Any]) -> None:
-        self._handle_custom_msg(content, buffers)
+    @classmethod
+    def message_types(cls) -> list[str]:
+        """The custom message types this view handles itself (its ``_msg_<type>`` methods);
+        they are reserved: any other message goes to the callbacks of ``view.on_msg``."""
+        names = (name for name in dir(cls) if name.startswith("_msg_"))
+        return sorted(name[5:] for name in names if inspect.isfunction(getattr(cls, name)))
 
     def _handle_custom_msg(self, content: Any, buffers: list[Any] | None = None) -> None:
-        """Route one message from the view; never raises."""
+        """Route one message from the page; never raises. The view's own types are size-checked
+        and answered (a result or an error reply); any other message goes to the user's
+        ``on_msg`` callbacks, or, when there are none, gets an error reply."""
+        kind = content.get("type") if isinstance(content, dict) else None
+        handler = getattr(self, f"_msg_{kind}") if kind in self.message_types() else None
+        if handler is None and self._msg_callbacks.callbacks:
+            self._msg_callbacks(self, content, buffers or [])
+            return
         request = content.get("request") if isinstance(content, dict) else None
         try:
-            if not isinstance(content, dict) or not isinstance(content.get("type"), str):
-                raise InputError("Malformed message: expected an object with a 'type'.")
-            handler = getattr(self, f"_msg_{content['type']}", None)
+            check_size(request, "'request'")
             if handler is None:
-                raise InputError(f"Unknown message type {content['type']!r}.")
+                if not isinstance(kind, str):
+                    raise InputError("Malformed message: expected an object with a 'type'.")
+                raise InputError(
+                    f"Unknown message type {quote(kind)}: this view handles {self.message_types()}."
+                )
+            check_size(content, f"The {kind!r} message")
             handler(content)
         except Exception as err:  # the kernel must survive anything a page sends
-            message = str(err) if isinstance(err, (InputError, ValueError)) else repr(err)
+            message = error_text(err)
             self.error = message
-            self.send({"type": "error", "request": request, "message": message})
+            short = isinstance(request, (int, float)) or (
+                isinstance(request, str) and len(request) <= MAX_TEXT
+            )
+            self.send({"type": "error", "request": request if short else None, "message": message})
 
 
 class AblationView(View):
@@ -136,6 +268,22 @@ class AblationView(View):
         self._pairs = pairs
         self._last: AblationResult | None = None
         self.can_ablate = model is not None and pairs is not None
+
+    @t.validate("mode")
+    def _check_mode(self, proposal: Any) -> str:
+        if proposal["value"] not in MODES:
+            raise t.TraitError(
+                f"Unknown ablation mode {quote(proposal['value'])}: use one of {list(MODES)}."
+            )
+        return proposal["value"]
+
+    @t.validate("metric")
+    def _check_metric(self, proposal: Any) -> str:
+        if proposal["value"] not in METRICS:
+            raise t.TraitError(
+                f"Unknown metric {quote(proposal['value'])}: use one of {list(METRICS)}."
+            )
+        return proposal["value"]
 
     @property
     def ablation(self) -> AblationResult | None:
@@ -198,11 +346,22 @@ class AblationView(View):
         """Clear the ablation set."""
         self.ablate([])
 
-    def _restore_ablation(self, components: list[str]) -> None:
-        if self.can_ablate:
+    def _restore_ablation(self, components: Any) -> None:
+        if self.can_ablate:  # checked against the model, as a click would be
             self.ablate(components)
-        else:
-            self.ablated = components
+            return
+        if isinstance(components, (str, bytes)) or not isinstance(components, Iterable):
+            raise InputError("state['ablated'] must be a list of ids like ['L3H5', 'MLP2'].")
+        comps = list(components)
+        if len(comps) > MAX_COMPONENTS:
+            raise InputError(f"Too many components ({len(comps)}); at most {MAX_COMPONENTS}.")
+        for c in comps:
+            if not (isinstance(c, str) and COMPONENT.fullmatch(c)):
+                raise InputError(
+                    f"Unknown component {quote(c)} in state['ablated']: expected a head 'L3H5' "
+                    "or an MLP 'MLP7'."
+                )
+        self.ablated = comps
 
     def _baseline(self) -> None:
         """Fill clean/corrupted metrics and top tokens before the first click (warms the

@@ -58,6 +58,7 @@ class PatchingView(AblationView):
     _esm = STATIC / "patching.js"
     BUNDLE: ClassVar[str] = "patching"
     STATE_KEYS = ("selected", "ablated", "mode", "metric")
+    FRONTEND_TRAITS = frozenset({"selected"})
 
     map = t.Dict().tag(sync=True)
     """The patching map: ``values`` (binary), ``axes``, ``labels``, ``target``, ``direction``,
