@@ -411,15 +411,38 @@ def test_narrow_output_stacks_the_panel_and_collapses_it(bridged, page):
     assert svg["x"] + svg["width"] <= 620
 
 
-def test_static_figure_matches_the_view(demo_model, demo_pairs, demo_graph):
-    """The figure of a view draws the same nodes and edges, coloured by the same rule."""
-    from circuitviz.export._graph_figure import NODE_TRACES  # noqa: F401  (names the traces)
+def test_static_figure_matches_the_view(demo_graph):
+    """The figure of a view draws the nodes and edges the page draws (the kernel's shown
+    subgraph), coloured by the same rule: fill by node type, ring and edge by sign."""
+    import re
+
+    from circuitviz.export._style import CATEGORICAL, NEGATIVE, POSITIVE
+
+    colors_ts = (Path(__file__).parent.parent / "js" / "src" / "colors.ts").read_text()
+    for kind in ("embed", "head", "mlp", "logits"):
+        assert re.search(rf'{kind}: "{CATEGORICAL[kind]}"', colors_ts, re.I), kind
+    rgb = {
+        name: "#" + "".join(f"{int(v):02x}" for v in m)
+        for name, *m in re.findall(r'(\w+) = "rgb\((\d+),(\d+),(\d+)\)"', colors_ts)
+    }
+    assert (rgb["POSITIVE"], rgb["NEGATIVE"]) == (POSITIVE, NEGATIVE)
 
     view = CircuitView(graph=demo_graph)
-    fig = view.figure()
+    view.pinned = ["L3H3"]
     shown = view.shown_graph()
-    drawn_ids = set()
+    fig = view.figure()
+    nodes = {}
     for t in fig.data:
-        if t.mode == "markers" and t.customdata is not None:
-            drawn_ids |= {c if isinstance(c, str) else c[0] for c in t.customdata}
-    assert {n["id"] for n in shown["nodes"]} <= drawn_ids
+        if t.mode == "markers" and t.name in ("embed", "head", "MLP", "logits"):
+            for (node_id, score), ring in zip(t.customdata, t.marker.line.color, strict=True):
+                nodes[node_id] = ring
+                assert t.marker.color == CATEGORICAL[t.name.lower()]
+                assert ring == ("white" if not score else POSITIVE if score > 0 else NEGATIVE)
+    assert set(nodes) == {n["id"] for n in shown["nodes"]}
+    lines = {"positive": 0, "negative": 0}
+    for t in fig.data:
+        if t.mode == "lines" and t.name in ("positive edges", "negative edges"):
+            lines[t.name.split()[0]] += sum(v is None for v in t.x)
+            assert t.line.color == (POSITIVE if t.name.startswith("positive") else NEGATIVE)
+    assert lines["positive"] == sum(e["weight"] >= 0 for e in shown["edges"])
+    assert lines["negative"] == sum(e["weight"] < 0 for e in shown["edges"])

@@ -295,6 +295,12 @@ def _edge_traces(graph, pos, ablated: set[str]):
     return traces
 
 
+def _ring(node: dict[str, Any]) -> str:
+    """A node's outline: blue for a positive score, red for a negative one, white for none."""
+    score = node.get("score") or 0.0
+    return "white" if not score else POSITIVE if score > 0 else NEGATIVE
+
+
 def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
     """One marker trace per node type (the legend), then ablated crosses and the selection ring."""
     import plotly.graph_objects as go
@@ -316,7 +322,8 @@ def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
                     "size": [size[n["id"]] for n in members],
                     "color": CATEGORICAL.get(kind, CATEGORICAL["other"]),
                     "opacity": [0.35 if n["id"] in ablated else 1.0 for n in members],
-                    "line": {"width": 0.5, "color": "white"},
+                    # the ring shows the score's sign, as in the widget
+                    "line": {"width": 1.2, "color": [_ring(n) for n in members]},
                 },
                 customdata=[[n["id"], n.get("score") or 0.0] for n in members],
                 hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}<extra></extra>",

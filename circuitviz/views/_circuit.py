@@ -34,6 +34,9 @@ MAX_SEARCHABLE = 50_000
 #: What ``explore()`` and a new view show: tens of nodes, a circuit a person can read.
 DEFAULT_TOP_NODES = 30
 DEFAULT_TOP_EDGES = 80
+#: Keys of the ``graph`` trait that describe the view, not the graph (left out of
+#: :meth:`CircuitView.shown_graph`).
+VIEW_ONLY_KEYS = ("nodes", "edges", "totals", "n_edges", "notice")
 
 
 def graph_dict(graph: Any) -> tuple[dict[str, Any] | None, Graph | None]:
@@ -143,6 +146,20 @@ def encode_edges(
     }
 
 
+def _deprecated_alias(old: str, new: str) -> property:
+    """A property that warns and reads/writes the trait ``new``."""
+
+    def get(self: Any) -> Any:
+        _renamed(old, new)
+        return getattr(self, new)
+
+    def set_(self: Any, value: Any) -> None:
+        _renamed(old, new)
+        setattr(self, new, value)
+
+    return property(get, set_, doc=f"Deprecated: :attr:`{new}`.")
+
+
 class CircuitView(AblationView):
     """A circuit graph: one row per layer (embeddings at the bottom, logits on top), heads and
     MLPs across it (and one column band per token when the graph is per position); edge width
@@ -249,6 +266,7 @@ class CircuitView(AblationView):
         self._meta, self._nodes, self._cands = self._candidates(obj, data)
         self._shown: tuple[np.ndarray, np.ndarray] | None = None
         self._attention: Any = None  # the clean prompt's patterns, for head previews
+        self._selections: dict[_select.Pruning, tuple[np.ndarray, np.ndarray]] = {}
         self._faith_cache: dict[tuple[bytes, tuple[str, ...]], float] = {}
         if self._meta.get("metric") in ("logit_diff", "normalized_logit_diff", "answer_prob", "kl"):
             metric = self._meta["metric"]
@@ -296,8 +314,13 @@ class CircuitView(AblationView):
 
     def _show(self, _change: Any = None) -> None:
         """Recompute the shown subgraph and send it (only it) to the browser."""
+        rule = self.pruning
         try:
-            edges, nodes = _select.select(self._cands, self.pruning)
+            if rule not in self._selections:  # going back to a setting costs nothing
+                if len(self._selections) > 64:
+                    self._selections.clear()
+                self._selections[rule] = _select.select(self._cands, rule)
+            edges, nodes = self._selections[rule]
         except InputError as err:  # a pin no path reaches: drop it, say why
             self.error = str(err)
             self.pinned = [p for p in self.pinned if p not in str(err)]
@@ -348,7 +371,7 @@ class CircuitView(AblationView):
                         "weight": float(w),
                     }
                 )
-        meta = {k: v for k, v in g.items() if k not in ("nodes", "edges", "totals", "n_edges", "notice")}
+        meta = {k: v for k, v in g.items() if k not in VIEW_ONLY_KEYS}
         return {**meta, "nodes": list(nodes), "edges": edges}
 
     def shown_circuit(self) -> Graph | None:
@@ -377,27 +400,8 @@ class CircuitView(AblationView):
         return list(self._cands.node_ids)
 
     # -- deprecated names ----------------------------------------------------------------------
-    @property
-    def top_n(self) -> int:
-        """Deprecated: :attr:`top_nodes`."""
-        _renamed("top_n", "top_nodes")
-        return self.top_nodes
-
-    @top_n.setter
-    def top_n(self, value: int) -> None:
-        _renamed("top_n", "top_nodes")
-        self.top_nodes = value
-
-    @property
-    def threshold(self) -> float:
-        """Deprecated: :attr:`min_rel_weight` (a fraction of the strongest edge)."""
-        _renamed("threshold", "min_rel_weight")
-        return self.min_rel_weight
-
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        _renamed("threshold", "min_rel_weight")
-        self.min_rel_weight = value
+    top_n = _deprecated_alias("top_n", "top_nodes")
+    threshold = _deprecated_alias("threshold", "min_rel_weight")
 
     def _apply_state(self, state: Mapping[str, Any] | None) -> None:
         if isinstance(state, Mapping):

@@ -454,7 +454,11 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     { passive: false },
   );
   fit.addEventListener("click", () => fitView());
-  toggle.addEventListener("click", () => rootEl.setAttribute("data-panel", rootEl.getAttribute("data-panel") === "closed" ? "open" : "closed"));
+  let panelToggled = false; // once the user opens or closes the panel, width no longer does
+  toggle.addEventListener("click", () => {
+    panelToggled = true;
+    rootEl.setAttribute("data-panel", rootEl.getAttribute("data-panel") === "closed" ? "open" : "closed");
+  });
   const count = (input: HTMLInputElement) => Math.max(0, Math.round(Number(input.value) || 0));
   topNodes.addEventListener("change", () => setControl("top_nodes", count(topNodes)));
   topEdges.addEventListener("change", () => setControl("top_edges", count(topEdges)));
@@ -495,7 +499,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     const width = rootEl.getBoundingClientRect().width || 900;
     const narrow = width < 760;
     rootEl.setAttribute("data-narrow", String(narrow));
-    if (!rootEl.hasAttribute("data-panel")) rootEl.setAttribute("data-panel", narrow ? "closed" : "open");
+    if (!panelToggled) rootEl.setAttribute("data-panel", narrow ? "closed" : "open");
     const graphW = Math.max(320, Math.floor((narrow ? width : width - 300) - 12));
     if (graphW !== svgWidth()) {
       svg.setAttribute("width", String(graphW));
