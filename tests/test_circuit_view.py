@@ -446,3 +446,33 @@ def test_static_figure_matches_the_view(demo_graph):
             assert t.line.color == (POSITIVE if t.name.startswith("positive") else NEGATIVE)
     assert lines["positive"] == sum(e["weight"] >= 0 for e in shown["edges"])
     assert lines["negative"] == sum(e["weight"] < 0 for e in shown["edges"])
+
+
+@pytest.mark.browser
+def test_per_position_graph_labels_its_token_columns(tiny_llama, tiny_pairs, page, tmp_path):
+    """Per-position graphs: one column band per token, labelled with its position and token
+    under the graph; rows still labelled by layer; node labels still ≥ 11 px."""
+    graph = cv.circuit(tiny_llama, tiny_pairs, per_position=True, progress=False)
+    view = CircuitView(tiny_llama, tiny_pairs, graph=graph)
+    Bridge(view, page, tmp_path / "circuit.html")
+    page.goto((tmp_path / "circuit.html").as_uri())
+    page.locator(".cv-circuit g.cv-node").first.wait_for()
+    page.wait_for_timeout(200)
+    screenshot(page, "circuit_view_per_position")
+    texts = "els => els.map(e => e.textContent)"
+    bands = page.eval_on_selector_all('.cv-circuit [data-role="band-label"]', texts)
+    tokens = graph.tokens
+    assert bands == [f"{i}:{t}" for i, t in enumerate(tokens)]
+    layers = page.eval_on_selector_all('.cv-circuit [data-role="layer-label"]', texts)
+    assert {"embed", "logits"} <= set(layers)
+    sizes = page.eval_on_selector_all(
+        '.cv-circuit [data-role="node-label"]',
+        "els => els.map(l => parseFloat(getComputedStyle(l).fontSize) * l.getScreenCTM().a)",
+    )
+    assert sizes and min(sizes) >= 11
+    # heads move information across positions, so plain reachability does not apply here;
+    # every drawn node still touches a drawn edge
+    shown = view.shown_graph()
+    touched = {e["source"] for e in shown["edges"]} | {e["target"] for e in shown["edges"]}
+    assert shown["nodes"] and {n["id"] for n in shown["nodes"]} <= touched
+    assert not page.console_errors
