@@ -262,7 +262,6 @@ class CircuitView(AblationView):
             data = graph_payload(data)  # validated before it is rebuilt as a Graph
             obj = graph_object(data)
         self._full = obj
-        self._data = data
         self._meta, self._nodes, self._cands = self._candidates(obj, data)
         self._shown: tuple[np.ndarray, np.ndarray] | None = None
         self._attention: Any = None  # the clean prompt's patterns, for head previews

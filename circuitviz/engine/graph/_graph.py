@@ -478,7 +478,8 @@ class Graph:
     # figures -----------------------------------------------------------------------------
     def figure(self, **options: Any):
         """A publication figure of this graph (see :func:`circuitviz.export.graph_figure`:
-        ``threshold=``, ``top_n=``, ``ablated=``, ``selected=``, ``title=`` and style)."""
+        ``top_edges=``, ``top_nodes=``, ``min_weight=``, ``min_rel_weight=`` (pruned by
+        :meth:`prune`), ``ablated=``, ``selected=``, ``title=`` and style)."""
         from ...export import graph_figure
 
         return graph_figure(self, **options)
