@@ -169,7 +169,9 @@ def main() -> None:
             "clean": graph.clean,
             "corrupted": graph.corrupted,
             "phases": phases,
-            "curve": {k: getattr(curve, k) for k in ("top_edges", "n_edges", "n_nodes", "recovered")},
+            "curve": {
+                k: getattr(curve, k) for k in ("top_edges", "n_edges", "n_nodes", "recovered")
+            },
             "edge_check": check,
         }
         with open(args.json, "w") as f:

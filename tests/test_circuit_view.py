@@ -262,8 +262,12 @@ def test_demo_graph_reads_at_the_default_fit(bridged, page, summary):
     """Labels ≥ 11 px, none overlapping a label, a node or an edge; rows named by layer; the
     side panel beside the graph; every mark in the legend."""
     view, _bridge = bridged
+    # the view scores its shown circuit by itself (one forward pass in the kernel)
+    page.locator('.cv-circuit .cv-faith[data-state="ready"]').wait_for(timeout=120_000)
     page.wait_for_timeout(200)  # the screen-space layer is drawn on the next frame
     screenshot(page, "circuit_view", docs=True)
+    shown_f = float(page.locator('.cv-circuit [data-role="faithfulness-circuit"]').inner_text())
+    assert shown_f == pytest.approx(view.faithfulness["circuit"], abs=6e-4)
     info = page.evaluate(
         """() => {
           const r = (e) => e.getBoundingClientRect();
@@ -276,19 +280,25 @@ def test_demo_graph_reads_at_the_default_fit(bridged, page, summary):
           boxes.forEach((a, i) => boxes.forEach((b, j) => { if (i < j && hit(a, b)) labelOverlaps++; }));
           boxes.forEach((a) => nodes.forEach((n) => { if (hit(a, r(n))) nodeOverlaps++; }));
           // an edge under a label: sample each drawn path in screen space
+          // edges through labels that were placed edge-free (the rest sit above edges, haloed)
           let edgeHits = 0;
+          const clear = boxes.filter((_, i) => labels[i].dataset.overEdge === "false");
           const ctm = document.querySelector('.cv-circuit .cv-viewport').getScreenCTM();
           for (const p of document.querySelectorAll('.cv-circuit path[data-edge]')) {
             const L = p.getTotalLength();
             for (let s = 0; s <= 20; s++) {
               const q = p.getPointAtLength((L * s) / 20).matrixTransform(ctm);
-              if (boxes.some((b) => q.x > b.left && q.x < b.right && q.y > b.top && q.y < b.bottom)) { edgeHits++; break; }
+              if (clear.some((b) => q.x > b.left && q.x < b.right && q.y > b.top && q.y < b.bottom)) { edgeHits++; break; }
             }
           }
+          const overlay = document.querySelector('.cv-circuit .cv-overlay');
+          const above = overlay.compareDocumentPosition(document.querySelector('.cv-circuit .cv-edges')) & Node.DOCUMENT_POSITION_PRECEDING;
+          const halo = labels.every((l) => getComputedStyle(l).paintOrder.startsWith("stroke") && getComputedStyle(l).stroke !== "none");
           const side = r(document.querySelector('.cv-circuit [data-role="side-panel"]'));
           return {
             sizes: labels.map((l) => parseFloat(getComputedStyle(l).fontSize) * l.getScreenCTM().a),
             labelled: labels.length, nodes: nodes.length, labelOverlaps, nodeOverlaps, edgeHits,
+            overEdges: labels.filter((l) => l.dataset.overEdge === "true").length, above: !!above, halo,
             layers: [...document.querySelectorAll('.cv-circuit [data-role="layer-label"]')].map((e) => e.textContent),
             sideLeft: side.left, svgRight: r(svg).right, height: r(document.querySelector('.cv-circuit')).height,
             legend: [...document.querySelectorAll('.cv-circuit [data-legend]')].map((e) => e.dataset.legend),
@@ -298,8 +308,9 @@ def test_demo_graph_reads_at_the_default_fit(bridged, page, summary):
     shown = view.shown_graph()
     assert info["nodes"] == len(shown["nodes"]) and 10 <= info["nodes"] <= 60  # tens of nodes
     assert min(info["sizes"]) >= 11
-    assert info["labelled"] >= 0.6 * info["nodes"], info
+    assert info["labelled"] >= 0.8 * info["nodes"], info
     assert info["labelOverlaps"] == info["nodeOverlaps"] == info["edgeHits"] == 0
+    assert info["above"] and info["halo"]  # no label sits under an edge
     layers = {n["layer"] for n in shown["nodes"] if n["type"] in ("head", "mlp")}
     assert {"embed", "logits", *(f"L{x}" for x in layers)} <= set(info["layers"])
     assert info["sideLeft"] >= info["svgRight"] and info["height"] < 760
@@ -309,7 +320,9 @@ def test_demo_graph_reads_at_the_default_fit(bridged, page, summary):
         assert mark in info["legend"]
     summary.append(
         f"circuit view, demo IOI graph: {info['labelled']}/{info['nodes']} nodes labelled at "
-        f"≥ {min(info['sizes']):.0f} px; first message {message_bytes(view) / 1024:.0f} KiB"
+        f"≥ {min(info['sizes']):.0f} px ({info['overEdges']} across edges, on a halo above "
+        f"them); first message {message_bytes(view) / 1024:.0f} KiB; faithfulness of the "
+        f"shown circuit {view.faithfulness['circuit']:.3f}"
     )
     assert not page.console_errors
 

@@ -46,7 +46,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const less = el("button", { class: "cv-button", "data-role": "show-less", type: "button", title: "Halve the node and edge limits" }, "Less");
   const inputBoxes = EDGE_INPUTS.map((name) => el("input", { type: "checkbox", "data-role": "edge-input", value: name }));
   const sign = el("select", { class: "cv-select", "data-role": "edge-sign", title: "Edges by sign of their weight" }, el("option", { value: "both" }, "± both"), el("option", { value: "positive" }, "+ positive"), el("option", { value: "negative" }, "− negative"));
-  const search = el("input", { type: "search", "data-role": "search", placeholder: "find node, e.g. L9H6", list: "", size: 14, title: "Type a node id and press Enter: the view selects and centres it (pinning it if it is not shown)" });
+  const search = el("input", { type: "search", "data-role": "search", placeholder: "find node, e.g. L9H6", list: "", size: 20, title: "Type a node id and press Enter: the view selects and centres it (pinning it if it is not shown)" });
   const datalist = el("datalist", {});
   const fit = el("button", { class: "cv-button", "data-role": "fit", type: "button", title: "Fit the circuit to the view" }, "Fit");
   const toggle = el("button", { class: "cv-button", "data-role": "panel-toggle", type: "button", title: "Show or hide the side panel" }, "Panel");
@@ -275,10 +275,10 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     const order = nodes.map((_, i) => i).sort((a, b) => importance(nodes[b]) - importance(nodes[a]));
     const requests = order.map((i) => ({ id: nodes[i].id, x: circles[i].x, y: circles[i].y, r: circles[i].r, w: textWidth(labelText(nodes[i])) + 4, h: LABEL_PX + 2 }));
     const bottom = height - (layout.bands.length ? TOKEN_AXIS_H : 0);
-    const placed = placeLabels(requests, circles, lines, { x0: AXIS_W, y0: 0, x1: svgWidth(), y1: bottom });
+    const placed = placeLabels(requests, circles, lines, { x0: AXIS_W, y0: 0, x1: svgWidth(), y1: bottom }, { overEdges: true });
     for (const p of placed) {
       const n = nodes[byId.get(p.id)!];
-      overlay.append(svgEl("text", { x: p.x, y: p.y, "text-anchor": "middle", "dominant-baseline": "central", "font-size": LABEL_PX, fill: "#222", class: "cv-label", "data-role": "node-label", "data-for": n.id }, labelText(n)));
+      overlay.append(svgEl("text", { x: p.x, y: p.y, "text-anchor": "middle", "dominant-baseline": "central", "font-size": LABEL_PX, fill: "#222", class: "cv-label", "data-role": "node-label", "data-for": n.id, "data-over-edge": String(!!p.overEdge) }, labelText(n)));
     }
     rootEl.setAttribute("data-labels", `${placed.length}/${nodes.length}`);
   }

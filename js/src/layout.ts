@@ -96,6 +96,8 @@ export interface PlacedLabel {
   x: number;
   y: number;
   box: Box;
+  /** Placed across edges (no edge-free spot): drawn above them on a white halo. */
+  overEdge?: boolean;
 }
 
 const overlaps = (a: Box, b: Box) => a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
@@ -126,11 +128,14 @@ export function segmentHitsBox(p: Point, q: Point, b: Box): boolean {
 }
 
 /** Collision-aware labels: in request order (put the most important first), each label takes
- * the first spot around its node (below, above, right, left, then the corners) that overlaps
- * no node, no label placed before it, nothing outside ``bounds`` and — when ``edges`` (polylines
- * in screen pixels) are given — no edge. A label with no such spot is left out (the view shows
- * it on hover). */
-export function placeLabels(requests: LabelRequest[], nodes: { x: number; y: number; r: number }[], edges: Point[][], bounds: Box, gap = 2): PlacedLabel[] {
+ * the first spot around its node (below, above, right, left, the corners, then further out)
+ * that overlaps no node, no label placed before it and nothing outside ``bounds``, preferring
+ * spots that cross no edge (polylines in screen pixels). With ``overEdges``, a label that
+ * finds no edge-free spot may cross edges (it is drawn above them, on a white halo; such
+ * labels are marked ``overEdge``); otherwise, or with no spot at all, it is left out (the view
+ * shows it on hover). */
+export function placeLabels(requests: LabelRequest[], nodes: { x: number; y: number; r: number }[], edges: Point[][], bounds: Box, opts: { gap?: number; overEdges?: boolean } = {}): PlacedLabel[] {
+  const gap = opts.gap ?? 2;
   const placed: PlacedLabel[] = [];
   const nodeBoxes = nodes.map((n) => ({ x0: n.x - n.r - 1, y0: n.y - n.r - 1, x1: n.x + n.r + 1, y1: n.y + n.r + 1 }));
   const edgeBoxes = edges.map((line) => {
@@ -138,9 +143,10 @@ export function placeLabels(requests: LabelRequest[], nodes: { x: number; y: num
     const ys = line.map((p) => p.y);
     return { x0: Math.min(...xs), y0: Math.min(...ys), x1: Math.max(...xs), y1: Math.max(...ys) };
   });
-  for (const q of requests) {
+  const crossesEdge = (box: Box) => edges.some((line, i) => overlaps(edgeBoxes[i], box) && line.some((p, j) => j > 0 && segmentHitsBox(line[j - 1], p, box)));
+  const spotsOf = (q: LabelRequest): Box[] => {
     const d = q.r + gap;
-    const spots: Point[] = [
+    const centres: Point[] = [
       { x: q.x, y: q.y + d + q.h / 2 },
       { x: q.x, y: q.y - d - q.h / 2 },
       { x: q.x + d + q.w / 2, y: q.y },
@@ -155,15 +161,21 @@ export function placeLabels(requests: LabelRequest[], nodes: { x: number; y: num
       { x: q.x + d + q.w / 2 + q.h, y: q.y },
       { x: q.x - d - q.w / 2 - q.h, y: q.y },
     ];
-    for (const s of spots) {
-      const box = { x0: s.x - q.w / 2, y0: s.y - q.h / 2, x1: s.x + q.w / 2, y1: s.y + q.h / 2 };
-      if (box.x0 < bounds.x0 || box.y0 < bounds.y0 || box.x1 > bounds.x1 || box.y1 > bounds.y1) continue;
-      if (nodeBoxes.some((n) => overlaps(n, box))) continue;
-      if (placed.some((p) => overlaps(p.box, box))) continue;
-      const hitsEdge = edges.some((line, i) => overlaps(edgeBoxes[i], box) && line.some((p, j) => j > 0 && segmentHitsBox(line[j - 1], p, box)));
-      if (hitsEdge) continue;
-      placed.push({ id: q.id, x: s.x, y: s.y, box });
-      break;
+    return centres
+      .map((s) => ({ x0: s.x - q.w / 2, y0: s.y - q.h / 2, x1: s.x + q.w / 2, y1: s.y + q.h / 2 }))
+      .filter((box) => box.x0 >= bounds.x0 && box.y0 >= bounds.y0 && box.x1 <= bounds.x1 && box.y1 <= bounds.y1);
+  };
+  const free = (box: Box) => !nodeBoxes.some((n) => overlaps(n, box)) && !placed.some((p) => overlaps(p.box, box));
+  const left: LabelRequest[] = [];
+  for (const q of requests) {
+    const box = spotsOf(q).find((b) => free(b) && !crossesEdge(b));
+    if (box) placed.push({ id: q.id, x: (box.x0 + box.x1) / 2, y: (box.y0 + box.y1) / 2, box });
+    else left.push(q);
+  }
+  if (opts.overEdges) {
+    for (const q of left) {
+      const box = spotsOf(q).find(free);
+      if (box) placed.push({ id: q.id, x: (box.x0 + box.x1) / 2, y: (box.y0 + box.y1) / 2, box, overEdge: true });
     }
   }
   return placed;

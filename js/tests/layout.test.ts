@@ -91,6 +91,15 @@ describe("label placement", () => {
     expect(line.some((q, j) => j > 0 && segmentHitsBox(line[j - 1], q, p.box))).toBe(false);
   });
 
+  it("with overEdges, a label with no edge-free spot crosses edges rather than vanish", () => {
+    const node = { x: 100, y: 100, r: 6 };
+    const lines = [-40, -20, 0, 20, 40].map((dx) => edgePolyline({ x: 60 + dx, y: 200 }, { x: 140 + dx, y: 20 }));
+    const req = [{ id: "A", ...node, w: 30, h: 14 }];
+    expect(placeLabels(req, [node], lines, box)).toEqual([]);
+    const [p] = placeLabels(req, [node], lines, box, { overEdges: true });
+    expect(p.overEdge).toBe(true);
+  });
+
   it("names rows by layer, with embed and logits at the ends", () => {
     expect([rowLabel(-1, 30), rowLabel(0, 30), rowLabel(23, 30), rowLabel(30, 30)]).toEqual(["embed", "L0", "L23", "logits"]);
   });
