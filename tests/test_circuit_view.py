@@ -489,3 +489,26 @@ def test_per_position_graph_labels_its_token_columns(tiny_llama, tiny_pairs, pag
     touched = {e["source"] for e in shown["edges"]} | {e["target"] for e in shown["edges"]}
     assert shown["nodes"] and {n["id"] for n in shown["nodes"]} <= touched
     assert not page.console_errors
+
+
+def test_hand_made_json_gets_the_same_rule():
+    """Graph JSON with no Graph behind it (here random, hand-built) is pruned by the same rule
+    on its own edges: connected at every setting, pins kept, counts respected."""
+    from tests.test_export import big_graph
+
+    data = big_graph(8, 4, 600)
+    view = CircuitView(graph=data)
+    assert view.shown_circuit() is None and not view.has_faithfulness
+    for top_nodes, top_edges, rel, pins in SETTINGS:
+        pins = [p for p in pins if p in view.node_ids] or ["L5H2"]
+        view.top_nodes, view.top_edges, view.min_rel_weight = top_nodes, top_edges, rel
+        view.error = ""
+        view.pinned = pins
+        shown = view.shown_graph()
+        for pin in set(pins) - set(view.pinned):  # no path through it: dropped, and said so
+            assert pin in view.error and "no EMBED→LOGITS path" in view.error
+        assert not off_path(shown) and set(view.pinned) <= {n["id"] for n in shown["nodes"]}
+        if top_edges < len(shown["edges"]):
+            # only the pin's path may go beyond the limit
+            view.pinned = []
+            assert len(view.shown_graph()["edges"]) <= top_edges

@@ -320,9 +320,9 @@ class CircuitView(AblationView):
                     self._selections.clear()
                 self._selections[rule] = _select.select(self._cands, rule)
             edges, nodes = self._selections[rule]
-        except InputError as err:  # a pin no path reaches: drop it, say why
+        except _select.UnreachableNode as err:  # a pin no path reaches: drop it, say why
             self.error = str(err)
-            self.pinned = [p for p in self.pinned if p not in str(err)]
+            self.pinned = [p for p in self.pinned if p != err.node]
             return
         self._shown = edges, nodes
         c = self._cands

@@ -42,6 +42,17 @@ SIGNS = ("both", "positive", "negative")
 DEPRECATED = {"top_n": "top_edges", "threshold": "min_weight"}
 
 
+class UnreachableNode(InputError):
+    """A pinned node that no EMBED→LOGITS path passes through (``.node`` is its id)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(
+            f"Can't show {node!r}: no EMBED→LOGITS path of this graph passes through it (its "
+            "edges all have weight 0, or it has none), so it would be left unconnected."
+        )
+        self.node = node
+
+
 @dataclass(frozen=True)
 class Pruning:
     """Settings of the rule (see the module docstring); ``None`` leaves a limit off."""
@@ -215,10 +226,7 @@ def _through(c: Candidates, base: np.ndarray, size: np.ndarray, node: int) -> np
     on the coarse unit graph (positions merged), then every edge between consecutive units
     of it; ``paths`` keeps the part that really connects."""
     if not c.paths(base)[1][node]:
-        raise InputError(
-            f"Can't show {c.node_ids[node]!r}: no EMBED→LOGITS path of this graph passes "
-            "through it (its edges all have weight 0), so it would be left unconnected."
-        )
+        raise UnreachableNode(c.node_ids[node])
     pairs, inverse = np.unique(
         np.stack([c.src_unit[base], c.dst_unit[base]], 1), axis=0, return_inverse=True
     )
