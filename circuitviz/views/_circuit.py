@@ -191,18 +191,9 @@ class CircuitView(AblationView):
         "edge_sign",
         "pinned",
     )
-    #: Traits the page may write (everything else is the kernel's), each validated below.
-    FRONTEND_TRAITS = frozenset(
-        {
-            "selected",
-            "top_nodes",
-            "top_edges",
-            "min_rel_weight",
-            "edge_inputs",
-            "edge_sign",
-            "pinned",
-        }
-    )
+    #: Traits the page may write (everything else is the kernel's), each validated below:
+    #: the selection and the controls (ablation goes through the "ablate" message).
+    FRONTEND_TRAITS = frozenset(STATE_KEYS) - {"ablated", "mode", "metric"}
 
     graph = t.Dict().tag(sync=True)
     """The shown subgraph: metadata, ``nodes`` as JSON, ``edges`` as binary arrays (indices
