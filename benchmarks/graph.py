@@ -114,8 +114,8 @@ def main() -> None:
     with measure("faithfulness: baselines (2 fwd)", device, phases):
         graph.faithfulness(model, pairs)
     with measure(f"faithfulness curve ({len(args.sizes)} sizes)", device, phases):
-        curve = graph.faithfulness_curve(model, pairs, sizes=args.sizes)
-    pruned = graph.prune(top_n=max(args.sizes))
+        curve = graph.faithfulness_curve(model, pairs, top_edges=args.sizes)
+    pruned = graph.prune(top_edges=max(args.sizes))
     heads = [n.id for n in pruned.nodes if n.type == "head"][:1]  # one live ablation
     with measure("faithfulness: one circuit (1 fwd)", device, phases):
         pruned.faithfulness(model, pairs, ablated=heads)
@@ -147,7 +147,7 @@ def main() -> None:
     )
     print("faithfulness curve (EAP, top-n edges pruned to EMBED→LOGITS paths, corrupted patching):")
     for size, n, nodes, rec in zip(
-        curve.sizes, curve.n_edges, curve.n_nodes, curve.recovered, strict=True
+        curve.top_edges, curve.n_edges, curve.n_nodes, curve.recovered, strict=True
     ):
         print(f"  top {size:>5}: {n:>5} edges, {nodes:>4} nodes, recovered {rec:6.3f}")
     if check:
@@ -169,7 +169,9 @@ def main() -> None:
             "clean": graph.clean,
             "corrupted": graph.corrupted,
             "phases": phases,
-            "curve": {k: getattr(curve, k) for k in ("sizes", "n_edges", "n_nodes", "recovered")},
+            "curve": {
+                k: getattr(curve, k) for k in ("top_edges", "n_edges", "n_nodes", "recovered")
+            },
             "edge_check": check,
         }
         with open(args.json, "w") as f:

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  circuitviz figure --task ioi --analysis patch --over heads -o patch.svg\n"
             "  circuitviz figure --analysis attention --layer 4 --head 7 -o attn.png --dpi 600\n"
-            "  circuitviz figure --analysis circuit --top-n 150 --column double -o circuit.pdf\n"
+            "  circuitviz figure --analysis circuit --top-edges 150 --column double -o circuit.pdf\n"
             "  circuitviz figure --model tiny-llama --task pairs.json --analysis patch -o p.svg\n"
             "\n"
             'pairs.json: {"clean": [...], "corrupted": [...], "answers": [...], '
@@ -141,10 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="attention (with --layer/--head): linear (default), sqrt or log colours",
     )
-    how.add_argument("--top-n", type=int, default=None, help="circuit: keep the N strongest edges")
     how.add_argument(
-        "--threshold", type=float, default=None, help="circuit: keep edges with |weight| >= T"
+        "--top-edges",
+        type=int,
+        default=None,
+        help="circuit: at most N edges, the strongest on EMBED→LOGITS paths (default 200)",
     )
+    how.add_argument(
+        "--top-nodes", type=int, default=None, help="circuit: at most N head/MLP nodes"
+    )
+    how.add_argument(
+        "--min-weight",
+        type=float,
+        default=None,
+        help="circuit: edges with |weight| >= W (absolute)",
+    )
+    how.add_argument(
+        "--min-rel-weight",
+        type=float,
+        default=None,
+        help="circuit: edges with |weight| >= F x the strongest (relative, 0-1)",
+    )
+    how.add_argument("--top-n", type=int, default=None, help="deprecated: --top-edges")
+    how.add_argument("--threshold", type=float, default=None, help="deprecated: --min-weight")
 
     out = fig.add_argument_group("output and style")
     out.add_argument(
@@ -192,8 +211,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         "head": ("attention",),
         "hide_bos": ("attention",),
         "color_scale": ("attention",),
-        "top_n": ("circuit",),
-        "threshold": ("circuit",),
+        **{name: ("circuit",) for name in (*PRUNE_FLAGS, *DEPRECATED_FLAGS)},
     }
     for name, analyses in by_analysis.items():
         if getattr(args, name) is not None and args.analysis not in analyses:
@@ -289,11 +307,30 @@ def run_analysis(model, pairs, args: argparse.Namespace) -> tuple[Any, dict[str,
         )
         return result, {"color": args.color}
     graph = _call(_engine("circuit"), model, pairs, metric=args.metric, progress=args.progress)
-    # Unpruned graphs of real models have far too many edges to draw.
-    top_n = args.top_n if args.top_n is not None or args.threshold is not None else 200
-    if hasattr(graph, "prune"):  # prune once, so the HTML page shows the same graph
-        return graph.prune(top_n=top_n, threshold=args.threshold), {}
-    return graph, {"top_n": top_n, "threshold": args.threshold}
+    return graph.prune(**pruning_options(args)), {}  # once, so the HTML shows the same graph
+
+
+PRUNE_FLAGS = ("top_edges", "top_nodes", "min_weight", "min_rel_weight")
+DEPRECATED_FLAGS = {"top_n": "top_edges", "threshold": "min_weight"}
+
+
+def pruning_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Graph.prune`` options from the flags (same words); without any, the 200 strongest
+    edges (unpruned graphs of real models have far too many edges to draw)."""
+    options = {k: getattr(args, k) for k in PRUNE_FLAGS if getattr(args, k) is not None}
+    for old, new in DEPRECATED_FLAGS.items():
+        if getattr(args, old) is not None:
+            if new in options:
+                raise CliError(
+                    f"Give --{new.replace('_', '-')} only (--{old.replace('_', '-')} is its old name)."
+                )
+            print(
+                f"circuitviz: --{old.replace('_', '-')} is deprecated, use "
+                f"--{new.replace('_', '-')}.",
+                file=sys.stderr,
+            )
+            options[new] = getattr(args, old)
+    return options or {"top_edges": 200}
 
 
 def html_object(result: Any, figure_options: dict[str, Any]) -> Any:

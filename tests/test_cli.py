@@ -52,8 +52,8 @@ def test_help_documents_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["figure", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--model", "--task", "--analysis", "--over", "--layer", "--head", "--top-n",
-                 "--threshold", "--metric", "--n", "--seed", "--output", "--font-family",
+    for flag in ("--model", "--task", "--analysis", "--over", "--layer", "--head", "--top-edges",
+                 "--top-nodes", "--min-weight", "--min-rel-weight", "--metric", "--n", "--seed", "--output", "--font-family",
                  "--font-size", "--column", "--width", "--height", "--dpi"):  # fmt: skip
         assert flag in text, flag
     assert main([]) == 2  # no command: help, and a failing exit status
@@ -116,7 +116,7 @@ def test_attribution_and_circuit_figures(pairs_file, tmp_path):
     assert "Attribution patching of resid_pre" in svg_text(attribution)
     pytest.importorskip("circuitviz.engine.graph")
     circuit = tmp_path / "circuit.svg"
-    assert main([*args, "--analysis", "circuit", "--top-n", "20", "-o", str(circuit)]) == 0
+    assert main([*args, "--analysis", "circuit", "--top-edges", "20", "-o", str(circuit)]) == 0
     assert "LOGITS" in svg_text(circuit)
 
 
@@ -136,7 +136,7 @@ def test_builtin_task_on_a_tiny_model(tmp_path):
         (["-o", "{tmp}/missing/fig.svg"], "does not exist"),
         (["-o", "{tmp}/fig.svg", "--layer", "1"], "--layer applies to --analysis attention"),
         (["-o", "{tmp}/fig.svg", "--analysis", "attention", "--layer", "1"], "both --layer and --head"),
-        (["-o", "{tmp}/fig.svg", "--top-n", "5"], "--top-n applies to --analysis circuit"),
+        (["-o", "{tmp}/fig.svg", "--top-edges", "5"], "--top-edges applies to --analysis circuit"),
         (["-o", "{tmp}/fig.svg", "--width", "-2"], "inches"),
         (["-o", "{tmp}/fig.svg", "--task", "{tmp}/nope.json"], "can't read --task file"),
         (["-o", "{tmp}/fig.svg", "--task", "{tmp}/bad.json"], "needs a JSON object"),

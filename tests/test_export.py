@@ -421,9 +421,24 @@ def test_graph_prune_by_top_n_and_threshold():
         return sum(sum(v is None for v in t.x) for t in fig.data if t.mode == "lines")
 
     assert drawn_edges(graph_figure(graph)) == 200
-    assert drawn_edges(graph_figure(graph, top_n=15)) == 15
-    strong = sum(abs(e["weight"]) >= 0.08 for e in graph["edges"])
-    assert drawn_edges(graph_figure(graph, threshold=0.08)) == strong
+    # pruning keeps only edges on EMBED → LOGITS paths (Graph.prune's rule)
+    assert drawn_edges(graph_figure(graph, top_edges=15)) == 15
+    cut = 0.03
+    strong = [e for e in graph["edges"] if abs(e["weight"]) >= cut]
+    assert drawn_edges(graph_figure(graph, min_weight=cut)) == len(on_paths(strong)) > 0
+    with pytest.warns(DeprecationWarning, match="top_edges"):
+        assert drawn_edges(graph_figure(graph, top_n=15)) == 15
+    with pytest.raises(ExportError, match="no nodes"):
+        graph_figure(graph, min_weight=0.5)
+
+
+def on_paths(edges: list[dict]) -> list[dict]:
+    """The edges on some EMBED → LOGITS path (plain reachability, for checking)."""
+    fwd, bwd = {"EMBED"}, {"LOGITS"}
+    for _ in edges:
+        fwd |= {e["target"] for e in edges if e["source"] in fwd}
+        bwd |= {e["source"] for e in edges if e["target"] in bwd}
+    return [e for e in edges if e["source"] in fwd and e["target"] in bwd]
 
 
 def test_graph_svg_renders(tmp_path):
@@ -434,9 +449,9 @@ def test_graph_svg_renders(tmp_path):
 def test_circuit_graph_object_exports(model, tmp_path):
     graph_mod = pytest.importorskip("circuitviz.engine.graph")
     graph = graph_mod.circuit(model, PAIRS, progress=False)
-    fig = figure_of(graph, top_n=12)
+    fig = figure_of(graph, top_edges=12)
     assert fig.data and label_boxes(fig)
-    text = svg_text(save(graph, tmp_path / "circuit.svg", top_n=12))
+    text = svg_text(save(graph, tmp_path / "circuit.svg", top_edges=12))
     assert "LOGITS" in text
 
 

@@ -34,9 +34,9 @@ def test_ioi_graph_on_demo_model(demo_model):
         ("L5H3", "L5H4", "L5H5"),
         ("L5H6", "L5H7", "L5H8"),
     }
-    curve = graph.faithfulness_curve(demo_model, pairs, sizes=[300, 3000])
+    curve = graph.faithfulness_curve(demo_model, pairs, top_edges=[300, 3000])
     assert curve.recovered[1] > 0.6
     assert curve.recovered[1] > curve.recovered[0]
-    pruned = graph.prune(top_n=300)
+    pruned = graph.prune(top_edges=300)
     assert Graph.from_json(pruned.to_json()).to_json() == pruned.to_json()
     assert not has_hooks(demo_model)

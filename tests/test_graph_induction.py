@@ -54,7 +54,7 @@ def test_graph_finds_k_composition_of_previous_token_and_induction_heads(toy):
     pairs = induction_pairs()
     graph = circuit(toy, pairs, method="eap-ig", steps=10, progress=False)
     assert graph.clean > graph.corrupted + 5  # induction works, and the corruption breaks it
-    top = graph.prune(top_n=3)
+    top = graph.prune(top_edges=3)
     named = {f"{e.source} → {e.target} via {e.input}" for e in top.edges}
     assert named == {"EMBED → L0H2 via v", "L0H2 → L1H0 via k", "L1H0 → LOGITS via logits"}
     # The layer-0 head reaches every induction head through its key, not its value.
@@ -66,4 +66,4 @@ def test_graph_finds_k_composition_of_previous_token_and_induction_heads(toy):
     exact = graph.patch_edge(toy, pairs, ("L0H2", "L1H0", "k"))
     assert exact < -1.0
     assert exact == pytest.approx(graph.score("L0H2", "L1H0", "k"), rel=0.5)
-    assert graph.prune(top_n=10).faithfulness(toy, pairs).recovered > 0.9
+    assert graph.prune(top_edges=10).faithfulness(toy, pairs).recovered > 0.9

@@ -284,13 +284,14 @@ GRAPH = {
 def test_circuit_graph_edges_are_binary(tmp_path):
     view = CircuitView(graph=GRAPH)
     g = view.graph
-    assert [n["id"] for n in g["nodes"]] == ["EMBED", "L0H1", "MLP0", "L1H3", "LOGITS"]
+    # MLP0's only edge has a NaN weight: it is on no EMBED → LOGITS path, so not shown
+    assert [n["id"] for n in g["nodes"]] == ["EMBED", "L0H1", "L1H3", "LOGITS"]
     edges = g["edges"]
     assert edges["source"]["dtype"] == "uint16" and edges["weight"]["dtype"] == "float32"
-    np.testing.assert_array_equal(decode(edges["source"]), [0, 1, 3])
-    np.testing.assert_array_equal(decode(edges["target"]), [1, 3, 4])
-    np.testing.assert_allclose(decode(edges["weight"]), [0.03, -0.5, 1.2], rtol=1e-6)
-    assert [edges["inputs"][i] for i in decode(edges["input"])] == ["q", "v", "logits"]
+    np.testing.assert_array_equal(decode(edges["source"]), [2, 1, 0])  # strongest first
+    np.testing.assert_array_equal(decode(edges["target"]), [3, 2, 1])
+    np.testing.assert_allclose(decode(edges["weight"]), [1.2, -0.5, 0.03], rtol=1e-6)
+    assert [edges["inputs"][i] for i in decode(edges["input"])] == ["logits", "v", "q"]
     text, buffers = state_parts(view)
     assert len(buffers) == 4 and no_long_number_lists(text)
     assert not view.can_ablate and view.result["clean"] == 1.0
@@ -302,14 +303,18 @@ def test_circuit_graph_edges_are_binary(tmp_path):
     assert CircuitView(graph=path).graph["nodes"] == g["nodes"]
 
 
-def test_huge_graphs_send_only_the_strongest_nodes(monkeypatch):
+def test_only_the_shown_subgraph_is_sent(monkeypatch):
+    """The kernel keeps the graph; the browser gets the shown part (and the strongest ids,
+    for search)."""
     import circuitviz.views._circuit as circuit_module
 
-    monkeypatch.setattr(circuit_module, "MAX_NODES", 4)
-    with pytest.warns(UserWarning, match="showing the 4 strongest"):
-        view = CircuitView(graph=GRAPH)
-    assert [n["id"] for n in view.graph["nodes"]] == ["EMBED", "LOGITS", "L1H3", "L0H1"]
-    np.testing.assert_allclose(decode(view.graph["edges"]["weight"]), [0.03, -0.5, 1.2], rtol=1e-6)
+    monkeypatch.setattr(circuit_module, "MAX_SEARCHABLE", 3)
+    view = CircuitView(graph=GRAPH)
+    assert view.searchable == ["L1H3", "L0H1", "MLP0"]
+    assert [n["id"] for n in view.graph["nodes"]] == ["EMBED", "L0H1", "L1H3", "LOGITS"]
+    assert view.graph["totals"] == {"nodes": 3, "edges": 3}
+    view.top_edges = 1  # the strongest edge alone is no EMBED → LOGITS path
+    assert view.graph["nodes"] == [] and view.graph["edges"] is None
 
 
 @pytest.mark.parametrize(
@@ -339,45 +344,32 @@ def test_circuit_default_graph_scores_heads_and_mlps(model, pairs):
     assert out.types() == ["ablation"] and view.metric == "kl" and view.ablated == ["MLP0"]
 
 
-class FakeGraph:
-    """A Graph stand-in: to_json and faithfulness(model, pairs, nodes=..., ablated=...)."""
+def test_faithfulness_of_shown_and_ablated_circuit(model, pairs, monkeypatch):
+    """Faithfulness is of the shown circuit (its shown edges, the kernel's selection), with
+    and without the ablated nodes; answers are cached per (circuit, ablation)."""
+    from circuitviz import Graph, circuit
 
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def to_json(self):
-        return GRAPH
-
-    def faithfulness(self, model, pairs, *, nodes, ablated=()):
-        kept = [n for n in nodes if n not in ablated]  # what the circuit keeps
-        self.calls.append(kept)
-        return len(kept) / 10
-
-
-def test_faithfulness_of_shown_and_ablated_circuit(model, pairs):
-    graph = FakeGraph()
+    graph = circuit(model, pairs, progress=False)
     view = CircuitView(model, pairs, graph)
     assert view.has_faithfulness
+    calls = []
+    real = Graph.faithfulness
+    monkeypatch.setattr(
+        Graph, "faithfulness", lambda self, *a, **k: calls.append(k) or real(self, *a, **k)
+    )
     out = Outbox(view)
-    view._handle_custom_msg(
-        {"type": "faithfulness", "nodes": ["EMBED", "L0H1", "L1H3", "LOGITS"], "ablated": ["L1H3"]}
-    )
+    head = next(n["id"] for n in view.shown_graph()["nodes"] if n["type"] == "head")
+    view._handle_custom_msg({"type": "faithfulness", "ablated": [head, "LOGITS"]})
     f = view.faithfulness
-    assert (f["circuit"], f["ablated"], f["ablated_nodes"]) == (0.4, 0.3, ["L1H3"])
-    assert graph.calls[-1] == ["EMBED", "L0H1", "LOGITS"]
-    # LOGITS/EMBED are never "ablated" even if asked
-    view._handle_custom_msg(
-        {"type": "faithfulness", "nodes": ["EMBED", "LOGITS"], "ablated": ["LOGITS"]}
-    )
-    assert view.faithfulness["ablated_nodes"] == []
-    assert out.types() == ["faithfulness", "faithfulness"]
-    # the view asks again after every change: a circuit already scored costs nothing
-    calls = len(graph.calls)
-    view._handle_custom_msg(
-        {"type": "faithfulness", "nodes": ["EMBED", "L0H1", "L1H3", "LOGITS"], "ablated": ["L1H3"]}
-    )
-    assert len(graph.calls) == calls and view.faithfulness["ablated"] == 0.3
-    view._handle_custom_msg({"type": "faithfulness", "nodes": ["NOPE"]})
+    shown = view.shown_circuit()
+    assert f["nodes"] == [n["id"] for n in view.shown_graph()["nodes"]]
+    assert f["ablated_nodes"] == [head]  # LOGITS is never "ablated"
+    assert f["circuit"] == pytest.approx(float(shown.faithfulness(model, pairs)))
+    assert f["ablated"] == pytest.approx(float(shown.faithfulness(model, pairs, ablated=[head])))
+    n_calls = len(calls)
+    view._handle_custom_msg({"type": "faithfulness", "ablated": [head]})
+    assert len(calls) == n_calls and out.types() == ["faithfulness", "faithfulness"]
+    view._handle_custom_msg({"type": "faithfulness", "ablated": "L0H1"})
     assert out.types()[-1] == "error"
     assert not CircuitView(graph=GRAPH).has_faithfulness
 
@@ -388,7 +380,7 @@ def test_faithfulness_of_shown_and_ablated_circuit(model, pairs):
 def test_state_round_trips_through_json(model, pairs, heads):
     view = CircuitView(model, pairs, GRAPH)
     view.ablate(["L0H1", "MLP0"], mode="resample")
-    view.top_n, view.threshold, view.pinned, view.selected = 2, 0.25, ["MLP0"], "L1H3"
+    view.top_nodes, view.min_rel_weight, view.pinned, view.selected = 2, 0.25, ["L0H1"], "L1H3"
     state = json.loads(json.dumps(view.state))
     again = CircuitView(model, pairs, GRAPH, state=state)
     assert again.state == view.state
@@ -406,7 +398,8 @@ def test_state_round_trips_through_json(model, pairs, heads):
     assert AttentionView(a.attention, state=json.loads(json.dumps(a.state))).state == a.state
     with pytest.raises(InputError, match="Unknown state keys"):
         CircuitView(graph=GRAPH, state={"zoom": 3})
-    assert CircuitView(graph=GRAPH, state={"threshold": 7}).threshold == 1.0
+    with pytest.warns(DeprecationWarning, match="min_rel_weight"):
+        assert CircuitView(graph=GRAPH, state={"threshold": 7}).min_rel_weight == 1.0
 
 
 # ----------------------------------------------------------------------------- safety and HTML
@@ -480,7 +473,8 @@ def test_explore_shares_one_ablation_set(model, pairs):
 
 @pytest.mark.browser
 def test_standalone_html_works_without_a_kernel(tmp_path, page, model, pairs):
-    """The exported page renders the same views: hover, selection, threshold, export work;
+    """The exported page renders the same views: hover, selection, export work; the circuit's
+    controls say they need a kernel (the kernel prunes);
     ablation says it needs a kernel; hostile tokens stay text (no dialog, no element)."""
     box = explore(model, pairs)
     hostile = AttentionView(synthetic_attention(5, tokens=["<bos>", *HOSTILE]))
@@ -512,17 +506,13 @@ def test_standalone_html_works_without_a_kernel(tmp_path, page, model, pairs):
     title = page.locator('.cv-attention [data-role="focus-title"]')
     assert title.inner_text().startswith("L1H2")
     node = page.locator('.cv-circuit [data-component="L1H2"]')
-    assert node.get_attribute("data-selected") == "true"
-    edges = page.locator(".cv-circuit path[data-edge]")
-    before = edges.count()
-    page.locator('.cv-circuit [data-role="threshold"]').fill("0.6")
-    assert 0 < edges.count() < before
+    assert node.count() == 0 or node.get_attribute("data-selected") == "true"
+    page.locator('.cv-circuit [data-role="controls-notice"]').filter(has_text="kernel").wait_for()
+    assert page.locator('.cv-circuit [data-role="min-rel-weight"]').is_disabled()
     # keyboard: Enter on a focused thumbnail focuses that head everywhere
     page.locator('.cv-attention [data-component="L0H3"]').focus()
     page.keyboard.press("Enter")
-    assert (
-        page.locator('.cv-circuit [data-component="L0H3"]').get_attribute("data-selected") == "true"
-    )
+    assert page.locator('.cv-attention [data-role="focus-title"]').inner_text().startswith("L0H3")
     with page.expect_download() as download:
         page.locator('.cv-patching [data-role="export-svg"]').click()
     svg = open(download.value.path(), encoding="utf-8").read()

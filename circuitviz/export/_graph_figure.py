@@ -83,28 +83,32 @@ def graph_json(graph: Any) -> dict[str, Any]:
     return graph
 
 
-def prune(
-    graph: dict[str, Any], *, threshold: float | None = None, top_n: int | None = None
-) -> dict[str, Any]:
-    """Keep edges with ``|weight| >= threshold``, then the ``top_n`` strongest, and the nodes
-    they join (plus embeddings and logits). A graph without edges is pruned by node score."""
-    if threshold is None and top_n is None:
+def prune(graph: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """Graph JSON pruned by the shared rule (``Graph.prune``'s words: ``top_edges``,
+    ``top_nodes``, ``min_weight``, ``min_rel_weight``, ``inputs``, ``sign``, ``pinned``). A
+    graph without edges is pruned by node score (``top_nodes``, ``min_weight``)."""
+    from ..engine import InputError
+    from ..engine.graph._select import Pruning, prune_json
+
+    try:
+        rule = Pruning.of(where="graph_figure", **options)
+    except InputError as err:
+        raise ExportError(str(err)) from None
+    if rule.empty:
         return graph
-    if top_n is not None and top_n < 1:
-        raise ExportError(f"top_n={top_n}: give a positive number of edges to keep.")
-    edges = graph.get("edges") or []
-    if not edges:
-        nodes = [
-            n for n in graph["nodes"] if threshold is None or abs(n.get("score") or 0) >= threshold
-        ]
+    if not graph.get("edges"):
+        cut = rule.min_weight or 0.0
+        nodes = [n for n in graph["nodes"] if abs(n.get("score") or 0) >= cut]
         nodes.sort(key=lambda n: -abs(n.get("score") or 0))
-        return {**graph, "nodes": nodes[:top_n] if top_n else nodes}
-    kept = [e for e in edges if threshold is None or abs(e["weight"]) >= threshold]
-    kept.sort(key=lambda e: -abs(e["weight"]))
-    kept = kept[:top_n] if top_n else kept
-    ids = {e["source"] for e in kept} | {e["target"] for e in kept}
-    nodes = [n for n in graph["nodes"] if n["id"] in ids or n.get("type") in ("embed", "logits")]
-    return {**graph, "nodes": nodes, "edges": kept}
+        return {**graph, "nodes": nodes[: rule.top_nodes] if rule.top_nodes else nodes}
+    try:
+        return prune_json(graph, rule)
+    except InputError as err:
+        raise ExportError(str(err)) from None
+
+
+PRUNE_OPTIONS = ("top_edges", "top_nodes", "min_weight", "min_rel_weight", "inputs", "sign")
+DEPRECATED_OPTIONS = ("top_n", "threshold")
 
 
 def _node_layer(node: dict[str, Any], n_layers: int) -> float:
@@ -292,6 +296,12 @@ def _edge_traces(graph, pos, ablated: set[str]):
     return traces
 
 
+def _ring(node: dict[str, Any]) -> str:
+    """A node's outline: blue for a positive score, red for a negative one, white for none."""
+    score = node.get("score") or 0.0
+    return "white" if not score else POSITIVE if score > 0 else NEGATIVE
+
+
 def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
     """One marker trace per node type (the legend), then ablated crosses and the selection ring."""
     import plotly.graph_objects as go
@@ -313,7 +323,8 @@ def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
                     "size": [size[n["id"]] for n in members],
                     "color": CATEGORICAL.get(kind, CATEGORICAL["other"]),
                     "opacity": [0.35 if n["id"] in ablated else 1.0 for n in members],
-                    "line": {"width": 0.5, "color": "white"},
+                    # the ring shows the score's sign, as in the widget
+                    "line": {"width": 1.2, "color": [_ring(n) for n in members]},
                 },
                 customdata=[[text_label(n["id"]), n.get("score") or 0.0] for n in members],
                 hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.4f}<extra></extra>",
@@ -410,8 +421,6 @@ def _label_trace(nodes, pos, size, geo: _Geometry, selected, *, short: bool, sty
 def graph_figure(
     graph: Any,
     *,
-    threshold: float | None = None,
-    top_n: int | None = None,
     ablated: Iterable[str] = (),
     selected: str | None = None,
     title: str | None = None,
@@ -419,21 +428,28 @@ def graph_figure(
 ):
     """A publication figure of a circuit graph.
 
-    ``graph``: a ``Graph``, its ``to_json()`` dict/string. ``threshold``/``top_n`` prune
-    edges by ``|weight|`` (a ``Graph`` prunes itself with ``Graph.prune``); at most the
-    :data:`MAX_DRAWN_EDGES` strongest edges are drawn. ``ablated``:
+    ``graph``: a ``Graph``, its ``to_json()`` dict/string. ``top_edges``, ``top_nodes``,
+    ``min_weight`` (absolute), ``min_rel_weight`` (relative), ``inputs``, ``sign``: prune it
+    by ``Graph.prune``'s rule (``top_n``/``threshold`` are deprecated names of ``top_edges``/
+    ``min_weight``); at most the :data:`MAX_DRAWN_EDGES` strongest edges are drawn. ``ablated``:
     node ids drawn crossed out with dotted edges; ``selected``: a node id to ring.
     Style options as :func:`circuitviz.export.make_style`.
     """
     import plotly.graph_objects as go
 
     style, rest = split_style(options)
-    reject_unknown(rest, "graph_figure", ("threshold", "top_n", "ablated", "selected", "title"))
-    if hasattr(graph, "prune") and (threshold is not None or top_n is not None):
-        graph = graph.prune(top_n=top_n, threshold=threshold) or graph
+    pruning = {k: rest.pop(k) for k in (*PRUNE_OPTIONS, *DEPRECATED_OPTIONS) if k in rest}
+    reject_unknown(rest, "graph_figure", (*PRUNE_OPTIONS, "ablated", "selected", "title"))
+    if hasattr(graph, "prune") and any(v is not None for v in pruning.values()):
+        from ..engine import InputError
+
+        try:
+            graph = graph.prune(**pruning)
+        except InputError as err:
+            raise ExportError(str(err)) from None
         data = graph_json(graph)
     else:
-        data = prune(graph_json(graph), threshold=threshold, top_n=top_n)
+        data = prune(graph_json(graph), **pruning)
     nodes = data["nodes"]
     if not nodes:
         raise ExportError("This graph has no nodes to draw (prune less, or check the circuit).")

@@ -1,9 +1,10 @@
 """CircuitView: a circuit graph (embeddings, heads, MLPs, logits) with click-to-ablate.
 
 The graph is a ``circuitviz.Graph``, its JSON (dict, string or file path; schema in
-docs/graph_schema.md), or — given none — the EAP graph of ``circuitviz.circuit``.
-Nodes travel as JSON (a few hundred); edges as binary arrays (source/target node indices,
-float32 weights), since an all-pairs graph has tens of thousands of them.
+docs/graph_schema.md), or — given none — the EAP graph of ``circuitviz.circuit``. The whole
+graph stays in the kernel; the browser receives only the shown subgraph (the pruning rule of
+``engine/graph/_select.py``): its nodes as JSON, its edges as binary arrays (source/target
+node indices, float32 weights).
 """
 
 from __future__ import annotations
@@ -16,39 +17,36 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 import traitlets as t
 
 from ..engine import InputError, PromptPairs
 from ..engine._results import ablation_target
-from ..engine.graph import Graph, circuit
-from ..engine.graph._schema import GRAPH_META, check_graph_json
+from ..engine.graph import Graph, _select, circuit
+from ..engine.graph._schema import check_graph_json
 from ._base import STATIC, AblationView
 from ._codec import decode, encode
 
 NODE_TYPES = ("embed", "head", "mlp", "logits")
-#: Nodes travel as JSON: past this many (a per-position graph of a long prompt) only the
-#: strongest are sent, keeping every message well under 10 MiB.
-MAX_NODES = 20_000
-EDGE_INPUTS = ("q", "k", "v", "mlp", "logits")
-#: The view draws at most this many edges, the strongest (``prune`` in js/src/layout.ts).
-MAX_DRAWN_EDGES = 400
+EDGE_INPUTS = _select.EDGE_INPUTS
+#: The search box lists at most this many node ids (the strongest), so that a per-position
+#: graph of a long prompt still sends a small message.
+MAX_SEARCHABLE = 50_000
+#: What ``explore()`` and a new view show: tens of nodes, a circuit a person can read.
+DEFAULT_TOP_NODES = 30
+DEFAULT_TOP_EDGES = 80
+#: Keys of the ``graph`` trait that describe the view, not the graph (left out of
+#: :meth:`CircuitView.shown_graph`).
+VIEW_ONLY_KEYS = ("nodes", "edges", "totals", "n_edges", "notice")
 
 
-def shrink(graph: Any, max_edges: int | None) -> Any:
-    """A Graph with more than ``max_edges`` edges, pruned to its strongest ``max_edges``
-    (``Graph.prune``): listing 70k edges is slow, and the view draws at most
-    :data:`MAX_DRAWN_EDGES` of them."""
-    if isinstance(graph, Graph) and max_edges is not None and int(graph.kept.sum()) > max_edges:
-        return graph.prune(top_n=max_edges)
-    return graph
-
-
-def graph_dict(graph: Any, max_edges: int | None = None) -> tuple[dict[str, Any], Any]:
-    """Graph JSON as a dict, plus the Graph object when one was given (for faithfulness)."""
+def graph_dict(graph: Any) -> tuple[dict[str, Any] | None, Graph | None]:
+    """(graph JSON as a dict, or None for a Graph object; the Graph object, if given)."""
+    if isinstance(graph, Graph):
+        return None, graph
     if hasattr(graph, "to_json"):
-        graph = shrink(graph, max_edges)
         data = graph.to_json()
-        return (json.loads(data) if isinstance(data, str) else dict(data)), graph
+        return (json.loads(data) if isinstance(data, str) else dict(data)), None
     if isinstance(graph, Mapping):
         return dict(graph), None
     if isinstance(graph, Path) or (isinstance(graph, str) and not graph.lstrip().startswith("{")):
@@ -64,16 +62,33 @@ def graph_dict(graph: Any, max_edges: int | None = None) -> tuple[dict[str, Any]
 
 
 def graph_object(data: dict[str, Any]) -> Graph | None:
-    """Rebuild a Graph from JSON, so that faithfulness works; None for graph JSON that is not
-    a whole ``circuitviz.circuit`` graph (a hand-made or node-only one is still drawn)."""
+    """Rebuild a Graph from JSON, so that the exact path rule and faithfulness work; None for
+    graph JSON that is not a whole ``circuitviz.circuit`` graph (a hand-made one is still
+    drawn, pruned by the same rule on its own edges)."""
     try:
         return Graph.from_json(data)
     except (InputError, LookupError, TypeError, ValueError, AttributeError):
         return None
 
 
+META_KEYS = (
+    "model",
+    "method",
+    "metric",
+    "per_position",
+    "n_layers",
+    "n_heads",
+    "tokens",
+    "clean",
+    "corrupted",
+    "prompts",
+)
+
+
 def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
-    """Validate graph JSON and turn it into the ``graph`` trait (edges binary)."""
+    """Validate graph JSON; returns it normalised: metadata, ``nodes`` as dicts with every
+    field, ``edges`` as given (those to unknown nodes or with non-finite weights are dropped
+    later by the pruning rule)."""
     check_graph_json(data)
     schema = data.get("schema", "circuitviz.graph/1")
     if not str(schema).startswith("circuitviz.graph/"):
@@ -81,67 +96,20 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     raw_nodes = data.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise InputError("The graph has no nodes.")
-    nodes, index = [], {}
+    nodes, seen = [], set()
     for n in raw_nodes:
         if not isinstance(n, Mapping) or not isinstance(n.get("id"), str):
             raise InputError(f"Every graph node needs a string 'id'; got {n!r:.80}.")
-        if n["id"] in index:
+        if n["id"] in seen:
             raise InputError(f"Duplicate graph node id {n['id']!r}.")
-        score = n.get("score")
-        index[n["id"]] = len(nodes)
-        nodes.append(
-            {
-                "id": n["id"],
-                "type": str(n.get("type", "head")),
-                "layer": int(n.get("layer", 0)),
-                "head": None if n.get("head") is None else int(n["head"]),
-                "pos": None if n.get("pos") is None else int(n["pos"]),
-                "label": str(n.get("label", n["id"])),
-                "score": None if score is None or not np.isfinite(score) else float(score),
-            }
-        )
-    if len(nodes) > MAX_NODES:
-        io = [n for n in nodes if n["type"] in ("embed", "logits")]
-        rest = sorted(
-            (n for n in nodes if n["type"] not in ("embed", "logits")),
-            key=lambda n: -abs(n["score"] or 0.0),
-        )
-        nodes = [*io, *rest[: max(0, MAX_NODES - len(io))]]
-        warnings.warn(
-            f"The graph has {len(raw_nodes)} nodes; showing the {len(nodes)} strongest.",
-            stacklevel=3,
-        )
-        index = {n["id"]: i for i, n in enumerate(nodes)}
-    src, dst, weight, kind = [], [], [], []
-    inputs = list(EDGE_INPUTS)
-    for e in data.get("edges") or []:
-        a, b = index.get(e.get("source")), index.get(e.get("target"))
-        w = e.get("weight")
-        if a is None or b is None or w is None or not np.isfinite(w):
-            continue  # an edge to a pruned node, or a NaN weight, has nothing to draw
-        inp = str(e.get("input", ""))
-        if inp not in inputs:
-            inputs.append(inp)
-        src.append(a)
-        dst.append(b)
-        weight.append(float(w))
-        kind.append(inputs.index(inp))
-    idx_dtype = "uint16" if len(nodes) < 2**16 else "uint32"
-    edges = (
-        {
-            "source": encode(np.array(src), idx_dtype),
-            "target": encode(np.array(dst), idx_dtype),
-            "weight": encode(np.array(weight), "float32"),
-            "input": encode(np.array(kind), "uint8"),
-            "inputs": inputs,
-        }
-        if src
-        else None
-    )
-    out = {k: data[k] for k in GRAPH_META if k in data}
-    out.setdefault(
-        "n_layers", 1 + max((n["layer"] for n in nodes if n["type"] in ("head", "mlp")), default=0)
-    )
+        seen.add(n["id"])
+        nodes.append(node_dict(n))
+    edges = data.get("edges") or []
+    if not isinstance(edges, list) or not all(isinstance(e, Mapping) for e in edges):
+        raise InputError("The graph's 'edges' must be a list of objects.")
+    out = {k: data[k] for k in META_KEYS if k in data}
+    inner = [n for n in nodes if n["type"] in ("head", "mlp")]
+    out.setdefault("n_layers", 1 + max((n["layer"] for n in inner), default=0))
     out.setdefault(
         "n_heads", 1 + max((n["head"] or 0 for n in nodes if n["type"] == "head"), default=0)
     )
@@ -149,49 +117,125 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_graph(
-    model: Any, pairs: PromptPairs, metric: str, max_edges: int | None = None
-) -> tuple[dict[str, Any], Graph]:
-    """The EAP graph of ``circuitviz.circuit`` on ``pairs``, as JSON and as the Graph."""
-    return graph_dict(circuit(model, pairs, metric=metric, progress=False), max_edges)
+def node_dict(n: Mapping[str, Any]) -> dict[str, Any]:
+    """A graph node with every field the view reads, typed."""
+    score = n.get("score")
+    finite = isinstance(score, (int, float)) and np.isfinite(score)
+    return {
+        "id": n["id"],
+        "type": str(n.get("type", "head")),
+        "layer": int(n.get("layer", 0)),
+        "head": None if n.get("head") is None else int(n["head"]),
+        "pos": None if n.get("pos") is None else int(n["pos"]),
+        "label": str(n.get("label", n["id"])),
+        "score": float(score) if finite else None,
+    }
+
+
+def encode_edges(
+    src: np.ndarray, dst: np.ndarray, weight: np.ndarray, kind: np.ndarray, inputs: list[str]
+) -> dict[str, Any] | None:
+    """Edges as binary arrays (node indices into the sent ``nodes``, float32 weights)."""
+    if not len(src):
+        return None
+    idx_dtype = "uint16" if max(int(src.max()), int(dst.max())) < 2**16 else "uint32"
+    return {
+        "source": encode(src, idx_dtype),
+        "target": encode(dst, idx_dtype),
+        "weight": encode(weight, "float32"),
+        "input": encode(kind, "uint8"),
+        "inputs": list(inputs),
+    }
+
+
+def _deprecated_alias(old: str, new: str) -> property:
+    """A property that warns and reads/writes the trait ``new``."""
+
+    def get(self: Any) -> Any:
+        _renamed(old, new)
+        return getattr(self, new)
+
+    def set_(self: Any, value: Any) -> None:
+        _renamed(old, new)
+        setattr(self, new, value)
+
+    return property(get, set_, doc=f"Deprecated: :attr:`{new}`.")
 
 
 class CircuitView(AblationView):
-    """A circuit graph: layers bottom-up, heads and MLPs per layer (and per token when the
-    graph is per position); edge width and colour show weight and sign.
+    """A circuit graph: one row per layer (embeddings at the bottom, logits on top), heads and
+    MLPs across it (and one column band per token when the graph is per position); edge width
+    and colour show |weight| and sign.
+
+    The whole graph stays in the kernel. The controls (``top_nodes``, ``top_edges``,
+    ``min_rel_weight``, ``edge_inputs``, ``edge_sign``, ``pinned``) pick what is shown with
+    the rule of ``Graph.prune`` (every shown node on a shown EMBED → LOGITS path), and only
+    that subgraph is sent to the browser, which lays it out and draws it.
 
     Plain click ablates only that node (click again to clear); shift-click adds or removes it;
-    alt-click pins it (pinned nodes stay visible whatever ``top_n``).
+    alt-click pins it (a pinned node is shown with the strongest path through it).
 
-    ``max_edges``: a ``Graph`` with more edges is shown pruned to its strongest ``max_edges``
-    (``None``: all); JSON graphs are shown as given.
+    ``max_edges``: a ``Graph`` with more edges is first pruned to ``top_edges=max_edges``
+    (``None``: keep all; the browser never receives more than the shown subgraph anyway).
     """
 
     _esm = STATIC / "circuit.js"
     BUNDLE: ClassVar[str] = "circuit"
-    STATE_KEYS = ("selected", "ablated", "mode", "metric", "top_n", "threshold", "pinned")
-    FRONTEND_TRAITS = frozenset({"selected", "pinned", "top_n", "threshold"})
+    STATE_KEYS = (
+        "selected",
+        "ablated",
+        "mode",
+        "metric",
+        "top_nodes",
+        "top_edges",
+        "min_rel_weight",
+        "edge_inputs",
+        "edge_sign",
+        "pinned",
+    )
+    #: Traits the page may write (everything else is the kernel's), each validated below:
+    #: the selection and the controls (ablation goes through the "ablate" message).
+    FRONTEND_TRAITS: ClassVar[frozenset[str]] = frozenset(STATE_KEYS) - {
+        "ablated",
+        "mode",
+        "metric",
+    }
 
     graph = t.Dict().tag(sync=True)
-    """The graph: metadata and ``nodes`` as JSON, ``edges`` as binary arrays."""
+    """The shown subgraph: metadata, ``nodes`` as JSON, ``edges`` as binary arrays (indices
+    into ``nodes``), and ``totals`` (nodes and edges of the whole graph)."""
 
-    top_n = t.Int(30).tag(sync=True)
-    """How many head/MLP nodes to show, by |score| (embeddings and logits always)."""
+    searchable = t.List(t.Unicode()).tag(sync=True)
+    """Ids of the whole graph's nodes (the strongest :data:`MAX_SEARCHABLE`), for the search
+    box: finding one that is not shown pins it."""
 
-    threshold = t.Float(0.0).tag(sync=True)
-    """Hide edges whose |weight| is below this fraction of the strongest edge (0–1)."""
+    top_nodes = t.Int(DEFAULT_TOP_NODES).tag(sync=True)
+    """Show at most this many head/MLP **nodes**, the strongest by |score| (embeddings and
+    logits are not counted)."""
+
+    top_edges = t.Int(DEFAULT_TOP_EDGES).tag(sync=True)
+    """Show at most this many **edges**, the strongest that lie on EMBED → LOGITS paths."""
+
+    min_rel_weight = t.Float(0.0).tag(sync=True)
+    """Hide edges whose |weight| is below this **fraction** of the strongest edge (0–1)."""
+
+    edge_inputs = t.List(t.Unicode(), default_value=list(EDGE_INPUTS)).tag(sync=True)
+    """Edge inputs shown: some of ``"q"``, ``"k"``, ``"v"``, ``"mlp"``, ``"logits"``."""
+
+    edge_sign = t.Unicode("both").tag(sync=True)
+    """Edges shown by sign: ``"both"``, ``"positive"`` or ``"negative"``."""
 
     pinned = t.List(t.Unicode()).tag(sync=True)
-    """Nodes shown whatever ``top_n``."""
+    """Nodes always shown, each with the strongest path through it."""
 
     has_faithfulness = t.Bool(False).tag(sync=True)
     """Whether the graph can score its own faithfulness (needs a Graph, model and pairs)."""
 
     faithfulness = t.Dict().tag(sync=True)
     """``{"circuit": f, "ablated": f, "nodes": [...], "ablated_nodes": [...]}``: faithfulness
-    (fraction of the clean−corrupted metric recovered) of the shown circuit, and of it with the
-    ablated nodes removed. The view asks for it whenever the shown circuit or the ablation set
-    changes (and on its "Faithfulness" button)."""
+    (fraction of the clean−corrupted metric recovered) of the shown circuit (its shown edges),
+    and of it with the ablated nodes removed. The view asks for it whenever the shown circuit
+    or the ablation set changes (and on its "Faithfulness" button)."""
 
     def __init__(
         self,
@@ -201,71 +245,136 @@ class CircuitView(AblationView):
         *,
         state: Mapping[str, Any] | None = None,
         metric: str = "logit_diff",
-        max_edges: int | None = 5000,
+        max_edges: int | None = None,
         **kwargs: Any,
     ) -> None:
         if graph is None:
             if model is None or pairs is None:
                 raise InputError("CircuitView needs graph=, or model= and pairs= to build one.")
-            data, obj = build_graph(model, pairs, metric, max_edges)
-        else:
-            data, obj = graph_dict(graph, max_edges)
-        payload = graph_payload(data)  # validated before it is rebuilt as a Graph
-        if obj is None and model is not None and pairs is not None:  # only for faithfulness
+            graph = circuit(model, pairs, metric=metric, progress=False)
+        data, obj = graph_dict(graph)
+        if obj is not None and max_edges is not None and int(obj.kept.sum()) > max_edges:
+            obj = obj.prune(top_edges=max_edges)
+        if data is not None:
+            data = graph_payload(data)  # validated before it is rebuilt as a Graph
             obj = graph_object(data)
-        self._graph = obj
-        self._faith_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], float] = {}
-        ranked = sum(n["type"] not in ("embed", "logits") for n in payload["nodes"])
-        if payload.get("metric") in ("logit_diff", "normalized_logit_diff", "answer_prob", "kl"):
-            metric = payload["metric"]
-        super().__init__(
-            model=model, pairs=pairs, graph=payload, metric=metric, top_n=min(30, ranked), **kwargs
-        )
-        self.has_faithfulness = bool(
-            obj is not None and hasattr(obj, "faithfulness") and self.can_ablate
-        )
-        if not self.can_ablate and payload.get("clean") is not None:
-            self.result = {k: payload.get(k) for k in ("metric", "clean", "corrupted")}
+        self._full = obj
+        self._meta, self._nodes, self._cands = self._candidates(obj, data)
+        self._shown: tuple[np.ndarray, np.ndarray] | None = None
+        self._attention: Any = None  # the clean prompt's patterns, for head previews
+        self._selections: dict[_select.Pruning, tuple[np.ndarray, np.ndarray]] = {}
+        self._faith_cache: dict[tuple[bytes, tuple[str, ...]], float] = {}
+        if self._meta.get("metric") in ("logit_diff", "normalized_logit_diff", "answer_prob", "kl"):
+            metric = self._meta["metric"]
+        super().__init__(model=model, pairs=pairs, metric=metric, **kwargs)
+        order = np.argsort(-np.abs(np.nan_to_num(self._cands.node_score)), kind="stable")
+        self.searchable = [self._cands.node_ids[i] for i in order[:MAX_SEARCHABLE]]
+        self.has_faithfulness = bool(obj is not None and self.can_ablate)
+        if not self.can_ablate and self._meta.get("clean") is not None:
+            self.result = {k: self._meta.get(k) for k in ("metric", "clean", "corrupted")}
         self._apply_state(state)
+        self.observe(self._show, names=sorted(self.FRONTEND_TRAITS - {"selected"}))
+        self._show()
         self._baseline()
 
+    @staticmethod
+    def _candidates(
+        obj: Graph | None, data: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], _select.Candidates]:
+        if obj is not None:
+            cands = _select.graph_candidates(obj)
+            nodes = [n.to_dict() for n in obj.nodes]
+            meta = _graph_meta(obj)
+            if data is not None:  # the JSON's own labels win (a hand-edited graph)
+                labels = {n["id"]: n["label"] for n in data["nodes"]}
+                for n in nodes:
+                    n["label"] = labels.get(n["id"], n["label"])
+                meta = {k: data[k] for k in META_KEYS if k in data} | meta
+            return meta, [node_dict(n) for n in nodes], cands
+        assert data is not None
+        meta = {k: v for k, v in data.items() if k not in ("nodes", "edges")}
+        return meta, data["nodes"], _select.json_candidates(data["nodes"], data["edges"])
+
+    # -- the shown subgraph ----------------------------------------------------------------
+    @property
+    def pruning(self) -> _select.Pruning:
+        """The rule's settings from the controls (``Graph.prune`` words)."""
+        return _select.Pruning(
+            top_nodes=self.top_nodes,
+            top_edges=self.top_edges,
+            min_rel_weight=self.min_rel_weight or None,
+            inputs=None if set(self.edge_inputs) >= set(EDGE_INPUTS) else tuple(self.edge_inputs),
+            sign=self.edge_sign,
+            pinned=tuple(self.pinned),
+        )
+
+    def _show(self, _change: Any = None) -> None:
+        """Recompute the shown subgraph and send it (only it) to the browser."""
+        rule = self.pruning
+        try:
+            if rule not in self._selections:  # going back to a setting costs nothing
+                if len(self._selections) > 64:
+                    self._selections.clear()
+                self._selections[rule] = _select.select(self._cands, rule)
+            edges, nodes = self._selections[rule]
+        except _select.UnreachableNode as err:  # a pin no path reaches: drop it, say why
+            self.error = str(err)
+            self.pinned = [p for p in self.pinned if p != err.node]
+            return
+        self._shown = edges, nodes
+        c = self._cands
+        keep = np.flatnonzero(nodes)
+        new_index = np.full(len(nodes), -1)
+        new_index[keep] = np.arange(len(keep))
+        idx = np.flatnonzero(edges)
+        idx = idx[np.argsort(-np.abs(c.weight[idx]), kind="stable")]  # strongest first
+        rows, dst = c.drawn_targets(idx, nodes)
+        rows, dst = rows[np.argsort(rows, kind="stable")], dst[np.argsort(rows, kind="stable")]
+        lines = idx[rows]
+        payload = dict(self._meta)
+        payload["nodes"] = [self._nodes[i] for i in keep]
+        payload["edges"] = encode_edges(
+            new_index[c.src[lines]], new_index[dst], c.weight[lines], c.input[lines], c.inputs
+        )
+        payload["n_edges"] = int(edges.sum())
+        if not len(keep):
+            payload["notice"] = (
+                "Nothing to show: no EMBED → LOGITS path is left at these settings (a sign or "
+                "input filter keeps only paths made entirely of such edges). Show more, or "
+                "relax a filter."
+            )
+        payload["totals"] = {
+            "nodes": int(c.ranked.sum()),
+            "edges": int((np.isfinite(c.weight) & (c.weight != 0)).sum()),
+        }
+        self.graph = payload
+
     def shown_graph(self) -> dict[str, Any]:
-        """What the view draws now, as graph JSON: EMBED, LOGITS, the pinned nodes and the
-        ``top_n`` head/MLP nodes by |score|; among them, the edges of at least ``threshold`` ×
-        the strongest |weight|, the strongest :data:`MAX_DRAWN_EDGES` (``prune`` in
-        js/src/layout.ts does the same in the browser)."""
+        """What the view draws now, as graph JSON: the nodes and edges the controls select
+        (``Graph.prune``'s rule), edges strongest first."""
         g = self.graph
         nodes = g["nodes"]
-        pinned = set(self.pinned)
-        keep, ranked = set(), []
-        for i, n in enumerate(nodes):
-            io = n["type"] in ("embed", "logits") and (n["pos"] is None or n["score"] != 0)
-            if io or n["id"] in pinned:
-                keep.add(i)
-            else:
-                ranked.append(i)
-        ranked.sort(key=lambda i: -abs(nodes[i]["score"] or 0.0))  # stable, as in JS
-        keep.update(ranked[: max(0, self.top_n)])
         edges = []
         if g.get("edges"):
             e = {k: decode(g["edges"][k]) for k in ("source", "target", "weight", "input")}
-            size = np.abs(e["weight"].astype(np.float64))
-            cut = float(self.threshold) * float(size.max(initial=0.0))
-            for j in np.argsort(-size, kind="stable"):
-                if len(edges) == MAX_DRAWN_EDGES:
-                    break
-                a, b = int(e["source"][j]), int(e["target"][j])
-                if size[j] >= cut and size[j] > 0 and a in keep and b in keep:
-                    edges.append(
-                        {
-                            "source": nodes[a]["id"],
-                            "target": nodes[b]["id"],
-                            "input": g["edges"]["inputs"][int(e["input"][j])],
-                            "weight": float(e["weight"][j]),
-                        }
-                    )
-        meta = {k: v for k, v in g.items() if k not in ("nodes", "edges")}
-        return {**meta, "nodes": [nodes[i] for i in sorted(keep)], "edges": edges}
+            inputs = g["edges"]["inputs"]
+            for a, b, w, k in zip(e["source"], e["target"], e["weight"], e["input"], strict=True):
+                edges.append(
+                    {
+                        "source": nodes[int(a)]["id"],
+                        "target": nodes[int(b)]["id"],
+                        "input": inputs[int(k)],
+                        "weight": float(w),
+                    }
+                )
+        meta = {k: v for k, v in g.items() if k not in VIEW_ONLY_KEYS}
+        return {**meta, "nodes": list(nodes), "edges": edges}
+
+    def shown_circuit(self) -> Graph | None:
+        """The shown subgraph as a ``Graph`` (None for hand-made graph JSON)."""
+        if self._full is None or self._shown is None:
+            return None
+        return self._full.with_selection(*self._shown)
 
     def figure(self, **options: Any) -> Any:
         """The shown circuit (:meth:`shown_graph`) as a publication figure, ablated nodes
@@ -283,50 +392,166 @@ class CircuitView(AblationView):
 
     @property
     def node_ids(self) -> list[str]:
-        return [n["id"] for n in self.graph["nodes"]]
+        """Ids of every node of the graph (shown or not)."""
+        return list(self._cands.node_ids)
 
-    @t.validate("threshold")
-    def _check_threshold(self, proposal: Any) -> float:
-        return min(1.0, max(0.0, float(proposal["value"])))
+    # -- deprecated names ----------------------------------------------------------------------
+    top_n = _deprecated_alias("top_n", "top_nodes")
+    threshold = _deprecated_alias("threshold", "min_rel_weight")
 
-    @t.validate("top_n")
-    def _check_top_n(self, proposal: Any) -> int:
+    def _apply_state(self, state: Mapping[str, Any] | None) -> None:
+        if isinstance(state, Mapping):
+            state = dict(state)
+            for old, new in OLD_STATE_KEYS.items():
+                if old in state:
+                    _renamed(old, new)
+                    state.setdefault(new, state.pop(old))
+                    state.pop(old, None)
+        super()._apply_state(state)
+
+    # -- validation of what the page may write ---------------------------------------------------
+    @t.validate("min_rel_weight")
+    def _check_min_rel_weight(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not np.isfinite(value):
+            raise t.TraitError("min_rel_weight must be a number in [0, 1].")
+        return min(1.0, max(0.0, value))
+
+    @t.validate("top_nodes", "top_edges")
+    def _check_counts(self, proposal: Any) -> int:
         return max(0, int(proposal["value"]))
 
-    def _faithfulness_of(self, nodes: list[str], dropped: list[str]) -> float:
-        """One forward pass per new (circuit, ablated) pair; the view asks again on every
-        change, so answers are remembered (the model and pairs are fixed for this view)."""
-        key = (tuple(nodes), tuple(dropped))
-        if key not in self._faith_cache:
-            value = self._graph.faithfulness(self._model, self._pairs, nodes=nodes, ablated=dropped)
-            if len(self._faith_cache) > 256:
-                self._faith_cache.clear()
-            self._faith_cache[key] = float(value)
-        return self._faith_cache[key]
+    @t.validate("edge_inputs")
+    def _check_inputs(self, proposal: Any) -> list[str]:
+        value = list(proposal["value"])
+        bad = sorted(set(value) - set(EDGE_INPUTS))
+        if bad:
+            raise t.TraitError(f"Unknown edge inputs {bad}: use some of {list(EDGE_INPUTS)}.")
+        return value
 
+    @t.validate("edge_sign")
+    def _check_sign(self, proposal: Any) -> str:
+        if proposal["value"] not in _select.SIGNS:
+            raise t.TraitError(f"edge_sign must be one of {list(_select.SIGNS)}.")
+        return proposal["value"]
+
+    @t.validate("pinned")
+    def _check_pinned(self, proposal: Any) -> list[str]:
+        value = list(dict.fromkeys(proposal["value"]))
+        known = self._cands.index
+        bad = [p for p in value if p not in known]
+        if bad:
+            raise t.TraitError(f"Can't pin {bad}: not nodes of this graph.")
+        return value
+
+    # -- messages ------------------------------------------------------------------------------
+    def _msg_hello(self, content: dict[str, Any]) -> None:
+        """The page asks whether a kernel answers (a standalone export replays ``live: False``
+        from :meth:`static_replies`, and the page then disables the controls)."""
+        self.send({"type": "hello", "live": True})
+
+    def static_replies(self) -> list[dict[str, Any]]:
+        """Replies a standalone HTML export replays: no kernel, so the controls are off."""
+        return [{"match": {"type": "hello"}, "messages": [({"type": "hello", "live": False}, [])]}]
+
+    def _msg_head_pattern(self, content: dict[str, Any]) -> None:
+        """The attention pattern of one head on the first clean prompt (uint8, ×255) and its
+        role scores, for the side panel's hover preview; patterns are computed once."""
+        head = content.get("head")
+        m = re.fullmatch(r"L(\d+)H(\d+)(?::P\d+)?", head) if isinstance(head, str) else None
+        if m is None:
+            raise InputError(f"head_pattern: {head!r} is not a head id like 'L3H5'.")
+        if self._model is None or self._pairs is None:
+            raise InputError("The attention preview needs a live kernel with model= and pairs=.")
+        if self._attention is None:
+            from ..engine import attention
+
+            self._attention = attention(self._model, self._pairs.clean[0])
+        res = self._attention
+        layer, index = int(m[1]), int(m[2])
+        if layer >= res.n_layers or index >= res.n_heads:
+            raise InputError(f"head_pattern: {head} is not in this model.")
+        pattern = res.patterns[layer, index].float().clamp(0, 1)
+        data = (pattern * 255).round().to(torch.uint8).numpy().tobytes()
+        roles = {r: float(s[layer, index]) for r, s in res.scores.items()}
+        self.send(
+            {
+                "type": "head_pattern",
+                "head": m[0].split(":")[0],
+                "tokens": list(res.tokens),
+                "roles": roles,
+                "request": content.get("request"),
+            },
+            [data],
+        )
+
+    # -- faithfulness ----------------------------------------------------------------------------
     def _msg_faithfulness(self, content: dict[str, Any]) -> None:
         if not self.has_faithfulness:
             raise InputError(
                 "This graph cannot compute faithfulness (needs a Graph with model and pairs)."
             )
-        known = set(self.node_ids)
-        nodes = content.get("nodes")
         ablated = content.get("ablated", [])
-        if not isinstance(nodes, list) or not all(isinstance(n, str) and n in known for n in nodes):
-            raise InputError("faithfulness: 'nodes' must be ids of this graph's nodes.")
         if not isinstance(ablated, list) or not all(isinstance(n, str) for n in ablated):
             raise InputError("faithfulness: 'ablated' must be a list of component ids.")
+        shown = self.shown_circuit()
+        assert shown is not None and self._shown is not None
         gone = set(ablated)
+        nodes = [n["id"] for n in self.graph["nodes"]]
         types = {n["id"]: n["type"] for n in self.graph["nodes"]}
         dropped = [
             n for n in nodes if types[n] in ("head", "mlp") and re.sub(r":P\d+$", "", n) in gone
         ]
-        circuit = self._faithfulness_of(nodes, [])
-        after = self._faithfulness_of(nodes, dropped) if dropped else circuit
+        circuit_f = self._faithfulness_of(shown, [])
+        after = self._faithfulness_of(shown, dropped) if dropped else circuit_f
         self.faithfulness = {
-            "circuit": float(circuit),
+            "circuit": float(circuit_f),
             "ablated": float(after),
-            "nodes": list(nodes),
+            "nodes": nodes,
             "ablated_nodes": dropped,
         }
         self.send({"type": "faithfulness", "request": content.get("request")})
+
+    def _faithfulness_of(self, shown: Graph, dropped: list[str]) -> float:
+        """One forward pass per new (shown edges, ablated) pair; the view asks again on every
+        change, so answers are remembered (the model and pairs are fixed for this view)."""
+        assert self._shown is not None
+        key = (np.packbits(self._shown[0]).tobytes(), tuple(dropped))
+        if key not in self._faith_cache:
+            value = shown.faithfulness(self._model, self._pairs, ablated=dropped)
+            if len(self._faith_cache) > 256:
+                self._faith_cache.clear()
+            self._faith_cache[key] = float(value)
+        return self._faith_cache[key]
+
+
+OLD_STATE_KEYS = {"top_n": "top_nodes", "threshold": "min_rel_weight"}
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"CircuitView.{old} is deprecated: use {new} ({_MEANINGS[new]}).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+_MEANINGS = {
+    "top_nodes": "a count of head/MLP nodes",
+    "min_rel_weight": "a fraction of the strongest edge's |weight|",
+}
+
+
+def _graph_meta(graph: Graph) -> dict[str, Any]:
+    return {
+        "model": graph.model,
+        "method": graph.method,
+        "metric": graph.metric,
+        "per_position": graph.per_position,
+        "n_layers": graph.n_layers,
+        "n_heads": graph.n_heads,
+        "tokens": list(graph.tokens),
+        "clean": graph.clean,
+        "corrupted": graph.corrupted,
+        "prompts": graph.prompts,
+    }

@@ -1,131 +1,195 @@
-// CircuitView: an attribution graph as SVG (≤ a few hundred nodes), pan/zoom, top-n and edge
-// threshold controls, click-to-ablate with the shared side panel, and faithfulness readouts.
+// CircuitView: the shown part of an attribution graph as SVG. The kernel decides what is shown
+// (the pruning rule lives in Python: circuitviz/engine/graph/_select.py) and sends only that;
+// this file lays it out, draws it, places labels where they fit, and sends the controls back.
 import { AblationPanel } from "./ablation";
 import { decode } from "./codec";
 import { NEGATIVE, NODE_COLORS, POSITIVE } from "./colors";
 import { clear, el, fmt, root, setText, truncate } from "./dom";
 import { exportButtons, svgEl } from "./export";
-import { edgePath, layoutGraph, prune, type EdgeList } from "./layout";
+import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point } from "./layout";
+import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
 
 const ABLATABLE = new Set(["head", "mlp"]);
+const EDGE_INPUTS = ["q", "k", "v", "mlp", "logits"];
+/** On-screen label size in px, whatever the zoom: labels live outside the zoomed layer. */
+const LABEL_PX = 12;
+const AXIS_W = 46;
+const TOKEN_AXIS_H = 18;
+const STANDALONE = "This is a standalone export: it shows the circuit as saved. Changing what is shown needs the live kernel.";
+
+interface Edges {
+  source: ArrayLike<number>;
+  target: ArrayLike<number>;
+  weight: ArrayLike<number>;
+  input: ArrayLike<number>;
+  inputs: string[];
+}
+
+const baseId = (id: string) => id.replace(/:P\d+$/, "");
 
 function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLElement }) {
   const rootEl = root(host, "circuit");
+  rootEl.append(el("style", {}, CIRCUIT_STYLE));
   const info = el("div", { class: "cv-muted", "data-role": "hover-info" }, "hover a node or edge");
   const panel = new AblationPanel(model, rootEl, () => draw());
   const faith = el("table", { class: "cv-faith" });
-  const faithButton = el("button", { class: "cv-button", "data-role": "faithfulness-run", type: "button", title: "Exact faithfulness of the shown circuit, with and without your ablations (one forward pass each)" }, "Faithfulness");
+  const faithButton = el("button", { class: "cv-button", "data-role": "faithfulness-run", type: "button", title: "Exact faithfulness of the shown circuit (its shown edges), with and without your ablations" }, "Faithfulness");
   faithButton.addEventListener("click", () => requestFaithfulness());
   panel.extra.append(faith);
-  const topN = el("input", { type: "range", min: 1, step: 1, "data-role": "top-n" });
-  const topNLabel = el("span", { "data-role": "top-n-value" });
-  const threshold = el("input", { type: "range", min: 0, max: 1, step: 0.01, "data-role": "threshold" });
-  const thresholdLabel = el("span", { "data-role": "threshold-value" });
-  const fit = el("button", { class: "cv-button", "data-role": "fit", type: "button" }, "Fit");
+  const num = (role: string, title: string) => el("input", { type: "number", min: 0, step: 1, class: "cv-num", "data-role": role, title });
+  const topNodes = num("top-nodes", "Show at most this many head/MLP nodes, the strongest by |score|");
+  const topEdges = num("top-edges", "Show at most this many edges, the strongest on EMBED→LOGITS paths");
+  const minRel = el("input", { type: "range", min: 0, max: 1, step: 0.01, "data-role": "min-rel-weight", title: "Hide edges weaker than this fraction of the strongest edge" });
+  const minRelLabel = el("span", { "data-role": "min-rel-weight-value", class: "cv-num-label" });
+  const more = el("button", { class: "cv-button", "data-role": "show-more", type: "button", title: "Double the node and edge limits" }, "Show more");
+  const less = el("button", { class: "cv-button", "data-role": "show-less", type: "button", title: "Halve the node and edge limits" }, "Less");
+  const inputBoxes = EDGE_INPUTS.map((name) => el("input", { type: "checkbox", "data-role": "edge-input", value: name }));
+  const sign = el("select", { class: "cv-select", "data-role": "edge-sign", title: "Edges by sign of their weight" }, el("option", { value: "both" }, "± both"), el("option", { value: "positive" }, "+ positive"), el("option", { value: "negative" }, "− negative"));
+  const search = el("input", { type: "search", "data-role": "search", placeholder: "find node, e.g. L9H6", list: "", size: 20, title: "Type a node id and press Enter: the view selects and centres it (pinning it if it is not shown)" });
+  const datalist = el("datalist", {});
+  const fit = el("button", { class: "cv-button", "data-role": "fit", type: "button", title: "Fit the circuit to the view" }, "Fit");
+  const toggle = el("button", { class: "cv-button", "data-role": "panel-toggle", type: "button", title: "Show or hide the side panel" }, "Panel");
   const title = el("span", { class: "cv-title", "data-role": "title" });
-  const svg = svgEl("svg", { class: "cv-graph", width: 720, height: 560, style: "border:1px solid #eee;cursor:grab;background:#fff" });
+  const counts = el("span", { class: "cv-muted", "data-role": "counts" });
+  const notice = el("div", { class: "cv-muted", "data-role": "controls-notice" });
+  const svg = svgEl("svg", { class: "cv-graph", width: 640, height: 520, "font-family": "system-ui, sans-serif" });
   const viewport = svgEl("g", { class: "cv-viewport" });
   const edgeLayer = svgEl("g", { class: "cv-edges" });
   const nodeLayer = svgEl("g", { class: "cv-nodes" });
+  const overlay = svgEl("g", { class: "cv-overlay", "pointer-events": "none" });
+  const rules = svgEl("g", { class: "cv-rules", "pointer-events": "none" });
   viewport.append(edgeLayer, nodeLayer);
-  svg.append(viewport);
+  svg.append(rules, viewport, overlay);
+  const preview = el("div", { class: "cv-preview", "data-role": "head-preview" });
   const onError = (e: unknown) => setText(panel.error, String(e));
+  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, legend(), panel.el);
+  const main = el("div", { class: "cv-main cv-graph-box" }, svg);
   rootEl.append(
+    el("div", { class: "cv-toolbar" }, title, counts),
     el(
       "div",
-      { class: "cv-toolbar" },
-      title,
-      el("label", { title: "Nodes kept, by |score| (embeddings and logits always)" }, "top nodes ", topN, topNLabel),
-      el("label", { title: "Hide edges below this fraction of the strongest" }, "edge threshold ", threshold, thresholdLabel),
+      { class: "cv-toolbar", "data-role": "controls" },
+      el("label", { title: topNodes.title }, "nodes ≤ ", topNodes),
+      el("label", { title: topEdges.title }, "edges ≤ ", topEdges),
+      more,
+      less,
+      el("label", { title: minRel.title }, "min weight (rel.) ", minRel, minRelLabel),
+      el("span", { class: "cv-filters", title: "Edges into these inputs" }, ...inputBoxes.map((b) => el("label", {}, b, ` ${b.value}`))),
+      sign,
+      search,
+      datalist,
       fit,
+      toggle,
       ...exportButtons("circuit", () => exportSVG(), onError),
     ),
-    el("div", { class: "cv-row" }, el("div", { class: "cv-main" }, svg, info, legend()), panel.el),
+    notice,
+    el("div", { class: "cv-split" }, main, side),
   );
+  const listId = `cv-nodes-${Math.random().toString(36).slice(2)}`;
+  datalist.id = listId;
+  search.setAttribute("list", listId);
 
   let nodes: GraphNode[] = [];
-  let edges: (EdgeList & { input: ArrayLike<number>; inputs: string[] }) | null = null;
+  let edges: Edges | null = null;
+  let byId = new Map<string, number>();
   let layout = layoutGraph([], { nLayers: 0, nHeads: 0 });
   const view = { k: 1, x: 0, y: 0 };
+  let pendingFocus: string | null = null;
+  let live = true;
 
   function load(): void {
+    const t0 = performance.now();
     const g = model.get("graph");
     nodes = g.nodes ?? [];
+    byId = new Map(nodes.map((n, i) => [n.id, i]));
     edges = g.edges
-      ? {
-          source: decode(g.edges.source).data,
-          target: decode(g.edges.target).data,
-          weight: decode(g.edges.weight).data,
-          input: decode(g.edges.input).data,
-          inputs: g.edges.inputs,
-        }
+      ? { source: decode(g.edges.source).data, target: decode(g.edges.target).data, weight: decode(g.edges.weight).data, input: decode(g.edges.input).data, inputs: g.edges.inputs }
       : null;
-    const ranked = nodes.filter((n) => n.type !== "embed" && n.type !== "logits").length;
-    topN.max = String(Math.max(1, ranked));
     setText(title, `${g.method ?? "circuit"} graph · ${g.model ?? ""} · ${g.metric ?? ""}`);
-    laidOut = "";
+    const nEdges = g.n_edges ?? (edges ? edges.weight.length : 0);
+    const inner = nodes.filter((n) => ABLATABLE.has(n.type)).length;
+    setText(counts, `showing ${inner} of ${g.totals?.nodes ?? inner} nodes · ${nEdges} of ${g.totals?.edges ?? nEdges} edges`);
+    if (!live) setText(notice, STANDALONE);
+    else setText(notice, g.notice ?? "");
+    relayout();
     draw();
+    if (pendingFocus && byId.has(pendingFocus)) focusNode(pendingFocus);
+    pendingFocus = null;
+    rootEl.setAttribute("data-draw-ms", (performance.now() - t0).toFixed(1));
   }
 
-  /** Lay out the shown nodes only (compact rows) and refit when that set changes — not on
-   * ablation or selection, so clicking never moves the picture. */
-  let laidOut = "";
-  function relayout(shown: GraphNode[]): void {
-    const key = shown.map((n) => n.id).join(",");
-    if (key === laidOut) return;
-    laidOut = key;
+  /** Rows and slots sized to the box, so the default fit is near 1:1 and nodes stay large. */
+  function relayout(): void {
     const g = model.get("graph");
-    layout = layoutGraph(shown, { nLayers: g.n_layers, nHeads: g.n_heads, perPosition: !!g.per_position, nPos: g.tokens?.length, compact: true });
+    const w = svgWidth() - AXIS_W;
+    const h = Number(svg.getAttribute("height")) - (g.per_position ? TOKEN_AXIS_H : 0);
+    const rows = new Set(nodes.map((n) => Math.min(Math.max(n.layer, -1), g.n_layers))).size;
+    const nPos = g.per_position ? g.tokens?.length ?? 1 : 1;
+    const rowHeight = Math.min(72, Math.max(42, (h - 60) / Math.max(1, rows - 1)));
+    const slotWidth = g.per_position ? Math.max(22, (w - 60) / nPos / (g.n_heads + 1)) : Math.min(84, Math.max(46, (w - 60) / (g.n_heads + 1)));
+    layout = layoutGraph(nodes, { nLayers: g.n_layers, nHeads: g.n_heads, perPosition: !!g.per_position, nPos: g.tokens?.length, compact: true, rowHeight, slotWidth });
     fitView();
   }
 
+  function svgWidth(): number {
+    return Number(svg.getAttribute("width"));
+  }
+
   function fitView(): void {
-    const w = Number(svg.getAttribute("width"));
-    const h = Number(svg.getAttribute("height"));
+    const w = svgWidth() - AXIS_W;
+    const h = Number(svg.getAttribute("height")) - (model.get("graph").per_position ? TOKEN_AXIS_H : 0);
     view.k = Math.min(w / layout.width, h / layout.height, 1.6);
-    view.x = (w - layout.width * view.k) / 2;
+    view.x = AXIS_W + (w - layout.width * view.k) / 2;
     view.y = (h - layout.height * view.k) / 2;
     applyView();
   }
 
+  const screen = (p: Point): Point => ({ x: view.x + p.x * view.k, y: view.y + p.y * view.k });
+
+  let overlayFrame = 0;
   function applyView(): void {
     viewport.setAttribute("transform", `translate(${view.x},${view.y}) scale(${view.k})`);
+    cancelAnimationFrame(overlayFrame);
+    overlayFrame = requestAnimationFrame(() => drawOverlay());
   }
 
-  function pruned() {
-    return prune(nodes, edges, { topN: model.get("top_n"), threshold: model.get("threshold"), pinned: model.get("pinned") });
+  function radius(n: GraphNode, maxScore: number): number {
+    if (n.type === "embed" || n.type === "logits") return 9;
+    return 5 + 7 * Math.sqrt(Math.abs(n.score ?? 0) / maxScore);
+  }
+
+  function labelText(n: GraphNode): string {
+    return n.pos !== null && n.pos !== undefined ? baseId(n.id) : truncate(n.label ?? n.id, 18);
   }
 
   function draw(): void {
-    topN.value = String(model.get("top_n"));
-    setText(topNLabel, String(model.get("top_n")));
-    threshold.value = String(model.get("threshold"));
-    setText(thresholdLabel, model.get("threshold").toFixed(2));
-    const p = pruned();
-    relayout([...p.nodes].sort((a, b) => a - b).map((i) => nodes[i]));
+    syncControls();
     const ablated = new Set(panel.current());
     const pinned = new Set(model.get("pinned"));
     const selected = model.get("selected");
     clear(edgeLayer);
     clear(nodeLayer);
+    const maxW = edges ? Math.max(1e-12, ...Array.from(edges.weight, Math.abs)) : 1;
     if (edges) {
-      for (const e of [...p.edges].reverse()) {
-        const a = layout.positions.get(nodes[edges.source[e]].id)!;
-        const b = layout.positions.get(nodes[edges.target[e]].id)!;
+      for (let e = edges.weight.length - 1; e >= 0; e--) {
+        const src = nodes[edges.source[e]];
+        const dst = nodes[edges.target[e]];
+        const a = layout.positions.get(src.id)!;
+        const b = layout.positions.get(dst.id)!;
         const w = edges.weight[e];
-        const rel = Math.abs(w) / (p.maxWeight || 1);
-        const path = svgEl("path", { d: edgePath(a, b), fill: "none", stroke: w >= 0 ? POSITIVE : NEGATIVE, "stroke-width": 0.5 + 4 * rel, "stroke-opacity": 0.25 + 0.6 * rel, "data-edge": `${nodes[edges.source[e]].id}->${nodes[edges.target[e]].id}` });
-        path.addEventListener("mouseenter", () => setText(info, `${nodes[edges!.source[e]].id} → ${nodes[edges!.target[e]].id} (${edges!.inputs[edges!.input[e]] ?? ""}): weight ${fmt(w, 5)}`));
+        const rel = Math.abs(w) / maxW;
+        const kind = edges.inputs[edges.input[e]] ?? "";
+        const path = svgEl("path", { d: edgePath(a, b), fill: "none", stroke: w >= 0 ? POSITIVE : NEGATIVE, "stroke-width": 0.6 + 4.5 * rel, "stroke-opacity": 0.3 + 0.6 * rel, "data-edge": `${src.id}->${dst.id}`, "data-input": kind });
+        path.addEventListener("mouseenter", () => setText(info, `${src.id} → ${dst.id} (${kind}): weight ${fmt(w, 5)}`));
         edgeLayer.append(path);
       }
     }
-    const maxScore = Math.max(1e-12, ...nodes.map((n) => Math.abs(n.score ?? 0)));
-    for (const i of p.nodes) {
-      const n = nodes[i];
+    const maxScore = Math.max(1e-12, ...nodes.map((n) => (ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) : 0)));
+    nodes.forEach((n) => {
       const pt = layout.positions.get(n.id)!;
-      const r = n.type === "embed" || n.type === "logits" ? 8 : 4 + 7 * Math.sqrt(Math.abs(n.score ?? 0) / maxScore);
-      const isAbl = ablated.has(n.id.replace(/:P\d+$/, "")); // per-position nodes ablate their whole head/MLP
+      const r = radius(n, maxScore);
+      const isAbl = ablated.has(baseId(n.id)); // per-position nodes ablate their whole head/MLP
       const g = svgEl("g", {
         class: "cv-node",
         transform: `translate(${pt.x},${pt.y})`,
@@ -143,18 +207,16 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       shape.setAttribute("fill", isAbl ? "#fff" : NODE_COLORS[n.type] ?? "#777");
       // The ring shows the score's sign; the fill shows the node type.
       const ring = (n.score ?? 0) >= 0 ? POSITIVE : NEGATIVE;
-      shape.setAttribute("stroke", selected === n.id ? "#000" : isAbl ? "#333" : n.score ? ring : "#fff");
-      shape.setAttribute("stroke-width", selected === n.id ? "2.5" : "1.2");
+      shape.setAttribute("stroke", isAbl ? "#333" : n.score ? ring : "#fff");
+      shape.setAttribute("stroke-width", "1.6");
       if (isAbl) shape.setAttribute("stroke-dasharray", "2 1.5");
+      if (selected === n.id) g.append(svgEl("circle", { r: r + 4, fill: "none", stroke: "#000", "stroke-width": 2.5, "data-role": "selection-ring" }));
       g.append(shape);
       if (isAbl) g.append(svgEl("path", { d: `M${-r * 0.6},${-r * 0.6}L${r * 0.6},${r * 0.6}M${r * 0.6},${-r * 0.6}L${-r * 0.6},${r * 0.6}`, stroke: "#333", "stroke-width": 1.5 }));
-      if (pinned.has(n.id)) g.append(svgEl("circle", { r: 2, cx: r, cy: -r, fill: "#333" }));
-      // Per-position nodes name only the component; the token is on the axis below.
-      const text = n.pos !== null && n.pos !== undefined ? n.id.replace(/:P\d+$/, "") : (n.label ?? n.id);
-      g.append(svgEl("text", { y: r + 9, "text-anchor": "middle", "font-size": n.pos != null ? 6 : 8, fill: "#333", "pointer-events": "none" }, text));
-      g.addEventListener("mouseenter", () => spotlight(n.id));
-      g.addEventListener("mouseleave", () => spotlight(null));
-      g.addEventListener("mouseenter", () => setText(info, `${n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${ABLATABLE.has(n.type) ? " · click: ablate only this · shift-click: add/remove · alt-click: pin" : ""}`));
+      if (pinned.has(n.id)) g.append(svgEl("circle", { r: 3, cx: r * 0.8, cy: -r * 0.8, fill: "#222", stroke: "#fff", "stroke-width": 1, "data-role": "pin-mark" }));
+      g.append(svgEl("title", {}, `${n.label ?? n.id}`));
+      g.addEventListener("mouseenter", () => hover(n));
+      g.addEventListener("mouseleave", () => hover(null));
       g.addEventListener("keydown", (ev) => {
         if (ev.key === "Enter" || ev.key === " ") {
           ev.preventDefault();
@@ -166,25 +228,82 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         if (ev.altKey) return togglePin(n.id);
         model.set("selected", n.id);
         model.save_changes();
-        if (ABLATABLE.has(n.type) && model.get("can_ablate")) panel.click(n.id.replace(/:P\d+$/, ""), ev.shiftKey);
+        if (ABLATABLE.has(n.type) && model.get("can_ablate")) panel.click(baseId(n.id), ev.shiftKey);
         else draw();
       });
       nodeLayer.append(g);
-    }
-    const tokens = model.get("graph").tokens ?? [];
-    for (const b of layout.bands) {
-      nodeLayer.append(svgEl("text", { x: b.x, y: layout.height - 8, "text-anchor": "middle", "font-size": 9, fill: "#555", "data-role": "band-label" }, `${b.pos}: ${truncate(tokens[b.pos] ?? "", 14)}`));
-    }
+    });
+    drawOverlay();
     drawFaithfulness();
   }
 
-  /** Hovering a node dims every edge that does not touch it. */
-  function spotlight(id: string | null): void {
+  /** Screen-space layer: the layer axis, token columns and node labels, re-placed on every
+   * pan/zoom so they stay LABEL_PX on screen and never overlap (nodes, labels, edges). */
+  function drawOverlay(): void {
+    clear(overlay);
+    clear(rules);
+    const g = model.get("graph");
+    const height = Number(svg.getAttribute("height"));
+    overlay.append(svgEl("rect", { x: 0, y: 0, width: AXIS_W - 4, height, fill: "#fff", opacity: 0.9 }));
+    for (const row of layout.rows) {
+      const y = view.y + row.y * view.k;
+      if (y < 0 || y > height) continue;
+      overlay.append(svgEl("text", { x: AXIS_W - 8, y, "text-anchor": "end", "dominant-baseline": "central", "font-size": 11, fill: "#555", "data-role": "layer-label" }, rowLabel(row.layer, g.n_layers)));
+      rules.append(svgEl("line", { x1: AXIS_W - 4, x2: svgWidth(), y1: y, y2: y, stroke: "#f0f0f0" }));
+    }
+    const tokens = g.tokens ?? [];
+    if (layout.bands.length) {
+      const bandPx = layout.bands.length > 1 ? (layout.bands[1].x - layout.bands[0].x) * view.k : svgWidth();
+      const chars = Math.max(0, Math.floor(bandPx / 6.5) - 3);
+      for (const b of layout.bands) {
+        const x = view.x + b.x * view.k;
+        if (x < AXIS_W || x > svgWidth() || chars < 1) continue;
+        overlay.append(svgEl("text", { x, y: height - 5, "text-anchor": "middle", "font-size": 11, fill: "#555", "data-role": "band-label" }, `${b.pos}:${truncate(tokens[b.pos] ?? "", chars)}`));
+      }
+    }
+    placeNodeLabels(height);
+  }
+
+  function placeNodeLabels(height: number): void {
+    const maxScore = Math.max(1e-12, ...nodes.map((n) => (ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) : 0)));
+    const selected = model.get("selected");
+    const pinned = new Set(model.get("pinned"));
+    const importance = (n: GraphNode) => (n.id === selected ? 3 : pinned.has(n.id) ? 2 : ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) / maxScore : 1.5);
+    const circles = nodes.map((n) => ({ ...screen(layout.positions.get(n.id)!), r: (radius(n, maxScore) + (n.id === selected ? 4 : 0)) * view.k }));
+    const lines: Point[][] = [];
+    if (edges) for (let e = 0; e < edges.weight.length; e++) lines.push(edgePolyline(screen(layout.positions.get(nodes[edges.source[e]].id)!), screen(layout.positions.get(nodes[edges.target[e]].id)!)));
+    const order = nodes.map((_, i) => i).sort((a, b) => importance(nodes[b]) - importance(nodes[a]));
+    const requests = order.map((i) => ({ id: nodes[i].id, x: circles[i].x, y: circles[i].y, r: circles[i].r, w: textWidth(labelText(nodes[i])) + 4, h: LABEL_PX + 2 }));
+    const bottom = height - (layout.bands.length ? TOKEN_AXIS_H : 0);
+    const placed = placeLabels(requests, circles, lines, { x0: AXIS_W, y0: 0, x1: svgWidth(), y1: bottom }, { overEdges: true });
+    for (const p of placed) {
+      const n = nodes[byId.get(p.id)!];
+      overlay.append(svgEl("text", { x: p.x, y: p.y, "text-anchor": "middle", "dominant-baseline": "central", "font-size": LABEL_PX, fill: "#222", class: "cv-label", "data-role": "node-label", "data-for": n.id, "data-over-edge": String(!!p.overEdge) }, labelText(n)));
+    }
+    rootEl.setAttribute("data-labels", `${placed.length}/${nodes.length}`);
+  }
+
+  const measureCtx = document.createElement("canvas").getContext("2d");
+  function textWidth(text: string): number {
+    if (!measureCtx) return text.length * LABEL_PX * 0.6;
+    measureCtx.font = `${LABEL_PX}px system-ui, sans-serif`;
+    return measureCtx.measureText(text).width;
+  }
+
+  /** Hover: dim unrelated edges, name the node (also when its label did not fit), preview it. */
+  function hover(n: GraphNode | null): void {
     for (const path of edgeLayer.querySelectorAll<SVGPathElement>("path[data-edge]")) {
       const [a, b] = (path.getAttribute("data-edge") ?? "").split("->");
-      const on = id === null || a === id || b === id;
-      path.style.opacity = on ? "" : "0.08";
+      path.style.opacity = n === null || a === n.id || b === n.id ? "" : "0.08";
     }
+    for (const old of overlay.querySelectorAll('[data-role="hover-label"]')) old.remove();
+    if (!n) return;
+    setText(info, `${n.label ?? n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${ABLATABLE.has(n.type) ? " · click: ablate only this · shift-click: add/remove · alt-click: pin" : ""}`);
+    if (!overlay.querySelector(`[data-role="node-label"][data-for="${CSS.escape(n.id)}"]`)) {
+      const p = screen(layout.positions.get(n.id)!);
+      overlay.append(svgEl("text", { x: p.x, y: p.y - 14, "text-anchor": "middle", "font-size": LABEL_PX, fill: "#000", class: "cv-label", "data-role": "hover-label" }, labelText(n)));
+    }
+    if (n.type === "head") attentionPreview(model, preview, baseId(n.id));
   }
 
   function togglePin(id: string): void {
@@ -193,8 +312,60 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     model.save_changes();
   }
 
-  function shownIds(): string[] {
-    return [...pruned().nodes].map((i) => nodes[i].id);
+  /** Select a node and centre it; one that is not shown is pinned (the kernel adds it with
+   * its strongest path) and centred when it arrives. */
+  function find(query: string): void {
+    const q = query.trim().toUpperCase();
+    if (!q) return;
+    const all = model.get("searchable") ?? [];
+    const id = all.find((x) => x.toUpperCase() === q) ?? all.find((x) => baseId(x).toUpperCase() === q);
+    if (!id) {
+      setText(info, `no node ${query} in this graph`);
+      search.setAttribute("data-found", "false");
+      return;
+    }
+    search.setAttribute("data-found", "true");
+    model.set("selected", id);
+    if (byId.has(id)) {
+      model.save_changes();
+      focusNode(id);
+      draw();
+    } else {
+      pendingFocus = id;
+      model.set("pinned", [...model.get("pinned"), id]);
+      model.save_changes();
+    }
+  }
+
+  function focusNode(id: string): void {
+    const p = layout.positions.get(id);
+    if (!p) return;
+    const w = svgWidth();
+    const h = Number(svg.getAttribute("height"));
+    view.x = AXIS_W + (w - AXIS_W) / 2 - p.x * view.k;
+    view.y = h / 2 - p.y * view.k;
+    applyView();
+  }
+
+  function syncControls(): void {
+    topNodes.value = String(model.get("top_nodes"));
+    topEdges.value = String(model.get("top_edges"));
+    minRel.value = String(model.get("min_rel_weight"));
+    setText(minRelLabel, model.get("min_rel_weight").toFixed(2));
+    const on = new Set(model.get("edge_inputs"));
+    for (const b of inputBoxes) b.checked = on.has(b.value);
+    sign.value = model.get("edge_sign");
+    const all = model.get("searchable") ?? [];
+    if (datalist.childElementCount !== Math.min(all.length, 2000)) {
+      clear(datalist);
+      for (const id of all.slice(0, 2000)) datalist.append(el("option", { value: id }));
+    }
+  }
+
+  function setControl<K extends keyof CircuitTraits>(key: K, value: CircuitTraits[K]): void {
+    rootEl.setAttribute("data-requested", String(performance.now()));
+    model.set(key, value);
+    model.save_changes();
   }
 
   /** Faithfulness is live: whenever the shown circuit or the ablation set changes, the last
@@ -204,6 +375,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   let faithInFlight = "";
   let faithFailed = "";
   let faithTimer: ReturnType<typeof setTimeout> | undefined;
+  const shownIds = () => nodes.map((n) => n.id);
   const faithKey = () => JSON.stringify([shownIds(), panel.current()]);
 
   function drawFaithfulness(): void {
@@ -212,7 +384,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     const f = model.get("faithfulness") ?? {};
     const same = (a: string[] | undefined, b: string[]) => !!a && a.length === b.length && a.every((x, i) => x === b[i]);
     const shown = shownIds();
-    const ablatedShown = shown.filter((id) => panel.current().includes(id.replace(/:P\d+$/, "")) && ABLATABLE.has(nodes.find((n) => n.id === id)?.type ?? ""));
+    const ablatedShown = nodes.filter((n) => ABLATABLE.has(n.type) && panel.current().includes(baseId(n.id))).map((n) => n.id);
     const stale = f.circuit === undefined || !same(f.nodes, shown) || !same(f.ablated_nodes, ablatedShown);
     const status = faithInFlight ? " (updating…)" : stale && f.circuit !== undefined ? " (stale)" : "";
     faith.setAttribute("data-state", faithInFlight ? "running" : stale ? "stale" : "ready");
@@ -238,11 +410,13 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   }
 
   function exportSVG(): SVGSVGElement {
-    const out = svgEl("svg", { xmlns: "http://www.w3.org/2000/svg", width: layout.width, height: layout.height + 24, viewBox: `0 0 ${layout.width} ${layout.height + 24}`, "font-family": "system-ui, sans-serif" });
-    out.append(svgEl("rect", { width: layout.width, height: layout.height + 24, fill: "#fff" }));
+    const w = svgWidth();
+    const h = Number(svg.getAttribute("height"));
+    const out = svgEl("svg", { xmlns: "http://www.w3.org/2000/svg", width: w, height: h + 24, viewBox: `0 0 ${w} ${h + 24}`, "font-family": "system-ui, sans-serif" });
+    out.append(svgEl("rect", { width: w, height: h + 24, fill: "#fff" }));
     out.append(svgEl("text", { x: 6, y: 14, "font-size": 12, "font-weight": 600 }, title.textContent ?? ""));
     const body = svgEl("g", { transform: "translate(0,24)" });
-    body.append(edgeLayer.cloneNode(true), nodeLayer.cloneNode(true));
+    for (const child of svg.childNodes) body.append(child.cloneNode(true));
     out.append(body);
     return out;
   }
@@ -271,8 +445,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       const rect = svg.getBoundingClientRect();
       const mx = e.clientX - rect.left;
       const my = e.clientY - rect.top;
-      const f = Math.exp(-e.deltaY * 0.0015);
-      const k = Math.min(20, Math.max(0.1, view.k * f));
+      const k = Math.min(20, Math.max(0.1, view.k * Math.exp(-e.deltaY * 0.0015)));
       view.x = mx - ((mx - view.x) * k) / view.k;
       view.y = my - ((my - view.y) * k) / view.k;
       view.k = k;
@@ -281,38 +454,67 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     { passive: false },
   );
   fit.addEventListener("click", () => fitView());
-  topN.addEventListener("input", () => {
-    model.set("top_n", Number(topN.value));
-    model.save_changes();
+  let panelToggled = false; // once the user opens or closes the panel, width no longer does
+  toggle.addEventListener("click", () => {
+    panelToggled = true;
+    rootEl.setAttribute("data-panel", rootEl.getAttribute("data-panel") === "closed" ? "open" : "closed");
   });
-  threshold.addEventListener("input", () => {
-    model.set("threshold", Number(threshold.value));
+  const count = (input: HTMLInputElement) => Math.max(0, Math.round(Number(input.value) || 0));
+  topNodes.addEventListener("change", () => setControl("top_nodes", count(topNodes)));
+  topEdges.addEventListener("change", () => setControl("top_edges", count(topEdges)));
+  const scale = (f: number) => {
+    rootEl.setAttribute("data-requested", String(performance.now()));
+    model.set("top_nodes", Math.max(1, Math.round(model.get("top_nodes") * f)));
+    model.set("top_edges", Math.max(1, Math.round(model.get("top_edges") * f)));
     model.save_changes();
+  };
+  more.addEventListener("click", () => scale(2));
+  less.addEventListener("click", () => scale(0.5));
+  minRel.addEventListener("change", () => setControl("min_rel_weight", Number(minRel.value)));
+  minRel.addEventListener("input", () => setText(minRelLabel, Number(minRel.value).toFixed(2)));
+  for (const b of inputBoxes) b.addEventListener("change", () => setControl("edge_inputs", inputBoxes.filter((x) => x.checked).map((x) => x.value)));
+  sign.addEventListener("change", () => setControl("edge_sign", sign.value));
+  search.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") find(search.value);
   });
-  model.on("msg:custom", (msg: { type?: string; request?: unknown }) => {
+  search.addEventListener("change", () => find(search.value));
+  model.on("msg:custom", (msg: { type?: string; request?: unknown; live?: boolean }) => {
+    if (msg.type === "hello" && msg.live === false) {
+      live = false;
+      for (const c of [topNodes, topEdges, minRel, more, less, sign, ...inputBoxes]) c.disabled = true;
+      setText(notice, STANDALONE);
+      return;
+    }
     if (msg.request !== "faithfulness" || !faithInFlight) return;
     if (msg.type === "error") faithFailed = faithInFlight;
     faithInFlight = "";
     drawFaithfulness();
   });
-  for (const name of ["change:top_n", "change:threshold", "change:pinned"]) model.on(name, () => draw());
-  for (const name of ["change:selected", "change:ablated"]) model.on(name, () => draw());
+  for (const name of ["change:selected", "change:ablated", "change:pinned"]) model.on(name, () => draw());
   model.on("change:faithfulness", () => drawFaithfulness());
   model.on("change:graph", () => load());
+  model.on("change:searchable", () => syncControls());
+  // Narrow outputs: the side panel goes below the graph and starts closed.
+  const resize = () => {
+    const width = rootEl.getBoundingClientRect().width || 900;
+    const narrow = width < 760;
+    rootEl.setAttribute("data-narrow", String(narrow));
+    if (!panelToggled) rootEl.setAttribute("data-panel", narrow ? "closed" : "open");
+    const graphW = Math.max(320, Math.floor((narrow ? width : width - 300) - 12));
+    if (graphW !== svgWidth()) {
+      svg.setAttribute("width", String(graphW));
+      relayout();
+      drawOverlay();
+    }
+  };
+  if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => resize()).observe(rootEl);
   try {
+    resize();
     load();
   } catch (e) {
     setText(panel.error, `Could not draw this graph: ${e}`);
   }
-}
-
-function legend(): HTMLElement {
-  const box = el("div", { class: "cv-legend cv-muted", "data-role": "legend" });
-  for (const [type, color] of Object.entries(NODE_COLORS)) {
-    box.append(el("span", { style: `display:inline-block;width:10px;height:10px;background:${color};margin:0 3px 0 8px;border-radius:2px` }), type);
-  }
-  box.append(el("span", { style: `color:${POSITIVE};margin-left:12px` }, "— positive edge"), el("span", { style: `color:${NEGATIVE};margin-left:8px` }, "— negative edge"));
-  return box;
+  model.send({ type: "hello" });
 }
 
 export default { render };

@@ -1,4 +1,5 @@
-// Graph layout and pruning, pure functions (unit-tested): layers stacked bottom-up (embeddings
+// Graph layout and label placement, pure functions (unit-tested; the kernel decides what is
+// shown: js draws what it is sent): layers stacked bottom-up (embeddings
 // at the bottom, logits on top), heads then the MLP across each layer, and — for per-position
 // graphs — one band per token position.
 import type { GraphNode } from "./types";
@@ -26,6 +27,8 @@ export interface Layout {
   height: number;
   /** Per-position graphs: the x centre of each token's band (for axis labels). */
   bands: { pos: number; x: number }[];
+  /** One per drawn row, bottom-up: its layer (-1 embed, nLayers logits) and y. */
+  rows: { layer: number; y: number }[];
 }
 
 /** Column of a node inside its layer: heads 0…H-1, the MLP after them. */
@@ -62,55 +65,144 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
       x = margin + band * bandW + (slot(n, opts.nHeads) + 0.5) * slotW;
     }
     // MLPs sit half a row above their layer's heads: they read the heads' output.
-    positions.set(n.id, { x, y: n.type === "mlp" ? y - rowH / 2.5 : y });
+    positions.set(n.id, { x, y: n.type === "mlp" ? y - rowH / 4 : y });
   }
   const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + pos * bandW + (slots * slotW) / 2 })) : [];
-  return { positions, width, height: height + (perPos ? 16 : 0), bands };
+  const rowYs = layers.map((layer, i) => ({ layer, y: height - margin - i * rowH }));
+  return { positions, width, height: height + (perPos ? 16 : 0), bands, rows: rowYs };
 }
 
-export interface EdgeList {
-  source: ArrayLike<number>;
-  target: ArrayLike<number>;
-  weight: ArrayLike<number>;
+export interface Box {
+  x0: number;
+  y0: number;
+  x1: number;
+  y1: number;
 }
 
-export interface Pruned {
-  nodes: Set<number>;
-  edges: number[];
-  maxWeight: number;
+export interface LabelRequest {
+  id: string;
+  /** Node centre and radius, in screen pixels. */
+  x: number;
+  y: number;
+  r: number;
+  /** Text width and height in screen pixels (measured). */
+  w: number;
+  h: number;
 }
 
-/** Keep embeddings, logits, pinned nodes and the top-n nodes by |score|; then edges between
- * kept nodes with |weight| ≥ threshold × max|weight|, strongest first, at most maxEdges. */
-export function prune(
-  nodes: GraphNode[],
-  edges: EdgeList | null,
-  opts: { topN: number; threshold: number; pinned?: Iterable<string>; maxEdges?: number },
-): Pruned {
-  const pinned = new Set(opts.pinned ?? []);
-  const keep = new Set<number>();
-  const ranked: number[] = [];
-  nodes.forEach((n, i) => {
-    // Embeddings and logits always show, except per-position ones with nothing flowing (score 0).
-    const io = (n.type === "embed" || n.type === "logits") && (n.pos === null || n.pos === undefined || (n.score ?? 1) !== 0);
-    if (io || pinned.has(n.id)) keep.add(i);
-    else ranked.push(i);
-  });
-  ranked.sort((a, b) => Math.abs(nodes[b].score ?? 0) - Math.abs(nodes[a].score ?? 0));
-  for (const i of ranked.slice(0, Math.max(0, opts.topN))) keep.add(i);
-  const out: number[] = [];
-  let maxWeight = 0;
-  if (edges) {
-    for (let e = 0; e < edges.weight.length; e++) maxWeight = Math.max(maxWeight, Math.abs(edges.weight[e]));
-    const cut = opts.threshold * maxWeight;
-    for (let e = 0; e < edges.weight.length; e++) {
-      const w = Math.abs(edges.weight[e]);
-      if (w >= cut && w > 0 && keep.has(edges.source[e]) && keep.has(edges.target[e])) out.push(e);
+export interface PlacedLabel {
+  id: string;
+  /** Text anchor point (text-anchor middle, dominant-baseline central), screen pixels. */
+  x: number;
+  y: number;
+  box: Box;
+  /** Placed across edges (no edge-free spot): drawn above them on a white halo. */
+  overEdge?: boolean;
+}
+
+const overlaps = (a: Box, b: Box) => a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+
+/** Does the segment p–q cross (or lie inside) box b? (Liang–Barsky clipping.) */
+export function segmentHitsBox(p: Point, q: Point, b: Box): boolean {
+  let t0 = 0;
+  let t1 = 1;
+  const dx = q.x - p.x;
+  const dy = q.y - p.y;
+  const checks: [number, number][] = [
+    [-dx, p.x - b.x0],
+    [dx, b.x1 - p.x],
+    [-dy, p.y - b.y0],
+    [dy, b.y1 - p.y],
+  ];
+  for (const [pp, qq] of checks) {
+    if (pp === 0) {
+      if (qq < 0) return false;
+      continue;
     }
-    out.sort((a, b) => Math.abs(edges.weight[b]) - Math.abs(edges.weight[a]));
-    out.splice(opts.maxEdges ?? 400);
+    const t = qq / pp;
+    if (pp < 0) t0 = Math.max(t0, t);
+    else t1 = Math.min(t1, t);
+    if (t0 > t1) return false;
   }
-  return { nodes: keep, edges: out, maxWeight };
+  return true;
+}
+
+/** Collision-aware labels: in request order (put the most important first), each label takes
+ * the first spot around its node (below, above, right, left, the corners, then further out)
+ * that overlaps no node, no label placed before it and nothing outside ``bounds``, preferring
+ * spots that cross no edge (polylines in screen pixels). With ``overEdges``, a label that
+ * finds no edge-free spot may cross edges (it is drawn above them, on a white halo; such
+ * labels are marked ``overEdge``); otherwise, or with no spot at all, it is left out (the view
+ * shows it on hover). */
+export function placeLabels(requests: LabelRequest[], nodes: { x: number; y: number; r: number }[], edges: Point[][], bounds: Box, opts: { gap?: number; overEdges?: boolean } = {}): PlacedLabel[] {
+  const gap = opts.gap ?? 2;
+  const placed: PlacedLabel[] = [];
+  const nodeBoxes = nodes.map((n) => ({ x0: n.x - n.r - 1, y0: n.y - n.r - 1, x1: n.x + n.r + 1, y1: n.y + n.r + 1 }));
+  const edgeBoxes = edges.map((line) => {
+    const xs = line.map((p) => p.x);
+    const ys = line.map((p) => p.y);
+    return { x0: Math.min(...xs), y0: Math.min(...ys), x1: Math.max(...xs), y1: Math.max(...ys) };
+  });
+  const crossesEdge = (box: Box) => edges.some((line, i) => overlaps(edgeBoxes[i], box) && line.some((p, j) => j > 0 && segmentHitsBox(line[j - 1], p, box)));
+  const spotsOf = (q: LabelRequest): Box[] => {
+    const d = q.r + gap;
+    const centres: Point[] = [
+      { x: q.x, y: q.y + d + q.h / 2 },
+      { x: q.x, y: q.y - d - q.h / 2 },
+      { x: q.x + d + q.w / 2, y: q.y },
+      { x: q.x - d - q.w / 2, y: q.y },
+      { x: q.x + d + q.w / 2, y: q.y + d + q.h / 2 },
+      { x: q.x - d - q.w / 2, y: q.y + d + q.h / 2 },
+      { x: q.x + d + q.w / 2, y: q.y - d - q.h / 2 },
+      { x: q.x - d - q.w / 2, y: q.y - d - q.h / 2 },
+      // further out, still next to the node
+      { x: q.x, y: q.y + d + (q.h * 3) / 2 },
+      { x: q.x, y: q.y - d - (q.h * 3) / 2 },
+      { x: q.x + d + q.w / 2 + q.h, y: q.y },
+      { x: q.x - d - q.w / 2 - q.h, y: q.y },
+    ];
+    return centres
+      .map((s) => ({ x0: s.x - q.w / 2, y0: s.y - q.h / 2, x1: s.x + q.w / 2, y1: s.y + q.h / 2 }))
+      .filter((box) => box.x0 >= bounds.x0 && box.y0 >= bounds.y0 && box.x1 <= bounds.x1 && box.y1 <= bounds.y1);
+  };
+  const free = (box: Box) => !nodeBoxes.some((n) => overlaps(n, box)) && !placed.some((p) => overlaps(p.box, box));
+  const left: LabelRequest[] = [];
+  for (const q of requests) {
+    const box = spotsOf(q).find((b) => free(b) && !crossesEdge(b));
+    if (box) placed.push({ id: q.id, x: (box.x0 + box.x1) / 2, y: (box.y0 + box.y1) / 2, box });
+    else left.push(q);
+  }
+  if (opts.overEdges) {
+    for (const q of left) {
+      const box = spotsOf(q).find(free);
+      if (box) placed.push({ id: q.id, x: (box.x0 + box.x1) / 2, y: (box.y0 + box.y1) / 2, box, overEdge: true });
+    }
+  }
+  return placed;
+}
+
+/** Points along edgePath(a, b) (the same cubic), for collision tests. */
+export function edgePolyline(a: Point, b: Point, steps = 12): Point[] {
+  const dy = (b.y - a.y) / 2;
+  const c1 = { x: a.x, y: a.y + dy };
+  const c2 = { x: b.x, y: b.y - dy };
+  const out: Point[] = [];
+  for (let i = 0; i <= steps; i++) {
+    const t = i / steps;
+    const u = 1 - t;
+    out.push({
+      x: u * u * u * a.x + 3 * u * u * t * c1.x + 3 * u * t * t * c2.x + t * t * t * b.x,
+      y: u * u * u * a.y + 3 * u * u * t * c1.y + 3 * u * t * t * c2.y + t * t * t * b.y,
+    });
+  }
+  return out;
+}
+
+/** The label of a layer row: "embed", "L12", "logits". */
+export function rowLabel(layer: number, nLayers: number): string {
+  if (layer < 0) return "embed";
+  if (layer >= nLayers) return "logits";
+  return `L${layer}`;
 }
 
 /** A smooth vertical S-curve from a to b (source below target). */

@@ -125,12 +125,24 @@ export interface GraphPayload {
   corrupted?: number | null;
   nodes: GraphNode[];
   edges: GraphEdges | null;
+  /** Head/MLP nodes and nonzero edges of the whole graph (the kernel keeps it). */
+  totals?: { nodes: number; edges: number };
+  /** Edges shown (a GQA k/v edge is drawn into each shown head of its group, so there can
+   * be more drawn lines). */
+  n_edges?: number;
+  /** Why nothing is shown, when nothing is. */
+  notice?: string;
 }
 
 export interface CircuitTraits extends AblationTraits {
+  /** The shown subgraph only: the kernel prunes (circuitviz/engine/graph/_select.py). */
   graph: GraphPayload;
-  top_n: number;
-  threshold: number;
+  searchable: string[];
+  top_nodes: number;
+  top_edges: number;
+  min_rel_weight: number;
+  edge_inputs: string[];
+  edge_sign: string;
   pinned: string[];
   faithfulness: { circuit?: number | null; ablated?: number | null; nodes?: string[]; ablated_nodes?: string[] };
   has_faithfulness: boolean;

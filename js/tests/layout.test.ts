@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { layoutGraph, prune } from "../src/layout";
+import { edgePolyline, layoutGraph, placeLabels, rowLabel, segmentHitsBox, type PlacedLabel } from "../src/layout";
 import { arrange, fill, isCovered, isSelected } from "../src/patchmap";
 import { nextAblationSet } from "../src/ablation";
 import type { GraphNode } from "../src/types";
@@ -60,19 +60,48 @@ describe("graph layout", () => {
   });
 });
 
-describe("pruning", () => {
-  const edges = { source: [0, 1, 2, 4], target: [1, 5, 5, 5], weight: [0.2, 1.0, -0.5, 0.01] };
+describe("label placement", () => {
+  const box = { x0: 0, y0: 0, x1: 400, y1: 300 };
+  const overlaps = (a: PlacedLabel, b: PlacedLabel) => a.box.x0 < b.box.x1 && b.box.x0 < a.box.x1 && a.box.y0 < b.box.y1 && b.box.y0 < a.box.y1;
 
-  it("keeps embed/logits plus the top-n by |score|", () => {
-    const p = prune(nodes, null, { topN: 1, threshold: 0 });
-    expect([...p.nodes].sort()).toEqual([0, 2, 5]); // L0H1 has the largest |score|
+  it("puts a free label below its node, clear of the node", () => {
+    const [p] = placeLabels([{ id: "A", x: 100, y: 100, r: 6, w: 30, h: 14 }], [{ x: 100, y: 100, r: 6 }], [], box);
+    expect(p.x).toBe(100);
+    expect(p.box.y0).toBeGreaterThanOrEqual(106);
   });
 
-  it("keeps pinned nodes and edges between kept nodes above the threshold", () => {
-    const p = prune(nodes, edges, { topN: 2, threshold: 0.3, pinned: ["L1H0"] });
-    expect(p.nodes.has(4)).toBe(true);
-    expect(p.maxWeight).toBe(1);
-    expect(p.edges).toEqual([1, 2]); // strongest first; 0.2 and 0.01 are below 0.3
+  it("never overlaps other labels or nodes, and drops labels with no room", () => {
+    const nodes = Array.from({ length: 30 }, (_, i) => ({ x: 20 + (i % 10) * 14, y: 40 + Math.floor(i / 10) * 14, r: 4 }));
+    const requests = nodes.map((n, i) => ({ id: `N${i}`, ...n, w: 34, h: 14 }));
+    const placed = placeLabels(requests, nodes, [], box);
+    expect(placed.length).toBeGreaterThan(0);
+    expect(placed.length).toBeLessThan(nodes.length);
+    for (const a of placed) {
+      for (const b of placed) if (a !== b) expect(overlaps(a, b)).toBe(false);
+      for (const n of nodes) {
+        const hit = n.x + n.r > a.box.x0 && n.x - n.r < a.box.x1 && n.y + n.r > a.box.y0 && n.y - n.r < a.box.y1;
+        expect(hit).toBe(false);
+      }
+    }
+  });
+
+  it("avoids edges: a label moves off a line that crosses its first spot", () => {
+    const line = edgePolyline({ x: 100, y: 200 }, { x: 100, y: 100 });
+    const [p] = placeLabels([{ id: "A", x: 100, y: 100, r: 6, w: 30, h: 14 }], [{ x: 100, y: 100, r: 6 }], [line], box);
+    expect(line.some((q, j) => j > 0 && segmentHitsBox(line[j - 1], q, p.box))).toBe(false);
+  });
+
+  it("with overEdges, a label with no edge-free spot crosses edges rather than vanish", () => {
+    const node = { x: 100, y: 100, r: 6 };
+    const lines = [-40, -20, 0, 20, 40].map((dx) => edgePolyline({ x: 60 + dx, y: 200 }, { x: 140 + dx, y: 20 }));
+    const req = [{ id: "A", ...node, w: 30, h: 14 }];
+    expect(placeLabels(req, [node], lines, box)).toEqual([]);
+    const [p] = placeLabels(req, [node], lines, box, { overEdges: true });
+    expect(p.overEdge).toBe(true);
+  });
+
+  it("names rows by layer, with embed and logits at the ends", () => {
+    expect([rowLabel(-1, 30), rowLabel(0, 30), rowLabel(23, 30), rowLabel(30, 30)]).toEqual(["embed", "L0", "L23", "logits"]);
   });
 });
 

@@ -343,8 +343,8 @@ class Faithfulness:
 
 @dataclass(frozen=True)
 class FaithfulnessCurve:
-    sizes: list[int]  # requested top-n
-    n_edges: list[int]  # edges left after pruning to EMBED→LOGITS paths
+    top_edges: list[int]  # requested: at most this many edges
+    n_edges: list[int]  # edges kept (all on EMBED→LOGITS paths)
     n_nodes: list[int]
     recovered: list[float]
     metric: list[float]
@@ -353,6 +353,11 @@ class FaithfulnessCurve:
     model: str
     method: str
     ablation: str
+
+    @property
+    def sizes(self) -> list[int]:
+        """Deprecated name of :attr:`top_edges`."""
+        return self.top_edges
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -365,8 +370,8 @@ class FaithfulnessCurve:
                 x=self.n_edges,
                 y=self.recovered,
                 mode="lines+markers",
-                customdata=list(zip(self.sizes, self.n_nodes, self.metric, strict=True)),
-                hovertemplate="%{x} edges (top %{customdata[0]}), %{customdata[1]} nodes<br>"
+                customdata=list(zip(self.top_edges, self.n_nodes, self.metric, strict=True)),
+                hovertemplate="%{x} edges (top_edges=%{customdata[0]}), %{customdata[1]} nodes<br>"
                 "recovered %{y:.3f} (metric %{customdata[2]:.3f})<extra></extra>",
             )
         )

@@ -4,10 +4,9 @@ documented in docs/graph_schema.md)."""
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,6 @@ from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs
 from . import _faithfulness as _f
 from ._layout import Layout, Receiver, shared_layout
-from ._prune import on_paths
 from ._schema import check_graph_json
 
 SCHEMA = "circuitviz.graph/1"
@@ -255,31 +253,48 @@ class Graph:
         return float(self.scores[self.edge_index((source, target, input))])
 
     # pruning -----------------------------------------------------------------------------
-    def prune(self, top_n: int | None = None, threshold: float | None = None) -> Graph:
-        """A new graph of the ``top_n`` edges by ``|weight|`` and/or those with
-        ``|weight| ≥ threshold``, then only the nodes and edges on some EMBED → LOGITS path.
-        Edges with weight exactly 0 never count. Pruning starts from this graph's edges."""
-        if top_n is None and threshold is None:
-            raise InputError("prune needs top_n=… or threshold=….")
-        if top_n is not None and (as_int(top_n) is None or top_n < 0):
-            raise InputError(f"top_n must be an integer ≥ 0 (a number of edges), got {top_n!r}.")
-        if threshold is not None and not (
-            isinstance(threshold, numbers.Real)
-            and not isinstance(threshold, bool)
-            and 0 <= threshold < math.inf
-        ):
-            raise InputError(f"threshold must be a number ≥ 0 (|weight|), got {threshold!r}.")
-        cand = self.kept & (self.scores != 0)
-        if threshold is not None:
-            cand &= self.scores.abs() >= float(threshold)
-        if top_n is not None:
-            flat = torch.where(cand, self.scores.abs(), torch.tensor(-1.0)).flatten()
-            n = min(int(top_n), int(cand.sum()))
-            keep = torch.zeros_like(flat, dtype=torch.bool)
-            keep[flat.topk(n).indices] = True
-            cand &= keep.view_as(cand)
-        kept, nodes = on_paths(self.layout, cand)
-        return replace(self, kept=kept, node_mask=nodes, _cache=self._cache)
+    def prune(self, **options: Any) -> Graph:
+        """A new graph with only what the shared pruning rule keeps (``_select``; the view,
+        its figure and the CLI use the same rule and words):
+
+        - ``top_edges``: at most this many edges, the strongest that fit once everything off
+          an EMBED → LOGITS path is dropped;
+        - ``top_nodes``: at most this many head/MLP nodes, the strongest by ``|score|``;
+        - ``min_weight`` (absolute ``|weight|``) / ``min_rel_weight`` (fraction of the
+          strongest edge);
+        - ``inputs`` (edge inputs kept, e.g. ``("q", "k")``), ``sign`` (``"positive"``,
+          ``"negative"``, ``"both"``);
+        - ``pinned``: node ids kept with the strongest path through each.
+
+        Every node of the result lies on an EMBED → LOGITS path of its edges. Edges with
+        weight exactly 0 never count. Pruning starts from this graph's edges. ``top_n`` and
+        ``threshold`` are deprecated names of ``top_edges`` and ``min_weight``."""
+        from ._select import Pruning, graph_candidates, select
+
+        rule = Pruning.of(where="prune", **options)
+        if rule.empty:
+            raise InputError("prune needs top_edges=…, top_nodes=…, min_weight=… or another limit.")
+        edges, nodes = select(graph_candidates(self), rule)
+        return self.with_selection(edges, nodes)
+
+    def with_selection(self, edges: Any, nodes: Any) -> Graph:
+        """This graph restricted to a selection from ``graph_candidates(self)`` (flat edge
+        and node masks, as ``_select.select`` returns)."""
+        listed = self.node_mask.nonzero()
+        s, r, p = self._listed_edges()
+        e = torch.as_tensor(edges)
+        kept = torch.zeros_like(self.kept)
+        kept[s[e], r[e], p[e]] = True
+        node_mask = torch.zeros_like(self.node_mask)
+        on = listed[torch.as_tensor(nodes)]
+        node_mask[on[:, 0], on[:, 1]] = True
+        return replace(self, kept=kept, node_mask=node_mask, _cache=self._cache)
+
+    def _listed_edges(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sender, receiver, pos) of the edges ``graph_candidates`` lists, in its order."""
+        from ._select import listed_edges
+
+        return listed_edges(self)
 
     # serialization -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -388,22 +403,31 @@ class Graph:
         model: TransformerBridge,
         pairs: PromptPairs,
         *,
-        sizes: Sequence[int] = (10, 30, 100, 300, 1000),
+        top_edges: Sequence[int] = (10, 30, 100, 300, 1000),
         ablation: str = "corrupted",
         metric: str | MetricFn | None = None,
+        sizes: Sequence[int] | None = None,
     ) -> _f.FaithfulnessCurve:
-        """Faithfulness of the top-n-edge circuit (pruned to EMBED→LOGITS paths) for each
-        size, batched into as few forward passes as memory allows."""
-        counts = [as_int(n) for n in listed(sizes, "sizes", "[10, 100, 1000]")]
+        """Faithfulness of ``prune(top_edges=n)`` (at most ``n`` edges, all on EMBED→LOGITS
+        paths) for each ``n``, batched into as few forward passes as memory allows. The curve
+        reports the edges actually kept (``n_edges``, ≤ n). ``sizes`` is the deprecated name
+        of ``top_edges``."""
+        if sizes is not None:
+            warnings.warn(
+                "faithfulness_curve(sizes=…) is deprecated: use top_edges= (edge counts).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            top_edges = sizes
+        counts = [as_int(n) for n in listed(top_edges, "top_edges", "[10, 100, 1000]")]
         if not counts or None in counts or min(counts) < 1:  # type: ignore[type-var]
-            raise InputError(f"sizes must be positive edge counts, got {sizes!r}.")
-        sizes = counts  # type: ignore[assignment]
+            raise InputError(f"top_edges must be positive edge counts, got {counts}.")
         ctx = _f.context(self, model, pairs, ablation, metric)
-        pruned = [self.prune(top_n=n) for n in sizes]
+        pruned = [self.prune(top_edges=n) for n in counts]
         masks = torch.stack([g.kept if self.per_position else g.kept[:, :, 0] for g in pruned])
         values = ctx.metrics(model, masks)
         return _f.FaithfulnessCurve(
-            sizes=sizes,
+            top_edges=counts,
             n_edges=[int(g.kept.sum()) for g in pruned],
             n_nodes=[int(g.node_mask.sum()) for g in pruned],
             recovered=[ctx.recovered(v) for v in values],
@@ -463,7 +487,8 @@ class Graph:
     # figures -----------------------------------------------------------------------------
     def figure(self, **options: Any):
         """A publication figure of this graph (see :func:`circuitviz.export.graph_figure`:
-        ``threshold=``, ``top_n=``, ``ablated=``, ``selected=``, ``title=`` and style)."""
+        ``top_edges=``, ``top_nodes=``, ``min_weight=``, ``min_rel_weight=`` (pruned by
+        :meth:`prune`), ``ablated=``, ``selected=``, ``title=`` and style)."""
         from ...export import graph_figure
 
         return graph_figure(self, **options)
