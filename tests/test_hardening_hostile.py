@@ -340,13 +340,13 @@ def faith(**options):
 
 HOSTILE_GRAPH = {
     "prune()": (lambda g, m: g.prune(), "prune needs"),
-    "prune(top_n='5')": (lambda g, m: g.prune(top_n="5"), "top_n"),
-    "prune(top_n=2.5)": (lambda g, m: g.prune(top_n=2.5), "top_n"),
-    "prune(top_n=-1)": (lambda g, m: g.prune(top_n=-1), "top_n"),
-    "prune(top_n=True)": (lambda g, m: g.prune(top_n=True), "top_n"),
-    "prune(threshold='x')": (lambda g, m: g.prune(threshold="x"), "threshold"),
-    "prune(threshold=nan)": (lambda g, m: g.prune(threshold=float("nan")), "threshold"),
-    "prune(threshold=-0.5)": (lambda g, m: g.prune(threshold=-0.5), "threshold"),
+    "prune(top_n='5')": (lambda g, m: g.prune(top_n="5"), "top_edges"),
+    "prune(top_n=2.5)": (lambda g, m: g.prune(top_n=2.5), "top_edges"),
+    "prune(top_n=-1)": (lambda g, m: g.prune(top_n=-1), "top_edges"),
+    "prune(top_n=True)": (lambda g, m: g.prune(top_n=True), "top_edges"),
+    "prune(threshold='x')": (lambda g, m: g.prune(threshold="x"), "min_weight"),
+    "prune(threshold=nan)": (lambda g, m: g.prune(threshold=float("nan")), "min_weight"),
+    "prune(threshold=-0.5)": (lambda g, m: g.prune(threshold=-0.5), "min_weight"),
     "faithfulness(None model)": (lambda g, m: g.faithfulness(None, pairs()), "TransformerBridge"),
     "faithfulness(pairs=dict)": (lambda g, m: g.faithfulness(m, GOOD), "PromptPairs"),
     "faithfulness(nodes='L0H1')": (
@@ -389,11 +389,11 @@ HOSTILE_GRAPH = {
     ),
     "faithfulness_curve(sizes=['a'])": (
         lambda g, m: g.faithfulness_curve(m, pairs(), sizes=["a"]),
-        "sizes",
+        "top_edges",
     ),
     "faithfulness_curve(sizes=5)": (
         lambda g, m: g.faithfulness_curve(m, pairs(), sizes=5),
-        "sizes",
+        "top_edges",
     ),
     "patch_edges(edges=None)": (lambda g, m: g.patch_edges(m, pairs(), None), "must be a list"),
     "patch_edges(edges=[('EMBED', 'X9', 'q')])": (

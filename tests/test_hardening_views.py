@@ -388,7 +388,8 @@ def test_faithfulness_at_the_limit_is_answered(circuit):
     wire = Wire(circuit)
     wire.custom({"type": "faithfulness", "nodes": nodes, "ablated": [], "request": "f"})
     assert [c["type"] for c in wire.customs()] == ["faithfulness"]
-    assert circuit.faithfulness["nodes"] == nodes
+    # the kernel scores the circuit it shows (the page's node list is checked, not trusted)
+    assert circuit.faithfulness["nodes"] == [n["id"] for n in circuit.shown_graph()["nodes"]]
 
 
 # ---------------------------------------------------------------------- on_msg routing
@@ -424,7 +425,7 @@ def test_user_callbacks_get_messages_the_view_does_not_handle(patching, tiny_lla
 
 def test_reserved_message_types():
     assert PatchingView.message_types() == ["ablate"]
-    assert CircuitView.message_types() == ["ablate", "faithfulness"]
+    assert CircuitView.message_types() == ["ablate", "faithfulness", "head_pattern", "hello"]
     assert AttentionView.message_types() == ["request_layer"]
 
 

@@ -27,6 +27,8 @@ same rule on its edges as a plain DAG.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .._components import as_int
 from .._pairs import InputError
 
 EDGE_INPUTS = ("q", "k", "v", "mlp", "logits")
@@ -68,17 +71,17 @@ class Pruning:
     def __post_init__(self) -> None:
         for name in ("top_edges", "top_nodes"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
-                raise InputError(f"{name} must be a whole number ≥ 0, got {value!r}.")
-        if self.min_weight is not None and not float(self.min_weight) >= 0:
-            raise InputError(
-                f"min_weight must be ≥ 0 (an absolute |weight|), got {self.min_weight}."
-            )
-        if self.min_rel_weight is not None and not 0 <= float(self.min_rel_weight) <= 1:
-            raise InputError(
-                f"min_rel_weight must be in [0, 1] (a fraction of the strongest edge), "
-                f"got {self.min_rel_weight}."
-            )
+            if value is not None and (as_int(value) is None or value < 0):
+                raise InputError(f"{name} must be a whole number ≥ 0, got {value!r:.60}.")
+        for name, low, high, meaning in (
+            ("min_weight", 0.0, math.inf, "an absolute |weight|"),
+            ("min_rel_weight", 0.0, 1.0, "a fraction of the strongest edge"),
+        ):
+            value = getattr(self, name)
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if value is not None and not (real and low <= float(value) <= high):
+                span = "≥ 0" if high == math.inf else f"in [{low:g}, {high:g}]"
+                raise InputError(f"{name} must be a number {span} ({meaning}), got {value!r:.60}.")
         if self.inputs is not None:
             bad = sorted(set(self.inputs) - set(EDGE_INPUTS))
             if bad:
