@@ -7,6 +7,7 @@ from ._hooks import has_hooks, hooks
 from ._metrics import METRICS, Metric, MetricError
 from ._models import ModelNotFoundError, load_model
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
+from ._path_patching import path_patch
 from ._patching import TARGETS, patch
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._tiny import tiny_model
@@ -39,6 +40,7 @@ __all__ = [
     "hooks",
     "load_model",
     "patch",
+    "path_patch",
     "tiny_model",
     "tokenize",
 ]
