@@ -7,8 +7,8 @@ from ._hooks import has_hooks, hooks
 from ._metrics import METRICS, Metric, MetricError
 from ._models import ModelNotFoundError, load_model
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
-from ._path_patching import path_patch
 from ._patching import TARGETS, patch
+from ._path_patching import path_patch
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._tiny import tiny_model
 from .graph import Edge, Graph, Node, circuit, edge_patch
