@@ -29,9 +29,9 @@ import torch
 from transformer_lens.patching import get_act_patch_direct_path
 
 import circuitviz as cv
-from circuitviz.engine import hooks, tokenize
+from circuitviz.engine import hooks
 
-from _common import ForwardCounter, add_model_args, load, machine, timed
+from _common import ForwardCounter, add_model_args, ioi_batch, machine, timed
 
 
 def name_movers(model, pairs, k: int) -> list[str]:
@@ -99,7 +99,8 @@ def reference_map(model, tokens, metric, receivers: list[tuple[int, int]]) -> to
     with torch.inference_mode():
         _, clean = model.run_with_cache(tokens.clean, names_filter=lambda n: n in names)
         _, corr = model.run_with_cache(tokens.corrupted, names_filter=lambda n: n in names)
-        values = torch.full((n_layers, n_heads), float(metric(model(tokens.corrupted))))
+        unpatched = float(metric(model(tokens.corrupted)))
+    values = torch.full((n_layers, n_heads), unpatched)
     clean = {n: clean[n] for n in names}
     corr = {n: corr[n] for n in names}
     last = max(layer for layer, _ in receivers)
@@ -124,14 +125,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    model = load(args)
-    pairs = cv.tasks.ioi(model, n=args.pairs, seed=0)
-    tokens = tokenize(model, pairs)
-    rows = torch.arange(tokens.batch)
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        last = logits[:, -1]
-        return (last[rows, tokens.answers] - last[rows, tokens.wrong_answers]).mean()
+    model, pairs, tokens, metric = ioi_batch(args)
 
     receivers = (
         args.receivers.split(",") if args.receivers else name_movers(model, pairs, args.n_receivers)

@@ -14,9 +14,12 @@ is ``corrupted resid_pre[L] + Σ δ_s``, passed through its own ``ln1`` and ``W_
 ``hook_q_input``. Logits read the stream at ``ln_final.hook_in``.
 
 Receivers read their input only at their own q, k or v, so a map (every head a sender) is
-one row per sender of a batch that joins the base run at the first receiver's layer: earlier
-layers run once, as in :func:`~circuitviz.engine.patch`. Row 0 of that batch is the
-unpatched run, whose ``resid_pre`` is the corrupted stream run 2 starts from.
+one row per sender of a batch; a row joins the base run at the first receiver after its
+sender, so earlier layers run once, as in :func:`~circuitviz.engine.patch`. Row 0 of that
+batch is the unpatched run, whose ``resid_pre`` is the corrupted stream run 2 starts from.
+Everything after a receiver differs per row and is computed in full, so the saving is the
+layers before the receivers: large for early receivers, about ``n_layers / (n_layers −
+first receiver layer)`` for late ones.
 
 With grouped-query attention a key/value receiver is the KV head of the query head named
 (``L9H6`` with ``receiver_input="k"`` patches the keys of its whole group): the k/v input is
@@ -63,11 +66,6 @@ class Receivers:
     input: str  # "q" | "k" | "v" | "resid"
     by_layer: dict[int, list[int]]  # layer -> query heads (q) or KV heads (k/v), sorted
     names: tuple[str, ...]  # as given, for the result
-
-    @property
-    def first_layer(self) -> int | None:
-        """The layer where the first receiver reads (None for the logits)."""
-        return min(self.by_layer) if self.by_layer else None
 
     def reached_by(self, sender: Sender) -> bool:
         """Whether ``sender`` writes before at least one receiver reads."""
@@ -224,16 +222,12 @@ def _receiver_hooks(
     deltas: torch.Tensor,
     reach: torch.Tensor,
 ) -> _hooks.Hooks:
-    """Hooks of one growing pass: rows ``1 … n`` (one per delta) join the base row 0 where
-    the first receiver reads; each receiver's input in row ``r`` becomes the base row's
-    stream plus ``deltas[r - 1]`` where ``reach[r - 1, layer]`` holds.
+    """Hooks of one growing pass: row ``r + 1`` (one per delta) joins the base row 0 at the
+    first receiver it reaches, so rows must come sorted by that layer (senders in layer
+    order are); each receiver's input in that row becomes the base row's stream plus
+    ``deltas[r]`` where ``reach[r, layer]`` holds.
 
     ``deltas``: ``[n, pos, d_model]`` (one prompt); ``reach``: ``[n, n_layers + 1]`` bool."""
-    n = deltas.shape[0]
-
-    def grow(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, x[:1].expand(n, *x.shape[1:])])
-
     if receivers.input == "resid":
 
         def logits_input(x: torch.Tensor, hook: object) -> torch.Tensor:
@@ -241,13 +235,17 @@ def _receiver_hooks(
 
         return [(FINAL_RESID_HOOK, logits_input)]
 
+    layers = list(receivers.by_layer)
+    joins = reach[:, layers].float().argmax(dim=1)  # index into layers of each row's first
+    joining = {layer: int((joins == i).sum()) for i, layer in enumerate(layers)}
     resid: dict[int, torch.Tensor] = {}
-    first = receivers.first_layer
 
     def keep(layer: int):
+        n = joining[layer]
+
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
             resid[layer] = x[:1].clone()  # the base row: the corrupted (run 2's frozen) stream
-            return grow(x) if layer == first else x
+            return torch.cat([x, x[:1].expand(n, *x.shape[1:])]) if n else x
 
         return fn
 
@@ -269,10 +267,9 @@ def _receiver_hooks(
 
         return fn
 
-    out: list = [(f"blocks.{first}.hook_resid_pre", keep(first))]
+    out: list = []
     for layer, heads in receivers.by_layer.items():
-        if layer != first:
-            out.append((f"blocks.{layer}.hook_resid_pre", keep(layer)))
+        out.append((f"blocks.{layer}.hook_resid_pre", keep(layer)))
         out.append((f"blocks.{layer}.attn.hook_{receivers.input}", receive(layer, heads)))
     return out
 
