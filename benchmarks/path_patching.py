@@ -210,6 +210,8 @@ def main() -> None:
             tl_s_per_edge=per_edge_tl,
             circuitviz_s_per_sender=per_sender_ours,
             tl_per_edge_ratio=per_edge_tl / per_sender_ours,
+            # TL's method for this map if it could patch a receiver set: a pass per sender.
+            tl_method_map_estimate_s=per_edge_tl * n_senders,
             tl_max_abs_diff=diff_tl,
         )
         print(

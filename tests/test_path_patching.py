@@ -230,3 +230,4 @@ def test_map_in_patching_view(tiny_llama):
     assert view.map["labels"]["head"][:2] == ["H0", "H1"]
     figure = result.figure()
     assert figure.data[0].z.shape == (2, 4)
+    assert figure.layout.title.text == "Path patching: each head → LOGITS (resid, denoise)"
