@@ -40,7 +40,7 @@ from . import _hooks
 from ._metrics import MetricFn
 from ._pairs import InputError, PromptPairs
 from ._patching import Direction, _row_bytes, baselines, final_logits, patch_result
-from ._results import head_id, mlp_id
+from ._results import PatchResult, head_id, mlp_id
 from .graph._layout import Weights
 
 RECEIVER_INPUTS = ("q", "k", "v", "resid")
@@ -118,6 +118,11 @@ def _parse_sender(model: TransformerBridge, item) -> Sender:
                 f"0–{model.cfg.n_layers - 1}."
             )
         return Sender("mlp", layer)
+    if isinstance(item, str) and not re.fullmatch(r"L(\d+)H(\d+)", item.strip()):
+        raise InputError(
+            f"Sender {item!r} is not a head or an MLP: give 'L3H5', (3, 5) or 'MLP2', or "
+            "senders='heads' for the map of every head."
+        )
     return Sender("head", *_parse_head(model, item, "Sender"))
 
 
@@ -297,7 +302,7 @@ def path_patch(
     memory_budget: float = 2**30,
     max_rows: int = 1024,
     progress: bool = True,
-):
+) -> PatchResult | float:
     """Path patching: the metric when the senders' clean-minus-corrupted outputs reach only
     the receivers' inputs, every other reader still seeing the corrupted values.
 
