@@ -42,6 +42,23 @@ def load(args: argparse.Namespace):
     return model
 
 
+def ioi_batch(args: argparse.Namespace):
+    """The model, ``args.pairs`` IOI pairs, their tokens and TransformerLens's form of the
+    logit difference (full logits -> the batch mean at the final position)."""
+    from circuitviz.engine import tokenize
+
+    model = load(args)
+    pairs = cv.tasks.ioi(model, n=args.pairs, seed=0)
+    tokens = tokenize(model, pairs)
+    rows = torch.arange(tokens.batch)
+
+    def tl_metric(logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1]
+        return (last[rows, tokens.answers] - last[rows, tokens.wrong_answers]).mean()
+
+    return model, pairs, tokens, tl_metric
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

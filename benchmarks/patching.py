@@ -19,9 +19,8 @@ from scipy.stats import spearmanr
 from transformer_lens import patching as tlp
 
 import circuitviz as cv
-from circuitviz.engine import tokenize
 
-from _common import ForwardCounter, add_model_args, load, machine, timed
+from _common import ForwardCounter, add_model_args, ioi_batch, machine, timed
 
 TL_FUNCTIONS = {
     "heads": tlp.get_act_patch_attn_head_out_all_pos,
@@ -43,14 +42,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    model = load(args)
-    pairs = cv.tasks.ioi(model, n=args.pairs, seed=0)
-    tokens = tokenize(model, pairs)
-    rows = torch.arange(tokens.batch)
-
-    def tl_metric(logits: torch.Tensor) -> torch.Tensor:
-        last = logits[:, -1]
-        return (last[rows, tokens.answers] - last[rows, tokens.wrong_answers]).mean()
+    model, pairs, tokens, tl_metric = ioi_batch(args)
 
     with torch.inference_mode():  # warm up kernels and allocator for both
         model(tokens.clean)

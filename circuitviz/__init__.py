@@ -20,6 +20,7 @@ from .engine import (
     circuit,
     load_model,
     patch,
+    path_patch,
     tiny_model,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "explore",
     "load_model",
     "patch",
+    "path_patch",
     "tasks",
     "tiny_model",
 ]

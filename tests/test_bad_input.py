@@ -131,3 +131,41 @@ def test_interrupt_inside_a_hook_leaves_no_hooks(model, unchanged):
 def test_not_prompt_pairs(model, unchanged):
     with pytest.raises(InputError, match="PromptPairs"):
         cv.patch(model, {"clean": ["t1"]}, progress=False)
+
+
+# ------------------------------------------------------------------------ path patching
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(senders=["L1H0"], receivers=["L1H2"]), "runs after receiver layer"),
+        (dict(senders=["MLP1"], receivers=["L1H2"]), "runs after receiver layer"),
+        (dict(receivers=["L1H2"], receiver_input="mlp"), "Unknown receiver_input"),
+        (dict(receivers=["L1H2"], receiver_input="resid"), "receivers='logits'"),
+        (dict(receivers="logits", receiver_input="q"), "receivers='logits'"),
+        (dict(receivers=["L2H0"]), "layer 2 is out of range"),
+        (dict(receivers=["L1H9"]), "head 9 is out of range"),
+        (dict(senders=["MLP7"], receivers="logits"), "layer 7 is out of range"),
+        (dict(senders=["attn0"], receivers="logits"), "is not a head or an MLP"),
+        (dict(senders=[(0, 1, 2)], receivers="logits"), "is not a head"),
+        (dict(receivers=[]), "receivers is empty"),
+        (dict(receivers=["L1H0"], direction="sideways"), "Unknown direction"),
+        (dict(receivers=["L1H0"], metric="nope"), "Unknown metric"),
+    ],
+)
+def test_path_patch_bad_input(model, unchanged, options, message):
+    with pytest.raises(InputError, match=message):
+        cv.path_patch(model, pairs(), progress=False, **options)
+
+
+def test_path_patch_missing_receiver_hook(model, unchanged, monkeypatch):
+    """A receiver input the model does not expose is refused before anything runs."""
+    full = type(model).hook_dict.fget
+    monkeypatch.setattr(
+        type(model),
+        "hook_dict",
+        property(lambda self: {k: v for k, v in full(self).items() if not k.endswith("hook_k")}),
+    )
+    with pytest.raises(InputError, match=r"exposes no 'blocks\.1\.attn\.hook_k' hook"):
+        cv.path_patch(model, pairs(), receivers=["L1H0"], receiver_input="k", progress=False)

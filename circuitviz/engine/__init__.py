@@ -8,6 +8,7 @@ from ._metrics import METRICS, Metric, MetricError
 from ._models import ModelNotFoundError, load_model
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
 from ._patching import TARGETS, patch
+from ._path_patching import path_patch
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._tiny import tiny_model
 from .graph import Edge, Graph, Node, circuit, edge_patch
@@ -39,6 +40,7 @@ __all__ = [
     "hooks",
     "load_model",
     "patch",
+    "path_patch",
     "tiny_model",
     "tokenize",
 ]

@@ -369,9 +369,11 @@ def patch_result(
     clean: float,
     corrupted: float,
     extra: dict,
+    axes: tuple[str, ...] | None = None,
 ) -> PatchResult:
-    """The map of ``over`` as a :class:`PatchResult`, labelled with its axes and the tokens."""
-    axes = TARGETS[over].axes
+    """The map of ``over`` as a :class:`PatchResult`, labelled with its axes and the tokens
+    (``axes`` for a target outside :data:`TARGETS`, such as path patching's)."""
+    axes = axes or TARGETS[over].axes
     return PatchResult(
         values=values,
         axes=axes,

@@ -154,6 +154,9 @@ def patch_figure(
             ),
         )
     )
+    if title is None and "receivers" in result.extra:  # path patching: name the receivers
+        into = ", ".join(result.extra["receivers"])
+        title = f"Path patching: each head → {into} ({result.extra['receiver_input']}, {result.direction})"
     fig.update_layout(
         title=title
         if title is not None

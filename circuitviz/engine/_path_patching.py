@@ -1,0 +1,430 @@
+"""Path patching (Wang et al. 2022): the effect of senders' outputs reaching only receivers.
+
+The standard recipe takes three runs. Run 1 caches the clean and corrupted activations.
+Run 2 is the corrupted run with the senders' outputs set to clean and every other head and
+MLP frozen to its corrupted output, recording the receivers' inputs. Run 3 is the corrupted
+run with only those inputs replaced by run 2's, everything downstream recomputed.
+
+With everything but the senders frozen, run 2's residual stream at layer ``L`` is the
+corrupted one plus ``Σ δ_s`` over the senders before ``L``, where ``δ_s`` is what sender
+``s`` writes into the stream (``z·W_O`` for a head, ``hook_mlp_out`` for an MLP) on the
+clean run minus on the corrupted run. So run 2 needs no forward pass: the receiver's input
+is ``corrupted resid_pre[L] + Σ δ_s``, passed through its own ``ln1`` and ``W_Q``/``W_K``/
+``W_V``, exactly what ``transformer_lens.patching.get_act_patch_direct_path`` adds at
+``hook_q_input``. Logits read the stream at ``ln_final.hook_in``.
+
+Receivers read their input only at their own q, k or v, so a map (every head a sender) is
+one row per sender of a batch; a row joins the base run at the first receiver after its
+sender, so earlier layers run once, as in :func:`~circuitviz.engine.patch`. Row 0 of that
+batch is the unpatched run, whose ``resid_pre`` is the corrupted stream run 2 starts from.
+Everything after a receiver differs per row and is computed in full, so the saving is the
+layers before the receivers: large for early receivers, about ``n_layers / (n_layers −
+first receiver layer)`` for late ones.
+
+With grouped-query attention a key/value receiver is the KV head of the query head named
+(``L9H6`` with ``receiver_input="k"`` patches the keys of its whole group): the k/v input is
+computed once per KV head and every head of the group reads it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from . import _hooks
+from ._metrics import MetricFn
+from ._pairs import InputError, PromptPairs
+from ._patching import Direction, _row_bytes, baselines, final_logits, patch_result
+from ._results import PatchResult, head_id, mlp_id
+from .graph._layout import Weights
+
+RECEIVER_INPUTS = ("q", "k", "v", "resid")
+LOGITS = "LOGITS"
+FINAL_RESID_HOOK = "ln_final.hook_in"
+
+
+@dataclass(frozen=True)
+class Sender:
+    kind: str  # "head" | "mlp"
+    layer: int
+    head: int | None = None
+
+    @property
+    def id(self) -> str:
+        return head_id(self.layer, self.head) if self.kind == "head" else mlp_id(self.layer)
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """Where the senders' outputs are read: heads' q/k/v inputs per layer, or the logits."""
+
+    input: str  # "q" | "k" | "v" | "resid"
+    by_layer: dict[int, list[int]]  # layer -> query heads (q) or KV heads (k/v), sorted
+    names: tuple[str, ...]  # as given, for the result
+
+    def reached_by(self, sender: Sender) -> bool:
+        """Whether ``sender`` writes before at least one receiver reads."""
+        if self.input == "resid":
+            return True
+        return any(sender.layer < layer for layer in self.by_layer)
+
+    def before_all(self, sender: Sender) -> bool:
+        if self.input == "resid":
+            return True
+        return all(sender.layer < layer for layer in self.by_layer)
+
+
+def _n_kv_heads(model: TransformerBridge) -> int:
+    return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
+
+
+def _parse_head(model: TransformerBridge, item, what: str) -> tuple[int, int]:
+    cfg = model.cfg
+    if isinstance(item, str) and (m := re.fullmatch(r"L(\d+)H(\d+)", item.strip())):
+        layer, head = int(m[1]), int(m[2])
+    elif (
+        isinstance(item, Sequence)
+        and not isinstance(item, str)
+        and len(item) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+    ):
+        layer, head = item
+    else:
+        raise InputError(f"{what} {item!r} is not a head: give 'L3H5' or (3, 5).")
+    if not (0 <= layer < cfg.n_layers):
+        raise InputError(
+            f"{what} {item!r}: layer {layer} is out of range; this model has layers "
+            f"0–{cfg.n_layers - 1}."
+        )
+    if not (0 <= head < cfg.n_heads):
+        raise InputError(
+            f"{what} {item!r}: head {head} is out of range; this model has heads "
+            f"0–{cfg.n_heads - 1}."
+        )
+    return layer, head
+
+
+def _parse_sender(model: TransformerBridge, item) -> Sender:
+    if isinstance(item, str) and (m := re.fullmatch(r"MLP(\d+)", item.strip())):
+        layer = int(m[1])
+        if not (0 <= layer < model.cfg.n_layers):
+            raise InputError(
+                f"Sender {item!r}: layer {layer} is out of range; this model has layers "
+                f"0–{model.cfg.n_layers - 1}."
+            )
+        return Sender("mlp", layer)
+    if isinstance(item, str) and not re.fullmatch(r"L(\d+)H(\d+)", item.strip()):
+        raise InputError(
+            f"Sender {item!r} is not a head or an MLP: give 'L3H5', (3, 5) or 'MLP2', or "
+            "senders='heads' for the map of every head."
+        )
+    return Sender("head", *_parse_head(model, item, "Sender"))
+
+
+def _as_list(value, what: str) -> list:
+    if isinstance(value, str) or (
+        isinstance(value, tuple) and len(value) == 2 and all(isinstance(x, int) for x in value)
+    ):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise InputError(
+            f"{what} must be a component id or a list of them, not {value!r}."
+        ) from None
+    if not items:
+        raise InputError(f"{what} is empty: name at least one component, e.g. 'L9H6'.")
+    return items
+
+
+def parse_receivers(model: TransformerBridge, receivers, receiver_input: str | None) -> Receivers:
+    """Validate receivers (heads, or ``"logits"``) and their input."""
+    to_logits = isinstance(receivers, str) and receivers.strip().upper() == LOGITS
+    if receiver_input is None:
+        receiver_input = "resid" if to_logits else "q"
+    if receiver_input not in RECEIVER_INPUTS:
+        raise InputError(
+            f"Unknown receiver_input={receiver_input!r}: use 'q', 'k' or 'v' (a head's "
+            "query, key or value input) or 'resid' (the final residual stream, read by the "
+            "logits)."
+        )
+    if receiver_input == "resid" or to_logits:
+        if not (to_logits and receiver_input == "resid"):
+            raise InputError(
+                "receivers='logits' goes with receiver_input='resid' (and heads with 'q', 'k' "
+                f"or 'v'); got receivers={receivers!r}, receiver_input={receiver_input!r}."
+            )
+        if FINAL_RESID_HOOK not in model.hook_dict:
+            raise InputError(
+                f"This model exposes no {FINAL_RESID_HOOK!r} hook, so the logits' input "
+                "cannot be patched; use heads as receivers."
+            )
+        return Receivers("resid", {}, (LOGITS,))
+    items = _as_list(receivers, "receivers")
+    group = model.cfg.n_heads // _n_kv_heads(model)
+    by_layer: dict[int, set[int]] = {}
+    for item in items:
+        layer, head = _parse_head(model, item, "Receiver")
+        hook = f"blocks.{layer}.attn.hook_{receiver_input}"
+        if hook not in model.hook_dict:
+            raise InputError(
+                f"This model exposes no {hook!r} hook, so receiver_input="
+                f"{receiver_input!r} cannot be patched; use another input or 'resid'."
+            )
+        by_layer.setdefault(layer, set()).add(head if receiver_input == "q" else head // group)
+    names = tuple(head_id(*_parse_head(model, i, "Receiver")) for i in items)
+    return Receivers(receiver_input, {k: sorted(v) for k, v in sorted(by_layer.items())}, names)
+
+
+def _check_weights(model: TransformerBridge, receivers: Receivers) -> dict[int, Weights]:
+    weights = {layer: Weights.of(model, layer) for layer in receivers.by_layer}
+    for layer, w in weights.items():
+        W = {"q": w.W_Q, "k": w.W_K, "v": w.W_V}[receivers.input]
+        if W is None:
+            raise InputError(
+                f"blocks.{layer}.attn exposes no W_{receivers.input.upper()}, so its "
+                f"{receivers.input!r} input cannot be recomputed; use 'resid'."
+            )
+    return weights
+
+
+def sender_deltas(
+    model: TransformerBridge,
+    senders: list[list[Sender]],
+    src: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """``[row, batch, pos, d_model]``: row ``i`` is Σ over ``senders[i]`` of what each writes
+    into the residual stream in the source run minus in the base run."""
+    out = None
+    W_O = {}
+    for i, row in enumerate(senders):
+        for s in row:
+            if s.kind == "head":
+                name = f"blocks.{s.layer}.attn.hook_z"
+                if s.layer not in W_O:
+                    W_O[s.layer] = model.blocks[s.layer].attn.W_O.detach()
+                z = src[name][:, :, s.head] - base[name][:, :, s.head]
+                delta = z @ W_O[s.layer][s.head]
+            else:
+                name = f"blocks.{s.layer}.hook_mlp_out"
+                delta = src[name] - base[name]
+            if out is None:
+                out = torch.zeros(len(senders), *delta.shape, dtype=delta.dtype)
+            out[i] += delta
+    assert out is not None
+    return out
+
+
+def _receiver_hooks(
+    receivers: Receivers,
+    weights: dict[int, Weights],
+    deltas: torch.Tensor,
+    reach: torch.Tensor,
+) -> _hooks.Hooks:
+    """Hooks of one growing pass: row ``r + 1`` (one per delta) joins the base row 0 at the
+    first receiver it reaches, so rows must come sorted by that layer (senders in layer
+    order are); each receiver's input in that row becomes the base row's stream plus
+    ``deltas[r]`` where ``reach[r, layer]`` holds.
+
+    ``deltas``: ``[n, pos, d_model]`` (one prompt); ``reach``: ``[n, n_layers + 1]`` bool."""
+    if receivers.input == "resid":
+
+        def logits_input(x: torch.Tensor, hook: object) -> torch.Tensor:
+            return torch.cat([x[:1], x[:1] + deltas.to(x.dtype)])
+
+        return [(FINAL_RESID_HOOK, logits_input)]
+
+    layers = list(receivers.by_layer)
+    joins = reach[:, layers].float().argmax(dim=1)  # index into layers of each row's first
+    joining = {layer: int((joins == i).sum()) for i, layer in enumerate(layers)}
+    resid: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        n = joining[layer]
+
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            resid[layer] = x[:1].clone()  # the base row: the corrupted (run 2's frozen) stream
+            return torch.cat([x, x[:1].expand(n, *x.shape[1:])]) if n else x
+
+        return fn
+
+    def receive(layer: int, heads: list[int]):
+        w = weights[layer]
+        W, b = {"q": (w.W_Q, w.b_Q), "k": (w.W_K, w.b_K), "v": (w.W_V, w.b_V)}[receivers.input]
+        idx = torch.tensor(heads)
+        rows = reach[:, layer].nonzero()[:, 0]
+
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            if len(rows) == 0:
+                return x
+            normed = w.ln1(resid[layer] + deltas[rows].to(resid[layer].dtype))
+            new = torch.einsum("rpm,nmd->rpnd", normed, W[idx])
+            if b is not None:
+                new = new + b[idx]
+            x[(1 + rows)[:, None], :, idx[None, :]] = new.to(x.dtype).transpose(1, 2)
+            return x
+
+        return fn
+
+    out: list = []
+    for layer, heads in receivers.by_layer.items():
+        out.append((f"blocks.{layer}.hook_resid_pre", keep(layer)))
+        out.append((f"blocks.{layer}.attn.hook_{receivers.input}", receive(layer, heads)))
+    return out
+
+
+def _sender_cache_names(senders: list[Sender], receivers: Receivers) -> list[str]:
+    names = []
+    for s in senders:
+        names.append(
+            f"blocks.{s.layer}.attn.hook_z"
+            if s.kind == "head"
+            else f"blocks.{s.layer}.hook_mlp_out"
+        )
+    return list(dict.fromkeys(names))
+
+
+def path_patch(
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    *,
+    senders: str | Sequence = "heads",
+    receivers: str | Sequence,
+    receiver_input: str | None = None,
+    direction: Direction = "denoise",
+    metric: str | MetricFn = "logit_diff",
+    memory_budget: float = 2**30,
+    max_rows: int = 1024,
+    progress: bool = True,
+) -> PatchResult | float:
+    """Path patching: the metric when the senders' clean-minus-corrupted outputs reach only
+    the receivers' inputs, every other reader still seeing the corrupted values.
+
+    Args:
+        senders: component ids (``"L3H5"``, ``"MLP2"``, or ``(3, 5)`` for a head) patched
+            together, giving one float; or ``"heads"`` (default) for a map with every head
+            as a sender on its own, a :class:`PatchResult` over layer × head (target
+            ``"path_heads"``).
+        receivers: heads (``"L9H6"`` or ``(9, 6)``) whose ``receiver_input`` reads the
+            senders, or ``"logits"`` (the final residual stream, before ``ln_final``).
+        receiver_input: ``"q"``, ``"k"`` or ``"v"`` for heads (under grouped-query attention
+            a head's k/v input is its KV head's, shared with its group), ``"resid"`` for the
+            logits; by default ``"q"``, or ``"resid"`` with ``receivers="logits"``.
+        direction: ``"denoise"`` runs the corrupted prompts with the senders' clean outputs
+            on the path; ``"noise"`` runs clean with the corrupted outputs.
+        metric: as for :func:`~circuitviz.engine.patch`.
+        memory_budget: bytes one batched pass may use; a bigger map is chunked to fit.
+
+    A sender reaches only receivers in later layers. Explicit senders must all come before
+    every receiver; in a map, a head with no later receiver keeps the unpatched metric
+    (listed in ``extra["no_path"]``).
+
+    Equals ``transformer_lens.patching.get_act_patch_direct_path`` for one sender head and
+    one receiver head (with the metric averaged over the batch).
+    """
+    if direction not in ("denoise", "noise"):
+        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
+    spec = parse_receivers(model, receivers, receiver_input)
+    weights = _check_weights(model, spec)
+    is_map = isinstance(senders, str) and senders == "heads"
+    if is_map:
+        grid = [
+            Sender("head", layer, head)
+            for layer in range(model.cfg.n_layers)
+            for head in range(model.cfg.n_heads)
+        ]
+        rows = [[s] for s in grid if spec.reached_by(s)]
+    else:
+        chosen = [_parse_sender(model, item) for item in _as_list(senders, "senders")]
+        for s in chosen:
+            if not spec.before_all(s):
+                late = [f"L{layer}" for layer in spec.by_layer if layer <= s.layer]
+                raise InputError(
+                    f"Sender {s.id} runs after receiver layer(s) {', '.join(late)} read their "
+                    f"{spec.input!r} input: a path goes from an earlier layer to a later one. "
+                    "Pick senders in earlier layers or receivers in later ones."
+                )
+        rows = [list(dict.fromkeys(chosen))]
+    names = _sender_cache_names([s for row in rows for s in row], spec)
+    base, clean_acts, corr_acts = baselines(
+        model, pairs, metric, cache={"clean": names, "corrupted": names}
+    )
+    tokens = base.tokens
+    src, ref, run_tokens = (
+        (clean_acts, corr_acts, tokens.corrupted)
+        if direction == "denoise"
+        else (corr_acts, clean_acts, tokens.clean)
+    )
+    n_layers = model.cfg.n_layers
+    values = torch.empty(len(rows))
+    n_forward = 2
+    if rows:
+        with torch.inference_mode():
+            deltas = sender_deltas(model, rows, src, ref)  # [row, batch, pos, d_model]
+        # reach[r, L]: row r's senders all write before layer L (n_layers: the logits).
+        last = torch.tensor([max(s.layer for s in row) for row in rows])
+        reach = last[:, None] < torch.arange(n_layers + 1)[None, :]
+        rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos)) - 1
+        size = max(1, min(max_rows, rows_fit))
+        starts = range(0, len(rows), size)
+        bar = tqdm(
+            total=len(starts) * tokens.batch,
+            desc="path patching",
+            disable=not progress,
+            leave=False,
+        )
+        try:
+            with torch.inference_mode():
+                for start in starts:
+                    stop = min(start + size, len(rows))
+                    logits = []
+                    for b in range(tokens.batch):
+                        fwd = _receiver_hooks(
+                            spec, weights, deltas[start:stop, b], reach[start:stop]
+                        )
+                        logits.append(final_logits(model, run_tokens[b : b + 1], fwd)[1:])
+                        n_forward += 1
+                        bar.update()
+                    stacked = torch.stack(logits, dim=1)  # [rows, batch, d_vocab]
+                    for j in range(stop - start):
+                        values[start + j] = base.metric(stacked[j])
+        finally:
+            bar.close()
+    if not is_map:
+        return float(values[0])
+    unpatched = base.corrupted if direction == "denoise" else base.clean
+    full = torch.full((n_layers, model.cfg.n_heads), unpatched)
+    reached = [row[0] for row in rows]
+    for s, v in zip(reached, values.tolist(), strict=True):
+        full[s.layer, s.head] = v
+    reached_ids = {s.id for s in reached}
+    no_path = [
+        head_id(layer, head)
+        for layer in range(n_layers)
+        for head in range(model.cfg.n_heads)
+        if head_id(layer, head) not in reached_ids
+    ]
+    return patch_result(
+        model,
+        tokens,
+        "path_heads",
+        full,
+        direction=direction,
+        method="path",
+        metric=base.metric,
+        clean=base.clean,
+        corrupted=base.corrupted,
+        extra={
+            "receivers": list(spec.names),
+            "receiver_input": spec.input,
+            "no_path": no_path,
+            "forward_passes": n_forward,
+        },
+        axes=("layer", "head"),
+    )
