@@ -76,6 +76,14 @@ class PatchResult:
             f"{shape}; {self.metric}: clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
         )
 
+    @property
+    def baseline(self) -> float:
+        """The value a cell's effect is measured from: the unpatched run (corrupted when
+        denoising, clean when noising); 0 for a direct logit attribution map."""
+        if self.direction == "direct":
+            return 0.0
+        return float(self.clean if self.direction == "noise" else self.corrupted)
+
     def component(self, index: tuple[int, ...]) -> str:
         """The data-component id of one cell: ``"L3H5"``, ``"MLP7"``, ``"resid_pre:L2:P4"``…"""
         named = dict(zip(self.axes, index, strict=True))
@@ -83,6 +91,8 @@ class PatchResult:
         if "head" in named:
             base = head_id(layer, named["head"])
             return f"{base}:P{named['pos']}" if "pos" in named else base
+        if "sublayer" in named:  # a DLA map of whole layers: attention, MLP
+            return mlp_id(layer) if named["sublayer"] == 1 else f"attn_out:L{layer}"
         if "kv_head" in named:
             return f"L{layer}KV{named['kv_head']}.{self.target}"
         if self.target == "mlp_out" and "pos" not in named:
@@ -98,8 +108,7 @@ class PatchResult:
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` components whose patch moves the metric furthest from the baseline."""
         # Exact and attribution maps both hold the metric after the patch.
-        base = self.corrupted if self.direction == "denoise" else self.clean
-        flat = (self.values - base).abs().flatten()
+        flat = (self.values - self.baseline).abs().flatten()
         idx = flat.argsort(descending=True)[:k]
         shape = self.values.shape
         out = []

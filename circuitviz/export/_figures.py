@@ -97,7 +97,7 @@ def patch_figure(
         )
     v, rows, cols, row_axis, col_axis, index = _flatten_for_heatmap(result)
     # Both methods give the metric after the patch: centre on the unpatched run's value.
-    centre = result.corrupted if result.direction == "denoise" else result.clean
+    centre = result.baseline
     span = zmax if zmax is not None else (float((v - centre).abs().max()) or 1.0)
     x = [text_label(c) for c in cols]
     y = [text_label(r) for r in rows]
@@ -119,6 +119,8 @@ def patch_figure(
     fig.update_layout(
         title=title
         if title is not None
+        else f"Direct logit attribution by {result.target}"
+        if result.direction == "direct"
         else f"{result.method.capitalize()} patching of {result.target} ({result.direction})",
         xaxis={"title": AXIS_TITLES.get(col_axis, col_axis), "type": "category"},
         yaxis={"title": AXIS_TITLES.get(row_axis, row_axis), "type": "category"},

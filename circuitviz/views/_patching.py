@@ -20,9 +20,8 @@ from ._codec import MAX_MESSAGE_BYTES, encode
 
 def baseline(result: PatchResult) -> tuple[float, str]:
     """The value a cell's effect is measured from, and its label for the colour bar."""
-    if result.direction == "noise":
-        return float(result.clean), "clean baseline"
-    return float(result.corrupted), "corrupted baseline"
+    label = {"noise": "clean baseline", "direct": "zero (direct effect)"}
+    return result.baseline, label.get(result.direction, "corrupted baseline")
 
 
 def map_payload(result: PatchResult) -> dict[str, Any]:

@@ -20,11 +20,12 @@ export interface Arrangement {
   component: (r: number, c: number) => string;
 }
 
-const TITLES: Record<string, string> = { layer: "layer", head: "head", kv_head: "KV head", pos: "position" };
+const TITLES: Record<string, string> = { layer: "layer", head: "head", kv_head: "KV head", pos: "position", sublayer: "sublayer" };
 
 export function componentId(target: string, named: Record<string, number>): string {
   const l = named.layer;
   if (named.head !== undefined) return `L${l}H${named.head}` + (named.pos !== undefined ? `:P${named.pos}` : "");
+  if (named.sublayer !== undefined) return named.sublayer === 1 ? `MLP${l}` : `attn_out:L${l}`; // DLA by layer
   if (named.kv_head !== undefined) return `L${l}KV${named.kv_head}.${target}`;
   if (target === "mlp_out" && named.pos === undefined) return `MLP${l}`;
   return `${target}:L${l}:P${named.pos}`;
