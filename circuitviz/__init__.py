@@ -36,6 +36,7 @@ __all__ = [
     "Graph",
     "InputError",
     "LogitLensResult",
+    "LogitLensView",
     "MetricError",
     "ModelNotFoundError",
     "PatchResult",
@@ -55,7 +56,7 @@ __all__ = [
     "tiny_model",
 ]
 
-_VIEWS = ("AttentionView", "CircuitView", "PatchingView", "explore")
+_VIEWS = ("AttentionView", "CircuitView", "LogitLensView", "PatchingView", "explore")
 
 
 def __getattr__(name: str):
