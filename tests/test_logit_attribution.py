@@ -162,3 +162,32 @@ def test_demo_model_sum_and_transformer_lens(demo_model):
         [[ref[f"L{layer}H{head}"] for head in range(9)] for layer in range(30)]
     )
     assert torch.allclose(heads.values, ref_heads, atol=1e-4)
+
+
+def test_save_svg(model, tmp_path):
+    result = cv.logit_attribution(model, random_pairs(), by="layers")
+    text = result.save(tmp_path / "dla.svg").read_text()
+    assert text.startswith("<svg") and "Direct logit attribution by layers" in text
+
+
+@pytest.mark.browser
+def test_patching_view_draws_dla_maps(demo_model, tmp_path, page, artifacts):
+    """PatchingView shows DLA maps around 0 with their own title; the layers map's cells are
+    attention and MLP ids."""
+    from circuitviz.export._html import write_html
+    from circuitviz.views import PatchingView
+
+    pairs = cv.tasks.ioi(demo_model, n=4, seed=0)
+    page.set_viewport_size({"width": 1200, "height": 1000})
+    for by in ("heads", "layers"):
+        result = cv.logit_attribution(demo_model, pairs, by=by)
+        path = write_html(PatchingView(result), tmp_path / f"dla_{by}.html")
+        page.goto(path.as_uri())
+        top_id, _ = result.top(1)[0]
+        cell = page.locator(f'.cv-patching [data-component="{top_id}"]')
+        cell.hover()
+        tip = page.locator('.cv-patching [data-role="tooltip"]').inner_text()
+        assert "direct contribution to logit_diff" in tip and "% of the clean value" in tip
+        page.locator(".cv-patching").screenshot(path=str(artifacts / f"dla_{by}_demo.png"))
+    assert page.locator('.cv-patching [data-component="attn_out:L23"]').count() == 1
+    assert not page.console_errors

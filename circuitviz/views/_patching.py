@@ -20,7 +20,7 @@ from ._codec import MAX_MESSAGE_BYTES, encode
 
 def baseline(result: PatchResult) -> tuple[float, str]:
     """The value a cell's effect is measured from, and its label for the colour bar."""
-    label = {"noise": "clean baseline", "direct": "zero (direct effect)"}
+    label = {"noise": "clean baseline", "direct": "zero"}
     return result.baseline, label.get(result.direction, "corrupted baseline")
 
 
