@@ -98,6 +98,7 @@ def patch_figure(
     v, rows, cols, row_axis, col_axis, index = _flatten_for_heatmap(result)
     # Both methods give the metric after the patch: centre on the unpatched run's value.
     centre = result.baseline
+    value_name = f"DLA: {result.metric}" if result.direction == "direct" else result.metric
     span = zmax if zmax is not None else (float((v - centre).abs().max()) or 1.0)
     x = [text_label(c) for c in cols]
     y = [text_label(r) for r in rows]
@@ -110,9 +111,9 @@ def patch_figure(
             zmid=centre,
             zmin=centre - span,
             zmax=centre + span,
-            colorbar={"title": {"text": result.metric}},
+            colorbar={"title": {"text": value_name}},
             hovertemplate=(
-                f"{row_axis} %{{y}}<br>{col_axis} %{{x}}<br>{result.metric} %{{z:.4f}}<extra></extra>"
+                f"{row_axis} %{{y}}<br>{col_axis} %{{x}}<br>{value_name} %{{z:.4f}}<extra></extra>"
             ),
         )
     )

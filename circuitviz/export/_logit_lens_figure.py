@@ -12,6 +12,14 @@ if TYPE_CHECKING:
     from ..engine._logit_lens import LogitLensResult
 
 
+def cell_text(token: str) -> str:
+    """How a top token is written in a cell: a token of only whitespace would be blank, so
+    its characters show as ``␣`` (``∅`` for an empty token); the figure and the view share it."""
+    if token.strip():
+        return token
+    return "".join("↵" if c == "\n" else "␣" for c in token) or "∅"
+
+
 def logit_lens_figure(
     result: LogitLensResult, *, title: str | None = None, colorscale: Any = None, **options: Any
 ) -> go.Figure:
@@ -25,7 +33,7 @@ def logit_lens_figure(
     tracked = result.answer_prob is not None
     z = result.answer_prob if tracked else result.top_probs[..., 0]
     what = f"p({result.answer!r})" if tracked else "top-token probability"
-    text = [[text_label(cell[0]) for cell in row] for row in result.top_tokens]
+    text = [[text_label(cell_text(cell[0])) for cell in row] for row in result.top_tokens]
     cols = [text_label(f"{i}: {t}") for i, t in enumerate(result.tokens)]
     fig = go.Figure(
         go.Heatmap(
@@ -34,6 +42,7 @@ def logit_lens_figure(
             y=result.layers,
             text=text,
             texttemplate="%{text}",
+            textfont={"size": style.font_px * 0.8},
             colorscale=colorscale or SEQUENTIAL,
             zmin=0.0,
             zmax=1.0,
@@ -45,7 +54,9 @@ def logit_lens_figure(
         )
     )
     fig.update_layout(
-        title=title if title is not None else f"Logit lens · colour: {what}",
+        title=title
+        if title is not None
+        else f"Logit lens · text: top token (␣ whitespace) · colour: {what}",
         xaxis={"title": "position", "type": "category"},
         yaxis={"title": "residual stream after", "type": "category", "autorange": "reversed"},
     )

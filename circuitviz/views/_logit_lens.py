@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import traitlets as t
 
 from ..engine import InputError, LogitLensResult
+from ..export._logit_lens_figure import cell_text
 from ._base import STATIC, View
 from ._codec import encode
 
@@ -26,6 +27,7 @@ def lens_payload(result: LogitLensResult) -> dict[str, Any]:
         "colour": encode(result.answer_prob if tracked else result.top_probs[..., 0], "float32"),
         "colour_label": f"p({result.answer!r})" if tracked else "top-token probability",
         "top_tokens": result.top_tokens,
+        "cell_text": [[cell_text(cell[0]) for cell in row] for row in result.top_tokens],
         "top_probs": encode(result.top_probs, "float32"),
         "answer": result.answer,
         "answer_rank": encode(result.answer_rank, "int32") if tracked else None,
@@ -48,7 +50,7 @@ class LogitLensView(View):
 
     lens = t.Dict().tag(sync=True)
     """The lens: ``colour`` ``[row, pos]`` (binary), ``colour_label``, ``top_tokens``
-    ``[row][pos][k]``, ``top_probs`` ``[row, pos, k]`` (binary), ``answer``, ``answer_rank``
+    ``[row][pos][k]``, ``cell_text`` ``[row][pos]`` (the top token as written in the cell), ``top_probs`` ``[row, pos, k]`` (binary), ``answer``, ``answer_rank``
     ``[row, pos]`` (binary or None), ``layers``, ``row_ids``, ``tokens``, ``model``."""
 
     def __init__(

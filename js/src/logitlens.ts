@@ -16,9 +16,8 @@ const STYLE = `
 `;
 
 /** The text drawn in a cell: whitespace made visible, cut to what the cell can hold. */
-function cellText(token: string, width: number): string {
-  const shown = token.trim() === "" ? token.replace(/\s/g, "␣") || "∅" : token;
-  return truncate(showToken(shown), Math.max(1, Math.floor((width - 4) / 6)));
+function cellText(text: string, width: number): string {
+  return truncate(showToken(text), Math.max(1, Math.floor((width - 4) / 6)));
 }
 
 function render({ model, el: host }: { model: AnyModel<LogitLensTraits>; el: HTMLElement }) {
@@ -47,12 +46,12 @@ function render({ model, el: host }: { model: AnyModel<LogitLensTraits>; el: HTM
   function svgWithText(): SVGSVGElement {
     const svg = heatmap!.toSVG();
     const g = heatmap!.geom;
-    const { top_tokens } = lens();
-    for (let r = 0; r < top_tokens.length; r++) {
-      for (let c = 0; c < top_tokens[r].length; c++) {
-        const fill = textOn(scale(colour[r * top_tokens[r].length + c]));
+    const { cell_text } = lens();
+    for (let r = 0; r < cell_text.length; r++) {
+      for (let c = 0; c < cell_text[r].length; c++) {
+        const fill = textOn(scale(colour[r * cell_text[r].length + c]));
         const attrs = { x: g.left + (c + 0.5) * g.cw, y: g.top + (r + 0.5) * g.ch, "text-anchor": "middle", "dominant-baseline": "middle", "font-size": 10, fill };
-        svg.append(svgEl("text", attrs, cellText(top_tokens[r][c][0] ?? "", g.cw)));
+        svg.append(svgEl("text", attrs, cellText(cell_text[r][c], g.cw)));
       }
     }
     return svg;
@@ -113,7 +112,7 @@ function render({ model, el: host }: { model: AnyModel<LogitLensTraits>; el: HTM
       hit.classList.add("cv-lens-cell");
       hit.style.color = textOn(scale(colour[r * cols + c]));
       hit.dataset.token = L.top_tokens[r][c][0];
-      setText(hit, cellText(L.top_tokens[r][c][0], cw));
+      setText(hit, cellText(L.cell_text[r][c], cw));
     }
     main.replaceChildren(heatmap.el);
     show();

@@ -118,6 +118,8 @@ export interface LogitLensPayload {
   colour_label: string;
   /** [row][pos][k] token strings (drawn as text only). */
   top_tokens: string[][][];
+  /** [row][pos]: the top token as written in its cell (whitespace made visible in Python). */
+  cell_text: string[][];
   /** float32 [row, pos, k]. */
   top_probs: EncodedArray;
   answer: string | null;
