@@ -191,3 +191,18 @@ def test_patching_view_draws_dla_maps(demo_model, tmp_path, page, artifacts):
         page.locator(".cv-patching").screenshot(path=str(artifacts / f"dla_{by}_demo.png"))
     assert page.locator('.cv-patching [data-component="attn_out:L23"]').count() == 1
     assert not page.console_errors
+
+
+def test_a_readout_it_cannot_decompose_is_refused():
+    """A logit scale after the unembedding (as Gemma's softcap or Cohere's logit scale)
+    breaks the decomposition: an error, not wrong numbers; the lens refuses it too."""
+    model = cv.tiny_model("llama", n_layers=2)
+    handle = model.unembed._original_component.register_forward_hook(lambda m, i, out: 3 * out)
+    try:
+        with pytest.raises(InputError, match="can't decompose"):
+            cv.logit_attribution(model, random_pairs())
+        with pytest.raises(InputError, match="can't read this model"):
+            cv.logit_lens(model, "t1 t2 t3", answer=" t3")
+    finally:
+        handle.remove()
+    assert not has_hooks(model)

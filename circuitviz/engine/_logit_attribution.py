@@ -48,6 +48,18 @@ def _unembed_bias(model: TransformerBridge) -> torch.Tensor | None:
     return None if b_U is None else b_U.detach()
 
 
+def check_decomposition(model: TransformerBridge, total: float, clean: float) -> None:
+    """Refuse to return numbers that do not add up: a readout other than ``norm -> W_U``
+    (a logit softcap, a norm with an offset weight) would make every contribution wrong."""
+    tolerance = (1e-3 if model.cfg.dtype == torch.float32 else 5e-2) * (1 + abs(clean))
+    if not abs(total - clean) <= tolerance:
+        raise InputError(
+            f"logit_attribution can't decompose this model's output: the contributions add up "
+            f"to {total:.6g}, not the logit difference {clean:.6g}. Its readout is not "
+            "final norm (LayerNorm or RMSNorm) then W_U; use circuitviz.patch instead."
+        )
+
+
 def _hook_names(model: TransformerBridge, by: str) -> list[str]:
     names = ["hook_embed", "ln_final.hook_in", "ln_final.hook_scale"]
     if "hook_pos_embed" in model.hook_dict:
@@ -144,6 +156,7 @@ def logit_attribution(
         terms["ln_final_bias"] = 0.0 if norm_bias is None else float((direction @ norm_bias).mean())
         b_U = _unembed_bias(model)
         terms["b_U"] = 0.0 if b_U is None else float((b_U[answers] - b_U[wrong]).mean())
+    check_decomposition(model, float(values.double().sum()) + sum(terms.values()), base.clean)
     axes = {"heads": ("layer", "head"), "heads_by_pos": ("layer", "pos", "head")}.get(
         by, ("layer", "sublayer")
     )

@@ -137,7 +137,7 @@ def logit_lens(
         return hook
 
     with torch.inference_mode():
-        _hooks.run(model, tokens, [(n, keep(n)) for n in names])
+        output = _hooks.run(model, tokens, [(n, keep(n)) for n in names])[0].float()
         norm = _final_norm_module(model)
         top_ids, top_probs, answer_prob, answer_rank = [], [], [], []
         for name in names:  # one row at a time: [pos, d_vocab] logits, never [rows, pos, vocab]
@@ -149,6 +149,13 @@ def logit_lens(
             if answer_id is not None:
                 answer_prob.append(probs[:, answer_id])
                 answer_rank.append((logits > logits[:, answer_id, None]).sum(-1))
+        # The last row must be the model's own prediction, else the readout is not
+        # norm -> unembed (a softcap, say) and no row can be trusted.
+        if not torch.allclose(probs, output.softmax(-1), atol=1e-3):
+            raise InputError(
+                "logit_lens can't read this model: its output is not final norm then W_U "
+                "(e.g. a logit softcap or scale), so the lens would not end at its prediction."
+            )
     top_ids = torch.stack(top_ids).cpu()
     return LogitLensResult(
         top_ids=top_ids,
