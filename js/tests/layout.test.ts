@@ -83,6 +83,8 @@ describe("patch maps and ablation sets", () => {
     expect(componentId("mlp_out", { layer: 7 })).toBe("MLP7");
     expect(componentId("resid_pre", { layer: 2, pos: 4 })).toBe("resid_pre:L2:P4");
     expect(componentId("k", { layer: 1, kv_head: 0 })).toBe("L1KV0.k");
+    expect(componentId("layers", { layer: 2, sublayer: 0 })).toBe("attn_out:L2"); // DLA by layer
+    expect(componentId("layers", { layer: 2, sublayer: 1 })).toBe("MLP2");
   });
 
   it("arranges a layer × pos × head map as (layer, head) rows", () => {
