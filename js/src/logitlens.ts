@@ -9,7 +9,7 @@ import type { AnyModel, LogitLensTraits } from "./types";
 
 const STYLE = `
 .cv-lens-cell{display:flex;align-items:center;justify-content:center;overflow:hidden;white-space:pre;font:10px system-ui,sans-serif;pointer-events:auto}
-.cv-lens-panel{min-width:200px;max-width:320px;border-left:1px solid #ddd;padding-left:10px}
+.cv-lens-panel{min-width:200px;max-width:240px;border-left:1px solid #ddd;padding-left:10px}
 .cv-lens-panel table{border-collapse:collapse}
 .cv-lens-panel td{padding:1px 8px 1px 0;font-variant-numeric:tabular-nums}
 .cv-lens-panel tr[data-answer="true"] td{font-weight:600}
@@ -95,7 +95,7 @@ function render({ model, el: host }: { model: AnyModel<LogitLensTraits>; el: HTM
       },
       {
         maxCell: 64,
-        maxWidth: 900,
+        maxWidth: 840,
         maxHeight: Math.min(760, rows * 22),
         onClick: (r, c) => {
           model.set("selected", idOf(r, c));
