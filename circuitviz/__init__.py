@@ -10,6 +10,7 @@ from .engine import (
     AttentionResult,
     Graph,
     InputError,
+    LogitLensResult,
     MetricError,
     ModelNotFoundError,
     PatchResult,
@@ -19,6 +20,8 @@ from .engine import (
     attribution_patch,
     circuit,
     load_model,
+    logit_attribution,
+    logit_lens,
     patch,
     path_patch,
     tiny_model,
@@ -33,6 +36,8 @@ __all__ = [
     "CircuitView",
     "Graph",
     "InputError",
+    "LogitLensResult",
+    "LogitLensView",
     "MetricError",
     "ModelNotFoundError",
     "PatchResult",
@@ -45,13 +50,15 @@ __all__ = [
     "circuit",
     "explore",
     "load_model",
+    "logit_attribution",
+    "logit_lens",
     "patch",
     "path_patch",
     "tasks",
     "tiny_model",
 ]
 
-_VIEWS = ("AttentionView", "CircuitView", "PatchingView", "explore")
+_VIEWS = ("AttentionView", "CircuitView", "LogitLensView", "PatchingView", "explore")
 
 
 def __getattr__(name: str):

@@ -4,6 +4,8 @@ from ._ablation import MODES, ablate
 from ._attention import ROLES, attention
 from ._attribution import attribution_patch
 from ._hooks import has_hooks, hooks
+from ._logit_attribution import logit_attribution
+from ._logit_lens import LogitLensResult, logit_lens
 from ._metrics import METRICS, Metric, MetricError
 from ._models import ModelNotFoundError, load_model
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
@@ -23,6 +25,7 @@ __all__ = [
     "Edge",
     "Graph",
     "InputError",
+    "LogitLensResult",
     "Metric",
     "MetricError",
     "ModelNotFoundError",
@@ -39,6 +42,8 @@ __all__ = [
     "has_hooks",
     "hooks",
     "load_model",
+    "logit_attribution",
+    "logit_lens",
     "patch",
     "path_patch",
     "tiny_model",

@@ -35,9 +35,24 @@ class CellRule:
     component: str
     ablates: str | None
     reason: str = ""
+    #: Axes whose index picks a sub-template (a DLA map by layer: ``{sublayer}`` is
+    #: ``"attn_out:L{layer}"`` or ``"MLP{layer}"``).
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {"component": self.component, "ablates": self.ablates, "reason": self.reason}
+    def fill(self, template: str, named: dict[str, int]) -> str:
+        for axis, options in self.choices:
+            template = template.replace("{" + axis + "}", options[named[axis]])
+        return template.format(**named)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "component": self.component,
+            "ablates": self.ablates,
+            "reason": self.reason,
+        }
+        if self.choices:
+            out["choices"] = {axis: list(options) for axis, options in self.choices}
+        return out
 
 
 def cell_rule(result: PatchResult) -> CellRule:
@@ -47,6 +62,9 @@ def cell_rule(result: PatchResult) -> CellRule:
         return CellRule("L{layer}H{head}", "L{layer}H{head}")
     if axes == {"layer", "pos", "head"}:  # only that head, only at that position
         return CellRule("L{layer}H{head}:P{pos}", "L{layer}H{head}:P{pos}")
+    if axes == {"layer", "sublayer"}:  # DLA by layer: attention output, MLP
+        sub = (("sublayer", ("attn_out:L{layer}", "MLP{layer}")),)
+        return CellRule("{sublayer}", None, NOT_ABLATABLE["attn_out"], choices=sub)
     if axes == {"layer", "kv_head"}:
         reason = NOT_ABLATABLE.get(result.target, NOT_ABLATABLE["k"])
         return CellRule("L{layer}KV{kv_head}." + result.target, None, reason)
@@ -67,7 +85,7 @@ def ablation_targets(result: PatchResult) -> list[str | None]:
     if rule.ablates is None:
         return [None] * result.values.numel()
     return [
-        rule.ablates.format(**dict(zip(result.axes, index, strict=True)))
+        rule.fill(rule.ablates, dict(zip(result.axes, index, strict=True)))
         for index in itertools.product(*map(range, result.values.shape))
     ]
 

@@ -86,6 +86,8 @@ class PatchResult:
         if "head" in named:
             base = head_id(layer, named["head"])
             return f"{base}:P{named['pos']}" if "pos" in named else base
+        if "sublayer" in named:  # a DLA map of whole layers: attention, MLP
+            return mlp_id(layer) if named["sublayer"] == 1 else f"attn_out:L{layer}"
         if "kv_head" in named:
             return f"L{layer}KV{named['kv_head']}.{self.target}"
         if self.target == "mlp_out" and "pos" not in named:
@@ -103,13 +105,18 @@ class PatchResult:
         """The unpatched metric of the run being patched, which every cell's effect is measured
         from: ``corrupted`` for "denoise" (clean activations patched into the corrupted run),
         ``clean`` for "noise". Exact and attribution maps both hold the metric after the patch,
-        so a cell's effect is ``value − baseline``."""
+        so a cell's effect is ``value − baseline``. A direct logit attribution map
+        (direction ``"direct"``) holds contributions: its baseline is 0."""
+        if self.direction == "direct":
+            return 0.0
         return float(self.corrupted if self.direction == "denoise" else self.clean)
 
     @property
     def baseline_label(self) -> str:
-        """``"corrupted baseline"`` (denoise) or ``"clean baseline"`` (noise)."""
-        return "corrupted baseline" if self.direction == "denoise" else "clean baseline"
+        """``"corrupted baseline"`` (denoise), ``"clean baseline"`` (noise) or ``"zero"``
+        (direct logit attribution)."""
+        labels = {"denoise": "corrupted baseline", "noise": "clean baseline", "direct": "zero"}
+        return labels.get(self.direction, "corrupted baseline")
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` components whose patch moves the metric furthest from :attr:`baseline`

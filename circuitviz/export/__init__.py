@@ -41,6 +41,13 @@ def ablation_figure(result, **options):
     return build(result, **options)
 
 
+def logit_lens_figure(result, **options):
+    """Heatmap of a ``LogitLensResult``: answer probability, top token in each cell."""
+    from ._logit_lens_figure import logit_lens_figure as build
+
+    return build(result, **options)
+
+
 __all__ = [
     "CATEGORICAL",
     "COLUMN_WIDTHS",
@@ -55,6 +62,7 @@ __all__ = [
     "attention_figure",
     "figure_of",
     "graph_figure",
+    "logit_lens_figure",
     "make_style",
     "patch_figure",
     "render",

@@ -160,6 +160,8 @@ def patch_figure(
     fig.update_layout(
         title=title
         if title is not None
+        else text_label(f"Direct logit attribution by {result.target}")
+        if result.direction == "direct"
         else text_label(
             f"{result.method.capitalize()} patching of {result.target} ({result.direction})"
         ),

@@ -127,13 +127,15 @@ def script_json(data: Any) -> str:
 
 def as_views(obj: Any) -> tuple[list[Any], list[tuple[int, int, str]]]:
     """The widget(s) to embed for ``obj``, and the traits linked between them."""
-    from ..engine import AttentionResult, PatchResult
-    from ..views import AttentionView, CircuitView, Explorer, PatchingView
+    from ..engine import AttentionResult, LogitLensResult, PatchResult
+    from ..views import AttentionView, CircuitView, Explorer, LogitLensView, PatchingView
 
     if isinstance(obj, Explorer):
         return [obj.patching, obj.attention, obj.circuit], [(0, 1, "selected"), (0, 2, "selected")]
-    if isinstance(obj, (AttentionView, PatchingView, CircuitView)):
+    if isinstance(obj, (AttentionView, PatchingView, CircuitView, LogitLensView)):
         return [obj], []
+    if isinstance(obj, LogitLensResult):
+        return [LogitLensView(obj)], []
     if isinstance(obj, PatchResult):
         return [PatchingView(obj)], []
     if isinstance(obj, AttentionResult):
@@ -142,7 +144,7 @@ def as_views(obj: Any) -> tuple[list[Any], list[tuple[int, int, str]]]:
         return [CircuitView(graph=obj)], []
     raise TypeError(
         f"write_html cannot show a {type(obj).__name__}: pass a view, PatchResult, "
-        "AttentionResult, Graph or graph JSON."
+        "AttentionResult, LogitLensResult, Graph or graph JSON."
     )
 
 

@@ -57,9 +57,11 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
     const byValue = model.get("color") === "value";
     const base = map.baseline;
     // Denoising moves corrupted → clean, noising clean → corrupted: both as a share of the gap.
-    const gap = map.direction === "noise" ? map.corrupted - map.clean : map.clean - map.corrupted;
-    const what = map.method === "attribution" ? "attribution estimate" : `${map.metric} after patching`;
-    const title = `${map.method} patching of ${map.target} (${map.direction}) · map metric: ${map.metric}`;
+    // A direct logit attribution map holds contributions (baseline 0), a share of the clean value.
+    const direct = map.direction === "direct";
+    const gap = direct ? map.clean : map.direction === "noise" ? map.corrupted - map.clean : map.clean - map.corrupted;
+    const what = direct ? `direct contribution to ${map.metric}` : map.method === "attribution" ? "attribution estimate" : `${map.metric} after patching`;
+    const title = direct ? `direct logit attribution · ${map.target}` : `${map.method} patching of ${map.target} (${map.direction}) · map metric: ${map.metric}`;
     const labels = map.color_labels ?? { effect: `effect = value − ${map.baseline_label}`, value: map.metric };
     heatmap = new Heatmap(
       {
@@ -82,8 +84,8 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
           return [
             `${arr.component(r, c)}   (${arr.rowLabels[r]}, ${arr.colLabels[c]})`,
             `${what}: ${fmt(raw[i], 5)}`,
-            `effect vs ${map.baseline_label}: ${fmt(effect[i], 5)}`,
-            gap ? `= ${fmt((100 * effect[i]) / gap, 3)}% of the clean − corrupted gap` : "",
+            direct ? "" : `effect vs ${map.baseline_label}: ${fmt(effect[i], 5)}`,
+            gap ? `= ${fmt((100 * effect[i]) / gap, 3)}% of the ${direct ? "clean value" : "clean − corrupted gap"}` : "",
             `clean ${fmt(map.clean)} · corrupted ${fmt(map.corrupted)}`,
             clickAction(r, c),
           ]

@@ -9,6 +9,8 @@ export interface CellRule {
   ablates: string | null;
   /** Why cells can't be ablated ("" when they can). */
   reason: string;
+  /** Axes whose index picks a sub-template: {sublayer} with ["attn_out:L{layer}", "MLP{layer}"]. */
+  choices?: Record<string, string[]>;
 }
 
 export interface MapShape {
@@ -34,10 +36,11 @@ export interface Arrangement {
   ablates: (r: number, c: number) => string | null;
 }
 
-const TITLES: Record<string, string> = { layer: "layer", head: "head", kv_head: "KV head", pos: "position" };
+const TITLES: Record<string, string> = { layer: "layer", head: "head", kv_head: "KV head", pos: "position", sublayer: "sublayer" };
 
 /** Fill a kernel template: "L{layer}H{head}" with {layer: 3, head: 5} → "L3H5". */
-export function fill(template: string, named: Record<string, number>): string {
+export function fill(template: string, named: Record<string, number>, choices: Record<string, string[]> = {}): string {
+  for (const [axis, options] of Object.entries(choices)) template = template.replace(`{${axis}}`, options[named[axis]] ?? "?");
   return template.replace(/\{(\w+)\}/g, (_, k: string) => String(named[k]));
 }
 
@@ -94,7 +97,7 @@ export function arrange(m: MapShape): Arrangement {
   const ablates = cells.ablates;
   return {
     ...base,
-    component: (r, c) => fill(cells.component, named(r, c)),
-    ablates: ablates === null ? () => null : (r, c) => fill(ablates, named(r, c)),
+    component: (r, c) => fill(cells.component, named(r, c), cells.choices),
+    ablates: ablates === null ? () => null : (r, c) => fill(ablates, named(r, c), cells.choices),
   };
 }

@@ -147,3 +147,29 @@ export interface CircuitTraits extends AblationTraits {
   faithfulness: { circuit?: number | null; ablated?: number | null; nodes?: string[]; ablated_nodes?: string[] };
   has_faithfulness: boolean;
 }
+
+export interface LogitLensPayload {
+  /** float32 [row, pos]: the answer's probability (the top token's without an answer). */
+  colour: EncodedArray;
+  colour_label: string;
+  /** [row][pos][k] token strings (drawn as text only). */
+  top_tokens: string[][][];
+  /** [row][pos]: the top token as written in its cell (whitespace made visible in Python). */
+  cell_text: string[][];
+  /** float32 [row, pos, k]. */
+  top_probs: EncodedArray;
+  answer: string | null;
+  /** int32 [row, pos] (0 = top token), or null without an answer. */
+  answer_rank: EncodedArray | null;
+  layers: string[];
+  /** Component id of each row; a cell's id adds ":P{pos}". */
+  row_ids: string[];
+  tokens: string[];
+  model: string;
+}
+
+export interface LogitLensTraits {
+  lens: LogitLensPayload;
+  selected: string;
+  error: string;
+}

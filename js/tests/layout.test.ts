@@ -111,6 +111,7 @@ describe("patch maps and ablation sets", () => {
   it("fills the kernel's templates with a cell's indices", () => {
     expect(fill("L{layer}H{head}:P{pos}", { layer: 3, pos: 4, head: 5 })).toBe("L3H5:P4");
     expect(fill("resid_pre:L{layer}:P{pos}", { layer: 2, pos: 4 })).toBe("resid_pre:L2:P4");
+    expect(fill("{sublayer}", { layer: 2, sublayer: 1 }, { sublayer: ["attn_out:L{layer}", "MLP{layer}"] })).toBe("MLP2"); // DLA by layer
   });
 
   it("arranges a layer × pos × head map as (layer, head) rows", () => {

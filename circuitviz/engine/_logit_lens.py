@@ -1,0 +1,174 @@
+"""The logit lens: what the model would predict if it stopped after each layer.
+
+Each layer's residual stream (``blocks.{L}.hook_resid_post``; row 0 is the embeddings,
+``blocks.0.hook_resid_pre``) goes through the model's own final norm, with statistics
+recomputed for that layer's vector, and the unembedding — as TransformerLens's ``logit_lens``
+does; its last row is the model's output.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from . import _hooks
+from ._models import model_name
+from ._pairs import InputError, single_token
+
+
+@dataclass(eq=False)
+class LogitLensResult:
+    """The logit lens of one prompt: rows are the embeddings and the output of each layer.
+
+    ``top_tokens [row, pos, k]`` (strings) and ``top_ids``/``top_probs`` (same shape): the
+    ``k`` most probable next tokens read at each row and position. ``answer_prob`` and
+    ``answer_rank`` ``[row, pos]`` (rank 0 = the top token; ties count only strictly larger
+    logits): the answer's probability and rank at each cell, or None without an answer.
+    ``layers``: the row labels (``"embed"``, ``"L0"``, …); ``tokens``: the prompt's tokens.
+    """
+
+    top_ids: torch.Tensor
+    top_tokens: list[list[list[str]]]
+    top_probs: torch.Tensor
+    answer: str | None
+    answer_id: int | None
+    answer_prob: torch.Tensor | None
+    answer_rank: torch.Tensor | None
+    layers: list[str]
+    tokens: list[str]
+    model_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return self.top_probs.shape[-1]
+
+    def __repr__(self) -> str:
+        rows, n_pos = self.top_probs.shape[:2]
+        final = ", ".join(
+            f"{t!r} {p:.3f}"
+            for t, p in zip(
+                self.top_tokens[-1][-1][:3], self.top_probs[-1, -1, :3].tolist(), strict=True
+            )
+        )
+        head = f"LogitLensResult({rows} rows × {n_pos} positions, top-{self.k}; output: {final}"
+        if self.answer_prob is None:
+            return head + ")"
+        first = self.first_top_layer()
+        return (
+            f"{head}; answer {self.answer!r}: p={float(self.answer_prob[-1, -1]):.3f}, "
+            f"rank {int(self.answer_rank[-1, -1])}, top from {first or 'never'})"
+        )
+
+    def first_top_layer(self, pos: int = -1) -> str | None:
+        """The first row at which the answer is the top token at ``pos`` (None if never)."""
+        if self.answer_rank is None:
+            raise InputError("This logit lens has no answer: pass answer=' token'.")
+        hits = (self.answer_rank[:, pos] == 0).nonzero()
+        return self.layers[int(hits[0])] if len(hits) else None
+
+    def figure(self, **style: Any):
+        """A heatmap: rows × positions, coloured by the answer's probability (by the top
+        token's without an answer), the top token written in each cell."""
+        from ..export import logit_lens_figure
+
+        return logit_lens_figure(self, **style)
+
+    def save(self, path: str | os.PathLike, **style: Any) -> Path:
+        """Write this as SVG, PDF, PNG or standalone HTML (by extension); returns the path."""
+        from ..export import save
+
+        return save(self, path, **style)
+
+
+def _final_norm_module(model: TransformerBridge) -> torch.nn.Module:
+    # The wrapped torch module: calling it fires none of the bridge's hooks.
+    return getattr(model.ln_final, "_original_component", model.ln_final)
+
+
+def _unembed(model: TransformerBridge, x: torch.Tensor) -> torch.Tensor:
+    b_U = getattr(model, "b_U", None)
+    logits = x @ model.W_U.detach()
+    return logits if b_U is None else logits + b_U.detach()
+
+
+def _resid_names(n_layers: int) -> list[str]:
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+
+
+def logit_lens(
+    model: TransformerBridge,
+    prompt: str,
+    *,
+    answer: str | None = None,
+    k: int = 10,
+) -> LogitLensResult:
+    """Read the residual stream after every layer through the final norm and unembedding.
+
+    Args:
+        prompt: one prompt (BOS is prepended as for every analysis).
+        answer: a single-token answer (e.g. ``" Mary"``) whose probability and rank are
+            tracked at every row and position; None tracks nothing.
+        k: how many top tokens to keep per cell.
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f"logit_lens needs one non-empty prompt string, got {prompt!r}.")
+    if not isinstance(k, int) or not 1 <= k <= model.cfg.d_vocab:
+        raise InputError(f"k must be an integer between 1 and {model.cfg.d_vocab}, got {k!r}.")
+    answer_id = None if answer is None else single_token(model, answer, "answer")
+    tokens = model.to_tokens(prompt, truncate=False)
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise InputError(
+            f"The prompt has {tokens.shape[1]} tokens but the model's context is "
+            f"{model.cfg.n_ctx}: shorten it."
+        )
+    names = _resid_names(model.cfg.n_layers)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(x: torch.Tensor, hook: object) -> None:
+            store[name] = x.detach()[0]
+
+        return hook
+
+    with torch.inference_mode():
+        output = _hooks.run(model, tokens, [(n, keep(n)) for n in names])[0].float()
+        norm = _final_norm_module(model)
+        top_ids, top_probs, answer_prob, answer_rank = [], [], [], []
+        for name in names:  # one row at a time: [pos, d_vocab] logits, never [rows, pos, vocab]
+            logits = _unembed(model, norm(store.pop(name))).float()
+            probs = logits.softmax(-1)
+            p, i = probs.topk(k, dim=-1)
+            top_ids.append(i)
+            top_probs.append(p)
+            if answer_id is not None:
+                answer_prob.append(probs[:, answer_id])
+                answer_rank.append((logits > logits[:, answer_id, None]).sum(-1))
+        # The last row must be the model's own prediction, else the readout is not
+        # norm -> unembed (a softcap, say) and no row can be trusted.
+        if not torch.allclose(probs, output.softmax(-1), atol=1e-3):
+            raise InputError(
+                "logit_lens can't read this model: its output is not final norm then W_U "
+                "(e.g. a logit softcap or scale), so the lens would not end at its prediction."
+            )
+    top_ids = torch.stack(top_ids).cpu()
+    return LogitLensResult(
+        top_ids=top_ids,
+        top_tokens=[
+            [[model.tokenizer.decode([i]) for i in cell] for cell in row]
+            for row in top_ids.tolist()
+        ],
+        top_probs=torch.stack(top_probs).cpu(),
+        answer=answer,
+        answer_id=answer_id,
+        answer_prob=torch.stack(answer_prob).cpu() if answer_prob else None,
+        answer_rank=torch.stack(answer_rank).cpu() if answer_rank else None,
+        layers=["embed"] + [f"L{i}" for i in range(model.cfg.n_layers)],
+        tokens=[str(t) for t in model.to_str_tokens(tokens[0])],
+        model_name=model_name(model),
+    )
