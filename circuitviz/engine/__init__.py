@@ -8,6 +8,15 @@ from ._metrics import METRICS, Metric, MetricError
 from ._models import ModelNotFoundError, load_model
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
 from ._patching import TARGETS, patch
+from ._refusal import (
+    REFUSAL_PHRASES,
+    Generation,
+    RefusalDirection,
+    SteeringResult,
+    refusal_direction,
+    refusal_instructions,
+    steer_refusal,
+)
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._tiny import tiny_model
 from .graph import Edge, Graph, Node, circuit, edge_patch
@@ -15,11 +24,13 @@ from .graph import Edge, Graph, Node, circuit, edge_patch
 __all__ = [
     "METRICS",
     "MODES",
+    "REFUSAL_PHRASES",
     "ROLES",
     "TARGETS",
     "AblationResult",
     "AttentionResult",
     "Edge",
+    "Generation",
     "Graph",
     "InputError",
     "Metric",
@@ -28,6 +39,8 @@ __all__ = [
     "Node",
     "PatchResult",
     "PromptPairs",
+    "RefusalDirection",
+    "SteeringResult",
     "Tokens",
     "TopTokens",
     "ablate",
@@ -39,6 +52,9 @@ __all__ = [
     "hooks",
     "load_model",
     "patch",
+    "refusal_direction",
+    "refusal_instructions",
+    "steer_refusal",
     "tiny_model",
     "tokenize",
 ]
