@@ -44,6 +44,7 @@ __all__ = [
     "PromptPairs",
     "RefusalDirection",
     "SteeringResult",
+    "SteeringView",
     "__version__",
     "ablate",
     "attention",
@@ -59,7 +60,7 @@ __all__ = [
     "tiny_model",
 ]
 
-_VIEWS = ("AttentionView", "CircuitView", "PatchingView", "explore")
+_VIEWS = ("AttentionView", "CircuitView", "PatchingView", "SteeringView", "explore")
 
 
 def __getattr__(name: str):

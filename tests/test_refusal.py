@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from circuitviz.engine._refusal import (
     addition_hooks,
     is_refusal,
     left_pad,
+    refusal_scores,
 )
 
 TEMPLATE = "t10 {instruction} t11"
@@ -64,6 +67,13 @@ def test_every_refusal_phrase_is_recognised(phrase):
 )
 def test_compliant_continuations_are_not_refusals(text):
     assert not is_refusal(text)
+
+
+def test_refusal_score_is_the_log_odds_of_the_refusal_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.3], [0.05, 0.05, 0.9]]))
+    scores = refusal_scores(logits, [0, 1])
+    expected = [math.log(0.7 / 0.3), math.log(0.1 / 0.9)]
+    assert scores.tolist() == pytest.approx(expected, abs=1e-5)
 
 
 def test_left_padding_keeps_each_prompt_at_the_end():
@@ -144,7 +154,8 @@ def test_steering_reports_before_and_after(tiny_llama):
     assert result.after.continuations != result.before.continuations
     same = circuitviz.steer_refusal(tiny_llama, prompts, d, mode="add", coef=0.0, max_new_tokens=3)
     assert same.after.continuations == same.before.continuations
-    assert same.after.scores == pytest.approx(same.before.scores, abs=1e-6)
+    # No refusal word is one token of the tiny vocabulary: no logit score, and it says so.
+    assert same.after.scores == [None, None] and same.after.mean_score is None
     ablated = circuitviz.steer_refusal(
         tiny_llama, prompts, d, mode="ablate", max_new_tokens=3, before=result.before
     )
@@ -160,7 +171,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(tiny_llama):
     for i, p in enumerate(prompts):
         alone = circuitviz.steer_refusal(tiny_llama, [p], d, mode="ablate", max_new_tokens=4)
         assert alone.after.continuations[0] == together.after.continuations[i]
-        assert alone.before.scores[0] == pytest.approx(together.before.scores[i], abs=1e-4)
+        assert alone.before.continuations[0] == together.before.continuations[i]
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -263,3 +274,85 @@ def test_demo_direction_ablation_and_errors(demo_model):
             call()
         assert not has_hooks(model)
     assert torch.equal(_logits(model, probe), reference)
+
+
+# ------------------------------------------------------------------------------ the view
+
+
+@pytest.fixture
+def steering(tiny_llama):
+    from circuitviz.views import SteeringView
+
+    d = circuitviz.refusal_direction(tiny_llama, HARMFUL, HARMLESS, template=TEMPLATE)
+    return SteeringView(tiny_llama, d, "t1 t2", coef=0.0, coef_max=60.0, max_new_tokens=3)
+
+
+def test_steering_view_regenerates_when_the_page_moves_the_slider(steering, tiny_llama):
+    assert steering.before["text"] == steering.after["text"]  # coef 0: nothing added
+    assert set(steering.before) == {"text", "refused", "score"}
+    steering.set_state({"coef": 50.0})  # as the page's slider sends it
+    assert steering.coef == 50.0 and steering.error == ""
+    assert steering.result.after.continuations[0] == steering.after["text"]
+    assert steering.after["text"] != steering.before["text"]
+    steering.set_state({"mode": "ablate"})
+    assert steering.result.mode == "ablate"
+    assert not steering.busy and not has_hooks(tiny_llama)
+
+
+@pytest.mark.parametrize(
+    "update, message",
+    [
+        ({"coef": 99.0}, "out of range"),
+        ({"coef": float("nan")}, "out of range"),
+        ({"mode": "erase"}, "Unknown mode"),
+        ({"prompt": ""}, "non-empty"),
+        ({"layer": 0}, "may not set"),
+        ({"after": {"text": "x"}}, "may not set"),
+    ],
+)
+def test_steering_view_refuses_bad_updates_and_keeps_its_state(steering, update, message):
+    kept = steering.state, dict(steering.after)
+    steering.set_state(update)
+    assert message in steering.error
+    assert (steering.state, steering.after) == kept
+
+
+def test_steering_view_needs_a_direction(tiny_llama):
+    from circuitviz.views import SteeringView
+
+    with pytest.raises(circuitviz.InputError, match="RefusalDirection"):
+        SteeringView(tiny_llama, None, "t1")
+
+
+@pytest.mark.browser
+def test_steering_view_in_the_browser(steering, tmp_path, page, artifacts, monkeypatch):
+    """The page shows both continuations as text, the slider at the kernel's coefficient and
+    range, and the verdicts; hostile text stays text."""
+    from circuitviz.export import _html
+
+    steering.set_state({"coef": 50.0})
+    hostile = "<img src=x onerror=alert(1)>"
+    steering.before = {**steering.before, "text": hostile}
+    monkeypatch.setattr(_html, "as_views", lambda obj: ([obj], []))
+    _html.write_html(steering, tmp_path / "steering.html")
+    page.goto((tmp_path / "steering.html").as_uri())
+    root = page.locator('.cv-root[data-view="steering"]')
+    root.wait_for()
+    assert page.locator('[data-role="before"]').inner_text() == hostile
+    assert page.locator(".cv-root img").count() == 0 and not page.dialogs
+    assert page.locator('[data-role="after"]').inner_text() == steering.after["text"]
+    slider = page.locator('input[data-role="coef"]')
+    assert (slider.get_attribute("min"), slider.get_attribute("max")) == ("-60", "60")
+    assert float(slider.input_value()) == 50.0
+    assert page.locator('[data-role="coef-value"]').inner_text() == "50"
+    verdict = page.locator('[data-role="after-verdict"]')
+    assert verdict.get_attribute("data-refused") == str(steering.after["refused"]).lower()
+    assert (
+        page.locator('[data-role="title"]').inner_text()
+        == f"Refusal steering · layer {steering.layer}"
+    )
+    page.locator('select[data-role="mode"]').select_option("ablate")
+    assert slider.is_disabled()
+    page.locator('select[data-role="mode"]').select_option("add")
+    root.screenshot(path=str(artifacts / "steering_view.png"))
+    assert not page.console_errors

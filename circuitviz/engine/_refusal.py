@@ -373,15 +373,16 @@ class Generation:
 
     continuations: list[str]
     refused: list[bool]
-    scores: list[float]
+    scores: list[float | None]  # None where no refusal token is a single token
 
     @property
     def refusal_rate(self) -> float:
         return sum(self.refused) / len(self.refused)
 
     @property
-    def mean_score(self) -> float:
-        return sum(self.scores) / len(self.scores)
+    def mean_score(self) -> float | None:
+        known = [s for s in self.scores if s is not None]
+        return sum(known) / len(known) if known else None
 
     def to_dict(self) -> dict:
         return {
@@ -416,7 +417,7 @@ def generate(
     pad = _pad_id(model)
     rows = [_encode(model, p, chat) for p in prompts]
     texts: list[str] = []
-    scores: list[float] = []
+    scores: list[float | None] = []
     steps = tqdm(total=len(rows) * max_new_tokens, desc=desc, leave=False)
     try:
         for start in range(0, len(rows), batch_size):
@@ -426,8 +427,10 @@ def generate(
             with torch.inference_mode(), hooks(model, fwd):
                 for step in range(max_new_tokens):
                     logits = _forward(model, tokens, mask)[:, -1].float().cpu()
-                    if step == 0:
+                    if step == 0 and token_ids:
                         scores += [float(s) for s in refusal_scores(logits, token_ids)]
+                    elif step == 0:  # no refusal word is one token here: no score
+                        scores += [None] * len(logits)
                     nxt = logits.argmax(-1)
                     nxt[done] = pad
                     new = torch.cat([new, nxt[:, None]], 1)
