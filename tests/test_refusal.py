@@ -30,12 +30,15 @@ def _logits(model, text: str = PROBE) -> torch.Tensor:
 
 
 def _resid_projections(model, tokens, direction, fwd=(), mask=None) -> torch.Tensor:
-    """|projection on ``direction``| of every layer's output, with ``fwd`` attached first."""
+    """|projection on ``direction``| / |x| of every layer's output (the largest over
+    positions), with ``fwd`` attached first. Relative: late residual norms reach the
+    thousands, where float32 rounds at ~1e-4 absolute."""
     got = []
-    capture = [
-        (f"blocks.{layer}.hook_resid_post", lambda x, hook: got.append((x @ direction).abs().max()))
-        for layer in range(model.cfg.n_layers)
-    ]
+
+    def share(x: torch.Tensor, hook: object) -> None:
+        got.append(((x @ direction).abs() / x.norm(dim=-1)).max())
+
+    capture = [(f"blocks.{layer}.hook_resid_post", share) for layer in range(model.cfg.n_layers)]
     with torch.inference_mode(), hooks(model, [*fwd, *capture]):
         model(tokens, return_type="logits", attention_mask=mask)
     return torch.stack(got)
