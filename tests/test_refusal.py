@@ -325,6 +325,13 @@ def test_steering_view_needs_a_direction(tiny_llama):
 
     with pytest.raises(circuitviz.InputError, match="RefusalDirection"):
         SteeringView(tiny_llama, None, "t1")
+    d = circuitviz.refusal_direction(tiny_llama, HARMFUL, HARMLESS, template=TEMPLATE)
+    for kwargs, message in [({"coef": 9.0}, "out of range"), ({"mode": "x"}, "Unknown mode")]:
+        with pytest.raises(circuitviz.InputError, match=message):
+            SteeringView(tiny_llama, d, "t1", **kwargs)
+    with pytest.raises(circuitviz.InputError, match="non-empty"):
+        SteeringView(tiny_llama, d, " ")
+    assert not has_hooks(tiny_llama)
 
 
 @pytest.mark.browser

@@ -82,8 +82,11 @@ class SteeringView(View):
         self._before: dict[str, Generation] = {}
         self.coef_max = float(coef_max)
         self.layer = direction.layer
-        with self.hold_trait_notifications():
-            self.prompt, self.coef, self.mode = prompt, coef, mode
+        try:
+            with self.hold_trait_notifications():
+                self.prompt, self.coef, self.mode = prompt, coef, mode
+        except t.TraitError as err:
+            raise InputError(error_text(err)) from None
         self._regenerate()
         self.observe(lambda change: self._regenerate(), names=["prompt", "coef", "mode"])
 
