@@ -15,7 +15,8 @@ const STEERING_STYLE = `
 .cv-steer-badge{display:inline-block;border-radius:3px;padding:0 5px;font-size:11px;margin-right:6px}
 .cv-steer-badge[data-refused="true"]{background:#fde2d8;color:#8a2a0a}
 .cv-steer-badge[data-refused="false"]{background:#dff0e4;color:#1d5a2f}
-.cv-steer-prompt{font:inherit;width:min(480px,90%);padding:2px 4px}
+.cv-steer-prompt{font:inherit;width:520px;max-width:80vw;padding:2px 4px}
+.cv-steer-label{display:flex;gap:6px;align-items:center}
 `;
 
 function side(title: string, role: string) {
@@ -30,6 +31,7 @@ function side(title: string, role: string) {
       setText(text, known ? s.text || "(empty continuation)" : "…");
       badge.setAttribute("data-refused", known ? String(s.refused) : "");
       setText(badge, known ? (s.refused ? "refuses" : "complies") : "");
+      badge.title = "refuses: the continuation starts with a refusal phrase (circuitviz.engine.REFUSAL_PHRASES)";
       setText(score, known ? `refusal score ${fmt(s.score, 2)}` : "");
       score.title = "Log-odds that the first generated token starts a refusal (I, Sorry, Unfortunately, As)";
     },
@@ -52,8 +54,8 @@ function render({ model, el: host }: { model: AnyModel<SteeringTraits>; el: HTML
   rootEl.append(
     style,
     el("div", { class: "cv-toolbar" }, el("span", { class: "cv-title", "data-role": "title" }), busy),
-    el("div", { class: "cv-toolbar" }, el("label", {}, "prompt ", prompt)),
-    el("div", { class: "cv-toolbar" }, modeSelect, el("label", {}, "coef ", slider), coefText),
+    el("div", { class: "cv-toolbar" }, el("label", { class: "cv-steer-label" }, "prompt", prompt)),
+    el("div", { class: "cv-toolbar" }, modeSelect, el("label", { class: "cv-steer-label" }, "coef", slider), coefText),
     error,
     el("div", { class: "cv-row" }, before.box, after.box),
   );
