@@ -366,3 +366,46 @@ def test_steering_view_in_the_browser(steering, tmp_path, page, artifacts, monke
     page.locator('select[data-role="mode"]').select_option("add")
     root.screenshot(path=str(artifacts / "steering_view.png"))
     assert not page.console_errors
+
+
+STEERING_NOTEBOOK = """
+import circuitviz
+from circuitviz.views import SteeringView
+model = circuitviz.tiny_model("llama")
+d = circuitviz.refusal_direction(model, {harmful!r}, {harmless!r}, template={template!r})
+sv = SteeringView(model, d, "t1 t2", coef=0.0, coef_max=60.0, max_new_tokens=3)
+display(sv)
+print("STEER_READY", sv.after["text"])
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_steering_slider_regenerates_in_a_real_kernel(jupyter_server, page, artifacts):
+    """JupyterLab: moving the slider sends coef to the kernel, which generates again; the
+    page shows the kernel's new continuation."""
+    from tests.test_e2e_jupyter import open_notebook, run_all_cells, run_new_cell, write_notebook
+
+    code = STEERING_NOTEBOOK.format(harmful=HARMFUL, harmless=HARMLESS, template=TEMPLATE)
+    write_notebook(jupyter_server.root_dir / "steering.ipynb", [code])
+    open_notebook(page, jupyter_server.lab_url("steering.ipynb"))
+    run_all_cells(page, "STEER_READY")
+    root = page.locator('.cv-root[data-view="steering"]')
+    root.wait_for(state="visible")
+    after = root.locator('[data-role="after"]')
+    first = after.inner_text()
+    assert first == root.locator('[data-role="before"]').inner_text()  # coef 0
+    root.locator('input[data-role="coef"]').evaluate(
+        "(s) => { s.value = '50'; s.dispatchEvent(new Event('change')); }"
+    )
+    page.wait_for_function(
+        '(t) => document.querySelector(\'.cv-root[data-view="steering"] [data-role="after"]\')'
+        ".textContent !== t",
+        arg=first,
+        timeout=120_000,
+    )
+    text = run_new_cell(page, "print('STEER', sv.coef, repr(sv.after['text']))", "STEER ")
+    assert f"STEER 50.0 {after.inner_text()!r}" in text
+    assert root.get_attribute("data-busy") == "false"
+    root.screenshot(path=str(artifacts / "steering_view_jupyterlab.png"))
+    assert page.dialogs == []
