@@ -15,6 +15,8 @@ from .engine import (
     ModelNotFoundError,
     PatchResult,
     PromptPairs,
+    RefusalDirection,
+    SteeringResult,
     ablate,
     attention,
     attribution_patch,
@@ -24,6 +26,9 @@ from .engine import (
     logit_lens,
     patch,
     path_patch,
+    refusal_direction,
+    refusal_instructions,
+    steer_refusal,
     tiny_model,
 )
 
@@ -43,6 +48,9 @@ __all__ = [
     "PatchResult",
     "PatchingView",
     "PromptPairs",
+    "RefusalDirection",
+    "SteeringResult",
+    "SteeringView",
     "__version__",
     "ablate",
     "attention",
@@ -54,11 +62,21 @@ __all__ = [
     "logit_lens",
     "patch",
     "path_patch",
+    "refusal_direction",
+    "refusal_instructions",
+    "steer_refusal",
     "tasks",
     "tiny_model",
 ]
 
-_VIEWS = ("AttentionView", "CircuitView", "LogitLensView", "PatchingView", "explore")
+_VIEWS = (
+    "AttentionView",
+    "CircuitView",
+    "LogitLensView",
+    "PatchingView",
+    "SteeringView",
+    "explore",
+)
 
 
 def __getattr__(name: str):

@@ -11,6 +11,15 @@ from ._models import ModelNotFoundError, load_model
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
 from ._patching import TARGETS, patch
 from ._path_patching import path_patch
+from ._refusal import (
+    REFUSAL_PHRASES,
+    Generation,
+    RefusalDirection,
+    SteeringResult,
+    refusal_direction,
+    refusal_instructions,
+    steer_refusal,
+)
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._tiny import tiny_model
 from .graph import Edge, Graph, Node, circuit, edge_patch
@@ -18,11 +27,13 @@ from .graph import Edge, Graph, Node, circuit, edge_patch
 __all__ = [
     "METRICS",
     "MODES",
+    "REFUSAL_PHRASES",
     "ROLES",
     "TARGETS",
     "AblationResult",
     "AttentionResult",
     "Edge",
+    "Generation",
     "Graph",
     "InputError",
     "LogitLensResult",
@@ -32,6 +43,8 @@ __all__ = [
     "Node",
     "PatchResult",
     "PromptPairs",
+    "RefusalDirection",
+    "SteeringResult",
     "Tokens",
     "TopTokens",
     "ablate",
@@ -46,6 +59,9 @@ __all__ = [
     "logit_lens",
     "patch",
     "path_patch",
+    "refusal_direction",
+    "refusal_instructions",
+    "steer_refusal",
     "tiny_model",
     "tokenize",
 ]

@@ -1,4 +1,4 @@
-"""Jupyter widgets (anywidget): attention, patching, circuit and logit-lens views, and
+"""Jupyter widgets (anywidget): attention, patching, circuit, logit-lens and steering views, and
 ``explore``."""
 
 from ._attention import AttentionView
@@ -6,5 +6,14 @@ from ._circuit import CircuitView
 from ._explore import Explorer, explore
 from ._logit_lens import LogitLensView
 from ._patching import PatchingView
+from ._steering import SteeringView
 
-__all__ = ["AttentionView", "CircuitView", "Explorer", "LogitLensView", "PatchingView", "explore"]
+__all__ = [
+    "AttentionView",
+    "CircuitView",
+    "Explorer",
+    "LogitLensView",
+    "PatchingView",
+    "SteeringView",
+    "explore",
+]

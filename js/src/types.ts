@@ -173,3 +173,23 @@ export interface LogitLensTraits {
   selected: string;
   error: string;
 }
+
+/** One continuation of SteeringView (circuitviz/views/_steering.py). */
+export interface SteeringSide {
+  text: string;
+  refused: boolean;
+  /** Refusal log-odds at the first generated token; null when no refusal word is one token. */
+  score: number | null;
+}
+
+export interface SteeringTraits {
+  prompt: string;
+  coef: number;
+  mode: string;
+  coef_max: number;
+  layer: number;
+  before: SteeringSide | Record<string, never>;
+  after: SteeringSide | Record<string, never>;
+  busy: boolean;
+  error: string;
+}

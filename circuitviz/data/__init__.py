@@ -1,0 +1,1 @@
+"""Data shipped with circuitviz (instruction sets for refusal directions)."""
