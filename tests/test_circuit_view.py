@@ -237,7 +237,7 @@ def wait_drawn(page, n_before: int) -> None:
 
 
 def screenshot(page, name: str, docs: bool = False) -> Path:
-    from conftest import ARTIFACTS
+    from tests.conftest import ARTIFACTS
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"

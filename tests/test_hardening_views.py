@@ -19,7 +19,13 @@ from ipywidgets.widgets.widget import _remove_buffers
 
 import circuitviz as cv
 from circuitviz.engine import InputError, has_hooks
-from circuitviz.views import AttentionView, CircuitView, PatchingView, SteeringView
+from circuitviz.views import (
+    AttentionView,
+    CircuitView,
+    LogitLensView,
+    PatchingView,
+    SteeringView,
+)
 from circuitviz.views._base import MAX_ITEMS, MAX_TEXT, QUOTE_CHARS
 
 PROBE = "t3 t8 t1 t9 t4"
@@ -258,7 +264,7 @@ def test_forged_updates_leave_model_and_view_working(circuit, tiny_llama, logits
     healthy(circuit, tiny_llama, logits_before)
 
 
-VIEWS = (AttentionView, PatchingView, CircuitView, SteeringView)
+VIEWS = (AttentionView, PatchingView, CircuitView, SteeringView, LogitLensView)
 JS_SRC = Path(__file__).parent.parent / "js" / "src"
 
 

@@ -146,8 +146,10 @@ def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page
     if marimo_app.mode == "edit":
         run_all(page, cell)
     cell.wait_for(state="visible", timeout=180_000)
-    before = marimo_app.read(lambda out: out["metric_ablated"] is not None)
+    # The baseline has run once its clean metric is shown; nothing is ablated yet (None).
+    before = marimo_app.read(lambda out: out.get("metric_clean") is not None)
     assert before["ablated"] == [] and before["components"] == []
+    assert before["metric_ablated"] is None
 
     cell.click()
     # Two updates reach Python separately, each rerunning the read-back cell: the selection
@@ -158,7 +160,7 @@ def test_click_a_head_in_marimo_and_read_the_ablation_in_python(marimo_app, page
     pairs = cv.PromptPairs.from_dict(after["pairs"])
     expected = cv.ablate(model, pairs, heads=["L1H0"])
     assert after["metric_ablated"] == pytest.approx(expected.ablated, abs=1e-5)
-    assert after["metric_ablated"] != pytest.approx(before["metric_ablated"], abs=1e-6)
+    assert after["metric_ablated"] != pytest.approx(before["metric_clean"], abs=1e-6)
     shown = root.locator('[data-role="metric-ablated"]')
     assert float(shown.get_attribute("data-value")) == pytest.approx(expected.ablated, abs=1e-5)
     assert cell.get_attribute("data-ablated") == "true"

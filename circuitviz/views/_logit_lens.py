@@ -47,6 +47,8 @@ class LogitLensView(View):
     _esm = STATIC / "logitlens.js"
     BUNDLE: ClassVar[str] = "logitlens"
     STATE_KEYS = ("selected",)
+    #: Traits logitlens.ts writes (a clicked cell); everything else is the kernel's.
+    FRONTEND_TRAITS: ClassVar[frozenset[str]] = frozenset({"selected"})
 
     lens = t.Dict().tag(sync=True)
     """The lens: ``colour`` ``[row, pos]`` (binary), ``colour_label``, ``top_tokens``

@@ -51,7 +51,8 @@ export interface View {
 /** Largest cell size (px) zooming in may reach. */
 const MAX_ZOOM_CELL = 48;
 /** Labels closer than this (px) are thinned. */
-const LABEL_PX = 12;
+// 13 px tall label lines need 14 px between centres, or neighbours touch.
+const LABEL_PX = 14;
 
 /** Zoom a view by `factor` (< 1 zooms in) about the grid point (r, c), clamped to the grid. */
 export function zoomView(v: View, rows: number, cols: number, factor: number, r: number, c: number, minR: number, minC: number): View {
@@ -105,7 +106,7 @@ export function geometry(
   const top = colLabelH + 8 + (opts.title ? 18 : 0);
   const width = Math.max(opts.minWidth ?? 0, left + plotW + (opts.colorbar ? 72 : 10));
   const height = top + Math.max(plotH, opts.colorbar ? 120 : 0) + (opts.colorbar ? 24 : 10);
-  return { left, top, plotW, plotH, cw, ch, width, height, rowStep: Math.ceil(14 / ch), colStep: Math.ceil(14 / cw) };
+  return { left, top, plotW, plotH, cw, ch, width, height, rowStep: Math.ceil(LABEL_PX / ch), colStep: Math.ceil(LABEL_PX / cw) };
 }
 
 function measure(labels: string[], limit: number, chars = 24): number {

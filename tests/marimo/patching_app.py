@@ -52,6 +52,7 @@ def _(get_result, html, json, mo, os, pairs, view):
         "ablated": list(view.widget.ablated),
         "components": result.get("components"),
         "metric_ablated": result.get("ablated"),
+        "metric_clean": result.get("clean"),
         "pairs": pairs.to_dict(),  # so a test can redo the ablation itself
     }
     if os.environ.get("CIRCUITVIZ_MARIMO_OUT"):
