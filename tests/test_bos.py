@@ -178,3 +178,13 @@ def test_demo_model_default_prepends_im_start_and_false_does_not(demo_model):
     expected_off = logit_diff_by_hand(demo_model, CLASSIC.clean[0], " Mary", " John", bos=False)
     assert a_off == pytest.approx(expected_off, abs=1e-3)
     assert a_on != pytest.approx(a_off, abs=1e-3)
+
+
+def test_attention_view_takes_prepend_bos(tiny_llama):
+    """AttentionView(model, prompt, prepend_bos=...) shows the tokens actually fed."""
+    from circuitviz import AttentionView
+
+    with_bos = AttentionView(tiny_llama, "t1 t2 t3", prepend_bos=True)
+    without = AttentionView(tiny_llama, "t1 t2 t3", prepend_bos=False)
+    assert len(with_bos.tokens) == len(without.tokens) + 1
+    assert without.tokens == ["t1", " t2", " t3"] or without.tokens[0] != with_bos.tokens[0]

@@ -105,14 +105,16 @@ class AttentionView(View):
         *,
         state: Mapping[str, Any] | None = None,
         thumbnail_size: int = 32,
+        prepend_bos: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        # prepend_bos: as circuitviz.attention (None: the model's own convention).
         if isinstance(model, AttentionResult):
             res = model
         elif prompt is None:
             raise InputError("AttentionView(model, prompt) needs a prompt string.")
         else:
-            res = attention(model, prompt)
+            res = attention(model, prompt, prepend_bos=prepend_bos)
         self._result = res
         super().__init__(
             tokens=[str(tok) for tok in res.tokens],
