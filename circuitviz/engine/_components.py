@@ -101,7 +101,8 @@ def _id_of_kind(spec: str, kind: str) -> Component:
     return comp
 
 
-def _head(spec: Any) -> Component:
+def parse_head(spec: Any) -> Component:
+    """One head spec, ``(layer, head)`` of integers or ``"L3H5"``; no range check."""
     if isinstance(spec, str):
         return _id_of_kind(spec, "head")
     try:
@@ -114,7 +115,8 @@ def _head(spec: Any) -> Component:
     return Component(numbers_[0], numbers_[1])  # type: ignore[arg-type]
 
 
-def _mlp(spec: Any) -> Component:
+def parse_mlp(spec: Any) -> Component:
+    """One MLP spec, an integer layer or ``"MLP7"``; no range check."""
     if isinstance(spec, str):
         return _id_of_kind(spec, "mlp")
     layer = as_int(spec)
@@ -159,8 +161,8 @@ def parse_components(
     n_pos: int | None = None,
 ) -> tuple[Component, ...]:
     """Parse, range-check, de-duplicate and sort ``heads=`` and ``mlps=`` specs."""
-    comps = [_head(h) for h in listed(heads, "heads", "[(3, 5), 'L4H1']")]
-    comps += [_mlp(m) for m in listed(mlps, "mlps", "[7, 'MLP8']")]
+    comps = [parse_head(h) for h in listed(heads, "heads", "[(3, 5), 'L4H1']")]
+    comps += [parse_mlp(m) for m in listed(mlps, "mlps", "[7, 'MLP8']")]
     for c in comps:
         check_range(c, n_layers=n_layers, n_heads=n_heads, n_pos=n_pos)
     return tuple(sorted(set(comps), key=Component.sort_key))

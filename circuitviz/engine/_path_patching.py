@@ -28,7 +28,6 @@ computed once per KV head and every head of the group reads it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from . import _hooks
+from ._components import Component, parse_head, parse_id
 from ._metrics import MetricFn
 from ._pairs import InputError, PromptPairs
 from ._patching import Direction, _row_bytes, baselines, final_logits, patch_result
@@ -83,47 +83,44 @@ def _n_kv_heads(model: TransformerBridge) -> int:
     return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
 
 
-def _parse_head(model: TransformerBridge, item, what: str) -> tuple[int, int]:
-    cfg = model.cfg
-    if isinstance(item, str) and (m := re.fullmatch(r"L(\d+)H(\d+)", item.strip())):
-        layer, head = int(m[1]), int(m[2])
-    elif (
-        isinstance(item, Sequence)
-        and not isinstance(item, str)
-        and len(item) == 2
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
-    ):
-        layer, head = item
-    else:
-        raise InputError(f"{what} {item!r} is not a head: give 'L3H5' or (3, 5).")
-    if not (0 <= layer < cfg.n_layers):
+def _parse(item, what: str, parse) -> Component:
+    """The shared component grammar (engine/_components.py); path patching runs over every
+    position, so a ``":P4"`` suffix is refused."""
+    try:
+        comp = parse(item)
+    except InputError as err:
+        raise InputError(f"{what} {item!r} is not a head or an MLP here: {err}") from None
+    if comp.pos is not None:
         raise InputError(
-            f"{what} {item!r}: layer {layer} is out of range; this model has layers "
+            f"{what} {comp.id}: path patching runs over every position; drop ':P{comp.pos}'."
+        )
+    return comp
+
+
+def _check_layer_head(model: TransformerBridge, comp: Component, what: str) -> None:
+    cfg = model.cfg
+    if not (0 <= comp.layer < cfg.n_layers):
+        raise InputError(
+            f"{what} {comp.id}: layer {comp.layer} is out of range; this model has layers "
             f"0–{cfg.n_layers - 1}."
         )
-    if not (0 <= head < cfg.n_heads):
+    if comp.head is not None and not (0 <= comp.head < cfg.n_heads):
         raise InputError(
-            f"{what} {item!r}: head {head} is out of range; this model has heads "
+            f"{what} {comp.id}: head {comp.head} is out of range; this model has heads "
             f"0–{cfg.n_heads - 1}."
         )
-    return layer, head
+
+
+def _parse_head(model: TransformerBridge, item, what: str) -> tuple[int, int]:
+    comp = _parse(item, what, parse_head)
+    _check_layer_head(model, comp, what)
+    return comp.layer, comp.head  # type: ignore[return-value]
 
 
 def _parse_sender(model: TransformerBridge, item) -> Sender:
-    if isinstance(item, str) and (m := re.fullmatch(r"MLP(\d+)", item.strip())):
-        layer = int(m[1])
-        if not (0 <= layer < model.cfg.n_layers):
-            raise InputError(
-                f"Sender {item!r}: layer {layer} is out of range; this model has layers "
-                f"0–{model.cfg.n_layers - 1}."
-            )
-        return Sender("mlp", layer)
-    if isinstance(item, str) and not re.fullmatch(r"L(\d+)H(\d+)", item.strip()):
-        raise InputError(
-            f"Sender {item!r} is not a head or an MLP: give 'L3H5', (3, 5) or 'MLP2', or "
-            "senders='heads' for the map of every head."
-        )
-    return Sender("head", *_parse_head(model, item, "Sender"))
+    comp = _parse(item, "Sender", parse_id if isinstance(item, str) else parse_head)
+    _check_layer_head(model, comp, "Sender")
+    return Sender(comp.kind, comp.layer, comp.head)
 
 
 def _as_list(value, what: str) -> list:
