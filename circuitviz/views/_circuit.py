@@ -23,7 +23,7 @@ import traitlets as t
 from ..engine import InputError, PromptPairs
 from ..engine._results import ablation_target
 from ..engine.graph import Graph, _select, circuit
-from ..engine.graph._schema import check_graph_json
+from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
 from ._codec import decode, encode
 
@@ -71,20 +71,6 @@ def graph_object(data: dict[str, Any]) -> Graph | None:
         return None
 
 
-META_KEYS = (
-    "model",
-    "method",
-    "metric",
-    "per_position",
-    "n_layers",
-    "n_heads",
-    "tokens",
-    "clean",
-    "corrupted",
-    "prompts",
-)
-
-
 def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     """Validate graph JSON; returns it normalised: metadata, ``nodes`` as dicts with every
     field, ``edges`` as given (those to unknown nodes or with non-finite weights are dropped
@@ -107,7 +93,7 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     edges = data.get("edges") or []
     if not isinstance(edges, list) or not all(isinstance(e, Mapping) for e in edges):
         raise InputError("The graph's 'edges' must be a list of objects.")
-    out = {k: data[k] for k in META_KEYS if k in data}
+    out = {k: data[k] for k in GRAPH_META if k in data}
     inner = [n for n in nodes if n["type"] in ("head", "mlp")]
     out.setdefault("n_layers", 1 + max((n["layer"] for n in inner), default=0))
     out.setdefault(
@@ -289,7 +275,7 @@ class CircuitView(AblationView):
                 labels = {n["id"]: n["label"] for n in data["nodes"]}
                 for n in nodes:
                     n["label"] = labels.get(n["id"], n["label"])
-                meta = {k: data[k] for k in META_KEYS if k in data} | meta
+                meta = {k: data[k] for k in GRAPH_META if k in data} | meta
             return meta, [node_dict(n) for n in nodes], cands
         assert data is not None
         meta = {k: v for k, v in data.items() if k not in ("nodes", "edges")}
