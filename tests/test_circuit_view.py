@@ -512,3 +512,26 @@ def test_hand_made_json_gets_the_same_rule():
             # only the pin's path may go beyond the limit
             view.pinned = []
             assert len(view.shown_graph()["edges"]) <= top_edges
+
+
+def test_per_position_nodes_ablate_their_position_only(tiny_llama, tiny_pairs):
+    """The kernel decides what a graph node's click ablates (node["ablates"]), as for a
+    heads_by_pos cell: a per-position node is that head at that position only; the figure
+    crosses out what the ablation set covers, by the same rule."""
+    graph = cv.circuit(tiny_llama, tiny_pairs, per_position=True, progress=False)
+    view = cv.CircuitView(tiny_llama, tiny_pairs, graph)
+    heads = [n for n in view.graph["nodes"] if n["type"] == "head"]
+    assert heads and all(n["ablates"] == n["id"] and ":P" in n["id"] for n in heads)
+    assert all(n["ablates"] is None for n in view.graph["nodes"] if n["type"] == "embed")
+    node = heads[0]
+    res = view.ablate([node["ablates"]])
+    assert res.components == [node["id"]]
+    assert res.ablated == pytest.approx(
+        cv.ablate(tiny_llama, tiny_pairs, heads=[node["id"]]).ablated, abs=1e-6
+    )
+    from circuitviz.engine._cells import is_covered
+
+    gone = set(view.ablated)
+    same_head = [n for n in heads if n["id"].split(":")[0] == node["id"].split(":")[0]]
+    assert [n["id"] for n in same_head if is_covered(n["ablates"], gone)] == [node["id"]]
+    assert view.figure().data  # drawn with that node crossed out

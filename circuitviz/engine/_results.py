@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._components import Component, parse_id
+from ._components import Component
 from ._metrics import gap_is_degenerate
-from ._pairs import InputError
-
-_MLP_OUT_CELL = re.compile(r"mlp_out:L(0|[1-9][0-9]*):P(0|[1-9][0-9]*)")
 
 
 def head_id(layer: int, head: int) -> str:
@@ -24,25 +20,6 @@ def head_id(layer: int, head: int) -> str:
 
 def mlp_id(layer: int) -> str:
     return f"MLP{layer}"
-
-
-def parse_component(component: str) -> tuple[str, int, int | None]:
-    """``"L3H5"`` → ``("head", 3, 5)``; ``"MLP7"`` → ``("mlp", 7, None)`` (a position suffix
-    ``":P4"`` is allowed and dropped). Raises :class:`InputError` on anything else."""
-    comp = parse_id(component)
-    return comp.kind, comp.layer, comp.head
-
-
-def ablation_target(component: str) -> str | None:
-    """The head or MLP a map cell or graph node stands for (``"L3H5:P4"`` → ``"L3H5"``,
-    ``"mlp_out:L2:P4"`` → ``"MLP2"``), or None where nothing ablatable is (mirrors
-    ``js/src/patchmap.ts``)."""
-    if m := _MLP_OUT_CELL.fullmatch(component):
-        return mlp_id(int(m[1]))
-    try:
-        return parse_id(component).base_id
-    except InputError:
-        return None
 
 
 def pos_label(pos: int, token: str) -> str:

@@ -21,7 +21,8 @@ import torch
 import traitlets as t
 
 from ..engine import InputError, PromptPairs
-from ..engine._results import ablation_target
+from ..engine._cells import is_covered
+from ..engine._components import parse_id
 from ..engine.graph import Graph, _select, circuit
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
@@ -107,6 +108,7 @@ def node_dict(n: Mapping[str, Any]) -> dict[str, Any]:
     """A graph node with every field the view reads, typed."""
     score = n.get("score")
     finite = isinstance(score, (int, float)) and np.isfinite(score)
+    kind = str(n.get("type", "head"))
     return {
         "id": n["id"],
         "type": str(n.get("type", "head")),
@@ -115,7 +117,20 @@ def node_dict(n: Mapping[str, Any]) -> dict[str, Any]:
         "pos": None if n.get("pos") is None else int(n["pos"]),
         "label": str(n.get("label", n["id"])),
         "score": float(score) if finite else None,
+        "ablates": node_ablates(n["id"], kind),
     }
+
+
+def node_ablates(node_id: str, kind: str) -> str | None:
+    """What a click on a graph node ablates: its head or MLP, at its position on per-position
+    graphs ("L3H5:P4", as a heads_by_pos cell); None for embeddings, logits or an id outside
+    the component grammar. The one rule: the browser, the figure and faithfulness use it."""
+    if kind not in ("head", "mlp"):
+        return None
+    try:
+        return parse_id(node_id).id
+    except InputError:
+        return None
 
 
 def encode_edges(
@@ -371,7 +386,7 @@ class CircuitView(AblationView):
         ids = {n["id"] for n in data["nodes"]}
         gone = set(self.ablated)
         defaults = {
-            "ablated": [i for i in ids if ablation_target(i) in gone],
+            "ablated": [n["id"] for n in data["nodes"] if is_covered(n.get("ablates"), gone)],
             "selected": self.selected if self.selected in ids else None,
         }
         return graph_figure(data, **{**defaults, **options})
@@ -484,10 +499,7 @@ class CircuitView(AblationView):
         assert shown is not None and self._shown is not None
         gone = set(ablated)
         nodes = [n["id"] for n in self.graph["nodes"]]
-        types = {n["id"]: n["type"] for n in self.graph["nodes"]}
-        dropped = [
-            n for n in nodes if types[n] in ("head", "mlp") and re.sub(r":P\d+$", "", n) in gone
-        ]
+        dropped = [n["id"] for n in self.graph["nodes"] if is_covered(n.get("ablates"), gone)]
         circuit_f = self._faithfulness_of(shown, [])
         after = self._faithfulness_of(shown, dropped) if dropped else circuit_f
         self.faithfulness = {

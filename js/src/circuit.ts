@@ -8,6 +8,7 @@ import { clear, el, fmt, root, setText, truncate } from "./dom";
 import { exportButtons, svgEl } from "./export";
 import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point } from "./layout";
 import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
+import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
 
 const ABLATABLE = new Set(["head", "mlp"]);
@@ -189,7 +190,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     nodes.forEach((n) => {
       const pt = layout.positions.get(n.id)!;
       const r = radius(n, maxScore);
-      const isAbl = ablated.has(baseId(n.id)); // per-position nodes ablate their whole head/MLP
+      const isAbl = isCovered(n.ablates ?? null, ablated); // the kernel's rule (engine/_cells.py)
       const g = svgEl("g", {
         class: "cv-node",
         transform: `translate(${pt.x},${pt.y})`,
@@ -228,7 +229,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         if (ev.altKey) return togglePin(n.id);
         model.set("selected", n.id);
         model.save_changes();
-        if (ABLATABLE.has(n.type) && model.get("can_ablate")) panel.click(baseId(n.id), ev.shiftKey);
+        if (n.ablates && model.get("can_ablate")) panel.click(n.ablates, ev.shiftKey);
         else draw();
       });
       nodeLayer.append(g);
@@ -298,7 +299,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     }
     for (const old of overlay.querySelectorAll('[data-role="hover-label"]')) old.remove();
     if (!n) return;
-    setText(info, `${n.label ?? n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${ABLATABLE.has(n.type) ? " · click: ablate only this · shift-click: add/remove · alt-click: pin" : ""}`);
+    setText(info, `${n.label ?? n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${n.ablates ? ` · click: ablate only ${n.ablates}${n.pos != null ? " (this position)" : ""} · shift-click: add/remove · alt-click: pin` : " · alt-click: pin"}`);
     if (!overlay.querySelector(`[data-role="node-label"][data-for="${CSS.escape(n.id)}"]`)) {
       const p = screen(layout.positions.get(n.id)!);
       overlay.append(svgEl("text", { x: p.x, y: p.y - 14, "text-anchor": "middle", "font-size": LABEL_PX, fill: "#000", class: "cv-label", "data-role": "hover-label" }, labelText(n)));
@@ -384,7 +385,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     const f = model.get("faithfulness") ?? {};
     const same = (a: string[] | undefined, b: string[]) => !!a && a.length === b.length && a.every((x, i) => x === b[i]);
     const shown = shownIds();
-    const ablatedShown = nodes.filter((n) => ABLATABLE.has(n.type) && panel.current().includes(baseId(n.id))).map((n) => n.id);
+    const current = new Set(panel.current());
+    const ablatedShown = nodes.filter((n) => isCovered(n.ablates ?? null, current)).map((n) => n.id);
     const stale = f.circuit === undefined || !same(f.nodes, shown) || !same(f.ablated_nodes, ablatedShown);
     const status = faithInFlight ? " (updating…)" : stale && f.circuit !== undefined ? " (stale)" : "";
     faith.setAttribute("data-state", faithInFlight ? "running" : stale ? "stale" : "ready");

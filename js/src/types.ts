@@ -102,6 +102,9 @@ export interface GraphNode {
   pos?: number | null;
   label?: string;
   score?: number | null;
+  /** What a click ablates (decided in the kernel: the node's head/MLP, at its position on
+   * per-position graphs), or null for embeddings and logits. */
+  ablates?: string | null;
 }
 
 export interface GraphEdges {
