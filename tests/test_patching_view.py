@@ -437,3 +437,30 @@ def test_cli_colours_like_the_widget_and_takes_the_other_mode(tmp_path, capsys):
     bad = [*base, "--analysis", "attention", "--color", "value", "-o", str(tmp_path / "a.svg")]
     assert main(bad) == 2
     assert "--color applies to --analysis patch or attribution" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_colour_caption_fits_a_narrow_map(tmp_path, page):
+    """A 30 × 9 heads map is narrow; its colour-bar caption (the longest in attribution maps)
+    must still fit inside the exported picture, not run off its right edge."""
+    result = synthetic(("layer", "head"), (30, 9), "heads")
+    result.method = "attribution"
+    open_view(page, tmp_path, PatchingView(result))
+    with page.expect_download() as download:
+        page.locator('.cv-patching [data-role="export-svg"]').click()
+    svg = open(download.value.path(), encoding="utf-8").read()
+    fits = page.evaluate(
+        """svg => {
+          const box = document.createElement('div');
+          box.innerHTML = svg;
+          document.body.append(box);
+          const root = box.querySelector('svg');
+          const width = Number(root.getAttribute('width'));
+          const caption = [...root.querySelectorAll('text')].find(t => t.textContent.startsWith('colour:'));
+          const b = caption.getBBox();
+          return { right: b.x + b.width, width, text: caption.textContent };
+        }""",
+        svg,
+    )
+    assert "corrupted baseline" in fits["text"]
+    assert fits["right"] <= fits["width"], fits

@@ -145,7 +145,8 @@ export class Heatmap {
       maxCell: opts.maxCell ?? 28,
       colorbar: !!data.colorbar,
       title: false, // page text above the canvas
-      minWidth: measure([`colour: ${data.colorbar?.label ?? ""}`], 600, 200) + 24,
+      // the caption starts under the plot, after the row labels: it must fit from there
+      minWidth: rowW + 8 + measure([`colour: ${data.colorbar?.label ?? ""}`], 600, 200) + 16,
     });
     this.view = { r0: 0, c0: 0, nr: data.rows, nc: data.cols };
     this.image = this.paintCells();
