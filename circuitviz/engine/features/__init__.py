@@ -1,0 +1,6 @@
+"""Features: sparse autoencoders and transcoders over a model's hooks, and what is built on
+them (loaders, the feature explorer's statistics, feature circuits, steering)."""
+
+from ._sae import ACTIVATIONS, SAE, SAESet, as_sae_set
+
+__all__ = ["ACTIVATIONS", "SAE", "SAESet", "as_sae_set"]
