@@ -1,0 +1,123 @@
+"""Splicing SAEs into a model's forward pass, and editing their latents there.
+
+At a site with an SAE the activation ``x`` is replaced by ``decode(f') + error`` where
+``f = encode(x)``, ``error = x - decode(f)`` and ``f'`` is ``f`` after the edits. With no
+edits this is ``x`` again (up to float rounding), which is the invariant feature circuits
+rest on. Every analysis that edits features builds its hooks here and runs them through the
+one hook context manager (:func:`circuitviz.engine.hooks`).
+
+Edits name a latent of one SAE, everywhere or at one position:
+``LatentEdit(hook, index, value=0.0, pos=None)`` sets it (ablation, clamping);
+``value`` may also be a tensor ``[batch, pos]`` (patching from another run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .._pairs import InputError
+from ._sae import SAE, SAESet
+
+
+@dataclass(frozen=True)
+class LatentEdit:
+    """Set latent ``index`` of the SAE at ``hook`` to ``value`` (at ``pos``, or everywhere)."""
+
+    hook: str
+    index: int
+    value: float | torch.Tensor = 0.0
+    pos: int | None = None
+
+
+def check_edits(saes: SAESet, edits: Iterable[LatentEdit]) -> list[LatentEdit]:
+    """The edits as a list, or an :class:`InputError` naming the first bad one."""
+    out = []
+    for e in edits:
+        if e.hook not in saes:
+            raise InputError(
+                f"No SAE reads {e.hook!r}; the SAEs read {saes.hooks}. Pass the SAE set that "
+                "has it (saes=...)."
+            )
+        d_sae = saes[e.hook].d_sae
+        if isinstance(e.index, bool) or not isinstance(e.index, int) or not 0 <= e.index < d_sae:
+            raise InputError(
+                f"Feature index {e.index!r} is out of range for the SAE at {e.hook!r} "
+                f"(0 … {d_sae - 1})."
+            )
+        if isinstance(e.value, (int, float)) and not math.isfinite(float(e.value)):
+            raise InputError(
+                f"The value for feature {e.index} at {e.hook!r} is {e.value!r}; use a finite number."
+            )
+        if isinstance(e.value, torch.Tensor) and not torch.isfinite(e.value).all():
+            raise InputError(f"The values for feature {e.index} at {e.hook!r} are not all finite.")
+        if e.pos is not None and (
+            isinstance(e.pos, bool) or not isinstance(e.pos, int) or e.pos < 0
+        ):
+            raise InputError(f"Position {e.pos!r} must be a non-negative integer or None.")
+        out.append(e)
+    return out
+
+
+def splice_hook(
+    sae: SAE,
+    edits: Sequence[LatentEdit] = (),
+    *,
+    keep_error: bool = True,
+    record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+):
+    """A forward hook for ``sae.hook_name`` that splices the SAE in, applies ``edits`` and
+    adds the error term back (unless ``keep_error`` is False: the error node ablated).
+
+    ``record(latents, error)`` sees the unedited latents ``[batch, pos, d_sae]`` and the error
+    term, for analyses that read them.
+    """
+
+    def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        error = x - x_hat.to(x.dtype)
+        if record is not None:
+            record(f, error)
+        if edits:
+            f = f.clone()
+            for e in edits:
+                where = slice(None) if e.pos is None else e.pos
+                if e.pos is not None and e.pos >= f.shape[1]:
+                    raise InputError(f"Position {e.pos} is past the prompt's {f.shape[1]} tokens.")
+                value = e.value
+                if isinstance(value, torch.Tensor):
+                    value = value.to(f.dtype)
+                    if e.pos is not None and value.ndim == 2:
+                        value = value[:, e.pos]
+                f[:, where, e.index] = value
+            x_hat = sae.decode(f)
+        out = x_hat.to(x.dtype)
+        return out + error if keep_error else out
+
+    return fn
+
+
+def splice_hooks(
+    saes: SAESet,
+    edits: Iterable[LatentEdit] = (),
+    *,
+    keep_error: bool | Iterable[str] = True,
+    only: Iterable[str] | None = None,
+) -> list[tuple[str, Callable]]:
+    """Hooks splicing every SAE of ``saes`` (or those whose hooks are in ``only``), with the
+    edits applied. ``keep_error`` may name the hooks whose error term is kept."""
+    edits = check_edits(saes, edits)
+    hooks_ = (
+        only
+        if only is not None
+        else [h for h in saes if any(e.hook == h for e in edits)] or list(saes)
+    )
+    keep = set(saes) if keep_error is True else set() if keep_error is False else set(keep_error)
+    return [
+        (h, splice_hook(saes[h], [e for e in edits if e.hook == h], keep_error=h in keep))
+        for h in hooks_
+    ]
