@@ -1,15 +1,43 @@
 """Features: sparse autoencoders and transcoders over a model's hooks, and what is built on
 them (loaders, the feature explorer's statistics, feature circuits, steering)."""
 
+from ._explorer import (
+    FeatureActivations,
+    card,
+    feature_activations,
+    feature_id,
+    logit_effects,
+    parse_feature,
+    search,
+)
 from ._sae import ACTIVATIONS, SAE, SAESet, as_sae_set
 from ._splice import LatentEdit, splice_hook, splice_hooks
+from ._stats import (
+    FeatureStats,
+    SnippetCorpus,
+    feature_stats,
+    load_feature_stats,
+    save_feature_stats,
+)
 
 __all__ = [
     "ACTIVATIONS",
     "SAE",
+    "FeatureActivations",
+    "FeatureStats",
     "LatentEdit",
     "SAESet",
+    "SnippetCorpus",
     "as_sae_set",
+    "card",
+    "feature_activations",
+    "feature_id",
+    "feature_stats",
+    "load_feature_stats",
+    "logit_effects",
+    "parse_feature",
+    "save_feature_stats",
+    "search",
     "splice_hook",
     "splice_hooks",
 ]

@@ -1,0 +1,304 @@
+"""The feature explorer's engine: which latents fire on each token of a prompt, one latent's
+card (its activations, top snippets, logit effects, histogram, label), and search.
+
+Everything here is plain data (tensors, lists, dicts of numbers and strings); the view
+(:class:`circuitviz.FeatureView`) only ships it to the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from .._models import model_name
+from .._pairs import InputError, check_text, encode
+from ._sae import SAE, SAESet, as_sae_set
+from ._stats import (
+    HIST_EDGES,
+    FeatureStats,
+    auto_label,
+    check_sites,
+    collect,
+    logit_effects_of,
+    token_strings,
+)
+
+#: Most characters of a label (automatic or edited).
+MAX_LABEL = 80
+#: Most search results returned.
+MAX_RESULTS = 50
+
+
+def feature_id(hook: str, index: int) -> str:
+    """A latent's id: ``"blocks.11.hook_resid_post:123"``."""
+    return f"{hook}:{index}"
+
+
+def parse_feature(saes: SAESet, fid: Any) -> tuple[str, int]:
+    """``(hook, index)`` of a feature id, or an InputError naming what is wrong."""
+    if not isinstance(fid, str) or ":" not in fid:
+        raise InputError(
+            f"A feature is named 'hook:index', e.g. '{feature_id(saes.hooks[0], 0)}'; got "
+            f"{str(fid)[:100]!r}."
+        )
+    hook, _, index = fid.rpartition(":")
+    if hook not in saes:
+        raise InputError(f"No SAE reads {hook[:100]!r}; the SAEs read {saes.hooks}.")
+    if not index.isdigit() or not 0 <= int(index) < saes[hook].d_sae:
+        raise InputError(
+            f"Feature index {index[:20]!r} is out of range for the SAE at {hook!r} "
+            f"(0 … {saes[hook].d_sae - 1})."
+        )
+    return hook, int(index)
+
+
+@dataclass(eq=False)
+class FeatureActivations:
+    """Every SAE's latents on one prompt.
+
+    Attributes:
+        tokens: the prompt's tokens as strings (BOS included when prepended).
+        ids: ``[pos]`` their ids.
+        latents: hook → ``[pos, d_sae]`` float32 latent activations.
+        top_index / top_value: hook → ``[pos, k]`` the ``k`` most active latents at each
+            position, descending (an inactive slot has value 0).
+        model_name: the model's name.
+    """
+
+    tokens: list[str]
+    ids: torch.Tensor
+    latents: dict[str, torch.Tensor]
+    top_index: dict[str, torch.Tensor]
+    top_value: dict[str, torch.Tensor]
+    model_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return next(iter(self.top_index.values())).shape[1]
+
+
+def feature_activations(
+    model: TransformerBridge,
+    prompt: str,
+    saes: SAE | SAESet | Iterable[SAE],
+    *,
+    k: int = 5,
+    prepend_bos: bool | None = None,
+) -> FeatureActivations:
+    """Encode the prompt's activations at each SAE's hook: all latents, and the ``k`` most
+    active per token (one forward pass, stopped after the last SAE's hook)."""
+    saes = as_sae_set(saes)
+    if not isinstance(prompt, str):
+        raise InputError(f"prompt must be a string, got {type(prompt).__name__}.")
+    check_text(prompt, "prompt")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
+        raise InputError(f"k={k!r} must be an integer from 1 to 64.")
+    check_sites(model, saes)
+    ids = encode(model, prompt, prepend_bos=prepend_bos)
+    device = next(iter(model.parameters())).device
+    acts = collect(model, saes, ids[None].to(device))
+    latents, top_index, top_value = {}, {}, {}
+    with torch.no_grad():
+        for hook, sae in saes.items():
+            f = sae.encode(acts[hook][0]).float().cpu()
+            top = f.topk(min(k, sae.d_sae), dim=-1)
+            latents[hook], top_index[hook], top_value[hook] = f, top.indices, top.values
+    return FeatureActivations(
+        tokens=[str(t) for t in model.to_str_tokens(ids)],
+        ids=ids.cpu(),
+        latents=latents,
+        top_index=top_index,
+        top_value=top_value,
+        model_name=model_name(model),
+    )
+
+
+def logit_effects(
+    model: TransformerBridge, sae: SAE, index: int, *, k: int = 10
+) -> dict[str, list[tuple[str, float]]]:
+    """The tokens latent ``index`` promotes and suppresses most: ``{"promoted": [(token,
+    effect), …], "suppressed": […]}``, ``k`` each. The effect is the decoder direction's
+    direct logit effect per unit activation, ``(c(W_dec[index]) ⊙ w) @ W_U``: through the final
+    norm's weight ``w`` (and its centring ``c`` for a LayerNorm) but not its per-token
+    ``1/scale``, which is positive and the same for every token (rankings are exact; values are
+    per unit of normalised residual)."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < sae.d_sae:
+        raise InputError(
+            f"Feature index {index!r} is out of range for the SAE at {sae.hook_name!r} "
+            f"(0 … {sae.d_sae - 1})."
+        )
+    with torch.no_grad():
+        effect = logit_effects_of(model, sae, index)
+    strings = token_strings(model)
+    up, down = effect.topk(k), (-effect).topk(k)
+    return {
+        "promoted": [
+            (strings[i], float(v)) for v, i in zip(up.values, up.indices.tolist(), strict=True)
+        ],
+        "suppressed": [
+            (strings[i], -float(v)) for v, i in zip(down.values, down.indices.tolist(), strict=True)
+        ],
+    }
+
+
+def label_for(model: TransformerBridge, sae: SAE, index: int, stats: FeatureStats | None) -> str:
+    """The automatic label of a latent: the stored one, or (without statistics) one from its
+    promoted tokens alone."""
+    if stats is not None:
+        return stats.labels[index]
+    with torch.no_grad():
+        ids = logit_effects_of(model, sae, index).topk(2).indices.tolist()
+    return "→ " + auto_label([1], ids, token_strings(model)).split(" → ", 1)[-1]
+
+
+def card(
+    model: TransformerBridge,
+    saes: SAESet,
+    acts: FeatureActivations,
+    hook: str,
+    index: int,
+    *,
+    stats: FeatureStats | None = None,
+    label: str | None = None,
+    n_logits: int = 10,
+) -> dict[str, Any]:
+    """Everything a feature card shows, as JSON data: ``id``, ``hook``, ``index``, ``site``
+    (the SAE's short name), ``label`` (``label`` or the automatic one), ``auto_label``,
+    ``acts`` (its activation on each prompt token), ``promoted`` / ``suppressed``
+    (``[token, effect]``), ``snippets`` (``{"tokens", "peak", "value"}``), ``hist``
+    (``{"edges", "counts", "zeros", "n_tokens"}``), ``frequency`` and ``stats`` (whether
+    statistics exist; without them the last three are empty)."""
+    sae = saes[hook]
+    effects = logit_effects(model, sae, index, k=n_logits)
+    auto = label_for(model, sae, index, stats)
+    out: dict[str, Any] = {
+        "id": feature_id(hook, index),
+        "hook": hook,
+        "index": index,
+        "site": sae.name,
+        "auto_label": auto,
+        "label": label if label is not None else auto,
+        "acts": [round(float(v), 5) for v in acts.latents[hook][:, index]],
+        "promoted": [[t, round(v, 5)] for t, v in effects["promoted"]],
+        "suppressed": [[t, round(v, 5)] for t, v in effects["suppressed"]],
+        "snippets": [],
+        "hist": None,
+        "frequency": None,
+        "stats": stats is not None,
+    }
+    if stats is None:
+        return out
+    strings = token_strings(model)
+    out["snippets"] = [
+        {
+            "tokens": [strings[i] for i in s["ids"]],
+            "peak": s["peak"],
+            "value": round(s["value"], 5),
+        }
+        for s in stats.snippets(index)
+    ]
+    counts = stats.hist_counts[index].astype(np.int64)
+    out["hist"] = {
+        "edges": [float(e) for e in HIST_EDGES],
+        "counts": counts.tolist(),
+        "zeros": int(stats.n_tokens - stats.n_active[index]),
+        "n_tokens": int(stats.n_tokens),
+    }
+    out["frequency"] = stats.frequency(index)
+    return out
+
+
+By = Literal["token", "label"]
+
+
+def search(
+    model: TransformerBridge,
+    saes: SAESet,
+    query: str,
+    *,
+    by: By = "label",
+    acts: FeatureActivations | None = None,
+    stats: Mapping[str, FeatureStats] | None = None,
+    labels: Mapping[str, str] | None = None,
+    limit: int = MAX_RESULTS,
+) -> list[dict[str, Any]]:
+    """Features matching ``query``, best first: ``{"id", "hook", "index", "site", "label",
+    "score", "why"}``.
+
+    ``by="label"``: the case-insensitive substring ``query`` in the feature's label (the
+    edited one in ``labels``, else the automatic one); scored by where the match starts.
+    ``by="token"``: ``query`` is tokenized (no BOS) and a feature scores one point per top
+    snippet peaking on one of its tokens, one per such token among its promoted tokens, and its
+    activation where that token occurs in the prompt (``acts``)."""
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("The search query is empty: type a token or part of a label.")
+    if len(query) > MAX_LABEL:
+        raise InputError(f"The search query has {len(query)} characters; at most {MAX_LABEL}.")
+    if by not in ("token", "label"):
+        raise InputError(f"Search by 'token' or 'label', not {str(by)[:40]!r}.")
+    stats = stats or {}
+    labels = labels or {}
+    scores: dict[tuple[str, int], tuple[float, str]] = {}
+    if by == "label":
+        needle = query.strip().lower()
+        for hook, sae in saes.items():
+            st = stats.get(hook)
+            names = st.labels if st is not None else []
+            for index in range(sae.d_sae):
+                text = labels.get(feature_id(hook, index)) or (names[index] if names else "")
+                at = text.lower().find(needle)
+                if at >= 0:
+                    scores[(hook, index)] = (1.0 / (1 + at), "label")
+    else:
+        ids = set(model.to_tokens(query, prepend_bos=False, truncate=False)[0].tolist())
+        for hook in saes:
+            hits: dict[int, list[float | str]] = {}
+            st = stats.get(hook)
+            if st is not None:
+                peaks = st.corpus.tokens[
+                    st.corpus.offsets[np.maximum(st.top_doc, 0)] + st.top_pos
+                ].astype(np.int64)
+                peak_hits = (np.isin(peaks, list(ids)) & (st.top_doc >= 0)).sum(1)
+                promo_hits = np.isin(st.promoted, list(ids)).sum(1)
+                for index in np.flatnonzero(peak_hits + promo_hits):
+                    hits[int(index)] = [
+                        float(peak_hits[index] + promo_hits[index]),
+                        f"{peak_hits[index]} top snippets peak on it, "
+                        f"{'promotes it' if promo_hits[index] else 'does not promote it'}",
+                    ]
+            if acts is not None:
+                where = [i for i, t in enumerate(acts.ids.tolist()) if t in ids]
+                if where:
+                    peak = acts.latents[hook][where].max(dim=0).values
+                    for index in torch.nonzero(peak > 0).flatten().tolist():
+                        entry = hits.setdefault(index, [0.0, ""])
+                        entry[0] = float(entry[0]) + float(peak[index])
+                        entry[1] = (
+                            f"{entry[1]}; " if entry[1] else ""
+                        ) + f"fires {float(peak[index]):.3g} on it in the prompt"
+            for index, (score, why) in hits.items():
+                scores[(hook, index)] = (float(score), str(why))
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1][0], kv[0][0], kv[0][1]))[:limit]
+    out = []
+    for (hook, index), (score, why) in ranked:
+        fid = feature_id(hook, index)
+        st = stats.get(hook)
+        auto = st.labels[index] if st is not None else ""
+        out.append(
+            {
+                "id": fid,
+                "hook": hook,
+                "index": index,
+                "site": saes[hook].name,
+                "label": labels.get(fid) or auto,
+                "score": round(score, 5),
+                "why": why,
+            }
+        )
+    return out
