@@ -31,6 +31,7 @@ from .engine import (
     steer_refusal,
     tiny_model,
 )
+from .engine.features import feature_stats, load_feature_stats, save_feature_stats
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "AttentionResult",
     "AttentionView",
     "CircuitView",
+    "FeatureView",
     "Graph",
     "InputError",
     "LogitLensResult",
@@ -57,6 +59,8 @@ __all__ = [
     "attribution_patch",
     "circuit",
     "explore",
+    "feature_stats",
+    "load_feature_stats",
     "load_model",
     "logit_attribution",
     "logit_lens",
@@ -64,6 +68,7 @@ __all__ = [
     "path_patch",
     "refusal_direction",
     "refusal_instructions",
+    "save_feature_stats",
     "steer_refusal",
     "tasks",
     "tiny_model",
@@ -72,6 +77,7 @@ __all__ = [
 _VIEWS = (
     "AttentionView",
     "CircuitView",
+    "FeatureView",
     "LogitLensView",
     "PatchingView",
     "SteeringView",

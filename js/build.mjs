@@ -3,7 +3,7 @@ import * as esbuild from "esbuild";
 
 const watch = process.argv.includes("--watch");
 const options = {
-  entryPoints: ["src/attention.ts", "src/patching.ts", "src/circuit.ts", "src/logitlens.ts", "src/steering.ts"],
+  entryPoints: ["src/attention.ts", "src/patching.ts", "src/circuit.ts", "src/logitlens.ts", "src/steering.ts", "src/feature.ts"],
   outdir: "../circuitviz/static",
   bundle: true,
   format: "esm",

@@ -128,11 +128,18 @@ def script_json(data: Any) -> str:
 def as_views(obj: Any) -> tuple[list[Any], list[tuple[int, int, str]]]:
     """The widget(s) to embed for ``obj``, and the traits linked between them."""
     from ..engine import AttentionResult, LogitLensResult, PatchResult
-    from ..views import AttentionView, CircuitView, Explorer, LogitLensView, PatchingView
+    from ..views import (
+        AttentionView,
+        CircuitView,
+        Explorer,
+        FeatureView,
+        LogitLensView,
+        PatchingView,
+    )
 
     if isinstance(obj, Explorer):
         return [obj.patching, obj.attention, obj.circuit], [(0, 1, "selected"), (0, 2, "selected")]
-    if isinstance(obj, (AttentionView, PatchingView, CircuitView, LogitLensView)):
+    if isinstance(obj, (AttentionView, PatchingView, CircuitView, LogitLensView, FeatureView)):
         return [obj], []
     if isinstance(obj, LogitLensResult):
         return [LogitLensView(obj)], []

@@ -196,3 +196,57 @@ export interface SteeringTraits {
   busy: boolean;
   error: string;
 }
+
+/** One top snippet of a feature card (circuitviz/engine/features/_explorer.py: card). */
+export interface FeatureSnippet {
+  tokens: string[];
+  /** Index of the peak token in ``tokens``. */
+  peak: number;
+  value: number;
+}
+
+/** FeatureView.card: everything one latent's card shows, decided in the kernel. */
+export interface FeatureCard {
+  id: string;
+  hook: string;
+  index: number;
+  site: string;
+  label: string;
+  auto_label: string;
+  /** Its activation on each prompt token. */
+  acts: number[];
+  promoted: [string, number][];
+  suppressed: [string, number][];
+  snippets: FeatureSnippet[];
+  /** Over the corpus: log-spaced bin edges, non-zero counts per bin, inactive tokens. */
+  hist: { edges: number[]; counts: number[]; zeros: number; n_tokens: number } | null;
+  frequency: number | null;
+  /** Whether corpus statistics exist for its SAE. */
+  stats: boolean;
+}
+
+export interface FeatureSearchResult {
+  id: string;
+  hook: string;
+  index: number;
+  site: string;
+  label: string;
+  score: number;
+  why: string;
+}
+
+export interface FeatureTraits {
+  tokens: string[];
+  sites: { hook: string; name: string; d_sae: number; stats: boolean }[];
+  /** Per hook: int32/float32 [pos, k] top latents and values; max = colour scale's top. */
+  top: Record<string, { index: EncodedArray; value: EncodedArray; max: number }>;
+  chip_labels: Record<string, string>;
+  selected_token: number;
+  feature: string;
+  card: FeatureCard | Record<string, never>;
+  label_edits: [string, string][];
+  search_results: { query: string; by: string; results: FeatureSearchResult[] } | Record<string, never>;
+  model_name: string;
+  selected: string;
+  error: string;
+}

@@ -1,0 +1,111 @@
+"""A feature card as a publication figure: the latent's activation on each prompt token, the
+tokens it promotes and suppresses, its activation histogram over the corpus, its top snippets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._style import NEGATIVE, POSITIVE, apply_style, reject_unknown, split_style, text_label
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+#: Tokens of context shown on each side of a snippet's peak in the figure.
+FIGURE_CONTEXT = 6
+
+
+def _tok(token: str) -> str:
+    return text_label(token if token.strip() else token.replace(" ", "␣") or "∅")
+
+
+def snippet_line(snippet: dict[str, Any]) -> str:
+    """One snippet as figure text, the peak token in bold (the only markup, added here after
+    every token was escaped)."""
+    tokens, peak = snippet["tokens"], snippet["peak"]
+    lo = max(0, peak - FIGURE_CONTEXT)
+    parts = [text_label(t) for t in tokens[lo:peak]]
+    parts.append(f"<b>[{_tok(tokens[peak])}]</b>")
+    parts += [text_label(t) for t in tokens[peak + 1 : peak + 1 + FIGURE_CONTEXT // 2]]
+    return f"{snippet['value']:.3g}: " + "".join(parts)
+
+
+def feature_figure(
+    card: dict[str, Any], *, tokens: list[str], title: str | None = None, **options: Any
+) -> go.Figure:
+    """The card ``card`` (``FeatureView.card``) of a prompt with ``tokens``: four panels,
+    (a) activation per prompt token, (b) logit effects, (c) histogram, (d) top snippets."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    style, rest = split_style(options)
+    reject_unknown(rest, "feature_figure", ("title",))
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        vertical_spacing=0.22,
+        horizontal_spacing=0.16,
+        subplot_titles=(
+            "activation on the prompt",
+            "logit effect per unit activation",
+            "activation histogram (corpus, non-zero)",
+            "top snippets (peak in bold)",
+        ),
+    )
+    x = [f"{i}: {_tok(t)}" for i, t in enumerate(tokens)]
+    fig.add_trace(
+        go.Bar(x=x, y=card["acts"], marker_color=POSITIVE, showlegend=False), row=1, col=1
+    )
+    effects = list(reversed(card["promoted"][:5])) + list(reversed(card["suppressed"][:5]))
+    fig.add_trace(
+        go.Bar(
+            y=[f"{_tok(t)} " for t, _ in effects],
+            x=[v for _, v in effects],
+            orientation="h",
+            marker_color=[POSITIVE if v >= 0 else NEGATIVE for _, v in effects],
+            showlegend=False,
+        ),
+        row=1,
+        col=2,
+    )
+    hist = card.get("hist")
+    if hist and sum(hist["counts"]):
+        edges, counts = hist["edges"], hist["counts"]
+        used = [i for i, c in enumerate(counts) if c]
+        lo, hi = used[0], used[-1] + 1
+        fig.add_trace(
+            go.Bar(
+                x=[(edges[i] * edges[i + 1]) ** 0.5 for i in range(lo, hi)],
+                y=counts[lo:hi],
+                width=[edges[i + 1] - edges[i] for i in range(lo, hi)],
+                marker_color=POSITIVE,
+                showlegend=False,
+            ),
+            row=2,
+            col=1,
+        )
+        fig.update_xaxes(type="log", title_text="activation", row=2, col=1)
+        fig.update_yaxes(title_text="tokens", row=2, col=1)
+    else:
+        fig.add_annotation(
+            text="no corpus statistics", showarrow=False, xref="x3 domain", yref="y3 domain",
+            x=0.5, y=0.5,
+        )  # fmt: skip
+    lines = [snippet_line(s) for s in card.get("snippets", [])] or ["no corpus statistics"]
+    fig.add_trace(
+        go.Scatter(x=[0], y=[0], mode="markers", opacity=0, showlegend=False), row=2, col=2
+    )
+    fig.update_xaxes(visible=False, row=2, col=2)
+    fig.update_yaxes(visible=False, row=2, col=2)
+    fig.add_annotation(
+        text="<br>".join(lines), showarrow=False, align="left", xref="x4 domain",
+        yref="y4 domain", x=0, y=1, xanchor="left", yanchor="top",
+        font={"size": style.font_px * 0.85},
+    )  # fmt: skip
+    fig.update_xaxes(tickangle=-60, row=1, col=1)
+    fig.update_yaxes(title_text="activation", row=1, col=1)
+    freq = card.get("frequency")
+    head = f"{text_label(card['site'])} #{card['index']} · {text_label(card['label'])}"
+    if freq is not None:
+        head += f" · active on {100 * freq:.2g}% of corpus tokens"
+    fig.update_layout(title=title if title is not None else head, bargap=0.05)
+    return apply_style(fig, style, natural_height=max(3.4, style.width_in * 0.8))
