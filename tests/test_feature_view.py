@@ -57,7 +57,7 @@ def test_the_grid_is_the_engines_top_latents_sent_as_binary(view, tiny_llama, sa
         assert isinstance(sent["index"]["view"], bytes)
         np.testing.assert_array_equal(decode(sent["index"]), acts.top_index[hook].numpy())
         np.testing.assert_allclose(decode(sent["value"]), acts.top_value[hook].numpy(), atol=1e-6)
-        assert sent["max"] == pytest.approx(float(acts.latents[hook].max()))
+        assert sent["max"] == pytest.approx(float(acts.latents[hook][1:].max()))  # BOS out
         shown = {f"{hook}:{i}" for i in acts.top_index[hook][acts.top_value[hook] > 0].tolist()}
         assert shown <= set(view.chip_labels)
         for fid in shown:
@@ -276,7 +276,7 @@ def test_click_a_token_and_a_feature_then_edit_its_label(
     Bridge(view, page, tmp_path / "feature.html")
     page.goto((tmp_path / "feature.html").as_uri())
     root = page.locator('.cv-root[data-view="feature"]')
-    root.locator(".cv-chip").first.wait_for()
+    root.locator('[data-role="grid"] .cv-chip').first.wait_for()
     # a token: the kernel records it, the page lists its latents per SAE
     root.locator('[data-role="token"][data-pos="3"]').click()
     page.wait_for_function("() => document.querySelector('[data-role=\"token-title\"]')")
@@ -297,7 +297,7 @@ def test_click_a_token_and_a_feature_then_edit_its_label(
     assert listed == want
     # features: each click asks the kernel, whose card is drawn; timed click → card
     times = []
-    chips = root.locator(".cv-chip")
+    chips = root.locator('[data-role="grid"] .cv-chip')
     for n in range(min(8, chips.count())):
         chip = chips.nth(n)
         fid = chip.get_attribute("data-feature")
@@ -350,7 +350,7 @@ def test_a_standalone_page_replays_the_cards_of_the_grid(view, tmp_path, page, a
     path = view.save(tmp_path / "feature.html")
     page.goto(path.as_uri())
     root = page.locator('.cv-root[data-view="feature"]')
-    chips = root.locator(".cv-chip")
+    chips = root.locator('[data-role="grid"] .cv-chip')
     chips.first.wait_for()
     ids = chips.evaluate_all("(cs) => cs.map((c) => c.dataset.feature)")
     assert set(ids) == set(view.chip_labels)

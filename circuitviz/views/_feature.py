@@ -83,7 +83,8 @@ class FeatureView(View):
 
     top = t.Dict().tag(sync=True)
     """Per hook: ``{"index": int32 [pos, k], "value": float32 [pos, k]`` (binary), ``"max"``
-    (the largest activation of that SAE on the prompt, the colour scale's top)}."""
+    (the largest activation of that SAE on the prompt's text, BOS left out: the colour
+    scale's top)}."""
 
     chip_labels = t.Dict().tag(sync=True)
     """The label of every latent in ``top`` (edited, else automatic), keyed by feature id."""
@@ -151,11 +152,14 @@ class FeatureView(View):
     # -- payloads ----------------------------------------------------------------------------
     def _top_payload(self) -> dict[str, Any]:
         a = self._acts
+        # The colour scale's top leaves the BOS out (as the corpus statistics do): its
+        # outsized activations would wash out every other token.
+        text = slice(a.first, None) if len(a.tokens) > a.first else slice(None)
         return {
             h: {
                 "index": encode(a.top_index[h], "int32"),
                 "value": encode(a.top_value[h], "float32"),
-                "max": float(a.latents[h].max()),
+                "max": float(a.latents[h][text].max()),
             }
             for h in self._saes
         }

@@ -24,7 +24,9 @@ const STYLE = `
 .cv-feat-label{display:flex;gap:6px;align-items:center;flex-wrap:wrap}
 .cv-feat-label input{font:inherit;width:260px;padding:1px 4px}
 .cv-feat-text{font-family:ui-monospace,Menlo,monospace;white-space:pre-wrap;line-height:1.8;font-size:11px}
-.cv-feat-text span{border-radius:2px}
+.cv-feat-text span,.cv-feat-snip span.cv-feat-t{box-shadow:inset -1px 0 #e4e4e4}
+.cv-feat-legend{font-size:11px;color:#555;margin:4px 0;max-width:460px}
+.cv-feat-legend .cv-chip{cursor:default}
 .cv-feat-snip{font-family:ui-monospace,Menlo,monospace;white-space:pre;overflow:hidden;text-overflow:ellipsis;font-size:11px;border-bottom:1px solid #f2f2f2;padding:1px 0}
 .cv-feat-snip mark{background:#fdd49e;font-weight:700;outline:1px solid #d55e00;border-radius:2px;color:#222}
 .cv-feat-snip .cv-muted{display:inline-block;width:48px;text-align:right;margin-right:6px}
@@ -81,6 +83,7 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
   const error = el("div", { class: "cv-error", role: "alert", "data-role": "error" });
   const results = el("div", { class: "cv-feat-results", "data-role": "search-results" });
   const grid = el("div", { class: "cv-feat-scroll", "data-role": "grid" });
+  const legend = el("div", { class: "cv-feat-legend", "data-role": "legend" });
   const tokenPanel = el("div", { "data-role": "token-panel" });
   const cardEl = el("div", { class: "cv-feat-card", "data-role": "card" });
   const onError = (e: unknown) => setText(error, String(e));
@@ -89,7 +92,7 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
     toolbar,
     error,
     results,
-    el("div", { class: "cv-row" }, el("div", { class: "cv-main" }, grid, tokenPanel), cardEl),
+    el("div", { class: "cv-row" }, el("div", { class: "cv-main" }, grid, legend, tokenPanel), cardEl),
   );
 
   let request = 0;
@@ -152,6 +155,17 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
       return el("tr", { "data-pos": pos }, tokCell, ...cells);
     });
     grid.replaceChildren(el("table", { class: "cv-feat-grid" }, el("thead", {}, head), el("tbody", {}, ...rows)));
+    const sample = (v: number) => {
+      const c = el("span", { class: "cv-chip", "data-legend": `chip-${v}` }, "#i");
+      c.style.background = fill(v, 1);
+      c.style.color = textOn(sequential(v));
+      return c;
+    };
+    legend.replaceChildren(
+      el("span", {}, "Chip #i: latent i, strongest first; colour: its activation ÷ that SAE's largest on this prompt (BOS left out) "),
+      sample(0.1), sample(0.5), sample(1),
+      el("span", { "data-legend": "selected" }, "; orange outline: the card shown; shaded row: the picked token."),
+    );
     markSelection();
   }
 
@@ -165,7 +179,7 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
     const pos = model.get("selected_token");
     const tokens = model.get("tokens");
     if (pos < 0 || pos >= tokens.length) {
-      tokenPanel.replaceChildren(el("div", { class: "cv-muted" }, "Click a token for its features; click a feature for its card. Chip colour: activation ÷ that SAE's largest on this prompt."));
+      tokenPanel.replaceChildren(el("div", { class: "cv-muted" }, "Click a token for its features; click a feature for its card."));
       return;
     }
     const rows: HTMLElement[] = [];
@@ -185,10 +199,8 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
   }
 
   function snippetEl(s: FeatureSnippet): HTMLElement {
-    const before = s.tokens.slice(0, s.peak).join("");
-    const after = s.tokens.slice(s.peak + 1).join("");
-    const peak = el("mark", { "data-role": "peak" }, s.tokens[s.peak]);
-    return el("div", { class: "cv-feat-snip", "data-role": "snippet", title: `peak ${fmt(s.value, 4)} on ${JSON.stringify(s.tokens[s.peak])}` }, el("span", { class: "cv-muted" }, fmt(s.value, 3)), before, peak, after);
+    const parts = s.tokens.map((t, i) => (i === s.peak ? el("mark", { "data-role": "peak" }, t) : el("span", { class: "cv-feat-t" }, t)));
+    return el("div", { class: "cv-feat-snip", "data-role": "snippet", title: `peak ${fmt(s.value, 4)} on ${JSON.stringify(s.tokens[s.peak])}` }, el("span", { class: "cv-muted" }, fmt(s.value, 3)), ...parts);
   }
 
   function histogram(c: FeatureCard): Node {
@@ -274,7 +286,7 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
       card.stats ? el("div", {}, ...card.snippets.map(snippetEl)) : el("div", { class: "cv-muted" }, noStats),
       el("h4", {}, "Logit effect per unit activation (W_dec · final-norm weight · W_U)"),
       el("div", { class: "cv-feat-logits" }, logitTable(card.promoted, "promoted", "promotes"), logitTable(card.suppressed, "suppressed", "suppresses")),
-      el("h4", {}, card.hist ? `Activation histogram (corpus; inactive on ${card.hist.zeros} of ${card.hist.n_tokens} tokens)` : "Activation histogram"),
+      el("h4", {}, card.hist ? `Activation histogram over the corpus (bar: tokens per bin; inactive on ${card.hist.zeros} of ${card.hist.n_tokens})` : "Activation histogram"),
       card.stats ? histogram(card) : el("div", { class: "cv-muted" }, noStats),
     );
     markSelection();

@@ -16,7 +16,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from .._models import model_name
-from .._pairs import InputError, check_text, encode
+from .._pairs import InputError, check_text, encode, uses_bos
 from ._sae import SAE, SAESet, as_sae_set
 from ._stats import (
     HIST_EDGES,
@@ -68,6 +68,7 @@ class FeatureActivations:
         top_index / top_value: hook → ``[pos, k]`` the ``k`` most active latents at each
             position, descending (an inactive slot has value 0).
         model_name: the model's name.
+        first: the first position that is text (1 when a BOS was prepended, else 0).
     """
 
     tokens: list[str]
@@ -76,6 +77,7 @@ class FeatureActivations:
     top_index: dict[str, torch.Tensor]
     top_value: dict[str, torch.Tensor]
     model_name: str = ""
+    first: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -116,6 +118,7 @@ def feature_activations(
         top_index=top_index,
         top_value=top_value,
         model_name=model_name(model),
+        first=int(uses_bos(model, prepend_bos)),
     )
 
 
