@@ -439,7 +439,8 @@ def save_feature_stats(stats: Mapping[str, FeatureStats], path: str | os.PathLik
         arrays[f"{i}/top_values"] = s.top_values.astype(np.float32)
         arrays[f"{i}/top_doc"] = s.top_doc.astype(np.int32)
         arrays[f"{i}/top_pos"] = s.top_pos.astype(np.int32)
-        arrays[f"{i}/hist_counts"] = s.hist_counts.astype(np.uint32)
+        small = s.hist_counts.max(initial=0) < 2**16  # most corpora: half the bytes
+        arrays[f"{i}/hist_counts"] = s.hist_counts.astype(np.uint16 if small else np.uint32)
         arrays[f"{i}/n_active"] = s.n_active.astype(np.int64)
         arrays[f"{i}/promoted"] = s.promoted.astype(np.int32)
         arrays[f"{i}/labels"] = np.array(s.labels)
@@ -486,6 +487,8 @@ def _read(data) -> dict[str, FeatureStats]:
         d_sae, n_top = top_values.shape
         top_doc, top_pos = data[f"{i}/top_doc"], data[f"{i}/top_pos"].astype(np.int32)
         hist = data[f"{i}/hist_counts"]
+        if hist.dtype.kind != "u":
+            raise ValueError(f"histogram counts of {hook!r} are not unsigned integers")
         labels = [str(x) for x in data[f"{i}/labels"]]
         shapes_ok = (
             top_doc.shape == top_pos.shape == (d_sae, n_top)
@@ -508,7 +511,7 @@ def _read(data) -> dict[str, FeatureStats]:
             top_values=top_values,
             top_doc=top_doc.astype(np.int32),
             top_pos=top_pos,
-            hist_counts=hist,
+            hist_counts=hist.astype(np.uint32),
             n_active=data[f"{i}/n_active"],
             promoted=data[f"{i}/promoted"].astype(np.int32),
             labels=labels,
