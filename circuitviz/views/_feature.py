@@ -165,11 +165,15 @@ class FeatureView(View):
         }
 
     def _chip_labels(self) -> dict[str, str]:
-        out = {}
-        for h in self._saes:
+        from ..engine.features._explorer import labels_for
+
+        out, edited = {}, self.labels
+        for h, sae in self._saes.items():
             values, indices = self._acts.top_value[h], self._acts.top_index[h]
-            for i in sorted(set(indices[values > 0].tolist())):
-                out[feature_id(h, i)] = self.label_of(feature_id(h, i))
+            shown = sorted(set(indices[values > 0].tolist()))
+            auto = labels_for(self._model, sae, shown, self._stats.get(h))
+            for i, label in zip(shown, auto, strict=True):
+                out[feature_id(h, i)] = edited.get(feature_id(h, i)) or label
         return out
 
     # -- Python API --------------------------------------------------------------------------

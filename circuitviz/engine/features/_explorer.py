@@ -7,7 +7,7 @@ Everything here is plain data (tensors, lists, dicts of numbers and strings); th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,11 +21,12 @@ from ._sae import SAE, SAESet, as_sae_set
 from ._stats import (
     HIST_EDGES,
     FeatureStats,
-    auto_label,
+    _show,
     check_sites,
     collect,
     logit_effects_of,
     token_strings,
+    top_promoted,
 )
 
 #: Most characters of a label (automatic or edited).
@@ -150,14 +151,21 @@ def logit_effects(
     }
 
 
-def label_for(model: TransformerBridge, sae: SAE, index: int, stats: FeatureStats | None) -> str:
-    """The automatic label of a latent: the stored one, or (without statistics) one from its
-    promoted tokens alone."""
+def labels_for(
+    model: TransformerBridge, sae: SAE, indices: Sequence[int], stats: FeatureStats | None
+) -> list[str]:
+    """The automatic labels of latents: the stored ones, or (without statistics) ones from
+    their promoted tokens alone, ``"→ tok, tok"`` (one batched product for all of them)."""
     if stats is not None:
-        return stats.labels[index]
-    with torch.no_grad():
-        ids = logit_effects_of(model, sae, index).topk(2).indices.tolist()
-    return "→ " + auto_label([1], ids, token_strings(model)).split(" → ", 1)[-1]
+        return [stats.labels[i] for i in indices]
+    strings = token_strings(model)
+    promoted = top_promoted(model, sae, k=2, latents=indices)
+    return ["→ " + ", ".join(_show(strings[t]) for t in row) for row in promoted.tolist()]
+
+
+def label_for(model: TransformerBridge, sae: SAE, index: int, stats: FeatureStats | None) -> str:
+    """The automatic label of one latent (see :func:`labels_for`)."""
+    return labels_for(model, sae, [index], stats)[0]
 
 
 def card(

@@ -287,9 +287,12 @@ def feature_stats(
         name=corpus_name,
     )
     out = {}
+    total = sum(s.d_sae for s in saes.values())
+    with tqdm(total=total, desc="promoted tokens", unit="latent", disable=not progress) as bar:
+        promoted_of = {h: top_promoted(model, s, k=n_promoted, bar=bar) for h, s in saes.items()}
     for hook, sae in saes.items():
         r = run[hook]
-        promoted = top_promoted(model, sae, k=n_promoted)
+        promoted = promoted_of[hook]
         stats = FeatureStats(
             hook=hook,
             d_sae=sae.d_sae,
@@ -372,15 +375,28 @@ def logit_effects_of(model: TransformerBridge, sae: SAE, index: int) -> torch.Te
     return (d @ W_U).cpu()
 
 
-def top_promoted(model: TransformerBridge, sae: SAE, *, k: int = 5, chunk: int = 256):
-    """``[d_sae, k]`` the ids of the tokens each latent promotes most, in chunks of latents
-    (the full ``[d_sae, d_vocab]`` matrix would not fit in memory for a large vocabulary)."""
+def top_promoted(
+    model: TransformerBridge,
+    sae: SAE,
+    *,
+    k: int = 5,
+    latents: Sequence[int] | None = None,
+    chunk: int = 256,
+    bar: Any = None,
+) -> torch.Tensor:
+    """``[n, k]`` the ids of the tokens each latent (all, or ``latents``) promotes most, in
+    chunks of latents (the full ``[d_sae, d_vocab]`` matrix would not fit in memory for a large
+    vocabulary); ``bar`` is advanced by each chunk's size."""
+    index = torch.arange(sae.d_sae) if latents is None else torch.as_tensor(list(latents))
     out = []
     with torch.no_grad():
-        for start in range(0, sae.d_sae, chunk):
-            d, W_U = decoder_directions(model, sae, slice(start, start + chunk))
+        for start in range(0, len(index), chunk):
+            part = index[start : start + chunk]
+            d, W_U = decoder_directions(model, sae, part)
             out.append((d @ W_U).topk(k, dim=-1).indices.cpu())
-    return torch.cat(out)
+            if bar is not None:
+                bar.update(len(part))
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.int64)
 
 
 _STRINGS: dict[int, list[str]] = {}
