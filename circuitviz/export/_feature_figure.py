@@ -10,23 +10,23 @@ from ._style import NEGATIVE, POSITIVE, apply_style, reject_unknown, split_style
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-#: Tokens of context shown on each side of a snippet's peak in the figure.
-FIGURE_CONTEXT = 6
-
 
 def _tok(token: str) -> str:
     return text_label(token if token.strip() else token.replace(" ", "␣") or "∅")
 
 
-def snippet_line(snippet: dict[str, Any]) -> str:
-    """One snippet as figure text, the peak token in bold (the only markup, added here after
-    every token was escaped)."""
+def snippet_line(snippet: dict[str, Any], *, before: int = 30, after: int = 14) -> str:
+    """One snippet as figure text, cut to ``before``/``after`` characters around the peak,
+    the peak token in bold (the only markup, added here after every token was escaped)."""
     tokens, peak = snippet["tokens"], snippet["peak"]
-    lo = max(0, peak - FIGURE_CONTEXT)
-    parts = [text_label(t) for t in tokens[lo:peak]]
-    parts.append(f"<b>[{_tok(tokens[peak])}]</b>")
-    parts += [text_label(t) for t in tokens[peak + 1 : peak + 1 + FIGURE_CONTEXT // 2]]
-    return f"{snippet['value']:.3g}: " + "".join(parts)
+    left = "".join(tokens[:peak])
+    right = "".join(tokens[peak + 1 :])
+    left = left if len(left) <= before else "…" + left[-before:]
+    right = right if len(right) <= after else right[:after] + "…"
+    return (
+        f"{snippet['value']:.3g}: {text_label(left)}<b>[{_tok(tokens[peak])}]</b>"
+        f"{text_label(right)}"
+    )
 
 
 def feature_figure(
@@ -55,6 +55,13 @@ def feature_figure(
     fig.add_trace(
         go.Bar(x=x, y=card["acts"], marker_color=POSITIVE, showlegend=False), row=1, col=1
     )
+    top = card.get("acts_max") or 0.0
+    if top > 0 and max(card["acts"]) > 1.2 * top:  # the BOS, off scale: clip and say so
+        fig.update_yaxes(range=[0, 1.15 * top], row=1, col=1)
+        fig.add_annotation(
+            text=f"BOS: {card['acts'][0]:.3g} (off scale)", showarrow=False, xref="x domain",
+            yref="y domain", x=0, y=1, xanchor="left", yanchor="top",
+        )  # fmt: skip
     effects = list(reversed(card["promoted"][:5])) + list(reversed(card["suppressed"][:5]))
     fig.add_trace(
         go.Bar(
@@ -108,4 +115,7 @@ def feature_figure(
     if freq is not None:
         head += f" · active on {100 * freq:.2g}% of corpus tokens"
     fig.update_layout(title=title if title is not None else head, bargap=0.05)
-    return apply_style(fig, style, natural_height=max(3.4, style.width_in * 0.8))
+    apply_style(fig, style, natural_height=max(3.4, style.width_in * 0.8))
+    # The title sits above the panels' own titles.
+    fig.update_layout(margin={"t": 3.4 * style.font_px})
+    return fig

@@ -252,7 +252,7 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
     }
     const card = shown;
     const tokens = model.get("tokens");
-    const maxAct = Math.max(0, ...card.acts);
+    const maxAct = card.acts_max;
     const input = el("input", { type: "text", "data-role": "label-input", maxlength: 80, value: card.label });
     const status = el("span", { class: "cv-muted", "data-role": "label-status" });
     input.addEventListener("change", () => {
@@ -280,7 +280,7 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
       el("h3", { "data-role": "card-title" }, `${card.site} · #${card.index}`),
       el("div", { class: "cv-feat-label" }, "label", input, status),
       el("div", { class: "cv-muted", "data-role": "auto-label" }, `automatic: ${card.auto_label}${freq}`),
-      el("h4", {}, `Activation on this prompt (max ${fmt(maxAct, 4)})`),
+      el("h4", {}, `Activation on this prompt (colour: ÷ ${fmt(maxAct, 4)}, its largest after the BOS; hover for values)`),
       text,
       el("h4", {}, "Top snippets in the corpus (peak token marked; one per text)"),
       card.stats ? el("div", {}, ...card.snippets.map(snippetEl)) : el("div", { class: "cv-muted" }, noStats),

@@ -215,6 +215,8 @@ export interface FeatureCard {
   auto_label: string;
   /** Its activation on each prompt token. */
   acts: number[];
+  /** The colour scale's top: the largest activation on the text, BOS left out. */
+  acts_max: number;
   promoted: [string, number][];
   suppressed: [string, number][];
   snippets: FeatureSnippet[];

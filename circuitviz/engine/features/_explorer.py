@@ -181,11 +181,13 @@ def card(
 ) -> dict[str, Any]:
     """Everything a feature card shows, as JSON data: ``id``, ``hook``, ``index``, ``site``
     (the SAE's short name), ``label`` (``label`` or the automatic one), ``auto_label``,
-    ``acts`` (its activation on each prompt token), ``promoted`` / ``suppressed``
+    ``acts`` (its activation on each prompt token), ``acts_max`` (their colour scale's top, the
+    BOS left out), ``promoted`` / ``suppressed``
     (``[token, effect]``), ``snippets`` (``{"tokens", "peak", "value"}``), ``hist``
     (``{"edges", "counts", "zeros", "n_tokens"}``), ``frequency`` and ``stats`` (whether
     statistics exist; without them the last three are empty)."""
     sae = saes[hook]
+    column = acts.latents[hook][:, index]
     effects = logit_effects(model, sae, index, k=n_logits)
     auto = label_for(model, sae, index, stats)
     out: dict[str, Any] = {
@@ -195,7 +197,10 @@ def card(
         "site": sae.name,
         "auto_label": auto,
         "label": label if label is not None else auto,
-        "acts": [round(float(v), 5) for v in acts.latents[hook][:, index]],
+        "acts": [round(float(v), 5) for v in column],
+        # The colour scale's top: the text's largest, BOS left out (its outsized activations
+        # would wash out every other token); the BOS is drawn clamped to the top.
+        "acts_max": round(float(column[acts.first :].max() if len(column) > acts.first else 0), 5),
         "promoted": [[t, round(v, 5)] for t, v in effects["promoted"]],
         "suppressed": [[t, round(v, 5)] for t, v in effects["suppressed"]],
         "snippets": [],
