@@ -165,7 +165,7 @@ def test_labels_name_the_snippet_peaks_and_the_promoted_tokens(tiny_llama, saes,
     for i in range(saes["blocks.1.hook_resid_post"].d_sae):
         label = st.labels[i]
         promoted = logit_effects(tiny_llama, saes["blocks.1.hook_resid_post"], i, k=2)
-        assert label.endswith(", ".join(t for t, _ in promoted["promoted"]))
+        assert label.endswith(" | ".join(t for t, _ in promoted["promoted"]))
         peaks = st.peak_ids(i)
         if peaks:
             commonest = max(set(peaks), key=lambda t: (peaks.count(t), -peaks.index(t)))

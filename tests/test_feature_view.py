@@ -314,7 +314,8 @@ def test_click_a_token_and_a_feature_then_edit_its_label(
     _, index = fid.rsplit(":", 1)
     assert root.locator('[data-role="card-title"]').inner_text().endswith(f"#{index}")
     peaks = root.locator('[data-role="snippet"] [data-role="peak"]').all_inner_texts()
-    assert peaks == [s["tokens"][s["peak"]] for s in view.card["snippets"]]
+    shown = [s["tokens"][s["peak"]].replace("\n", "↵") for s in view.card["snippets"]]
+    assert peaks == shown
     promoted = root.locator('[data-role="promoted"] tr td:first-child').all_inner_texts()
     assert promoted == [t for t, _ in view.card["promoted"]]
     assert root.locator('[data-role="histogram"] rect').count() >= 1

@@ -199,7 +199,8 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
   }
 
   function snippetEl(s: FeatureSnippet): HTMLElement {
-    const parts = s.tokens.map((t, i) => (i === s.peak ? el("mark", { "data-role": "peak" }, t) : el("span", { class: "cv-feat-t" }, t)));
+    // One line per snippet: line breaks and tabs inside it show as ↵ and ⇥.
+    const parts = s.tokens.map((t, i) => (i === s.peak ? el("mark", { "data-role": "peak" }, showToken(t)) : el("span", { class: "cv-feat-t" }, showToken(t))));
     return el("div", { class: "cv-feat-snip", "data-role": "snippet", title: `peak ${fmt(s.value, 4)} on ${JSON.stringify(s.tokens[s.peak])}` }, el("span", { class: "cv-muted" }, fmt(s.value, 3)), ...parts);
   }
 

@@ -160,7 +160,7 @@ def labels_for(
         return [stats.labels[i] for i in indices]
     strings = token_strings(model)
     promoted = top_promoted(model, sae, k=2, latents=indices)
-    return ["→ " + ", ".join(_show(strings[t]) for t in row) for row in promoted.tolist()]
+    return ["→ " + " | ".join(_show(strings[t]) for t in row) for row in promoted.tolist()]
 
 
 def label_for(model: TransformerBridge, sae: SAE, index: int, stats: FeatureStats | None) -> str:

@@ -419,12 +419,12 @@ def _show(token: str) -> str:
 
 def auto_label(peaks: Sequence[int], promoted: Sequence[int], strings: Sequence[str]) -> str:
     """A short label: the commonest peak tokens of the top snippets, then ``→`` the tokens
-    the latent promotes (``'Mary'/'John' → ' said'``); "dead" when it never fired."""
+    the latent promotes (``Mary/John →  said |  told``); "dead" when it never fired."""
     peak_part = ""
     if peaks:
         common = [t for t, _ in Counter(peaks).most_common(2)]
         peak_part = "/".join(repr(_show(strings[t]))[1:-1] for t in common)
-    promo_part = ", ".join(_show(strings[t]) for t in list(promoted)[:2])
+    promo_part = " | ".join(_show(strings[t]) for t in list(promoted)[:2])
     if not peak_part:
         return f"(dead in corpus) → {promo_part}" if promo_part else "(dead in corpus)"
     return f"{peak_part} → {promo_part}" if promo_part else peak_part
