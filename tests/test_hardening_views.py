@@ -22,6 +22,7 @@ from circuitviz.engine import InputError, has_hooks
 from circuitviz.views import (
     AttentionView,
     CircuitView,
+    FeatureView,
     LogitLensView,
     PatchingView,
     SteeringView,
@@ -264,7 +265,7 @@ def test_forged_updates_leave_model_and_view_working(circuit, tiny_llama, logits
     healthy(circuit, tiny_llama, logits_before)
 
 
-VIEWS = (AttentionView, PatchingView, CircuitView, SteeringView, LogitLensView)
+VIEWS = (AttentionView, PatchingView, CircuitView, SteeringView, LogitLensView, FeatureView)
 JS_SRC = Path(__file__).parent.parent / "js" / "src"
 
 
