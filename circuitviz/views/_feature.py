@@ -37,6 +37,10 @@ from ..engine.features._explorer import MAX_LABEL
 from ._base import STATIC, View, error_text, quote
 from ._codec import encode
 
+#: Most cards a standalone HTML export embeds (the latents strongest on the prompt): each
+#: costs a logit-effect product and a few KiB.
+MAX_STATIC_CARDS = 300
+
 #: Control characters a label may not hold (it is one line of text).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -349,12 +353,20 @@ class FeatureView(View):
 
     # -- export --------------------------------------------------------------------------------
     def static_replies(self) -> list[dict[str, Any]]:
-        """For a standalone page: the card of every latent in the grid, so clicks work
-        without a kernel."""
+        """For a standalone page: the cards of the grid's latents (the
+        :data:`MAX_STATIC_CARDS` strongest on the prompt), so clicks work without a kernel."""
         from ..engine.features._explorer import card as build
 
+        peak: dict[str, float] = {}
+        for h in self._saes:
+            values, indices = self._acts.top_value[h], self._acts.top_index[h]
+            for i, v in zip(indices.flatten().tolist(), values.flatten().tolist(), strict=True):
+                fid = feature_id(h, i)
+                if v > 0 and v > peak.get(fid, 0.0):
+                    peak[fid] = v
+        chosen = sorted(peak, key=lambda f: -peak[f])[:MAX_STATIC_CARDS]
         out = []
-        for fid in self.chip_labels:
+        for fid in chosen:
             hook, index = parse_feature(self._saes, fid)
             c = build(
                 self._model,

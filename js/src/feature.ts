@@ -122,6 +122,11 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
     clickedAt = performance.now();
     rootEl.setAttribute("data-pending", feature);
     model.send({ type: "card", feature, request: ++request });
+    setTimeout(() => {
+      if (rootEl.getAttribute("data-pending") !== feature) return;
+      rootEl.removeAttribute("data-pending");
+      setText(error, "No card came back: a standalone page holds only the cards of the latents strongest on its prompt; open the view in Jupyter for the others.");
+    }, 8000);
   }
 
   function chip(site: Site, index: number, value: number, max: number): HTMLButtonElement {
