@@ -172,6 +172,26 @@ def test_without_statistics_the_card_says_how_to_get_them(tiny_llama, saes, stat
     assert view.card["label"] == stats[HOOK].labels[int(fid.rsplit(":", 1)[1])]
 
 
+def test_compute_stats_defaults_to_the_reference_corpus(tiny_llama, saes, monkeypatch):
+    """``compute_stats()`` asks ``reference_corpus(model, split="reference")`` for its texts."""
+    import sys
+    import types
+
+    calls = []
+
+    def reference_corpus(model=None, *, split="reference"):
+        calls.append((model, split))
+        return TEXTS
+
+    fake = types.ModuleType("circuitviz.engine.features._corpus")
+    fake.reference_corpus = reference_corpus
+    monkeypatch.setitem(sys.modules, "circuitviz.engine.features._corpus", fake)
+    view = FeatureView(tiny_llama, PROMPT, saes=saes)
+    view.compute_stats(progress=False)
+    assert calls == [(tiny_llama, "reference")]
+    assert all(s["stats"] for s in view.sites) and set(view.stats) == set(saes)
+
+
 def test_save_the_card_figure_and_a_standalone_page(view, tmp_path):
     fid = first_active(view)
     view.show_feature(fid)

@@ -248,7 +248,8 @@ def search(
     "score", "why"}``.
 
     ``by="label"``: the case-insensitive substring ``query`` in the feature's label (the
-    edited one in ``labels``, else the automatic one); scored by where the match starts.
+    edited one in ``labels``, else the automatic one from ``stats``: an SAE without statistics
+    is searched by its edited labels only); scored by where the match starts.
     ``by="token"``: ``query`` is tokenized (no BOS) and a feature scores one point per top
     snippet peaking on one of its tokens, one per such token among its promoted tokens, and its
     activation where that token occurs in the prompt (``acts``)."""
