@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import traitlets as t
+from tqdm.auto import tqdm
 
 from ..engine import InputError
 from ..engine.features import (
@@ -366,7 +367,8 @@ class FeatureView(View):
                     peak[fid] = v
         chosen = sorted(peak, key=lambda f: -peak[f])[:MAX_STATIC_CARDS]
         out = []
-        for fid in chosen:
+        bar = tqdm(chosen, desc="feature cards", unit="card", leave=False, disable=len(chosen) < 50)
+        for fid in bar:
             hook, index = parse_feature(self._saes, fid)
             c = build(
                 self._model,

@@ -109,7 +109,7 @@ def feature_activations(
     latents, top_index, top_value = {}, {}, {}
     with torch.no_grad():
         for hook, sae in saes.items():
-            f = sae.encode(acts[hook][0]).float().cpu()
+            f = sae.encode(acts[hook][0].to(sae.W_enc.device)).float().cpu()
             top = f.topk(min(k, sae.d_sae), dim=-1)
             latents[hook], top_index[hook], top_value[hook] = f, top.indices, top.values
     return FeatureActivations(

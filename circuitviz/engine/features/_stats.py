@@ -276,7 +276,7 @@ def feature_stats(
             n_tokens += int(valid.sum())
             acts = collect(model, saes, batch.to(device))
             for hook, sae in saes.items():
-                f = sae.encode(acts[hook]).float().cpu() * valid[..., None]
+                f = sae.encode(acts[hook].to(sae.W_enc.device)).float().cpu() * valid[..., None]
                 _update(run[hook], f, valid, start, n_top, edges, n_bins)
             bar.update(len(chunk))
     finally:
