@@ -436,3 +436,49 @@ def test_demo_click_to_card_in_the_browser(demo_model, page, tmp_path, artifacts
         f"{median:.0f} ms, max {max(times):.0f} ms over {len(times)} clicks"
     )
     assert median <= 300
+
+
+FEATURE_NOTEBOOK = """
+import circuitviz
+from circuitviz.views import FeatureView
+from tests._tiny_sae import tiny_saes
+from tests.test_feature_explorer import PROMPT, TEXTS
+model = circuitviz.tiny_model("llama")
+saes = tiny_saes(model)
+stats = circuitviz.feature_stats(model, saes, TEXTS, progress=False)
+fv = FeatureView(model, PROMPT, saes=saes, stats=stats)
+display(fv)
+print("FEATURES_READY")
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_token_feature_and_label_reach_a_real_kernel(jupyter_server, page, artifacts):
+    """JupyterLab: a token click, a feature click and a label edit go through the comm to the
+    kernel (binary grid, messages, validation), and Python reads them back."""
+    from tests.test_e2e_jupyter import open_notebook, run_all_cells, run_new_cell, write_notebook
+
+    write_notebook(jupyter_server.root_dir / "features.ipynb", [FEATURE_NOTEBOOK])
+    open_notebook(page, jupyter_server.lab_url("features.ipynb"))
+    run_all_cells(page, "FEATURES_READY")
+    root = page.locator('.cv-root[data-view="feature"]')
+    root.locator('[data-role="grid"] .cv-chip').first.wait_for(state="visible")
+    root.locator('[data-role="token"][data-pos="2"]').click()
+    root.locator('[data-role="token-title"]').wait_for()
+    chip = root.locator('[data-role="token-panel"] tr[data-feature]').first
+    fid = chip.get_attribute("data-feature")
+    chip.click()
+    title = root.locator('[data-role="card-title"]')
+    title.wait_for(timeout=60_000)
+    box = root.locator('[data-role="label-input"]')
+    box.fill("names <b>bold</b>")
+    box.press("Enter")
+    root.locator('[data-role="label-status"]', has_text="saved").wait_for(timeout=60_000)
+    text = run_new_cell(
+        page, "print('FV', fv.selected_token, fv.feature, fv.labels)", "FV ", timeout=60_000
+    )
+    assert f"FV 2 {fid} {{{fid!r}: 'names <b>bold</b>'}}" in text
+    assert title.inner_text().endswith("#" + fid.rsplit(":", 1)[1])
+    assert root.locator("b").count() == 0 and page.dialogs == []
+    root.screenshot(path=str(artifacts / "feature_view_jupyterlab.png"))

@@ -261,13 +261,20 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
     const maxAct = card.acts_max;
     const input = el("input", { type: "text", "data-role": "label-input", maxlength: 80, value: card.label });
     const status = el("span", { class: "cv-muted", "data-role": "label-status" });
-    input.addEventListener("change", () => {
+    let sent = card.label;
+    const commit = () => {
+      if (input.value === sent) return;
+      sent = input.value;
       setText(status, "saving…");
-      const req = ++request;
-      model.send({ type: "label", feature: card.id, label: input.value, request: req });
+      model.send({ type: "label", feature: card.id, label: input.value, request: ++request });
       setTimeout(() => {
         if (status.textContent === "saving…") setText(status, "not saved: no kernel answered");
       }, 5000);
+    };
+    input.addEventListener("change", commit);
+    input.addEventListener("keydown", (e) => {
+      e.stopPropagation(); // typing here is not a notebook shortcut (JupyterLab listens on document)
+      if (e.key === "Enter") commit();
     });
     const text = el(
       "div",
@@ -359,6 +366,7 @@ function render({ model, el: host }: { model: AnyModel<FeatureTraits>; el: HTMLE
   const doSearch = () => model.send({ type: "search", query: query.value, by: by.value, request: ++request });
   go.addEventListener("click", doSearch);
   query.addEventListener("keydown", (e) => {
+    e.stopPropagation(); // as for the label: keys typed here stay here
     if (e.key === "Enter") doSearch();
   });
   model.on("msg:custom", (msg: { type?: string; card?: FeatureCard; label?: string; feature?: string }) => {
