@@ -399,16 +399,16 @@ def top_promoted(
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.int64)
 
 
-_STRINGS: dict[int, list[str]] = {}
+_STRINGS: dict[tuple[int, int, str], list[str]] = {}
 
 
 def token_strings(model: TransformerBridge) -> list[str]:
     """Every vocabulary entry as the model writes it (cached per model)."""
-    key = id(model.tokenizer)
+    tok = model.tokenizer
+    # id() alone could be reused by another tokenizer after this one is freed.
+    key = (id(tok), model.cfg.d_vocab, str(getattr(tok, "name_or_path", "")))
     if key not in _STRINGS:
-        ids = list(range(model.cfg.d_vocab))
-        tok = model.tokenizer
-        _STRINGS[key] = [tok.decode([i]) for i in ids]
+        _STRINGS[key] = [tok.decode([i]) for i in range(model.cfg.d_vocab)]
     return _STRINGS[key]
 
 
