@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from . import backends
 from ._components import Component, check_range, parse_components
 from ._metrics import MetricFn, check_metric
 from ._models import check_bridge
@@ -163,6 +164,8 @@ def ablate(
     With nothing to ablate, ``ablated``, ``delta``, ``gap_fraction`` and ``top_after`` of the
     result are None.
     """
+    if (seam := backends.route(model, "ablate")) is not None:
+        return seam(model, pairs, heads=heads, mlps=mlps, mode=mode, metric=metric, k=k)
     check_bridge(model)
     k = _check_options(model, mode, k)
     check_pairs(pairs)

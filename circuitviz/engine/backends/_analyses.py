@@ -1,0 +1,266 @@
+"""The analyses ported to the seam: ``patch``, ``ablate`` and ``attention`` as requests.
+
+Each builds its runs (:class:`._base.Run`) and hands them to the model's backend in one
+request, so on NDIF an analysis is one job. They give the same numbers as the bridge's own
+implementations (which stay the bridge's fast path) — see ``tests/test_backends.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from .._components import check_range
+from .._metrics import MetricFn, bind_metric, check_metric
+from .._pairs import InputError, PromptPairs, Tokens, check_pairs, tokenize
+from .._results import AblationResult, AttentionResult, PatchResult, TopTokens
+from ._base import Output, Run, backend_of, ported
+
+#: The site each patching target writes.
+TARGET_SITES = {
+    "resid_pre": "resid_pre",
+    "attn_out": "attn_out",
+    "mlp_out": "mlp_out",
+    "heads": "z",
+    "heads_by_pos": "z",
+    "q": "q",
+    "k": "k",
+    "v": "v",
+    "pattern": "pattern",
+}
+
+
+def _reduced(metric: str | MetricFn, tokens: Tokens) -> tuple[dict, Tokens]:
+    """The readout a metric needs and the tokens to bind it with. Built-in metrics but KL
+    need only the answer and wrong-answer logits (plus one log-sum-exp of the rest, so
+    probabilities stay exact): the answers are renumbered into that short row."""
+    if callable(metric) or metric == "kl":
+        return {"full": True}, tokens
+    ids = torch.unique(torch.cat([tokens.answers, tokens.wrong_answers]).cpu())
+    where = {int(t): i for i, t in enumerate(ids.tolist())}
+
+    def renumber(t: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([where[int(x)] for x in t.tolist()])
+
+    short = dataclasses.replace(
+        tokens, answers=renumber(tokens.answers), wrong_answers=renumber(tokens.wrong_answers)
+    )
+    return {"ids": ids}, short
+
+
+def _logits(out: Output) -> torch.Tensor:
+    return out.readout["sel"] if "sel" in out.readout else out.readout["full"]
+
+
+def patch(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    over: str = "heads",
+    direction: str = "denoise",
+    metric: str | MetricFn = "logit_diff",
+    memory_budget: float = 2**30,
+    max_rows: int = 1024,
+    progress: bool = True,
+) -> PatchResult:
+    """Exact activation patching as one request: the source run keeps the target site at
+    every layer, and every condition is a block of rows of the patched runs (``max_rows``
+    rows per pass)."""
+    from .._patching import _row_bytes, axis_sizes, check_budget, get_target, patch_result
+
+    check_budget(memory_budget, max_rows)
+    target = get_target(over)
+    if not isinstance(direction, str) or direction not in ("denoise", "noise"):
+        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
+    check_metric(metric)
+    backend = backend_of(model)
+    site = TARGET_SITES[over]
+    if site not in backend.sites():
+        raise InputError(
+            f"over={over!r} writes the attention {site}, which the {backend.name} backend "
+            f"cannot patch; patchable there: {sorted(k for k, s in TARGET_SITES.items() if s in backend.sites())}. "
+            "For this map use the TransformerLens bridge: circuitviz.load_model(name)."
+        )
+    with ported():
+        tokens = tokenize(model, pairs)
+    spec, short = _reduced(metric, tokens)
+    n_layers, batch = model.cfg.n_layers, tokens.batch
+    sizes = axis_sizes(model, tokens.n_pos)
+    shape = tuple(sizes[a] for a in target.axes)
+    conds = [
+        tuple(int(i) for i in c)
+        for c in torch.cartesian_prod(*[torch.arange(n) for n in shape])
+        .reshape(-1, len(shape))
+        .tolist()
+    ]
+    src_tokens, run_tokens = (
+        (tokens.clean, tokens.corrupted)
+        if direction == "denoise"
+        else (tokens.corrupted, tokens.clean)
+    )
+    rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos))
+    per_pass = max(1, min(max_rows, rows_fit) // batch - 1)  # conditions per pass, + baseline
+    runs = [Run(src_tokens, saves={(site, layer) for layer in range(n_layers)}, readout=spec)]
+    for start in range(0, len(conds), per_pass):
+        chunk = conds[start : start + per_pass]
+        run = Run(run_tokens.repeat(1 + len(chunk), 1), readout=spec)
+        for j, (layer, *idx) in enumerate(chunk):
+            pos, head = _cell(target.cell, idx)
+            rows = torch.arange(batch) + (1 + j) * batch
+            run.writes.setdefault((site, layer), []).append((rows, pos, head, ("run", 0, "rows")))
+        runs.append(run)
+    outs = backend.execute(runs, desc=f"patching {over}", progress=progress)
+    src_logits, run_logits = _logits(outs[0]), _logits(outs[1])[:batch]
+    clean_l, corr_l = (
+        (src_logits, run_logits) if direction == "denoise" else (run_logits, src_logits)
+    )
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    values = torch.empty(len(conds))
+    i = 0
+    for out in outs[1:]:
+        logits = _logits(out)
+        for j in range(logits.shape[0] // batch - 1):
+            values[i] = bound(logits[(1 + j) * batch : (2 + j) * batch])
+            i += 1
+    return patch_result(
+        model,
+        tokens,
+        over,
+        values.reshape(shape),
+        direction=direction,  # type: ignore[arg-type]
+        method="activation",
+        metric=bound,
+        clean=bound(clean_l),
+        corrupted=bound(corr_l),
+        extra={"forward_passes": len(runs), "requests": 1, "backend": backend.name},
+    )
+
+
+def _cell(cell: str, idx: Sequence[int]) -> tuple[int | None, int | None]:
+    """``(pos, head)`` of one condition's cell (see :func:`.._patching.write_cell`)."""
+    if cell == "pos":
+        return idx[0], None
+    if cell == "head_pos":
+        return idx[0], idx[1]
+    return None, idx[0]  # "head", "pattern"
+
+
+_MEMO_SIZE = 128
+
+
+def ablate(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    heads: Iterable[Any] = (),
+    mlps: Iterable[Any] = (),
+    mode: str = "zero",
+    metric: str | MetricFn = "logit_diff",
+    k: int = 10,
+) -> AblationResult:
+    """Ablation as requests: the baselines once per (pairs, metric, k), then one request per
+    new ablation set (the corrupted run it copies from rides in the same request)."""
+    from .._ablation import _check_options, normalize_components
+
+    k = _check_options(model, mode, k)
+    check_pairs(pairs)
+    check_metric(metric)
+    targets = normalize_components(model, heads, mlps)
+    backend = backend_of(model)
+    with ported():
+        tokens = tokenize(model, pairs)
+    for c in targets:
+        check_range(c, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=tokens.n_pos)
+    memo = model._memo if hasattr(model, "_memo") else {}
+    key = ("ablate", pairs, metric, k)
+    if key not in memo:
+        spec, short = _reduced(metric, tokens)
+        outs = backend.execute(
+            [
+                Run(tokens.corrupted, readout=spec),
+                Run(tokens.clean, readout={**spec, "topk": (k, 0)}),
+            ],
+            desc="ablation baselines",
+            progress=False,
+        )
+        clean_l, corr_l = _logits(outs[1]), _logits(outs[0])
+        bound = bind_metric(metric, short, clean_l, corr_l)
+        top = _top(model, outs[1])
+        per_prompt = {
+            "clean": [float(v) for v in bound.per_example(clean_l)],
+            "corrupted": [float(v) for v in bound.per_example(corr_l)],
+        }
+        memo[key] = (spec, bound, bound(clean_l), bound(corr_l), top, per_prompt, OrderedDict())
+    spec, bound, clean, corrupted, top_before, per_prompt, done = memo[key]
+    if (targets, mode) in done:
+        done.move_to_end((targets, mode))
+        return done[(targets, mode)]
+    ablated = values = top_after = None
+    if targets:
+        run = Run(tokens.clean, readout={**spec, "topk": (k, 0)})
+        src = ("zero",) if mode == "zero" else ("run", 0, "mean" if mode == "mean" else "rows")
+        corrupted_run = Run(tokens.corrupted)
+        for c in targets:
+            site = "mlp_out" if c.head is None else "z"
+            run.writes.setdefault((site, c.layer), []).append((None, c.pos, c.head, src))
+            corrupted_run.saves.add((site, c.layer))
+        runs = [run] if mode == "zero" else [corrupted_run, run]
+        out = backend.execute(runs, desc="ablating", progress=False)[-1]
+        per = bound.per_example(_logits(out))
+        ablated, values, top_after = float(per.mean()), [float(v) for v in per], _top(model, out)
+    result = AblationResult(
+        targets=targets,
+        mode=mode,
+        metric=bound.name,
+        clean=clean,
+        corrupted=corrupted,
+        ablated=ablated,
+        per_prompt={**per_prompt, "ablated": values},
+        top_before=top_before,
+        top_after=top_after,
+    )
+    done[(targets, mode)] = result
+    if len(done) > _MEMO_SIZE:
+        done.popitem(last=False)
+    return result
+
+
+def _top(model: Any, out: Output) -> TopTokens:
+    p, i = out.readout["top_p"], out.readout["top_i"]
+    return TopTokens([model.to_string(int(t)) for t in i], [float(x) for x in p])
+
+
+def attention(model: Any, prompt: Any, *, prepend_bos: bool | None = None) -> AttentionResult:
+    """Every layer's pattern in one request; role scores from the float32 patterns."""
+    from .._attention import ROLES, _RoleScorer, prompt_tokens
+    from .._models import check_bridge, model_name
+
+    with ported():
+        tokens = prompt_tokens(check_bridge(model), prompt, prepend_bos)
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise InputError(
+            f"The prompt has {tokens.shape[1]} tokens but the model's context is "
+            f"{model.cfg.n_ctx}: shorten it."
+        )
+    n_layers = model.cfg.n_layers
+    run = Run(tokens, returns={("pattern", layer) for layer in range(n_layers)})
+    back = backend_of(model).execute([run], desc="attention", progress=False)[0].returned
+    if any(back[("pattern", layer)] is None for layer in range(n_layers)):
+        raise InputError(
+            "This model's attention implementation does not expose its pattern (sdpa or flash "
+            "attention compute it inside one kernel): load it with attn_implementation='eager' "
+            "(circuitviz.load_model does for local models), or use the TransformerLens bridge."
+        )
+    scorer = _RoleScorer(tokens[0].cpu())
+    patterns = [back[("pattern", layer)][0] for layer in range(n_layers)]
+    scores = [scorer(p) for p in patterns]
+    return AttentionResult(
+        patterns=torch.stack([p.to(torch.float16) for p in patterns]),
+        tokens=list(model.to_str_tokens(tokens[0])),
+        scores={role: torch.stack([s[role] for s in scores]) for role in ROLES},
+        model_name=model_name(model),
+    )

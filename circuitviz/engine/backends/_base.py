@@ -1,0 +1,116 @@
+"""The backend seam: one interface to run a request on a model, whatever runs it.
+
+Analyses describe their forward passes as a request (see :mod:`._program`) and hand it to
+the model's :class:`Backend`; the TransformerLens bridge and nnsight (locally or on NDIF)
+implement it. Nothing outside ``circuitviz.engine.backends`` knows which one runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ._program import SITES
+
+#: Set while a ported analysis runs on an nnsight model, so the shared input checks
+#: (``check_bridge``, reached through ``tokenize``) accept it there and nowhere else.
+_PORTED: ContextVar[bool] = ContextVar("circuitviz_ported", default=False)
+
+#: The analyses that run on an nnsight model; every other one names the bridge instead.
+PORTED = ("patch", "ablate", "attention")
+
+
+def is_nnsight(model: object) -> bool:
+    """Whether ``model`` is a circuitviz nnsight model (without importing nnsight)."""
+    return getattr(model, "backend_name", None) == "nnsight"
+
+
+def ported_call_allowed() -> bool:
+    return _PORTED.get()
+
+
+@contextmanager
+def ported() -> Iterator[None]:
+    """Inside: the shared checks accept an nnsight model (a ported analysis is running)."""
+    token = _PORTED.set(True)
+    try:
+        yield
+    finally:
+        _PORTED.reset(token)
+
+
+@dataclass
+class Run:
+    """One forward pass of a request (plain data: it travels to NDIF as it is).
+
+    ``writes[(site, layer)]``: ``[(rows, pos, head, src)]`` (see :func:`._program.write`);
+    ``saves``: sites kept for later runs; ``returns``: sites brought back to the client;
+    ``readout``: what comes back from the final-position logits (:func:`._program.readout`).
+    """
+
+    tokens: torch.Tensor
+    writes: dict[tuple[str, int], list[tuple]] = field(default_factory=dict)
+    saves: set[tuple[str, int]] = field(default_factory=set)
+    returns: set[tuple[str, int]] = field(default_factory=set)
+    readout: dict[str, Any] = field(default_factory=dict)
+
+    def as_plain(self) -> dict:
+        """The run as builtins and tensors, with the layers and sites it touches."""
+        touched: dict[int, set[str]] = {}
+        for site, layer in [*self.writes, *self.saves, *self.returns]:
+            if site not in SITES:
+                raise ValueError(f"unknown site {site!r}")  # analyses build only known sites
+            touched.setdefault(layer, set()).add(site)
+        return {
+            "tokens": self.tokens,
+            "writes": dict(self.writes),
+            "saves": set(self.saves),
+            "returns": set(self.returns),
+            "readout": dict(self.readout),
+            "touched": {layer: tuple(sorted(s)) for layer, s in touched.items()},
+        }
+
+
+@dataclass
+class Output:
+    """What came back from one run: its readout and the sites it returned."""
+
+    readout: dict[str, torch.Tensor]
+    returned: dict[tuple[str, int], torch.Tensor | None]
+
+
+class Backend(Protocol):
+    """Runs requests on one model. ``name`` is ``"bridge"`` or ``"nnsight"``."""
+
+    name: str
+    model: Any
+
+    def sites(self) -> tuple[str, ...]:
+        """The sites this model exposes to writes (reads may be more: ``pattern``)."""
+        ...
+
+    def execute(
+        self, runs: Sequence[Run], *, desc: str = "", progress: bool = True
+    ) -> list[Output]:
+        """Run every run of one request, in order, and return their outputs."""
+        ...
+
+
+def backend_of(model: object) -> Backend:
+    """The backend that runs ``model``: nnsight for a circuitviz nnsight model, else the
+    TransformerLens bridge."""
+    if is_nnsight(model):
+        return model.backend  # type: ignore[attr-defined]
+    from ._bridge import BridgeBackend
+
+    return BridgeBackend(model)
+
+
+StatusCallback = Callable[[str, str], None]
+"""``callback(state, detail)``: a remote job's state (``"queued"``, ``"running"``, ``"done"``,
+``"error"``, ``"cancelled"``) and the server's words about it."""

@@ -1,0 +1,288 @@
+"""nnsight as a backend: a request is one nnsight session, run here or on NDIF.
+
+Every run of a request is a trace inside one ``model.session(...)``; locally the session runs
+in this process, and with ``remote=True`` the same session — the same code — is serialised
+and sent to NDIF as one job, so a whole analysis costs one request and only the readouts
+(metric inputs, never full-vocabulary logits unless a custom metric needs them) come back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .._pairs import InputError
+from . import _program
+from ._base import Output, Run, StatusCallback
+
+#: The HF architectures whose modules map onto circuitviz's sites.
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2"}
+#: Sites that can be written (the pattern is computed inside the attention function, not
+#: at a module boundary, so nnsight can read it but not patch it).
+WRITABLE = ("resid_pre", "q", "k", "v", "z", "attn_out", "mlp_out")
+
+
+class RemoteJobError(InputError):
+    """A remote (NDIF) job could not run: no API key, model not served, it failed, timed out
+    or was cancelled. The message names the cause and the fix."""
+
+
+class JobCancelled(RemoteJobError):
+    """The remote job was cancelled from this side (``model.cancel()``)."""
+
+
+def _state(status: str) -> str | None:
+    """NDIF's job status as one of the states views show."""
+    if status in ("RECEIVED", "QUEUED", "PROVISIONING", "DEPLOYING"):
+        return "queued"
+    if status in ("DISPATCHED", "RUNNING"):
+        return "running"
+    return {"COMPLETED": "done", "ERROR": "error"}.get(status)
+
+
+class _JobWatch:
+    """Stands in for nnsight's status display: reports each update to the model's callback,
+    and — called every ~0.1 s while nnsight waits on the server — enforces the timeout and a
+    cancel request."""
+
+    enabled = True  # makes nnsight poll with a short timeout, so refresh() runs while waiting
+
+    def __init__(self, model: NNsightModel, bar: tqdm):
+        self.model, self.bar = model, bar
+        self.start = time.monotonic()
+
+    def update(self, response: Any) -> None:
+        status = getattr(response.status, "value", str(response.status))
+        state = _state(status)
+        if state is not None:
+            self.model._report(state, response.description or "")
+            self.bar.set_postfix_str(state)
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self.model._cancel.is_set():
+            self.model._report("cancelled", "cancelled from this side")
+            raise JobCancelled(
+                "The NDIF job was cancelled (model.cancel()); nothing of it is kept. Run the "
+                "analysis again to resubmit."
+            )
+        limit = self.model.timeout_s
+        if limit is not None and time.monotonic() - self.start > limit:
+            self.model._report("error", "timed out")
+            raise RemoteJobError(
+                f"The NDIF job did not finish within timeout_s={limit:g} s (the queue may be "
+                "long, or the model is still loading): raise model.timeout_s, or check the "
+                "deployment with nnsight.status()."
+            )
+
+
+def _remote_backend(model: NNsightModel, bar: tqdm):
+    """An nnsight ``RemoteBackend`` whose waiting reports job states; with a ``transport``
+    (a test's fake NDIF) the serialised request goes there instead of the network."""
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    class CircuitvizRemote(RemoteBackend):
+        def request(self, request, tracer):
+            if model.transport is None:
+                return super().request(request, tracer)
+            blob = self._serialize(tracer)
+            return model.transport.run(self, request, blob)
+
+    key = model.transport.model_key(model) if model.transport else model.lm.to_model_key()
+    backend = CircuitvizRemote(
+        key, api_key=model.api_key, host=getattr(model.transport, "host", None)
+    )
+    backend.display = _JobWatch(model, bar)
+    return backend
+
+
+class NNsightModel:
+    """A model run through nnsight — locally, or on NDIF with ``remote=True``.
+
+    Offers what the analyses read from a model (``cfg``, the tokenizer, ``to_tokens`` …) and
+    the :class:`Backend` that runs requests. ``on_status(state, detail)`` is called with each
+    remote job state (``queued``, ``running``, ``done``, ``error``, ``cancelled``);
+    ``cancel()`` stops waiting for the job in flight; ``timeout_s`` bounds the wait.
+    """
+
+    backend_name = "nnsight"
+
+    def __init__(
+        self,
+        lm: Any,
+        *,
+        repo_id: str | None = None,
+        remote: bool = False,
+        api_key: str | None = None,
+        timeout_s: float | None = None,
+        on_status: StatusCallback | None = None,
+        transport: Any = None,
+        default_prepend_bos: bool = True,
+        model_name: str | None = None,
+    ):
+        config = lm.config
+        kind = ARCHS.get(getattr(config, "model_type", ""))
+        if kind is None:
+            raise InputError(
+                f"circuitviz's nnsight backend knows Llama-style (llama, mistral, qwen2) and "
+                f"GPT-2 models, not model_type={config.model_type!r}: load it with "
+                "circuitviz.load_model(name) (the TransformerLens bridge) instead."
+            )
+        self.lm, self.arch, self.remote = lm, kind, bool(remote)
+        self.repo_id = (
+            repo_id or getattr(lm, "repo_id", None) or getattr(config, "_name_or_path", "")
+        )
+        self.api_key, self.timeout_s, self.on_status = api_key, timeout_s, on_status
+        self.transport = transport
+        self.tokenizer = lm.tokenizer
+        self.job_state: str | None = None
+        self._cancel = threading.Event()
+        self._memo: dict = {}
+        n_heads = config.num_attention_heads if kind == "llama" else config.n_head
+        d_model = config.hidden_size if kind == "llama" else config.n_embd
+        param = next(iter(lm._module.parameters()), None)
+        self.cfg = SimpleNamespace(
+            n_layers=config.num_hidden_layers if kind == "llama" else config.n_layer,
+            n_heads=n_heads,
+            n_key_value_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+            d_model=d_model,
+            d_head=d_model // n_heads,
+            d_mlp=getattr(config, "intermediate_size", None) or 4 * d_model,
+            d_vocab=config.vocab_size,
+            n_ctx=getattr(config, "max_position_embeddings", None) or config.n_positions,
+            default_prepend_bos=default_prepend_bos,
+            device=param.device if param is not None and not remote else torch.device("cpu"),
+            dtype=param.dtype if param is not None else torch.float32,
+            model_name=model_name or self.repo_id or "nnsight-model",
+        )
+        self._hooks0 = None if remote else _hook_counts(lm._module)
+        self.backend = NNsightBackend(self)
+
+    def __repr__(self) -> str:
+        where = "on NDIF" if self.remote else "local"
+        return f"NNsightModel({self.cfg.model_name!r}, {where})"
+
+    # -------------------------------------------------------------- tokenizer, as TL has it
+    def to_tokens(self, text: str, prepend_bos: bool | None = None, truncate: bool = True):
+        bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bos:
+            ids = [self.tokenizer.bos_token_id, *ids]
+        return torch.tensor([ids], dtype=torch.long)
+
+    def to_string(self, tokens: Any) -> str:
+        if isinstance(tokens, int):
+            tokens = [tokens]
+        return self.tokenizer.decode(tokens)
+
+    def to_str_tokens(self, text_or_tokens: Any, prepend_bos: bool | None = None) -> list[str]:
+        if isinstance(text_or_tokens, str):
+            text_or_tokens = self.to_tokens(text_or_tokens, prepend_bos=prepend_bos)[0]
+        return [self.tokenizer.decode([int(t)]) for t in torch.as_tensor(text_or_tokens).flatten()]
+
+    # -------------------------------------------------------------- remote jobs
+    def cancel(self) -> None:
+        """Stop waiting for the remote job in flight (it raises :class:`JobCancelled`)."""
+        self._cancel.set()
+
+    def _report(self, state: str, detail: str) -> None:
+        self.job_state = state
+        if self.on_status is not None:
+            self.on_status(state, detail)
+
+    def has_hooks(self) -> bool:
+        """Whether any torch hook was left on the model since it was wrapped."""
+        return self._hooks0 is not None and _hook_counts(self.lm._module) != self._hooks0
+
+
+def _hook_counts(module: torch.nn.Module) -> tuple[int, ...]:
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return tuple(sum(len(getattr(m, n, {})) for m in module.modules()) for n in names)
+
+
+class NNsightBackend:
+    """Runs a request as one nnsight session: local, or one NDIF job."""
+
+    name = "nnsight"
+
+    def __init__(self, model: NNsightModel):
+        self.model = model
+
+    def sites(self) -> tuple[str, ...]:
+        return WRITABLE
+
+    def execute(
+        self, runs: Sequence[Run], *, desc: str = "", progress: bool = True
+    ) -> list[Output]:
+        model = self.model
+        plain = [r.as_plain() for r in runs]
+        for run in plain:  # one check here, not a failure deep inside a (remote) trace
+            for site, _layer in run["writes"]:
+                if site not in WRITABLE:
+                    raise InputError(
+                        f"Site {site!r} cannot be written on the nnsight backend (the "
+                        f"attention pattern is not a module output there); writable sites: "
+                        f"{WRITABLE}. Patch it on the TransformerLens bridge: "
+                        "circuitviz.load_model(name)."
+                    )
+        cfg = model.cfg
+        shape = {
+            "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_key_value_heads,
+        }
+        bar = tqdm(total=1, desc=desc or "nnsight request", disable=not progress, leave=False)
+        try:
+            if model.remote:
+                from . import _remote
+
+                _remote.preflight(model)
+                model._cancel.clear()
+                backend = _remote_backend(model, bar)
+                _remote.ship_by_value()
+            else:
+                backend = None
+            try:
+                # no_grad, not inference_mode: nnsight writes into activations in place.
+                with torch.no_grad():
+                    results = _session(model.lm, backend, model.arch, shape, plain)
+            except RemoteJobError:
+                raise
+            except Exception as err:  # the server's refusal or failure, as one error type
+                if model.remote and type(err).__name__ == "RemoteError":
+                    model._report("error", str(err))
+                    raise _remote.explain(err, model) from None
+                raise
+            bar.update()
+        finally:
+            bar.close()
+        return [Output(_detach(r["out"]), _detach(r["back"])) for r in results]
+
+
+def _detach(d: dict) -> dict:
+    return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+
+
+def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict]:
+    """The request itself: the runs of one analysis as traces in one session. The body is
+    what NDIF executes for ``remote=True``; locally it runs here, line for line the same."""
+    import nnsight
+
+    with lm.session(backend=backend):
+        saved = {}
+        results = []
+        for index, run in enumerate(runs):
+            back = {}
+            with lm.trace(run["tokens"]):
+                for layer in range(shape["n_layers"]):
+                    _program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back)
+                out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
+            results.append({"out": out, "back": back})
+        results = nnsight.save(results)
+    return results
