@@ -28,6 +28,11 @@ ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2"}
 WRITABLE = ("resid_pre", "q", "k", "v", "z", "attn_out", "mlp_out")
 
 
+class BridgeOnly(InputError, AttributeError):
+    """An analysis reached for what only a TransformerLens bridge has (``hook_dict``,
+    ``run_with_cache`` …). An ``AttributeError`` too, so ``hasattr`` stays False."""
+
+
 class RemoteJobError(InputError):
     """A remote (NDIF) job could not run: no API key, model not served, it failed, timed out
     or was cancelled. The message names the cause and the fix."""
@@ -163,6 +168,19 @@ class NNsightModel:
         )
         self._hooks0 = None if remote else _hook_counts(lm._module)
         self.backend = NNsightBackend(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes this class lacks: TransformerLens API that an analysis
+        # not ported to nnsight uses. Say so, instead of an AttributeError deep inside it.
+        if name.startswith("_") or name == "cfg":
+            raise AttributeError(name)
+        from ._base import PORTED
+
+        raise BridgeOnly(
+            f"This analysis runs on the TransformerLens bridge only (it uses model.{name}); on "
+            f"an nnsight model circuitviz runs {', '.join(PORTED)}. Load the bridge for it: "
+            f"circuitviz.load_model({self.cfg.model_name!r})."
+        )
 
     def __repr__(self) -> str:
         where = "on NDIF" if self.remote else "local"
