@@ -252,3 +252,28 @@ def test_demo_model_gives_the_same_numbers_on_nnsight(demo_model):
     a, b = cv.attention(demo_model, pairs.clean[0]), cv.attention(nn, pairs.clean[0])
     assert close(a.patterns, b.patterns) <= 1e-3  # both stored as float16
     assert close(a.scores["induction"], b.scores["induction"]) <= TOL
+
+
+def test_an_interrupt_inside_a_trace_leaves_nothing_behind(both, pairs, monkeypatch):
+    """Ctrl-C while nnsight is mid-forward: the error surfaces, no hook stays, the logits are
+    the same and the next analysis runs."""
+    bridge, nn = both
+    tokens = bridge.to_tokens("t1 t2 t3 t4")
+    before = logits_of(nn, tokens)
+    real = _program.touch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_program, "touch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cv.patch(nn, pairs, over="heads", progress=False)
+    monkeypatch.setattr(_program, "touch", real)
+    assert not nn.has_hooks()
+    assert torch.equal(logits_of(nn, tokens), before)
+    ref = cv.patch(bridge, pairs, over="heads", progress=False)
+    assert close(cv.patch(nn, pairs, over="heads", progress=False).values, ref.values) <= TOL
