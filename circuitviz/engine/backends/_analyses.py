@@ -102,30 +102,35 @@ def patch(
         if direction == "denoise"
         else (tokens.corrupted, tokens.clean)
     )
-    rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos))
-    per_pass = max(1, min(max_rows, rows_fit) // batch - 1)  # conditions per pass, + baseline
+    # As the bridge's own patching does: each pass is one prompt, and a condition's row
+    # joins the batch at the layer it patches (conditions sorted by layer).
+    rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos)) - 1
+    per_pass = max(1, min(max_rows, rows_fit))
+    order = sorted(range(len(conds)), key=lambda i: conds[i][0])
+    chunks = [order[s : s + per_pass] for s in range(0, len(order), per_pass)]
     runs = [Run(src_tokens, saves={(site, layer) for layer in range(n_layers)}, readout=spec)]
-    for start in range(0, len(conds), per_pass):
-        chunk = conds[start : start + per_pass]
-        run = Run(run_tokens.repeat(1 + len(chunk), 1), readout=spec)
-        for j, (layer, *idx) in enumerate(chunk):
-            pos, head = _cell(target.cell, idx)
-            rows = torch.arange(batch) + (1 + j) * batch
-            run.writes.setdefault((site, layer), []).append((rows, pos, head, ("run", 0, "rows")))
-        runs.append(run)
+    for chunk in chunks:
+        for b in range(batch):
+            run = Run(run_tokens[b : b + 1], readout=spec)
+            for j, i in enumerate(chunk):
+                layer, *idx = conds[i]
+                pos, head = _cell(target.cell, idx)
+                run.grow[layer] = run.grow.get(layer, 0) + 1
+                rows = slice(1 + j, 2 + j)
+                run.writes.setdefault((site, layer), []).append((rows, pos, head, ("run", 0, b)))
+            runs.append(run)
     outs = backend.execute(runs, desc=f"patching {over}", progress=progress)
-    src_logits, run_logits = _logits(outs[0]), _logits(outs[1])[:batch]
+    src_logits = _logits(outs[0])
+    run_logits = torch.cat([_logits(outs[1 + b])[:1] for b in range(batch)])
     clean_l, corr_l = (
         (src_logits, run_logits) if direction == "denoise" else (run_logits, src_logits)
     )
     bound = bind_metric(metric, short, clean_l, corr_l)
     values = torch.empty(len(conds))
-    i = 0
-    for out in outs[1:]:
-        logits = _logits(out)
-        for j in range(logits.shape[0] // batch - 1):
-            values[i] = bound(logits[(1 + j) * batch : (2 + j) * batch])
-            i += 1
+    for c, chunk in enumerate(chunks):
+        per_prompt = [_logits(outs[1 + c * batch + b]) for b in range(batch)]
+        for j, i in enumerate(chunk):
+            values[i] = bound(torch.stack([p[1 + j] for p in per_prompt]))
     return patch_result(
         model,
         tokens,

@@ -50,7 +50,8 @@ class Run:
 
     ``writes[(site, layer)]``: ``[(rows, pos, head, src)]`` (see :func:`._program.write`);
     ``saves``: sites kept for later runs; ``returns``: sites brought back to the client;
-    ``readout``: what comes back from the final-position logits (:func:`._program.readout`).
+    ``readout``: what comes back from the final-position logits (:func:`._program.readout`);
+    ``grow[layer]``: rows (copies of row 0) that join the batch at that layer's input.
     """
 
     tokens: torch.Tensor
@@ -58,11 +59,13 @@ class Run:
     saves: set[tuple[str, int]] = field(default_factory=set)
     returns: set[tuple[str, int]] = field(default_factory=set)
     readout: dict[str, Any] = field(default_factory=dict)
+    grow: dict[int, int] = field(default_factory=dict)
 
     def as_plain(self) -> dict:
         """The run as builtins and tensors, with the layers and sites it touches."""
         touched: dict[int, set[str]] = {}
-        for site, layer in [*self.writes, *self.saves, *self.returns]:
+        grown = [("resid_pre", layer) for layer, n in self.grow.items() if n]
+        for site, layer in [*self.writes, *self.saves, *self.returns, *grown]:
             if site not in SITES:
                 raise ValueError(f"unknown site {site!r}")  # analyses build only known sites
             touched.setdefault(layer, set()).add(site)
@@ -72,6 +75,7 @@ class Run:
             "saves": set(self.saves),
             "returns": set(self.returns),
             "readout": dict(self.readout),
+            "grow": dict(self.grow),
             "touched": {layer: tuple(sorted(s)) for layer, s in touched.items()},
         }
 

@@ -50,6 +50,8 @@ class BridgeBackend:
 
                 def hook_for(site: str, layer: int, plain=plain, index=index, back=back):
                     def hook(x: torch.Tensor, hook: object) -> torch.Tensor:
+                        if site == "resid_pre":
+                            x = _program.grow(x, plain, layer)
                         _program.touch(x, site, layer, plain, index, saved, back)
                         return x
 

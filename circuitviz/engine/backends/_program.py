@@ -32,11 +32,23 @@ SITES = ("resid_pre", "q", "k", "v", "z", "pattern", "attn_out", "mlp_out")
 def source(saved: dict, key: tuple, src: tuple) -> torch.Tensor | None:
     """The value a write copies from. ``src`` is ``("zero",)`` or
     ``("run", run_index, mode)``: the same site's activation kept by an earlier run, as is
-    (``"rows"``, one row per written row) or averaged over its batch (``"mean"``)."""
+    (``"rows"``, one row per written row), averaged over its batch (``"mean"``), or its row
+    ``mode`` (an int)."""
     if src[0] == "zero":
         return None
     value = saved[(src[1], *key)]
-    return value.mean(0, keepdim=True) if src[2] == "mean" else value
+    if src[2] == "mean":
+        return value.mean(0, keepdim=True)
+    return value if src[2] == "rows" else value[src[2] : src[2] + 1]
+
+
+def grow(x: torch.Tensor, run: dict, layer: int) -> torch.Tensor:
+    """The block input of ``layer`` with the rows that join the batch there: copies of row 0.
+
+    A patching condition cannot differ from the unpatched run before the layer it patches,
+    so its row starts there ("growing the batch"); earlier layers run once, for row 0."""
+    n = run["grow"].get(layer, 0)
+    return torch.cat([x, x[:1].expand(n, *x.shape[1:])]) if n else x
 
 
 def write(act: torch.Tensor, site: str, rows, pos, head, value) -> None:
@@ -120,7 +132,11 @@ def nnsight_layer(lm, arch: str, shape: dict, layer: int, run: dict, index: int,
             touch(act, site, layer, run, index, saved, back)
 
     if "resid_pre" in wanted:
-        visit("resid_pre", block.input)
+        x = block.input
+        if run["grow"].get(layer):
+            x = grow(x, run, layer)
+            block.input = x
+        visit("resid_pre", x)
     if arch == "llama":
         if "q" in wanted:
             visit("q", _heads(attn.q_proj.output, h))
