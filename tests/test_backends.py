@@ -277,3 +277,23 @@ def test_an_interrupt_inside_a_trace_leaves_nothing_behind(both, pairs, monkeypa
     assert torch.equal(logits_of(nn, tokens), before)
     ref = cv.patch(bridge, pairs, over="heads", progress=False)
     assert close(cv.patch(nn, pairs, over="heads", progress=False).values, ref.values) <= TOL
+
+
+def test_a_local_click_is_one_forward_pass(both, pairs, monkeypatch):
+    """Locally the corrupted activations are kept after the first request, as the bridge
+    keeps them: a new ablation set costs one run, a repeated one none."""
+    _, nn = both
+    nn._memo.clear()
+    sizes = []
+    real = nn.backend.execute
+
+    def counting(runs, **kwargs):
+        sizes.append(len(runs))
+        return real(runs, **kwargs)
+
+    monkeypatch.setattr(nn.backend, "execute", counting)
+    first = cv.ablate(nn, pairs, heads=["L0H1"], mode="mean")
+    second = cv.ablate(nn, pairs, heads=["L1H0"], mode="resample")
+    again = cv.ablate(nn, pairs, heads=["L1H0"], mode="resample")
+    assert sizes == [3, 1] and again is second
+    assert first.ablated is not None

@@ -176,44 +176,63 @@ def ablate(
     check_metric(metric)
     targets = normalize_components(model, heads, mlps)
     backend = backend_of(model)
-    with ported():
-        tokens = tokenize(model, pairs)
-    for c in targets:
-        check_range(c, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=tokens.n_pos)
     memo = model._memo if hasattr(model, "_memo") else {}
     key = ("ablate", pairs, metric, k)
     prepared = memo.get(key)
-    if prepared is not None and (targets, mode) in prepared[-1]:
-        prepared[-1].move_to_end((targets, mode))
-        return prepared[-1][(targets, mode)]
+    if prepared is None:
+        with ported():
+            tokens = tokenize(model, pairs)
+    else:
+        tokens = prepared["tokens"]
+    for c in targets:
+        check_range(c, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=tokens.n_pos)
+    if prepared is not None and (targets, mode) in prepared["done"]:
+        prepared["done"].move_to_end((targets, mode))
+        return prepared["done"][(targets, mode)]
     spec, short = _reduced(metric, tokens)
     top_spec = {**spec, "topk": (k, 0)}
     # One request: the corrupted run (a baseline, and what mean/resample copy from), the
-    # clean baseline while it is not known yet, and the ablated run.
+    # clean baseline while it is not known yet, and the ablated run. Locally the corrupted
+    # activations are kept here after the first request, so a click is one forward pass;
+    # on NDIF they stay on the server (a 70B model's are too big to ship), and the
+    # corrupted run rides along again.
+    local = not getattr(backend, "remote", False)
+    cached = None if prepared is None else prepared["corrupted_acts"]
     corrupted_run = Run(tokens.corrupted, readout=spec if prepared is None else {})
-    runs = [corrupted_run] if prepared is None or (targets and mode != "zero") else []
+    if prepared is None and local:
+        n_layers = model.cfg.n_layers
+        corrupted_run.returns = {(s, layer) for s in ("z", "mlp_out") for layer in range(n_layers)}
+    copy = mode != "zero" and cached is None
+    runs = [corrupted_run] if prepared is None or (targets and copy) else []
     if prepared is None:
         runs.append(Run(tokens.clean, readout=top_spec))
     if targets:
-        src = ("zero",) if mode == "zero" else ("run", 0, "mean" if mode == "mean" else "rows")
         ablated_run = Run(tokens.clean, readout=top_spec)
         for c in targets:
             site = "mlp_out" if c.head is None else "z"
+            src = _ablation_source(mode, cached, (site, c.layer))
             ablated_run.writes.setdefault((site, c.layer), []).append((None, c.pos, c.head, src))
-            if mode != "zero":
+            if copy:
                 corrupted_run.saves.add((site, c.layer))
         runs.append(ablated_run)
     outs = backend.execute(runs, desc="ablating", progress=False) if runs else []
     if prepared is None:
         clean_l, corr_l = _logits(outs[1]), _logits(outs[0])
         bound = bind_metric(metric, short, clean_l, corr_l)
-        per_prompt = {
-            "clean": [float(v) for v in bound.per_example(clean_l)],
-            "corrupted": [float(v) for v in bound.per_example(corr_l)],
+        prepared = memo[key] = {
+            "tokens": tokens,
+            "bound": bound,
+            "clean": bound(clean_l),
+            "corrupted": bound(corr_l),
+            "top": _top(model, outs[1]),
+            "per_prompt": {
+                "clean": [float(v) for v in bound.per_example(clean_l)],
+                "corrupted": [float(v) for v in bound.per_example(corr_l)],
+            },
+            "corrupted_acts": outs[0].returned if local else None,
+            "done": OrderedDict(),
         }
-        prepared = (bound, bound(clean_l), bound(corr_l), _top(model, outs[1]), per_prompt)
-        memo[key] = (*prepared, OrderedDict())
-    bound, clean, corrupted, top_before, per_prompt, done = memo[key]
+    bound, done = prepared["bound"], prepared["done"]
     ablated = values = top_after = None
     if targets:
         per = bound.per_example(_logits(outs[-1]))
@@ -223,17 +242,28 @@ def ablate(
         targets=targets,
         mode=mode,
         metric=bound.name,
-        clean=clean,
-        corrupted=corrupted,
+        clean=prepared["clean"],
+        corrupted=prepared["corrupted"],
         ablated=ablated,
-        per_prompt={**per_prompt, "ablated": values},
-        top_before=top_before,
+        per_prompt={**prepared["per_prompt"], "ablated": values},
+        top_before=prepared["top"],
         top_after=top_after,
     )
     done[(targets, mode)] = result
     if len(done) > _MEMO_SIZE:
         done.popitem(last=False)
     return result
+
+
+def _ablation_source(mode: str, cached: dict | None, key: tuple[str, int]) -> tuple:
+    """Where an ablated activation comes from: zeros, or the corrupted run's — kept here
+    (``cached``) or in run 0 of the same request."""
+    if mode == "zero":
+        return ("zero",)
+    if cached is None:
+        return ("run", 0, "mean" if mode == "mean" else "rows")
+    corr = cached[key]
+    return ("tensor", corr.mean(0, keepdim=True) if mode == "mean" else corr)
 
 
 def _top(model: Any, out: Output) -> TopTokens:

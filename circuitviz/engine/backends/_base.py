@@ -89,9 +89,11 @@ class Output:
 
 
 class Backend(Protocol):
-    """Runs requests on one model. ``name`` is ``"bridge"`` or ``"nnsight"``."""
+    """Runs requests on one model. ``name`` is ``"bridge"`` or ``"nnsight"``; ``remote``:
+    whether a request leaves this machine (then the analyses keep data on the server)."""
 
     name: str
+    remote: bool
     model: Any
 
     def sites(self) -> tuple[str, ...]:

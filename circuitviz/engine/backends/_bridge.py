@@ -29,6 +29,7 @@ class BridgeBackend:
     """Runs each run as one forward pass with hooks, through :func:`circuitviz.engine.hooks`."""
 
     name = "bridge"
+    remote = False
 
     def __init__(self, model: TransformerBridge):
         self.model = model

@@ -231,6 +231,7 @@ class NNsightBackend:
 
     def __init__(self, model: NNsightModel):
         self.model = model
+        self.remote = model.remote
 
     def sites(self) -> tuple[str, ...]:
         return WRITABLE

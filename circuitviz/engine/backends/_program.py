@@ -30,12 +30,14 @@ SITES = ("resid_pre", "q", "k", "v", "z", "pattern", "attn_out", "mlp_out")
 
 
 def source(saved: dict, key: tuple, src: tuple) -> torch.Tensor | None:
-    """The value a write copies from. ``src`` is ``("zero",)`` or
+    """The value a write copies from. ``src`` is ``("zero",)``, ``("tensor", value)`` or
     ``("run", run_index, mode)``: the same site's activation kept by an earlier run, as is
     (``"rows"``, one row per written row), averaged over its batch (``"mean"``), or its row
     ``mode`` (an int)."""
     if src[0] == "zero":
         return None
+    if src[0] == "tensor":  # sent with the request
+        return src[1]
     value = saved[(src[1], *key)]
     if src[2] == "mean":
         return value.mean(0, keepdim=True)
