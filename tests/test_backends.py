@@ -297,3 +297,28 @@ def test_a_local_click_is_one_forward_pass(both, pairs, monkeypatch):
     again = cv.ablate(nn, pairs, heads=["L1H0"], mode="resample")
     assert sizes == [3, 1] and again is second
     assert first.ablated is not None
+
+
+def test_a_local_hf_directory_loads_through_nnsight_with_device_map(tmp_path, pairs, monkeypatch):
+    """``load_model(dir, backend="nnsight", device_map=...)`` passes ``device_map`` to
+    ``from_pretrained`` (here ``"cpu"``; ``"auto"`` over several GPUs is untested: no GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    bridge = cv.tiny_model("llama", seed=3)
+    hf = cv.load_model(bridge, backend="nnsight").lm._module
+    hf.save_pretrained(tmp_path)
+    bridge.tokenizer.save_pretrained(tmp_path)
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    nn = cv.load_model(str(tmp_path), backend="nnsight", device_map="cpu")
+    assert seen[-1]["device_map"] == "cpu" and seen[-1]["attn_implementation"] == "eager"
+    ref = cv.patch(bridge, pairs, over="heads", progress=False)
+    assert close(cv.patch(nn, pairs, over="heads", progress=False).values, ref.values) <= TOL
+    with pytest.raises(cv.InputError, match="dtype"):
+        cv.load_model(str(tmp_path), backend="nnsight", dtype="float32")

@@ -233,6 +233,10 @@ def _load_nnsight(name, *, device, dtype, remote, device_map):
         return _load.from_bridge(name)
     if not isinstance(name, (str, os.PathLike)) or not str(name):
         raise InputError(f"load_model expects a model name or a directory, got {name!r}.")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(
+            f"dtype={dtype!r} must be a floating torch dtype, e.g. torch.float32 or torch.bfloat16."
+        )
     dtype = torch.float32 if dtype is None else dtype
     if remote:
         if name == "demo" or Path(str(name)).exists():
