@@ -322,3 +322,22 @@ def test_a_local_hf_directory_loads_through_nnsight_with_device_map(tmp_path, pa
     assert close(cv.patch(nn, pairs, over="heads", progress=False).values, ref.values) <= TOL
     with pytest.raises(cv.InputError, match="dtype"):
         cv.load_model(str(tmp_path), backend="nnsight", dtype="float32")
+
+
+def test_local_requests_show_progress_run_by_run(both, pairs, monkeypatch):
+    from tqdm.auto import tqdm
+
+    from circuitviz.engine.backends import _nnsight
+
+    _, nn = both
+    bars = []
+
+    class Recording(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(_nnsight, "tqdm", Recording)
+    result = cv.patch(nn, pairs, over="heads", max_rows=3, progress=True)
+    assert bars[0].total == result.extra["forward_passes"] and bars[0].n == bars[0].total
+    assert _program.TICK is None  # nothing left behind for the next (maybe remote) request

@@ -256,7 +256,9 @@ class NNsightBackend:
             "n_heads": cfg.n_heads,
             "n_kv_heads": cfg.n_key_value_heads,
         }
-        bar = tqdm(total=1, desc=desc or "nnsight request", disable=not progress, leave=False)
+        # Locally the bar moves run by run; a remote job is one step, with its state shown.
+        total = 1 if model.remote else len(plain)
+        bar = tqdm(total=total, desc=desc or "nnsight request", disable=not progress, leave=False)
         try:
             if model.remote:
                 from . import _remote
@@ -267,6 +269,7 @@ class NNsightBackend:
                 _remote.ship_by_value()
             else:
                 backend = None
+                _program.TICK = bar.update
             try:
                 # no_grad, not inference_mode: nnsight writes into activations in place.
                 with torch.no_grad():
@@ -278,8 +281,10 @@ class NNsightBackend:
                     model._report("error", str(err))
                     raise _remote.explain(err, model) from None
                 raise
-            bar.update()
+            if model.remote:
+                bar.update()
         finally:
+            _program.TICK = None
             bar.close()
         return [Output(_detach(r["out"]), _detach(r["back"])) for r in results]
 
@@ -303,5 +308,6 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                     _program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back)
                 out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
             results.append({"out": out, "back": back})
+            _program.tick()
         results = nnsight.save(results)
     return results

@@ -28,6 +28,14 @@ import torch
 
 SITES = ("resid_pre", "q", "k", "v", "z", "pattern", "attn_out", "mlp_out")
 
+#: Called after each run of a local request (a progress bar's ``update``); None on a server.
+TICK = None
+
+
+def tick() -> None:
+    if TICK is not None:
+        TICK()
+
 
 def source(saved: dict, key: tuple, src: tuple) -> torch.Tensor | None:
     """The value a write copies from. ``src`` is ``("zero",)``, ``("tensor", value)`` or
