@@ -341,3 +341,21 @@ def test_local_requests_show_progress_run_by_run(both, pairs, monkeypatch):
     result = cv.patch(nn, pairs, over="heads", max_rows=3, progress=True)
     assert bars[0].total == result.extra["forward_passes"] and bars[0].n == bars[0].total
     assert _program.TICK is None  # nothing left behind for the next (maybe remote) request
+
+
+def test_an_nnsight_model_object_picks_the_nnsight_backend(both, pairs):
+    """``nnsight.TransformersModel`` passed as it is: the analyses wrap it (once) and give the
+    bridge's numbers; ``load_model`` returns the same wrapper."""
+    bridge, nn = both
+    raw = nn.lm
+    wrapped = cv.load_model(raw)
+    assert wrapped.backend_name == "nnsight" and cv.load_model(raw) is wrapped
+    assert cv.load_model(wrapped) is wrapped
+    ref = cv.patch(bridge, pairs, over="mlp_out", progress=False)
+    assert close(cv.patch(raw, pairs, over="mlp_out", progress=False).values, ref.values) <= TOL
+    ablated = cv.ablate(raw, pairs, heads=["L1H1"], mode="mean")
+    assert (
+        abs(ablated.ablated - cv.ablate(bridge, pairs, heads=["L1H1"], mode="mean").ablated) <= TOL
+    )
+    with pytest.raises(cv.InputError, match="bridge only"):
+        cv.tasks.induction(raw, n=2)

@@ -27,6 +27,12 @@ def check_bridge(model: object) -> TransformerBridge:
     how to get one. An nnsight model passes only inside an analysis ported to it."""
     from .backends import _base
 
+    if _base.is_raw_nnsight(model):
+        raise InputError(
+            f"This analysis runs on the TransformerLens bridge only; on an nnsight model "
+            f"circuitviz runs {', '.join(_base.PORTED)}. Load the bridge for it: "
+            "circuitviz.load_model(name)."
+        )
     if _base.is_nnsight(model):
         if _base.ported_call_allowed():
             return model  # type: ignore[return-value]
@@ -165,6 +171,14 @@ def load_model(
     """
     if backend not in ("bridge", "nnsight"):
         raise InputError(f"backend={backend!r}: use 'bridge' or 'nnsight'.")
+    from .backends import _base
+
+    if _base.is_nnsight(name) and not remote:
+        return name
+    if _base.is_raw_nnsight(name):  # an nnsight model object picks the nnsight backend
+        from .backends import wrap
+
+        return wrap(name, remote=remote)
     if backend == "bridge" and (remote or device_map is not None):
         raise InputError(
             "remote= and device_map= need backend='nnsight': "

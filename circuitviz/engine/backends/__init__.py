@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._base import PORTED, Backend, Output, Run, StatusCallback, backend_of, is_nnsight, ported
+from ._base import (
+    PORTED,
+    Backend,
+    Output,
+    Run,
+    StatusCallback,
+    backend_of,
+    is_nnsight,
+    is_raw_nnsight,
+    ported,
+)
 from ._program import SITES
 
 __all__ = [
@@ -23,6 +33,7 @@ __all__ = [
     "StatusCallback",
     "backend_of",
     "is_nnsight",
+    "is_raw_nnsight",
     "ported",
     "route",
 ]
@@ -30,9 +41,27 @@ __all__ = [
 
 def route(model: Any, analysis: str) -> Callable[..., Any] | None:
     """The implementation of ``analysis`` to run on ``model`` instead of the bridge's own:
-    the seam's for an nnsight model, ``None`` for a bridge."""
-    if not is_nnsight(model):
+    the seam's for an nnsight model (circuitviz's, or nnsight's own object, wrapped once),
+    ``None`` for a bridge."""
+    if not (is_nnsight(model) or is_raw_nnsight(model)):
         return None
     from . import _analyses
 
-    return getattr(_analyses, analysis)
+    seam = getattr(_analyses, analysis)
+    if is_nnsight(model):
+        return seam
+    return lambda raw, *args, **kwargs: seam(wrap(raw), *args, **kwargs)
+
+
+_WRAPPED: dict[int, Any] = {}  # id(nnsight model) -> (model, wrapper): one memo per model
+
+
+def wrap(model: Any, *, remote: bool = False) -> Any:
+    """circuitviz's wrapper of an nnsight model object (made once per model and ``remote``)."""
+    from ._nnsight import NNsightModel
+
+    key = id(model)
+    held = _WRAPPED.get(key)
+    if held is None or held[0] is not model or held[1].remote != remote:
+        held = _WRAPPED[key] = (model, NNsightModel(model, remote=remote))
+    return held[1]

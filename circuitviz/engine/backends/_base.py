@@ -30,6 +30,12 @@ def is_nnsight(model: object) -> bool:
     return getattr(model, "backend_name", None) == "nnsight"
 
 
+def is_raw_nnsight(model: object) -> bool:
+    """Whether ``model`` is an nnsight model object itself (``nnsight.TransformersModel``,
+    ``LanguageModel``) rather than circuitviz's wrapper of one."""
+    return type(model).__module__.split(".")[0] == "nnsight" and hasattr(model, "_module")
+
+
 def ported_call_allowed() -> bool:
     return _PORTED.get()
 
