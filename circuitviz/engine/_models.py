@@ -7,12 +7,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from ._pairs import InputError
+
+if TYPE_CHECKING:
+    from .backends._nnsight import NNsightModel
 
 DEMO_HF_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -152,7 +155,7 @@ def load_model(
     backend: Literal["bridge", "nnsight"] = "bridge",
     remote: bool = False,
     device_map: str | dict | None = None,
-):
+) -> TransformerBridge | NNsightModel:
     """Load a model as a TransformerLens ``TransformerBridge`` (or through nnsight), in eval
     mode.
 
@@ -231,7 +234,14 @@ def load_model(
     return model
 
 
-def _load_nnsight(name, *, device, dtype, remote, device_map):
+def _load_nnsight(
+    name: object,
+    *,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    remote: bool,
+    device_map: str | dict | None,
+) -> NNsightModel:
     try:
         from .backends import _load
     except ImportError as e:  # nnsight is an optional extra

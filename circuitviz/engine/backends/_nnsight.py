@@ -61,11 +61,13 @@ class _JobWatch:
     def __init__(self, model: NNsightModel, bar: tqdm):
         self.model, self.bar = model, bar
         self.start = time.monotonic()
+        self.state: str | None = None
 
     def update(self, response: Any) -> None:
         status = getattr(response.status, "value", str(response.status))
         state = _state(status)
-        if state is not None:
+        if state is not None and state != self.state:  # RECEIVED and QUEUED are one state
+            self.state = state
             self.model._report(state, response.description or "")
             self.bar.set_postfix_str(state)
         self.refresh()
