@@ -75,8 +75,8 @@ def write(act: torch.Tensor, site: str, rows, pos, head, value) -> None:
         sub = (slice(None), *index[1:])
     if value is None:
         act[index] = 0
-    else:
-        act[index] = value[sub]
+    else:  # a value kept on the client lives on the CPU; a layer may sit on any device
+        act[index] = value[sub].to(act.device, act.dtype)
 
 
 def touch(act, site: str, layer: int, run: dict, index: int, saved: dict, back: dict) -> None:
