@@ -187,8 +187,21 @@ def test_a_site_nnsight_cannot_write_is_refused_before_running(both, pairs):
         lambda m, p: cv.logit_lens(m, "t1 t2"),
         lambda m, p: cv.circuit(m, p),
         lambda m, p: cv.tasks.induction(m, n=2),
+        lambda m, p: cv.refusal_direction(
+            m, harmful=["t1 t2"] * 2, harmless=["t3 t4"] * 2, template="{instruction}"
+        ),
+        lambda m, p: cv.CircuitView(m, p, None),
     ],
-    ids=["logit_attribution", "path_patch", "attribution_patch", "logit_lens", "circuit", "tasks"],
+    ids=[
+        "logit_attribution",
+        "path_patch",
+        "attribution_patch",
+        "logit_lens",
+        "circuit",
+        "tasks",
+        "refusal_direction",
+        "CircuitView",
+    ],
 )
 def test_analyses_not_ported_name_the_bridge(both, pairs, call):
     _, nn = both
