@@ -372,3 +372,39 @@ def test_an_nnsight_model_object_picks_the_nnsight_backend(both, pairs):
     )
     with pytest.raises(cv.InputError, match="bridge only"):
         cv.tasks.induction(raw, n=2)
+
+
+def test_sites_an_attention_kernel_hides_are_refused(both, pairs):
+    """Under sdpa the pattern is never materialised: ``attention`` says so and names the fix;
+    patching, which needs no pattern, still gives the bridge's numbers."""
+    from circuitviz.engine.backends._nnsight import NNsightModel
+
+    bridge, _ = both
+    fresh = cv.load_model(bridge, backend="nnsight")
+    fresh.lm._module.set_attn_implementation("sdpa")
+    sdpa = NNsightModel(fresh.lm, model_name="sdpa")
+    with pytest.raises(cv.InputError, match="eager"):
+        cv.attention(sdpa, "t1 t2 t3")
+    assert not sdpa.has_hooks()
+    ref = cv.patch(bridge, pairs, over="heads", progress=False)
+    assert close(cv.patch(sdpa, pairs, over="heads", progress=False).values, ref.values) <= TOL
+
+
+def test_an_architecture_without_a_site_map_is_refused():
+    from nnsight import TransformersModel
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from circuitviz.engine._tiny import tiny_tokenizer
+
+    config = GPTNeoXConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
+    lm = TransformersModel(
+        GPTNeoXForCausalLM(config), tokenizer=tiny_tokenizer(), task="text-generation"
+    )
+    with pytest.raises(cv.InputError, match=r"gpt_neox.*load_model"):
+        cv.load_model(lm)
