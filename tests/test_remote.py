@@ -223,7 +223,7 @@ def test_cancel_stops_waiting(setup, pairs, untouched):
             client.cancel()
 
     client.on_status = on_status
-    with pytest.raises(JobCancelled, match="cancelled"):
+    with pytest.raises(JobCancelled, match=r"Stopped waiting.*model\.cancel\(\)"):
         cv.ablate(client, pairs, heads=["L0H0"])
     assert client.job_state == "cancelled"
     fake.hang = False  # the next request is a fresh job: cancel does not stick
@@ -254,3 +254,14 @@ def test_real_ndif():  # pragma: no cover - needs the network
     assert states[-1] == "done"
     grid = cv.patch(model, pairs, over="attn_out", progress=False)
     assert grid.values.shape == (model.cfg.n_layers, len(grid.tokens))
+
+
+def test_an_unreachable_ndif_is_a_clear_error(setup, pairs, untouched):
+    class Down(FakeNDIF):
+        def run(self, backend, request, blob):
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+    client = setup.make_client(transport=Down({setup.repo: setup.server.lm}))
+    with pytest.raises(RemoteJobError, match="could not be reached"):
+        cv.patch(client, pairs, progress=False)
+    assert client.job_state == "error"

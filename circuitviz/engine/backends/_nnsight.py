@@ -76,8 +76,8 @@ class _JobWatch:
         if self.model._cancel.is_set():
             self.model._report("cancelled", "cancelled from this side")
             raise JobCancelled(
-                "The NDIF job was cancelled (model.cancel()); nothing of it is kept. Run the "
-                "analysis again to resubmit."
+                "Stopped waiting for the NDIF job (model.cancel()): its result, if the server "
+                "still finishes it, is dropped. Run the analysis again to resubmit."
             )
         limit = self.model.timeout_s
         if limit is not None and time.monotonic() - self.start > limit:
@@ -233,7 +233,10 @@ class NNsightBackend:
 
     def __init__(self, model: NNsightModel):
         self.model = model
-        self.remote = model.remote
+
+    @property
+    def remote(self) -> bool:
+        return self.model.remote
 
     def sites(self) -> tuple[str, ...]:
         return WRITABLE
@@ -279,7 +282,7 @@ class NNsightBackend:
             except RemoteJobError:
                 raise
             except Exception as err:  # the server's refusal or failure, as one error type
-                if model.remote and type(err).__name__ == "RemoteError":
+                if model.remote and _from_the_wire(err):
                     model._report("error", str(err))
                     raise _remote.explain(err, model) from None
                 raise
@@ -289,6 +292,13 @@ class NNsightBackend:
             _program.TICK = None
             bar.close()
         return [Output(_detach(r["out"]), _detach(r["back"])) for r in results]
+
+
+def _from_the_wire(err: Exception) -> bool:
+    """Whether ``err`` is NDIF's answer or the network's (not a bug on this side)."""
+    if type(err).__name__ == "RemoteError" or isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    return type(err).__module__.split(".")[0] in ("websocket", "httpx", "httpcore")
 
 
 def _detach(d: dict) -> dict:

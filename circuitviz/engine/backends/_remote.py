@@ -84,6 +84,8 @@ def explain(err: Exception, model: NNsightModel) -> RemoteJobError:
         fix = "check that NDIF serves the model (nnsight.status())"
     elif "memory" in low or "oom" in low:
         fix = "ask for fewer conditions per request (a smaller max_rows)"
+    elif "connect" in low or "timed out" in low or "resolve" in low:
+        fix = "NDIF could not be reached: check the network and nnsight.CONFIG.API.HOST"
     else:
         fix = "see the server's message above; rerun, or run locally with remote=False"
     return RemoteJobError(f"The NDIF job for {model.repo_id!r} failed: {text[:300]} — {fix}.")
