@@ -21,10 +21,12 @@ from ._refusal import (
     steer_refusal,
 )
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
+from ._roles import HEAD_ROLES, HeadRoles, head_roles
 from ._tiny import tiny_model
 from .graph import Edge, Graph, Node, circuit, edge_patch
 
 __all__ = [
+    "HEAD_ROLES",
     "METRICS",
     "MODES",
     "REFUSAL_PHRASES",
@@ -35,6 +37,7 @@ __all__ = [
     "Edge",
     "Generation",
     "Graph",
+    "HeadRoles",
     "InputError",
     "LogitLensResult",
     "Metric",
@@ -53,6 +56,7 @@ __all__ = [
     "circuit",
     "edge_patch",
     "has_hooks",
+    "head_roles",
     "hooks",
     "load_model",
     "logit_attribution",

@@ -323,9 +323,14 @@ def attention_figure(
     title: str | None = None,
     hide_bos: bool = False,
     color_scale: str = "linear",
+    head_roles: Any = None,
     **options: Any,
 ) -> go.Figure:
     """One head's query × key pattern (``layer`` and ``head`` given), else head-role scores.
+
+    ``head_roles``: a :class:`~circuitviz.HeadRoles` (or ``{head: [roles]}``): the score
+    grids write each head's badges in its cell (a legend entry per role), and one head's
+    title names its roles.
 
     ``hide_bos``: leave out the first key column (the BOS token, where most heads park
     attention); ``color_scale``: ``"linear"``, ``"sqrt"`` or ``"log"`` (see
@@ -335,8 +340,13 @@ def attention_figure(
 
     style, rest = split_style(options)
     reject_unknown(
-        rest, "attention_figure", ("layer", "head", "roles", "title", "hide_bos", "color_scale")
+        rest,
+        "attention_figure",
+        ("layer", "head", "roles", "title", "hide_bos", "color_scale", "head_roles"),
     )
+    from ._badges import cell_text, checked_roles, head_suffix, legend_traces
+
+    badges = checked_roles(head_roles, n_layers=result.n_layers, n_heads=result.n_heads)
     if result.patterns.numel() == 0:
         raise ExportError("This AttentionResult is empty (no layers, heads or tokens).")
     if (layer is None) != (head is None):
@@ -381,7 +391,11 @@ def attention_figure(
         )
         hidden = " (BOS hidden)" if first_key else ""
         fig.update_layout(
-            title=title if title is not None else f"Attention of L{layer}H{head}{hidden}",
+            title=title
+            if title is not None
+            else text_label(
+                f"Attention of L{layer}H{head}{hidden}{head_suffix(badges, f'L{layer}H{head}')}"
+            ),
             xaxis={"title": f"key (source){axis_note}", "type": "category"},
             yaxis={
                 "title": f"query (destination){axis_note}",
@@ -419,6 +433,9 @@ def attention_figure(
                 showscale=i == len(names),
                 colorbar={"title": {"text": "score"}},
                 hovertemplate=f"{text_label(role)} %{{y}}%{{x}}: %{{z:.3f}}<extra></extra>",
+                text=cell_text(badges, result.n_layers, result.n_heads) if badges else None,
+                texttemplate="%{text}" if badges else None,
+                textfont={"size": style.font_px * 0.7},
             ),
             row=1,
             col=i,
@@ -426,7 +443,12 @@ def attention_figure(
         fig.update_xaxes(title_text="head", type="category", row=1, col=i)
     fig.update_yaxes(type="category", autorange="reversed")
     fig.update_yaxes(title_text="layer", row=1, col=1)
-    fig.update_layout(title=title if title is not None else "Head-role scores")
+    fig.add_traces(legend_traces(badges, style.font_px * 0.8))
+    fig.update_layout(
+        title=title if title is not None else "Head-role scores",
+        showlegend=bool(badges),
+        legend={"orientation": "h", "x": 0, "y": -0.08, "yanchor": "top"},
+    )
     return apply_style(fig, style, natural_height=_heatmap_height(style, result.n_layers))
 
 

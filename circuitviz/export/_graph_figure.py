@@ -16,6 +16,7 @@ from itertools import pairwise
 from typing import Any
 
 from ..engine.graph._schema import check_graph_json
+from ._badges import checked_roles, node_badges
 from ._style import (
     CATEGORICAL,
     NEGATIVE,
@@ -368,7 +369,7 @@ def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
     return traces
 
 
-def _label_trace(nodes, pos, size, geo: _Geometry, selected, *, short: bool, style):
+def _label_trace(nodes, pos, size, geo: _Geometry, selected, *, short: bool, style, avoid=None):
     """Node labels placed by :func:`place_labels`, as one text trace (hundreds of
     annotations would be slow to build and render)."""
     import plotly.graph_objects as go
@@ -379,6 +380,7 @@ def _label_trace(nodes, pos, size, geo: _Geometry, selected, *, short: bool, sty
         cx, cy = geo.px(*pos[n["id"]])
         r = size[n["id"]] / 2 + (3 if n["id"] == selected else 0)
         obstacles[n["id"]] = Box(cx - r, cy - r, cx + r, cy + r)
+    obstacles.update({k: Box(*b) for k, b in (avoid or {}).items()})  # e.g. role badges
 
     def priority(n: dict[str, Any]):
         return (
@@ -424,6 +426,7 @@ def graph_figure(
     ablated: Iterable[str] = (),
     selected: str | None = None,
     title: str | None = None,
+    roles: Any = None,
     **options: Any,
 ):
     """A publication figure of a circuit graph.
@@ -432,14 +435,15 @@ def graph_figure(
     ``min_weight`` (absolute), ``min_rel_weight`` (relative), ``inputs``, ``sign``: prune it
     by ``Graph.prune``'s rule (``top_n``/``threshold`` are deprecated names of ``top_edges``/
     ``min_weight``); at most the :data:`MAX_DRAWN_EDGES` strongest edges are drawn. ``ablated``:
-    node ids drawn crossed out with dotted edges; ``selected``: a node id to ring.
-    Style options as :func:`circuitviz.export.make_style`.
+    node ids drawn crossed out with dotted edges; ``selected``: a node id to ring. ``roles``:
+    a :class:`~circuitviz.HeadRoles` (or ``{head: [roles]}``; default: the graph JSON's
+    ``roles``), drawn as badges beside the head nodes, each role in the legend. Style options as :func:`circuitviz.export.make_style`.
     """
     import plotly.graph_objects as go
 
     style, rest = split_style(options)
     pruning = {k: rest.pop(k) for k in (*PRUNE_OPTIONS, *DEPRECATED_OPTIONS) if k in rest}
-    reject_unknown(rest, "graph_figure", (*PRUNE_OPTIONS, "ablated", "selected", "title"))
+    reject_unknown(rest, "graph_figure", (*PRUNE_OPTIONS, "ablated", "selected", "title", "roles"))
     if hasattr(graph, "prune") and any(v is not None for v in pruning.values()):
         from ..engine import InputError
 
@@ -520,11 +524,20 @@ def graph_figure(
 
     for trace in _node_traces(nodes, pos, size, ablated, selected):
         fig.add_trace(trace)
+    head_roles = checked_roles(
+        data.get("roles") if roles is None else roles,
+        n_layers=n_layers,
+        n_heads=data.get("n_heads"),
+    )
+    badges, avoid = node_badges(nodes, pos, size, geo, head_roles, label_px * 0.8)
+    fig.add_traces(badges)
 
     short = bool(
         position_ticks[0]
     )  # the column's token is on the axis: "L3H5", not "L3H5 @ 4:Mary"
-    fig.add_trace(_label_trace(nodes, pos, size, geo, selected, short=short, style=style))
+    fig.add_trace(
+        _label_trace(nodes, pos, size, geo, selected, short=short, style=style, avoid=avoid)
+    )
 
     every = max(1, int(font_px * 1.2 // lay_px) + 1)
     shown = [i for i in sorted(rows) if (i + 1) % every == 0 or i in (-1, n_layers)]

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..engine import AttentionResult, InputError, attention
+from ..engine._badges import badge_legend, role_map
 from ..engine._results import head_id
 from ..export._figures import COLOR_SCALES, LOG_FLOOR, bin_edges, block_max
 from ._base import STATIC, View
@@ -98,6 +99,13 @@ class AttentionView(View):
     log_floor = t.Float(LOG_FLOOR, read_only=True).tag(sync=True)
     """The smallest attention the log scale tells apart (smaller values share its colour)."""
 
+    roles = t.Dict().tag(sync=True)
+    """Head id → its roles (from ``roles=``, a :class:`~circuitviz.HeadRoles`), drawn as
+    badges in the grid's cells."""
+
+    role_badges = t.List(t.Dict()).tag(sync=True)
+    """Legend of the badges drawn: ``{role, text, color, label}`` per role present."""
+
     def __init__(
         self,
         model: Any,
@@ -106,9 +114,11 @@ class AttentionView(View):
         state: Mapping[str, Any] | None = None,
         thumbnail_size: int = 32,
         prepend_bos: bool | None = None,
+        roles: Any = None,
         **kwargs: Any,
     ) -> None:
         # prepend_bos: as circuitviz.attention (None: the model's own convention).
+        # roles: a HeadRoles (circuitviz.head_roles) or {head: [roles]}, shown as badges.
         if isinstance(model, AttentionResult):
             res = model
         elif prompt is None:
@@ -116,7 +126,11 @@ class AttentionView(View):
         else:
             res = attention(model, prompt, prepend_bos=prepend_bos)
         self._result = res
+        role_of = role_map(roles, n_layers=res.n_layers, n_heads=res.n_heads)
+        self._roles = role_of
         super().__init__(
+            roles=role_of,
+            role_badges=badge_legend(role_of),
             tokens=[str(tok) for tok in res.tokens],
             n_layers=res.n_layers,
             n_heads=res.n_heads,
@@ -147,6 +161,8 @@ class AttentionView(View):
         :func:`circuitviz.export.attention_figure`)."""
         from ..export import attention_figure
 
+        if self._roles:
+            options = {"head_roles": self._roles, **options}
         if self.show_scores and not {"layer", "head"} & set(options):
             return attention_figure(self._result, **{"roles": (self.show_scores,), **options})
         head = r"L(\d+)H(\d+)"

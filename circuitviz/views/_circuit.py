@@ -21,6 +21,7 @@ import torch
 import traitlets as t
 
 from ..engine import InputError, PromptPairs
+from ..engine._badges import badge_legend, role_map
 from ..engine._cells import is_covered
 from ..engine._components import parse_id
 from ..engine.graph import Graph, _select, circuit
@@ -38,7 +39,7 @@ DEFAULT_TOP_NODES = 30
 DEFAULT_TOP_EDGES = 80
 #: Keys of the ``graph`` trait that describe the view, not the graph (left out of
 #: :meth:`CircuitView.shown_graph`).
-VIEW_ONLY_KEYS = ("nodes", "edges", "totals", "n_edges", "notice")
+VIEW_ONLY_KEYS = ("nodes", "edges", "totals", "n_edges", "notice", "role_badges")
 
 
 def graph_dict(graph: Any) -> tuple[dict[str, Any] | None, Graph | None]:
@@ -247,8 +248,11 @@ class CircuitView(AblationView):
         state: Mapping[str, Any] | None = None,
         metric: str = "logit_diff",
         max_edges: int | None = None,
+        roles: Any = None,
         **kwargs: Any,
     ) -> None:
+        # roles: a HeadRoles (circuitviz.head_roles) or {head: [roles]}, drawn as badges on
+        # the head nodes; default: the graph JSON's own "roles" (Graph.to_json(with_roles=)).
         if graph is None:
             if model is None or pairs is None:
                 raise InputError("CircuitView needs graph=, or model= and pairs= to build one.")
@@ -261,6 +265,7 @@ class CircuitView(AblationView):
             obj = graph_object(data)
         self._full = obj
         self._meta, self._nodes, self._cands = self._candidates(obj, data)
+        self._role_meta(roles if roles is not None else (data or {}).get("roles"))
         self._shown: tuple[np.ndarray, np.ndarray] | None = None
         self._attention: Any = None  # the clean prompt's patterns, for head previews
         self._selections: dict[_select.Pruning, tuple[np.ndarray, np.ndarray]] = {}
@@ -295,6 +300,16 @@ class CircuitView(AblationView):
         assert data is not None
         meta = {k: v for k, v in data.items() if k not in ("nodes", "edges")}
         return meta, data["nodes"], _select.json_candidates(data["nodes"], data["edges"])
+
+    def _role_meta(self, roles: Any) -> None:
+        """Head roles join the graph's metadata (so the figure and the shown JSON carry
+        them); the badges' legend is sent with each shown subgraph."""
+        role_of = role_map(
+            roles, n_layers=self._meta.get("n_layers"), n_heads=self._meta.get("n_heads")
+        )
+        self._meta.pop("roles", None)
+        if role_of:
+            self._meta["roles"] = role_of
 
     # -- the shown subgraph ----------------------------------------------------------------
     @property
@@ -334,6 +349,8 @@ class CircuitView(AblationView):
         lines = idx[rows]
         payload = dict(self._meta)
         payload["nodes"] = [self._nodes[i] for i in keep]
+        if "roles" in payload:
+            payload["role_badges"] = badge_legend(payload["roles"])
         payload["edges"] = encode_edges(
             new_index[c.src[lines]], new_index[dst], c.weight[lines], c.input[lines], c.inputs
         )

@@ -3,6 +3,7 @@
 // (float16) only when one of its heads is focused: {type: "request_layer", layer} → chunks.
 // A standalone HTML page may answer with a downsampled layer: the chunks then carry the token
 // bins' `edges` and a `notice` the view shows above the heatmap.
+import { badgeLayout, badgeLegendEl, badgesSVG, drawBadgesCanvas, legendMap } from "./badges";
 import { decode, type EncodedArray } from "./codec";
 import { css, type RGB, sequential, sequentialScale, textOn } from "./colors";
 import { el, fmt, root, select, setText, showToken, truncate } from "./dom";
@@ -184,7 +185,7 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
       const id = `L${l}H${h}`;
       const hit = el("div", { class: "cv-hit", "data-component": id, role: "button", tabindex: 0, "aria-label": id, style: `left:${h * (cell + gap)}px;top:${l * (cell + gap)}px;width:${cell}px;height:${cell}px` });
       hit.addEventListener("mouseenter", () => {
-        const lines = [id, ...["previous_token", "duplicate_token", "induction"].map((r) => `${r}: ${fmt(score(r, l, h), 3)}`)];
+        const lines = [id, ...roleLines(id), ...["previous_token", "duplicate_token", "induction"].map((r) => `${r}: ${fmt(score(r, l, h), 3)}`)];
         setText(gridTip, lines.join("\n"));
         gridTip.style.display = "block";
         gridTip.style.left = `${labelW + (h + 1) * (cell + gap)}px`;
@@ -246,6 +247,15 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
   const legendW = Math.max(cellsW, 180); // a grid of few heads still gets readable ticks
   const legend = el("div", { class: "cv-grid-legend", "data-role": "grid-legend", style: `position:relative;margin:0 8px 0 ${labelW}px;width:${legendW}px;height:42px` });
   grid.append(legend);
+  // Head-role badges (head_roles): which head has which role is the kernel's; drawn in each cell.
+  const roleBadges = model.get("role_badges") ?? [];
+  const badgeKey = legendMap(roleBadges);
+  const headRoles = model.get("roles") ?? {};
+  if (roleBadges.length) grid.append(badgeLegendEl(roleBadges));
+  function roleLines(id: string): string[] {
+    const rs = headRoles[id] ?? [];
+    return rs.length ? [`roles: ${rs.map((r) => badgeKey.get(r)?.label ?? r).join(", ")}`] : [];
+  }
   function drawGridLegend(): void {
     const { ticks, caption } = gridLegend();
     const bar = el("canvas", { width: legendW, height: 1, style: `display:block;width:${legendW}px;height:10px;border:1px solid #999;box-sizing:border-box` });
@@ -303,6 +313,9 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
         ctx.strokeStyle = "#ddd";
         ctx.lineWidth = 1;
         ctx.strokeRect(x + 0.5, y + 0.5, cell - 1, cell - 1);
+        const badges = badgeLayout(cell, headRoles[`L${l}H${h}`] ?? [], badgeKey);
+        drawBadgesCanvas(ctx, x, y, badges.font, badges.boxes);
+        ctx.font = "10px system-ui, sans-serif"; // the cell labels' font again
         if (sel && sel[0] === l && sel[1] === h) {
           ctx.strokeStyle = "#000";
           ctx.lineWidth = 2;
@@ -331,6 +344,8 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
           one.getContext("2d")?.drawImage(sheet, h * t, l * t, t, t, 0, 0, t, t);
           svg.append(svgEl("image", { x, y, width: cell, height: cell, href: one.toDataURL(), "data-component": `L${l}H${h}` }));
         }
+        const badges = badgeLayout(cell, headRoles[`L${l}H${h}`] ?? [], badgeKey);
+        if (badges.boxes.length) svg.append(badgesSVG(x, y, badges.font, badges.boxes, `L${l}H${h}`));
       }
     }
     const { ticks, caption } = gridLegend();
@@ -341,7 +356,29 @@ function render({ model, el: host }: { model: AnyModel<AttentionTraits>; el: HTM
     svg.append(defs, svgEl("rect", { x: labelW, y: barTop, width: legendW, height: 10, fill: "url(#cv-grid-colorbar)", stroke: "#999" }));
     for (const [pos, label] of ticks) svg.append(svgEl("text", { x: labelW + pos * legendW, y: barTop + 22, "text-anchor": "middle" }, label));
     svg.append(svgEl("text", { x: labelW, y: barTop + 38, fill: "#555" }, caption));
+    roleLegendSVG(svg, barTop + 46);
     return svg;
+  }
+
+  /** The badges' legend under the exported grid's colour bar (the SVG grows to hold it). */
+  function roleLegendSVG(svg: SVGSVGElement, top: number): void {
+    if (!roleBadges.length) return;
+    let x = labelW;
+    let y = top + 4;
+    const width = Number(svg.getAttribute("width"));
+    for (const b of roleBadges) {
+      const w = 26 + b.label.length * 6.2;
+      if (x + w > width && x > labelW) {
+        x = labelW;
+        y += 16;
+      }
+      svg.append(badgesSVG(x, y, 10, [{ x: 0, y: 0, w: 20, h: 12, text: b.text, color: b.color }], b.role), svgEl("text", { x: x + 24, y: y + 10 }, b.label));
+      x += w + 10;
+    }
+    const height = y + 18;
+    svg.setAttribute("height", String(height));
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.querySelector("rect")?.setAttribute("height", String(height));
   }
 
   // Token text: hover a token to see what it attends to (background) and what attends to it (underline).

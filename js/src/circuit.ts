@@ -2,6 +2,7 @@
 // (the pruning rule lives in Python: circuitviz/engine/graph/_select.py) and sends only that;
 // this file lays it out, draws it, places labels where they fit, and sends the controls back.
 import { AblationPanel } from "./ablation";
+import { badgeLegendEl, badgesSVG, legendMap, NODE_BADGE_FONT, nodeBadgeBoxes, type BadgeBox } from "./badges";
 import { decode } from "./codec";
 import { NEGATIVE, NODE_COLORS, POSITIVE } from "./colors";
 import { clear, el, fmt, root, setText, truncate } from "./dom";
@@ -64,7 +65,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   svg.append(rules, viewport, overlay);
   const preview = el("div", { class: "cv-preview", "data-role": "head-preview" });
   const onError = (e: unknown) => setText(panel.error, String(e));
-  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, legend(), panel.el);
+  const roleLegend = el("div", { "data-role": "role-legend-box" });
+  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, legend(), roleLegend, panel.el);
   const main = el("div", { class: "cv-main cv-graph-box" }, svg);
   rootEl.append(
     el("div", { class: "cv-toolbar" }, title, counts),
@@ -108,6 +110,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       ? { source: decode(g.edges.source).data, target: decode(g.edges.target).data, weight: decode(g.edges.weight).data, input: decode(g.edges.input).data, inputs: g.edges.inputs }
       : null;
     setText(title, `${g.method ?? "circuit"} graph · ${g.model ?? ""} · ${g.metric ?? ""}`);
+    loadRoles();
     const nEdges = g.n_edges ?? (edges ? edges.weight.length : 0);
     const inner = nodes.filter((n) => ABLATABLE.has(n.type)).length;
     setText(counts, `showing ${inner} of ${g.totals?.nodes ?? inner} nodes · ${nEdges} of ${g.totals?.edges ?? nEdges} edges`);
@@ -213,6 +216,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       if (isAbl) shape.setAttribute("stroke-dasharray", "2 1.5");
       if (selected === n.id) g.append(svgEl("circle", { r: r + 4, fill: "none", stroke: "#000", "stroke-width": 2.5, "data-role": "selection-ring" }));
       g.append(shape);
+      const badges = roleBadges(n, r);
+      if (badges.length) g.append(badgesSVG(0, 0, NODE_BADGE_FONT, badges, n.id));
       if (isAbl) g.append(svgEl("path", { d: `M${-r * 0.6},${-r * 0.6}L${r * 0.6},${r * 0.6}M${r * 0.6},${-r * 0.6}L${-r * 0.6},${r * 0.6}`, stroke: "#333", "stroke-width": 1.5 }));
       if (pinned.has(n.id)) g.append(svgEl("circle", { r: 3, cx: r * 0.8, cy: -r * 0.8, fill: "#222", stroke: "#fff", "stroke-width": 1, "data-role": "pin-mark" }));
       g.append(svgEl("title", {}, `${n.label ?? n.id}`));
@@ -271,6 +276,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     const pinned = new Set(model.get("pinned"));
     const importance = (n: GraphNode) => (n.id === selected ? 3 : pinned.has(n.id) ? 2 : ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) / maxScore : 1.5);
     const circles = nodes.map((n) => ({ ...screen(layout.positions.get(n.id)!), r: (radius(n, maxScore) + (n.id === selected ? 4 : 0)) * view.k }));
+    circles.push(...badgeObstacles(maxScore)); // after the nodes: requests index the nodes
     const lines: Point[][] = [];
     if (edges) for (let e = 0; e < edges.weight.length; e++) lines.push(edgePolyline(screen(layout.positions.get(nodes[edges.source[e]].id)!), screen(layout.positions.get(nodes[edges.target[e]].id)!)));
     const order = nodes.map((_, i) => i).sort((a, b) => importance(nodes[b]) - importance(nodes[a]));
@@ -282,6 +288,31 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       overlay.append(svgEl("text", { x: p.x, y: p.y, "text-anchor": "middle", "dominant-baseline": "central", "font-size": LABEL_PX, fill: "#222", class: "cv-label", "data-role": "node-label", "data-for": n.id, "data-over-edge": String(!!p.overEdge) }, labelText(n)));
     }
     rootEl.setAttribute("data-labels", `${placed.length}/${nodes.length}`);
+  }
+
+  // Head roles (circuitviz.head_roles): the kernel sends which head has which role and each
+  // badge's text and colour; badges sit at a node's upper right, with a legend row each.
+  let headRoles: Record<string, string[]> = {};
+  let badgeKey = legendMap([]);
+  function loadRoles(): void {
+    const g = model.get("graph");
+    headRoles = g.roles ?? {};
+    badgeKey = legendMap(g.role_badges);
+    roleLegend.replaceChildren(...(g.role_badges?.length ? [badgeLegendEl(g.role_badges)] : []));
+  }
+
+  function roleBadges(n: GraphNode, r: number): BadgeBox[] {
+    return n.type === "head" ? nodeBadgeBoxes(r, headRoles[baseId(n.id)] ?? [], badgeKey) : [];
+  }
+
+  /** Each badge as a circle the label placer keeps clear of, in screen pixels. */
+  function badgeObstacles(maxScore: number): { x: number; y: number; r: number }[] {
+    const out: { x: number; y: number; r: number }[] = [];
+    for (const n of nodes) {
+      const c = layout.positions.get(n.id)!;
+      for (const b of roleBadges(n, radius(n, maxScore))) out.push({ ...screen({ x: c.x + b.x + b.w / 2, y: c.y + b.y + b.h / 2 }), r: (b.w / 2) * view.k });
+    }
+    return out;
   }
 
   const measureCtx = document.createElement("canvas").getContext("2d");

@@ -1,4 +1,5 @@
 // TypeScript mirrors of each view's synced traits (Python: circuitviz/views/_*.py).
+import type { Badge } from "./badges";
 import type { EncodedArray } from "./codec";
 import type { CellRule } from "./patchmap";
 
@@ -63,6 +64,10 @@ export interface AttentionTraits {
   color_scale: string;
   /** The log scale's smallest resolved attention (kernel constant). */
   log_floor: number;
+  /** Head id → its roles (circuitviz.head_roles), decided in the kernel. */
+  roles: Record<string, string[]>;
+  /** Badge text, colour and legend label of each role present. */
+  role_badges: Badge[];
   selected: string;
   error: string;
 }
@@ -135,6 +140,10 @@ export interface GraphPayload {
   n_edges?: number;
   /** Why nothing is shown, when nothing is. */
   notice?: string;
+  /** Head id (no ":P") → its roles (circuitviz.head_roles), drawn as badges on its nodes. */
+  roles?: Record<string, string[]>;
+  /** Badge text, colour and legend label of each role in `roles`. */
+  role_badges?: Badge[];
 }
 
 export interface CircuitTraits extends AblationTraits {

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .._badges import role_map
 from .._components import as_int, listed
 from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs
@@ -297,7 +298,10 @@ class Graph:
         return listed_edges(self)
 
     # serialization -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, with_roles: Any = None) -> dict[str, Any]:
+        """The graph as JSON-ready data (docs/graph_schema.md); ``with_roles``: a
+        :class:`~circuitviz.HeadRoles` (or ``{head: [roles]}``) written as ``roles``."""
+        roles = role_map(with_roles, n_layers=self.n_layers, n_heads=self.n_heads)
         return {
             "schema": SCHEMA,
             "model": self.model,
@@ -314,10 +318,11 @@ class Graph:
             "corrupted": self.corrupted,
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [e.to_dict() for e in self.edges],
-        }
+        } | ({"roles": roles} if with_roles is not None else {})
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    def to_json(self, *, with_roles: Any = None, **kwargs: Any) -> str:
+        """:meth:`to_dict` as a JSON string (``kwargs`` go to ``json.dumps``)."""
+        return json.dumps(self.to_dict(with_roles=with_roles), **kwargs)
 
     @classmethod
     def from_json(cls, text: str | dict) -> Graph:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._badges import role_map
 from .._pairs import InputError
 
 #: Bounds far above any real model (Llama-3-405B: 126 layers, 128 heads) and prompt a graph is
@@ -75,7 +76,8 @@ def check_graph_json(data: Any, *, whole: bool = False) -> None:
     ``n_heads``, ≤ 16,384 ``tokens``, ≤ 1,000,000 nodes, ≤ 10,000,000 edges, and for
     ``whole`` graphs the dense score tensor ``Graph.from_json`` builds), and every node: a unique
     string ``id``, a known ``type``, a ``layer``/``head``/``pos`` inside the declared (or
-    bounded) shape, a numeric ``score``. Edges pointing at nodes that are not listed are allowed
+    bounded) shape, a numeric ``score``; ``roles``, when present, maps head ids inside the
+    shape to known role names (:func:`circuitviz.engine._badges.role_map`). Edges pointing at nodes that are not listed are allowed
     (a pruned graph keeps them); their fields must still be well-formed. ``whole=True`` also
     requires every field of a ``circuitviz.circuit`` graph. Raises :class:`InputError` naming
     the field and the bound."""
@@ -134,6 +136,8 @@ def check_graph_json(data: Any, *, whole: bool = False) -> None:
     for i, node in enumerate(nodes):
         _check_node(node, i, n_layers, n_heads, n_pos, seen)
 
+    if data.get("roles") is not None:  # head roles (Graph.to_json(with_roles=...))
+        role_map(data["roles"], n_layers=n_layers, n_heads=n_heads, where="Graph JSON: 'roles'")
     edges = data.get("edges", [])
     if edges is None:
         return
