@@ -258,6 +258,8 @@ class CircuitView(AblationView):
                 raise InputError("CircuitView needs graph=, or model= and pairs= to build one.")
             graph = circuit(model, pairs, metric=metric, progress=False)
         data, obj = graph_dict(graph)
+        if roles is None and data is not None:
+            roles = data.get("roles")  # checked with the rest by graph_payload
         if obj is not None and max_edges is not None and int(obj.kept.sum()) > max_edges:
             obj = obj.prune(top_edges=max_edges)
         if data is not None:
@@ -265,7 +267,7 @@ class CircuitView(AblationView):
             obj = graph_object(data)
         self._full = obj
         self._meta, self._nodes, self._cands = self._candidates(obj, data)
-        self._role_meta(roles if roles is not None else (data or {}).get("roles"))
+        self._role_meta(roles)
         self._shown: tuple[np.ndarray, np.ndarray] | None = None
         self._attention: Any = None  # the clean prompt's patterns, for head previews
         self._selections: dict[_select.Pruning, tuple[np.ndarray, np.ndarray]] = {}

@@ -28,7 +28,7 @@ export function badgeWidth(text: string, fontPx: number): number {
 }
 
 /** Font size of the badges in a `cell`-pixel square: 7 px (the 18 px cells of a 30-layer
- * model) to 11 px. */
+ * model) to 11 px; smaller cells shrink it until a badge fits (see badgeLayout). */
 export function badgeFont(cell: number): number {
   return Math.max(7, Math.min(11, Math.floor(cell * 0.4)));
 }
@@ -37,9 +37,10 @@ export function badgeFont(cell: number): number {
  * its border; when they don't all fit, the last slot says "+k" (k roles not drawn; the
  * tooltip names them all). Every box lies inside the square. */
 export function badgeLayout(cell: number, roles: string[], legend: Map<string, Badge>): { font: number; boxes: BadgeBox[] } {
-  const font = badgeFont(cell);
-  const h = font + 1;
   const inner = cell - 2;
+  let font = badgeFont(cell);
+  while (font > 5 && badgeWidth("MM", font) > inner) font--; // cells under 18 px (> 31 layers)
+  const h = font + 1;
   const w = badgeWidth("MM", font);
   const cols = Math.max(0, Math.floor((inner + 1) / (w + 1)));
   const rows = Math.max(0, Math.floor(inner / h));
