@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..engine._badges import BADGES, HEAD_ROLES, role_map
 from ..engine._pairs import InputError
-from ._style import ExportError, apply_style, reject_unknown, split_style, text_label
+from ._style import (
+    PX_PER_INCH,
+    ExportError,
+    apply_style,
+    reject_unknown,
+    split_style,
+    text_label,
+)
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -30,6 +37,41 @@ def checked_roles(value: Any, *, n_layers: int | None, n_heads: int | None) -> d
         raise ExportError(str(err)) from None
 
 
+#: Where the roles' legend goes: a second legend, in a bottom margin of its own
+#: (:func:`legend_margin` high), so that it never pushes into the plot or the first legend.
+ROLE_LEGEND = "legend2"
+
+
+def legend_layout(font_px: float) -> dict[str, Any]:
+    return {
+        ROLE_LEGEND: {
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "yref": "container",
+            "y": 0,
+            "yanchor": "bottom",
+            "font": {"size": font_px},
+            "itemsizing": "constant",
+        }
+    }
+
+
+def legend_margin(roles: dict[str, list[str]], font_px: float, width_px: float) -> float:
+    """Pixels the roles' legend needs below the plot: its entries laid in rows of the
+    figure's width (estimated text widths), each row 1.9 font sizes high."""
+    present = [r for r in HEAD_ROLES if any(r in rs for rs in roles.values())]
+    if not present:
+        return 0.0
+    rows, used = 1, 0.0
+    for r in present:
+        w = (len(BADGES[r][0]) + 3 + len(BADGES[r][2])) * 0.64 * font_px + 3 * font_px
+        if used and used + w > width_px:
+            rows, used = rows + 1, 0.0
+        used += w
+    return rows * 1.9 * font_px + 6
+
+
 def legend_traces(roles: dict[str, list[str]], font_px: float) -> list[go.Scatter]:
     """One legend-only entry per role present: its badge colour, ``"NM = name mover"``."""
     import plotly.graph_objects as go
@@ -43,7 +85,7 @@ def legend_traces(roles: dict[str, list[str]], font_px: float) -> list[go.Scatte
             marker={"symbol": "square", "size": font_px, "color": BADGES[r][1]},
             name=f"{BADGES[r][0]} = {BADGES[r][2]}",
             showlegend=True,
-            legendgroup="roles",
+            legend=ROLE_LEGEND,
         )
         for r in HEAD_ROLES
         if r in present
@@ -51,12 +93,20 @@ def legend_traces(roles: dict[str, list[str]], font_px: float) -> list[go.Scatte
 
 
 def cell_text(roles: dict[str, list[str]], n_layers: int, n_heads: int) -> list[list[str]]:
-    """``[layer][head]`` badge texts (``"NM SI"``), for a heatmap's ``text``."""
+    """``[layer][head]`` badge text for a heatmap's ``text``: the first role's badge, with
+    ``+`` when the head has more (every role is in the legend and the head's title)."""
     out = [["" for _ in range(n_heads)] for _ in range(n_layers)]
     for head, rs in roles.items():
         layer, index = (int(x) for x in head[1:].split("H"))
-        out[layer][index] = " ".join(BADGES[r][0] for r in rs)
+        out[layer][index] = BADGES[rs[0]][0] + ("+" if len(rs) > 1 else "")
     return out
+
+
+def cell_font(style: Any, n_cols: int) -> float:
+    """Font size (px) at which three characters fit a heatmap cell of a figure ``n_cols``
+    cells wide (margins and colour bar take about 30 % of the width)."""
+    cell = style.width_in * PX_PER_INCH * 0.7 / max(1, n_cols)
+    return max(4.0, min(style.font_px * 0.75, cell / (3 * 0.62)))
 
 
 def head_suffix(roles: dict[str, list[str]], head: str) -> str:
@@ -104,7 +154,7 @@ def node_badges(nodes, pos, size, geo, roles: dict[str, list[str]], font_px: flo
                 customdata=[text_label(p[2]) for p in points],
                 hovertemplate=f"%{{customdata}}: {label}<extra></extra>",
                 name=f"{text} = {label}",
-                legendgroup="roles",
+                legend=ROLE_LEGEND,
             )
         )
     return traces, boxes
@@ -119,7 +169,12 @@ def roles_figure(result: Any, *, title: str | None = None, **options: Any) -> go
     reject_unknown(rest, "roles_figure", ("title",))
     n_layers, n_heads = result.n_layers, result.n_heads
     roles = checked_roles(result, n_layers=n_layers, n_heads=n_heads)
-    font = style.font_px * 0.8
+    # Rows tall enough for a badge at 0.8 of the font; k badges share a cell's width.
+    row_px = style.font_px * 0.8 * BADGE_W + 3
+    most = max((len(rs) for rs in roles.values()), default=1)
+    cell_w = (style.width_in * PX_PER_INCH - 6 * style.font_px) / n_heads
+    size = min(style.font_px * 0.8 * BADGE_W, cell_w / most - 2, row_px - 3)
+    font = size / BADGE_W
     fig = go.Figure()
     # The grid itself: a faint cell per head, with its scores on hover.
     names = [k for k in result.scores if k != "previous_token"]
@@ -167,18 +222,20 @@ def roles_figure(result: Any, *, title: str | None = None, **options: Any) -> go
                 x=xs,
                 y=ys,
                 mode="markers+text",
-                marker={"symbol": "square", "size": font * BADGE_W, "color": color},
+                marker={"symbol": "square", "size": size, "color": color},
                 text=[text] * len(xs),
                 textfont={"size": font, "color": "#ffffff"},
                 name=f"{text} = {label}",
                 hoverinfo="skip",
+                legend=ROLE_LEGEND,
             )
         )
     fig.update_layout(
         title=title if title is not None else text_label(f"Head roles · {result.model_name}"),
         showlegend=True,
+        **legend_layout(style.font_px),
         xaxis={
-            "title": "head",
+            "side": "top",
             "tickvals": list(range(n_heads)),
             "ticktext": [f"H{h}" for h in range(n_heads)],
             "range": [-0.5, n_heads - 0.5],
@@ -194,5 +251,8 @@ def roles_figure(result: Any, *, title: str | None = None, **options: Any) -> go
             "zeroline": False,
         },
     )
-    natural = 1.0 + n_layers * max(style.font_px * 1.25, 12) / 96
-    return apply_style(fig, style, natural_height=natural)
+    below = legend_margin(roles, style.font_px, style.width_in * PX_PER_INCH)
+    natural = (n_layers * row_px + 5 * style.font_px + below) / PX_PER_INCH
+    apply_style(fig, style, natural_height=natural)
+    fig.update_layout(margin={"b": 4 + below})
+    return fig

@@ -344,7 +344,15 @@ def attention_figure(
         "attention_figure",
         ("layer", "head", "roles", "title", "hide_bos", "color_scale", "head_roles"),
     )
-    from ._badges import cell_text, checked_roles, head_suffix, legend_traces
+    from ._badges import (
+        cell_font,
+        cell_text,
+        checked_roles,
+        head_suffix,
+        legend_layout,
+        legend_margin,
+        legend_traces,
+    )
 
     badges = checked_roles(head_roles, n_layers=result.n_layers, n_heads=result.n_heads)
     if result.patterns.numel() == 0:
@@ -435,7 +443,7 @@ def attention_figure(
                 hovertemplate=f"{text_label(role)} %{{y}}%{{x}}: %{{z:.3f}}<extra></extra>",
                 text=cell_text(badges, result.n_layers, result.n_heads) if badges else None,
                 texttemplate="%{text}" if badges else None,
-                textfont={"size": style.font_px * 0.7},
+                textfont={"size": cell_font(style, len(names) * result.n_heads)},
             ),
             row=1,
             col=i,
@@ -447,9 +455,14 @@ def attention_figure(
     fig.update_layout(
         title=title if title is not None else "Head-role scores",
         showlegend=bool(badges),
-        legend={"orientation": "h", "x": 0, "y": -0.08, "yanchor": "top"},
+        **legend_layout(style.font_px * 0.8),
     )
-    return apply_style(fig, style, natural_height=_heatmap_height(style, result.n_layers))
+    below = legend_margin(badges, style.font_px * 0.8, style.width_in * PX_PER_INCH)
+    natural = _heatmap_height(style, result.n_layers) + below / PX_PER_INCH
+    apply_style(fig, style, natural_height=natural)
+    if below:  # the roles' legend under the axis titles, in a margin of its own
+        fig.update_layout(margin={"b": 4 + below})
+    return fig
 
 
 def ablation_figure(

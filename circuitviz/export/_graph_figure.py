@@ -16,7 +16,7 @@ from itertools import pairwise
 from typing import Any
 
 from ..engine.graph._schema import check_graph_json
-from ._badges import checked_roles, node_badges
+from ._badges import checked_roles, legend_layout, legend_margin, node_badges
 from ._style import (
     CATEGORICAL,
     NEGATIVE,
@@ -479,6 +479,12 @@ def graph_figure(
         "b": 6,
         "pad": 0,
     }
+    head_roles = checked_roles(
+        data.get("roles") if roles is None else roles,
+        n_layers=n_layers,
+        n_heads=data.get("n_heads"),
+    )
+    margin["b"] += legend_margin(head_roles, label_px, style.width_in * PX_PER_INCH)
     xs = [x for x, _ in pos.values()]
     x_range = (min(xs) - 0.7, max(xs) + 0.7)
     position_ticks = _position_ticks(data, pos)
@@ -524,11 +530,6 @@ def graph_figure(
 
     for trace in _node_traces(nodes, pos, size, ablated, selected):
         fig.add_trace(trace)
-    head_roles = checked_roles(
-        data.get("roles") if roles is None else roles,
-        n_layers=n_layers,
-        n_heads=data.get("n_heads"),
-    )
     badges, avoid = node_badges(nodes, pos, size, geo, head_roles, label_px * 0.8)
     fig.add_traces(badges)
 
@@ -579,5 +580,6 @@ def graph_figure(
             "fixedrange": True,
         },
         meta={**fig.layout.meta, "layer_rows": {str(k): v for k, v in rows.items()}},
+        **legend_layout(label_px),
     )
     return fig
