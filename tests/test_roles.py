@@ -218,7 +218,7 @@ def test_attention_figures_show_roles(toy, toy_roles):
     res = circuitviz.attention(toy, words([1, 2, 3, 4, 1, 2, 3]))
     grid = attention_figure(res, head_roles=toy_roles)
     heat = next(t for t in grid.data if t.type == "heatmap")
-    assert heat.text[0][2] == "PT" and heat.text[1][0] == "IN NM"
+    assert heat.text[0][2] == "PT" and heat.text[1][0] == "IN+"
     assert "PT = previous-token head" in {t.name for t in grid.data}
     one = attention_figure(res, layer=1, head=0, head_roles=toy_roles)
     assert one.layout.title.text.endswith("(induction head, name mover)")
