@@ -72,26 +72,6 @@ def legend_margin(roles: dict[str, list[str]], font_px: float, width_px: float) 
     return rows * 1.9 * font_px + 6
 
 
-def legend_traces(roles: dict[str, list[str]], font_px: float) -> list[go.Scatter]:
-    """One legend-only entry per role present: its badge colour, ``"NM = name mover"``."""
-    import plotly.graph_objects as go
-
-    present = {r for rs in roles.values() for r in rs}
-    return [
-        go.Scatter(
-            x=[None],
-            y=[None],
-            mode="markers",
-            marker={"symbol": "square", "size": font_px, "color": BADGES[r][1]},
-            name=f"{BADGES[r][0]} = {BADGES[r][2]}",
-            showlegend=True,
-            legend=ROLE_LEGEND,
-        )
-        for r in HEAD_ROLES
-        if r in present
-    ]
-
-
 def cell_text(roles: dict[str, list[str]], n_layers: int, n_heads: int) -> list[list[str]]:
     """``[layer][head]`` badge text for a heatmap's ``text``: the first role's badge, with
     ``+`` when the head has more (every role is in the legend and the head's title)."""
@@ -107,6 +87,38 @@ def cell_font(style: Any, n_cols: int) -> float:
     cells wide (margins and colour bar take about 30 % of the width)."""
     cell = style.width_in * PX_PER_INCH * 0.7 / max(1, n_cols)
     return max(4.0, min(style.font_px * 0.75, cell / (3 * 0.62)))
+
+
+def cell_frames(roles: dict[str, list[str]], size: float, *, showlegend: bool) -> list[go.Scatter]:
+    """A frame in its first role's colour around each head's cell of a layer × head
+    heatmap on category axes (``"H3"``, ``"L23"``), one trace (and legend entry) per role:
+    the score stays visible inside, the badge text is the heatmap's own cell text."""
+    import plotly.graph_objects as go
+
+    traces = []
+    for role in HEAD_ROLES:
+        heads = [h for h, rs in roles.items() if rs[0] == role]
+        if not heads:
+            continue
+        text, color, label = BADGES[role]
+        traces.append(
+            go.Scatter(
+                x=[f"H{h.split('H')[1]}" for h in heads],
+                y=[h.split("H")[0] for h in heads],
+                mode="markers",
+                marker={
+                    "symbol": "square-open",
+                    "size": size,
+                    "color": color,
+                    "line": {"width": max(1.0, size / 8), "color": color},
+                },
+                name=f"{text} = {label}",
+                legend=ROLE_LEGEND,
+                showlegend=showlegend,
+                hoverinfo="skip",
+            )
+        )
+    return traces
 
 
 def head_suffix(roles: dict[str, list[str]], head: str) -> str:

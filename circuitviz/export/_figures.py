@@ -346,12 +346,12 @@ def attention_figure(
     )
     from ._badges import (
         cell_font,
+        cell_frames,
         cell_text,
         checked_roles,
         head_suffix,
         legend_layout,
         legend_margin,
-        legend_traces,
     )
 
     badges = checked_roles(head_roles, n_layers=result.n_layers, n_heads=result.n_heads)
@@ -429,6 +429,9 @@ def attention_figure(
     )
     heads = [f"H{h}" for h in range(result.n_heads)]
     layers = [f"L{i}" for i in range(result.n_layers)]
+    cell_w = style.width_in * PX_PER_INCH * 0.7 / (len(names) * result.n_heads)
+    cell_h = _heatmap_height(style, result.n_layers) * PX_PER_INCH * 0.8 / result.n_layers
+    frame = max(3.0, min(cell_w, cell_h) - 1)
     for i, role in enumerate(names, start=1):
         fig.add_trace(
             go.Heatmap(
@@ -448,10 +451,12 @@ def attention_figure(
             row=1,
             col=i,
         )
+        # each head's first role as a coloured frame (and legend entry); "+": it has more
+        for trace in cell_frames(badges, frame, showlegend=i == 1):
+            fig.add_trace(trace, row=1, col=i)
         fig.update_xaxes(title_text="head", type="category", row=1, col=i)
     fig.update_yaxes(type="category", autorange="reversed")
     fig.update_yaxes(title_text="layer", row=1, col=1)
-    fig.add_traces(legend_traces(badges, style.font_px * 0.8))
     fig.update_layout(
         title=title if title is not None else "Head-role scores",
         showlegend=bool(badges),
