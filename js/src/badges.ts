@@ -100,8 +100,9 @@ export function legendMap(legend: Badge[] | undefined | null): Map<string, Badge
   return new Map((legend ?? []).map((b) => [b.role, b]));
 }
 
-/** Font size of the badges beside a circuit node, in graph units (they zoom with it). */
-export const NODE_BADGE_FONT = 8;
+/** Font size (screen px) of the badges beside a circuit node: as readable at any zoom as the
+ * node labels. */
+export const NODE_BADGE_FONT = 9;
 
 /** Badges in a row to the upper right of a circuit node of radius `r`, relative to its
  * centre (the order and colours of the legend). */

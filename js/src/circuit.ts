@@ -216,8 +216,6 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       if (isAbl) shape.setAttribute("stroke-dasharray", "2 1.5");
       if (selected === n.id) g.append(svgEl("circle", { r: r + 4, fill: "none", stroke: "#000", "stroke-width": 2.5, "data-role": "selection-ring" }));
       g.append(shape);
-      const badges = roleBadges(n, r);
-      if (badges.length) g.append(badgesSVG(0, 0, NODE_BADGE_FONT, badges, n.id));
       if (isAbl) g.append(svgEl("path", { d: `M${-r * 0.6},${-r * 0.6}L${r * 0.6},${r * 0.6}M${r * 0.6},${-r * 0.6}L${-r * 0.6},${r * 0.6}`, stroke: "#333", "stroke-width": 1.5 }));
       if (pinned.has(n.id)) g.append(svgEl("circle", { r: 3, cx: r * 0.8, cy: -r * 0.8, fill: "#222", stroke: "#fff", "stroke-width": 1, "data-role": "pin-mark" }));
       g.append(svgEl("title", {}, `${n.label ?? n.id}`));
@@ -267,6 +265,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         overlay.append(svgEl("text", { x, y: height - 5, "text-anchor": "middle", "font-size": 11, fill: "#555", "data-role": "band-label" }, `${b.pos}:${truncate(tokens[b.pos] ?? "", chars)}`));
       }
     }
+    drawRoleBadges();
     placeNodeLabels(height);
   }
 
@@ -301,16 +300,27 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     roleLegend.replaceChildren(...(g.role_badges?.length ? [badgeLegendEl(g.role_badges)] : []));
   }
 
-  function roleBadges(n: GraphNode, r: number): BadgeBox[] {
-    return n.type === "head" ? nodeBadgeBoxes(r, headRoles[baseId(n.id)] ?? [], badgeKey) : [];
+  /** A node's badges in screen pixels (relative to its centre): like the labels they keep
+   * their size at any zoom, so they live in the overlay. */
+  function roleBadges(n: GraphNode, maxScore: number): BadgeBox[] {
+    return n.type === "head" ? nodeBadgeBoxes(radius(n, maxScore) * view.k, headRoles[baseId(n.id)] ?? [], badgeKey) : [];
+  }
+
+  function drawRoleBadges(): void {
+    const maxScore = Math.max(1e-12, ...nodes.map((n) => (ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) : 0)));
+    for (const n of nodes) {
+      const badges = roleBadges(n, maxScore);
+      const c = screen(layout.positions.get(n.id)!);
+      if (badges.length) overlay.append(badgesSVG(c.x, c.y, NODE_BADGE_FONT, badges, n.id));
+    }
   }
 
   /** Each badge as a circle the label placer keeps clear of, in screen pixels. */
   function badgeObstacles(maxScore: number): { x: number; y: number; r: number }[] {
     const out: { x: number; y: number; r: number }[] = [];
     for (const n of nodes) {
-      const c = layout.positions.get(n.id)!;
-      for (const b of roleBadges(n, radius(n, maxScore))) out.push({ ...screen({ x: c.x + b.x + b.w / 2, y: c.y + b.y + b.h / 2 }), r: (b.w / 2) * view.k });
+      const c = screen(layout.positions.get(n.id)!);
+      for (const b of roleBadges(n, maxScore)) out.push({ x: c.x + b.x + b.w / 2, y: c.y + b.y + b.h / 2, r: b.w / 2 });
     }
     return out;
   }
