@@ -118,6 +118,8 @@ def test_result_serialises(toy_roles):
     assert data["thresholds"] == THRESHOLDS
     assert len(data["scores"]["copy"]) == 2 and len(data["scores"]["copy"][0]) == 4
     assert "induction: 4" in repr(toy_roles)
+    with pytest.raises(ExportError, match="AttentionView"):
+        toy_roles.save("roles.html")
     with pytest.raises(circuitviz.InputError, match="Unknown role"):
         toy_roles.heads("mover")
 

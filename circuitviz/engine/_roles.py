@@ -20,7 +20,7 @@ set); a head gets a role when its scores pass. Scores:
   the embedding plus layer 0's attention and MLP, as Wang et al.'s "after the first MLP").
   Under grouped-query attention a head reads its KV head's ``W_V``.
 - ``dla``: direct logit attribution of each head (:func:`logit_attribution`) divided by the
-  clean logit difference.
+  clean logit difference (its absolute value: positive is towards the answer).
 - ``s_inhibition``: path patching (:func:`path_patch`, denoise) from each head into the name
   movers' queries, as a share of the clean − corrupted gap: ``(value − corrupted) / (clean −
   corrupted)``. Heads in or after the last name mover's layer reach none of them and score 0.
@@ -128,9 +128,16 @@ class HeadRoles:
         return roles_figure(self, **style)
 
     def save(self, path: str | os.PathLike, **style: Any) -> Path:
-        """Write :meth:`figure` as SVG, PDF, PNG or HTML (by extension); returns the path."""
-        from ..export import save
+        """Write :meth:`figure` as SVG, PDF or PNG (by extension); returns the path. For an
+        interactive page, save a view that shows the roles, e.g.
+        ``AttentionView(model, prompt, roles=roles).save("roles.html")``."""
+        from ..export import ExportError, save
 
+        if str(path).lower().endswith((".html", ".htm")):
+            raise ExportError(
+                "HeadRoles saves as .svg, .pdf or .png. For an interactive page save a view "
+                "that shows the roles: AttentionView(model, prompt, roles=roles).save('x.html')."
+            )
         return save(self, path, **style)
 
 
@@ -293,7 +300,13 @@ def head_roles(
             bar.update()
         dla = logit_attribution(model, pairs, by="heads")
         clean, corrupted = dla.clean, dla.corrupted
-        scores["dla"] = dla.values / clean if clean else nan.clone()
+        # A share of |clean|: positive always means "writes towards the answer".
+        scores["dla"] = dla.values / abs(clean) if clean else nan.clone()
+        if clean <= 0:
+            notes.append(
+                f"The clean logit difference is {clean:.3g} ≤ 0: the model does not prefer the "
+                "answer, so name-mover shares are of |clean| and may mean little."
+            )
         bar.update()
         movers = _name_movers(scores, limits) if have_io else []
         if movers:
