@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -38,7 +40,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = load(args)
     pairs = cv.tasks.ioi(model, n=args.pairs, seed=0)
+    cpu0 = time.process_time()
     seconds, roles = timed(model, lambda: cv.head_roles(model, pairs, progress=False))
+    cpu_seconds = time.process_time() - cpu0  # the wall time on a shared machine is mostly waiting
 
     def scores(head: str) -> dict[str, float | None]:
         layer, h = (int(x) for x in head[1:].split("H"))
@@ -61,22 +65,30 @@ def main() -> None:
             )
             share = (direct - roles.corrupted) / (roles.clean - roles.corrupted)
             check[head] = abs(share - float(si.flatten()[i]))
+    dla = roles.scores["dla"].abs().flatten().argsort(descending=True).tolist()
+    n_heads = roles.n_heads
+    named = [f"L{i // n_heads}H{i % n_heads}" for i in dla]
+    unassigned = [h for h in named if h not in roles.roles][:3]
     out = {
         "machine": machine(),
         "device": str(model.cfg.device),
         "model": roles.model_name,
         "pairs": args.pairs,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "clean_logit_diff": roles.clean,
         "corrupted_logit_diff": roles.corrupted,
         "thresholds": roles.thresholds,
         "counts": {r: len(roles.heads(r)) for r in HEAD_ROLES},
         "roles": {r: {h: scores(h) for h in roles.heads(r)} for r in HEAD_ROLES},
+        # Heads that matter but fit no role: the strongest direct writers without one.
+        "top_dla_without_a_role": {h: scores(h) for h in unassigned},
         "s_inhibition_vs_direct_path_patch_max_abs_diff": max(check.values(), default=None),
         "notes": roles.notes,
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("seconds", "counts")}, indent=2))
+    print(json.dumps({k: out[k] for k in ("seconds", "cpu_seconds", "counts")}, indent=2))
     for r in HEAD_ROLES:
         print(r, list(out["roles"][r]))
 

@@ -150,12 +150,14 @@ def test_bad_model_or_pairs(toy, toy_pairs):
         head_roles(toy, ["t1 t2"])
 
 
-def test_works_under_grouped_query_attention(tiny_llama, tiny_pairs):
-    """The tiny Llama has 2 KV heads for 4 query heads: copy scores read each head's KV
-    head's W_V, and every score keeps the query-head shape."""
-    cfg = tiny_llama.cfg
-    assert (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads) < cfg.n_heads
-    roles = head_roles(tiny_llama, tiny_pairs, progress=False)
+def test_works_under_grouped_query_attention_and_layernorm(tiny, tiny_pairs):
+    """The tiny Llama has 2 KV heads for 4 query heads (copy scores read each head's KV
+    head's W_V); the tiny GPT-2 has LayerNorms with biases. Every score keeps the
+    query-head shape and is finite."""
+    cfg = tiny.cfg
+    kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    assert kv < cfg.n_heads or cfg.normalization_type == "LN"  # GQA, or LayerNorm
+    roles = head_roles(tiny, tiny_pairs, progress=False)
     for key in ("previous_token", "io_attention", "copy", "dla"):
         assert roles.scores[key].shape == (cfg.n_layers, cfg.n_heads)
         assert torch.isfinite(roles.scores[key]).all()
