@@ -110,7 +110,7 @@ def cell_frames(roles: dict[str, list[str]], size: float, *, showlegend: bool) -
                     "symbol": "square-open",
                     "size": size,
                     "color": color,
-                    "line": {"width": max(1.0, size / 8), "color": color},
+                    "line": {"width": max(1.0, size / 10), "color": color},
                 },
                 name=f"{text} = {label}",
                 legend=ROLE_LEGEND,

@@ -431,7 +431,7 @@ def attention_figure(
     layers = [f"L{i}" for i in range(result.n_layers)]
     cell_w = style.width_in * PX_PER_INCH * 0.7 / (len(names) * result.n_heads)
     cell_h = _heatmap_height(style, result.n_layers) * PX_PER_INCH * 0.8 / result.n_layers
-    frame = max(3.0, min(cell_w, cell_h) - 1)
+    frame = max(3.0, 0.78 * min(cell_w, cell_h))  # inside the cell, line width included
     for i, role in enumerate(names, start=1):
         fig.add_trace(
             go.Heatmap(
@@ -465,6 +465,8 @@ def attention_figure(
     below = legend_margin(badges, style.font_px * 0.8, style.width_in * PX_PER_INCH)
     natural = _heatmap_height(style, result.n_layers) + below / PX_PER_INCH
     apply_style(fig, style, natural_height=natural)
+    # The title above the panels' own titles (automargin alone lets them overlap).
+    fig.update_layout(margin={"t": style.font_px * 3.4})
     if below:  # the roles' legend under the axis titles, in a margin of its own
         fig.update_layout(margin={"b": 4 + below})
     return fig
