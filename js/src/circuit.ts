@@ -311,6 +311,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     for (const n of nodes) {
       const badges = roleBadges(n, maxScore);
       const c = screen(layout.positions.get(n.id)!);
+      if (c.x < AXIS_W || c.x > svgWidth()) continue; // panned out of view: not over the axis
       if (badges.length) overlay.append(badgesSVG(c.x, c.y, NODE_BADGE_FONT, badges, n.id));
     }
   }
