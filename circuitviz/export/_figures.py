@@ -62,6 +62,12 @@ def _heatmap_height(style, n_rows: int, *, extra_in: float = 0.9) -> float:
     return max(style.width_in * 0.55, rows_in + extra_in)
 
 
+def _row_label_step(style, n_rows: int, height_in: float, *, extra_in: float = 0.9) -> int:
+    """Label every ``step``-th row so that labels, one text line each, never overlap."""
+    line_in = style.font_px * 1.3 / PX_PER_INCH
+    return max(1, math.ceil(n_rows * line_in / max(height_in - extra_in, line_in)))
+
+
 def _flatten_for_heatmap(result: PatchResult):
     """2-D rows × columns for any map: 3-D maps put (layer, head) on the rows.
 
@@ -170,8 +176,13 @@ def patch_figure(
     )
     # Category axes keep their order; reversed puts layer 0 at the top, as in the widgets.
     fig.update_yaxes(autorange="reversed")
+    natural = _heatmap_height(style, len(rows))
+    # Plotly thins category ticks by its own rule (and its rule changed between releases):
+    # label every row that has a text line of its own, every k-th when the height is fixed.
+    step = _row_label_step(style, len(rows), style.height_in(natural))
+    fig.update_yaxes(tickmode="array", tickvals=y[::step], ticktext=y[::step])
     _mark_cells(fig, result, len(rows), len(cols), index, selected, set(ablated))
-    return apply_style(fig, style, natural_height=_heatmap_height(style, len(rows)))
+    return apply_style(fig, style, natural_height=natural)
 
 
 #: Colour scales of attention patterns (AttentionView.color_scale, attention_figure).
