@@ -23,6 +23,7 @@ from ._refusal import (
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._roles import HEAD_ROLES, HeadRoles, head_roles
 from ._tiny import tiny_model
+from .features import SteerResult, steer
 from .graph import Edge, Graph, Node, circuit, edge_patch
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "PatchResult",
     "PromptPairs",
     "RefusalDirection",
+    "SteerResult",
     "SteeringResult",
     "Tokens",
     "TopTokens",
@@ -65,6 +67,7 @@ __all__ = [
     "path_patch",
     "refusal_direction",
     "refusal_instructions",
+    "steer",
     "steer_refusal",
     "tiny_model",
     "tokenize",

@@ -84,6 +84,30 @@ def hooks(model: TransformerBridge, fwd: Hooks = (), bwd: Hooks = ()) -> Iterato
             _restore(point, snap)
 
 
+@contextmanager
+def module_hooks(
+    fwd: Sequence[tuple[torch.nn.Module, Callable]] = (),
+    pre: Sequence[tuple[torch.nn.Module, Callable]] = (),
+) -> Iterator[None]:
+    """Plain PyTorch forward (``fn(module, args, output)``) and forward-pre hooks
+    (``fn(module, args, kwargs)``, with kwargs) on modules that are not hook points (the
+    KV-cache generator's own copy of a model), removed like :func:`hooks` removes its own."""
+    touched: dict[int, tuple[torch.nn.Module, dict[str, set[int]]]] = {}
+    try:
+        for kind, pairs in (("fwd", fwd), ("pre", pre)):
+            for module, fn in pairs:
+                if id(module) not in touched:
+                    touched[id(module)] = (module, _snapshot(module))
+                if kind == "fwd":
+                    module.register_forward_hook(fn)
+                else:
+                    module.register_forward_pre_hook(fn, with_kwargs=True)
+        yield
+    finally:
+        for module, snap in touched.values():
+            _restore(module, snap)
+
+
 def run(model: TransformerBridge, tokens: torch.Tensor, fwd: Hooks = ()) -> torch.Tensor:
     """One forward pass with hooks attached, returning the logits."""
     with hooks(model, fwd):

@@ -19,6 +19,7 @@ from ._stats import (
     load_feature_stats,
     save_feature_stats,
 )
+from ._steer import Feature, SteerResult, steer
 
 __all__ = [
     "ACTIVATIONS",
@@ -28,6 +29,8 @@ __all__ = [
     "LatentEdit",
     "SAESet",
     "SnippetCorpus",
+    "Feature",
+    "SteerResult",
     "as_sae_set",
     "card",
     "feature_activations",
@@ -40,4 +43,5 @@ __all__ = [
     "search",
     "splice_hook",
     "splice_hooks",
+    "steer",
 ]

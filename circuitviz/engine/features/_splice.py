@@ -68,12 +68,18 @@ def splice_hook(
     *,
     keep_error: bool = True,
     record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    offset: Callable[[], int] | None = None,
 ):
     """A forward hook for ``sae.hook_name`` that splices the SAE in, applies ``edits`` and
     adds the error term back (unless ``keep_error`` is False: the error node ablated).
 
     ``record(latents, error)`` sees the unedited latents ``[batch, pos, d_sae]`` and the error
     term, for analyses that read them.
+
+    ``offset()``, when given, is the absolute position of the hook's first row: generation
+    with a KV cache feeds one new position at a time, and an edit at ``pos`` then acts only
+    on the pass that holds ``pos`` (without it, ``pos`` indexes the rows as they come, and one
+    past the end is an error).
     """
 
     def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
@@ -84,9 +90,12 @@ def splice_hook(
             record(f, error)
         if edits:
             f = f.clone()
+            start = 0 if offset is None else offset()
             for e in edits:
-                where = slice(None) if e.pos is None else e.pos
-                if e.pos is not None and e.pos >= f.shape[1]:
+                where = slice(None) if e.pos is None else e.pos - start
+                if e.pos is not None and not 0 <= e.pos - start < f.shape[1]:
+                    if offset is not None:
+                        continue  # that position is in another pass (cached or still to come)
                     raise InputError(f"Position {e.pos} is past the prompt's {f.shape[1]} tokens.")
                 value = e.value
                 if isinstance(value, torch.Tensor):
