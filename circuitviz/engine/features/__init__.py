@@ -20,6 +20,7 @@ from ._stats import (
     save_feature_stats,
 )
 from ._steer import Feature, SteerResult, steer
+from ._supernodes import check_supernodes, suggest_supernodes
 
 __all__ = [
     "ACTIVATIONS",
@@ -41,7 +42,9 @@ __all__ = [
     "parse_feature",
     "save_feature_stats",
     "search",
+    "check_supernodes",
     "splice_hook",
     "splice_hooks",
     "steer",
+    "suggest_supernodes",
 ]
