@@ -27,6 +27,7 @@ from ..engine._components import parse_id
 from ..engine.graph import Graph, _select, circuit
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
+from ._clamp import FeatureSteering, collapse
 from ._codec import decode, encode
 
 NODE_TYPES = ("embed", "head", "mlp", "logits")
@@ -164,7 +165,7 @@ def _deprecated_alias(old: str, new: str) -> property:
     return property(get, set_, doc=f"Deprecated: :attr:`{new}`.")
 
 
-class CircuitView(AblationView):
+class CircuitView(FeatureSteering, AblationView):
     """A circuit graph: one row per layer (embeddings at the bottom, logits on top), heads and
     MLPs across it (and one column band per token when the graph is per position); edge width
     and colour show |weight| and sign.
@@ -179,6 +180,10 @@ class CircuitView(AblationView):
 
     ``max_edges``: a ``Graph`` with more edges is first pruned to ``top_edges=max_edges``
     (``None``: keep all; the browser never receives more than the shown subgraph anyway).
+
+    Feature graphs (``saes=``): selecting a feature node offers Ablate and Clamp × N (see
+    :class:`~circuitviz.views._clamp.FeatureSteering`); feature nodes can be grouped into
+    supernodes (``supernodes``), drawn and exported as one node.
     """
 
     _esm = STATIC / "circuit.js"
@@ -194,6 +199,8 @@ class CircuitView(AblationView):
         "edge_inputs",
         "edge_sign",
         "pinned",
+        "supernodes",
+        "clamp_scale",
     )
     #: Traits the page may write (everything else is the kernel's), each validated below:
     #: the selection and the controls (ablation goes through the "ablate" message).
@@ -249,6 +256,7 @@ class CircuitView(AblationView):
         metric: str = "logit_diff",
         max_edges: int | None = None,
         roles: Any = None,
+        saes: Any = None,
         **kwargs: Any,
     ) -> None:
         # roles: a HeadRoles (circuitviz.head_roles) or {head: [roles]}, drawn as badges on
@@ -278,10 +286,11 @@ class CircuitView(AblationView):
         order = np.argsort(-np.abs(np.nan_to_num(self._cands.node_score)), kind="stable")
         self.searchable = [self._cands.node_ids[i] for i in order[:MAX_SEARCHABLE]]
         self.has_faithfulness = bool(obj is not None and self.can_ablate)
+        self._init_steering(saes)
         if not self.can_ablate and self._meta.get("clean") is not None:
             self.result = {k: self._meta.get(k) for k in ("metric", "clean", "corrupted")}
         self._apply_state(state)
-        self.observe(self._show, names=sorted(self.FRONTEND_TRAITS - {"selected"}))
+        self.observe(self._show, names=sorted(self.FRONTEND_TRAITS - {"selected", "clamp_scale"}))
         self._show()
         self._baseline()
 
@@ -367,7 +376,7 @@ class CircuitView(AblationView):
             "nodes": int(c.ranked.sum()),
             "edges": int((np.isfinite(c.weight) & (c.weight != 0)).sum()),
         }
-        self.graph = payload
+        self.graph = collapse(payload, self.supernodes)
 
     def shown_graph(self) -> dict[str, Any]:
         """What the view draws now, as graph JSON: the nodes and edges the controls select

@@ -9,10 +9,13 @@ import { clear, el, fmt, root, setText, truncate } from "./dom";
 import { exportButtons, svgEl } from "./export";
 import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point } from "./layout";
 import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
+import { CLAMP_STYLE, FEATURE_COLOR, FeaturePanel, SUPERNODE_COLOR, pickedRing, supernodeShape, type ClampTraits } from "./clamp";
 import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
 
 const ABLATABLE = new Set(["head", "mlp"]);
+/** Nodes sized by |score| (features and supernodes too). */
+const SCORED = new Set(["head", "mlp", "feature", "supernode"]);
 const EDGE_INPUTS = ["q", "k", "v", "mlp", "logits"];
 /** On-screen label size in px, whatever the zoom: labels live outside the zoomed layer. */
 const LABEL_PX = 12;
@@ -32,7 +35,7 @@ const baseId = (id: string) => id.replace(/:P\d+$/, "");
 
 function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLElement }) {
   const rootEl = root(host, "circuit");
-  rootEl.append(el("style", {}, CIRCUIT_STYLE));
+  rootEl.append(el("style", {}, CIRCUIT_STYLE + CLAMP_STYLE));
   const info = el("div", { class: "cv-muted", "data-role": "hover-info" }, "hover a node or edge");
   const panel = new AblationPanel(model, rootEl, () => draw());
   const faith = el("table", { class: "cv-faith" });
@@ -66,7 +69,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const preview = el("div", { class: "cv-preview", "data-role": "head-preview" });
   const onError = (e: unknown) => setText(panel.error, String(e));
   const roleLegend = el("div", { "data-role": "role-legend-box" });
-  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, legend(), roleLegend, panel.el);
+  const features = new FeaturePanel(model as unknown as AnyModel<ClampTraits>, rootEl, () => draw());
+  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, features.el, legend(), roleLegend, panel.el);
   const main = el("div", { class: "cv-main cv-graph-box" }, svg);
   rootEl.append(
     el("div", { class: "cv-toolbar" }, title, counts),
@@ -189,7 +193,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         edgeLayer.append(path);
       }
     }
-    const maxScore = Math.max(1e-12, ...nodes.map((n) => (ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) : 0)));
+    const maxScore = Math.max(1e-12, ...nodes.map((n) => (SCORED.has(n.type) ? Math.abs(n.score ?? 0) : 0)));
+    features.update(nodes.find((n) => n.id === selected) ?? null);
     nodes.forEach((n) => {
       const pt = layout.positions.get(n.id)!;
       const r = radius(n, maxScore);
@@ -207,8 +212,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         role: "button",
         "aria-label": `${n.id} (${n.type})`,
       });
-      const shape = n.type === "mlp" ? svgEl("rect", { x: -r, y: -r, width: 2 * r, height: 2 * r, rx: 2 }) : svgEl("circle", { r });
-      shape.setAttribute("fill", isAbl ? "#fff" : NODE_COLORS[n.type] ?? "#777");
+      const shape = n.type === "mlp" ? svgEl("rect", { x: -r, y: -r, width: 2 * r, height: 2 * r, rx: 2 }) : n.type === "supernode" ? supernodeShape(r + 2) : svgEl("circle", { r });
+      const fill = n.type === "supernode" ? SUPERNODE_COLOR : NODE_COLORS[n.type] ?? (n.type === "feature" ? FEATURE_COLOR : "#777");
+      shape.setAttribute("fill", isAbl ? "#fff" : fill);
       // The ring shows the score's sign; the fill shows the node type.
       const ring = (n.score ?? 0) >= 0 ? POSITIVE : NEGATIVE;
       shape.setAttribute("stroke", isAbl ? "#333" : n.score ? ring : "#fff");
@@ -218,7 +224,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       g.append(shape);
       if (isAbl) g.append(svgEl("path", { d: `M${-r * 0.6},${-r * 0.6}L${r * 0.6},${r * 0.6}M${r * 0.6},${-r * 0.6}L${-r * 0.6},${r * 0.6}`, stroke: "#333", "stroke-width": 1.5 }));
       if (pinned.has(n.id)) g.append(svgEl("circle", { r: 3, cx: r * 0.8, cy: -r * 0.8, fill: "#222", stroke: "#fff", "stroke-width": 1, "data-role": "pin-mark" }));
-      g.append(svgEl("title", {}, `${n.label ?? n.id}`));
+      if (features.isPicked(n.id)) g.append(pickedRing(r));
+      const members = (n as GraphNode & { members?: string[] }).members;
+      g.append(svgEl("title", {}, members ? `${n.id} ${n.label ?? ""}: ${members.join(", ")}` : `${n.label ?? n.id}`));
       g.addEventListener("mouseenter", () => hover(n));
       g.addEventListener("mouseleave", () => hover(null));
       g.addEventListener("keydown", (ev) => {
@@ -230,6 +238,10 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       g.addEventListener("click", (ev) => {
         ev.stopPropagation();
         if (ev.altKey) return togglePin(n.id);
+        if (ev.shiftKey && n.type === "feature") {
+          features.togglePick(n.id);
+          return draw();
+        }
         model.set("selected", n.id);
         model.save_changes();
         if (n.ablates && model.get("can_ablate")) panel.click(n.ablates, ev.shiftKey);
@@ -270,10 +282,10 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   }
 
   function placeNodeLabels(height: number): void {
-    const maxScore = Math.max(1e-12, ...nodes.map((n) => (ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) : 0)));
+    const maxScore = Math.max(1e-12, ...nodes.map((n) => (SCORED.has(n.type) ? Math.abs(n.score ?? 0) : 0)));
     const selected = model.get("selected");
     const pinned = new Set(model.get("pinned"));
-    const importance = (n: GraphNode) => (n.id === selected ? 3 : pinned.has(n.id) ? 2 : ABLATABLE.has(n.type) ? Math.abs(n.score ?? 0) / maxScore : 1.5);
+    const importance = (n: GraphNode) => (n.id === selected ? 3 : pinned.has(n.id) ? 2 : SCORED.has(n.type) ? Math.abs(n.score ?? 0) / maxScore : 1.5);
     const circles = nodes.map((n) => ({ ...screen(layout.positions.get(n.id)!), r: (radius(n, maxScore) + (n.id === selected ? 4 : 0)) * view.k }));
     circles.push(...badgeObstacles(maxScore)); // after the nodes: requests index the nodes
     const lines: Point[][] = [];
@@ -341,6 +353,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     }
     for (const old of overlay.querySelectorAll('[data-role="hover-label"]')) old.remove();
     if (!n) return;
+    const members = (n as GraphNode & { members?: string[] }).members;
+    if (members) return setText(info, `${n.id} ${n.label ?? ""} · supernode of ${members.length}: ${members.join(", ")} · click: select (clamp or ablate all)`);
     setText(info, `${n.label ?? n.id} · ${n.type}${n.pos !== null && n.pos !== undefined ? ` · pos ${n.pos}` : ""} · score ${fmt(n.score ?? NaN, 5)}${n.ablates ? ` · click: ablate only ${n.ablates}${n.pos != null ? " (this position)" : ""} · shift-click: add/remove · alt-click: pin` : " · alt-click: pin"}`);
     if (!overlay.querySelector(`[data-role="node-label"][data-for="${CSS.escape(n.id)}"]`)) {
       const p = screen(layout.positions.get(n.id)!);
@@ -526,6 +540,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     if (msg.type === "hello" && msg.live === false) {
       live = false;
       for (const c of [topNodes, topEdges, minRel, more, less, sign, ...inputBoxes]) c.disabled = true;
+      features.standalone();
       setText(notice, STANDALONE);
       return;
     }

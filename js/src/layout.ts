@@ -35,6 +35,8 @@ export interface Layout {
 function slot(node: GraphNode, nHeads: number): number {
   if (node.type === "head") return node.head ?? 0;
   if (node.type === "mlp") return nHeads;
+  // Feature nodes and supernodes take the slot the kernel gives them in `head`, if any.
+  if ((node.type === "feature" || node.type === "supernode") && node.head != null) return node.head;
   return nHeads / 2; // embed and logits sit in the middle
 }
 

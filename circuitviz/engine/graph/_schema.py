@@ -26,7 +26,7 @@ MAX_EDGES = 10_000_000
 MAX_DENSE_CELLS = 2**28
 MAX_ID_CHARS = 64
 MAX_TEXT_CHARS = 1000
-NODE_TYPES = ("embed", "head", "mlp", "logits")
+NODE_TYPES = ("embed", "head", "mlp", "logits", "feature", "error", "supernode")
 #: The metadata of a whole graph (``Graph.to_dict``) besides its nodes and edges.
 GRAPH_META = (
     "model",
