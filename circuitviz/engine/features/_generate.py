@@ -257,21 +257,28 @@ def greedy_cached(
 def propose(prompt: Sequence[int], ids: Sequence[int], draft: Sequence[int], k: int) -> list[int]:
     """Up to ``k`` guesses of the next tokens after ``prompt + ids``: the rest of ``draft``
     while ``ids`` still follows it; else what followed the latest earlier occurrence of the
-    last 3, 2 or 1 tokens (in the prompt, the draft or the text so far)."""
+    last 3, 2 or 1 tokens in the text so far (copied on past its end, so a repeating pattern
+    is guessed ``k`` tokens ahead), or in ``prompt + draft``."""
     if k <= 0:
         return []
     n = len(ids)
     if len(draft) > n and list(draft[:n]) == list(ids):
         return list(draft[n : n + k])
     text = [*prompt, *ids]
+    other = [*prompt, *draft]
     for size in (3, 2, 1):
         if len(text) <= size:
             continue
         tail = text[-size:]
-        for source in (text[:-1], [*prompt, *draft]):
-            for i in range(len(source) - size, -1, -1):
-                if source[i : i + size] == tail and i + size < len(source):
-                    return list(source[i + size : i + size + k])
+        for i in range(len(text) - size - 1, -1, -1):
+            if text[i : i + size] == tail:
+                ext = list(text)
+                for t in range(k):  # copying what it is itself extending: repeats go on
+                    ext.append(ext[i + size + t])
+                return ext[len(text) :]
+        for i in range(len(other) - size - 1, -1, -1):
+            if other[i : i + size] == tail:
+                return list(other[i + size : i + size + k])
     return []
 
 
