@@ -28,7 +28,8 @@ def feature_graph(model, pairs, saes, *, per_layer=3):
     nodes = [{"id": f"EMBED:P{last}", "type": "embed", "layer": -1, "pos": last, "score": None}]
     edges = []
     prev = [nodes[0]["id"]]
-    for layer, hook in enumerate(saes):
+    for hook in saes:
+        layer = saes[hook].layer
         current = []
         for k, i in enumerate(active_latents(model, prompt, saes[hook], last, per_layer)):
             nid = f"L{layer}F{i}:P{last}"

