@@ -44,6 +44,9 @@ def feature_ids(view):
 
 
 def test_clamp_sends_the_continuation_first_then_the_metric(view, tiny_llama, tiny_pairs, saes):
+    from circuitviz.engine.features._steer import _UNEDITED
+
+    assert len(_UNEDITED[tiny_llama]) >= 1  # the view generated the unedited side up front
     node = feature_ids(view)[0]
     stages, sent = [], []
     view.observe(lambda c: stages.append(dict(c["new"])), names=["steering"])
@@ -106,6 +109,9 @@ def test_page_writes_are_validated(view):
     assert view.supernodes == [] and "not a feature node" in view.error
     view.set_state({"clamp_scale": float("nan")})
     assert view.clamp_scale == 4.0 and "clamp_scale" in view.error
+    for kernel_owned in ("steering", "suggested_supernodes", "can_steer"):
+        view.set_state({kernel_owned: {} if kernel_owned == "steering" else []})
+        assert "may not set" in view.error
     view.set_state({"supernodes": [{"id": "S1", "members": feats[:2]}]})
     assert view.supernodes[0]["members"] == feats[:2]
 

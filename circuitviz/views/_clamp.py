@@ -33,8 +33,9 @@ from ..engine.features._steer import (
     edit_metric,
     feature_edits,
     parse_features,
+    warm,
 )
-from ._base import MAX_TEXT, quote
+from ._base import MAX_TEXT, error_text, quote
 from ._codec import decode, encode
 
 #: Clamp multiples the page may ask for.
@@ -67,6 +68,17 @@ class FeatureSteering(t.HasTraits):
         self._saes = None if saes is None else as_sae_set(saes)
         self._steer_result: SteerResult | None = None
         self.can_steer = bool(self._saes is not None and self.can_ablate)
+        if self.can_steer:  # the unedited side, once: the first click then costs one generation
+            try:
+                warm(
+                    self._model,
+                    self._pairs.clean[0],
+                    self._saes,
+                    n_tokens=STEER_TOKENS,
+                    prepend_bos=self._pairs.prepend_bos,
+                )
+            except Exception as err:  # the view still draws; a click will say what is wrong
+                self.error = error_text(err)
 
     # -- validation --------------------------------------------------------------------------
     @t.validate("clamp_scale")

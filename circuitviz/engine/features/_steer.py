@@ -45,6 +45,7 @@ MAX_ACT_KEYS = ("max_act", "max_activation", "max_acts")
 FEATURE_ID = re.compile(r"L(\d+)F(\d+)(?::P(\d+))?")
 MAX_NEW_TOKENS = 256
 DEFAULT_SCALE = 4.0
+TOP_K = 10
 _MEMO = 16
 
 
@@ -236,6 +237,20 @@ def _unedited(
     return value
 
 
+def warm(
+    model: TransformerBridge,
+    prompt: str,
+    saes: SAESet,
+    *,
+    n_tokens: int = 20,
+    k: int = TOP_K,
+    prepend_bos: bool | None = None,
+) -> None:
+    """Generate and keep the unedited side of :func:`steer` for ``prompt`` (what a view does
+    when it opens, so that its first click costs one edited generation)."""
+    _unedited(model, encode(model, prompt, prepend_bos=prepend_bos), saes, n_tokens, k)
+
+
 def clamp_values(
     saes: SAESet,
     features: Sequence[Feature],
@@ -307,7 +322,7 @@ def steer(
     metric: str | MetricFn = "logit_diff",
     answer: str | None = None,
     wrong_answer: str | None = None,
-    k: int = 10,
+    k: int = TOP_K,
     prepend_bos: bool | None = None,
 ) -> SteerResult:
     """Clamp or ablate SAE features and compare greedy continuations of ``prompt``.
