@@ -139,6 +139,19 @@ def test_groups_are_drawn_as_one_node_and_exported(view):
     assert len(view.graph["nodes"]) == n_before and view.shown_graph()["edges"] == edges_before
 
 
+def test_python_api_bad_input_is_an_input_error(view, tiny_llama):
+    feats = feature_ids(view)
+    with pytest.raises(cv.InputError, match="clamp_scale"):
+        view.clamp(feats[0], scale=float("nan"))
+    with pytest.raises(cv.InputError, match="needs two"):
+        view.group(feats[:1])
+    with pytest.raises(cv.InputError, match="not a feature node"):
+        view.group([feats[0], "EMBED:P6"])
+    with pytest.raises(cv.InputError, match="No supernode"):
+        view.ungroup("S9")
+    assert view.supernodes == [] and not has_hooks(tiny_llama)
+
+
 def test_suggestions_by_message_and_accepting_one(view):
     sent = []
     view.send = lambda content, buffers=None: sent.append(content)

@@ -141,6 +141,14 @@ def test_position_feature_and_shipped_max_activation(tiny_llama, saes):
     assert res.features == [f"L0F{i}:P2"]
 
 
+def test_shipped_stats_too_short_is_an_error(tiny_llama, saes):
+    hook = "blocks.0.hook_resid_post"
+    short = SAESet(saes.values(), stats={hook: {"max_act": [1.0, 2.0]}})
+    with pytest.raises(circuitviz.InputError, match="one maximum per latent"):
+        steer(tiny_llama, PROMPT, features=["L0F5"], saes=short)
+    assert not has_hooks(tiny_llama)
+
+
 def test_metric_on_pairs_and_on_answers(tiny_llama, saes, tiny_pairs):
     hook = "blocks.1.hook_resid_post"
     prompt = tiny_pairs.clean[0]

@@ -137,7 +137,7 @@ class FeatureSteering(t.HasTraits):
             raise InputError("everywhere must be true or false.")
         scale = self.clamp_scale if scale is None else scale
         if mode == "clamp":
-            self.clamp_scale = scale  # validated like a page write
+            self._set("clamp_scale", scale)  # validated like a page write
         features = self._features_of(node, everywhere)
         pairs = self._pairs
         res = steer(
@@ -177,6 +177,13 @@ class FeatureSteering(t.HasTraits):
             request=content.get("request"),
         )
 
+    def _set(self, name: str, value: Any) -> None:
+        """Set a trait from Python; what its validator refuses is an InputError."""
+        try:
+            setattr(self, name, value)
+        except t.TraitError as err:
+            raise InputError(str(err)) from None
+
     # -- supernodes --------------------------------------------------------------------------
     def suggest_supernodes(self, *, with_pairs: bool = True) -> list[dict[str, Any]]:
         """Fill :attr:`suggested_supernodes` by the engine's rule (co-activation on the view's
@@ -199,7 +206,7 @@ class FeatureSteering(t.HasTraits):
         group = {"id": gid, "members": list(members)}
         if label is not None:
             group["label"] = label
-        self.supernodes = [*self.supernodes, group]
+        self._set("supernodes", [*self.supernodes, group])
         return self.supernodes[-1]
 
     def ungroup(self, gid: str) -> None:
@@ -208,7 +215,7 @@ class FeatureSteering(t.HasTraits):
             raise InputError(
                 f"No supernode {quote(gid)}; there are {[g['id'] for g in self.supernodes]}."
             )
-        self.supernodes = [g for g in self.supernodes if g["id"] != gid]
+        self._set("supernodes", [g for g in self.supernodes if g["id"] != gid])
 
     def accept_suggestion(self, gid: str) -> dict[str, Any]:
         """Turn suggested group ``gid`` into a supernode."""

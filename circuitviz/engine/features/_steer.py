@@ -268,7 +268,13 @@ def clamp_values(
         if isinstance(stats, dict):
             for key in MAX_ACT_KEYS:
                 if key in stats:
-                    shipped = float(torch.as_tensor(stats[key])[f.index])
+                    try:
+                        shipped = float(torch.as_tensor(stats[key])[f.index])
+                    except (IndexError, TypeError, ValueError, RuntimeError):
+                        raise InputError(
+                            f"saes.stats[{f.hook!r}][{key!r}] has no value for latent "
+                            f"{f.index}: it must hold one maximum per latent."
+                        ) from None
                     break
         top = shipped if shipped is not None else float(prompt_max[f.hook][f.index])  # type: ignore[index]
         if not math.isfinite(top) or top <= 0:
