@@ -133,6 +133,7 @@ def test_groups_are_drawn_as_one_node_and_exported(view):
     fig = view.figure()
     ids = [c[0] for tr in fig.data if tr.customdata is not None for c in tr.customdata]
     assert "S1" in ids and not set(feats[3:5]) & set(ids)
+    assert "supernode" in {tr.name for tr in fig.data}  # its own legend entry
     res = view.clamp("S1", scale=2)  # a supernode clamps all its members
     assert res.features == [f.split(":")[0] for f in feats[3:5]]
     view.ungroup("S1")

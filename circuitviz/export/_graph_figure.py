@@ -33,8 +33,14 @@ from ._style import (
 # Arial/Liberation Sans (≈ 0.56–0.67), so estimated boxes contain the real ones.
 CHAR_WIDTH = 0.64
 LINE_HEIGHT = 1.25
-NODE_SYMBOLS = {"embed": "square", "head": "circle", "mlp": "square", "logits": "diamond"}
-TYPE_ORDER = ("embed", "head", "mlp", "logits")
+NODE_SYMBOLS = {
+    "embed": "square",
+    "head": "circle",
+    "mlp": "square",
+    "logits": "diamond",
+    "supernode": "hexagon",  # a group of feature nodes (CircuitView.supernodes)
+}
+TYPE_ORDER = ("embed", "head", "mlp", "logits", "supernode")
 WIDTH_LEVELS = 4
 LABEL_SCALE = 0.9  # node labels and legend, relative to the style's font size
 EMPTY_RUN_ROWS = 0.5  # height of a collapsed run of empty layers, in rows
@@ -152,6 +158,8 @@ def layout_positions(
 
     def slot(node: dict[str, Any]) -> tuple[int, int]:
         column = {"head": node.get("head") or 0, "mlp": n_heads}.get(node.get("type"), n_heads + 1)
+        if node.get("type") in ("feature", "supernode") and node.get("head") is not None:
+            column = node["head"]  # the slot the kernel gives it, as js/src/layout.ts
         return (node.get("pos") or 0, column)
 
     body = [n for n in nodes if n.get("type") not in ("embed", "logits")]

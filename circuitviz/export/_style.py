@@ -37,6 +37,7 @@ CATEGORICAL = {
     "head": "#E69F00",
     "mlp": "#009E73",
     "logits": "#CC79A7",
+    "supernode": "#56B4E9",  # as drawn in the view (js/src/clamp.ts SUPERNODE_COLOR)
     "other": "#56B4E9",
 }
 
