@@ -8,6 +8,22 @@ from __future__ import annotations
 import torch
 
 from circuitviz.engine import hooks
+from circuitviz.engine.features import SAE, SAESet
+
+
+def random_saes(model, layers, *, d_sae=4096, k=32, seed=0):
+    """Throwaway random TopK SAEs (decoder = 3 × encoderᵀ) over ``blocks.L.hook_resid_post``:
+    the shapes of real ones, for timing on the demo model; their latents mean nothing."""
+    g = torch.Generator().manual_seed(seed)
+    d = model.cfg.d_model
+    out = []
+    for layer in layers:
+        W = torch.randn(d, d_sae, generator=g) / d**0.5
+        hook = f"blocks.{layer}.hook_resid_post"
+        out.append(
+            SAE(hook, W, torch.zeros(d_sae), 3 * W.T.contiguous(), torch.zeros(d), "topk", k=k)
+        )
+    return SAESet(out, name="random")
 
 
 def active_latents(model, prompt, sae, pos, n):

@@ -20,7 +20,7 @@ from circuitviz.engine import has_hooks, hooks
 from circuitviz.engine.features import steer
 from circuitviz.engine.features._splice import LatentEdit, splice_hook
 from circuitviz.views import CircuitView
-from tests._feature_graph import feature_graph
+from tests._feature_graph import feature_graph, random_saes
 from tests._tiny_sae import tiny_saes
 
 
@@ -196,8 +196,8 @@ CLAMP_TRAITS = (
 )
 
 
-@pytest.fixture
-def bridged(page, tmp_path, view):
+def serve(view, page, path):
+    """Serve ``view`` to ``page`` (threaded bridge, the page polling); returns the bridge."""
     from tests.test_circuit_view import Bridge
 
     class ThreadedBridge(Bridge):
@@ -206,7 +206,6 @@ def bridged(page, tmp_path, view):
         def __init__(self, view, page, path):
             import tests.test_circuit_view as tcv
 
-            self._traits = CLAMP_TRAITS
             self.lock = threading.Lock()
             old, tcv.KERNEL_TRAITS = tcv.KERNEL_TRAITS, CLAMP_TRAITS
             try:
@@ -241,8 +240,8 @@ def bridged(page, tmp_path, view):
         def _run(self, content):
             self.view._handle_custom_msg(content, [])
 
-    bridge = ThreadedBridge(view, page, tmp_path / "clamp.html")
-    page.goto((tmp_path / "clamp.html").as_uri())
+    bridge = ThreadedBridge(view, page, path)
+    page.goto(path.as_uri())
     page.locator(".cv-circuit g.cv-node").first.wait_for()
     page.evaluate(
         """() => { window.cvPoll = () => {
@@ -251,7 +250,12 @@ def bridged(page, tmp_path, view):
               window.pyKernel('state', '{}').then(r => window.cvApply(m, r)).finally(() => { window.cvPolling = false; });
             } }; }"""
     )
-    return view, bridge
+    return bridge
+
+
+@pytest.fixture
+def bridged(page, tmp_path, view):
+    return view, serve(view, page, tmp_path / "clamp.html")
 
 
 def shot(page, name):
@@ -261,25 +265,21 @@ def shot(page, name):
     page.locator(".cv-circuit").screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-@pytest.mark.browser
-def test_click_clamp_repaints_continuation_then_metric(bridged, page, artifacts):
-    view, _ = bridged
-    node = feature_ids(view)[0]
+def clamp_clicks(view, page, node, scales):
+    """Select ``node``, then click Clamp × N for each N: click → painted times (ms) of the
+    continuation and of the metric, each checked against the kernel's state read back."""
     page.locator(f'.cv-circuit g.cv-node[data-component="{node}"]').click()
     page.wait_for_function(
         f"() => document.querySelector('[data-role=feature-selected]').textContent.startsWith('{node}')"
     )
     assert view.selected == node
     times = []
-    for scale in (2, 3, 4, 5, 6):
-        page.evaluate(
-            "() => { const r = document.querySelector('.cv-circuit'); r.removeAttribute('data-steer-painted-continuation'); r.removeAttribute('data-steer-painted-done'); }"
-        )
+    for scale in scales:
         page.fill('[data-role="clamp-scale"]', str(scale))
         page.click('[data-role="feature-clamp"]')
         page.wait_for_function(
             "() => document.querySelector('.cv-circuit').hasAttribute('data-steer-painted-done')",
-            timeout=60_000,
+            timeout=120_000,
         )
         t = page.evaluate(
             """() => { const r = document.querySelector('.cv-circuit');
@@ -289,19 +289,52 @@ def test_click_clamp_repaints_continuation_then_metric(bridged, page, artifacts)
         )
         times.append(t)
         # The kernel's state, read back: what the panel shows is what it computed.
-        assert view.steering["scale"] == scale and view.steering["stage"] == "done"
-        assert page.text_content('[data-role="continuation-after"]') == view.steering["after"]
-        assert page.text_content('[data-role="continuation-before"]') == view.steering["before"]
+        s = view.steering
+        assert s["scale"] == scale and s["stage"] == "done" and s["node"] == node
+        assert page.text_content('[data-role="continuation-after"]') == s["after"]
+        assert page.text_content('[data-role="continuation-before"]') == s["before"]
+        shown = float(page.text_content('[data-role="steer-metric-after"]'))
+        assert shown == pytest.approx(s["metric_after"], abs=1e-4, rel=1e-3)
+    assert all(0 < t["cont"] <= t["done"] for t in times)
+    return times
+
+
+def record(artifacts, name, times, **extra):
     cont = statistics.median(t["cont"] for t in times)
     done = statistics.median(t["done"] for t in times)
-    assert all(0 < t["cont"] <= t["done"] for t in times)
-    (artifacts / "clamp_view_times.json").write_text(
-        json.dumps({"times": times, "median_continuation_ms": cont, "median_done_ms": done})
-    )
-    print(f"click → continuation painted median {cont:.0f} ms, → metric painted {done:.0f} ms")
-    after = page.text_content('[data-role="steer-metric-after"]')
-    assert after == f"{view.steering['metric_after']:.4g}" or after
+    out = {"times": times, "median_continuation_ms": cont, "median_done_ms": done, **extra}
+    (artifacts / f"{name}.json").write_text(json.dumps(out))
+    print(f"{name}: click → continuation painted, median {cont:.0f} ms; → metric {done:.0f} ms")
+
+
+@pytest.mark.browser
+def test_click_clamp_repaints_continuation_then_metric(bridged, page, artifacts):
+    view, _ = bridged
+    times = clamp_clicks(view, page, feature_ids(view)[0], (2, 3, 4, 5, 6))
+    record(artifacts, "clamp_view_times", times)
     shot(page, "clamp_view_clamped")
+    assert not page.console_errors
+
+
+@pytest.mark.browser
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_click_clamp_time(demo_model, page, tmp_path, artifacts):
+    """The same clicks on the demo model (throwaway random SAEs of the demo set's shape on
+    blocks 5/11/17/23, a hand-made graph of latents that fire on the prompt): click →
+    continuation painted (target ≤ 1 s; the machine is shared, see the JSON's load)."""
+    import os
+
+    pairs = cv.tasks.ioi(demo_model, n=8, seed=0)
+    demo_saes = random_saes(demo_model, (5, 11, 17, 23))
+    graph = feature_graph(demo_model, pairs, demo_saes, per_layer=2)
+    view = CircuitView(demo_model, pairs, graph, saes=demo_saes)
+    serve(view, page, tmp_path / "demo_clamp.html")
+    node = next(f for f in feature_ids(view) if f.startswith("L11"))
+    load = os.getloadavg()
+    times = clamp_clicks(view, page, node, (1, 2, 3, 4, 5))
+    record(artifacts, "clamp_view_demo_times", times, load_average=[load, os.getloadavg()])
+    shot(page, "clamp_view_demo")
     assert not page.console_errors
 
 
