@@ -230,3 +230,31 @@ def test_demo_kv_cache_generation_is_exact(demo_model):
         slow = greedy_bridge(demo_model, tokens, s, edits, n_tokens=12, eos=eos)
         assert fast.ids == slow.ids
         assert (fast.first_logits - slow.first_logits).abs().max() <= 1e-4
+
+
+def test_interrupt_mid_generation_leaves_no_hook(tiny_llama, saes, monkeypatch):
+    """A Ctrl-C while generating: no hook stays on the model or on its KV-cache copy, and the
+    next call gives the same continuation as before."""
+    import circuitviz.engine.features._generate as gen
+
+    hook = "blocks.0.hook_resid_post"
+    i = active_latent(tiny_llama, PROMPT, saes[hook])
+    first = steer(tiny_llama, PROMPT, features=[f"L0F{i}"], saes=saes, scale=2.0)
+    calls = []
+    real = gen.propose
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(gen, "propose", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        steer(tiny_llama, PROMPT, features=[f"L0F{i}"], saes=saes, scale=2.0)
+    monkeypatch.setattr(gen, "propose", real)
+    tw = twin(tiny_llama)
+    assert not has_hooks(tiny_llama)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tw.model.modules())
+    again = steer(tiny_llama, PROMPT, features=[f"L0F{i}"], saes=saes, scale=2.0)
+    assert again.after_tokens == first.after_tokens
