@@ -141,6 +141,24 @@ def test_position_feature_and_shipped_max_activation(tiny_llama, saes):
     assert res.features == [f"L0F{i}:P2"]
 
 
+def test_feature_stats_peaks_and_explorer_ids(tiny_llama, saes):
+    """Shipped FeatureStats-like statistics (``top_values``, peaks descending) give the clamp
+    scale; the feature explorer's ``"hook:index"`` ids name features too."""
+    import numpy as np
+
+    hook = "blocks.0.hook_resid_post"
+    i = active_latent(tiny_llama, PROMPT, saes[hook])
+
+    class Peaks:  # the attribute steer reads from circuitviz's FeatureStats
+        top_values = np.tile(np.array([[1.5, 0.5]], dtype=np.float32), (64, 1))
+
+    shipped = SAESet(saes.values(), stats={hook: Peaks()})
+    res = steer(tiny_llama, PROMPT, features=f"{hook}:{i}", saes=shipped, scale=2.0)
+    assert res.values == [pytest.approx(3.0)] and res.features == [f"L0F{i}"]
+    with pytest.raises(circuitviz.InputError, match="out of range"):
+        steer(tiny_llama, PROMPT, features=f"{hook}:x", saes=shipped)
+
+
 def test_shipped_stats_too_short_is_an_error(tiny_llama, saes):
     hook = "blocks.0.hook_resid_post"
     short = SAESet(saes.values(), stats={hook: {"max_act": [1.0, 2.0]}})

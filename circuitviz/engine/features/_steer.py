@@ -4,7 +4,8 @@
 reports, before and after: the greedy continuation, the top next tokens and, given prompt
 pairs or answer tokens, a metric. ``mode="ablate"`` sets the latents to 0; ``mode="clamp"``
 to ``scale`` × the latent's maximum activation — from the SAE set's shipped statistics
-(``saes.stats[hook]["max_act"]``, one value per latent) when there are any, otherwise the
+(the corpus peak ``saes.stats[hook].top_values[i, 0]`` of a ``FeatureStats``, or
+``saes.stats[hook]["max_act"][i]``) when there are any, otherwise the
 latent's maximum over the prompt's own positions (:func:`clamp_values`). A feature without a
 position is set at every position, generated ones included; ``"L11F3:P5"`` only at prompt
 position 5.
@@ -70,6 +71,10 @@ def parse_feature(spec: Any, saes: SAESet) -> Feature:
     ``(hook, index)`` or ``(hook, index, pos)``; checked against ``saes``."""
     if isinstance(spec, Feature):
         feature = spec
+    elif isinstance(spec, str) and spec.rpartition(":")[0] in saes:
+        # the feature explorer's "hook:index" ids ("blocks.11.hook_resid_post:123")
+        index = spec.rpartition(":")[2]
+        feature = Feature(spec.rpartition(":")[0], int(index) if index.isdigit() else -1)
     elif isinstance(spec, str):
         m = FEATURE_ID.fullmatch(spec.strip())
         if m is None:
@@ -257,15 +262,19 @@ def clamp_values(
     scale: float,
     prompt_max: dict[str, torch.Tensor] | None,
 ) -> list[float]:
-    """``scale`` × each latent's maximum activation: ``saes.stats[hook]["max_act"][index]``
-    (or another of :data:`MAX_ACT_KEYS`) when the set ships it, else the latent's maximum over
+    """``scale`` × each latent's maximum activation: its corpus peak when the set ships
+    statistics (``saes.stats[hook].top_values[index, 0]`` of a ``FeatureStats``, or
+    ``saes.stats[hook]["max_act"][index]`` / another of :data:`MAX_ACT_KEYS`), else its maximum over
     the prompt (``prompt_max``). A latent that never fires on the prompt, with no shipped
     maximum, has no scale to clamp to: an :class:`InputError`."""
     out = []
     for f in features:
         stats = saes.stats.get(f.hook) if isinstance(saes.stats, dict) else None
         shipped = None
-        if isinstance(stats, dict):
+        top_values = getattr(stats, "top_values", None)  # a FeatureStats: peaks, descending
+        if top_values is not None and len(top_values) > f.index and len(top_values[f.index]):
+            shipped = float(top_values[f.index][0])
+        elif isinstance(stats, dict):
             for key in MAX_ACT_KEYS:
                 if key in stats:
                     try:
