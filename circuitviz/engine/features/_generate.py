@@ -258,7 +258,7 @@ def propose(prompt: Sequence[int], ids: Sequence[int], draft: Sequence[int], k: 
     """Up to ``k`` guesses of the next tokens after ``prompt + ids``: the rest of ``draft``
     while ``ids`` still follows it; else what followed the latest earlier occurrence of the
     last 3, 2 or 1 tokens in the text so far (copied on past its end, so a repeating pattern
-    is guessed ``k`` tokens ahead), or in ``prompt + draft``."""
+    is guessed ``k`` tokens ahead), or in ``prompt + draft``; else the draft at this place."""
     if k <= 0:
         return []
     n = len(ids)
@@ -279,7 +279,9 @@ def propose(prompt: Sequence[int], ids: Sequence[int], draft: Sequence[int], k: 
         for i in range(len(other) - size - 1, -1, -1):
             if other[i : i + size] == tail:
                 return list(other[i + size : i + size + k])
-    return []
+    # Nothing matches: the draft at the same place (an edit often changes a word, not the
+    # rest); checking a wrong guess costs little.
+    return list(draft[n : n + k])
 
 
 def _on_output(fn: Callable) -> Callable:
