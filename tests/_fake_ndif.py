@@ -33,9 +33,11 @@ class FakeNDIF:
         deployed: dict[str, str] | None = None,
         fail: str | None = None,
         hang: bool = False,
+        delay: float = 0.0,
     ):
         self.served = served  # repo id -> the server's own nnsight model (TransformersModel)
         self.keys, self.fail, self.hang = keys, fail, hang
+        self.delay = delay  # seconds spent queued, then as long running (a view can watch)
         self.deployed = {repo: "RUNNING" for repo in served} | (deployed or {})
         self.requests: list[bytes] = []  # every payload received
         self.results: list[dict] = []  # every saves dict sent back
@@ -59,7 +61,9 @@ class FakeNDIF:
         if repo not in self.served:
             return self._respond(backend, Status.ERROR, description=f"Model {repo} not found")
         self._respond(backend, Status.QUEUED)
+        self._wait(backend, self.delay)
         self._respond(backend, Status.RUNNING)
+        self._wait(backend, self.delay)
         while self.hang:  # nnsight's wait loop calls display.refresh() on each idle tick
             backend.display.refresh()
             time.sleep(0.01)
@@ -79,6 +83,12 @@ class FakeNDIF:
         self.results.append(saves)
         self.result_bytes.append(len(data))
         return self._respond(backend, Status.COMPLETED, data=data)
+
+    def _wait(self, backend: Any, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            backend.display.refresh()  # as nnsight's wait loop does: a cancel lands here
+            time.sleep(0.01)
 
     def _execute(self, server_model: Any, blob: bytes, compress: bool) -> dict:
         hider = LocalSimulationBackend(server_model)

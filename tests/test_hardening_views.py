@@ -448,8 +448,14 @@ def test_user_callbacks_get_messages_the_view_does_not_handle(patching, tiny_lla
 
 
 def test_reserved_message_types():
-    assert PatchingView.message_types() == ["ablate"]
-    assert CircuitView.message_types() == ["ablate", "faithfulness", "head_pattern", "hello"]
+    assert PatchingView.message_types() == ["ablate", "cancel"]
+    assert CircuitView.message_types() == [
+        "ablate",
+        "cancel",
+        "faithfulness",
+        "head_pattern",
+        "hello",
+    ]
     assert AttentionView.message_types() == ["request_layer"]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,8 @@ import traitlets as t
 
 from ..engine import METRICS, MODES, AblationResult, InputError, PromptPairs, ablate
 from ..engine._components import COMPONENT_ID, parse_ids
+from ..engine.backends import JobCancelled, remote_jobs
+from ._jobs import JOB_KEYS, JOB_STATES, RemoteClicks, kernel_post
 
 STATIC = Path(__file__).parent.parent / "static"
 COMPONENT = COMPONENT_ID  # the engine's grammar: "L3H5", "MLP7", optionally ":P4"
@@ -241,7 +244,7 @@ class View(anywidget.AnyWidget):
                 if not isinstance(kind, str):
                     raise InputError("Malformed message: expected an object with a 'type'.")
                 raise InputError(
-                    f"Unknown message type {quote(kind)}: this view handles {self.message_types()}."
+                    f"Unknown message type {quote(kind)}; handled: {self.message_types()}."
                 )
             check_size(content, f"The {kind!r} message")
             handler(content)
@@ -272,12 +275,28 @@ class AblationView(View):
     result = t.Dict().tag(sync=True)
     """The last ablation as ``AblationResult.to_dict()`` (clean, corrupted, ablated, top tokens)."""
 
+    job = t.Dict().tag(sync=True)
+    """The last click's job: ``state`` (one of ``_jobs.JOB_STATES``), ``detail`` (the
+    server's words), ``request`` (the page's tag), ``seconds`` (kernel-side latency so far)
+    and ``remote`` (whether it is an NDIF job, which the page can cancel)."""
+
     def __init__(self, *, model: Any = None, pairs: PromptPairs | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._model = model
         self._pairs = pairs
         self._last: AblationResult | None = None
         self.can_ablate = model is not None and pairs is not None
+        jobs = remote_jobs(model) if self.can_ablate else None
+        # A remote click runs in a worker thread (see _jobs); _post hands its results back.
+        self._clicks = RemoteClicks(self, jobs) if jobs is not None else None
+        self._post = kernel_post()
+
+    @t.validate("job")
+    def _check_job(self, proposal: Any) -> dict[str, Any]:
+        job = proposal["value"]
+        if set(job) - JOB_KEYS or job.get("state", "") not in JOB_STATES:
+            raise t.TraitError(f"job must hold {sorted(JOB_KEYS)} with a state in {JOB_STATES}.")
+        return job
 
     @t.validate("mode", "metric")
     def _check_choice(self, proposal: Any) -> str:
@@ -362,9 +381,61 @@ class AblationView(View):
             self.error = str(err)
 
     def _msg_ablate(self, content: dict[str, Any]) -> None:
-        res = self.ablate(
-            content.get("components", []),
-            mode=content.get("mode", self.mode),
-            metric=content.get("metric", self.metric),
-        )
-        self.send({"type": "ablation", "request": content.get("request"), "result": res.to_dict()})
+        request = content.get("request")
+        mode, metric = content.get("mode", self.mode), content.get("metric", self.metric)
+        if self._clicks is not None and self.can_ablate:  # remote: checked here, run off-loop
+            comps = self.validate(content.get("components", []), mode, metric)
+            self._clicks.submit(request, comps, mode, metric)
+            return
+        t0 = time.monotonic()
+        res = self.ablate(content.get("components", []), mode=mode, metric=metric)
+        self._job_update(request, "done", "", time.monotonic() - t0)
+        self.send({"type": "ablation", "request": request, "result": res.to_dict()})
+
+    def _msg_cancel(self, content: dict[str, Any]) -> None:
+        """Stop waiting for the remote job in flight; the page hears ``cancelled`` once the
+        worker has let go of it (at once when there is none)."""
+        if self._clicks is None or not self._clicks.cancel(content.get("request")):
+            self.send({"type": "cancelled", "request": content.get("request")})
+
+    # -- remote jobs (called on the kernel's main thread; see _jobs) -------------------------
+    def _job_update(self, request: Any, state: str, detail: str, seconds: float | None) -> None:
+        if self._clicks is not None:
+            wanted, cancelled = self._clicks.wanted(request)
+            if not (wanted or (cancelled and state == "cancelled")):
+                return  # a superseded job's late news
+        remote = self._clicks is not None
+        detail = detail[:MAX_TEXT]
+        self.job = {
+            "state": state,
+            "detail": detail,
+            "request": request,
+            "seconds": seconds,
+            "remote": remote,
+        }
+
+    def _job_finished(
+        self,
+        request: Any,
+        res: AblationResult | None,
+        err: BaseException | None,
+        mode: str,
+        metric: str,
+        seconds: float,
+    ) -> None:
+        if self._clicks is None:  # only a remote view's worker calls this
+            return
+        wanted, cancelled = self._clicks.wanted(request)
+        if not wanted and not cancelled:
+            return  # superseded: the page waits for the newer click
+        if res is not None and wanted:
+            self.show_ablation(res, mode=mode, metric=metric)
+            self._job_update(request, "done", "", seconds)
+            self.send({"type": "ablation", "request": request, "result": res.to_dict()})
+        elif cancelled or isinstance(err, JobCancelled):
+            self._job_update(request, "cancelled", "stopped waiting", seconds)
+            self.send({"type": "cancelled", "request": request})
+        else:
+            self.error = message = error_text(err)
+            self._job_update(request, "error", message, seconds)
+            self.send({"type": "error", "request": request, "message": message})

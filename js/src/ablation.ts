@@ -2,9 +2,15 @@
 // Protocol (see circuitviz/views/_ablation.py):
 //   view → kernel  {type: "ablate", components, mode, metric, request}
 //   kernel → view  {type: "ablation", request, result} | {type: "error", request, message}
-// The kernel also sets the synced traits `ablated`, `result` and `error`.
+//   view → kernel  {type: "cancel", request}        (a remote job: stop waiting for it)
+//   kernel → view  {type: "cancelled", request}
+// The kernel also sets the synced traits `ablated`, `result`, `error` and `job` (the click's
+// state — on NDIF queued → running → done — and its latency).
 import { button, clear, el, fmt, select, setText, showToken } from "./dom";
-import type { AnyModel, AblationTraits, AblationResultDict, TopTokens } from "./types";
+import type { AnyModel, AblationTraits, AblationResultDict, JobInfo, TopTokens } from "./types";
+
+/** Job states during which a remote click can be cancelled. */
+const LIVE = ["submitted", "queued", "running"];
 
 export const MODES = ["zero", "mean", "resample"];
 /** Mirrors engine/_cells.py FLOAT32_NOISE: changes this small (relative to the metric's
@@ -34,6 +40,11 @@ export class AblationPanel {
   private request = 0;
   private pending: string[] | null = null;
   private watchdog: ReturnType<typeof setTimeout> | undefined;
+  private sentAt = 0;
+  private readonly job: HTMLDivElement;
+  private readonly jobState: HTMLSpanElement;
+  private readonly latency: HTMLSpanElement;
+  private readonly cancel: HTMLButtonElement;
   private readonly modeSelect: HTMLSelectElement;
   private readonly metricSelect: HTMLSelectElement;
   private readonly table: HTMLTableElement;
@@ -65,6 +76,17 @@ export class AblationPanel {
     this.error = el("div", { class: "cv-error", "data-role": "error", role: "alert" });
     const controls = el("div", { class: "cv-toolbar" }, el("label", {}, "mode ", this.modeSelect), el("label", { title: this.metricSelect.title }, "ablation metric ", this.metricSelect), reset);
     const busy = el("span", { class: "cv-busy", "data-role": "busy" }, "running…");
+    // The click's job: its state on NDIF (with Cancel while it waits) and its latency.
+    this.jobState = el("span", { "data-role": "job-state" });
+    this.latency = el("span", { class: "cv-muted", "data-role": "latency" });
+    this.cancel = button("Cancel", "cancel", "Stop waiting for this NDIF job (the view stays as it was)");
+    this.cancel.hidden = true;
+    this.cancel.addEventListener("click", () => {
+      this.cancel.disabled = true;
+      setText(this.jobState, "cancelling…");
+      this.model.send({ type: "cancel", request: this.request });
+    });
+    this.job = el("div", { class: "cv-job", "data-role": "job", "data-state": "" }, this.jobState, " ", this.cancel, " ", this.latency);
     // Without a kernel (standalone HTML) or without model/pairs the controls are left out and
     // one notice says why, up front; clicks then only select.
     const notice = model.get("standalone")
@@ -78,6 +100,7 @@ export class AblationPanel {
       el("div", { class: "cv-title" }, "Ablation"),
       notice,
       busy,
+      this.job,
       this.error,
       this.table,
       this.list,
@@ -86,19 +109,60 @@ export class AblationPanel {
       this.perPrompt,
     );
     model.on("msg:custom", (msg: { type?: string; request?: number; message?: string }) => {
-      if (msg.type !== "ablation" && msg.type !== "error") return;
+      if (msg.type !== "ablation" && msg.type !== "error" && msg.type !== "cancelled") return;
       if (msg.request !== undefined && msg.request !== this.request) return; // a stale reply
       this.pending = null;
       this.setBusy(false);
       clearTimeout(this.watchdog);
+      if (this.sentAt) {
+        const ms = performance.now() - this.sentAt;
+        this.latency.dataset.ms = String(Math.round(ms));
+        setText(this.latency, `click → ${msg.type === "ablation" ? "result" : msg.type} in ${fmt(ms / 1000, 3)} s`);
+        this.sentAt = 0;
+      }
       if (msg.type === "error") setText(this.error, msg.message ?? "error");
+      this.showJob();
       this.onChange();
       this.update();
     });
     for (const name of ["change:result", "change:error", "change:ablated", "change:mode", "change:metric"]) {
       model.on(name, () => this.update());
     }
+    model.on("change:job", () => {
+      if (this.pending) this.arm(); // a job the kernel reports on is alive: restart the watchdog
+      this.showJob();
+    });
+    this.showJob();
     this.update();
+  }
+
+  /** The click's job: "NDIF job: running (3.2 s)" with Cancel while it can be cancelled. */
+  private showJob(): void {
+    const job: JobInfo = this.model.get("job") ?? {};
+    const state = job.state ?? "";
+    this.job.dataset.state = state;
+    const live = !!job.remote && LIVE.includes(state) && this.pending !== null && job.request === this.request;
+    this.cancel.hidden = !live;
+    if (!live) this.cancel.disabled = false;
+    if (!job.remote || !state) {
+      setText(this.jobState, "");
+      return;
+    }
+    const took = job.seconds === null || job.seconds === undefined ? "" : ` (${fmt(job.seconds, 3)} s)`;
+    const detail = state === "error" && job.detail ? `: ${job.detail}` : "";
+    setText(this.jobState, `NDIF job: ${state}${took}${detail}`);
+  }
+
+  private arm(): void {
+    // A dead or busy kernel never answers: stop looking busy and say so, keep the view usable.
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => {
+      this.pending = null;
+      this.setBusy(false);
+      this.showJob();
+      setText(this.error, "No answer from the kernel after 120 s: is it running? Try again or Reset.");
+      this.onChange();
+    }, 120_000);
   }
 
   /** The set shown: what was just requested while it runs, else what the kernel confirmed. */
@@ -116,15 +180,11 @@ export class AblationPanel {
     this.pending = components;
     setText(this.error, "");
     this.setBusy(true);
+    this.sentAt = performance.now();
+    setText(this.latency, "");
+    delete this.latency.dataset.ms;
     this.model.send({ type: "ablate", components, mode: this.modeSelect.value, metric: this.metricSelect.value, request: this.request });
-    // A dead or busy kernel never answers: stop looking busy and say so, keep the view usable.
-    clearTimeout(this.watchdog);
-    this.watchdog = setTimeout(() => {
-      this.pending = null;
-      this.setBusy(false);
-      setText(this.error, "No answer from the kernel after 120 s: is it running? Try again or Reset.");
-      this.onChange();
-    }, 120_000);
+    this.arm();
     this.onChange();
   }
 

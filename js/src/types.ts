@@ -35,7 +35,20 @@ export interface AblationResultDict {
   top_after?: TopTokens | null;
 }
 
+/** The last click's job (views/_base.py AblationView.job). */
+export interface JobInfo {
+  /** "" | "submitted" | "queued" | "running" | "done" | "error" | "cancelled" */
+  state?: string;
+  detail?: string;
+  request?: number | null;
+  /** Kernel-side seconds since the click reached it. */
+  seconds?: number | null;
+  /** An NDIF job (which the page can cancel). */
+  remote?: boolean;
+}
+
 export interface AblationTraits {
+  job?: JobInfo;
   can_ablate: boolean;
   ablated: string[];
   mode: string;

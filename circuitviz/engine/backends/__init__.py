@@ -22,21 +22,32 @@ from ._base import (
     is_raw_nnsight,
     ported,
 )
+from ._nnsight import JobCancelled, RemoteJobError
 from ._program import SITES
 
 __all__ = [
     "PORTED",
     "SITES",
     "Backend",
+    "JobCancelled",
     "Output",
+    "RemoteJobError",
     "Run",
     "StatusCallback",
     "backend_of",
     "is_nnsight",
     "is_raw_nnsight",
     "ported",
+    "remote_jobs",
     "route",
 ]
+
+
+def remote_jobs(model: Any) -> Any | None:
+    """The model itself when its analyses run as remote (NDIF) jobs — then it offers
+    ``watching(callback)``, ``cancel()`` and ``job_state`` — else ``None`` (a bridge, or
+    nnsight on this machine: nothing to watch or cancel)."""
+    return model if is_nnsight(model) and model.remote else None
 
 
 def route(model: Any, analysis: str) -> Callable[..., Any] | None:

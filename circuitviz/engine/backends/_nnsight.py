@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -150,6 +151,7 @@ class NNsightModel:
         self.tokenizer = lm.tokenizer
         self.job_state: str | None = None
         self._cancel = threading.Event()
+        self._watchers: list[StatusCallback] = []  # a view's, for the job it submitted
         self._memo: dict = {}
         n_heads = config.num_attention_heads if kind == "llama" else config.n_head
         d_model = config.hidden_size if kind == "llama" else config.n_embd
@@ -211,10 +213,21 @@ class NNsightModel:
         """Stop waiting for the remote job in flight (it raises :class:`JobCancelled`)."""
         self._cancel.set()
 
+    @contextmanager
+    def watching(self, callback: StatusCallback) -> Iterator[None]:
+        """Inside: ``callback(state, detail)`` also receives each job state (next to
+        ``on_status``, which stays the user's)."""
+        self._watchers.append(callback)
+        try:
+            yield
+        finally:
+            self._watchers.remove(callback)
+
     def _report(self, state: str, detail: str) -> None:
         self.job_state = state
-        if self.on_status is not None:
-            self.on_status(state, detail)
+        for callback in [self.on_status, *self._watchers]:
+            if callback is not None:
+                callback(state, detail)
 
     def has_hooks(self) -> bool:
         """Whether any torch hook was left on the model since it was wrapped."""

@@ -1,0 +1,108 @@
+"""A view's clicks on a remote (NDIF) model: run off the kernel's message loop, watchable and
+cancellable.
+
+A click's ablation on NDIF waits on a queue and a server for seconds or minutes. Run in the
+comm handler, it would block the kernel's message loop, so the page's "cancel" could only be
+read once the job was over. Here the job runs in one worker thread per view; its state
+(``queued`` → ``running`` → ``done`` / ``error`` / ``cancelled``) and its result are handed
+back to the kernel's main thread (its IO loop) before any trait changes, so traits are only
+ever written from one thread. A newer click supersedes the job in flight (it is cancelled);
+the cancel message stops waiting for it. Only the newest request's result reaches the view.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..engine import ablate
+
+if TYPE_CHECKING:
+    from ._base import AblationView
+
+#: The states a view's ``job`` trait may hold ("" before the first click).
+JOB_STATES = ("", "submitted", "queued", "running", "done", "error", "cancelled")
+JOB_KEYS = frozenset({"state", "detail", "request", "seconds", "remote"})
+
+
+def kernel_post() -> Callable[[Callable[[], None]], None]:
+    """How a worker hands work to the kernel's main thread: its IO loop's ``add_callback``
+    (thread-safe) inside a running kernel, else a plain call (scripts and tests)."""
+    try:
+        from ipykernel.kernelbase import Kernel
+
+        if Kernel.initialized():
+            loop = Kernel.instance().io_loop
+            return loop.add_callback
+    except Exception:  # no ipykernel, or one without an IO loop: call in place
+        pass
+    return lambda fn: fn()
+
+
+class RemoteClicks:
+    """Runs one view's click ablations on a remote model in a worker thread."""
+
+    def __init__(self, view: AblationView, jobs: Any):
+        self.view, self.jobs = view, jobs  # jobs: engine.backends.remote_jobs(model)
+        self.lock = threading.Lock()
+        self.pending: tuple | None = None  # the newest click not started yet
+        self.latest: Any = None  # the request whose result the view wants
+        self.worker: threading.Thread | None = None
+
+    def submit(self, request: Any, comps: list[str], mode: str, metric: str) -> None:
+        """Queue a (validated) click; the newest one wins, the job in flight is cancelled."""
+        with self.lock:
+            self.latest = request
+            self.pending = (request, comps, mode, metric, time.monotonic())
+            if self.worker is not None:
+                self.jobs.cancel()  # its result would be dropped anyway
+            else:
+                self.worker = threading.Thread(target=self._work, daemon=True, name="cv-ablate")
+                self.worker.start()
+        self.view._job_update(request, "submitted", "", None)
+
+    def cancel(self, request: Any) -> bool:
+        """Stop waiting for the job in flight; ``False`` when there is none."""
+        with self.lock:
+            if self.worker is None:
+                return False
+            self.pending = None
+            self.latest = None  # whatever still arrives is dropped
+            self.jobs.cancel()
+        return True
+
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                item, self.pending = self.pending, None
+                if item is None:
+                    self.worker = None
+                    return
+            self._run(*item)
+
+    def _run(self, request: Any, comps: list[str], mode: str, metric: str, t0: float) -> None:
+        view, post = self.view, self.view._post
+
+        def on_state(state: str, detail: str) -> None:
+            post(lambda: view._job_update(request, state, detail, time.monotonic() - t0))
+
+        heads = [c for c in comps if c.startswith("L")]
+        mlps = [c for c in comps if c.startswith("MLP")]
+        res = err = None
+        try:
+            with self.jobs.watching(on_state):
+                res = ablate(
+                    view._model, view._pairs, heads=heads, mlps=mlps, mode=mode, metric=metric
+                )
+        except Exception as caught:  # delivered as the page's error reply, never raised here
+            err = caught
+        seconds = time.monotonic() - t0
+        post(lambda: view._job_finished(request, res, err, mode, metric, seconds))
+
+    def wanted(self, request: Any) -> tuple[bool, bool]:
+        """``(wanted, cancelled)``: whether ``request`` is the newest click, and whether the
+        user cancelled without clicking again since."""
+        with self.lock:
+            return request == self.latest, self.latest is None
