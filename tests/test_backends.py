@@ -183,7 +183,6 @@ def test_a_site_nnsight_cannot_write_is_refused_before_running(both, pairs):
     [
         lambda m, p: cv.logit_attribution(m, p),
         lambda m, p: cv.path_patch(m, p, receivers=["L1H0"]),
-        lambda m, p: cv.attribution_patch(m, p),
         lambda m, p: cv.logit_lens(m, "t1 t2"),
         lambda m, p: cv.circuit(m, p),
         lambda m, p: cv.tasks.induction(m, n=2),
@@ -195,7 +194,6 @@ def test_a_site_nnsight_cannot_write_is_refused_before_running(both, pairs):
     ids=[
         "logit_attribution",
         "path_patch",
-        "attribution_patch",
         "logit_lens",
         "circuit",
         "tasks",

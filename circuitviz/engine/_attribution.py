@@ -12,23 +12,12 @@ from __future__ import annotations
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from . import backends
 from ._metrics import MetricFn, bind_metric
 from ._pairs import PromptPairs
 from ._patching import Direction, final_logits, patch_result, source_run
 from ._results import PatchResult
-
-
-def _cell_effects(delta_grad: torch.Tensor, cell: str) -> torch.Tensor:
-    """Sum ``(a_src - a_run) * grad`` of one layer into the map's cells (batch summed)."""
-    if cell == "pos":  # [batch, pos, d_model] -> [pos]
-        return delta_grad.sum(dim=(0, 2))
-    if cell == "head":  # [batch, pos, head, d_head] -> [head]
-        return delta_grad.sum(dim=(0, 1, 3))
-    if cell == "head_pos":  # -> [pos, head]
-        return delta_grad.sum(dim=(0, 3))
-    if cell == "pattern":  # [batch, head, dest, src] -> [head]
-        return delta_grad.sum(dim=(0, 2, 3))
-    raise AssertionError(cell)  # pragma: no cover
+from .backends._program import cell_effects
 
 
 def attribution_patch(
@@ -42,8 +31,11 @@ def attribution_patch(
     """Attribution patching of every component of one kind (same targets as :func:`patch`).
 
     Returns a :class:`PatchResult` with ``method="attribution"`` whose values estimate the
-    metric after each patch; compare them with exact patching by rank.
+    metric after each patch; compare them with exact patching by rank. On an nnsight model
+    (local or NDIF) it runs through the backend seam, with the same numbers.
     """
+    if (seam := backends.route(model, "attribution_patch")) is not None:
+        return seam(model, pairs, over=over, direction=direction, metric=metric)
     target, tokens, names, run_tokens, src_logits, src_acts = source_run(
         model, pairs, over, direction, metric
     )
@@ -81,7 +73,7 @@ def attribution_patch(
         for name, grad in zip(names, grads, strict=True):
             act = run_acts[name].detach()
             grad = torch.zeros_like(act) if grad is None else grad
-            effects.append(_cell_effects((src_acts[name] - act) * grad, target.cell))
+            effects.append(cell_effects((src_acts[name] - act) * grad, target.cell))
     values = (baseline + torch.stack(effects)).float().cpu()
     return patch_result(
         model,

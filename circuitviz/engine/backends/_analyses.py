@@ -1,4 +1,5 @@
-"""The analyses ported to the seam: ``patch``, ``ablate`` and ``attention`` as requests.
+"""The analyses ported to the seam: ``patch``, ``ablate``, ``attention`` and
+``attribution_patch`` as requests.
 
 Each builds its runs (:class:`._base.Run`) and hands them to the model's backend in one
 request, so on NDIF an analysis is one job. They give the same numbers as the bridge's own
@@ -300,4 +301,70 @@ def attention(model: Any, prompt: Any, *, prepend_bos: bool | None = None) -> At
         tokens=list(model.to_str_tokens(tokens[0])),
         scores={role: torch.stack([s[role] for s in scores]) for role in ROLES},
         model_name=model_name(model),
+    )
+
+
+def attribution_patch(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    over: str = "heads",
+    direction: str = "denoise",
+    metric: str | MetricFn = "logit_diff",
+) -> PatchResult:
+    """Attribution patching as two requests: the source and patched runs' readouts (the
+    metric, and its gradient with respect to the readout, are computed here), then the
+    patched run again with a graph, whose gradient of ``readout · (∂metric/∂readout)`` —
+    the metric's own gradient — meets the source activations on the server; only the
+    map's cells come back."""
+    from .._patching import get_target, patch_result
+
+    target = get_target(over)
+    if not isinstance(direction, str) or direction not in ("denoise", "noise"):
+        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
+    check_metric(metric)
+    site = TARGET_SITES[over]
+    if site == "pattern":
+        raise InputError(
+            "over='pattern' needs the attention pattern's gradient, which nnsight cannot reach "
+            "(the pattern is not a module output in HF): attribute it on the TransformerLens "
+            "bridge (circuitviz.load_model(name)), or use over='heads'."
+        )
+    backend = backend_of(model)
+    with ported():
+        tokens = tokenize(model, pairs)
+    spec, short = _reduced(metric, tokens)
+    src, run = (
+        (tokens.clean, tokens.corrupted)
+        if direction == "denoise"
+        else (tokens.corrupted, tokens.clean)
+    )
+    first = backend.execute(
+        [Run(src, readout=spec), Run(run, readout=spec)], desc="attribution", progress=False
+    )
+    src_l, run_l = _logits(first[0]), _logits(first[1])
+    clean_l, corr_l = (src_l, run_l) if direction == "denoise" else (run_l, src_l)
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    with torch.enable_grad():
+        x = run_l.detach().clone().requires_grad_(True)
+        value = bound.per_example(x).mean()
+        (weights,) = torch.autograd.grad(value, x)
+    n_layers = model.cfg.n_layers
+    runs = [
+        Run(src, saves={(site, layer) for layer in range(n_layers)}),
+        Run(run, readout=spec, grad={"site": site, "cell": target.cell, "weights": weights}),
+    ]
+    effects = backend.execute(runs, desc="attribution", progress=False)[1].readout["effects"]
+    values = (float(value.detach()) + effects).float().cpu()
+    return patch_result(
+        model,
+        tokens,
+        over,
+        values,
+        direction=direction,  # type: ignore[arg-type]
+        method="attribution",
+        metric=bound,
+        clean=bound(clean_l),
+        corrupted=bound(corr_l),
+        extra={"forward_passes": 4, "backward_passes": 1, "requests": 2, "backend": backend.name},
     )

@@ -22,7 +22,7 @@ from ._program import SITES
 _PORTED: ContextVar[bool] = ContextVar("circuitviz_ported", default=False)
 
 #: The analyses that run on an nnsight model; every other one names the bridge instead.
-PORTED = ("patch", "ablate", "attention")
+PORTED = ("patch", "ablate", "attention", "attribution_patch")
 
 
 def is_nnsight(model: object) -> bool:
@@ -57,7 +57,9 @@ class Run:
     ``writes[(site, layer)]``: ``[(rows, pos, head, src)]`` (see :func:`._program.write`);
     ``saves``: sites kept for later runs; ``returns``: sites brought back to the client;
     ``readout``: what comes back from the final-position logits (:func:`._program.readout`);
-    ``grow[layer]``: rows (copies of row 0) that join the batch at that layer's input.
+    ``grow[layer]``: rows (copies of row 0) that join the batch at that layer's input;
+    ``grad``: an attribution run — ``{"site", "cell", "weights"}``, see
+    :func:`._program.nnsight_attribution` (its readout then holds ``effects``).
     """
 
     tokens: torch.Tensor
@@ -66,6 +68,7 @@ class Run:
     returns: set[tuple[str, int]] = field(default_factory=set)
     readout: dict[str, Any] = field(default_factory=dict)
     grow: dict[int, int] = field(default_factory=dict)
+    grad: dict[str, Any] = field(default_factory=dict)
 
     def as_plain(self) -> dict:
         """The run as builtins and tensors, with the layers and sites it touches."""
@@ -82,6 +85,7 @@ class Run:
             "returns": set(self.returns),
             "readout": dict(self.readout),
             "grow": dict(self.grow),
+            "grad": dict(self.grad),
             "touched": {layer: tuple(sorted(s)) for layer, s in touched.items()},
         }
 

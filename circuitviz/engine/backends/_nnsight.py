@@ -322,12 +322,20 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
     """The request itself: the runs of one analysis as traces in one session. The body is
     what NDIF executes for ``remote=True``; locally it runs here, line for line the same."""
     import nnsight
+    import torch
 
     with lm.session(backend=backend):
         saved = {}
         results = []
         for index, run in enumerate(runs):
             back = {}
+            if run["grad"]:  # attribution: a forward pass with a graph, then its gradient
+                with torch.enable_grad():
+                    with lm.trace(run["tokens"]):
+                        out = _program.nnsight_attribution(lm, arch, shape, run, saved)
+                results.append({"out": out, "back": back})
+                _program.tick()
+                continue
             with lm.trace(run["tokens"]):
                 for layer in range(shape["n_layers"]):
                     _program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back)

@@ -167,3 +167,91 @@ def nnsight_layer(lm, arch: str, shape: dict, layer: int, run: dict, index: int,
         visit("attn_out", out[0])
     if "mlp_out" in wanted:
         visit("mlp_out", block.mlp.output)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def cell_effects(delta_grad: torch.Tensor, cell: str) -> torch.Tensor:
+    """Sum ``(a_src - a_run) * grad`` of one layer into a map's cells (batch summed):
+    ``pos`` ``[b, pos, d]`` → ``[pos]``; ``head`` ``[b, pos, head, d_head]`` → ``[head]``;
+    ``head_pos`` → ``[pos, head]``; ``pattern`` ``[b, head, dest, src]`` → ``[head]``."""
+    if cell == "pos":
+        return delta_grad.sum(dim=(0, 2))
+    if cell == "head":
+        return delta_grad.sum(dim=(0, 1, 3))
+    if cell == "head_pos":
+        return delta_grad.sum(dim=(0, 3))
+    if cell == "pattern":
+        return delta_grad.sum(dim=(0, 2, 3))
+    raise ValueError(f"unknown cell {cell!r}")
+
+
+def grad_readout(logits: torch.Tensor, spec: dict) -> torch.Tensor:
+    """:func:`readout`'s ``sel`` (or ``full``) row, kept on the autograd graph."""
+    logits = logits.float()
+    if spec.get("ids") is None:
+        return logits
+    ids = spec["ids"].to(logits.device)
+    rest = logits.clone()
+    rest[:, ids] = float("-inf")
+    return torch.cat([logits[:, ids], rest.logsumexp(-1, keepdim=True)], -1)
+
+
+def _site_tensor(lm, arch: str, layer: int, site: str):
+    """The module tensor a site is a view of (what autograd sees), read in forward order."""
+    block = lm.model.layers[layer] if arch == "llama" else lm.transformer.h[layer]
+    attn = block.self_attn if arch == "llama" else block.attn
+    if site == "resid_pre":
+        return block.input
+    if site in ("q", "k", "v"):
+        if arch == "gpt2":
+            return attn.c_attn.output
+        return getattr(attn, f"{site}_proj").output
+    if site == "z":
+        return (attn.o_proj if arch == "llama" else attn.c_proj).input
+    if site == "attn_out":
+        return attn.output[0]
+    return block.mlp.output  # mlp_out
+
+
+def _site_view(x: torch.Tensor, arch: str, site: str, shape: dict) -> torch.Tensor:
+    """A module tensor (or its gradient) in the site's canonical shape."""
+    if site in ("q", "k", "v") and arch == "gpt2":
+        d = x.shape[-1] // 3
+        i = ("q", "k", "v").index(site)
+        return _heads(x[..., i * d : (i + 1) * d], shape["n_heads"])
+    if site in ("q", "z"):
+        return _heads(x, shape["n_heads"])
+    if site in ("k", "v"):
+        return _heads(x, shape["n_kv_heads"])
+    return x
+
+
+def nnsight_attribution(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
+    """One attribution-patching run inside an nnsight trace (under ``torch.enable_grad``):
+    the forward pass keeps the target site at every layer, the gradient of
+    ``(readout · weights).sum()`` — ``weights`` being ∂metric/∂readout, computed by the
+    client — equals the metric's own, and each layer's ``(a_src - a_run) · grad`` is summed
+    into the map's cells here, so only ``[n_layers, *cells]`` numbers come back.
+
+    Gradients come from ``torch.autograd.grad`` on the activations, so no parameter's
+    ``.grad`` is touched; the embedding output is made a leaf, so frozen weights still
+    leave a graph to differentiate (as the bridge's ``hook_embed`` does)."""
+    spec, site = run["grad"], run["grad"]["site"]
+    embed = lm.model.embed_tokens if arch == "llama" else lm.transformer.wte
+    embed.output = embed.output.detach().requires_grad_(True)
+    acts = [_site_tensor(lm, arch, layer, site) for layer in range(shape["n_layers"])]
+    final = lm.lm_head.output[:, -1]
+    out = readout(final, run["readout"])
+    sel = grad_readout(final, run["readout"])
+    loss = (sel * spec["weights"].to(sel.device)).sum()
+    grads = torch.autograd.grad(loss, acts, allow_unused=True)
+    effects = []
+    for layer, (act, grad) in enumerate(zip(acts, grads, strict=True)):
+        act = _site_view(act.detach(), arch, site, shape).float()
+        grad = torch.zeros_like(act) if grad is None else _site_view(grad, arch, site, shape)
+        delta = saved[(0, site, layer)].float() - act
+        effects.append(cell_effects(delta * grad.float(), spec["cell"]))
+    out["effects"] = torch.stack(effects).detach()
+    return out

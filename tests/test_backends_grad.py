@@ -1,0 +1,101 @@
+"""Gradients on nnsight: ``attribution_patch`` through the backend seam, locally and on the
+fake NDIF, against the TransformerLens bridge's own ``attribution_patch`` on the same weights
+(1e-4 in float32; for metrics whose values are large — ``normalized_logit_diff`` when the
+clean − corrupted gap is small — 1e-4 of the map's scale, as ``tests/test_backends.py`` does).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitviz as cv
+from tests.test_backends import OVERS, TOL, close, logits_of
+from tests.test_remote import Setup
+
+pytest.importorskip("nnsight")
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def both(request):
+    bridge = cv.tiny_model(request.param)
+    return bridge, cv.load_model(bridge, backend="nnsight")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return cv.PromptPairs(
+        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
+        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
+        [" t3", " t7"],
+        [" t7", " t3"],
+    )
+
+
+@pytest.mark.parametrize("over", OVERS)
+def test_attribution_equals_the_bridge_on_every_target(both, pairs, over):
+    bridge, nn = both
+    ref = cv.attribution_patch(bridge, pairs, over=over)
+    got = cv.attribution_patch(nn, pairs, over=over)
+    assert got.method == "attribution" and got.axes == ref.axes and got.labels == ref.labels
+    assert close(got.values, ref.values) <= TOL
+    assert abs(got.clean - ref.clean) <= TOL and abs(got.corrupted - ref.corrupted) <= TOL
+    assert float((ref.values - ref.baseline).abs().max()) > 1e-6  # a map, not a flat baseline
+    assert got.extra["requests"] == 2 and got.extra["backend"] == "nnsight"
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "normalized_logit_diff", "answer_prob", "kl"])
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_attribution_equals_the_bridge_for_every_metric_and_direction(
+    both, pairs, metric, direction
+):
+    bridge, nn = both
+    ref = cv.attribution_patch(bridge, pairs, over="heads", metric=metric, direction=direction)
+    got = cv.attribution_patch(nn, pairs, over="heads", metric=metric, direction=direction)
+    assert close(got.values, ref.values) <= TOL * max(1.0, float(ref.values.abs().max()))
+
+
+def test_attribution_leaves_the_model_as_it_was(both, pairs):
+    """No hook left, no parameter gradient written, identical logits afterwards."""
+    bridge, nn = both
+    tokens = bridge.to_tokens("t1 t2 t3 t4")
+    before = logits_of(nn, tokens)
+    cv.attribution_patch(nn, pairs, over="heads_by_pos")
+    assert not nn.has_hooks()
+    assert all(p.grad is None for p in nn.lm._module.parameters())
+    assert torch.equal(logits_of(nn, tokens), before)
+
+
+def test_bad_attribution_requests_are_refused_and_change_nothing(both, pairs):
+    bridge, nn = both
+    tokens = bridge.to_tokens("t1 t2 t3 t4")
+    before = logits_of(nn, tokens)
+    with pytest.raises(cv.InputError, match=r"pattern.*bridge"):
+        cv.attribution_patch(nn, pairs, over="pattern")
+    with pytest.raises(cv.InputError, match="Unknown over"):
+        cv.attribution_patch(nn, pairs, over="nope")
+    with pytest.raises(cv.InputError, match="direction"):
+        cv.attribution_patch(nn, pairs, direction="sideways")
+    with pytest.raises(cv.InputError, match="metric"):
+        cv.attribution_patch(nn, pairs, metric="accuracy")
+    assert not nn.has_hooks()
+    assert torch.equal(logits_of(nn, tokens), before)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def remote(request):
+    return Setup(request.param)
+
+
+@pytest.mark.parametrize("over", ["heads", "k", "resid_pre"])
+def test_remote_attribution_is_two_jobs_and_equals_the_bridge(remote, pairs, over):
+    """On NDIF the gradient is taken on the server; only the map's cells come back."""
+    sent = len(remote.fake.requests)
+    ref = cv.attribution_patch(remote.bridge, pairs, over=over)
+    got = cv.attribution_patch(remote.client, pairs, over=over)
+    assert close(got.values, ref.values) <= TOL
+    assert len(remote.fake.requests) == sent + 2
+    assert remote.fake.result_bytes[-1] < 4096
+    assert remote.states[-1] == "done"
+    assert not remote.server.has_hooks()
+    assert all(p.grad is None for p in remote.server.lm._module.parameters())
