@@ -99,3 +99,47 @@ def test_remote_attribution_is_two_jobs_and_equals_the_bridge(remote, pairs, ove
     assert remote.states[-1] == "done"
     assert not remote.server.has_hooks()
     assert all(p.grad is None for p in remote.server.lm._module.parameters())
+
+
+# ----------------------------------------------------------------------------- EAP graph
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+@pytest.mark.parametrize("metric", ["logit_diff", "answer_prob", "normalized_logit_diff"])
+def test_eap_graph_equals_the_bridge(both, pairs, per_position, metric):
+    """Every edge score (GQA: one k and one v receiver per KV head) within 1e-4."""
+    bridge, nn = both
+    ref = cv.circuit(bridge, pairs, per_position=per_position, metric=metric, progress=False)
+    got = cv.circuit(nn, pairs, per_position=per_position, metric=metric)
+    assert got.scores.shape == ref.scores.shape
+    assert close(got.scores, ref.scores) <= TOL * max(1.0, float(ref.scores.abs().max()))
+    assert float(ref.scores.abs().max()) > 1e-6  # scores, not an empty graph
+
+    def ends(graph):
+        return {(e.source, e.target, e.input) for e in graph.edges}
+
+    assert ends(got) == ends(ref)
+    assert abs(got.clean - ref.clean) <= TOL and abs(got.corrupted - ref.corrupted) <= TOL
+    assert not nn.has_hooks() and all(p.grad is None for p in nn.lm._module.parameters())
+
+
+def test_eap_ig_is_refused_and_changes_nothing(both, pairs):
+    bridge, nn = both
+    tokens = bridge.to_tokens("t1 t2 t3 t4")
+    before = logits_of(nn, tokens)
+    with pytest.raises(cv.InputError, match=r"eap-ig.*bridge"):
+        cv.circuit(nn, pairs, method="eap-ig")
+    with pytest.raises(cv.InputError, match="method"):
+        cv.circuit(nn, pairs, method="acdc")
+    assert not nn.has_hooks()
+    assert torch.equal(logits_of(nn, tokens), before)
+
+
+def test_remote_eap_is_two_jobs_and_equals_the_bridge(remote, pairs):
+    sent = len(remote.fake.requests)
+    ref = cv.circuit(remote.bridge, pairs, progress=False)
+    got = cv.circuit(remote.client, pairs)
+    assert close(got.scores, ref.scores) <= TOL
+    assert len(remote.fake.requests) == sent + 2
+    assert remote.states[-1] == "done" and not remote.server.has_hooks()
+    assert all(p.grad is None for p in remote.server.lm._module.parameters())

@@ -22,6 +22,7 @@ import traitlets as t
 
 from ..engine import InputError, PromptPairs
 from ..engine._badges import badge_legend, role_map
+from ..engine import InputError, PromptPairs, backends
 from ..engine._cells import is_covered
 from ..engine._components import parse_id
 from ..engine.graph import Graph, _select, circuit
@@ -261,6 +262,8 @@ class CircuitView(FeatureSteering, AblationView):
     ) -> None:
         # roles: a HeadRoles (circuitviz.head_roles) or {head: [roles]}, drawn as badges on
         # the head nodes; default: the graph JSON's own "roles" (Graph.to_json(with_roles=)).
+        # The view scores circuits by their faithfulness, which only the bridge runs.
+        backends.require(model, "faithfulness")
         if graph is None:
             if model is None or pairs is None:
                 raise InputError("CircuitView needs graph=, or model= and pairs= to build one.")

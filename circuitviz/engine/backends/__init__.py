@@ -39,8 +39,24 @@ __all__ = [
     "is_raw_nnsight",
     "ported",
     "remote_jobs",
+    "require",
     "route",
 ]
+
+
+def require(model: Any, analysis: str) -> None:
+    """Refuse, up front, an analysis that is not ported to ``model``'s backend (raises
+    :class:`._nnsight.BridgeOnly`, naming the bridge); nothing for a bridge."""
+    if model is None or not is_nnsight(model) or analysis in PORTED:
+        return
+    from ._nnsight import BridgeOnly
+
+    raise BridgeOnly(
+        f"{analysis} runs on the TransformerLens bridge only; on an nnsight model circuitviz "
+        f"runs {', '.join(PORTED)}. Load the bridge for it: "
+        f"circuitviz.load_model({model.cfg.model_name!r}) — or show the graph alone: "
+        "CircuitView(graph=circuitviz.circuit(model, pairs))."
+    )
 
 
 def remote_jobs(model: Any) -> Any | None:

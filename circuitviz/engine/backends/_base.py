@@ -22,7 +22,7 @@ from ._program import SITES
 _PORTED: ContextVar[bool] = ContextVar("circuitviz_ported", default=False)
 
 #: The analyses that run on an nnsight model; every other one names the bridge instead.
-PORTED = ("patch", "ablate", "attention", "attribution_patch")
+PORTED = ("patch", "ablate", "attention", "attribution_patch", "circuit")
 
 
 def is_nnsight(model: object) -> bool:

@@ -329,10 +329,21 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
         results = []
         for index, run in enumerate(runs):
             back = {}
-            if run["grad"]:  # attribution: a forward pass with a graph, then its gradient
+            kind = run["grad"].get("kind")
+            if kind == "senders":  # EAP's corrupted run: every sender's output, kept here
+                with lm.trace(run["tokens"]):
+                    saved[("senders",)] = _program.nnsight_senders(lm, arch, shape)
+                    out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
+                results.append({"out": out, "back": back})
+                _program.tick()
+                continue
+            if kind:  # a forward pass with a graph, then its gradient (attribution, EAP)
                 with torch.enable_grad():
                     with lm.trace(run["tokens"]):
-                        out = _program.nnsight_attribution(lm, arch, shape, run, saved)
+                        if kind == "eap":
+                            out = _program.nnsight_eap(lm, arch, shape, run, saved)
+                        else:
+                            out = _program.nnsight_attribution(lm, arch, shape, run, saved)
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue

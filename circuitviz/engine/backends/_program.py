@@ -255,3 +255,105 @@ def nnsight_attribution(lm, arch: str, shape: dict, run: dict, saved: dict) -> d
         effects.append(cell_effects(delta * grad.float(), spec["cell"]))
     out["effects"] = torch.stack(effects).detach()
     return out
+
+
+# ----------------------------------------------------------------------------- EAP edges
+
+
+def _parts(lm, arch: str, layer: int):
+    """``(block, attn, ln1, ln2)`` modules of one layer."""
+    if arch == "llama":
+        block = lm.model.layers[layer]
+        return block, block.self_attn, block.input_layernorm, block.post_attention_layernorm
+    block = lm.transformer.h[layer]
+    return block, block.attn, block.ln_1, block.ln_2
+
+
+def _head_out(z: torch.Tensor, weight: torch.Tensor, arch: str, n_heads: int) -> torch.Tensor:
+    """Each head's write into the residual stream, ``z_h · W_O[h]`` (no bias):
+    ``z [b, p, h * d_head]`` → ``[b, p, h, d_model]``."""
+    d_head = z.shape[-1] // n_heads
+    # HF Linear keeps [out, in]; GPT-2's Conv1D keeps [in, out].
+    w = weight.t() if arch == "llama" else weight
+    return torch.einsum("bphd,hdm->bphm", _heads(z, n_heads), w.reshape(n_heads, d_head, -1))
+
+
+def nnsight_senders(lm, arch: str, shape: dict) -> torch.Tensor:
+    """Every EAP sender's output ``[sender, batch, pos, d_model]`` in the graph's order
+    (EMBED, L0H0 …, MLP0, L1H0 …), read inside an nnsight trace in forward order."""
+    out = [lm.model.layers[0].input if arch == "llama" else lm.transformer.h[0].input]
+    out = [out[0][:, :, None]]
+    for layer in range(shape["n_layers"]):
+        block, attn, _, _ = _parts(lm, arch, layer)
+        proj = attn.o_proj if arch == "llama" else attn.c_proj
+        out.append(_head_out(proj.input, proj.weight, arch, shape["n_heads"]))
+        out.append(block.mlp.output[:, :, None])
+    return torch.cat(out, 2).permute(2, 0, 1, 3).detach().float()
+
+
+def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
+    """EAP scores ``[sender, receiver, pos]`` of one clean run inside an nnsight trace (under
+    ``torch.enable_grad``): ``(a_u(corrupted) − a_u(clean)) · ∂M/∂x_r``, with ``∂M/∂x_r`` the
+    gradient reaching receiver ``r``'s pre-norm input through its own path only — a head's
+    q, k or v projection (a KV head's k/v once for its GQA group) and ``ln1``, the MLP's
+    ``ln2``, the final norm — as the bridge's graph takes it. ``saved[("senders",)]`` holds
+    the corrupted run's senders; ``run["grad"]["weights"]`` is ∂M/∂readout."""
+    spec = run["grad"]
+    n_layers, h, kv = shape["n_layers"], shape["n_heads"], shape["n_kv_heads"]
+    embed = lm.model.embed_tokens if arch == "llama" else lm.transformer.wte
+    embed.output = embed.output.detach().requires_grad_(True)
+    senders, layers = [], []
+    for layer in range(n_layers):
+        block, attn, _ln1, ln2 = _parts(lm, arch, layer)
+        resid = block.input
+        if layer == 0:
+            senders.append(resid[:, :, None])
+        if arch == "llama":
+            qkv = [attn.q_proj.output, attn.k_proj.output, attn.v_proj.output]
+        else:
+            qkv = [attn.c_attn.output]
+        proj = attn.o_proj if arch == "llama" else attn.c_proj
+        senders.append(_head_out(proj.input, proj.weight, arch, h))
+        mid, mlp_in = ln2.input, block.mlp.input
+        senders.append(block.mlp.output[:, :, None])
+        layers.append((resid, qkv, mid, mlp_in))
+    norm = lm.model.norm if arch == "llama" else lm.transformer.ln_f
+    final_in, final_out = norm.input, norm.output
+    final = lm.lm_head.output[:, -1]
+    out = readout(final, run["readout"])
+    sel = grad_readout(final, run["readout"])
+    loss = (sel * spec["weights"].to(sel.device)).sum()
+    wrt = [t for _, qkv, _, mlp_in in layers for t in (*qkv, mlp_in)] + [final_out]
+    grads = list(torch.autograd.grad(loss, wrt, retain_graph=True))
+    receivers = []
+    for resid, qkv, mid, mlp_in in layers:
+        g_qkv = [grads.pop(0) for _ in qkv]
+        g_mlp = grads.pop(0)
+        # (tensor, its gradient, first column, width) of each q, k, v receiver, in order;
+        # GPT-2 fuses q | k | v in one projection.
+        heads = []
+        if arch == "llama":
+            for tensor, g, n in zip(qkv, g_qkv, (h, kv, kv), strict=True):
+                width = tensor.shape[-1] // n
+                heads += [(tensor, g, j * width, width) for j in range(n)]
+        else:
+            d = qkv[0].shape[-1] // 3
+            width = d // h
+            heads += [
+                (qkv[0], g_qkv[0], i * d + j * width, width) for i in range(3) for j in range(h)
+            ]
+        for tensor, g, first, width in heads:  # this head's path only: its projection, ln1
+            only = torch.zeros_like(g)
+            only[..., first : first + width] = g[..., first : first + width]
+            (pre,) = torch.autograd.grad(tensor, resid, only, retain_graph=True)
+            receivers.append(pre)
+        (pre,) = torch.autograd.grad(mlp_in, mid, g_mlp, retain_graph=True)
+        receivers.append(pre)
+    (pre,) = torch.autograd.grad(final_out, final_in, grads.pop(0), retain_graph=True)
+    receivers.append(pre)
+    grad = torch.stack(receivers).float()  # [receiver, batch, pos, d_model]
+    clean = torch.cat(senders, 2).permute(2, 0, 1, 3).detach().float()
+    diff = saved[("senders",)] - clean
+    scores = torch.einsum("sbpd,rbpd->srp", diff, grad)
+    out["scores"] = (scores * spec["valid"].to(scores)[:, :, None]).detach()
+    return out

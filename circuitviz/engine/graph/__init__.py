@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import backends
 from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs, tokenize
 from ._eap import eap_scores
@@ -69,6 +70,10 @@ def circuit(
         raise InputError(f"steps must be an integer ≥ 1, got {steps!r}.")
     if method == "eap" and steps != 1:
         raise InputError("steps applies to method='eap-ig'; EAP takes one gradient (steps=1).")
+    if (seam := backends.route(model, "circuit")) is not None:  # nnsight: EAP on the seam
+        return seam(
+            model, pairs, method=method, steps=steps, per_position=per_position, metric=metric
+        )
     tokens = tokenize(model, pairs)
     layout = Layout.of(model)
     if layout.n_heads % layout.n_kv_heads:
