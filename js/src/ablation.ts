@@ -34,6 +34,17 @@ export function nextAblationSet(current: string[], component: string, additive: 
   return current.length === 1 && current[0] === component ? [] : [component];
 }
 
+/** What the panel says about a click's job, and whether Cancel is offered: only for a remote
+ * job that is still live and is the request the page is waiting for (`waitingFor`). */
+export function describeJob(job: JobInfo, waitingFor: number | null): { text: string; cancellable: boolean } {
+  const state = job.state ?? "";
+  const cancellable = !!job.remote && LIVE.includes(state) && waitingFor !== null && job.request === waitingFor;
+  if (!job.remote || !state) return { text: "", cancellable };
+  const took = job.seconds === null || job.seconds === undefined ? "" : ` (${fmt(job.seconds, 3)} s)`;
+  const detail = state === "error" && job.detail ? `: ${job.detail}` : "";
+  return { text: `NDIF job: ${state}${took}${detail}`, cancellable };
+}
+
 export class AblationPanel {
   readonly el: HTMLDivElement;
   readonly error: HTMLDivElement;
@@ -129,7 +140,11 @@ export class AblationPanel {
       model.on(name, () => this.update());
     }
     model.on("change:job", () => {
-      if (this.pending) this.arm(); // a job the kernel reports on is alive: restart the watchdog
+      // The kernel answered: a remote job may wait on NDIF's queue for minutes, with Cancel
+      // offered, so no watchdog while it is live; otherwise restart it.
+      const job: JobInfo = this.model.get("job") ?? {};
+      if (job.remote && LIVE.includes(job.state ?? "")) clearTimeout(this.watchdog);
+      else if (this.pending) this.arm();
       this.showJob();
     });
     this.showJob();
@@ -139,18 +154,11 @@ export class AblationPanel {
   /** The click's job: "NDIF job: running (3.2 s)" with Cancel while it can be cancelled. */
   private showJob(): void {
     const job: JobInfo = this.model.get("job") ?? {};
-    const state = job.state ?? "";
-    this.job.dataset.state = state;
-    const live = !!job.remote && LIVE.includes(state) && this.pending !== null && job.request === this.request;
-    this.cancel.hidden = !live;
-    if (!live) this.cancel.disabled = false;
-    if (!job.remote || !state) {
-      setText(this.jobState, "");
-      return;
-    }
-    const took = job.seconds === null || job.seconds === undefined ? "" : ` (${fmt(job.seconds, 3)} s)`;
-    const detail = state === "error" && job.detail ? `: ${job.detail}` : "";
-    setText(this.jobState, `NDIF job: ${state}${took}${detail}`);
+    const { text, cancellable } = describeJob(job, this.pending !== null ? this.request : null);
+    this.job.dataset.state = job.state ?? "";
+    this.cancel.hidden = !cancellable;
+    if (!cancellable) this.cancel.disabled = false;
+    setText(this.jobState, text);
   }
 
   private arm(): void {
