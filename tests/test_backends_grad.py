@@ -143,3 +143,25 @@ def test_remote_eap_is_two_jobs_and_equals_the_bridge(remote, pairs):
     assert len(remote.fake.requests) == sent + 2
     assert remote.states[-1] == "done" and not remote.server.has_hooks()
     assert all(p.grad is None for p in remote.server.lm._module.parameters())
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_model_gradients_on_nnsight(demo_model):
+    """SmolLM2-135M (30 layers, GQA 9 q / 3 kv heads) loaded from its own HF directory through
+    nnsight (not from the bridge's weights): attribution per KV head and the EAP graph equal
+    the bridge's."""
+    nn = cv.load_model("demo", backend="nnsight", device="cpu")
+    pairs = cv.PromptPairs(
+        ["When John and Mary went to the store, John gave a drink to"],
+        ["When John and Mary went to the store, Mary gave a drink to"],
+        [" Mary"],
+        [" John"],
+    )
+    ref = cv.attribution_patch(demo_model, pairs, over="k")
+    got = cv.attribution_patch(nn, pairs, over="k")
+    assert got.values.shape == (30, 3) and close(got.values, ref.values) <= TOL
+    ref = cv.circuit(demo_model, pairs, progress=False)
+    got = cv.circuit(nn, pairs)
+    assert close(got.scores, ref.scores) <= TOL * max(1.0, float(ref.scores.abs().max()))
+    assert not nn.has_hooks()

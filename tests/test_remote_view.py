@@ -95,7 +95,7 @@ def remote_view(setup: Setup, pairs, **fake_options) -> tuple[PatchingView, Kern
 @pytest.fixture
 def reset_fake(setup):
     yield
-    setup.fake.hang, setup.fake.delay = False, 0.0
+    setup.fake.hang, setup.fake.delay, setup.fake.fail = False, 0.0, None
 
 
 def test_a_click_returns_at_once_and_its_job_reports_each_state(setup, pairs, reset_fake):
@@ -158,7 +158,6 @@ def test_a_failing_job_is_the_views_error(setup, pairs, reset_fake):
     kernel.wait(lambda: kernel.reply(1) is not None)
     assert kernel.reply(1)["type"] == "error" and "max_rows" in view.error
     assert view.job["state"] == "error" and view.ablated == []
-    setup.fake.fail = None
 
 
 def test_a_local_click_reports_its_latency(tiny_llama, tiny_pairs):
