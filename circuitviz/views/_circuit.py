@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import traitlets as t
 
-from ..engine import InputError, PromptPairs
-from ..engine._badges import badge_legend, role_map
 from ..engine import InputError, PromptPairs, backends
+from ..engine._badges import badge_legend, role_map
 from ..engine._cells import is_covered
 from ..engine._components import parse_id
 from ..engine.graph import Graph, _select, circuit
