@@ -1,4 +1,5 @@
-"""Ablating heads and MLPs on the clean prompts: the metric and top tokens, before and after.
+"""Ablating heads, MLPs and SAE features on the clean prompts: the metric and top tokens,
+before and after.
 
 A click in a widget calls :func:`ablate`, so everything that does not depend on the ablation
 set — the clean and corrupted runs, their activations, the metric's baselines, the top
@@ -38,6 +39,8 @@ class _Prepared:
     top_before: TopTokens
     per_prompt: dict[str, list[float]]  # the metric of each pair, clean and corrupted
     memo: OrderedDict = field(default_factory=OrderedDict)
+    #: id(SAESet) -> (the set, its latents on the corrupted prompts {hook: [batch, pos, d_sae]})
+    corrupted_latents: dict = field(default_factory=dict)
 
 
 # model -> {(pairs, metric): _Prepared}; weak so a dropped model frees its cache.
@@ -81,11 +84,61 @@ def normalize_components(
     heads: Iterable[Any] = (),
     mlps: Iterable[Any] = (),
     n_pos: int | None = None,
+    features: Iterable[Any] = (),
 ) -> tuple[Component, ...]:
-    """Parse, range-check and sort ``heads=``/``mlps=`` specs (see :mod:`._components`)."""
+    """Parse, range-check and sort ``heads=``/``mlps=``/``features=`` specs (see
+    :mod:`._components`)."""
     return parse_components(
-        heads, mlps, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=n_pos
+        heads,
+        mlps,
+        n_layers=model.cfg.n_layers,
+        n_heads=model.cfg.n_heads,
+        n_pos=n_pos,
+        features=features,
     )
+
+
+def feature_edits(
+    targets: Iterable[Component], saes: Any, value: Callable[[str, int], Any]
+) -> list:
+    """One :class:`~circuitviz.engine.features.LatentEdit` per feature target, setting it to
+    ``value(hook, index)``; an :class:`InputError` for a feature without an SAE or out of its
+    range (the model is not run)."""
+    from .features import LatentEdit
+    from .features._splice import check_edits
+
+    feats = [c for c in targets if c.kind == "feature"]
+    if not feats:
+        return []
+    if saes is None:
+        raise InputError(
+            f"{feats[0].id} is an SAE feature: pass the SAEs it belongs to (saes=…, e.g. "
+            "circuitviz.load_saes('demo'))."
+        )
+    edits = [LatentEdit(c.hook, c.feature, 0.0, c.pos) for c in feats]
+    check_edits(saes, edits)  # unknown hook, index out of range
+    return [LatentEdit(e.hook, e.index, value(e.hook, e.index), e.pos) for e in edits]
+
+
+def corrupted_latents(model: TransformerBridge, prep: _Prepared, saes: Any) -> dict:
+    """The SAEs' latents on the corrupted prompts (one spliced forward, cached per set)."""
+    from .features import splice_hook
+
+    key = id(saes)
+    if key not in prep.corrupted_latents or prep.corrupted_latents[key][0] is not saes:
+        store: dict[str, torch.Tensor] = {}
+
+        def rec(h: str):
+            def fn(f: torch.Tensor, err: torch.Tensor) -> None:
+                store[h] = f.detach()
+
+            return fn
+
+        hooks_ = [(h, splice_hook(saes[h], record=rec(h))) for h in saes]
+        with torch.inference_mode():
+            final_logits(model, prep.base.tokens.corrupted, hooks_)
+        prep.corrupted_latents[key] = (saes, store)
+    return prep.corrupted_latents[key][1]
 
 
 def _check_options(model: TransformerBridge, mode: Any, k: Any) -> int:
@@ -119,6 +172,8 @@ def ablation_hooks(
     ``hook_mlp_out [batch, pos, d_model]``."""
     by_hook: dict[str, list[tuple[int | None, int | None]]] = {}
     for c in targets:
+        if c.kind == "feature":  # latents are edited by the SAE splice (feature_edits)
+            continue
         name = _mlp(c.layer) if c.head is None else _z(c.layer)
         by_hook.setdefault(name, []).append((c.head, c.pos))
 
@@ -145,17 +200,23 @@ def ablate(
     *,
     heads: Iterable[Sequence[int] | str] = (),
     mlps: Iterable[int | str] = (),
+    features: Iterable[str] = (),
+    saes: Any = None,
     mode: Mode = "zero",
     metric: str | MetricFn = "logit_diff",
     k: int = 10,
 ) -> AblationResult:
-    """Ablate attention heads and MLPs on the clean prompts.
+    """Ablate attention heads, MLPs and SAE features on the clean prompts.
 
     Args:
         heads: ``[(layer, head), ...]`` or ids like ``"L9H6"``; ``"L9H6:P4"`` ablates the
             head at position 4 only.
         mlps: MLP layers ``[layer, ...]`` or ids like ``"MLP7"`` (``"MLP7:P4"``: position 4
             only).
+        features: SAE latents ``"L11F1234"`` (``"L11F1234:P4"``: position 4 only): the SAE
+            on ``blocks.11.hook_resid_post`` is spliced in with its error term and the latent
+            set; needs ``saes=``.
+        saes: the SAEs (``SAESet``) the features belong to.
         mode: ``"zero"`` sets the output to 0; ``"mean"`` to its mean over the corrupted
             prompts at each position; ``"resample"`` to its value on each example's own
             corrupted prompt.
@@ -170,18 +231,33 @@ def ablate(
     k = _check_options(model, mode, k)
     check_pairs(pairs)
     check_metric(metric)
-    targets = normalize_components(model, heads, mlps)  # before any forward pass
+    targets = normalize_components(model, heads, mlps, features=features)  # before any forward
+    if any(c.kind == "feature" for c in targets):
+        from .features import as_sae_set
+
+        saes = as_sae_set(saes) if saes is not None else None
+        feature_edits(targets, saes, lambda h, i: 0.0)  # checked before any forward pass
     prep = _prepare(model, pairs, metric, k)
     base = prep.base
     for c in targets:  # positions, now that the prompts' length is known
         check_range(
             c, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=base.tokens.n_pos
         )
-    key = (targets, mode)
+    key = (targets, mode, id(saes) if any(c.kind == "feature" for c in targets) else None)
     if key in prep.memo:
         prep.memo.move_to_end(key)
         return prep.memo[key]
     fwd = ablation_hooks(targets, lambda name: replacement(prep, name, mode))
+    if key[2] is not None:
+        from .features import splice_hooks
+
+        def value(hook: str, index: int) -> Any:
+            if mode == "zero":
+                return 0.0
+            corr = corrupted_latents(model, prep, saes)[hook][:, :, index]  # [batch, pos]
+            return corr.mean(0, keepdim=True) if mode == "mean" else corr
+
+        fwd += splice_hooks(saes, feature_edits(targets, saes, value))
     ablated = per_prompt = top_after = None
     if fwd:
         with torch.inference_mode():

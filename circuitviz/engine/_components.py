@@ -1,4 +1,4 @@
-"""The one grammar of component specs: heads, MLPs, and optionally one position of either.
+"""The one grammar of component specs: heads, MLPs, SAE features, and optionally one position.
 
 Every entry point that takes components — :func:`~circuitviz.ablate`, ``Graph.faithfulness(
 ablated=…)``, the views' click-to-ablate messages — parses them here, so a spec means the same
@@ -7,7 +7,9 @@ thing everywhere and a bad one gets the same error.
 - a head: ``(layer, head)`` of real integers (Python, numpy or 0-d torch integers; not floats,
   bools or digit strings), or the id ``"L3H5"``;
 - an MLP: an integer layer, or the id ``"MLP7"``;
-- either id may end in ``":P5"``: that component at position 5 only.
+- an SAE feature (latent): ``"L11F1234"``, latent 1234 of the SAE on
+  ``blocks.11.hook_resid_post`` (ablating one needs ``saes=``);
+- any id may end in ``":P5"``: that component at position 5 only.
 """
 
 from __future__ import annotations
@@ -24,26 +26,37 @@ from ._pairs import InputError
 
 # No leading zeros, so one component has one id.
 _NUM = r"(0|[1-9][0-9]*)"
-COMPONENT_ID = re.compile(rf"(?:L{_NUM}H{_NUM}|MLP{_NUM})(?::P{_NUM})?")
+COMPONENT_ID = re.compile(rf"(?:L{_NUM}H{_NUM}|L{_NUM}F{_NUM}|MLP{_NUM})(?::P{_NUM})?")
 HEAD_FORM = "(layer, head) or 'L3H5' (optionally at one position, 'L3H5:P4')"
 MLP_FORM = "a layer number or 'MLP7' (optionally at one position, 'MLP7:P4')"
 
 
 @dataclass(frozen=True)
 class Component:
-    """A head (``head`` set) or an MLP (``head`` None), everywhere or at one position."""
+    """A head (``head`` set), an SAE feature (``feature`` set: a latent of the SAE on
+    ``blocks.{layer}.hook_resid_post``) or an MLP (neither), everywhere or at one position."""
 
     layer: int
     head: int | None = None
     pos: int | None = None
+    feature: int | None = None
 
     @property
     def kind(self) -> str:
+        if self.feature is not None:
+            return "feature"
         return "mlp" if self.head is None else "head"
 
     @property
+    def hook(self) -> str | None:
+        """The hook of a feature's SAE (``"blocks.11.hook_resid_post"``); None otherwise."""
+        return None if self.feature is None else f"blocks.{self.layer}.hook_resid_post"
+
+    @property
     def base_id(self) -> str:
-        """The id without the position: ``"L3H5"``, ``"MLP7"``."""
+        """The id without the position: ``"L3H5"``, ``"MLP7"``, ``"L11F1234"``."""
+        if self.feature is not None:
+            return f"L{self.layer}F{self.feature}"
         return f"MLP{self.layer}" if self.head is None else f"L{self.layer}H{self.head}"
 
     @property
@@ -51,11 +64,13 @@ class Component:
         """``"L3H5"``, ``"MLP7"``, or with a position ``"L3H5:P4"``."""
         return self.base_id if self.pos is None else f"{self.base_id}:P{self.pos}"
 
-    def sort_key(self) -> tuple[int, int, int, int]:
+    def sort_key(self) -> tuple[int, int, int, int, int, int]:
         return (
             self.head is None,
+            self.feature is not None,
             self.layer,
             -1 if self.head is None else self.head,
+            -1 if self.feature is None else self.feature,
             -1 if self.pos is None else self.pos,
         )
 
@@ -64,16 +79,19 @@ class Component:
 
 
 def parse_id(spec: Any) -> Component:
-    """Parse one component id (``"L3H5"``, ``"MLP7"``, ``"L3H5:P4"``); no range check."""
+    """Parse one component id (``"L3H5"``, ``"MLP7"``, ``"L11F1234"``, ``"L3H5:P4"``); no
+    range check."""
     m = COMPONENT_ID.fullmatch(spec) if isinstance(spec, str) else None
     if m is None:
         raise InputError(
-            f"Unknown component {spec!r}: expected a head 'L3H5' or an MLP 'MLP7', optionally "
-            "at one position ('L3H5:P4', 'MLP7:P4')."
+            f"Unknown component {spec!r}: expected a head 'L3H5', an MLP 'MLP7' or an SAE "
+            "feature 'L11F1234', optionally at one position ('L3H5:P4', 'MLP7:P4')."
         )
-    pos = None if m[4] is None else int(m[4])
+    pos = None if m[6] is None else int(m[6])
+    if m[5] is not None:
+        return Component(int(m[5]), None, pos)
     if m[3] is not None:
-        return Component(int(m[3]), None, pos)
+        return Component(int(m[3]), None, pos, int(m[4]))
     return Component(int(m[1]), int(m[2]), pos)
 
 
@@ -92,12 +110,11 @@ def _id_of_kind(spec: str, kind: str) -> Component:
     """Parse an id given as a ``kind`` ("head" in ``heads=``, "mlp" in ``mlps=``)."""
     comp = parse_id(spec)
     if comp.kind != kind:
-        what, right, wrong = (
-            ("an MLP", "mlps", "heads")
-            if kind == "head"
-            else ("an attention head", "heads", "mlps")
+        what = {"head": "an attention head", "mlp": "an MLP", "feature": "an SAE feature"}
+        right = {"head": "heads", "mlp": "mlps", "feature": "features"}
+        raise InputError(
+            f"{spec!r} is {what[comp.kind]}: pass it in {right[comp.kind]}=, not {right[kind]}=."
         )
-        raise InputError(f"{spec!r} is {what}: pass it in {right}=, not {wrong}=.")
     return comp
 
 
@@ -113,6 +130,14 @@ def parse_head(spec: Any) -> Component:
     if len(parts) != 2 or None in numbers_ or isinstance(spec, (bytes, dict)):
         raise InputError(f"Bad head {spec!r}: a head is {HEAD_FORM}, with integer layer and head.")
     return Component(numbers_[0], numbers_[1])  # type: ignore[arg-type]
+
+
+def parse_feature(spec: Any) -> Component:
+    """One feature spec, ``"L11F1234"`` (optionally ``":P5"``); the index is checked against
+    its SAE by the analysis."""
+    if not isinstance(spec, str):
+        raise InputError(f"Bad feature {spec!r}: a feature is 'L11F1234' (or 'L11F1234:P5').")
+    return _id_of_kind(spec, "feature")
 
 
 def parse_mlp(spec: Any) -> Component:
@@ -159,10 +184,13 @@ def parse_components(
     n_layers: int,
     n_heads: int,
     n_pos: int | None = None,
+    features: Iterable[Any] = (),
 ) -> tuple[Component, ...]:
-    """Parse, range-check, de-duplicate and sort ``heads=`` and ``mlps=`` specs."""
+    """Parse, range-check, de-duplicate and sort ``heads=``, ``mlps=`` and ``features=``
+    specs."""
     comps = [parse_head(h) for h in listed(heads, "heads", "[(3, 5), 'L4H1']")]
     comps += [parse_mlp(m) for m in listed(mlps, "mlps", "[7, 'MLP8']")]
+    comps += [parse_feature(f) for f in listed(features, "features", "['L11F1234']")]
     for c in comps:
         check_range(c, n_layers=n_layers, n_heads=n_heads, n_pos=n_pos)
     return tuple(sorted(set(comps), key=Component.sort_key))

@@ -69,6 +69,8 @@ def splice_hook(
     keep_error: bool = True,
     record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     offset: Callable[[], int] | None = None,
+    override: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    | None = None,
 ):
     """A forward hook for ``sae.hook_name`` that splices the SAE in, applies ``edits`` and
     adds the error term back (unless ``keep_error`` is False: the error node ablated).
@@ -80,6 +82,9 @@ def splice_hook(
     with a KV cache feeds one new position at a time, and an edit at ``pos`` then acts only
     on the pass that holds ``pos`` (without it, ``pos`` indexes the rows as they come, and one
     past the end is an error).
+
+    ``override(latents, error) -> (latents, error)`` replaces many of them at once (a
+    feature circuit's nodes outside the circuit), after ``edits``.
     """
 
     def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
@@ -103,6 +108,9 @@ def splice_hook(
                     if e.pos is not None and value.ndim == 2:
                         value = value[:, e.pos]
                 f[:, where, e.index] = value
+            x_hat = sae.decode(f)
+        if override is not None:
+            f, error = override(f, error)
             x_hat = sae.decode(f)
         out = x_hat.to(x.dtype)
         return out + error if keep_error else out

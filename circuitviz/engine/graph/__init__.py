@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -12,6 +13,7 @@ from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs, tokenize
 from ._eap import eap_scores
 from ._faithfulness import ABLATIONS, Faithfulness, FaithfulnessCurve
+from ._feature_graph import FeatureGraph, FeatureNode
 from ._graph import SCHEMA, Edge, Graph, Node
 from ._layout import Layout, all_weights, model_info
 
@@ -24,6 +26,8 @@ __all__ = [
     "Edge",
     "Faithfulness",
     "FaithfulnessCurve",
+    "FeatureGraph",
+    "FeatureNode",
     "Graph",
     "Node",
     "circuit",
@@ -40,7 +44,8 @@ def circuit(
     per_position: bool = False,
     metric: str | MetricFn = "logit_diff",
     progress: bool = True,
-) -> Graph:
+    saes: Any = None,
+) -> Graph | FeatureGraph:
     """The attribution graph of ``model`` on ``pairs``.
 
     Nodes are the embeddings, every attention head, every MLP and the logits (split by
@@ -59,6 +64,11 @@ def circuit(
         per_position: one node per (component, position); edges join nodes at the same
             position (information moves across positions only inside heads).
         metric: a metric name or callable of final-position logits (see ``circuitviz.patch``).
+        saes: SAEs on ``blocks.L.hook_resid_post`` (an ``SAESet``, one SAE or a list): a
+            **feature graph** (:class:`FeatureGraph`, always per position) whose nodes also
+            include each SAE's latents active on the pairs (``"L11F1234:P5"``) and its error
+            term (``"L11ERR:P5"``), scored through the SAE-spliced model (Marks et al. 2024;
+            see ``_feature_eap``).
     """
     if not isinstance(per_position, bool):
         raise InputError(f"per_position must be True or False, got {per_position!r}.")
@@ -74,6 +84,13 @@ def circuit(
         return seam(
             model, pairs, method=method, steps=steps, per_position=per_position, metric=metric
         )
+    sites = None
+    if saes is not None:
+        from ..features._sae import SAESet
+        from ._feature_eap import SpliceSites, check_saes
+
+        checked: SAESet = check_saes(model, saes)
+        sites = SpliceSites(checked, device=next(model.parameters()).device)
     tokens = tokenize(model, pairs)
     layout = Layout.of(model)
     if layout.n_heads % layout.n_kv_heads:
@@ -81,8 +98,34 @@ def circuit(
             f"{layout.n_heads} query heads don't split into {layout.n_kv_heads} KV groups."
         )
     scores, bound, clean, corrupted = eap_scores(
-        model, layout, all_weights(model), tokens, metric, steps=steps, progress=progress
+        model,
+        layout,
+        all_weights(model),
+        tokens,
+        metric,
+        steps=steps,
+        progress=progress,
+        sites=sites,
     )
+    if sites is not None:
+        from ._feature_eap import feature_scores
+
+        info = model_info(model)
+        fgraph = FeatureGraph.build(
+            scores=feature_scores(layout, sites),
+            saes=checked,
+            prompts=pairs.to_dict(),
+            tokens=tokens.str_tokens,
+            method=method,
+            metric=bound.name,
+            clean=clean,
+            corrupted=corrupted,
+            steps=steps,
+            **info,
+        )
+        if callable(metric):
+            fgraph._cache["metric_fn"] = metric
+        return fgraph
     if not per_position:
         scores = scores.sum(2, keepdim=True)
     info = model_info(model)

@@ -20,6 +20,7 @@ gradient. This never needs ``set_use_split_qkv_input``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +33,23 @@ from .._patching import final_logits
 from ._layout import Layout, Weights
 
 EMBED_HOOK = "blocks.0.hook_resid_pre"  # token (+ position) embeddings: the EMBED sender
+
+
+class ExtraSites(Protocol):
+    """More nodes riding along the EAP passes (SAE latents: ``_feature_eap.SpliceSites``).
+
+    ``hooks(run)`` are forward hooks for each pass (``run`` is ``"corrupted"``, ``"clean"`` or
+    ``"ig"``); the gradient of the metric at the output of each hook in ``grad_hooks`` is
+    handed to ``add_grads(run, grads)`` after that pass's backward; ``finish(diff, grads)``
+    gets the senders' corrupted − clean outputs and the step-averaged receiver gradients."""
+
+    grad_hooks: list[str]
+
+    def hooks(self, run: str) -> _hooks.Hooks: ...
+
+    def add_grads(self, run: str, grads: dict[str, torch.Tensor]) -> None: ...
+
+    def finish(self, diff: torch.Tensor, grads: torch.Tensor, steps: int) -> None: ...
 
 
 def sender_hooks(
@@ -92,6 +110,7 @@ def receiver_grads(
     metric: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]],
     embed_override: torch.Tensor | None = None,
     extra: _hooks.Hooks = (),
+    out_grads: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One forward and one backward: ``∂M/∂x_r`` for every receiver,
     ``[receiver, batch, pos, d_model]``, where ``M`` is the batch-mean metric.
@@ -99,7 +118,9 @@ def receiver_grads(
     ``metric(logits)`` gets this run's detached final logits and returns the per-example
     metric function (so a metric can be bound to the clean logits of this very run).
     ``embed_override [batch, pos, d_model]`` replaces the token embeddings (EAP-IG's
-    interpolated inputs); ``extra`` hooks ride along (caching the senders)."""
+    interpolated inputs); ``extra`` hooks ride along (caching the senders). ``out_grads``
+    maps hook names to be filled with ``∂M/∂(that hook's output)`` (after ``extra``'s hooks
+    there: an SAE site's spliced output)."""
     kept: dict[str, torch.Tensor] = {}
     resid: dict[int, torch.Tensor] = {}
 
@@ -129,11 +150,14 @@ def receiver_grads(
             fwd.append((f"blocks.{layer}.attn.hook_{kind}", keep(f"{kind}{layer}")))
         fwd.append((f"blocks.{layer}.ln2.hook_in", keep(f"mlp{layer}")))
     fwd.append(("ln_final.hook_in", keep("logits")))
+    fwd += [(name, keep("out:" + name)) for name in out_grads or ()]
     with torch.enable_grad():
         logits = final_logits(model, tokens, fwd)
         value = metric(logits.detach())(logits).mean()
         names = list(kept)
         grads = dict(zip(names, torch.autograd.grad(value, [kept[n] for n in names]), strict=True))
+        for name in out_grads or ():
+            out_grads[name] = grads["out:" + name].detach().float()
         batch, n_pos = tokens.shape
         out = torch.empty(len(layout.receivers), batch, n_pos, int(model.cfg.d_model))
         for layer in range(layout.n_layers):
@@ -164,12 +188,14 @@ def eap_scores(
     *,
     steps: int = 1,
     progress: bool = True,
+    sites: ExtraSites | None = None,
 ) -> tuple[torch.Tensor, Metric, float, float]:
     """Scores ``[sender, receiver, pos]`` (zero where the edge is invalid), the bound metric,
     and the clean and corrupted metric values.
 
     Passes: one corrupted forward, then ``steps`` forward+backward passes at α = 1 (the clean
     run, which also caches the clean senders and binds the metric), (steps−1)/steps, …, 1/steps.
+    ``sites`` (SAE latents) ride along every pass (see :class:`ExtraSites`).
     """
     embeds: dict[str, torch.Tensor] = {}
 
@@ -181,7 +207,11 @@ def eap_scores(
 
     with torch.no_grad():  # not inference mode: the embeddings feed EAP-IG's backward passes
         corr_logits, corr = sender_acts(
-            model, layout, weights, tokens.corrupted, [("hook_embed", keep_embed("corrupted"))]
+            model,
+            layout,
+            weights,
+            tokens.corrupted,
+            [("hook_embed", keep_embed("corrupted")), *(sites.hooks("corrupted") if sites else ())],
         )
     clean = torch.zeros_like(corr)
 
@@ -201,16 +231,27 @@ def eap_scores(
     for k, alpha in enumerate(
         tqdm(alphas, desc="EAP-IG steps", disable=not progress or steps == 1, leave=False)
     ):
+        run = "clean" if k == 0 else "ig"
+        site_grads = dict.fromkeys(sites.grad_hooks) if sites else None
+        site_hooks = list(sites.hooks(run)) if sites else []
         if k == 0:  # the clean run
             extra = [*sender_hooks(layout, weights, write), ("hook_embed", keep_embed("clean"))]
-            g = receiver_grads(model, layout, weights, tokens.clean, bind, None, extra)
+            g = receiver_grads(
+                model, layout, weights, tokens.clean, bind, None, extra + site_hooks, site_grads
+            )
         else:
             override = embeds["corrupted"] + alpha * (embeds["clean"] - embeds["corrupted"])
-            g = receiver_grads(model, layout, weights, tokens.clean, bind, override)
+            g = receiver_grads(
+                model, layout, weights, tokens.clean, bind, override, site_hooks, site_grads
+            )
+        if sites:
+            sites.add_grads(run, site_grads)
         grads = g if grads is None else grads + g
     grads = grads / steps
     metric_, clean_logits = bound
     diff = corr - clean  # [sender, batch, pos, d_model]
+    if sites:
+        sites.finish(diff, grads, steps)
     scores = torch.einsum("sbpd,rbpd->srp", diff, grads)
     scores = scores * layout.valid[:, :, None].to(scores)
     return scores, metric_, metric_(clean_logits), metric_(corr_logits)

@@ -330,6 +330,10 @@ class Graph:
         against the node list and sane bounds first (:func:`check_graph_json`): a file that
         declares absurd sizes is an :class:`InputError`, not a hung kernel."""
         data = json.loads(text) if isinstance(text, str) else text
+        if isinstance(data, dict) and "saes" in data:  # a feature graph (sparse, per position)
+            from ._feature_graph import FeatureGraph
+
+            return FeatureGraph.from_json(data)  # type: ignore[return-value]
         check_graph_json(data, whole=True)  # shapes fit the nodes before anything is allocated
         if data.get("schema") != SCHEMA:
             raise InputError(f"Not a {SCHEMA} graph (schema {data.get('schema')!r}).")

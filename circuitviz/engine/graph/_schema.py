@@ -27,6 +27,8 @@ MAX_DENSE_CELLS = 2**28
 MAX_ID_CHARS = 64
 MAX_TEXT_CHARS = 1000
 NODE_TYPES = ("embed", "head", "mlp", "logits", "feature", "error", "supernode")
+#: Latents per SAE a feature graph may declare (the largest public SAEs have ~2**24).
+MAX_FEATURES = 2**24
 #: The metadata of a whole graph (``Graph.to_dict``) besides its nodes and edges.
 GRAPH_META = (
     "model",
@@ -115,7 +117,8 @@ def check_graph_json(data: Any, *, whole: bool = False) -> None:
         raise InputError("Graph JSON: a per-position graph needs its 'tokens'.")
     n_pos = len(tokens) if tokens else None
 
-    if whole and n_layers is not None and n_heads is not None:
+    d_sae = _check_saes(data.get("saes"), n_layers)
+    if whole and n_layers is not None and n_heads is not None and d_sae is None:
         kv = n_kv or n_heads
         senders = 1 + n_layers * (n_heads + 1)
         receivers = n_layers * (n_heads + 2 * kv + 1) + 1
@@ -135,6 +138,8 @@ def check_graph_json(data: Any, *, whole: bool = False) -> None:
     seen: set[str] = set()
     for i, node in enumerate(nodes):
         _check_node(node, i, n_layers, n_heads, n_pos, seen)
+        if node.get("type") in ("feature", "error"):
+            _check_feature_node(node, i, d_sae)
 
     if data.get("roles") is not None:  # head roles (Graph.to_json(with_roles=...))
         role_map(data["roles"], n_layers=n_layers, n_heads=n_heads, where="Graph JSON: 'roles'")
@@ -154,6 +159,44 @@ def check_graph_json(data: Any, *, whole: bool = False) -> None:
         targets = edge.get("targets")
         if targets is not None and (not isinstance(targets, list) or len(targets) > MAX_HEADS):
             raise InputError(f"Graph JSON: edges[{i}].targets must be a list of node ids.")
+
+
+def _check_saes(saes: Any, n_layers: int | None) -> dict[str, int] | None:
+    """A feature graph's ``saes`` list (``[{"hook", "d_sae", "name"}]``) -> {hook: d_sae}."""
+    if saes is None:
+        return None
+    if not isinstance(saes, list) or not 0 < len(saes) <= MAX_LAYERS:
+        raise InputError(f"Graph JSON: 'saes' must be a list of 1–{MAX_LAYERS} SAEs.")
+    out: dict[str, int] = {}
+    for i, sae in enumerate(saes):
+        if not isinstance(sae, Mapping):
+            raise InputError(f"Graph JSON: saes[{i}] must be an object with 'hook' and 'd_sae'.")
+        _text(sae.get("hook"), f"saes[{i}].hook", MAX_ID_CHARS)
+        _int(sae, "d_sae", 1, MAX_FEATURES)
+        if sae.get("d_sae") is None:
+            raise InputError(f"Graph JSON: saes[{i}].d_sae is missing.")
+        if sae.get("name") is not None:
+            _text(sae["name"], f"saes[{i}].name")
+        out[sae["hook"]] = sae["d_sae"]
+    return out
+
+
+def _check_feature_node(node: Mapping[str, Any], i: int, d_sae: dict[str, int] | None) -> None:
+    """A feature node's ``feature`` index (within its SAE's ``d_sae`` when the graph lists its
+    SAEs) and ``hook``; an error node's ``hook``."""
+    where = f"nodes[{i}] ({_short(node.get('id'))})"
+    hook = node.get("hook")
+    if hook is not None:
+        _text(hook, f"{where}.hook", MAX_ID_CHARS)
+    if node.get("type") != "feature":
+        return
+    limit = MAX_FEATURES if d_sae is None or hook not in d_sae else d_sae[hook]
+    value = node.get("feature")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
+        raise InputError(
+            f"Graph JSON: {where} has feature {_short(value)}; expected 0–{limit - 1}"
+            + (" (its SAE's d_sae)." if d_sae and hook in d_sae else ".")
+        )
 
 
 def _check_node(

@@ -11,7 +11,8 @@ The words mean the same everywhere:
 - ``min_rel_weight``: a **relative** cut, ``|weight| ≥ min_rel_weight × the strongest
   |weight|`` among the edges the filters let through (0–1);
 - ``inputs``: keep only edges into these inputs (``"q"``, ``"k"``, ``"v"``, ``"mlp"``,
-  ``"logits"``); ``sign``: ``"positive"``, ``"negative"`` or ``"both"``;
+  ``"logits"``, and in feature graphs ``"feature"`` and ``"error"``: into an SAE latent or
+  error node); ``sign``: ``"positive"``, ``"negative"`` or ``"both"``;
 - ``pinned``: node ids always in the result, each with the strongest path through it (the
   largest cut ``|weight| ≥ τ`` that still puts it on an EMBED → LOGITS path; pins ignore
   the other settings).
@@ -39,7 +40,7 @@ import numpy as np
 from .._components import as_int
 from .._pairs import InputError
 
-EDGE_INPUTS = ("q", "k", "v", "mlp", "logits")
+EDGE_INPUTS = ("q", "k", "v", "mlp", "logits", "feature", "error")
 SIGNS = ("both", "positive", "negative")
 #: How a deprecated word maps onto the vocabulary above.
 DEPRECATED = {"top_n": "top_edges", "threshold": "min_weight"}
@@ -366,8 +367,11 @@ def _edge_lookup(edges: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str
 # ------------------------------------------------------------------------------ a Graph
 def graph_candidates(graph: Any) -> Candidates:
     """Candidates over a ``Graph``'s kept edges between its listed nodes, with its exact
-    path rule (``_prune.on_paths``)."""
+    path rule (``_prune.on_paths``); a feature graph brings its own (``_feature_paths``)."""
     import torch
+
+    if hasattr(graph, "candidates"):
+        return graph.candidates()
 
     from ._prune import on_paths
 
