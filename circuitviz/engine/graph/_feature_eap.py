@@ -11,7 +11,7 @@ its latents and its error term. So the graph has, per position,
   ∂M/∂out``: TopK, ReLU and JumpReLU latents pass their pre-activation's gradient where
   active);
 - one **error node** ``L{L}ERR:P{p}``: a sender writing ``err`` and a receiver with gradient
-  ``∂M/∂out − W_enc ∂M/∂pre``: the part of an upstream change that the SAE does not
+  ``∂M/∂out − W_enc ∂M/∂pre`` (over the latents that are nodes): the part of an upstream change that the SAE does not
   reconstruct. The edges into a site therefore sum to the plain residual edge (completeness);
 - the heads, MLPs, embeddings and logits as in ``circuit()``; a component edge is kept only
   when no site lies between its ends.
@@ -243,7 +243,8 @@ def feature_scores(layout: Layout, sites: SpliceSites) -> FeatureScores:
                 sae, feats = sites.sae[nxt], active[nxt][p]
                 g_pre = sites.g_pre[nxt][:, p]  # [batch, d_sae]
                 recv.append(g_pre[:, feats].T[:, :, None] * sae.W_enc[:, feats].T[:, None])
-                g_err = sites.g_out[nxt][:, p] - g_pre @ sae.W_enc.T
+                # what the listed latents do not carry (an IG step may light up others)
+                g_err = sites.g_out[nxt][:, p] - g_pre[:, feats] @ sae.W_enc[:, feats].T
                 recv.append(g_err[None])
                 recv_ids += [index["f", nxt, int(i), p] for i in feats] + [index["e", nxt, p]]
                 recv_codes += [INPUTS.index("feature")] * len(feats) + [INPUTS.index("error")]

@@ -157,18 +157,14 @@ def feature_candidates(graph: Any) -> Candidates:
             nodes += ts
         return np.array(rows, dtype=np.int64), np.array(nodes, dtype=np.int64)
 
-    # coarse units for pins (positions merged): a GQA group, an MLP, a latent, an error term
-    unit_key = [
-        (
-            int(t),
-            int(L),
-            int(h) // group if t == TYPES.index("head") else -1,
-            int(f),
+    # units for pins' widest-path search: each node alone, except that a GQA group of heads is
+    # one unit across positions (a k/v input at s feeds its outputs at later positions)
+    unit = np.arange(n)
+    if len(hi):
+        _, head_unit = np.unique(
+            np.stack([layer[hi], head[hi] // group], 1), axis=0, return_inverse=True
         )
-        for t, L, h, f in zip(types, layer, head, graph.feature[listed_nodes], strict=True)
-    ]
-    _, unit = np.unique(np.array(unit_key).reshape(-1, 4), axis=0, return_inverse=True)
-    unit = unit.ravel()
+        unit[hi] = n + head_unit.ravel()
     ranked = ~np.isin(types, [TYPES.index("embed"), TYPES.index("logits")])
     return Candidates(
         weight=graph.weight[e].astype(np.float64),
