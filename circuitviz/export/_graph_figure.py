@@ -39,8 +39,12 @@ NODE_SYMBOLS = {
     "mlp": "square",
     "logits": "diamond",
     "supernode": "hexagon",  # a group of feature nodes (CircuitView.supernodes)
+    "feature": "diamond-tall",
+    "error": "triangle-up",
 }
-TYPE_ORDER = ("embed", "head", "mlp", "logits", "supernode")
+TYPE_ORDER = ("embed", "head", "mlp", "logits", "feature", "error", "supernode")
+#: Legend names of node types (the type itself where not listed).
+TYPE_NAMES = {"mlp": "MLP", "feature": "SAE feature", "error": "SAE error"}
 WIDTH_LEVELS = 4
 LABEL_SCALE = 0.9  # node labels and legend, relative to the style's font size
 EMPTY_RUN_ROWS = 0.5  # height of a collapsed run of empty layers, in rows
@@ -156,11 +160,13 @@ def layout_positions(
     n_layers = graph.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
     n_heads = graph.get("n_heads") or 1 + max((n.get("head") or 0) for n in nodes)
 
+    feature_column = _feature_columns(nodes, n_heads)
+
     def slot(node: dict[str, Any]) -> tuple[int, int]:
         column = {"head": node.get("head") or 0, "mlp": n_heads}.get(node.get("type"), n_heads + 1)
-        if node.get("type") in ("feature", "supernode") and node.get("head") is not None:
+        if node.get("type") == "supernode" and node.get("head") is not None:
             column = node["head"]  # the slot the kernel gives it, as js/src/layout.ts
-        return (node.get("pos") or 0, column)
+        return (node.get("pos") or 0, feature_column.get(node["id"], column))
 
     body = [n for n in nodes if n.get("type") not in ("embed", "logits")]
     slots = sorted({slot(n) for n in body})
@@ -185,6 +191,21 @@ def layout_positions(
         else:
             out[n["id"]] = (x_of[slot(n)], y)
     return out, rows
+
+
+def _feature_columns(nodes: list[dict[str, Any]], n_heads: int) -> dict[str, int]:
+    """Feature graphs: columns right of the MLP for each (layer, position)'s SAE error node,
+    then its latents, strongest first (so none share a spot)."""
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for n in nodes:
+        if n.get("type") in ("feature", "error"):
+            groups.setdefault((n.get("layer"), n.get("pos")), []).append(n)
+    out = {}
+    for members in groups.values():
+        members.sort(key=lambda n: (n.get("type") != "error", -abs(n.get("score") or 0), n["id"]))
+        for k, n in enumerate(members):
+            out[n["id"]] = n_heads + 1 + k
+    return out
 
 
 def _position_ticks(graph: dict[str, Any], pos: dict[str, tuple[float, float]]):
@@ -326,7 +347,7 @@ def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
                 x=[pos[n["id"]][0] for n in members],
                 y=[pos[n["id"]][1] for n in members],
                 mode="markers",
-                name=kind if kind != "mlp" else "MLP",
+                name=TYPE_NAMES.get(kind, kind),
                 marker={
                     "symbol": NODE_SYMBOLS.get(kind, "circle"),
                     "size": [size[n["id"]] for n in members],

@@ -39,6 +39,8 @@ CATEGORICAL = {
     "logits": "#CC79A7",
     "supernode": "#56B4E9",  # as drawn in the view (js/src/clamp.ts SUPERNODE_COLOR)
     "other": "#56B4E9",
+    "feature": "#56B4E9",  # SAE latents (feature graphs), drawn as tall diamonds
+    "error": "#F0E442",  # SAE error terms, drawn as triangles
 }
 
 

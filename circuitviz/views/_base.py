@@ -33,7 +33,7 @@ import anywidget
 import traitlets as t
 
 from ..engine import METRICS, MODES, AblationResult, InputError, PromptPairs, ablate
-from ..engine._components import COMPONENT_ID, parse_ids
+from ..engine._components import COMPONENT_ID, parse_id, parse_ids
 from ..engine.backends import JobCancelled, remote_jobs
 from ._jobs import JOB_KEYS, JOB_STATES, RemoteClicks, kernel_post
 
@@ -284,6 +284,8 @@ class AblationView(View):
         super().__init__(**kwargs)
         self._model = model
         self._pairs = pairs
+        #: SAEs whose latents ("L11F1234") a click may ablate (a CircuitView of a feature graph)
+        self._saes: Any = None
         self._last: AblationResult | None = None
         self.can_ablate = model is not None and pairs is not None
         jobs = remote_jobs(model) if self.can_ablate else None
@@ -335,9 +337,14 @@ class AblationView(View):
         mode = self.mode if mode is None else mode
         metric = self.metric if metric is None else metric
         comps = self.validate(components, mode, metric)
-        heads = [c for c in comps if c.startswith("L")]
-        mlps = [c for c in comps if c.startswith("MLP")]
-        res = ablate(self._model, self._pairs, heads=heads, mlps=mlps, mode=mode, metric=metric)
+        kinds = {c: parse_id(c).kind for c in comps}
+        heads = [c for c in comps if kinds[c] == "head"]
+        mlps = [c for c in comps if kinds[c] == "mlp"]
+        features = [c for c in comps if kinds[c] == "feature"]
+        extra = {"features": features, "saes": self._saes} if features else {}
+        res = ablate(
+            self._model, self._pairs, heads=heads, mlps=mlps, mode=mode, metric=metric, **extra
+        )
         self.show_ablation(res, mode=mode, metric=metric)
         return res
 

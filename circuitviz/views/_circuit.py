@@ -24,13 +24,14 @@ from ..engine import InputError, PromptPairs, backends
 from ..engine._badges import badge_legend, role_map
 from ..engine._cells import is_covered
 from ..engine._components import parse_id
-from ..engine.graph import Graph, _select, circuit
+from ..engine.graph import FeatureGraph, Graph, _select, circuit
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
 from ._clamp import FeatureSteering, collapse
 from ._codec import decode, encode
+from ._feature_nodes import FeatureNodes
 
-NODE_TYPES = ("embed", "head", "mlp", "logits")
+NODE_TYPES = ("embed", "head", "mlp", "logits", "feature", "error")
 EDGE_INPUTS = _select.EDGE_INPUTS
 #: The search box lists at most this many node ids (the strongest), so that a per-position
 #: graph of a long prompt still sends a small message.
@@ -45,7 +46,7 @@ VIEW_ONLY_KEYS = ("nodes", "edges", "totals", "n_edges", "notice", "role_badges"
 
 def graph_dict(graph: Any) -> tuple[dict[str, Any] | None, Graph | None]:
     """(graph JSON as a dict, or None for a Graph object; the Graph object, if given)."""
-    if isinstance(graph, Graph):
+    if isinstance(graph, (Graph, FeatureGraph)):
         return None, graph
     if hasattr(graph, "to_json"):
         data = graph.to_json()
@@ -97,6 +98,8 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(edges, list) or not all(isinstance(e, Mapping) for e in edges):
         raise InputError("The graph's 'edges' must be a list of objects.")
     out = {k: data[k] for k in GRAPH_META if k in data}
+    if "saes" in data:  # a feature graph: rebuilt as one (graph_object)
+        out.update({k: data[k] for k in ("saes", "n_kv_heads", "steps") if k in data})
     inner = [n for n in nodes if n["type"] in ("head", "mlp")]
     out.setdefault("n_layers", 1 + max((n["layer"] for n in inner), default=0))
     out.setdefault(
@@ -120,14 +123,26 @@ def node_dict(n: Mapping[str, Any]) -> dict[str, Any]:
         "label": str(n.get("label", n["id"])),
         "score": float(score) if finite else None,
         "ablates": node_ablates(n["id"], kind),
+        **feature_fields(n),
     }
 
 
+def feature_fields(n: Mapping[str, Any]) -> dict[str, Any]:
+    """A feature node's SAE latent index and hook (an error node's hook), when present."""
+    out: dict[str, Any] = {}
+    if isinstance(n.get("feature"), int) and not isinstance(n.get("feature"), bool):
+        out["feature"] = int(n["feature"])
+    if isinstance(n.get("hook"), str):
+        out["hook"] = n["hook"][:64]
+    return out
+
+
 def node_ablates(node_id: str, kind: str) -> str | None:
-    """What a click on a graph node ablates: its head or MLP, at its position on per-position
-    graphs ("L3H5:P4", as a heads_by_pos cell); None for embeddings, logits or an id outside
-    the component grammar. The one rule: the browser, the figure and faithfulness use it."""
-    if kind not in ("head", "mlp"):
+    """What a click on a graph node ablates: its head, MLP or SAE latent, at its position on
+    per-position graphs ("L3H5:P4", as a heads_by_pos cell; "L11F1234:P5"); None for
+    embeddings, logits, error nodes or an id outside the component grammar. The one rule: the
+    browser, the figure and faithfulness use it."""
+    if kind not in ("head", "mlp", "feature"):
         return None
     try:
         return parse_id(node_id).id
@@ -165,7 +180,7 @@ def _deprecated_alias(old: str, new: str) -> property:
     return property(get, set_, doc=f"Deprecated: :attr:`{new}`.")
 
 
-class CircuitView(FeatureSteering, AblationView):
+class CircuitView(FeatureNodes, FeatureSteering, AblationView):
     """A circuit graph: one row per layer (embeddings at the bottom, logits on top), heads and
     MLPs across it (and one column band per token when the graph is per position); edge width
     and colour show |weight| and sign.
@@ -177,6 +192,11 @@ class CircuitView(FeatureSteering, AblationView):
 
     Plain click ablates only that node (click again to clear); shift-click adds or removes it;
     alt-click pins it (a pinned node is shown with the strongest path through it).
+
+    A feature graph (``circuit(..., saes=...)``) also draws SAE latents (diamonds) and error
+    nodes (triangles); hovering a latent shows its card (``feature_card``), and a click
+    ablates that latent at that position with ``saes=`` (default: the SAEs the graph was
+    built with).
 
     ``max_edges``: a ``Graph`` with more edges is first pruned to ``top_edges=max_edges``
     (``None``: keep all; the browser never receives more than the shown subgraph anyway).
@@ -285,6 +305,7 @@ class CircuitView(FeatureSteering, AblationView):
         if self._meta.get("metric") in ("logit_diff", "normalized_logit_diff", "answer_prob", "kl"):
             metric = self._meta["metric"]
         super().__init__(model=model, pairs=pairs, metric=metric, **kwargs)
+        self._init_features(obj, saes)
         order = np.argsort(-np.abs(np.nan_to_num(self._cands.node_score)), kind="stable")
         self.searchable = [self._cands.node_ids[i] for i in order[:MAX_SEARCHABLE]]
         self.has_faithfulness = bool(obj is not None and self.can_ablate)
@@ -401,7 +422,7 @@ class CircuitView(FeatureSteering, AblationView):
         meta = {k: v for k, v in g.items() if k not in VIEW_ONLY_KEYS}
         return {**meta, "nodes": list(nodes), "edges": edges}
 
-    def shown_circuit(self) -> Graph | None:
+    def shown_circuit(self) -> Graph | FeatureGraph | None:
         """The shown subgraph as a ``Graph`` (None for hand-made graph JSON)."""
         if self._full is None or self._shown is None:
             return None
@@ -546,7 +567,9 @@ class CircuitView(FeatureSteering, AblationView):
         assert self._shown is not None
         key = (np.packbits(self._shown[0]).tobytes(), tuple(dropped))
         if key not in self._faith_cache:
-            value = shown.faithfulness(self._model, self._pairs, ablated=dropped)
+            value = shown.faithfulness(
+                self._model, self._pairs, ablated=dropped, **self._feature_kwargs(shown)
+            )
             if len(self._faith_cache) > 256:
                 self._faith_cache.clear()
             self._faith_cache[key] = float(value)
@@ -570,8 +593,9 @@ _MEANINGS = {
 }
 
 
-def _graph_meta(graph: Graph) -> dict[str, Any]:
-    return {
+def _graph_meta(graph: Graph | FeatureGraph) -> dict[str, Any]:
+    extra = {"saes": graph.saes} if isinstance(graph, FeatureGraph) else {}
+    return extra | {
         "model": graph.model,
         "method": graph.method,
         "metric": graph.metric,

@@ -10,13 +10,16 @@ import { exportButtons, svgEl } from "./export";
 import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point } from "./layout";
 import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
 import { CLAMP_STYLE, FEATURE_COLOR, FeaturePanel, SUPERNODE_COLOR, pickedRing, supernodeShape, type ClampTraits } from "./clamp";
+import { FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
 import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
 
-const ABLATABLE = new Set(["head", "mlp"]);
+/** Nodes ranked by |score| (counted); what a click ablates is the kernel's n.ablates. */
+const ABLATABLE = new Set(["head", "mlp", "feature", "error"]);
 /** Nodes sized by |score| (features and supernodes too). */
-const SCORED = new Set(["head", "mlp", "feature", "supernode"]);
-const EDGE_INPUTS = ["q", "k", "v", "mlp", "logits"];
+const SCORED = new Set(["head", "mlp", "feature", "error", "supernode"]);
+const EDGE_INPUTS = ["q", "k", "v", "mlp", "logits", "feature", "error"];
+const FEATURE_INPUTS = new Set(["feature", "error"]);
 /** On-screen label size in px, whatever the zoom: labels live outside the zoomed layer. */
 const LABEL_PX = 12;
 const AXIS_W = 46;
@@ -70,7 +73,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const onError = (e: unknown) => setText(panel.error, String(e));
   const roleLegend = el("div", { "data-role": "role-legend-box" });
   const features = new FeaturePanel(model as unknown as AnyModel<ClampTraits>, rootEl, () => draw());
-  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, features.el, legend(), roleLegend, panel.el);
+  const featLegend = featureLegend();
+  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, features.el, legend(), featLegend, roleLegend, panel.el);
   const main = el("div", { class: "cv-main cv-graph-box" }, svg);
   rootEl.append(
     el("div", { class: "cv-toolbar" }, title, counts),
@@ -82,7 +86,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       more,
       less,
       el("label", { title: minRel.title }, "min weight (rel.) ", minRel, minRelLabel),
-      el("span", { class: "cv-filters", title: "Edges into these inputs" }, ...inputBoxes.map((b) => el("label", {}, b, ` ${b.value}`))),
+      el("span", { class: "cv-filters", title: "Edges into these inputs" }, ...inputBoxes.map((b) => el("label", { "data-input-box": b.value }, b, ` ${b.value}`))),
       sign,
       search,
       datalist,
@@ -115,6 +119,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       : null;
     setText(title, `${g.method ?? "circuit"} graph · ${g.model ?? ""} · ${g.metric ?? ""}`);
     loadRoles();
+    showFeatureControls(!!g.saes?.length);
     const nEdges = g.n_edges ?? (edges ? edges.weight.length : 0);
     const inner = nodes.filter((n) => ABLATABLE.has(n.type)).length;
     setText(counts, `showing ${inner} of ${g.totals?.nodes ?? inner} nodes · ${nEdges} of ${g.totals?.edges ?? nEdges} edges`);
@@ -168,7 +173,14 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   }
 
   function labelText(n: GraphNode): string {
+    if (n.type === "feature" || n.type === "error") return truncate(n.label ?? baseId(n.id), 18);
     return n.pos !== null && n.pos !== undefined ? baseId(n.id) : truncate(n.label ?? n.id, 18);
+  }
+
+  /** Feature graphs: the feature/error edge filters and legend rows. */
+  function showFeatureControls(on: boolean): void {
+    for (const b of inputBoxes) if (FEATURE_INPUTS.has(b.value)) (b.parentElement as HTMLElement).style.display = on ? "" : "none";
+    featLegend.style.display = on ? "" : "none";
   }
 
   function draw(): void {
@@ -212,8 +224,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         role: "button",
         "aria-label": `${n.id} (${n.type})`,
       });
-      const shape = n.type === "mlp" ? svgEl("rect", { x: -r, y: -r, width: 2 * r, height: 2 * r, rx: 2 }) : n.type === "supernode" ? supernodeShape(r + 2) : svgEl("circle", { r });
-      const fill = n.type === "supernode" ? SUPERNODE_COLOR : NODE_COLORS[n.type] ?? (n.type === "feature" ? FEATURE_COLOR : "#777");
+      const shape = n.type === "supernode" ? supernodeShape(r + 2) : featureShape(n.type, r) ?? (n.type === "mlp" ? svgEl("rect", { x: -r, y: -r, width: 2 * r, height: 2 * r, rx: 2 }) : svgEl("circle", { r }));
+      const fill = n.type === "supernode" ? SUPERNODE_COLOR : NODE_COLORS[n.type] ?? FEATURE_COLORS[n.type] ?? (n.type === "feature" ? FEATURE_COLOR : "#777");
       shape.setAttribute("fill", isAbl ? "#fff" : fill);
       // The ring shows the score's sign; the fill shows the node type.
       const ring = (n.score ?? 0) >= 0 ? POSITIVE : NEGATIVE;
@@ -360,7 +372,10 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       const p = screen(layout.positions.get(n.id)!);
       overlay.append(svgEl("text", { x: p.x, y: p.y - 14, "text-anchor": "middle", "font-size": LABEL_PX, fill: "#000", class: "cv-label", "data-role": "hover-label" }, labelText(n)));
     }
-    if (n.type === "head") attentionPreview(model, preview, baseId(n.id));
+    if (n.type === "head") {
+      preview.removeAttribute("data-feature"); // a late feature card must not replace it
+      attentionPreview(model, preview, baseId(n.id));
+    } else if (n.type === "feature") featureCard(model, preview, baseId(n.id));
   }
 
   function togglePin(id: string): void {

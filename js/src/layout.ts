@@ -31,6 +31,27 @@ export interface Layout {
   rows: { layer: number; y: number }[];
 }
 
+/** Feature graphs: SAE latents and error nodes sit half a row above their layer (they read
+ * the residual after its MLP), spread across their token's band, strongest first, the error
+ * node last; returns each one's slot (in head-slot units, 0 … nHeads). */
+export function featureSlots(nodes: GraphNode[], nHeads: number): Map<string, number> {
+  const groups = new Map<string, GraphNode[]>();
+  for (const n of nodes) {
+    if (n.type !== "feature" && n.type !== "error") continue;
+    const key = `${n.layer}:${n.pos ?? -1}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key)!.push(n);
+  }
+  const out = new Map<string, number>();
+  for (const group of groups.values()) {
+    const feats = group.filter((n) => n.type === "feature").sort((a, b) => Math.abs(b.score ?? 0) - Math.abs(a.score ?? 0) || a.id.localeCompare(b.id));
+    const ordered = [...feats, ...group.filter((n) => n.type === "error")];
+    const step = ordered.length > 1 ? nHeads / (ordered.length - 1) : 0;
+    ordered.forEach((n, i) => out.set(n.id, ordered.length > 1 ? i * step : nHeads / 2));
+  }
+  return out;
+}
+
 /** Column of a node inside its layer: heads 0…H-1, the MLP after them. */
 function slot(node: GraphNode, nHeads: number): number {
   if (node.type === "head") return node.head ?? 0;
@@ -56,6 +77,7 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
   const rows = Math.max(layers.length, 1);
   const height = 2 * margin + (rows - 1) * rowH;
   const positions = new Map<string, Point>();
+  const featSlot = featureSlots(nodes, opts.nHeads);
   for (const n of nodes) {
     const row = rowOf.get(clampLayer(n.layer)) ?? 0;
     const y = height - margin - row * rowH;
@@ -64,10 +86,12 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
     if (band === null) {
       x = perPos && (n.type === "embed" || n.type === "logits") ? margin + (nPos * bandW) / 2 : margin + (slot(n, opts.nHeads) + 0.5) * slotW + (perPos ? ((nPos - 1) * bandW) / 2 : 0);
     } else {
-      x = margin + band * bandW + (slot(n, opts.nHeads) + 0.5) * slotW;
+      x = margin + band * bandW + ((featSlot.get(n.id) ?? slot(n, opts.nHeads)) + 0.5) * slotW;
     }
-    // MLPs sit half a row above their layer's heads: they read the heads' output.
-    positions.set(n.id, { x, y: n.type === "mlp" ? y - rowH / 4 : y });
+    // MLPs sit a quarter row above their layer's heads (they read the heads' output), SAE
+    // latents and error nodes half a row (they read the residual after the MLP).
+    const lift = n.type === "mlp" ? rowH / 4 : featSlot.has(n.id) ? rowH / 2 : 0;
+    positions.set(n.id, { x, y: y - lift });
   }
   const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + pos * bandW + (slots * slotW) / 2 })) : [];
   const rowYs = layers.map((layer, i) => ({ layer, y: height - margin - i * rowH }));

@@ -123,6 +123,9 @@ export interface GraphNode {
   /** What a click ablates (decided in the kernel: the node's head/MLP, at its position on
    * per-position graphs), or null for embeddings and logits. */
   ablates?: string | null;
+  /** Feature graphs: a feature node's SAE latent index, and its SAE's hook (error nodes too). */
+  feature?: number;
+  hook?: string;
 }
 
 export interface GraphEdges {
@@ -157,6 +160,8 @@ export interface GraphPayload {
   roles?: Record<string, string[]>;
   /** Badge text, colour and legend label of each role in `roles`. */
   role_badges?: Badge[];
+  /** Feature graphs: the SAEs whose latents and error terms are nodes. */
+  saes?: { hook: string; d_sae: number; name?: string }[];
 }
 
 export interface CircuitTraits extends AblationTraits {

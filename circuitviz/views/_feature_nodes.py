@@ -1,0 +1,128 @@
+"""CircuitView's SAE feature nodes (a ``FeatureGraph`` from ``circuit(..., saes=...)``): the
+hover card of a latent, computed in the kernel and cached, and the SAEs a click ablates with.
+
+Card protocol (mirrors ``js/src/feature_card.ts``)::
+
+    view → kernel  {"type": "feature_card", "node": "L11F1234:P5", "request": "feature:L11F1234"}
+    kernel → view  {"type": "feature_card", "node": "L11F1234", "label": "…",
+                    "promoted": [[token, value], …], "suppressed": [[token, value], …],
+                    "max_act": 3.2, "request": …}
+
+``promoted``/``suppressed``: the tokens whose logits the latent's decoder direction raises and
+lowers most directly (``W_dec[i] @ W_U``); ``max_act``: its largest activation on the view's
+clean and corrupted prompts. Token text is sent as text (the page never parses it as HTML).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..engine import InputError
+from ..engine._components import parse_id
+from ..engine._hooks import hooks
+from ..engine._pairs import tokenize
+from ..engine.features import SAESet, as_sae_set, splice_hook
+from ..engine.graph import FeatureGraph
+from ..engine.graph._feature_graph import feature_label
+
+#: Tokens listed per direction on a card (the payload stays a few hundred bytes).
+CARD_TOKENS = 6
+#: Cards kept per view.
+MAX_CARDS = 512
+
+
+class FeatureNodes:
+    """Mixin for CircuitView: feature cards and the SAEs behind feature nodes."""
+
+    _saes: Any
+    _model: Any
+    _pairs: Any
+    _cards: dict[str, dict[str, Any]]
+    _max_acts: dict[str, torch.Tensor] | None
+
+    def _init_features(self, graph: Any, saes: Any) -> None:
+        """Keep the SAEs of a feature graph (given, or those it was built with)."""
+        self._cards = {}
+        self._max_acts = None
+        if saes is not None:
+            saes = as_sae_set(saes)
+        elif isinstance(graph, FeatureGraph):
+            saes = graph._cache.get("saes")
+        if isinstance(graph, FeatureGraph) and saes is not None:
+            graph._saes(saes)  # the graph's own SAEs, or an InputError
+        self._saes = saes
+
+    def _feature_kwargs(self, graph: Any) -> dict[str, Any]:
+        """What ``faithfulness`` of a shown feature circuit needs besides the model and pairs."""
+        return {"saes": self._saes} if isinstance(graph, FeatureGraph) else {}
+
+    def _msg_feature_card(self, content: dict[str, Any]) -> None:
+        node = content.get("node")
+        card = self.feature_card(node)
+        self.send({"type": "feature_card", **card, "request": content.get("request")})
+
+    def feature_card(self, node: Any) -> dict[str, Any]:
+        """The hover card of a feature node (``"L11F1234"``, with or without ``":P5"``):
+        label, the tokens its decoder direction promotes and suppresses, its max activation."""
+        comp = parse_id(node) if isinstance(node, str) else None
+        if comp is None or comp.kind != "feature":
+            raise InputError(
+                f"feature_card: {str(node)[:40]!r} is not a feature id like 'L11F1234'."
+            )
+        saes: SAESet | None = self._saes
+        if saes is None or self._model is None:
+            raise InputError(
+                "Feature cards need a live kernel with the model and the SAEs (saes=…)."
+            )
+        if comp.hook not in saes:
+            raise InputError(f"feature_card: no SAE reads {comp.hook!r}.")
+        sae = saes[comp.hook]
+        if not 0 <= comp.feature < sae.d_sae:
+            raise InputError(f"feature_card: {comp.base_id} is out of range (0 … {sae.d_sae - 1}).")
+        key = comp.base_id
+        if key not in self._cards:
+            if len(self._cards) >= MAX_CARDS:
+                self._cards.clear()
+            W_U = self._model.W_U.detach().float()
+            direction = sae.W_dec[comp.feature].float().to(W_U.device) @ W_U  # [d_vocab]
+            up = direction.topk(CARD_TOKENS)
+            down = (-direction).topk(CARD_TOKENS)
+            to_str = self._model.to_string
+            max_act = self._latent_max(comp.hook)
+            self._cards[key] = {
+                "node": key,
+                "label": feature_label(saes.stats, comp.hook, comp.layer, comp.feature),
+                "promoted": [
+                    [to_str(int(i)), round(float(v), 4)] for v, i in zip(*up, strict=True)
+                ],
+                "suppressed": [
+                    [to_str(int(i)), round(-float(v), 4)] for v, i in zip(*down, strict=True)
+                ],
+                "max_act": None if max_act is None else round(float(max_act[comp.feature]), 4),
+            }
+        return self._cards[key]
+
+    def _latent_max(self, hook: str) -> torch.Tensor | None:
+        """Per latent, its largest activation on the clean and corrupted prompts (one spliced
+        forward per prompt set, once per view)."""
+        if self._pairs is None:
+            return None
+        if self._max_acts is None:
+            saes, store = self._saes, {}
+            tokens = tokenize(self._model, self._pairs)
+
+            def rec(h: str):
+                def fn(f: torch.Tensor, err: torch.Tensor) -> None:
+                    top = f.detach().float().amax((0, 1)).cpu()
+                    store[h] = torch.maximum(store[h], top) if h in store else top
+
+                return fn
+
+            fwd = [(h, splice_hook(saes[h], record=rec(h))) for h in saes]
+            with torch.inference_mode(), hooks(self._model, fwd):
+                for batch in (tokens.clean, tokens.corrupted):
+                    self._model(batch, return_type="logits")
+            self._max_acts = store
+        return self._max_acts.get(hook)
