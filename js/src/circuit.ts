@@ -281,9 +281,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     }
     const tokens = g.tokens ?? [];
     if (layout.bands.length) {
-      const bandPx = layout.bands.length > 1 ? (layout.bands[1].x - layout.bands[0].x) * view.k : svgWidth();
-      const chars = Math.max(0, Math.floor(bandPx / 6.5) - 3);
       for (const b of layout.bands) {
+        const bandPx = layout.bands.length > 1 ? b.w * view.k : svgWidth();
+        const chars = Math.max(0, Math.floor(bandPx / 6.5) - 3);
         const x = view.x + b.x * view.k;
         if (x < AXIS_W || x > svgWidth() || chars < 1) continue;
         overlay.append(svgEl("text", { x, y: height - 5, "text-anchor": "middle", "font-size": 11, fill: "#555", "data-role": "band-label" }, `${b.pos}:${truncate(tokens[b.pos] ?? "", chars)}`));

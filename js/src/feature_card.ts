@@ -10,8 +10,8 @@ export const FEATURE_COLORS: Record<string, string> = { feature: "#56B4E9", erro
 
 /** A latent is a diamond, an error node a triangle; null for other node types. */
 export function featureShape(type: string, r: number): SVGElement | null {
-  if (type === "feature") return svgEl("path", { d: `M0,${-r * 1.2}L${r * 1.2},0L0,${r * 1.2}L${-r * 1.2},0Z` });
-  if (type === "error") return svgEl("path", { d: `M0,${-r * 1.15}L${r * 1.1},${r * 0.85}L${-r * 1.1},${r * 0.85}Z` });
+  if (type === "feature") return svgEl("path", { d: `M0,${-r * 1.1}L${r},0L0,${r * 1.1}L${-r},0Z` });
+  if (type === "error") return svgEl("path", { d: `M0,${-r * 1.1}L${r},${r * 0.8}L${-r},${r * 0.8}Z` });
   return null;
 }
 

@@ -25,15 +25,16 @@ export interface Layout {
   positions: Map<string, Point>;
   width: number;
   height: number;
-  /** Per-position graphs: the x centre of each token's band (for axis labels). */
-  bands: { pos: number; x: number }[];
+  /** Per-position graphs: the x centre and width of each token's band (for axis labels). */
+  bands: { pos: number; x: number; w: number }[];
   /** One per drawn row, bottom-up: its layer (-1 embed, nLayers logits) and y. */
   rows: { layer: number; y: number }[];
 }
 
 /** Feature graphs: SAE latents and error nodes sit half a row above their layer (they read
  * the residual after its MLP), spread across their token's band, strongest first, the error
- * node last; returns each one's slot (in head-slot units, 0 … nHeads). */
+ * node last; returns each one's slot (in head-slot units: spread over 0 … nHeads, or one
+ * slot apart when more than nHeads + 1 share a row, the band then widening to fit). */
 export function featureSlots(nodes: GraphNode[], nHeads: number): Map<string, number> {
   const groups = new Map<string, GraphNode[]>();
   for (const n of nodes) {
@@ -46,7 +47,7 @@ export function featureSlots(nodes: GraphNode[], nHeads: number): Map<string, nu
   for (const group of groups.values()) {
     const feats = group.filter((n) => n.type === "feature").sort((a, b) => Math.abs(b.score ?? 0) - Math.abs(a.score ?? 0) || a.id.localeCompare(b.id));
     const ordered = [...feats, ...group.filter((n) => n.type === "error")];
-    const step = ordered.length > 1 ? nHeads / (ordered.length - 1) : 0;
+    const step = ordered.length > 1 ? Math.max(1, nHeads / (ordered.length - 1)) : 0;
     ordered.forEach((n, i) => out.set(n.id, ordered.length > 1 ? i * step : nHeads / 2));
   }
   return out;
@@ -70,30 +71,45 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
   const nPos = perPos ? Math.max(opts.nPos ?? 0, maxPos + 1) : 1;
   const slotW = opts.slotWidth ?? (perPos ? 24 : 56);
   const bandW = slots * slotW + (perPos ? 12 : 0);
-  const width = 2 * margin + nPos * bandW;
+  const featSlot = featureSlots(nodes, opts.nHeads);
+  // Feature graphs: a band is as wide as its fullest row, a token without nodes 2 slots.
+  const bandWidths = Array.from({ length: nPos }, () => bandW);
+  if (perPos && featSlot.size) {
+    const used = new Set(nodes.map((n) => n.pos ?? -1));
+    const need = new Map<number, number>();
+    for (const n of nodes) if (featSlot.has(n.id)) need.set(n.pos ?? 0, Math.max(need.get(n.pos ?? 0) ?? 0, featSlot.get(n.id)! + 1));
+    for (let p = 0; p < nPos; p++) bandWidths[p] = used.has(p) ? Math.max(slots, need.get(p) ?? 0) * slotW + 12 : 2 * slotW + 12;
+  }
+  const bandStart: number[] = [];
+  let acc = 0;
+  for (const w of bandWidths) {
+    bandStart.push(acc);
+    acc += w;
+  }
+  const width = 2 * margin + (perPos ? acc : bandW);
   const clampLayer = (l: number) => Math.min(Math.max(l, -1), opts.nLayers);
   const layers = opts.compact ? [...new Set(nodes.map((n) => clampLayer(n.layer)))].sort((a, b) => a - b) : Array.from({ length: opts.nLayers + 2 }, (_, i) => i - 1);
   const rowOf = new Map(layers.map((l, i) => [l, i]));
   const rows = Math.max(layers.length, 1);
   const height = 2 * margin + (rows - 1) * rowH;
   const positions = new Map<string, Point>();
-  const featSlot = featureSlots(nodes, opts.nHeads);
   for (const n of nodes) {
     const row = rowOf.get(clampLayer(n.layer)) ?? 0;
     const y = height - margin - row * rowH;
     const band = perPos && n.pos !== null && n.pos !== undefined ? n.pos : null;
     let x: number;
     if (band === null) {
-      x = perPos && (n.type === "embed" || n.type === "logits") ? margin + (nPos * bandW) / 2 : margin + (slot(n, opts.nHeads) + 0.5) * slotW + (perPos ? ((nPos - 1) * bandW) / 2 : 0);
+      x = perPos && (n.type === "embed" || n.type === "logits") ? margin + acc / 2 : margin + (slot(n, opts.nHeads) + 0.5) * slotW + (perPos ? (acc - bandW) / 2 : 0);
     } else {
-      x = margin + band * bandW + ((featSlot.get(n.id) ?? slot(n, opts.nHeads)) + 0.5) * slotW;
+      x = margin + bandStart[band] + ((featSlot.get(n.id) ?? slot(n, opts.nHeads)) + 0.5) * slotW;
+      if (featSlot.size && (n.type === "embed" || n.type === "logits")) x = margin + bandStart[band] + (bandWidths[band] - 12) / 2;
     }
     // MLPs sit a quarter row above their layer's heads (they read the heads' output), SAE
     // latents and error nodes half a row (they read the residual after the MLP).
     const lift = n.type === "mlp" ? rowH / 4 : featSlot.has(n.id) ? rowH / 2 : 0;
     positions.set(n.id, { x, y: y - lift });
   }
-  const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + pos * bandW + (slots * slotW) / 2 })) : [];
+  const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + bandStart[pos] + (bandWidths[pos] - 12) / 2, w: bandWidths[pos] })) : [];
   const rowYs = layers.map((layer, i) => ({ layer, y: height - margin - i * rowH }));
   return { positions, width, height: height + (perPos ? 16 : 0), bands, rows: rowYs };
 }
