@@ -208,3 +208,16 @@ def test_browser_feature_nodes_legend_card_and_click(
     assert view.result["ablated"] is not None
     page.locator(".cv-circuit").screenshot(path=str(ARTIFACTS / "feature_nodes_ablated.png"))
     assert not page.console_errors
+
+
+def test_feature_graph_view_defaults(tiny_llama, pairs, graph):
+    from circuitviz.views._feature_nodes import FEATURE_TOP_EDGES, FEATURE_TOP_NODES
+
+    view = CircuitView(tiny_llama, pairs, graph=graph)
+    assert (view.top_nodes, view.top_edges) == (FEATURE_TOP_NODES, FEATURE_TOP_EDGES)
+    mine = CircuitView(tiny_llama, pairs, graph=graph, top_nodes=7)
+    assert mine.top_nodes == 7 and mine.top_edges == FEATURE_TOP_EDGES
+    kept = CircuitView(tiny_llama, pairs, graph=graph, state={"top_nodes": 9})
+    assert kept.top_nodes == 9
+    plain = CircuitView(tiny_llama, pairs, graph=cv.circuit(tiny_llama, pairs, progress=False))
+    assert plain.top_nodes == 30

@@ -453,6 +453,7 @@ def test_reserved_message_types():
         "ablate",
         "cancel",
         "faithfulness",
+        "feature_card",
         "head_pattern",
         "hello",
     ]

@@ -243,8 +243,10 @@ class View(anywidget.AnyWidget):
             if handler is None:
                 if not isinstance(kind, str):
                     raise InputError("Malformed message: expected an object with a 'type'.")
+                # a type name is short: quoting 40 characters leaves room to list the types
                 raise InputError(
-                    f"Unknown message type {quote(kind)}; handled: {self.message_types()}."
+                    f"Unknown message type {quote(kind, 40)}: this view handles "
+                    f"{self.message_types()}."
                 )
             check_size(content, f"The {kind!r} message")
             handler(content)

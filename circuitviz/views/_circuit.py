@@ -306,6 +306,7 @@ class CircuitView(FeatureNodes, FeatureSteering, AblationView):
             metric = self._meta["metric"]
         super().__init__(model=model, pairs=pairs, metric=metric, **kwargs)
         self._init_features(obj, saes)
+        self._feature_defaults(obj, kwargs)
         order = np.argsort(-np.abs(np.nan_to_num(self._cands.node_score)), kind="stable")
         self.searchable = [self._cands.node_ids[i] for i in order[:MAX_SEARCHABLE]]
         self.has_faithfulness = bool(obj is not None and self.can_ablate)

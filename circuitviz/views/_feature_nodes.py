@@ -31,6 +31,11 @@ from ..engine.graph._feature_graph import feature_label
 CARD_TOKENS = 6
 #: Cards kept per view.
 MAX_CARDS = 512
+#: What a new view of a feature graph shows. Every EMBED → LOGITS path crosses every SAE site,
+#: so the 30 strongest nodes of a demo IOI graph rarely form one path (nothing would show);
+#: 100 nodes do (90 of them on paths, with throwaway SAEs).
+FEATURE_TOP_NODES = 100
+FEATURE_TOP_EDGES = 200
 
 
 class FeatureNodes:
@@ -53,6 +58,14 @@ class FeatureNodes:
         if isinstance(graph, FeatureGraph) and saes is not None:
             graph._saes(saes)  # the graph's own SAEs, or an InputError
         self._saes = saes
+
+    def _feature_defaults(self, graph: Any, given: Any) -> None:
+        """A feature graph's own defaults for the node and edge limits (unless given)."""
+        if isinstance(graph, FeatureGraph):
+            if "top_nodes" not in given:
+                self.top_nodes = FEATURE_TOP_NODES  # type: ignore[attr-defined]
+            if "top_edges" not in given:
+                self.top_edges = FEATURE_TOP_EDGES  # type: ignore[attr-defined]
 
     def _feature_kwargs(self, graph: Any) -> dict[str, Any]:
         """What ``faithfulness`` of a shown feature circuit needs besides the model and pairs."""
