@@ -190,8 +190,8 @@ def eap_scores(
     progress: bool = True,
     sites: ExtraSites | None = None,
 ) -> tuple[torch.Tensor, Metric, float, float]:
-    """Scores ``[sender, receiver, pos]`` (zero where the edge is invalid), the bound metric,
-    and the clean and corrupted metric values.
+    """Scores ``[sender, receiver, pos]`` (zero where the edge is invalid; empty when
+    ``sites`` score the edges), the bound metric, and the clean and corrupted metric values.
 
     Passes: one corrupted forward, then ``steps`` forward+backward passes at α = 1 (the clean
     run, which also caches the clean senders and binds the metric), (steps−1)/steps, …, 1/steps.
@@ -250,8 +250,9 @@ def eap_scores(
     grads = grads / steps
     metric_, clean_logits = bound
     diff = corr - clean  # [sender, batch, pos, d_model]
-    if sites:
+    if sites:  # the sites score every edge themselves (segment by segment, sparsely)
         sites.finish(diff, grads, steps)
+        return torch.zeros(0), metric_, metric_(clean_logits), metric_(corr_logits)
     scores = torch.einsum("sbpd,rbpd->srp", diff, grads)
     scores = scores * layout.valid[:, :, None].to(scores)
     return scores, metric_, metric_(clean_logits), metric_(corr_logits)

@@ -207,7 +207,7 @@ def feature_scores(layout: Layout, sites: SpliceSites) -> FeatureScores:
         for h in hooks
     }
     ids, table, index = node_table(
-        layout, n_pos, {h: [a.numpy() for a in v] for h, v in active.items()}
+        layout, n_pos, {h: [a.cpu().numpy() for a in v] for h, v in active.items()}
     )
     s_stage, r_stage = sender_stage(layout), receiver_stage(layout)
     valid = layout.valid.numpy()
@@ -249,7 +249,7 @@ def feature_scores(layout: Layout, sites: SpliceSites) -> FeatureScores:
                 recv_ids += [index["f", nxt, int(i), p] for i in feats] + [index["e", nxt, p]]
                 recv_codes += [INPUTS.index("feature")] * len(feats) + [INPUTS.index("error")]
             S, R = torch.cat(send), torch.cat(recv)
-            block = torch.einsum("sbd,rbd->sr", S, R).numpy()
+            block = torch.einsum("sbd,rbd->sr", S, R).cpu().numpy()
             ok = np.ones(block.shape, dtype=bool)
             ok[: len(s_comp), : len(r_comp)] = comp_valid
             n_candidates += int(ok.sum())
