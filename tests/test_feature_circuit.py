@@ -191,6 +191,49 @@ def test_edges_into_a_site_sum_to_the_plain_residual_edge(tiny_llama, pairs, sae
     np.testing.assert_allclose(got, ref.numpy(), atol=TOL * max(1.0, float(ref.abs().max())))
 
 
+def test_eap_ig_feature_scores_equal_averaged_autograd(tiny_llama, pairs, saes):
+    """EAP-IG (3 steps): a latent's score = Δf · the mean over α ∈ {1, 2/3, 1/3} of ∂M/∂f on
+    the clean run with embeddings corrupted + α (clean − corrupted), by autograd."""
+    steps = 3
+    graph = cv.circuit(tiny_llama, pairs, saes=saes, method="eap-ig", steps=steps, progress=False)
+    tokens = tokenize(tiny_llama, pairs)
+    emb = {}
+
+    def keep(name):
+        def fn(x, hook):
+            emb[name] = x.detach().clone()
+
+        return fn
+
+    run(tiny_llama, tokens, [("hook_embed", keep("clean"))])
+    run(tiny_llama, tokens, [("hook_embed", keep("corrupted"))], corrupted=True)
+    hook = saes.hooks[0]
+    grads, leaf = [], {}
+    for k in range(steps, 0, -1):
+        mixed = emb["corrupted"] + k / steps * (emb["clean"] - emb["corrupted"])
+        fwd = [("hook_embed", lambda x, hook, m=mixed: m)]
+        fwd += [(h, hand_hook(saes[h], leaf=leaf if h == hook else None)) for h in saes]
+        logits = run(tiny_llama, tokens, fwd, grad=True)
+        (g,) = torch.autograd.grad(logit_diff(tiny_llama, tokens, logits), [leaf["f"]])
+        grads.append(g)
+    lat = []
+    for which in (False, True):
+        run(
+            tiny_llama,
+            tokens,
+            [(h, hand_hook(saes[h], leaf=leaf if h == hook else None)) for h in saes],
+            corrupted=which,
+        )
+        lat.append(leaf["f"].detach())
+    ref = ((lat[1] - lat[0]) * torch.stack(grads).mean(0)).sum(0)  # [pos, d_sae]
+    scale = max(1.0, float(ref.abs().max()))
+    layer = saes[hook].layer
+    feats = [n for n in graph.nodes if n.type == "feature" and n.layer == layer]
+    assert feats
+    for n in feats:
+        assert abs(n.score - float(ref[n.pos, n.feature])) <= TOL * scale
+
+
 def test_eap_ig_with_one_step_is_eap(tiny_llama, pairs, saes, graph):
     ig = cv.circuit(tiny_llama, pairs, saes=saes, method="eap-ig", steps=1, progress=False)
     assert ig.ids == graph.ids
