@@ -8,6 +8,7 @@ from . import tasks
 from .engine import (
     AblationResult,
     AttentionResult,
+    FeatureGraph,
     Graph,
     HeadRoles,
     InputError,
@@ -45,6 +46,7 @@ __all__ = [
     "AttentionView",
     "CircuitView",
     "FeatureView",
+    "FeatureGraph",
     "Graph",
     "HeadRoles",
     "InputError",

@@ -25,6 +25,7 @@ from ._roles import HEAD_ROLES, HeadRoles, head_roles
 from ._tiny import tiny_model
 from .features import SteerResult, steer
 from .graph import Edge, Graph, Node, circuit, edge_patch
+from .graph import Edge, FeatureGraph, Graph, Node, circuit, edge_patch
 
 __all__ = [
     "HEAD_ROLES",
@@ -36,6 +37,7 @@ __all__ = [
     "AblationResult",
     "AttentionResult",
     "Edge",
+    "FeatureGraph",
     "Generation",
     "Graph",
     "HeadRoles",

@@ -112,7 +112,7 @@ def circuit(
 
         info = model_info(model)
         fgraph = FeatureGraph.build(
-            scores=feature_scores(layout, sites),
+            scores=feature_scores(layout, sites, progress=progress),
             saes=checked,
             prompts=pairs.to_dict(),
             tokens=tokens.str_tokens,

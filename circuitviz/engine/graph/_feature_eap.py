@@ -190,9 +190,11 @@ def node_table(
     return ids, np.array(rows, dtype=np.int64).reshape(-1, 5), index
 
 
-def feature_scores(layout: Layout, sites: SpliceSites) -> FeatureScores:
+def feature_scores(layout: Layout, sites: SpliceSites, *, progress: bool = True) -> FeatureScores:
     """Every non-zero edge of the feature graph, segment by segment and position by position
     (see the module docstring)."""
+    from tqdm.auto import tqdm
+
     diff, grads = sites.diff, sites.grads
     assert diff is not None and grads is not None
     n_pos = diff.shape[2]
@@ -216,6 +218,9 @@ def feature_scores(layout: Layout, sites: SpliceSites) -> FeatureScores:
     recv_input = np.array([INPUTS.index(r.input) for r in layout.receivers])
     srcs, dsts, inps, ws = [], [], [], []
     n_candidates = 0
+    bar = tqdm(
+        total=(len(cuts) - 1) * n_pos, desc="feature edges", disable=not progress, leave=False
+    )
     for j in range(len(cuts) - 1):
         lo, hi = cuts[j], cuts[j + 1]
         s_comp = np.flatnonzero((s_stage > lo) & (s_stage < hi))
@@ -259,6 +264,8 @@ def feature_scores(layout: Layout, sites: SpliceSites) -> FeatureScores:
             dsts.append(np.asarray(recv_ids)[b])
             inps.append(np.asarray(recv_codes)[b])
             ws.append(block[a, b].astype(np.float32))
+            bar.update()
+    bar.close()
     return FeatureScores(
         ids=ids,
         type=table[:, 0],
