@@ -235,6 +235,18 @@ def main() -> None:
             faith.append(row)
             print(row, flush=True)
         info["faithfulness"] = faith
+        if method == "eap":  # the view: built once, then one control change
+            from circuitviz.views import CircuitView
+
+            with measure("CircuitView(feature graph)", results["phases"]):
+                view = CircuitView(model, pairs, graph=g)
+            with measure("view: top_nodes 100 -> 150", results["phases"]):
+                view.top_nodes = 150
+            info["view_nodes_shown"] = len(view.graph["nodes"])
+            edges = view.graph["edges"] or {}
+            info["view_message_bytes"] = len(json.dumps(view.graph["nodes"])) + sum(
+                len(v["view"]) for v in edges.values() if isinstance(v, dict)
+            )
         results["graphs"][method] = info
     if args.json:
         with open(args.json, "w") as f:
