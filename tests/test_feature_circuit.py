@@ -487,4 +487,7 @@ def test_bad_faithfulness_requests(tiny_llama, pairs, graph, saes):
     with pytest.raises(cv.InputError, match="not the graph's"):
         loaded.faithfulness(tiny_llama, pairs, saes=other)
     assert np.isfinite(loaded.faithfulness(tiny_llama, pairs, saes=saes).recovered)
+    plain = cv.circuit(tiny_llama, pairs, progress=False)
+    with pytest.raises(cv.InputError, match="no feature nodes"):
+        plain.faithfulness(tiny_llama, pairs, ablated=["L1F3"])
     assert not has_hooks(tiny_llama)

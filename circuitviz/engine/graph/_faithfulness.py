@@ -315,6 +315,11 @@ def ablated_ids(graph: Graph, ablated: Iterable[Any]) -> list[str]:
             out.append(spec)
             continue
         comp = parse_id(spec)
+        if comp.kind == "feature":
+            raise InputError(
+                f"{spec!r} is an SAE feature, and this graph has no feature nodes: build one "
+                "with circuitviz.circuit(model, pairs, saes=...)."
+            )
         if comp.pos is not None and not graph.per_position:
             raise InputError(
                 f"{spec!r} names a position, but this graph is not per position: ablate "

@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from .._components import listed, parse_id
-from .._metrics import METRICS, MetricFn, bind_metric, check_gap, check_metric
-from .._pairs import InputError, PromptPairs, tokenize
-from .._patching import final_logits
+from .._metrics import MetricFn
+from .._pairs import InputError, PromptPairs
 from ..features._sae import SAESet, as_sae_set
-from ..features._splice import splice_hook
 from ._feature_eap import INPUTS, TYPES, FeatureScores
 from ._layout import shared_layout
 
@@ -389,6 +386,7 @@ class FeatureGraph:
         ``recovered`` near 0 means the circuit is complete. ``recovered`` is
         ``(metric − reference) / (clean − reference)``."""
         from ._faithfulness import Faithfulness, check_model, check_pairs
+        from ._feature_faith import FeatureContext
 
         check_model(self, model)  # type: ignore[arg-type]
         check_pairs(self, pairs)  # type: ignore[arg-type]
@@ -398,7 +396,7 @@ class FeatureGraph:
             raise InputError(f"Unknown errors={errors!r}: use 'kept', 'ablated' or 'graph'.")
         saes = self._saes(saes)
         inside = self._circuit_nodes(nodes, ablated)
-        ctx = _FeatureContext.of(self, model, pairs, saes, ablation, metric)
+        ctx = FeatureContext.of(self, model, pairs, saes, ablation, metric)
         value = ctx.metric_of(model, self, saes, inside, errors, complement)
         n_edges = len(self._listed())
         return Faithfulness(
@@ -469,149 +467,3 @@ def _labels(scores: FeatureScores, saes: SAESet, tokens: list[str], n_layers: in
         else:
             out.append(f"{node_id.split(':')[0]} @ {p}:{tokens[p]}")
     return out
-
-
-@dataclass
-class _FeatureContext:
-    """What every faithfulness evaluation of one feature graph needs, computed once: the
-    reference values (corrupted run, or the clean batch mean) of every head, MLP, latent and
-    error term, the bound metric and its baselines."""
-
-    tokens: Any
-    metric: Any
-    clean: float
-    reference: float
-    ref: dict[str, torch.Tensor]  # hook -> [batch or 1, pos, ...]
-    ref_err: dict[str, torch.Tensor]
-
-    @classmethod
-    def of(cls, graph, model, pairs, saes, ablation, metric) -> _FeatureContext:
-        if metric is not None:
-            check_metric(metric)
-        metric = metric if metric is not None else graph._cache.get("metric_fn", graph.metric)
-        if not callable(metric) and metric not in METRICS:
-            raise InputError(
-                f"The graph's metric {metric!r} was a custom function: pass it again as metric=…."
-            )
-        key = (
-            "faith",
-            id(model),
-            id(saes),
-            ablation,
-            metric if isinstance(metric, str) else id(metric),
-        )
-        if key in graph._cache:
-            return graph._cache[key]
-        tokens = tokenize(model, pairs)
-        runs = {}
-        for name in ("clean", "corrupted"):
-            acts: dict[str, torch.Tensor] = {}
-            errs: dict[str, torch.Tensor] = {}
-
-            def save(h: str, store: dict):
-                def fn(x: torch.Tensor, hook: object) -> None:
-                    store[h] = x.detach().clone()
-
-                return fn
-
-            def rec(h: str, acts=acts, errs=errs):
-                def fn(f: torch.Tensor, err: torch.Tensor) -> None:
-                    acts[h] = f.detach().clone()
-                    errs[h] = err.detach().clone()
-
-                return fn
-
-            fwd = [(h, splice_hook(saes[h], record=rec(h))) for h in saes]
-            for layer in range(graph.n_layers):
-                for h in (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"):
-                    fwd.append((h, save(h, acts)))
-            with torch.inference_mode():
-                logits = final_logits(model, getattr(tokens, name), fwd)
-            runs[name] = (logits, acts, errs)
-        bound = bind_metric(metric, tokens, runs["clean"][0], runs["corrupted"][0])
-        _, acts, errs = runs["corrupted"]
-        if ablation == "mean":
-            _, acts, errs = runs["clean"]
-            acts = {h: v.mean(0, keepdim=True) for h, v in acts.items()}
-            errs = {h: v.mean(0, keepdim=True) for h, v in errs.items()}
-        ctx = cls(tokens, bound, bound(runs["clean"][0]), bound(runs["corrupted"][0]), acts, errs)
-        if ablation == "mean":
-            ctx.reference = ctx.metric_of(
-                model, graph, saes, np.zeros(len(graph.ids), bool), "ablated", False
-            )
-        graph._cache[key] = ctx
-        return ctx
-
-    def metric_of(
-        self, model, graph, saes, inside: np.ndarray, errors: str, complement: bool
-    ) -> float:
-        """The metric with everything outside ``inside`` (or, ``complement``, inside it) set to
-        its reference value."""
-        n_pos = graph.n_pos
-        keep = ~inside if complement else inside
-        types = graph.type
-        fwd = []
-        for layer in range(graph.n_layers):
-            here = graph.layer == layer
-            heads = torch.zeros(n_pos, graph.n_heads, dtype=torch.bool)
-            sel = np.flatnonzero(here & (types == TYPES.index("head")) & keep)
-            heads[graph.pos[sel], graph.head[sel]] = True
-            mlp = torch.zeros(n_pos, dtype=torch.bool)
-            mlp[graph.pos[np.flatnonzero(here & (types == TYPES.index("mlp")) & keep)]] = True
-            fwd.append(
-                (
-                    f"blocks.{layer}.attn.hook_z",
-                    _keep_only(heads[None, :, :, None], self.ref[f"blocks.{layer}.attn.hook_z"]),
-                )
-            )
-            fwd.append(
-                (
-                    f"blocks.{layer}.hook_mlp_out",
-                    _keep_only(mlp[None, :, None], self.ref[f"blocks.{layer}.hook_mlp_out"]),
-                )
-            )
-        for s in graph.saes:
-            hook = s["hook"]
-            layer = int(hook.split(".")[1])
-            here = graph.layer == layer
-            feats = torch.zeros(n_pos, s["d_sae"], dtype=torch.bool)
-            sel = np.flatnonzero(here & (types == TYPES.index("feature")) & keep)
-            feats[graph.pos[sel], graph.feature[sel]] = True
-            err = torch.zeros(n_pos, dtype=torch.bool)
-            sel = np.flatnonzero(here & (types == TYPES.index("error")) & keep)
-            err[graph.pos[sel]] = True
-            if errors == "kept":
-                err[:] = not complement
-            elif errors == "ablated":
-                err[:] = complement
-            fwd.append((hook, self._splice(saes[hook], hook, feats, err)))
-        with torch.inference_mode():
-            logits = final_logits(model, self.tokens.clean, fwd)
-        return float(self.metric(logits))
-
-    def recovered(self, value: float) -> float:
-        gap = check_gap(self.clean, self.reference, "Faithfulness (the share recovered)")
-        return (value - self.reference) / gap
-
-    def _splice(self, sae, hook, feats, err):
-        ref_f, ref_e = self.ref[hook], self.ref_err[hook]
-
-        def override(f: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            f = torch.where(feats[None].to(f.device), f, ref_f.to(f.dtype))
-            e = torch.where(err[None, :, None].to(e.device), e, ref_e.to(e.dtype))
-            return f, e
-
-        return splice_hook(sae, override=override)
-
-
-def _keep_only(mask: torch.Tensor, ref: torch.Tensor):
-    """A hook setting every entry outside ``mask`` to ``ref``."""
-
-    def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
-        return torch.where(mask.to(x.device), x, ref.to(x.dtype))
-
-    return fn
-
-
-def parse_feature_node(node_id: str) -> re.Match | None:
-    return FEATURE_NODE.match(node_id) if isinstance(node_id, str) else None
