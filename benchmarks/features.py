@@ -240,8 +240,9 @@ def main() -> None:
 
             with measure("CircuitView(feature graph)", results["phases"]):
                 view = CircuitView(model, pairs, graph=g)
-            with measure("view: top_nodes 100 -> 150", results["phases"]):
-                view.top_nodes = 150
+            info["view_default_nodes_shown"] = len(view.graph["nodes"])
+            with measure("view: top_edges 150 -> 300", results["phases"]):
+                view.top_edges = 300
             info["view_nodes_shown"] = len(view.graph["nodes"])
             edges = view.graph["edges"] or {}
             info["view_message_bytes"] = len(json.dumps(view.graph["nodes"])) + sum(

@@ -32,10 +32,11 @@ CARD_TOKENS = 6
 #: Cards kept per view.
 MAX_CARDS = 512
 #: What a new view of a feature graph shows. Every EMBED → LOGITS path crosses every SAE site,
-#: so the 30 strongest nodes of a demo IOI graph rarely form one path (nothing would show);
-#: 100 nodes do (90 of them on paths, with throwaway SAEs).
-FEATURE_TOP_NODES = 100
-FEATURE_TOP_EDGES = 200
+#: so the strongest 30 (or 100) nodes of the demo IOI graph rarely form one path, and with a
+#: tight edge limit too one more edge can close paths of hundreds of edges at once: nothing
+#: would show. The edge limit binds instead (demo IOI, throwaway SAEs: 62 nodes, 149 edges).
+FEATURE_TOP_NODES = 500
+FEATURE_TOP_EDGES = 150
 
 
 class FeatureNodes:
