@@ -126,6 +126,14 @@ def test_labels_come_from_the_sets_stats(tiny_llama, pairs, saes):
         elif n.type == "feature":
             assert n.label == f"L{n.layer} F{n.feature}"
 
+    from types import SimpleNamespace
+
+    from circuitviz.engine.graph._feature_graph import feature_label
+
+    stats = SimpleNamespace(labels=[f"auto {i}" for i in range(64)])  # as FeatureStats
+    assert feature_label({hook: stats}, hook, 1, 5) == "auto 5"
+    assert feature_label({}, hook, 1, 5) == "L1 F5"
+
 
 # --------------------------------------------------------------------------- attributions
 @pytest.mark.parametrize("site", [0, 1])

@@ -116,6 +116,9 @@ class FeatureNodes:
                 ],
                 "max_act": None if max_act is None else round(float(max_act[comp.feature]), 4),
             }
+            top = getattr(saes.stats.get(comp.hook), "top_values", None)  # shipped statistics
+            if top is not None and len(top) == sae.d_sae:
+                self._cards[key]["max_act_corpus"] = round(float(top[comp.feature].max()), 4)
         return self._cards[key]
 
     def _latent_max(self, hook: str) -> torch.Tensor | None:

@@ -61,10 +61,14 @@ class FeatureNode:
         return out
 
 
-def feature_label(stats: dict, hook: str, layer: int, index: int) -> str:
-    """A feature's auto-label from ``SAESet.stats[hook]["labels"]`` (a list or a dict keyed by
-    index) when present, else ``"L11 F1234"``."""
-    labels = (stats.get(hook) or {}).get("labels") if isinstance(stats, dict) else None
+def feature_label(stats: Any, hook: str, layer: int, index: int) -> str:
+    """A feature's auto-label from ``SAESet.stats[hook]`` (a ``FeatureStats`` with ``labels``,
+    or a dict with ``"labels"``: a list, or a dict keyed by index) when present, else
+    ``"L11 F1234"``."""
+    entry = stats.get(hook) if isinstance(stats, dict) else None
+    labels = getattr(entry, "labels", None)
+    if labels is None and isinstance(entry, dict):
+        labels = entry.get("labels")
     text = None
     if isinstance(labels, dict):
         text = labels.get(index, labels.get(str(index)))
