@@ -499,3 +499,22 @@ def test_bad_faithfulness_requests(tiny_llama, pairs, graph, saes):
     with pytest.raises(cv.InputError, match="no feature nodes"):
         plain.faithfulness(tiny_llama, pairs, ablated=["L1F3"])
     assert not has_hooks(tiny_llama)
+
+
+def test_an_interrupt_inside_a_splice_leaves_no_hook(tiny_llama, pairs, saes, monkeypatch):
+    tokens = tokenize(tiny_llama, pairs)
+    before = run(tiny_llama, tokens, [])
+    calls = []
+
+    def interrupted(self, x):
+        calls.append(1)
+        if len(calls) == 3:  # inside the clean run's backward pass set-up
+            raise KeyboardInterrupt
+        return encode(self, x)
+
+    encode = SAE.encode
+    monkeypatch.setattr(SAE, "encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cv.circuit(tiny_llama, pairs, saes=saes, progress=False)
+    monkeypatch.undo()
+    untouched(tiny_llama, pairs, before)
