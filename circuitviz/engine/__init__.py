@@ -24,7 +24,6 @@ from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._roles import HEAD_ROLES, HeadRoles, head_roles
 from ._tiny import tiny_model
 from .features import SteerResult, steer
-from .graph import Edge, Graph, Node, circuit, edge_patch
 from .graph import Edge, FeatureGraph, Graph, Node, circuit, edge_patch
 
 __all__ = [

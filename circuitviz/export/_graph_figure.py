@@ -164,8 +164,6 @@ def layout_positions(
 
     def slot(node: dict[str, Any]) -> tuple[int, int]:
         column = {"head": node.get("head") or 0, "mlp": n_heads}.get(node.get("type"), n_heads + 1)
-        if node.get("type") == "supernode" and node.get("head") is not None:
-            column = node["head"]  # the slot the kernel gives it, as js/src/layout.ts
         return (node.get("pos") or 0, feature_column.get(node["id"], column))
 
     body = [n for n in nodes if n.get("type") not in ("embed", "logits")]
@@ -198,7 +196,7 @@ def _feature_columns(nodes: list[dict[str, Any]], n_heads: int) -> dict[str, int
     then its latents, strongest first (so none share a spot)."""
     groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for n in nodes:
-        if n.get("type") in ("feature", "error"):
+        if n.get("type") in ("feature", "error", "supernode"):  # a supernode: features grouped
             groups.setdefault((n.get("layer"), n.get("pos")), []).append(n)
     out = {}
     for members in groups.values():

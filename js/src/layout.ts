@@ -38,14 +38,15 @@ export interface Layout {
 export function featureSlots(nodes: GraphNode[], nHeads: number): Map<string, number> {
   const groups = new Map<string, GraphNode[]>();
   for (const n of nodes) {
-    if (n.type !== "feature" && n.type !== "error") continue;
+    if (n.type !== "feature" && n.type !== "error" && n.type !== "supernode") continue;
     const key = `${n.layer}:${n.pos ?? -1}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(n);
   }
   const out = new Map<string, number>();
   for (const group of groups.values()) {
-    const feats = group.filter((n) => n.type === "feature").sort((a, b) => Math.abs(b.score ?? 0) - Math.abs(a.score ?? 0) || a.id.localeCompare(b.id));
+    // A supernode stands for features of this site, so it is ranked among them.
+    const feats = group.filter((n) => n.type !== "error").sort((a, b) => Math.abs(b.score ?? 0) - Math.abs(a.score ?? 0) || a.id.localeCompare(b.id));
     const ordered = [...feats, ...group.filter((n) => n.type === "error")];
     const step = ordered.length > 1 ? Math.max(1, nHeads / (ordered.length - 1)) : 0;
     ordered.forEach((n, i) => out.set(n.id, ordered.length > 1 ? i * step : nHeads / 2));
@@ -57,8 +58,6 @@ export function featureSlots(nodes: GraphNode[], nHeads: number): Map<string, nu
 function slot(node: GraphNode, nHeads: number): number {
   if (node.type === "head") return node.head ?? 0;
   if (node.type === "mlp") return nHeads;
-  // Feature nodes and supernodes take the slot the kernel gives them in `head`, if any.
-  if ((node.type === "feature" || node.type === "supernode") && node.head != null) return node.head;
   return nHeads / 2; // embed and logits sit in the middle
 }
 

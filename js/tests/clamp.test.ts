@@ -4,7 +4,7 @@ import { steerable } from "../src/clamp";
 import type { GraphNode } from "../src/types";
 
 describe("feature nodes and supernodes", () => {
-  it("take the slot the kernel sends in `head`, so features of one site do not overlap", () => {
+  it("features and supernodes of one site get slots of their own, strongest first, so none overlap", () => {
     const nodes: GraphNode[] = [
       { id: "L0F3:P2", type: "feature", layer: 0, head: 0, pos: 2, score: 1 },
       { id: "L0F9:P2", type: "feature", layer: 0, head: 1, pos: 2, score: 1 },
