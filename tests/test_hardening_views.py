@@ -456,6 +456,8 @@ def test_reserved_message_types():
         "feature_card",
         "head_pattern",
         "hello",
+        "steer",
+        "suggest_supernodes",
     ]
     assert AttentionView.message_types() == ["request_layer"]
 

@@ -310,7 +310,7 @@ class CircuitView(FeatureNodes, FeatureSteering, AblationView):
         order = np.argsort(-np.abs(np.nan_to_num(self._cands.node_score)), kind="stable")
         self.searchable = [self._cands.node_ids[i] for i in order[:MAX_SEARCHABLE]]
         self.has_faithfulness = bool(obj is not None and self.can_ablate)
-        self._init_steering(saes)
+        self._init_steering(self._saes)  # the SAEs given, else the feature graph's own
         if not self.can_ablate and self._meta.get("clean") is not None:
             self.result = {k: self._meta.get(k) for k in ("metric", "clean", "corrupted")}
         self._apply_state(state)
