@@ -25,6 +25,7 @@ from ._roles import HEAD_ROLES, HeadRoles, head_roles
 from ._tiny import tiny_model
 from .features import SteerResult, steer
 from .graph import Edge, FeatureGraph, Graph, Node, circuit, edge_patch
+from .graph import Edge, Graph, MIBScores, Node, circuit, edge_patch, exact_node_scores, mib_scores
 
 __all__ = [
     "HEAD_ROLES",
@@ -42,6 +43,7 @@ __all__ = [
     "HeadRoles",
     "InputError",
     "LogitLensResult",
+    "MIBScores",
     "Metric",
     "MetricError",
     "ModelNotFoundError",
@@ -58,12 +60,14 @@ __all__ = [
     "attribution_patch",
     "circuit",
     "edge_patch",
+    "exact_node_scores",
     "has_hooks",
     "head_roles",
     "hooks",
     "load_model",
     "logit_attribution",
     "logit_lens",
+    "mib_scores",
     "patch",
     "path_patch",
     "refusal_direction",

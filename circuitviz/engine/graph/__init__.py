@@ -16,12 +16,14 @@ from ._faithfulness import ABLATIONS, Faithfulness, FaithfulnessCurve
 from ._feature_graph import FeatureGraph, FeatureNode
 from ._graph import SCHEMA, Edge, Graph, Node
 from ._layout import Layout, all_weights, model_info
+from ._mib import MIB_FRACTIONS, MIBScores, exact_node_scores, mib_scores
 
 METHODS = ("eap", "eap-ig")
 
 __all__ = [
     "ABLATIONS",
     "METHODS",
+    "MIB_FRACTIONS",
     "SCHEMA",
     "Edge",
     "Faithfulness",
@@ -29,9 +31,12 @@ __all__ = [
     "FeatureGraph",
     "FeatureNode",
     "Graph",
+    "MIBScores",
     "Node",
     "circuit",
     "edge_patch",
+    "exact_node_scores",
+    "mib_scores",
 ]
 
 
