@@ -27,6 +27,7 @@ from ..engine._components import parse_id
 from ..engine.graph import FeatureGraph, Graph, _select, circuit
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
+from ._circuit_mib import CircuitExtras
 from ._clamp import FeatureSteering, collapse
 from ._codec import decode, encode
 from ._feature_nodes import FeatureNodes
@@ -180,7 +181,7 @@ def _deprecated_alias(old: str, new: str) -> property:
     return property(get, set_, doc=f"Deprecated: :attr:`{new}`.")
 
 
-class CircuitView(FeatureNodes, FeatureSteering, AblationView):
+class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
     """A circuit graph: one row per layer (embeddings at the bottom, logits on top), heads and
     MLPs across it (and one column band per token when the graph is per position); edge width
     and colour show |weight| and sign.
@@ -191,7 +192,10 @@ class CircuitView(FeatureNodes, FeatureSteering, AblationView):
     that subgraph is sent to the browser, which lays it out and draws it.
 
     Plain click ablates only that node (click again to clear); shift-click adds or removes it;
-    alt-click pins it (a pinned node is shown with the strongest path through it).
+    alt-click pins it (a pinned node is shown with the strongest path through it). Clicking an
+    edge selects it: the side panel shows its score and patches it exactly on request
+    (:meth:`patch_selected_edge`); :meth:`mib_curve` adds MIB's faithfulness curve with the
+    shown circuit's point (``_circuit_mib.py``).
 
     A feature graph (``circuit(..., saes=...)``) also draws SAE latents (diamonds) and error
     nodes (triangles); hovering a latent shows its card (``feature_card``), and a click
@@ -221,6 +225,7 @@ class CircuitView(FeatureNodes, FeatureSteering, AblationView):
         "pinned",
         "supernodes",
         "clamp_scale",
+        "selected_edge",
     )
     #: Traits the page may write (everything else is the kernel's), each validated below:
     #: the selection and the controls (ablation goes through the "ablate" message).

@@ -10,6 +10,7 @@ import { exportButtons, svgEl } from "./export";
 import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point } from "./layout";
 import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
 import { CLAMP_STYLE, FEATURE_COLOR, FeaturePanel, SUPERNODE_COLOR, pickedRing, supernodeShape, type ClampTraits } from "./clamp";
+import { edgePanel, isSelectedEdge, mibPlot, MIB_STYLE, selectEdge } from "./circuit_mib";
 import { FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
 import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
@@ -38,7 +39,7 @@ const baseId = (id: string) => id.replace(/:P\d+$/, "");
 
 function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLElement }) {
   const rootEl = root(host, "circuit");
-  rootEl.append(el("style", {}, CIRCUIT_STYLE + CLAMP_STYLE));
+  rootEl.append(el("style", {}, CIRCUIT_STYLE + CLAMP_STYLE), el("style", {}, MIB_STYLE));
   const info = el("div", { class: "cv-muted", "data-role": "hover-info" }, "hover a node or edge");
   const panel = new AblationPanel(model, rootEl, () => draw());
   const faith = el("table", { class: "cv-faith" });
@@ -74,7 +75,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const roleLegend = el("div", { "data-role": "role-legend-box" });
   const features = new FeaturePanel(model as unknown as AnyModel<ClampTraits>, rootEl, () => draw());
   const featLegend = featureLegend();
-  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, preview, features.el, legend(), featLegend, roleLegend, panel.el);
+  const edgeBox = edgePanel(model);
+  const mibBox = mibPlot(model, () => live);
+  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, edgeBox.el, mibBox.el, preview, features.el, legend(), featLegend, roleLegend, panel.el);
   const main = el("div", { class: "cv-main cv-graph-box" }, svg);
   rootEl.append(
     el("div", { class: "cv-toolbar" }, title, counts),
@@ -108,6 +111,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const view = { k: 1, x: 0, y: 0 };
   let pendingFocus: string | null = null;
   let live = true;
+  mibBox.draw();
 
   function load(): void {
     const t0 = performance.now();
@@ -200,8 +204,14 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         const w = edges.weight[e];
         const rel = Math.abs(w) / maxW;
         const kind = edges.inputs[edges.input[e]] ?? "";
-        const path = svgEl("path", { d: edgePath(a, b), fill: "none", stroke: w >= 0 ? POSITIVE : NEGATIVE, "stroke-width": 0.6 + 4.5 * rel, "stroke-opacity": 0.3 + 0.6 * rel, "data-edge": `${src.id}->${dst.id}`, "data-input": kind });
-        path.addEventListener("mouseenter", () => setText(info, `${src.id} → ${dst.id} (${kind}): weight ${fmt(w, 5)}`));
+        const picked = isSelectedEdge(model, src.id, dst.id, kind);
+        if (picked) edgeLayer.append(svgEl("path", { d: edgePath(a, b), fill: "none", stroke: "#000", "stroke-width": 3.5 + 4.5 * rel, "data-role": "edge-selection" }));
+        const path = svgEl("path", { d: edgePath(a, b), fill: "none", stroke: w >= 0 ? POSITIVE : NEGATIVE, "stroke-width": 0.6 + 4.5 * rel, "stroke-opacity": picked ? 1 : 0.3 + 0.6 * rel, "data-edge": `${src.id}->${dst.id}`, "data-input": kind, "data-selected": String(picked), style: "cursor:pointer" });
+        path.addEventListener("mouseenter", () => setText(info, `${src.id} → ${dst.id} (${kind}): weight ${fmt(w, 5)} · click: select, patch exactly`));
+        path.addEventListener("click", (ev) => {
+          ev.stopPropagation();
+          selectEdge(model, src.id, dst.id, kind);
+        });
         edgeLayer.append(path);
       }
     }
@@ -554,17 +564,19 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   model.on("msg:custom", (msg: { type?: string; request?: unknown; live?: boolean }) => {
     if (msg.type === "hello" && msg.live === false) {
       live = false;
+      mibBox.draw();
       for (const c of [topNodes, topEdges, minRel, more, less, sign, ...inputBoxes]) c.disabled = true;
       features.standalone();
       setText(notice, STANDALONE);
       return;
     }
+    if (edgeBox.reply(msg) || mibBox.reply(msg)) return;
     if (msg.request !== "faithfulness" || !faithInFlight) return;
     if (msg.type === "error") faithFailed = faithInFlight;
     faithInFlight = "";
     drawFaithfulness();
   });
-  for (const name of ["change:selected", "change:ablated", "change:pinned"]) model.on(name, () => draw());
+  for (const name of ["change:selected", "change:ablated", "change:pinned", "change:selected_edge"]) model.on(name, () => draw());
   model.on("change:faithfulness", () => drawFaithfulness());
   model.on("change:graph", () => load());
   model.on("change:searchable", () => syncControls());

@@ -176,6 +176,35 @@ export interface CircuitTraits extends AblationTraits {
   pinned: string[];
   faithfulness: { circuit?: number | null; ablated?: number | null; nodes?: string[]; ablated_nodes?: string[] };
   has_faithfulness: boolean;
+  /** [source, target, input] of the clicked edge, or []. */
+  selected_edge: string[];
+  /** The kernel's facts about the selected edge (views/_circuit_mib.py). */
+  edge_info: EdgeInfo;
+  /** The MIB faithfulness curve, once asked (views/_circuit_mib.py). */
+  mib: MIBCurve;
+}
+
+export interface EdgeInfo {
+  source?: string;
+  target?: string;
+  input?: string;
+  kv_head?: number | null;
+  weight?: number;
+  method?: string | null;
+  metric?: string | null;
+  can_patch?: boolean;
+  exact?: number;
+}
+
+export interface MIBCurve {
+  fraction?: number[];
+  faithfulness?: number[];
+  n_edges?: number[];
+  cpr?: number;
+  cmd?: number;
+  total?: number;
+  method?: string;
+  current?: { fraction: number | null; n_edges: number; faithfulness: number | null };
 }
 
 export interface LogitLensPayload {
