@@ -456,6 +456,8 @@ def test_reserved_message_types():
         "feature_card",
         "head_pattern",
         "hello",
+        "mib",
+        "patch_edge",
         "steer",
         "suggest_supernodes",
     ]

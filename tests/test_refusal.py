@@ -344,6 +344,9 @@ def test_steering_view_in_the_browser(steering, tmp_path, page, artifacts, monke
     hostile = "<img src=x onerror=alert(1)>"
     steering.before = {**steering.before, "text": hostile}
     monkeypatch.setattr(_html, "as_views", lambda obj: ([obj], []))
+    # The page as in a live kernel: no "not live" reply, so its controls stay on (the
+    # standalone export's turn them off: tests/test_steering_export.py).
+    monkeypatch.setattr(steering, "static_replies", lambda: [])
     _html.write_html(steering, tmp_path / "steering.html")
     page.goto((tmp_path / "steering.html").as_uri())
     root = page.locator('.cv-root[data-view="steering"]')

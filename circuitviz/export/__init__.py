@@ -48,6 +48,13 @@ def logit_lens_figure(result, **options):
     return build(result, **options)
 
 
+def steering_figure(result, **options):
+    """One prompt's continuation before and after steering, of a ``SteeringResult``."""
+    from ._steering_figure import steering_figure as build
+
+    return build(result, **options)
+
+
 __all__ = [
     "CATEGORICAL",
     "COLUMN_WIDTHS",
@@ -68,4 +75,5 @@ __all__ = [
     "render",
     "save",
     "save_many",
+    "steering_figure",
 ]

@@ -135,11 +135,14 @@ def as_views(obj: Any) -> tuple[list[Any], list[tuple[int, int, str]]]:
         FeatureView,
         LogitLensView,
         PatchingView,
+        SteeringView,
     )
 
     if isinstance(obj, Explorer):
         return [obj.patching, obj.attention, obj.circuit], [(0, 1, "selected"), (0, 2, "selected")]
-    if isinstance(obj, (AttentionView, PatchingView, CircuitView, LogitLensView, FeatureView)):
+    if isinstance(
+        obj, (AttentionView, PatchingView, CircuitView, LogitLensView, FeatureView, SteeringView)
+    ):
         return [obj], []
     if isinstance(obj, LogitLensResult):
         return [LogitLensView(obj)], []

@@ -217,6 +217,10 @@ def figure_of(obj: Any, **options: Any):
         fig = graph_figure(obj, **options)
     elif hasattr(obj, "figure"):
         fig = obj.figure(**options)
+    elif type(obj).__name__ == "SteeringResult":
+        from ._steering_figure import steering_figure
+
+        fig = steering_figure(obj, **options)
     elif type(obj).__name__ == "AblationResult":
         from ._figures import ablation_figure
 

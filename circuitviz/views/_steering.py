@@ -114,6 +114,30 @@ class SteeringView(View):
             raise t.TraitError(f"Unknown mode {quote(value)}: use one of {list(MODES)}.")
         return value
 
+    # -- export ------------------------------------------------------------------------------
+    def figure(self, **options: Any) -> Any:
+        """The shown prompt's continuation before and after, verdicts and refusal scores, as a
+        publication figure (:func:`circuitviz.export.steering_figure`; style options and
+        ``title=``). ``.save("x.html")`` writes the view itself, standalone."""
+        from ..export import ExportError, steering_figure
+
+        if self._result is None:
+            raise ExportError(
+                "Nothing to draw: the last generation failed"
+                + (f" ({self.error})" if self.error else "")
+                + ". Change the prompt, coef or mode, then save again."
+            )
+        return steering_figure(self._result, **options)
+
+    def _msg_hello(self, content: dict[str, Any]) -> None:
+        """The page asks whether a kernel answers (a standalone export replays ``live:
+        False`` from :meth:`static_replies`, and the page then disables its controls)."""
+        self.send({"type": "hello", "live": True})
+
+    def static_replies(self) -> list[dict[str, Any]]:
+        """Replies a standalone HTML export replays: no kernel, so the controls are off."""
+        return [{"match": {"type": "hello"}, "messages": [({"type": "hello", "live": False}, [])]}]
+
     @property
     def result(self):
         """The last :class:`~circuitviz.SteeringResult` (None before the first, or after an

@@ -48,6 +48,7 @@ function render({ model, el: host }: { model: AnyModel<SteeringTraits>; el: HTML
   const coefText = el("span", { "data-role": "coef-value" });
   const busy = el("span", { class: "cv-busy" }, "generating…");
   const error = el("div", { class: "cv-error", "data-role": "error", role: "alert" });
+  const notice = el("div", { class: "cv-muted", "data-role": "standalone-notice" });
   const before = side("Before (no intervention)", "before");
   const after = side("After", "after");
   const afterTitle = after.box.querySelector("h4")!;
@@ -56,9 +57,19 @@ function render({ model, el: host }: { model: AnyModel<SteeringTraits>; el: HTML
     el("div", { class: "cv-toolbar" }, el("span", { class: "cv-title", "data-role": "title" }), busy),
     el("div", { class: "cv-toolbar" }, el("label", { class: "cv-steer-label" }, "prompt", prompt)),
     el("div", { class: "cv-toolbar" }, modeSelect, el("label", { class: "cv-steer-label" }, "coef", slider), coefText),
+    notice,
     error,
     el("div", { class: "cv-row" }, before.box, after.box),
   );
+  // A standalone export answers "hello" with live: false (SteeringView.static_replies): the
+  // continuations are as saved, and generating needs the kernel, so the controls go off.
+  let live = true;
+  const onMsg = (msg: { type?: string; live?: boolean }) => {
+    if (msg.type !== "hello" || msg.live !== false) return;
+    live = false;
+    update();
+  };
+  model.on("msg:custom", onMsg);
 
   prompt.addEventListener("change", () => {
     model.set("prompt", prompt.value);
@@ -80,7 +91,9 @@ function render({ model, el: host }: { model: AnyModel<SteeringTraits>; el: HTML
     slider.min = String(-max);
     slider.max = String(max);
     slider.value = String(model.get("coef"));
-    slider.disabled = mode !== "add";
+    slider.disabled = mode !== "add" || !live;
+    prompt.disabled = modeSelect.disabled = !live;
+    setText(notice, live ? "" : "This is a standalone export: it shows the continuations as saved. Steering with another prompt, coef or mode needs the live kernel.");
     setText(coefText, mode === "add" ? fmt(model.get("coef"), 2) : "(unused when ablating)");
     if (document.activeElement !== prompt) prompt.value = model.get("prompt");
     modeSelect.value = mode;
@@ -94,7 +107,11 @@ function render({ model, el: host }: { model: AnyModel<SteeringTraits>; el: HTML
   update();
   const events = "change:prompt change:coef change:mode change:coef_max change:layer change:before change:after change:busy change:error";
   model.on(events, update);
-  return () => model.off(events, update);
+  model.send({ type: "hello" });
+  return () => {
+    model.off(events, update);
+    model.off("msg:custom", onMsg);
+  };
 }
 
 export default { render };
