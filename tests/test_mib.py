@@ -156,3 +156,16 @@ def test_other_pairs_are_refused(model, graph):
     with pytest.raises(InputError, match="not the ones the graph was built on"):
         mib_scores(graph, model, other, progress=False)
     assert not has_hooks(model)
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_ioi_points_are_single_faithfulness_calls(demo_model):
+    """Demo model, 2 IOI pairs, two of MIB's sizes (0.1 % and 1 % of 70,651 edges).
+    Reference: ``Graph.prune(top_edges=n).faithfulness``."""
+    pairs = circuitviz.tasks.ioi(demo_model, n=2, seed=0)
+    graph = circuit(demo_model, pairs, progress=False)
+    res = mib_scores(graph, demo_model, pairs, fractions=(0.001, 0.01), progress=False)
+    assert res.n_items == [int(0.001 * res.total), int(0.01 * res.total)] == [70, 706]
+    for n, f in zip(res.n_items, res.faithfulness, strict=True):
+        assert abs(graph.prune(top_edges=n).faithfulness(demo_model, pairs).recovered - f) <= 1e-4

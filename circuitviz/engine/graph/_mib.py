@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from .._components import listed
@@ -264,7 +265,8 @@ def exact_node_scores(
         for layer in range(effects.shape[0])
         for head in range(effects.shape[1])
     }
-    for layer in range(int(model.cfg.n_layers)):
+    layers = range(int(model.cfg.n_layers))
+    for layer in tqdm(layers, desc="MLPs", disable=not progress, leave=False):
         res = ablate(model, pairs, mlps=[layer], mode="resample", metric=metric)
         out[f"MLP{layer}"] = float(res.ablated - res.clean)
     return out
