@@ -10,7 +10,7 @@ import { exportButtons, svgEl } from "./export";
 import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point } from "./layout";
 import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
 import { CLAMP_STYLE, FEATURE_COLOR, FeaturePanel, SUPERNODE_COLOR, pickedRing, supernodeShape, type ClampTraits } from "./clamp";
-import { edgePanel, isSelectedEdge, mibPlot, MIB_STYLE, selectEdge } from "./circuit_mib";
+import { clickedEdge, edgePanel, isSelectedEdge, mibPlot, MIB_STYLE } from "./circuit_mib";
 import { FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
 import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
@@ -75,7 +75,11 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const roleLegend = el("div", { "data-role": "role-legend-box" });
   const features = new FeaturePanel(model as unknown as AnyModel<ClampTraits>, rootEl, () => draw());
   const featLegend = featureLegend();
-  const edgeBox = edgePanel(model);
+  const setEdge = (edge: string[]) => {
+    model.set("selected_edge", edge);
+    model.save_changes();
+  };
+  const edgeBox = edgePanel(model, setEdge);
   const mibBox = mibPlot(model, () => live);
   const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, edgeBox.el, mibBox.el, preview, features.el, legend(), featLegend, roleLegend, panel.el);
   const main = el("div", { class: "cv-main cv-graph-box" }, svg);
@@ -210,7 +214,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         path.addEventListener("mouseenter", () => setText(info, `${src.id} → ${dst.id} (${kind}): weight ${fmt(w, 5)} · click: select, patch exactly`));
         path.addEventListener("click", (ev) => {
           ev.stopPropagation();
-          selectEdge(model, src.id, dst.id, kind);
+          setEdge(clickedEdge(model, src.id, dst.id, kind));
         });
         edgeLayer.append(path);
       }

@@ -18,15 +18,18 @@ export function isSelectedEdge(model: Model, source: string, target: string, inp
   return s.length === 3 && s[0] === source && s[1] === target && s[2] === input;
 }
 
-/** A click on an edge selects it (the kernel validates it and sends its facts back). */
-export function selectEdge(model: Model, source: string, target: string, input: string): void {
-  model.set("selected_edge", isSelectedEdge(model, source, target, input) ? [] : [source, target, input]);
-  model.save_changes();
+/** What a click on an edge asks for: it selected, or nothing if it was (the kernel checks
+ * the edge and sends its facts back). */
+export function clickedEdge(model: Model, source: string, target: string, input: string): string[] {
+  return isSelectedEdge(model, source, target, input) ? [] : [source, target, input];
 }
+
+/** Writes ``selected_edge`` (circuit.ts owns the trait writes of its view). */
+export type SetEdge = (edge: string[]) => void;
 
 /** The side panel's edge section: the selected edge, its attribution score, and its exact
  * value once the button asked the kernel for it. */
-export function edgePanel(model: Model): { el: HTMLElement; draw: () => void; reply: (msg: { type?: string; request?: unknown; message?: string }) => boolean } {
+export function edgePanel(model: Model, setEdge: SetEdge): { el: HTMLElement; draw: () => void; reply: (msg: { type?: string; request?: unknown; message?: string }) => boolean } {
   const box = el("div", { class: "cv-edge-panel", "data-role": "edge-panel" });
   let running = false;
   let failed = "";
@@ -38,10 +41,7 @@ export function edgePanel(model: Model): { el: HTMLElement; draw: () => void; re
     draw();
   });
   const close = el("button", { class: "cv-button", type: "button", "data-role": "edge-clear", title: "Clear the edge selection" }, "×");
-  close.addEventListener("click", () => {
-    model.set("selected_edge", []);
-    model.save_changes();
-  });
+  close.addEventListener("click", () => setEdge([]));
 
   function draw(): void {
     clear(box);
