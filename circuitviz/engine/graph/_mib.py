@@ -15,7 +15,7 @@ patched (:meth:`Graph.faithfulness`). Over the fraction axis, with the trapezoid
 consecutive grid points (a linear axis, MIB's default):
 
 - **CPR** (circuit performance ratio) = ``∫ f(x) dx``: higher is better;
-- **CMD** (circuit-model difference) = ``∫ |1 − f(x)| dx``: lower is better.
+- **CMD** (circuit–model distance) = ``∫ |1 − f(x)| dx``: lower is better.
 
 The areas span 0.001 … 1: a curve at f = 1 everywhere has CPR 0.999 and CMD 0.
 
@@ -32,6 +32,10 @@ How circuits are chosen here (circuitviz's one pruning rule, ``_select.py``):
   graph's own (the summed scores of a node's outgoing edges) unless ``node_scores`` are given,
   e.g. exact activation patching (:func:`exact_node_scores`). The total is the number of
   heads and MLPs with a score.
+
+Circuits rank items by ``|score|``, the default of MIB's evaluation (``absolute=True``);
+ranking by the signed score (its ``absolute=False``, which favours positively contributing
+edges and which MIB's scripts use for CPR) is not offered here.
 
 Every curve point is exactly one ``Graph.faithfulness`` call on that circuit; the points are
 batched into as few forward passes as memory allows.
