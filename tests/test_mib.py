@@ -12,6 +12,7 @@ import circuitviz
 from circuitviz.engine import has_hooks
 from circuitviz.engine._pairs import InputError, PromptPairs
 from circuitviz.engine.graph import MIB_FRACTIONS, circuit, exact_node_scores, mib_scores
+from circuitviz.engine.graph._select import graph_candidates
 
 torch.set_num_threads(1)
 
@@ -60,6 +61,30 @@ def test_each_edge_point_is_one_graph_faithfulness_call(model, graph):
     assert abs(res.faithfulness[-1] - 1.0) <= 1e-4  # every edge: the clean run
     assert res.clean == pytest.approx(graph.clean, abs=1e-4)
     assert res.corrupted == pytest.approx(graph.corrupted, abs=1e-4)
+
+
+def test_signed_ranking_points_are_signed_prunes(model, graph):
+    """``absolute=False``: reference ``Graph.prune(top_edges=n, rank="signed").faithfulness``.
+    Each circuit is the on-path part of a signed top-k: every edge at least as large (signed)
+    as its smallest one (but not 0) is in it, or off the paths of those edges."""
+    res = mib_scores(graph, model, PAIRS, fractions=GRID, absolute=False, progress=False)
+    assert not res.absolute and "signed" in repr(res)
+    cands = graph_candidates(graph)
+    for n, n_edges, f in zip(res.n_items, res.n_edges, res.faithfulness, strict=True):
+        if n_edges == 0:
+            continue
+        pruned = graph.prune(top_edges=n, rank="signed")
+        assert abs(pruned.faithfulness(model, PAIRS).recovered - f) <= 1e-4
+        smallest = min(e.weight for e in pruned.edges)
+        stronger = (cands.weight >= smallest) & (cands.weight != 0)  # weight 0 never counts
+        assert int(cands.paths(stronger)[0].sum()) <= n_edges
+    nodes = mib_scores(graph, model, PAIRS, level="node", fractions=GRID, absolute=False)
+    for n, f in zip(nodes.n_items, nodes.faithfulness, strict=True):
+        pruned = graph.prune(top_nodes=n, rank="signed")
+        if pruned.kept.any():
+            assert abs(pruned.faithfulness(model, PAIRS).recovered - f) <= 1e-4
+    with pytest.raises(InputError, match="rank must be one of"):
+        graph.prune(top_edges=3, rank="size")
 
 
 def test_cpr_and_cmd_are_mib_trapezoid_areas(model, graph):
@@ -140,6 +165,7 @@ def test_node_scores_choose_the_circuit(model, graph):
         ({"level": "node", "node_scores": {"L0H0": float("nan")}}, "finite"),
         ({"level": "node", "node_scores": {}}, "non-empty"),
         ({"ablation": "zero"}, "Unknown ablation"),
+        ({"absolute": "yes"}, "absolute must be"),
     ],
 )
 def test_bad_input_names_the_fix_and_leaves_no_hook(model, graph, options, words):

@@ -33,9 +33,9 @@ How circuits are chosen here (circuitviz's one pruning rule, ``_select.py``):
   e.g. exact activation patching (:func:`exact_node_scores`). The total is the number of
   heads and MLPs with a score.
 
-Circuits rank items by ``|score|``, the default of MIB's evaluation (``absolute=True``);
-ranking by the signed score (its ``absolute=False``, which favours positively contributing
-edges and which MIB's scripts use for CPR) is not offered here.
+Circuits rank items by ``|score|`` by default (``absolute=True``, the default of MIB's
+evaluation), or by the signed score with ``absolute=False`` (positive contributions first, as
+MIB's scripts rank for CPR): the pruning rule's ``rank="abs"`` / ``"signed"``.
 
 Every curve point is exactly one ``Graph.faithfulness`` call on that circuit; the points are
 batched into as few forward passes as memory allows.
@@ -77,6 +77,7 @@ class MIBScores:
     ``faithfulness[i]`` its f (0 = the corrupted run, 1 = the full model)."""
 
     level: str
+    absolute: bool
     fraction: list[float]
     n_items: list[int]
     n_edges: list[int]
@@ -97,8 +98,9 @@ class MIBScores:
         return dict(self.__dict__)
 
     def __repr__(self) -> str:
+        ranked = "|score|" if self.absolute else "signed score"
         return (
-            f"MIBScores({self.method}, {self.level} level, {len(self.fraction)} sizes: "
+            f"MIBScores({self.method}, {self.level} level by {ranked}, {len(self.fraction)} sizes: "
             f"CPR {self.cpr:.4f} (higher is better), CMD {self.cmd:.4f} (lower is better))"
         )
 
@@ -169,10 +171,11 @@ def scored_graph(graph: Graph, node_scores: Mapping[str, float] | PatchResult | 
     return replace(graph, node_scores=scores, _cache=graph._cache)
 
 
-def mib_circuit(graph: Graph, level: str, n: int) -> Graph:
-    """The circuit of size ``n`` at ``level`` (``prune(top_edges=n)`` / ``prune(top_nodes=n)``;
-    an empty selection when nothing fits)."""
-    rule = Pruning(top_edges=n) if level == "edge" else Pruning(top_nodes=n)
+def mib_circuit(graph: Graph, level: str, n: int, *, absolute: bool = True) -> Graph:
+    """The circuit of size ``n`` at ``level`` (``prune(top_edges=n)`` / ``prune(top_nodes=n)``,
+    with ``rank="abs"`` or ``"signed"``; an empty selection when nothing fits)."""
+    rank = "abs" if absolute else "signed"
+    rule = Pruning(top_edges=n, rank=rank) if level == "edge" else Pruning(top_nodes=n, rank=rank)
     edges, nodes = select(graph_candidates(graph), rule)
     return graph.with_selection(edges, nodes)
 
@@ -185,6 +188,7 @@ def mib_scores(
     level: str = "edge",
     node_scores: Mapping[str, float] | PatchResult | None = None,
     fractions: Sequence[float] = MIB_FRACTIONS,
+    absolute: bool = True,
     ablation: str = "corrupted",
     metric: str | MetricFn | None = None,
     progress: bool = True,
@@ -200,6 +204,8 @@ def mib_scores(
         node_scores: for ``level="node"``: ``{"L3H5": score, "MLP2": score, …}`` or a
             ``patch(over="heads")`` result; default the graph's own node scores.
         fractions: the size grid (default MIB's, :data:`MIB_FRACTIONS`).
+        absolute: rank by ``|score|`` (True, MIB's default) or by the signed score (False:
+            positive contributions first).
         ablation: what replaces an edge outside the circuit (``"corrupted"`` or ``"mean"``).
         metric: as for :meth:`Graph.faithfulness` (default: the graph's).
     """
@@ -207,6 +213,8 @@ def mib_scores(
         raise InputError(f"Unknown level={level!r}: use one of {LEVELS}.")
     if node_scores is not None and level != "node":
         raise InputError("node_scores rank nodes: pass level='node' with them.")
+    if not isinstance(absolute, bool):
+        raise InputError(f"absolute must be True (rank by |score|) or False, not {absolute!r:.40}.")
     grid = check_fractions(fractions)
     ctx = _f.context(graph, model, pairs, ablation, metric)  # checks model and pairs first
     graph = scored_graph(graph, node_scores)
@@ -219,7 +227,7 @@ def mib_scores(
     if total < 1:
         raise InputError(f"The graph has no {level}s to rank.")
     sizes = [int(x * total) for x in grid]  # MIB's rounding: down
-    circuits = [mib_circuit(graph, level, n) for n in sizes]
+    circuits = [mib_circuit(graph, level, n, absolute=absolute) for n in sizes]
     per_pos = graph.per_position
 
     def masks(start: int, stop: int) -> torch.Tensor:
@@ -230,6 +238,7 @@ def mib_scores(
     cpr, cmd = areas(grid, faith)
     return MIBScores(
         level=level,
+        absolute=absolute,
         fraction=grid,
         n_items=sizes,
         n_edges=[int(g.kept.sum()) for g in circuits],

@@ -15,7 +15,10 @@ The words mean the same everywhere:
   error node); ``sign``: ``"positive"``, ``"negative"`` or ``"both"``;
 - ``pinned``: node ids always in the result, each with the strongest path through it (the
   largest cut ``|weight| ≥ τ`` that still puts it on an EMBED → LOGITS path; pins ignore
-  the other settings).
+  the other settings);
+- ``rank``: what "strongest" means for ``top_edges`` and ``top_nodes``: ``"abs"`` (default,
+  the largest ``|weight|`` / ``|score|``) or ``"signed"`` (the largest signed values first:
+  positive contributions before negative ones, as MIB's CPR ranks).
 
 Whatever the settings, every node of the result lies on a path EMBED → … → LOGITS made of
 edges of the result, so no node is left dangling.
@@ -42,6 +45,7 @@ from .._pairs import InputError
 
 EDGE_INPUTS = ("q", "k", "v", "mlp", "logits", "feature", "error")
 SIGNS = ("both", "positive", "negative")
+RANKS = ("abs", "signed")
 #: How a deprecated word maps onto the vocabulary above.
 DEPRECATED = {"top_n": "top_edges", "threshold": "min_weight"}
 
@@ -68,6 +72,7 @@ class Pruning:
     inputs: tuple[str, ...] | None = None
     sign: str = "both"
     pinned: tuple[str, ...] = ()
+    rank: str = "abs"
 
     def __post_init__(self) -> None:
         for name in ("top_edges", "top_nodes"):
@@ -89,6 +94,8 @@ class Pruning:
                 raise InputError(f"Unknown edge inputs {bad}: use some of {list(EDGE_INPUTS)}.")
         if self.sign not in SIGNS:
             raise InputError(f"sign must be one of {list(SIGNS)}, got {self.sign!r}.")
+        if self.rank not in RANKS:
+            raise InputError(f"rank must be one of {list(RANKS)}, got {self.rank!r:.60}.")
 
     @classmethod
     def of(cls, *, where: str = "prune", **options: Any) -> Pruning:
@@ -174,14 +181,16 @@ def select(c: Candidates, rule: Pruning) -> tuple[np.ndarray, np.ndarray]:
         cand &= size >= float(rule.min_weight)
     if rule.min_rel_weight is not None and cand.any():
         cand &= size >= float(rule.min_rel_weight) * float(size[cand].max())
+    signed = rule.rank == "signed"
     if rule.top_nodes is not None:
-        score = np.where(c.ranked, np.abs(np.nan_to_num(c.node_score)), -1.0)
+        raw = np.nan_to_num(c.node_score)
+        score = np.where(c.ranked, raw if signed else np.abs(raw), -np.inf)
         order = np.argsort(-score, kind="stable")[: int(rule.top_nodes)]
         allowed = ~c.ranked
         allowed[order[c.ranked[order]]] = True
         cand &= c.between(allowed)
     if rule.top_edges is not None:
-        cand = _strongest_that_fit(c, cand, size, int(rule.top_edges))
+        cand = _strongest_that_fit(c, cand, c.weight if signed else size, int(rule.top_edges))
     edges, nodes = c.paths(cand)
     missing = [p for p in rule.pinned if not nodes[_pin_index(c, p)]]  # the rest are in
     if missing:
@@ -198,11 +207,12 @@ def _pin_index(c: Candidates, node_id: str) -> int:
     return c.index[node_id]
 
 
-def _strongest_that_fit(c: Candidates, cand: np.ndarray, size: np.ndarray, n: int) -> np.ndarray:
-    """The k strongest candidates for the largest k whose on-path part has ≤ n edges. The
-    on-path count only grows with k, so k is found by galloping then bisection."""
+def _strongest_that_fit(c: Candidates, cand: np.ndarray, key: np.ndarray, n: int) -> np.ndarray:
+    """The k strongest candidates (largest ``key``) for the largest k whose on-path part has
+    ≤ n edges. The on-path count only grows with k, so k is found by galloping then
+    bisection."""
     order = np.flatnonzero(cand)
-    order = order[np.argsort(-size[order], kind="stable")]
+    order = order[np.argsort(-key[order], kind="stable")]
 
     def top(k: int) -> np.ndarray:
         out = np.zeros_like(cand)
