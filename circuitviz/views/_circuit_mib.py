@@ -22,7 +22,9 @@ from ._base import MAX_TEXT
 
 
 class CircuitExtras(t.HasTraits):
-    """Edge selection with its exact patching value, and the MIB faithfulness curve."""
+    """Edge selection with its exact patching value, and the MIB faithfulness curve. Mixed
+    into :class:`CircuitView`, whose ``_full`` (the Graph or None), ``_cands``, ``_meta``,
+    ``_model``, ``_pairs``, ``graph`` and ``faithfulness`` it reads."""
 
     selected_edge = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     """The clicked edge as ``[source, target, input]`` (``[]``: none); the page may set it."""
