@@ -65,8 +65,8 @@ def test_each_edge_point_is_one_graph_faithfulness_call(model, graph):
 
 def test_signed_ranking_points_are_signed_prunes(model, graph):
     """``absolute=False``: reference ``Graph.prune(top_edges=n, rank="signed").faithfulness``.
-    Each circuit is the on-path part of a signed top-k: every edge at least as large (signed)
-    as its smallest one (but not 0) is in it, or off the paths of those edges."""
+    Each circuit is the on-path part of a signed top-k (most negative first): every edge at
+    most as large as its largest one (but not 0) is in it, or off the paths of those edges."""
     res = mib_scores(graph, model, PAIRS, fractions=GRID, absolute=False, progress=False)
     assert not res.absolute and "signed" in repr(res)
     cands = graph_candidates(graph)
@@ -75,8 +75,8 @@ def test_signed_ranking_points_are_signed_prunes(model, graph):
             continue
         pruned = graph.prune(top_edges=n, rank="signed")
         assert abs(pruned.faithfulness(model, PAIRS).recovered - f) <= 1e-4
-        smallest = min(e.weight for e in pruned.edges)
-        stronger = (cands.weight >= smallest) & (cands.weight != 0)  # weight 0 never counts
+        largest = max(e.weight for e in pruned.edges)
+        stronger = (cands.weight <= largest) & (cands.weight != 0)  # weight 0 never counts
         assert int(cands.paths(stronger)[0].sum()) <= n_edges
     nodes = mib_scores(graph, model, PAIRS, level="node", fractions=GRID, absolute=False)
     for n, f in zip(nodes.n_items, nodes.faithfulness, strict=True):

@@ -267,7 +267,8 @@ class Graph:
           ``"negative"``, ``"both"``);
         - ``pinned``: node ids kept with the strongest path through each;
         - ``rank``: ``"abs"`` (default: strongest by ``|weight|``/``|score|``) or
-          ``"signed"`` (largest signed values first) for ``top_edges`` and ``top_nodes``.
+          ``"signed"`` (most negative first: patching them lowers the metric most) for
+          ``top_edges`` and ``top_nodes``.
 
         Every node of the result lies on an EMBED → LOGITS path of its edges. Edges with
         weight exactly 0 never count. Pruning starts from this graph's edges. ``top_n`` and

@@ -34,8 +34,11 @@ How circuits are chosen here (circuitviz's one pruning rule, ``_select.py``):
   heads and MLPs with a score.
 
 Circuits rank items by ``|score|`` by default (``absolute=True``, the default of MIB's
-evaluation), or by the signed score with ``absolute=False`` (positive contributions first, as
-MIB's scripts rank for CPR): the pruning rule's ``rank="abs"`` / ``"signed"``.
+evaluation), or by the signed score with ``absolute=False``: the pruning rule's
+``rank="signed"``, the most negative first (a score estimates ``M(patched) − M(clean)``, so
+these are the items whose patching lowers the metric most). MIB's scripts rank so for CPR;
+its scores have the opposite sign (a change of the loss), so its "highest first" is the same
+order.
 
 Every curve point is exactly one ``Graph.faithfulness`` call on that circuit; the points are
 batched into as few forward passes as memory allows.
@@ -205,7 +208,7 @@ def mib_scores(
             ``patch(over="heads")`` result; default the graph's own node scores.
         fractions: the size grid (default MIB's, :data:`MIB_FRACTIONS`).
         absolute: rank by ``|score|`` (True, MIB's default) or by the signed score (False:
-            positive contributions first).
+            the items whose patching lowers the metric most first).
         ablation: what replaces an edge outside the circuit (``"corrupted"`` or ``"mean"``).
         metric: as for :meth:`Graph.faithfulness` (default: the graph's).
     """

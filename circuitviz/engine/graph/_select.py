@@ -17,8 +17,10 @@ The words mean the same everywhere:
   largest cut ``|weight| ≥ τ`` that still puts it on an EMBED → LOGITS path; pins ignore
   the other settings);
 - ``rank``: what "strongest" means for ``top_edges`` and ``top_nodes``: ``"abs"`` (default,
-  the largest ``|weight|`` / ``|score|``) or ``"signed"`` (the largest signed values first:
-  positive contributions before negative ones, as MIB's CPR ranks).
+  the largest ``|weight|`` / ``|score|``) or ``"signed"`` (the most negative first: a weight
+  estimates ``M(patched) − M(clean)``, so these are the edges and nodes whose patching lowers
+  the metric most, those carrying the clean behaviour; MIB ranks so for CPR, with scores of
+  the opposite sign).
 
 Whatever the settings, every node of the result lies on a path EMBED → … → LOGITS made of
 edges of the result, so no node is left dangling.
@@ -184,13 +186,13 @@ def select(c: Candidates, rule: Pruning) -> tuple[np.ndarray, np.ndarray]:
     signed = rule.rank == "signed"
     if rule.top_nodes is not None:
         raw = np.nan_to_num(c.node_score)
-        score = np.where(c.ranked, raw if signed else np.abs(raw), -np.inf)
+        score = np.where(c.ranked, -raw if signed else np.abs(raw), -np.inf)
         order = np.argsort(-score, kind="stable")[: int(rule.top_nodes)]
         allowed = ~c.ranked
         allowed[order[c.ranked[order]]] = True
         cand &= c.between(allowed)
     if rule.top_edges is not None:
-        cand = _strongest_that_fit(c, cand, c.weight if signed else size, int(rule.top_edges))
+        cand = _strongest_that_fit(c, cand, -c.weight if signed else size, int(rule.top_edges))
     edges, nodes = c.paths(cand)
     missing = [p for p in rule.pinned if not nodes[_pin_index(c, p)]]  # the rest are in
     if missing:
