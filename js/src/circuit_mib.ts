@@ -95,7 +95,7 @@ function outlineKey(): SVGSVGElement {
 
 const W = 262;
 const H = 176;
-const M = { left: 40, right: 8, top: 8, bottom: 34 };
+const M = { left: 58, right: 8, top: 8, bottom: 34 };
 
 /** The MIB curve: faithfulness against the share of the graph's edges (log axis), the
  * shown circuit's point, and CPR / CMD. */
@@ -136,7 +136,14 @@ export function mibPlot(model: Model, live: () => boolean): { el: HTMLElement; d
     const right = W - M.right;
     for (const v of [0, 1]) {
       svg.append(svgEl("line", { x1: left, x2: right, y1: sy(v), y2: sy(v), stroke: "#bbb", "stroke-dasharray": "3 2" }));
-      svg.append(svgEl("text", { x: left - 4, y: sy(v), "text-anchor": "end", "dominant-baseline": "central", fill: "#555" }, v === 1 ? "1 clean" : "0 corr."));
+      svg.append(svgEl("text", { x: left - 4, y: sy(v), "text-anchor": "end", "dominant-baseline": "central", fill: "#555", "data-role": "mib-y-tick" }, v === 1 ? "1 clean" : "0 corr."));
+    }
+    // Values past 0…1 (a circuit can overshoot the clean model): their extreme gets a tick.
+    for (const v of [y0, y1]) {
+      if (v > 1.25 || v < -0.25) {
+        svg.append(svgEl("line", { x1: left - 3, x2: left, y1: sy(v), y2: sy(v), stroke: "#888" }));
+        svg.append(svgEl("text", { x: left - 4, y: sy(v), "text-anchor": "end", "dominant-baseline": "central", fill: "#555", "data-role": "mib-y-tick" }, fmt(v, 2)));
+      }
     }
     svg.append(svgEl("line", { x1: left, x2: left, y1: M.top, y2: H - M.bottom, stroke: "#888" }));
     svg.append(svgEl("line", { x1: left, x2: right, y1: H - M.bottom, y2: H - M.bottom, stroke: "#888" }));
@@ -146,7 +153,7 @@ export function mibPlot(model: Model, live: () => boolean): { el: HTMLElement; d
       svg.append(svgEl("text", { x: sx(t), y: H - M.bottom + 12, "text-anchor": t === 1 ? "end" : "middle", fill: "#555", "data-role": "mib-tick" }, `${t * 100}%`));
     }
     svg.append(svgEl("text", { x: (left + right) / 2, y: H - 4, "text-anchor": "middle", fill: "#333", "data-role": "mib-x-label" }, "edges in circuit (share, log axis)"));
-    svg.append(svgEl("text", { x: 10, y: (M.top + H - M.bottom) / 2, "text-anchor": "middle", fill: "#333", transform: `rotate(-90 10 ${(M.top + H - M.bottom) / 2})`, "data-role": "mib-y-label" }, "faithfulness"));
+    svg.append(svgEl("text", { x: 9, y: (M.top + H - M.bottom) / 2, "text-anchor": "middle", fill: "#333", transform: `rotate(-90 9 ${(M.top + H - M.bottom) / 2})`, "data-role": "mib-y-label" }, "faithfulness"));
     const pts = xs.map((x, i) => `${sx(x).toFixed(1)},${sy(ys[i]).toFixed(1)}`);
     svg.append(svgEl("polyline", { points: pts.join(" "), fill: "none", stroke: CURVE, "stroke-width": 1.5 }));
     xs.forEach((x, i) => {
