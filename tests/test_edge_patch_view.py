@@ -172,6 +172,15 @@ def test_selected_edge_is_checked_by_the_kernel(tiny_llama):
     assert view.edge_info["kv_head"] == 0
     assert view.patch_selected_edge() == graph.patch_edge(tiny_llama, PAIRS, ("L0H0", "L1H0", "v"))
     assert view.state["selected_edge"] == ["L0H0", "L1H1", "v"]
+    # per position: the edge at one position (reference: Graph.patch_edge of that edge)
+    per_pos = cv.circuit(tiny_llama, PAIRS, per_position=True, progress=False)
+    view_pp = CircuitView(tiny_llama, PAIRS, graph=per_pos)
+    edge = ["L0H2:P5", "L1H2:P5", "q"]
+    view_pp.selected_edge = edge
+    assert view_pp.edge_info["weight"] == per_pos.score(*edge)
+    assert view_pp.patch_selected_edge() == per_pos.patch_edge(tiny_llama, PAIRS, tuple(edge))
+    view_pp.set_state({"selected_edge": ["L0H2:P4", "L1H2:P5", "q"]})
+    assert view_pp.selected_edge == edge and "same position" in view_pp.error
     # a graph without a model shows the score but cannot patch
     drawn = CircuitView(graph=graph)
     drawn.selected_edge = ["L0H0", "L1H1", "v"]
