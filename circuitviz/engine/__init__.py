@@ -24,8 +24,17 @@ from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._roles import HEAD_ROLES, HeadRoles, head_roles
 from ._tiny import tiny_model
 from .features import SteerResult, steer
-from .graph import Edge, FeatureGraph, Graph, Node, circuit, edge_patch
-from .graph import Edge, Graph, MIBScores, Node, circuit, edge_patch, exact_node_scores, mib_scores
+from .graph import (
+    Edge,
+    FeatureGraph,
+    Graph,
+    MIBScores,
+    Node,
+    circuit,
+    edge_patch,
+    exact_node_scores,
+    mib_scores,
+)
 
 __all__ = [
     "HEAD_ROLES",
