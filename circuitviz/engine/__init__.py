@@ -35,6 +35,8 @@ from .graph import (
     exact_node_scores,
     mib_scores,
 )
+from .features import check_saes, load_saes
+from .graph import Edge, Graph, Node, circuit, edge_patch
 
 __all__ = [
     "HEAD_ROLES",
@@ -67,6 +69,7 @@ __all__ = [
     "ablate",
     "attention",
     "attribution_patch",
+    "check_saes",
     "circuit",
     "edge_patch",
     "exact_node_scores",
@@ -74,6 +77,7 @@ __all__ = [
     "head_roles",
     "hooks",
     "load_model",
+    "load_saes",
     "logit_attribution",
     "logit_lens",
     "mib_scores",

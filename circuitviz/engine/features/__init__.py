@@ -10,6 +10,8 @@ from ._explorer import (
     parse_feature,
     search,
 )
+from ._corpus import reference_corpus
+from ._loaders import check_saes, load_saes
 from ._sae import ACTIVATIONS, SAE, SAESet, as_sae_set
 from ._splice import LatentEdit, splice_hook, splice_hooks
 from ._stats import (
@@ -43,6 +45,9 @@ __all__ = [
     "parse_feature",
     "save_feature_stats",
     "search",
+    "check_saes",
+    "load_saes",
+    "reference_corpus",
     "splice_hook",
     "splice_hooks",
     "steer",
