@@ -21,6 +21,7 @@ from circuitviz.engine.features import (
     check_saes,
     load_saes,
     reference_corpus,
+    sae_quality,
 )
 
 D, F = 32, 16  # the tiny models' d_model, and a small dictionary
@@ -459,3 +460,31 @@ def test_reference_corpus_splits(tiny_llama):
         reference_corpus(split="test")
     with pytest.raises(InputError, match="Expected a model"):
         reference_corpus("demo")
+
+
+# -- quality figures --------------------------------------------------------------------
+
+
+def test_sae_quality_of_an_exact_sae(tiny_llama):
+    """relu(x) − relu(−x) = x: FVE 1, L0 = d (one of each ± pair), loss unchanged."""
+    eye = torch.eye(D)
+    exact = SAE(
+        "blocks.0.hook_resid_post",
+        W_enc=torch.cat([eye, -eye], 1),
+        b_enc=torch.zeros(2 * D),
+        W_dec=torch.cat([eye, -eye], 0),
+        b_dec=torch.zeros(D),
+    )
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, tiny_llama.cfg.d_vocab, (4, 12), generator=g)
+    before = logits_of(tiny_llama)
+    q = sae_quality(tiny_llama, SAESet([exact]), tokens, progress=False)["blocks.0.hook_resid_post"]
+    assert q["fve"] == pytest.approx(1.0, abs=1e-5)
+    assert q["l0"] == pytest.approx(D, abs=0.1) and q["dead_share"] == 0.0
+    assert q["tokens"] == 4 * 11 and abs(q["loss_increase"]) < 1e-4
+    assert not has_hooks(tiny_llama) and torch.equal(logits_of(tiny_llama), before)
+    worse = SAE("blocks.0.hook_resid_post", **weights())
+    bad = sae_quality(tiny_llama, SAESet([worse]), tokens, progress=False)
+    assert bad["blocks.0.hook_resid_post"]["fve"] < 0.5
+    with pytest.raises(InputError, match="tokens must be"):
+        sae_quality(tiny_llama, SAESet([exact]), tokens[:, :1])

@@ -11,7 +11,9 @@ from ._explorer import (
     search,
 )
 from ._corpus import reference_corpus
+from ._corpus import packed_tokens, reference_corpus
 from ._loaders import check_saes, load_saes
+from ._quality import sae_quality
 from ._sae import ACTIVATIONS, SAE, SAESet, as_sae_set
 from ._splice import LatentEdit, splice_hook, splice_hooks
 from ._stats import (
@@ -47,7 +49,9 @@ __all__ = [
     "search",
     "check_saes",
     "load_saes",
+    "packed_tokens",
     "reference_corpus",
+    "sae_quality",
     "splice_hook",
     "splice_hooks",
     "steer",

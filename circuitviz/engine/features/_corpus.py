@@ -175,3 +175,37 @@ def reference_corpus(model: object = None, *, split: Split = "reference") -> lis
     want_reference = split == "reference"
     texts = [*stdlib_docstrings(), *template_stories(), *model_generations()]
     return [t for t in texts if (_bucket(t) < REFERENCE_PERCENT) == want_reference]
+
+
+def packed_tokens(
+    model: object,
+    split: Split = "reference",
+    *,
+    seq_len: int = 128,
+    max_tokens: int | None = None,
+    seed: int | None = 0,
+):
+    """The ``split``'s texts (shuffled by ``seed``; ``None`` keeps the corpus order), joined
+    with blank lines and cut into rows ``[n, seq_len]`` that each start with BOS: the form the
+    demo SAEs were trained and evaluated on. ``max_tokens`` caps the text read."""
+    import torch
+
+    from .._models import check_bridge
+
+    check_bridge(model)
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise InputError(f"seq_len must be an integer ≥ 2, got {seq_len!r}.")
+    texts = reference_corpus(split=split)
+    if seed is not None:
+        random.Random(seed).shuffle(texts)
+    tok = model.tokenizer
+    stream: list[int] = []
+    for t in texts:
+        stream += tok(t + "\n\n", add_special_tokens=False)["input_ids"]
+        if max_tokens is not None and len(stream) >= max_tokens:
+            break
+    body = seq_len - 1
+    n = len(stream) // body
+    rows = torch.tensor(stream[: n * body], dtype=torch.long).view(n, body)
+    bos = torch.full((n, 1), tok.bos_token_id, dtype=torch.long)
+    return torch.cat([bos, rows], 1).to(model.cfg.device)
