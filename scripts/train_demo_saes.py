@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from circuitviz.engine import hooks, load_model  # noqa: E402
-from circuitviz.engine.features._corpus import GENERATIONS_FILE, reference_corpus  # noqa: E402
+from circuitviz.engine.features._corpus import GENERATIONS_FILE, packed_tokens  # noqa: E402
 
 LAYERS = (5, 11, 17, 23)
 HOOKS = tuple(f"blocks.{L}.hook_resid_post" for L in LAYERS)
@@ -143,23 +143,6 @@ def generate(args) -> None:
 
 
 # -- activations ------------------------------------------------------------------------
-
-
-def token_sequences(model, split: str, max_tokens: int, seed: int = 0) -> torch.Tensor:
-    """Texts of ``split``, shuffled, joined and cut into ``[n, SEQ_LEN]`` rows starting with BOS."""
-    texts = reference_corpus(split=split)
-    random.Random(seed).shuffle(texts)
-    tok = model.tokenizer
-    stream: list[int] = []
-    for t in texts:
-        stream += tok(t + "\n\n", add_special_tokens=False)["input_ids"]
-        if len(stream) >= max_tokens:
-            break
-    body = SEQ_LEN - 1
-    n = len(stream) // body
-    rows = torch.tensor(stream[: n * body]).view(n, body)
-    bos = torch.full((n, 1), tok.bos_token_id)
-    return torch.cat([bos, rows], 1)
 
 
 class _Stop(Exception):
@@ -290,7 +273,7 @@ def train(args) -> None:
     deadline = dt.datetime.fromisoformat(args.deadline).replace(tzinfo=dt.timezone.utc).timestamp()
     budget = deadline - time.time()
     model = load_model("demo")
-    tokens = token_sequences(model, "train", args.tokens, seed=args.seed)
+    tokens = packed_tokens(model, "train", seq_len=SEQ_LEN, max_tokens=args.tokens, seed=args.seed)
     log(
         f"{tokens.shape[0]} sequences of {SEQ_LEN} ({tokens.numel()} tokens); budget {budget / 60:.0f} min"
     )
