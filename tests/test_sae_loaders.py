@@ -480,6 +480,7 @@ def test_sae_quality_of_an_exact_sae(tiny_llama):
     before = logits_of(tiny_llama)
     q = sae_quality(tiny_llama, SAESet([exact]), tokens, progress=False)["blocks.0.hook_resid_post"]
     assert q["fve"] == pytest.approx(1.0, abs=1e-5)
+    assert q["fve_typical"] == pytest.approx(1.0, abs=1e-5) and 0 <= q["outlier_share"] < 0.5
     assert q["l0"] == pytest.approx(D, abs=0.1) and q["dead_share"] == 0.0
     assert q["tokens"] == 4 * 11 and abs(q["loss_increase"]) < 1e-4
     assert not has_hooks(tiny_llama) and torch.equal(logits_of(tiny_llama), before)
