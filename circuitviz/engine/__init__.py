@@ -23,7 +23,7 @@ from ._refusal import (
 from ._results import AblationResult, AttentionResult, PatchResult, TopTokens
 from ._roles import HEAD_ROLES, HeadRoles, head_roles
 from ._tiny import tiny_model
-from .features import SteerResult, steer
+from .features import SteerResult, check_saes, load_saes, steer
 from .graph import (
     Edge,
     FeatureGraph,
@@ -35,8 +35,6 @@ from .graph import (
     exact_node_scores,
     mib_scores,
 )
-from .features import check_saes, load_saes
-from .graph import Edge, Graph, Node, circuit, edge_patch
 
 __all__ = [
     "HEAD_ROLES",

@@ -1,6 +1,7 @@
 """Features: sparse autoencoders and transcoders over a model's hooks, and what is built on
 them (loaders, the feature explorer's statistics, feature circuits, steering)."""
 
+from ._corpus import packed_tokens, reference_corpus
 from ._explorer import (
     FeatureActivations,
     card,
@@ -10,8 +11,6 @@ from ._explorer import (
     parse_feature,
     search,
 )
-from ._corpus import reference_corpus
-from ._corpus import packed_tokens, reference_corpus
 from ._loaders import check_saes, load_saes
 from ._quality import sae_quality
 from ._sae import ACTIVATIONS, SAE, SAESet, as_sae_set
@@ -38,20 +37,20 @@ __all__ = [
     "SteerResult",
     "as_sae_set",
     "card",
+    "check_saes",
     "check_supernodes",
     "feature_activations",
     "feature_id",
     "feature_stats",
     "load_feature_stats",
-    "logit_effects",
-    "parse_feature",
-    "save_feature_stats",
-    "search",
-    "check_saes",
     "load_saes",
+    "logit_effects",
     "packed_tokens",
+    "parse_feature",
     "reference_corpus",
     "sae_quality",
+    "save_feature_stats",
+    "search",
     "splice_hook",
     "splice_hooks",
     "steer",

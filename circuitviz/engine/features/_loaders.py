@@ -370,9 +370,11 @@ def _fetch_hf(uri: str) -> Path:
 
 
 def _demo_stats(directory: Path) -> dict:
-    """The shipped feature statistics, keyed by hook, if a ``stats.json`` is there."""
-    path = directory / "stats.json"
-    return _read_json(path) if path.is_file() else {}
+    """The shipped feature statistics (``scripts/feature_stats_demo.py``), keyed by hook."""
+    from ._stats import load_feature_stats
+
+    path = directory / "feature_stats.npz"
+    return load_feature_stats(path) if path.is_file() else {}
 
 
 def load_saes(
