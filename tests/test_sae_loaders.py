@@ -375,7 +375,10 @@ def test_bad_sources_and_options(tmp_path):
         load_saes(tmp_path / "dup")
 
 
-def test_demo_without_weights_and_with_stats(tmp_path, monkeypatch):
+def test_demo_without_weights_and_with_stats(tmp_path, monkeypatch, tiny_llama):
+    from circuitviz.engine.features import feature_stats, save_feature_stats
+    from tests._tiny_sae import tiny_saes
+
     monkeypatch.setattr(_loaders, "DEMO_DIR", tmp_path / "demo")
     write_saelens(tmp_path / "demo" / "blocks.1.hook_resid_post")
     (tmp_path / "demo" / "blocks.1.hook_resid_post" / "sae_weights.safetensors").unlink()
@@ -383,10 +386,14 @@ def test_demo_without_weights_and_with_stats(tmp_path, monkeypatch):
         load_saes("demo")
     write_saelens(tmp_path / "demo" / "blocks.1.hook_resid_post")
     assert load_saes("demo", device="cpu").stats == {}
-    stats = {"blocks.1.hook_resid_post": {"frequency": [0.1] * F}}
-    (tmp_path / "demo" / "stats.json").write_text(json.dumps(stats))
+    # The shipped statistics file is the explorer's (scripts/feature_stats_demo.py).
+    texts = ["t1 t2 t3 t4 t5", "t9 t8 t7 t6"]
+    stats = feature_stats(tiny_llama, tiny_saes(tiny_llama), texts, progress=False)
+    save_feature_stats(stats, tmp_path / "demo" / "feature_stats.npz")
     loaded = load_saes("demo", device="cpu")
-    assert loaded.name == "demo" and loaded.stats == stats
+    assert loaded.name == "demo" and set(loaded.stats) == set(stats)
+    for hook, s in stats.items():
+        assert (loaded.stats[hook].top_values == s.top_values).all()
 
 
 # -- check_saes -------------------------------------------------------------------------
