@@ -37,6 +37,9 @@ MAX_CARDS = 512
 #: would show. The edge limit binds instead (demo IOI, throwaway SAEs: 62 nodes, 149 edges).
 FEATURE_TOP_NODES = 500
 FEATURE_TOP_EDGES = 150
+#: When no path fits the default edge limit (the shipped demo SAEs on IOI need ~1,000 edges),
+#: a new view doubles it, up to this, until one does: a researcher's first look is never empty.
+FEATURE_MAX_DEFAULT_EDGES = 4800
 
 
 class FeatureNodes:
@@ -67,6 +70,18 @@ class FeatureNodes:
                 self.top_nodes = FEATURE_TOP_NODES  # type: ignore[attr-defined]
             if "top_edges" not in given:
                 self.top_edges = FEATURE_TOP_EDGES  # type: ignore[attr-defined]
+                self._widen_until_shown()
+
+    def _widen_until_shown(self) -> None:
+        from ..engine.graph import _select
+
+        view: Any = self
+        while view.top_edges < FEATURE_MAX_DEFAULT_EDGES:
+            rule = view.pruning
+            view._selections[rule] = _select.select(view._cands, rule)  # kept for _show
+            if view._selections[rule][1].any():
+                return
+            view.top_edges = 2 * view.top_edges
 
     def _feature_kwargs(self, graph: Any) -> dict[str, Any]:
         """What ``faithfulness`` of a shown feature circuit needs besides the model and pairs."""
