@@ -16,6 +16,9 @@ from transformer_lens.model_bridge import TransformerBridge
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor | None]
 Hooks = Sequence[tuple[str, HookFn]]
+#: Forward pre-hooks with keyword arguments on plain modules (not hook points), for what a
+#: hook point cannot reach: the attention mask and rotary tables a block is called with.
+PreHooks = Sequence[tuple[torch.nn.Module, Callable]]
 
 
 def _hook_point(model: TransformerBridge, name: str):
@@ -61,8 +64,11 @@ def _restore(point: torch.nn.Module, snap: dict[str, set[int]]) -> None:
 
 
 @contextmanager
-def hooks(model: TransformerBridge, fwd: Hooks = (), bwd: Hooks = ()) -> Iterator[None]:
+def hooks(
+    model: TransformerBridge, fwd: Hooks = (), bwd: Hooks = (), pre: PreHooks = ()
+) -> Iterator[None]:
     """Attach forward (and backward) hooks for the duration of the block, then remove them.
+    ``pre`` are ``(module, fn)`` forward pre-hooks registered ``with_kwargs=True``.
 
     Interrupt-safe: each hook point's registered hooks are snapshotted *before* anything is
     added to it, and on the way out everything registered since is removed — not only the
@@ -78,6 +84,10 @@ def hooks(model: TransformerBridge, fwd: Hooks = (), bwd: Hooks = ()) -> Iterato
                 if id(point) not in touched:
                     touched[id(point)] = (point, _snapshot(point))
                 point.add_hook(fn, dir=direction)
+        for module, fn in pre:
+            if id(module) not in touched:
+                touched[id(module)] = (module, _snapshot(module))
+            module.register_forward_pre_hook(fn, with_kwargs=True)
         yield
     finally:
         for point, snap in touched.values():
@@ -108,10 +118,57 @@ def module_hooks(
             _restore(module, snap)
 
 
-def run(model: TransformerBridge, tokens: torch.Tensor, fwd: Hooks = ()) -> torch.Tensor:
-    """One forward pass with hooks attached, returning the logits."""
-    with hooks(model, fwd):
-        return model(tokens, return_type="logits")
+def run(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    fwd: Hooks = (),
+    *,
+    attention_mask: torch.Tensor | None = None,
+    pre: PreHooks = (),
+) -> torch.Tensor:
+    """One forward pass with hooks attached, returning the logits. ``attention_mask``
+    ``[batch, pos]`` (1 = token, 0 = padding) is passed on only when given, so unpadded
+    batches run exactly as before."""
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    with hooks(model, fwd, pre=pre):
+        return model(tokens, return_type="logits", **kwargs)
+
+
+# What a block's attention is called with that has one row per *prompt*: the HF 4-D mask
+# ``[batch, 1, q, k]``, rotary ``(cos, sin)`` ``[batch, pos, d]`` and ``position_ids``.
+_PER_PROMPT_KWARGS = ("attention_mask", "position_embeddings", "position_ids")
+
+
+def _tile(value: object, rows: int) -> object:
+    if isinstance(value, tuple):
+        return tuple(_tile(v, rows) for v in value)
+    if not isinstance(value, torch.Tensor) or value.ndim == 0:
+        return value
+    n = value.shape[0]
+    if n in (1, rows) or rows % n:
+        return value
+    return value.repeat(rows // n, *([1] * (value.ndim - 1)))
+
+
+def tile_prompt_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """Forward pre-hook for an attention module in a pass whose batch grows mid-model.
+
+    The model builds its mask and rotary tables once, for the prompt batch ``[b, ...]``; a
+    batch grown to ``k·b`` rows (condition-major: row ``j·b + i`` is prompt ``i``) needs
+    them tiled ``k`` times. A batch of one broadcasts and is left alone."""
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor):
+        return args, kwargs
+    rows = hidden.shape[0]
+    for key in _PER_PROMPT_KWARGS:
+        if key in kwargs:
+            kwargs[key] = _tile(kwargs[key], rows)
+    return args, kwargs
+
+
+def attention_modules(model: TransformerBridge) -> list[torch.nn.Module]:
+    """Every block's attention module, for :func:`tile_prompt_kwargs`."""
+    return [block.attn for block in model.blocks]
 
 
 def has_hooks(model: TransformerBridge) -> bool:

@@ -7,8 +7,11 @@ for a single base row. A hook on ``blocks.{L}.hook_resid_pre`` appends copies of
 row for the conditions of layer ``L`` ("growing the batch"); the target hook then writes the
 source activation into those rows. Only the final position reaches the unembedding.
 
-The bridge's attention mask has the prompt batch's size, so a growing pass starts from one
-prompt; a batch of prompts is one pass per prompt, and the metric sees them all together.
+A batch of prompts shares the pass: rows are condition-major (every condition holds one row
+per prompt), and the model's per-prompt attention mask and rotary tables — built once for
+the prompt batch — are tiled onto the grown batch by a pre-hook on each attention module
+(:func:`._hooks.tile_prompt_kwargs`). Prompts are split over passes only when all of them
+with one condition would not fit ``max_rows`` / ``memory_budget``.
 """
 
 from __future__ import annotations
@@ -116,11 +119,15 @@ class Baselines:
 
 
 def final_logits(
-    model: TransformerBridge, tokens: torch.Tensor, fwd: _hooks.Hooks = ()
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    fwd: _hooks.Hooks = (),
+    *,
+    pre: _hooks.PreHooks = (),
 ) -> torch.Tensor:
     """Final-position logits ``[batch, d_vocab]`` of one hooked forward pass."""
     hooks = [*fwd, (_hooks.LAST_POSITION_HOOK, _hooks.last_position_only)]
-    return _hooks.run(model, tokens, hooks)[:, -1]
+    return _hooks.run(model, tokens, hooks, pre=pre)[:, -1]
 
 
 def cache_acts(model: TransformerBridge, tokens: torch.Tensor, names: Iterable[str]):
@@ -213,9 +220,14 @@ def growing_pass(
     cell: str,
     source: Callable[[int], torch.Tensor],
 ) -> torch.Tensor:
-    """One forward pass of a single prompt (``tokens``: ``[1, pos]``) that patches one
-    condition per extra row. Returns final logits ``[1 + len(chunk), d_vocab]``: row 0 is
-    the unpatched run and row ``1 + j`` is condition ``chunk[j]``."""
+    """One forward pass of the prompt batch ``tokens`` ``[b, pos]`` that patches one
+    condition per extra group of ``b`` rows. Returns final logits
+    ``[1 + len(chunk), b, d_vocab]``: group 0 is the unpatched run and group ``1 + j`` is
+    condition ``chunk[j]``. ``source(layer)`` gives the source activation ``[b, ...]``.
+
+    Rows are condition-major (row ``g·b + i`` is prompt ``i`` of group ``g``), so a group is
+    a contiguous slice and the model's per-prompt mask and rotary tables tile onto it."""
+    b = tokens.shape[0]
     by_layer: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
     for j, (_, layer, idx) in enumerate(chunk):
         by_layer.setdefault(layer, []).append((1 + j, idx))
@@ -223,23 +235,23 @@ def growing_pass(
 
     def grow(n: int):
         def fn(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([x, x[:1].expand(n, *x.shape[1:])])
+            return torch.cat([x, x[:b].repeat(n, *([1] * (x.ndim - 1)))])
 
         return fn
 
-    def patch(layer: int, rows: list[tuple[int, tuple[int, ...]]]):
+    def patch(layer: int, groups: list[tuple[int, tuple[int, ...]]]):
         src = source(layer)
 
         def fn(x: torch.Tensor) -> torch.Tensor:
-            for row, idx in rows:
-                write_cell(x, slice(row, row + 1), cell, idx, src)
+            for group, idx in groups:
+                write_cell(x, slice(group * b, (group + 1) * b), cell, idx, src)
             return x
 
         return fn
 
-    for layer, rows in by_layer.items():
-        fns.setdefault(f"blocks.{layer}.hook_resid_pre", []).append(grow(len(rows)))
-        fns.setdefault(hook_name(layer), []).append(patch(layer, rows))
+    for layer, groups in by_layer.items():
+        fns.setdefault(f"blocks.{layer}.hook_resid_pre", []).append(grow(len(groups)))
+        fns.setdefault(hook_name(layer), []).append(patch(layer, groups))
 
     def compose(steps):
         def hook(x: torch.Tensor, hook: object) -> torch.Tensor:
@@ -249,7 +261,20 @@ def growing_pass(
 
         return hook
 
-    return final_logits(model, tokens, [(name, compose(steps)) for name, steps in fns.items()])
+    fwd = [(name, compose(steps)) for name, steps in fns.items()]
+    # A batch of one broadcasts against the model's mask; more prompts need it tiled.
+    pre = [] if b == 1 else [(m, _hooks.tile_prompt_kwargs) for m in _hooks.attention_modules(model)]
+    logits = final_logits(model, tokens, fwd, pre=pre)
+    return logits.reshape(1 + len(chunk), b, -1)
+
+
+def pass_shape(model: TransformerBridge, tokens: Tokens, memory_budget: float, max_rows: int):
+    """``(prompts per pass, conditions per pass)``: every prompt in one pass when the rows
+    of all prompts with at least one condition fit ``memory_budget`` and ``max_rows``, else
+    as many as fit; then as many conditions as fit beside them."""
+    rows_fit = max(1, min(max_rows, int(memory_budget // _row_bytes(model, tokens.n_pos))))
+    prompts = min(tokens.batch, max(1, rows_fit // 2))
+    return prompts, max(1, rows_fit // prompts - 1)
 
 
 def check_budget(memory_budget: object, max_rows: object) -> None:
@@ -312,35 +337,38 @@ def patch(
     shape = tuple(sizes[a] for a in target.axes)
     grid = torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(-1, len(shape))
     conds = [tuple(int(i) for i in idx) for idx in grid.tolist()]
-    rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos)) - 1
-    chunk_size = max(1, min(max_rows, rows_fit))
+    per_pass, chunk_size = pass_shape(model, tokens, memory_budget, max_rows)
     chunks = _chunks(conds, chunk_size)
+    groups = [slice(s, s + per_pass) for s in range(0, tokens.batch, per_pass)]
     values = torch.empty(len(conds))
     n_forward = 1
     metric_fn: Metric | None = None
     bar = tqdm(
-        total=len(chunks) * tokens.batch, desc=f"patching {over}", disable=not progress, leave=False
+        total=len(chunks) * len(groups),
+        desc=f"patching {over}",
+        disable=not progress,
+        leave=False,
     )
     try:
         with torch.inference_mode():
             for chunk in chunks:
                 logits = []
-                for b in range(tokens.batch):
+                for rows in groups:
                     logits.append(
                         growing_pass(
                             model,
-                            run_tokens[b : b + 1],
+                            run_tokens[rows],
                             chunk,
                             lambda layer: target.hook.format(layer),
                             target.cell,
-                            lambda layer, b=b: sources[target.hook.format(layer)][b : b + 1],
+                            lambda layer, rows=rows: sources[target.hook.format(layer)][rows],
                         )
                     )
                     n_forward += 1
                     bar.update()
-                stacked = torch.stack(logits, dim=1)  # [1 + conditions, batch, d_vocab]
+                stacked = torch.cat(logits, dim=1)  # [1 + conditions, batch, d_vocab]
                 if metric_fn is None:
-                    # Row 0 is the unpatched run: the second baseline comes for free.
+                    # Group 0 is the unpatched run: the second baseline comes for free.
                     run_logits = stacked[0]
                     clean_logits, corr_logits = (
                         (src_logits, run_logits)
@@ -364,7 +392,11 @@ def patch(
         metric=metric_fn,
         clean=clean,
         corrupted=corrupted,
-        extra={"forward_passes": n_forward, "chunk_size": chunk_size},
+        extra={
+            "forward_passes": n_forward,
+            "chunk_size": chunk_size,
+            "prompts_per_pass": per_pass,
+        },
     )
 
 
