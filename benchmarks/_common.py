@@ -12,42 +12,116 @@ import torch
 
 import circuitviz as cv
 
+#: Random-weight configurations of real architectures, for timing where weights can't be
+#: downloaded (timing does not depend on the weights). Tokenizer: the demo model's.
+MODEL_PRESETS: dict[str, dict] = {
+    # Llama-3.2-1B's shape (16 layers, d_model 2048, 32 query / 8 KV heads, GQA, RoPE).
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rope_theta=500000.0,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    ),
+    # The same architecture, tiny: a CPU smoke test of the --model path.
+    "llama-tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    ),
+}
+
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument(
+        "--model",
+        default="demo",
+        help="'demo' (real SmolLM2-135M weights), or random weights of a real architecture: "
+        f"{', '.join(sorted(MODEL_PRESETS))}, or a directory holding a config.json",
+    )
+    parser.add_argument(
         "--random-init",
         metavar="DIR",
         default=None,
-        help="build the demo architecture from DIR (config.json + tokenizer) with random "
-        "weights; for machines the 98 MB demo weights cannot reach. Timing is unaffected.",
+        help="same as --model DIR: build the architecture in DIR (config.json + tokenizer) "
+        "with random weights; for machines the 98 MB demo weights cannot reach.",
     )
+
+
+def _device(args: argparse.Namespace) -> str:
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _random_config(name: str):
+    """The config of a preset or a directory; the preset borrows the demo's vocabulary."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if name in MODEL_PRESETS:
+        from circuitviz.engine._models import _demo_hf_dir
+
+        demo = AutoConfig.from_pretrained(_demo_hf_dir())
+        return LlamaConfig(
+            vocab_size=demo.vocab_size,
+            bos_token_id=demo.bos_token_id,
+            eos_token_id=demo.eos_token_id,
+            **MODEL_PRESETS[name],
+        ), str(_demo_hf_dir())
+    return AutoConfig.from_pretrained(name), name
+
+
+def load_with_peer(args: argparse.Namespace, *, peer: bool = False):
+    """The bridge, and (``peer=True``) a plain Hugging Face copy with the same weights for
+    peers that wrap an HF model (nnsight). Either may be on ``--device``."""
+    import copy
+    import tempfile
+
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = args.random_init or args.model
+    device = _device(args)
+    if name == "demo":
+        model = cv.load_model("demo", device=args.device)
+        if not peer:
+            return model, None
+        from circuitviz.engine._models import _demo_hf_dir
+
+        hf_peer = AutoModelForCausalLM.from_pretrained(_demo_hf_dir(), dtype=torch.float32)
+        return model, hf_peer.to(device).eval()
+    config, tokenizer_dir = _random_config(name)
+    torch.manual_seed(0)
+    hf_model = AutoModelForCausalLM.from_config(config).to(device).eval()
+    # The bridge wraps the modules of the model it is given: the peer gets its own copy.
+    hf_peer = copy.deepcopy(hf_model) if peer else None
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with tempfile.TemporaryDirectory() as d:
+        config.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        model = TransformerBridge.boot_transformers(
+            d, hf_model=hf_model, tokenizer=tokenizer, device=device
+        )
+    model.cfg.model_name = f"{os.path.basename(str(name).rstrip('/'))} (random weights)"
+    model.eval()
+    return model, hf_peer
 
 
 def load(args: argparse.Namespace):
-    if args.random_init is None:
-        return cv.load_model("demo", device=args.device)
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    config = AutoConfig.from_pretrained(args.random_init)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    hf_model = AutoModelForCausalLM.from_config(config).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.random_init)
-    model = TransformerBridge.boot_transformers(
-        args.random_init, hf_model=hf_model, tokenizer=tokenizer, device=device
-    )
-    model.eval()
-    return model
+    return load_with_peer(args)[0]
 
 
-def ioi_batch(args: argparse.Namespace):
+def ioi_batch(args: argparse.Namespace, model=None):
     """The model, ``args.pairs`` IOI pairs, their tokens and TransformerLens's form of the
     logit difference (full logits -> the batch mean at the final position)."""
     from circuitviz.engine import tokenize
 
-    model = load(args)
+    model = load(args) if model is None else model
     pairs = cv.tasks.ioi(model, n=args.pairs, seed=0)
     tokens = tokenize(model, pairs)
     rows = torch.arange(tokens.batch)

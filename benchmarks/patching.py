@@ -1,12 +1,20 @@
-"""Exact activation patching and attribution patching: TransformerLens vs circuitviz.
+"""Exact activation patching: circuitviz vs TransformerLens and nnsight, one process.
 
-Runs TransformerLens's own ``transformer_lens.patching`` function and circuitviz on the same
-model and inputs, in one process, and prints both times, the ratio, the max difference and
-the number of forward passes each made.
+Runs, on the same model weights and the same IOI prompts:
+- circuitviz ``patch`` (and ``attribution_patch``);
+- TransformerLens's own ``transformer_lens.patching`` function for the map;
+- nnsight on a plain Hugging Face copy of the model, as a loop (one trace per condition)
+  and as a batched trace (every condition a group of rows of one batch);
+and prints each time, the ratios peer / circuitviz, the max |difference| of each map from
+circuitviz's, and the forward passes.
 
-    python benchmarks/patching.py                 # demo model, one IOI pair, all heads
-    python benchmarks/patching.py --over resid_pre --pairs 4
-    python benchmarks/patching.py --device cuda
+    python benchmarks/patching.py                       # demo model, 1 IOI pair, all heads
+    python benchmarks/patching.py --pairs 8 --loop-subset 30
+    python benchmarks/patching.py --device cuda --model llama-1b   # random weights
+    python benchmarks/patching.py --model llama-tiny --pairs 2     # CPU smoke test
+
+``--loop-subset N`` runs the nnsight loop on N conditions spread over the map and
+extrapolates its time to the whole map (reported as such); its difference is over those N.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from transformer_lens import patching as tlp
 
 import circuitviz as cv
 
-from _common import ForwardCounter, add_model_args, ioi_batch, machine, timed
+from _common import ForwardCounter, add_model_args, ioi_batch, load_with_peer, machine, timed
 
 TL_FUNCTIONS = {
     "heads": tlp.get_act_patch_attn_head_out_all_pos,
@@ -29,6 +37,59 @@ TL_FUNCTIONS = {
     "mlp_out": tlp.get_act_patch_mlp_out,
     "heads_by_pos": tlp.get_act_patch_attn_head_out_by_pos,
 }
+PEERS = ("tl", "nnsight-loop", "nnsight-batched")
+
+
+def run_nnsight(args, model, hf_peer, tokens, ours) -> dict:
+    """Both nnsight forms on the map's conditions; times and max |diff| from ``ours``.
+    (``model``, the bridge, is on the peer's device: ``timed`` synchronises on it.)"""
+    from _nnsight_peer import NnsightPeer
+
+    peer = NnsightPeer(hf_peer, over=args.over)
+    shape = tuple(ours.values.shape)
+    grid = torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(-1, len(shape))
+    conds = [tuple(int(i) for i in c) for c in grid.tolist()]
+    b = tokens.batch
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        k = logits.shape[0] // b
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return logits[rows, tokens.answers.repeat(k)] - logits[rows, tokens.wrong_answers.repeat(k)]
+
+    flat = ours.values.flatten()
+    out: dict = {}
+    with torch.inference_mode():
+        peer.source(tokens.clean)  # warm-up
+        if "nnsight-batched" in args.peers:
+
+            def batched():
+                src = peer.source(tokens.clean)
+                return peer.batched(tokens.corrupted, src, conds, metric, max_rows=args.peer_rows)
+
+            t, values = timed(model, batched)
+            out.update(
+                nnsight_batched_s=t,
+                nnsight_batched_max_abs_diff=float((values - flat).abs().max()),
+                nnsight_batched_rows_per_trace=max(1, args.peer_rows // b) * b,
+            )
+        if "nnsight-loop" in args.peers:
+            n = len(conds) if args.loop_subset <= 0 else min(args.loop_subset, len(conds))
+            pick = torch.linspace(0, len(conds) - 1, n).round().long().unique().tolist()
+            sub = [conds[i] for i in pick]
+
+            def loop():
+                src = peer.source(tokens.clean)
+                return peer.loop(tokens.corrupted, src, sub, metric)
+
+            t, values = timed(model, loop)
+            out.update(
+                nnsight_loop_conditions_run=len(sub),
+                nnsight_loop_s_measured=t,
+                nnsight_loop_s=t * len(conds) / len(sub),
+                nnsight_loop_extrapolated=len(sub) < len(conds),
+                nnsight_loop_max_abs_diff=float((values - flat[pick]).abs().max()),
+            )
+    return out
 
 
 def main() -> None:
@@ -38,11 +99,24 @@ def main() -> None:
     add_model_args(parser)
     parser.add_argument("--over", default="heads", choices=sorted(TL_FUNCTIONS))
     parser.add_argument("--pairs", type=int, default=1, help="IOI pairs in the batch")
-    parser.add_argument("--skip-tl", action="store_true", help="time circuitviz only")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma-separated peers to run, of {PEERS} (empty: circuitviz only)",
+    )
+    parser.add_argument("--loop-subset", type=int, default=0, help="nnsight loop on N conditions")
+    parser.add_argument("--peer-rows", type=int, default=1024, help="rows per nnsight batch")
+    parser.add_argument("--skip-tl", action="store_true", help="same as leaving 'tl' out")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
+    args.peers = {p for p in args.peers.split(",") if p} - ({"tl"} if args.skip_tl else set())
+    unknown = args.peers - set(PEERS)
+    if unknown:
+        parser.error(f"unknown peers {sorted(unknown)}; use {PEERS}")
 
-    model, pairs, tokens, tl_metric = ioi_batch(args)
+    want_nnsight = bool(args.peers & {"nnsight-loop", "nnsight-batched"})
+    model, hf_peer = load_with_peer(args, peer=want_nnsight)
+    model, pairs, tokens, tl_metric = ioi_batch(args, model)
 
     with torch.inference_mode():  # warm up kernels and allocator for both
         model(tokens.clean)
@@ -60,18 +134,24 @@ def main() -> None:
     n_attr = count.n
     figures = {
         "machine": machine(),
+        "model": cv.engine._models.model_name(model),
+        "device": str(model.cfg.device),
         "over": args.over,
         "pairs": tokens.batch,
         "n_pos": tokens.n_pos,
         "circuitviz_s": t_ours,
         "circuitviz_forwards": n_ours,
+        "circuitviz_prompts_per_pass": ours.extra.get("prompts_per_pass"),
         "attribution_s": t_attr,
         "attribution_forwards": n_attr,
+        "attribution_spearman": float(
+            spearmanr(attr.values.flatten(), ours.values.flatten()).correlation
+        ),
     }
-    rho = spearmanr(attr.values.flatten(), ours.values.flatten()).correlation
-    figures["attribution_spearman"] = float(rho)
+    print(f"circuitviz exact {t_ours:9.2f} s  {n_ours:5d} forward passes")
+    print(f"attribution      {t_attr:9.3f} s  {n_attr:5d} forward passes (+1 backward)")
 
-    if not args.skip_tl:
+    if "tl" in args.peers:
 
         def run_tl():
             _, cache = model.run_with_cache(tokens.clean)
@@ -79,23 +159,40 @@ def main() -> None:
 
         with ForwardCounter(model) as count, torch.inference_mode():
             t_tl, ref = timed(model, run_tl)
-        diff = float((ref.cpu() - ours.values).abs().max())
         figures.update(
             transformer_lens_s=t_tl,
             transformer_lens_forwards=count.n,
-            max_abs_diff=diff,
+            max_abs_diff=float((ref.cpu() - ours.values).abs().max()),
             ratio=t_tl / t_ours,
             attribution_ratio=t_tl / t_attr,
         )
-        print(f"TransformerLens  {t_tl:9.2f} s  {count.n:5d} forward passes")
-    print(f"circuitviz exact {t_ours:9.2f} s  {n_ours:5d} forward passes")
-    print(f"attribution      {t_attr:9.3f} s  {n_attr:5d} forward passes (+1 backward)")
-    if not args.skip_tl:
         print(
-            f"ratio exact: {figures['ratio']:.1f}x   max |difference|: {figures['max_abs_diff']:.2e}"
+            f"TransformerLens  {t_tl:9.2f} s  {count.n:5d} forward passes   "
+            f"TL/cv {figures['ratio']:.1f}x  max |diff| {figures['max_abs_diff']:.2e}"
         )
-        print(f"ratio attribution: {figures['attribution_ratio']:.1f}x")
-    print(f"attribution vs exact Spearman: {rho:.3f}")
+    if want_nnsight:
+        figures.update(run_nnsight(args, model, hf_peer, tokens, ours))
+        if "nnsight_batched_s" in figures:
+            figures["nnsight_batched_ratio"] = figures["nnsight_batched_s"] / t_ours
+            print(
+                f"nnsight batched  {figures['nnsight_batched_s']:9.2f} s  "
+                f"nnsight-batched/cv {figures['nnsight_batched_ratio']:.2f}x  "
+                f"max |diff| {figures['nnsight_batched_max_abs_diff']:.2e}"
+            )
+        if "nnsight_loop_s" in figures:
+            figures["nnsight_loop_ratio"] = figures["nnsight_loop_s"] / t_ours
+            note = (
+                f" (extrapolated from {figures['nnsight_loop_conditions_run']} conditions, "
+                f"{figures['nnsight_loop_s_measured']:.2f} s measured)"
+                if figures["nnsight_loop_extrapolated"]
+                else ""
+            )
+            print(
+                f"nnsight loop     {figures['nnsight_loop_s']:9.2f} s  "
+                f"nnsight-loop/cv {figures['nnsight_loop_ratio']:.2f}x  "
+                f"max |diff| {figures['nnsight_loop_max_abs_diff']:.2e}{note}"
+            )
+    print(f"attribution vs exact Spearman: {figures['attribution_spearman']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -263,7 +263,9 @@ def growing_pass(
 
     fwd = [(name, compose(steps)) for name, steps in fns.items()]
     # A batch of one broadcasts against the model's mask; more prompts need it tiled.
-    pre = [] if b == 1 else [(m, _hooks.tile_prompt_kwargs) for m in _hooks.attention_modules(model)]
+    pre = (
+        [] if b == 1 else [(m, _hooks.tile_prompt_kwargs) for m in _hooks.attention_modules(model)]
+    )
     logits = final_logits(model, tokens, fwd, pre=pre)
     return logits.reshape(1 + len(chunk), b, -1)
 
