@@ -1,0 +1,147 @@
+"""A batch of prompts patched in one growing pass equals TransformerLens's own patching
+functions and the one-prompt-per-pass path, for every target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitviz as cv
+from circuitviz.engine import has_hooks
+from circuitviz.engine._metrics import MetricError
+
+from .test_patching_exact import TL_FUNCTIONS, TOL, tl_reference
+
+N_PAIRS = 4
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model(request):
+    return cv.tiny_model(request.param, n_layers=2)
+
+
+def attention_pre_hooks(model) -> int:
+    return sum(
+        len(block.attn._forward_pre_hooks) + len(block.attn._forward_pre_hooks_with_kwargs)
+        for block in model.blocks
+    )
+
+
+@pytest.mark.parametrize("over", sorted(TL_FUNCTIONS))
+def test_one_pass_equals_transformer_lens_and_one_prompt_per_pass(model, over):
+    """Reference: ``transformer_lens.patching`` (TL_FUNCTIONS[over]) on the whole batch, and
+    circuitviz with ``max_rows=2`` (one prompt and one condition per pass)."""
+    pairs = _pairs(N_PAIRS)
+    batched = cv.patch(model, pairs, over=over, progress=False)
+    assert batched.extra["prompts_per_pass"] == N_PAIRS
+    per_prompt = cv.patch(model, pairs, over=over, max_rows=2, progress=False)
+    assert per_prompt.extra["prompts_per_pass"] == 1
+    ref = tl_reference(model, pairs, over)
+    assert (batched.values - ref).abs().max() <= TOL
+    assert (batched.values - per_prompt.values).abs().max() <= TOL
+    assert batched.clean == pytest.approx(per_prompt.clean, abs=TOL)
+    assert batched.corrupted == pytest.approx(per_prompt.corrupted, abs=TOL)
+
+
+def _pairs(n: int, seed: int = 5) -> cv.PromptPairs:
+    g = torch.Generator().manual_seed(seed)
+
+    def prompt() -> str:
+        return " ".join(f"t{i}" for i in torch.randint(0, 100, (6,), generator=g).tolist())
+
+    answers = [f"t{i}" for i in range(1, n + 1)]
+    wrong = [f"t{i}" for i in range(101, 101 + n)]
+    return cv.PromptPairs(
+        [prompt() for _ in range(n)], [prompt() for _ in range(n)], answers, wrong
+    )
+
+
+def test_all_prompts_share_one_pass_per_chunk(model):
+    """With the whole map in one chunk, the map costs the source run and one pass."""
+    result = cv.patch(model, _pairs(N_PAIRS), over="heads", progress=False)
+    assert result.extra["forward_passes"] == 2
+
+
+def test_prompts_split_over_passes_when_rows_run_out(model):
+    """``max_rows`` smaller than two groups of every prompt splits the prompts (2 per pass)
+    and the conditions (1 per pass); the map is unchanged. Reference: TransformerLens."""
+    pairs = _pairs(N_PAIRS)
+    split = cv.patch(model, pairs, over="heads", max_rows=4, progress=False)
+    assert split.extra["prompts_per_pass"] == 2
+    assert split.extra["chunk_size"] == 1
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    assert split.extra["forward_passes"] == 1 + n_heads * 2
+    ref = tl_reference(model, pairs, "heads")
+    assert (split.values - ref).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("over", ["resid_pre", "heads", "k"])
+def test_noise_direction_batched_equals_transformer_lens(model, over):
+    pairs = _pairs(N_PAIRS, seed=7)
+    ours = cv.patch(model, pairs, over=over, direction="noise", progress=False)
+    ref = tl_reference(model, pairs, over, direction="noise")
+    assert (ours.values - ref).abs().max() <= TOL
+
+
+def test_no_hook_is_left_and_logits_are_unchanged_after_an_error(model):
+    """A metric that fails inside the batched pass: the error is circuitviz's, every hook and
+    mask pre-hook is gone, and the model's logits are bit-identical."""
+    pairs = _pairs(N_PAIRS)
+    tokens = torch.randint(0, 100, (N_PAIRS, 6))
+    with torch.inference_mode():
+        before = model(tokens)
+
+    def bad(logits: torch.Tensor) -> torch.Tensor:
+        return torch.full((logits.shape[0],), float("nan"))
+
+    with pytest.raises(MetricError, match="non-finite"):
+        cv.patch(model, pairs, over="heads", metric=bad, progress=False)
+    assert not has_hooks(model)
+    assert attention_pre_hooks(model) == 0
+    with torch.inference_mode():
+        assert torch.equal(model(tokens), before)
+
+
+def test_interrupt_inside_the_pass_leaves_no_hook(model, monkeypatch):
+    """A KeyboardInterrupt from inside a hook (a Ctrl-C mid-pass) leaves nothing behind."""
+    from circuitviz.engine import _patching
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_patching, "write_cell", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        cv.patch(model, _pairs(N_PAIRS), over="heads", progress=False)
+    assert not has_hooks(model)
+    assert attention_pre_hooks(model) == 0
+
+
+# --- the analyses that already run the whole batch in one pass ---------------------------
+
+
+def test_ablate_batch_equals_each_pair_alone(model):
+    """``ablate`` runs every prompt in one pass; each pair's value equals that pair ablated on
+    its own (reference: the one-prompt-per-pass path), for zero and resample modes."""
+    pairs = _pairs(N_PAIRS)
+    for mode in ("zero", "resample"):
+        whole = cv.ablate(model, pairs, heads=["L1H2", "L0H1"], mlps=[0], mode=mode)
+        for i in range(N_PAIRS):
+            one = cv.PromptPairs(
+                [pairs.clean[i]], [pairs.corrupted[i]], [pairs.answers[i]], [pairs.wrong_answers[i]]
+            )
+            alone = cv.ablate(model, one, heads=["L1H2", "L0H1"], mlps=[0], mode=mode)
+            assert whole.per_prompt["ablated"][i] == pytest.approx(alone.ablated, abs=TOL)
+
+
+def test_attribution_batch_is_the_mean_of_each_pair_alone(model):
+    """Attribution patching is linear in the batch mean: the batch map equals the mean of the
+    per-pair maps (reference: one prompt per pass)."""
+    pairs = _pairs(3)
+    whole = cv.attribution_patch(model, pairs, over="heads")
+    maps = []
+    for i in range(3):
+        one = cv.PromptPairs(
+            [pairs.clean[i]], [pairs.corrupted[i]], [pairs.answers[i]], [pairs.wrong_answers[i]]
+        )
+        maps.append(cv.attribution_patch(model, one, over="heads").values)
+    assert (whole.values - torch.stack(maps).mean(0)).abs().max() <= TOL
