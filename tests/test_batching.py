@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import circuitviz as cv
-from circuitviz.engine import has_hooks
+from circuitviz.engine import has_hooks, tokenize
 from circuitviz.engine._metrics import MetricError
 
 from .test_patching_exact import TL_FUNCTIONS, TOL, tl_reference
@@ -145,3 +145,103 @@ def test_attribution_batch_is_the_mean_of_each_pair_alone(model):
         )
         maps.append(cv.attribution_patch(model, one, over="heads").values)
     assert (whole.values - torch.stack(maps).mean(0)).abs().max() <= TOL
+
+
+# --- prompts of mixed lengths: left-padded and masked ------------------------------------
+
+LENGTHS = (4, 7, 5)
+
+
+def mixed_pairs(seed: int = 11) -> cv.PromptPairs:
+    g = torch.Generator().manual_seed(seed)
+
+    def prompt(n: int) -> str:
+        return " ".join(f"t{i}" for i in torch.randint(0, 100, (n,), generator=g).tolist())
+
+    clean = [prompt(n) for n in LENGTHS]
+    corrupted = [prompt(n) for n in LENGTHS]
+    return cv.PromptPairs(clean, corrupted, ["t1", "t2", "t3"], ["t4", "t5", "t6"])
+
+
+def one(pairs: cv.PromptPairs, i: int) -> cv.PromptPairs:
+    return cv.PromptPairs(
+        [pairs.clean[i]], [pairs.corrupted[i]], [pairs.answers[i]], [pairs.wrong_answers[i]]
+    )
+
+
+def padded_reference(model, pairs: cv.PromptPairs, over: str) -> torch.Tensor:
+    """TransformerLens's own patching function on each pair alone (no padding), placed at
+    the pair's positions in the left-padded batch (a padding position keeps the pair's
+    unpatched metric), averaged over the pairs."""
+    n_pos = tokenize(model, pairs, pad=True).n_pos
+    maps = []
+    for i in range(len(pairs)):
+        ref = tl_reference(model, one(pairs, i), over)
+        if "pos" in cv.engine._patching.TARGETS[over].axes:
+            tokens = tokenize(model, one(pairs, i))
+            with torch.inference_mode():
+                last = model(tokens.corrupted)[0, -1]
+            unpatched = float(last[tokens.answers[0]] - last[tokens.wrong_answers[0]])
+            shift = n_pos - tokens.n_pos
+            full = torch.full((ref.shape[0], n_pos, *ref.shape[2:]), unpatched)
+            full[:, shift:] = ref
+            ref = full
+        maps.append(ref)
+    return torch.stack(maps).mean(0)
+
+
+@pytest.mark.parametrize("over", sorted(TL_FUNCTIONS))
+def test_mixed_lengths_equal_each_pair_alone_in_transformer_lens(model, over):
+    """Reference: ``transformer_lens.patching`` (TL_FUNCTIONS[over]) on each pair alone,
+    unpadded, shifted to its padded positions and averaged; and circuitviz's
+    one-prompt-per-pass path on the same padded batch."""
+    pairs = mixed_pairs()
+    batched = cv.patch(model, pairs, over=over, progress=False)
+    assert batched.extra["prompts_per_pass"] == len(LENGTHS)
+    per_prompt = cv.patch(model, pairs, over=over, max_rows=2, progress=False)
+    ref = padded_reference(model, pairs, over)
+    assert batched.values.shape == ref.shape
+    assert (batched.values - ref).abs().max() <= TOL
+    assert (batched.values - per_prompt.values).abs().max() <= TOL
+
+
+def test_mixed_lengths_label_positions_by_the_longest_prompt(model):
+    pairs = mixed_pairs()
+    result = cv.patch(model, pairs, over="resid_pre", progress=False)
+    tokens = tokenize(model, pairs, pad=True)
+    assert tokens.attention_mask is not None
+    assert tokens.attention_mask.sum(1).tolist() == [
+        tokens.n_pos - 3,
+        tokens.n_pos,
+        tokens.n_pos - 2,
+    ]
+    assert result.labels["pos"][-1].endswith(pairs.clean[1].split()[-1])
+
+
+def test_mixed_lengths_attribution_is_the_mean_of_each_pair_alone(model):
+    """Attribution patching on the padded batch: the heads map equals the mean of each pair's
+    own (unpadded) map; padding positions add nothing."""
+    pairs = mixed_pairs()
+    whole = cv.attribution_patch(model, pairs, over="heads")
+    alone = [cv.attribution_patch(model, one(pairs, i), over="heads").values for i in range(3)]
+    assert (whole.values - torch.stack(alone).mean(0)).abs().max() <= TOL
+
+
+def test_mixed_lengths_elsewhere_raise_input_error_and_leave_no_hook(model):
+    """Analyses that do not pass a mask on still refuse mixed lengths, saying which do."""
+    with pytest.raises(cv.InputError, match="patch and attribution_patch accept mixed"):
+        cv.ablate(model, mixed_pairs(), heads=["L0H0"])
+    assert not has_hooks(model)
+
+
+def test_a_corrupted_prompt_longer_than_its_clean_one_is_named(model):
+    pairs = mixed_pairs()
+    bad = cv.PromptPairs(
+        list(pairs.clean),
+        [pairs.corrupted[0], pairs.corrupted[1] + " t9", pairs.corrupted[2]],
+        list(pairs.answers),
+        list(pairs.wrong_answers),
+    )
+    with pytest.raises(cv.InputError, match=r"\(pair 1\)"):
+        cv.patch(model, bad, over="heads", progress=False)
+    assert not has_hooks(model)

@@ -58,7 +58,7 @@ def attribution_patch(
 
     fwd = [("hook_embed", start_graph)] + [(n, keep(n)) for n in names]
     with torch.enable_grad():
-        run_logits = final_logits(model, run_tokens, fwd)
+        run_logits = final_logits(model, run_tokens, fwd, attention_mask=tokens.attention_mask)
         clean_logits, corr_logits = (
             (src_logits, run_logits.detach())
             if direction == "denoise"

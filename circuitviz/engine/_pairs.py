@@ -148,6 +148,9 @@ class Tokens:
     wrong_answers: torch.Tensor  # [batch]
     str_tokens: list[str]  # of clean[0], exactly as fed (with BOS if it was prepended)
     prepend_bos: bool  # whether a BOS token was prepended
+    # [batch, pos], 1 = token, 0 = padding: only for prompts of mixed lengths, left-padded so
+    # that every prompt's final token is the last position (None: no padding).
+    attention_mask: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -170,18 +173,27 @@ def single_token(model: TransformerBridge, text: str, what: str) -> int:
     return int(ids[0])
 
 
-def _encode(
-    model: TransformerBridge, prompts: tuple[str, ...], which: str, prepend_bos: bool
-) -> torch.Tensor:
-    rows = [encode(model, p, prepend_bos=prepend_bos) for p in prompts]
+def _same_length(rows: list[torch.Tensor], which: str) -> None:
     lengths = {len(r) for r in rows}
     if len(lengths) > 1:
         detail = ", ".join(f"{which}[{i}]: {len(r)}" for i, r in enumerate(rows[:6]))
         raise InputError(
             f"The {which} prompts have different token lengths ({detail}…). Every prompt in a "
-            "batch must tokenize to the same length: use one template per batch, or split it."
+            "batch must tokenize to the same length for this analysis: use one template per "
+            "batch, or split it (patch and attribution_patch accept mixed lengths)."
         )
-    return torch.stack(rows)
+
+
+def _left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded on the left to the longest, and the 0/1 mask of real tokens. Left, so
+    that the final position is every prompt's own last token."""
+    n = max(len(r) for r in rows)
+    out = torch.full((len(rows), n), pad_id, dtype=rows[0].dtype)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, n - len(r) :] = r
+        mask[i, n - len(r) :] = 1
+    return out, mask
 
 
 def check_pairs(pairs: object) -> PromptPairs:
@@ -195,21 +207,39 @@ def check_pairs(pairs: object) -> PromptPairs:
     return pairs
 
 
-def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
-    """Tokenize and check a batch: equal lengths, single-token answers, within the context."""
+def tokenize(model: TransformerBridge, pairs: PromptPairs, *, pad: bool = False) -> Tokens:
+    """Tokenize and check a batch: equal lengths, single-token answers, within the context.
+
+    With ``pad=True`` (for analyses that pass the mask on) the pairs may differ in length;
+    each corrupted prompt must still match its clean one. They are left-padded and
+    ``Tokens.attention_mask`` is set; ``str_tokens`` are then the longest clean prompt's."""
     from ._models import check_bridge  # _models imports this module
 
     check_bridge(model)
     check_pairs(pairs)
     bos = uses_bos(model, pairs.prepend_bos)
-    clean = _encode(model, pairs.clean, "clean", bos)
-    corrupted = _encode(model, pairs.corrupted, "corrupted", bos)
-    if clean.shape != corrupted.shape:
-        raise InputError(
-            f"Clean prompts have {clean.shape[1]} tokens but corrupted prompts have "
-            f"{corrupted.shape[1]}: each corrupted prompt must tokenize to the same length as "
-            "its clean prompt (swap names or words for others of the same token count)."
-        )
+    clean_rows = [encode(model, p, prepend_bos=bos) for p in pairs.clean]
+    corr_rows = [encode(model, p, prepend_bos=bos) for p in pairs.corrupted]
+    if not pad:
+        _same_length(clean_rows, "clean")
+        _same_length(corr_rows, "corrupted")
+    for i, (c, r) in enumerate(zip(clean_rows, corr_rows, strict=True)):
+        if len(c) != len(r):
+            raise InputError(
+                f"Clean prompts have {len(c)} tokens but corrupted prompts have {len(r)}"
+                f"{f' (pair {i})' if pad else ''}: each corrupted prompt must tokenize to the "
+                "same length as its clean prompt (swap names or words for others of the same "
+                "token count)."
+            )
+    mask = None
+    if len({len(c) for c in clean_rows}) > 1:
+        pad_id = model.tokenizer.pad_token_id
+        pad_id = int(model.tokenizer.bos_token_id or 0) if pad_id is None else int(pad_id)
+        clean, mask = _left_pad(clean_rows, pad_id)
+        corrupted, _ = _left_pad(corr_rows, pad_id)
+        longest = max(range(len(clean_rows)), key=lambda i: len(clean_rows[i]))
+    else:
+        clean, corrupted, longest = torch.stack(clean_rows), torch.stack(corr_rows), 0
     n_ctx = int(model.cfg.n_ctx)
     if clean.shape[1] > n_ctx:
         raise InputError(
@@ -230,6 +260,7 @@ def tokenize(model: TransformerBridge, pairs: PromptPairs) -> Tokens:
         corrupted=corrupted.to(device),
         answers=answers.to(device),
         wrong_answers=wrong.to(device),
-        str_tokens=list(model.to_str_tokens(clean[0])),
+        str_tokens=list(model.to_str_tokens(clean_rows[longest])),
         prepend_bos=bos,
+        attention_mask=None if mask is None else mask.to(device),
     )

@@ -123,14 +123,21 @@ def final_logits(
     tokens: torch.Tensor,
     fwd: _hooks.Hooks = (),
     *,
+    attention_mask: torch.Tensor | None = None,
     pre: _hooks.PreHooks = (),
 ) -> torch.Tensor:
-    """Final-position logits ``[batch, d_vocab]`` of one hooked forward pass."""
+    """Final-position logits ``[batch, d_vocab]`` of one hooked forward pass (with left
+    padding, the final position is every prompt's own last token)."""
     hooks = [*fwd, (_hooks.LAST_POSITION_HOOK, _hooks.last_position_only)]
-    return _hooks.run(model, tokens, hooks, pre=pre)[:, -1]
+    return _hooks.run(model, tokens, hooks, attention_mask=attention_mask, pre=pre)[:, -1]
 
 
-def cache_acts(model: TransformerBridge, tokens: torch.Tensor, names: Iterable[str]):
+def cache_acts(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    names: Iterable[str],
+    attention_mask: torch.Tensor | None = None,
+):
     """Final logits and the named activations of one forward pass."""
     store: dict[str, torch.Tensor] = {}
 
@@ -140,8 +147,8 @@ def cache_acts(model: TransformerBridge, tokens: torch.Tensor, names: Iterable[s
 
         return hook
 
-    logits = final_logits(model, tokens, [(n, keep(n)) for n in dict.fromkeys(names)])
-    return logits, store
+    hooks = [(n, keep(n)) for n in dict.fromkeys(names)]
+    return final_logits(model, tokens, hooks, attention_mask=attention_mask), store
 
 
 def baselines(
@@ -182,7 +189,7 @@ def source_run(
     if not isinstance(direction, str) or direction not in ("denoise", "noise"):
         raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
     check_metric(metric)
-    tokens = tokenize(model, pairs)
+    tokens = tokenize(model, pairs, pad=True)
     names = [target.hook.format(layer) for layer in range(model.cfg.n_layers)]
     src_tokens, run_tokens = (
         (tokens.clean, tokens.corrupted)
@@ -190,7 +197,7 @@ def source_run(
         else (tokens.corrupted, tokens.clean)
     )
     with torch.inference_mode():
-        src_logits, src_acts = cache_acts(model, src_tokens, names)
+        src_logits, src_acts = cache_acts(model, src_tokens, names, tokens.attention_mask)
     return target, tokens, names, run_tokens, src_logits, src_acts
 
 
@@ -219,6 +226,7 @@ def growing_pass(
     hook_name: Callable[[int], str],
     cell: str,
     source: Callable[[int], torch.Tensor],
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One forward pass of the prompt batch ``tokens`` ``[b, pos]`` that patches one
     condition per extra group of ``b`` rows. Returns final logits
@@ -266,7 +274,7 @@ def growing_pass(
     pre = (
         [] if b == 1 else [(m, _hooks.tile_prompt_kwargs) for m in _hooks.attention_modules(model)]
     )
-    logits = final_logits(model, tokens, fwd, pre=pre)
+    logits = final_logits(model, tokens, fwd, attention_mask=attention_mask, pre=pre)
     return logits.reshape(1 + len(chunk), b, -1)
 
 
@@ -317,6 +325,11 @@ def patch(
             or a callable of final-position logits ``[batch, d_vocab]``.
         memory_budget: bytes one batched pass may use; bigger maps are chunked to fit.
 
+    Pairs may differ in length (each corrupted prompt as long as its clean one): they are
+    left-padded and masked, so the metric reads every prompt's own last token, and a
+    position ``p`` of the map counts from the left of the longest prompt (whose tokens label
+    it); a shorter prompt's padding there patches nothing.
+
     Returns a :class:`PatchResult` equal to ``transformer_lens.patching``'s for the same
     target (with the metric averaged over the batch).
     """
@@ -342,6 +355,7 @@ def patch(
     per_pass, chunk_size = pass_shape(model, tokens, memory_budget, max_rows)
     chunks = _chunks(conds, chunk_size)
     groups = [slice(s, s + per_pass) for s in range(0, tokens.batch, per_pass)]
+    mask = tokens.attention_mask
     values = torch.empty(len(conds))
     n_forward = 1
     metric_fn: Metric | None = None
@@ -364,6 +378,7 @@ def patch(
                             lambda layer: target.hook.format(layer),
                             target.cell,
                             lambda layer, rows=rows: sources[target.hook.format(layer)][rows],
+                            None if mask is None else mask[rows],
                         )
                     )
                     n_forward += 1
