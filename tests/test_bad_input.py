@@ -44,8 +44,12 @@ def test_different_lengths_within_batch(model, unchanged):
         answers="t9",
         wrong_answers="t10",
     )
-    with pytest.raises(InputError, match="different token lengths"):
+    # patch pads pairs of mixed lengths, but a corrupted prompt must match its clean one;
+    # analyses without padding refuse mixed lengths outright.
+    with pytest.raises(InputError, match=r"same length as its clean prompt.*|\(pair 1\)"):
         cv.patch(model, bad, progress=False)
+    with pytest.raises(InputError, match="different token lengths"):
+        cv.ablate(model, bad, heads=["L0H0"])
 
 
 def test_multi_token_answer(model, unchanged):
