@@ -245,3 +245,22 @@ def test_a_corrupted_prompt_longer_than_its_clean_one_is_named(model):
     with pytest.raises(cv.InputError, match=r"\(pair 1\)"):
         cv.patch(model, bad, over="heads", progress=False)
     assert not has_hooks(model)
+
+
+def test_path_patch_map_in_one_pass_equals_one_prompt_per_pass(model):
+    """Path patching grows the batch the same way: every prompt in one pass gives the map of
+    one prompt per pass (``max_rows=2``). tests/test_path_patching.py checks both against
+    ``get_act_patch_direct_path_all_sources`` and a hand-written three-run reference."""
+    pairs = _pairs(N_PAIRS)
+    for receivers, kind in ((["L1H2"], "q"), ("logits", "resid")):
+        whole = cv.path_patch(
+            model, pairs, receivers=receivers, receiver_input=kind, progress=False
+        )
+        split = cv.path_patch(
+            model, pairs, receivers=receivers, receiver_input=kind, max_rows=2, progress=False
+        )
+        assert whole.extra["forward_passes"] == 3
+        assert split.extra["forward_passes"] > 3 + N_PAIRS
+        assert (whole.values - split.values).abs().max() <= TOL
+    assert not has_hooks(model)
+    assert attention_pre_hooks(model) == 0

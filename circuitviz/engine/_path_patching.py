@@ -39,7 +39,7 @@ from . import _hooks
 from ._components import Component, parse_head, parse_id
 from ._metrics import MetricFn
 from ._pairs import InputError, PromptPairs
-from ._patching import Direction, _row_bytes, baselines, final_logits, patch_result
+from ._patching import Direction, baselines, final_logits, pass_shape, patch_result
 from ._results import PatchResult, head_id, mlp_id
 from .graph._layout import Weights
 
@@ -224,16 +224,19 @@ def _receiver_hooks(
     deltas: torch.Tensor,
     reach: torch.Tensor,
 ) -> _hooks.Hooks:
-    """Hooks of one growing pass: row ``r + 1`` (one per delta) joins the base row 0 at the
-    first receiver it reaches, so rows must come sorted by that layer (senders in layer
-    order are); each receiver's input in that row becomes the base row's stream plus
-    ``deltas[r]`` where ``reach[r, layer]`` holds.
+    """Hooks of one growing pass over ``b`` prompts: group ``r + 1`` of ``b`` rows (one group
+    per delta, condition-major like :func:`._patching.growing_pass`) joins the base group 0
+    at the first receiver it reaches, so rows must come sorted by that layer (senders in
+    layer order are); each receiver's input in that group becomes the base group's stream
+    plus ``deltas[r]`` where ``reach[r, layer]`` holds.
 
-    ``deltas``: ``[n, pos, d_model]`` (one prompt); ``reach``: ``[n, n_layers + 1]`` bool."""
+    ``deltas``: ``[n, b, pos, d_model]``; ``reach``: ``[n, n_layers + 1]`` bool."""
+    b = deltas.shape[1]
     if receivers.input == "resid":
 
         def logits_input(x: torch.Tensor, hook: object) -> torch.Tensor:
-            return torch.cat([x[:1], x[:1] + deltas.to(x.dtype)])
+            grown = x[:b][None] + deltas.to(x.dtype)
+            return torch.cat([x[:b], grown.flatten(0, 1)])
 
         return [(FINAL_RESID_HOOK, logits_input)]
 
@@ -246,25 +249,29 @@ def _receiver_hooks(
         n = joining[layer]
 
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
-            resid[layer] = x[:1].clone()  # the base row: the corrupted (run 2's frozen) stream
-            return torch.cat([x, x[:1].expand(n, *x.shape[1:])]) if n else x
+            # The base group: the corrupted (run 2's frozen) stream of every prompt.
+            resid[layer] = x[:b].clone()
+            return torch.cat([x, x[:b].repeat(n, *([1] * (x.ndim - 1)))]) if n else x
 
         return fn
 
     def receive(layer: int, heads: list[int]):
         w = weights[layer]
-        W, b = {"q": (w.W_Q, w.b_Q), "k": (w.W_K, w.b_K), "v": (w.W_V, w.b_V)}[receivers.input]
+        W, bias = {"q": (w.W_Q, w.b_Q), "k": (w.W_K, w.b_K), "v": (w.W_V, w.b_V)}[receivers.input]
         idx = torch.tensor(heads)
         rows = reach[:, layer].nonzero()[:, 0]
+        # Batch rows of those groups: group 1 + r holds rows (1 + r)·b … (2 + r)·b − 1.
+        batch_rows = ((1 + rows)[:, None] * b + torch.arange(b)[None]).flatten()
 
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
             if len(rows) == 0:
                 return x
-            normed = w.ln1(resid[layer] + deltas[rows].to(resid[layer].dtype))
+            base = resid[layer]
+            normed = w.ln1((base[None] + deltas[rows].to(base.dtype)).flatten(0, 1))
             new = torch.einsum("rpm,nmd->rpnd", normed, W[idx])
-            if b is not None:
-                new = new + b[idx]
-            x[(1 + rows)[:, None], :, idx[None, :]] = new.to(x.dtype).transpose(1, 2)
+            if bias is not None:
+                new = new + bias[idx]
+            x[batch_rows[:, None], :, idx[None, :]] = new.to(x.dtype).transpose(1, 2)
             return x
 
         return fn
@@ -367,11 +374,17 @@ def path_patch(
         # reach[r, L]: row r's senders all write before layer L (n_layers: the logits).
         last = torch.tensor([max(s.layer for s in row) for row in rows])
         reach = last[:, None] < torch.arange(n_layers + 1)[None, :]
-        rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos)) - 1
-        size = max(1, min(max_rows, rows_fit))
+        per_pass, size = pass_shape(model, tokens, memory_budget, max_rows)
         starts = range(0, len(rows), size)
+        groups = [slice(p, p + per_pass) for p in range(0, tokens.batch, per_pass)]
+        # More than one prompt in a pass: tile the model's per-prompt mask onto the groups.
+        pre = (
+            [(m, _hooks.tile_prompt_kwargs) for m in _hooks.attention_modules(model)]
+            if per_pass > 1
+            else []
+        )
         bar = tqdm(
-            total=len(starts) * tokens.batch,
+            total=len(starts) * len(groups),
             desc="path patching",
             disable=not progress,
             leave=False,
@@ -381,14 +394,16 @@ def path_patch(
                 for start in starts:
                     stop = min(start + size, len(rows))
                     logits = []
-                    for b in range(tokens.batch):
+                    for g in groups:
                         fwd = _receiver_hooks(
-                            spec, weights, deltas[start:stop, b], reach[start:stop]
+                            spec, weights, deltas[start:stop, g], reach[start:stop]
                         )
-                        logits.append(final_logits(model, run_tokens[b : b + 1], fwd)[1:])
+                        out = final_logits(model, run_tokens[g], fwd, pre=pre)
+                        b = out.shape[0] // (1 + stop - start)
+                        logits.append(out[b:].reshape(stop - start, b, -1))
                         n_forward += 1
                         bar.update()
-                    stacked = torch.stack(logits, dim=1)  # [rows, batch, d_vocab]
+                    stacked = torch.cat(logits, dim=1)  # [rows, batch, d_vocab]
                     for j in range(stop - start):
                         values[start + j] = base.metric(stacked[j])
         finally:
