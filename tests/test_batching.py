@@ -264,3 +264,24 @@ def test_path_patch_map_in_one_pass_equals_one_prompt_per_pass(model):
         assert (whole.values - split.values).abs().max() <= TOL
     assert not has_hooks(model)
     assert attention_pre_hooks(model) == 0
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_eap_scores_of_a_batch_are_the_mean_of_each_pair_alone(model, steps):
+    """EAP and EAP-IG run the whole batch in each pass; their edge scores (averaged over the
+    batch) equal the mean of each pair's own scores (reference: one prompt per pass)."""
+    from circuitviz.engine.graph._eap import eap_scores
+    from circuitviz.engine.graph._layout import Layout, all_weights
+
+    pairs = _pairs(3)
+    layout, weights = Layout.of(model), all_weights(model)
+
+    def scores(p: cv.PromptPairs) -> torch.Tensor:
+        tokens = tokenize(model, p)
+        return eap_scores(
+            model, layout, weights, tokens, "logit_diff", steps=steps, progress=False
+        )[0]
+
+    whole = scores(pairs)
+    alone = torch.stack([scores(one(pairs, i)) for i in range(3)]).mean(0)
+    assert (whole - alone).abs().max() <= TOL
