@@ -20,7 +20,7 @@ from pathlib import Path
 
 import circuitviz as cv
 
-from _common import add_model_args, load, machine, timed
+from _common import add_model_args, cpu_timed, load, machine
 
 
 def load_package(path: str, alias: str = "circuitviz_before"):
@@ -59,10 +59,10 @@ def main() -> None:
         )
         cv.patch(model, pairs, over=args.over, progress=False)  # warm-up
         for rep in range(args.repeat):
-            t_old, old = timed(
+            t_old, cpu_old, old = cpu_timed(
                 model, partial(before.patch, model, old_pairs, over=args.over, progress=False)
             )
-            t_new, new = timed(
+            t_new, cpu_new, new = cpu_timed(
                 model, partial(cv.patch, model, pairs, over=args.over, progress=False)
             )
             row = {
@@ -74,13 +74,17 @@ def main() -> None:
                 "after_forwards": new.extra["forward_passes"],
                 "after_prompts_per_pass": new.extra.get("prompts_per_pass"),
                 "before_over_after": t_old / t_new,
+                "before_cpu_s": cpu_old,
+                "after_cpu_s": cpu_new,
+                "before_over_after_cpu": cpu_old / cpu_new,
                 "max_abs_diff": float((old.values - new.values).abs().max()),
             }
             rows.append(row)
             print(
                 f"{n} pair(s), run {rep}: before {t_old:8.2f} s ({row['before_forwards']} passes)"
                 f"  after {t_new:8.2f} s ({row['after_forwards']} passes)  "
-                f"before/after {row['before_over_after']:.2f}x  max |diff| {row['max_abs_diff']:.1e}"
+                f"before/after {row['before_over_after']:.2f}x (CPU s {cpu_old:.1f} / {cpu_new:.1f} = "
+                f"{row['before_over_after_cpu']:.2f}x)  max |diff| {row['max_abs_diff']:.1e}"
             )
     if args.json:
         out = {"machine": machine(), "over": args.over, "model": str(args.model), "runs": rows}
