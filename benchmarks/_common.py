@@ -112,6 +112,11 @@ def load_with_peer(args: argparse.Namespace, *, peer: bool = False):
     return model, hf_peer
 
 
+def random_weights(args: argparse.Namespace) -> bool:
+    """Whether ``--model`` / ``--random-init`` draw the weights at random."""
+    return args.random_init is not None or args.model != "demo"
+
+
 def load(args: argparse.Namespace):
     return load_with_peer(args)[0]
 

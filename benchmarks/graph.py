@@ -27,7 +27,7 @@ from circuitviz.engine import tokenize
 from circuitviz.engine.graph import Graph
 from circuitviz.tasks import ioi
 
-from _common import add_model_args, load, machine
+from _common import add_model_args, load, machine, random_weights
 
 
 @contextmanager
@@ -93,7 +93,7 @@ def main() -> None:
     tokens = tokenize(model, pairs)
     print(
         f"model: {circuitviz.engine._models.model_name(model)} on {device}"
-        f"{' (random weights)' if args.random_init else ''}; "
+        f"{' (random weights)' if random_weights(args) else ''}; "
         f"{tokens.batch} IOI pair(s) of {tokens.n_pos} tokens"
     )
     with torch.inference_mode():  # warm up kernels and allocator
@@ -160,7 +160,7 @@ def main() -> None:
         figures = {
             "machine": machine(),
             "device": str(device),
-            "random_weights": args.random_init is not None,
+            "random_weights": random_weights(args),
             "pairs": tokens.batch,
             "n_pos": tokens.n_pos,
             "eap_ig_steps": args.steps,
