@@ -63,16 +63,20 @@ def test_all_prompts_share_one_pass_per_chunk(model):
 
 
 def test_prompts_split_over_passes_when_rows_run_out(model):
-    """``max_rows`` smaller than two groups of every prompt splits the prompts (2 per pass)
-    and the conditions (1 per pass); the map is unchanged. Reference: TransformerLens."""
+    """Prompts share a pass while the whole map fits beside them (``max_rows=20``: 2 prompts
+    × 9 groups); when it fits for no prompt (``max_rows=4``), one prompt per pass with the
+    conditions chunked. The map is unchanged. Reference: TransformerLens."""
     pairs = _pairs(N_PAIRS)
-    split = cv.patch(model, pairs, over="heads", max_rows=4, progress=False)
-    assert split.extra["prompts_per_pass"] == 2
-    assert split.extra["chunk_size"] == 1
     n_heads = model.cfg.n_layers * model.cfg.n_heads
-    assert split.extra["forward_passes"] == 1 + n_heads * 2
     ref = tl_reference(model, pairs, "heads")
-    assert (split.values - ref).abs().max() <= TOL
+    two = cv.patch(model, pairs, over="heads", max_rows=20, progress=False)
+    assert (two.extra["prompts_per_pass"], two.extra["chunk_size"]) == (2, n_heads)
+    assert two.extra["forward_passes"] == 1 + N_PAIRS // 2
+    chunked = cv.patch(model, pairs, over="heads", max_rows=4, progress=False)
+    assert (chunked.extra["prompts_per_pass"], chunked.extra["chunk_size"]) == (1, 3)
+    assert chunked.extra["forward_passes"] == 1 + N_PAIRS * -(-n_heads // 3)
+    for result in (two, chunked):
+        assert (result.values - ref).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("over", ["resid_pre", "heads", "k"])

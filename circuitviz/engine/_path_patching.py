@@ -374,7 +374,7 @@ def path_patch(
         # reach[r, L]: row r's senders all write before layer L (n_layers: the logits).
         last = torch.tensor([max(s.layer for s in row) for row in rows])
         reach = last[:, None] < torch.arange(n_layers + 1)[None, :]
-        per_pass, size = pass_shape(model, tokens, memory_budget, max_rows)
+        per_pass, size = pass_shape(model, tokens, memory_budget, max_rows, len(rows))
         starts = range(0, len(rows), size)
         groups = [slice(p, p + per_pass) for p in range(0, tokens.batch, per_pass)]
         # More than one prompt in a pass: tile the model's per-prompt mask onto the groups.
