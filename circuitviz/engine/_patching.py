@@ -10,8 +10,8 @@ source activation into those rows. Only the final position reaches the unembeddi
 A batch of prompts shares the pass: rows are condition-major (every condition holds one row
 per prompt), and the model's per-prompt attention mask and rotary tables — built once for
 the prompt batch — are tiled onto the grown batch by a pre-hook on each attention module
-(:func:`._hooks.tile_prompt_kwargs`). Prompts are split over passes only when all of them
-with one condition would not fit ``max_rows`` / ``memory_budget``.
+(:func:`._hooks.tile_prompt_kwargs`). Prompts share a pass while the whole map fits beside
+them (see :func:`pass_shape`: on a CPU, bigger passes cost more and gain nothing).
 """
 
 from __future__ import annotations
