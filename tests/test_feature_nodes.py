@@ -221,3 +221,14 @@ def test_feature_graph_view_defaults(tiny_llama, pairs, graph):
     assert kept.top_nodes == 9
     plain = CircuitView(tiny_llama, pairs, graph=cv.circuit(tiny_llama, pairs, progress=False))
     assert plain.top_nodes == 30
+
+
+def test_feature_graph_view_widens_its_default_edge_limit_until_a_path_shows(
+    tiny_llama, pairs, graph, monkeypatch
+):
+    from circuitviz.views import _feature_nodes
+
+    monkeypatch.setattr(_feature_nodes, "FEATURE_TOP_EDGES", 1)  # no path fits in one edge
+    view = CircuitView(tiny_llama, pairs, graph=graph)
+    assert view.graph["nodes"] and view.top_edges > 1
+    assert not CircuitView(tiny_llama, pairs, graph=graph, top_edges=1).graph["nodes"]

@@ -70,7 +70,8 @@ class FeatureNodes:
                 self.top_nodes = FEATURE_TOP_NODES  # type: ignore[attr-defined]
             if "top_edges" not in given:
                 self.top_edges = FEATURE_TOP_EDGES  # type: ignore[attr-defined]
-                self._widen_until_shown()
+                if "top_nodes" not in given:  # a node limit the user chose may bind instead
+                    self._widen_until_shown()
 
     def _widen_until_shown(self) -> None:
         from ..engine.graph import _select
@@ -82,6 +83,10 @@ class FeatureNodes:
             if view._selections[rule][1].any():
                 return
             view.top_edges = 2 * view.top_edges
+        if not view._selections.get(view.pruning, _select.select(view._cands, view.pruning))[
+            1
+        ].any():
+            view.top_edges = FEATURE_TOP_EDGES  # nothing fits at all: the notice says so
 
     def _feature_kwargs(self, graph: Any) -> dict[str, Any]:
         """What ``faithfulness`` of a shown feature circuit needs besides the model and pairs."""
