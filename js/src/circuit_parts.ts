@@ -38,8 +38,8 @@ export function legend(): HTMLElement {
     row(swatch(shape), type === "mlp" ? "MLP (square)" : type === "head" ? "attention head" : type === "embed" ? "embeddings" : "logits", `type-${type}`);
   }
   row(swatch(svgEl("circle", { r: 3, fill: "#ccc" }), svgEl("circle", { r: 7, cx: 0, fill: "none", stroke: "#ccc" })), "node size: |score| (its effect on the metric)", "size");
-  row(swatch(svgEl("circle", { r: 5, fill: "#eee", stroke: POSITIVE, "stroke-width": 2 })), "blue ring: score > 0 (helps the metric)", "ring-positive");
-  row(swatch(svgEl("circle", { r: 5, fill: "#eee", stroke: NEGATIVE, "stroke-width": 2 })), "red ring: score < 0 (hurts it)", "ring-negative");
+  row(swatch(svgEl("circle", { r: 5, fill: "#eee", stroke: POSITIVE, "stroke-width": 2 })), "blue ring: score > 0 (corrupting it raises the metric)", "ring-positive");
+  row(swatch(svgEl("circle", { r: 5, fill: "#eee", stroke: NEGATIVE, "stroke-width": 2 })), "red ring: score < 0 (corrupting it lowers the metric: it carries the behaviour)", "ring-negative");
   row(swatch(svgEl("path", { d: "M-8,4 C-8,0 8,0 8,-4", stroke: POSITIVE, "stroke-width": 2, fill: "none" })), "blue edge: weight > 0", "edge-positive");
   row(swatch(svgEl("path", { d: "M-8,4 C-8,0 8,0 8,-4", stroke: NEGATIVE, "stroke-width": 2, fill: "none" })), "red edge: weight < 0", "edge-negative");
   row(swatch(svgEl("path", { d: "M-8,2 L8,2", stroke: "#888", "stroke-width": 0.8 }), svgEl("path", { d: "M-8,-3 L8,-3", stroke: "#888", "stroke-width": 4 })), "edge width and opacity: |weight|", "edge-width");
