@@ -189,6 +189,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   function showFeatureControls(on: boolean): void {
     for (const b of inputBoxes) if (FEATURE_INPUTS.has(b.value)) (b.parentElement as HTMLElement).style.display = on ? "" : "none";
     featLegend.style.display = on ? "" : "none";
+    // Clamp and supernodes: only where there are features (a feature graph, or saes= given).
+    features.el.style.display = on || (model as unknown as AnyModel<ClampTraits>).get("can_steer") ? "" : "none";
   }
 
   function draw(): void {
