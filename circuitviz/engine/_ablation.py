@@ -39,7 +39,8 @@ class _Prepared:
     top_before: TopTokens
     per_prompt: dict[str, list[float]]  # the metric of each pair, clean and corrupted
     memo: OrderedDict = field(default_factory=OrderedDict)
-    #: id(SAESet) -> (the set, its latents on the corrupted prompts {hook: [batch, pos, d_sae]})
+    #: id(SAESet) -> (the set, its latents {hook: [batch, pos, d_sae]} and error terms
+    #: {hook: [batch, pos, d_model]} on the corrupted prompts)
     corrupted_latents: dict = field(default_factory=dict)
 
 
@@ -98,47 +99,65 @@ def normalize_components(
     )
 
 
+SAE_KINDS = ("feature", "error")
+
+
 def feature_edits(
-    targets: Iterable[Component], saes: Any, value: Callable[[str, int], Any]
+    targets: Iterable[Component], saes: Any, value: Callable[[str, int | None], Any]
 ) -> list:
-    """One :class:`~circuitviz.engine.features.LatentEdit` per feature target, setting it to
-    ``value(hook, index)``; an :class:`InputError` for a feature without an SAE or out of its
-    range (the model is not run)."""
-    from .features import LatentEdit
+    """One edit per SAE target: a :class:`~circuitviz.engine.features.LatentEdit` setting a
+    latent to ``value(hook, index)``, or an :class:`~circuitviz.engine.features.ErrorEdit`
+    setting an error term to ``value(hook, None)``; an :class:`InputError` for a target
+    without an SAE or a latent out of its range (the model is not run)."""
+    from .features import ErrorEdit, LatentEdit
     from .features._splice import check_edits
 
-    feats = [c for c in targets if c.kind == "feature"]
+    feats = [c for c in targets if c.kind in SAE_KINDS]
     if not feats:
         return []
     if saes is None:
+        what = "an SAE error term" if feats[0].kind == "error" else "an SAE feature"
         raise InputError(
-            f"{feats[0].id} is an SAE feature: pass the SAEs it belongs to (saes=…, e.g. "
+            f"{feats[0].id} is {what}: pass the SAEs it belongs to (saes=…, e.g. "
             "circuitviz.load_saes('demo'))."
         )
-    edits = [LatentEdit(c.hook, c.feature, 0.0, c.pos) for c in feats]
+    edits = [
+        ErrorEdit(c.hook, 0.0, c.pos) if c.error else LatentEdit(c.hook, c.feature, 0.0, c.pos)
+        for c in feats
+    ]
     check_edits(saes, edits)  # unknown hook, index out of range
-    return [LatentEdit(e.hook, e.index, value(e.hook, e.index), e.pos) for e in edits]
+    return [
+        ErrorEdit(e.hook, value(e.hook, None), e.pos)
+        if isinstance(e, ErrorEdit)
+        else LatentEdit(e.hook, e.index, value(e.hook, e.index), e.pos)
+        for e in edits
+    ]
 
 
-def corrupted_latents(model: TransformerBridge, prep: _Prepared, saes: Any) -> dict:
-    """The SAEs' latents on the corrupted prompts (one spliced forward, cached per set)."""
+def corrupted_latents(
+    model: TransformerBridge, prep: _Prepared, saes: Any, *, errors: bool = False
+) -> dict:
+    """The SAEs' latents (or, ``errors``, error terms) on the corrupted prompts (one spliced
+    forward, cached per set)."""
     from .features import splice_hook
 
     key = id(saes)
     if key not in prep.corrupted_latents or prep.corrupted_latents[key][0] is not saes:
-        store: dict[str, torch.Tensor] = {}
+        latents: dict[str, torch.Tensor] = {}
+        error_terms: dict[str, torch.Tensor] = {}
 
         def rec(h: str):
             def fn(f: torch.Tensor, err: torch.Tensor) -> None:
-                store[h] = f.detach()
+                latents[h] = f.detach()
+                error_terms[h] = err.detach()
 
             return fn
 
         hooks_ = [(h, splice_hook(saes[h], record=rec(h))) for h in saes]
         with torch.inference_mode():
             final_logits(model, prep.base.tokens.corrupted, hooks_)
-        prep.corrupted_latents[key] = (saes, store)
-    return prep.corrupted_latents[key][1]
+        prep.corrupted_latents[key] = (saes, latents, error_terms)
+    return prep.corrupted_latents[key][2 if errors else 1]
 
 
 def _check_options(model: TransformerBridge, mode: Any, k: Any) -> int:
@@ -172,7 +191,7 @@ def ablation_hooks(
     ``hook_mlp_out [batch, pos, d_model]``."""
     by_hook: dict[str, list[tuple[int | None, int | None]]] = {}
     for c in targets:
-        if c.kind == "feature":  # latents are edited by the SAE splice (feature_edits)
+        if c.kind in SAE_KINDS:  # latents and error terms: the SAE splice (feature_edits)
             continue
         name = _mlp(c.layer) if c.head is None else _z(c.layer)
         by_hook.setdefault(name, []).append((c.head, c.pos))
@@ -215,11 +234,13 @@ def ablate(
             only).
         features: SAE latents ``"L11F1234"`` (``"L11F1234:P4"``: position 4 only): the SAE
             on ``blocks.11.hook_resid_post`` is spliced in with its error term and the latent
-            set; needs ``saes=``.
+            set; SAE error terms ``"L11ERR"`` (``"L11ERR:P4"``): the SAE is spliced in and
+            its error term (the part of the activation it does not reconstruct) set. Needs
+            ``saes=``.
         saes: the SAEs (``SAESet``) the features belong to.
-        mode: ``"zero"`` sets the output to 0; ``"mean"`` to its mean over the corrupted
-            prompts at each position; ``"resample"`` to its value on each example's own
-            corrupted prompt.
+        mode: ``"zero"`` sets the output to 0 (an ablated error term: the site outputs the
+            SAE's reconstruction); ``"mean"`` to its mean over the corrupted prompts at each
+            position; ``"resample"`` to its value on each example's own corrupted prompt.
         k: how many top next tokens (of clean prompt 0) to report.
 
     With nothing to ablate, ``ablated``, ``delta``, ``gap_fraction`` and ``top_after`` of the
@@ -232,7 +253,8 @@ def ablate(
     check_pairs(pairs)
     check_metric(metric)
     targets = normalize_components(model, heads, mlps, features=features)  # before any forward
-    if any(c.kind == "feature" for c in targets):
+    uses_saes = any(c.kind in SAE_KINDS for c in targets)
+    if uses_saes:
         from .features import as_sae_set
 
         saes = as_sae_set(saes) if saes is not None else None
@@ -243,7 +265,7 @@ def ablate(
         check_range(
             c, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=base.tokens.n_pos
         )
-    key = (targets, mode, id(saes) if any(c.kind == "feature" for c in targets) else None)
+    key = (targets, mode, id(saes) if uses_saes else None)
     if key in prep.memo:
         prep.memo.move_to_end(key)
         return prep.memo[key]
@@ -251,10 +273,15 @@ def ablate(
     if key[2] is not None:
         from .features import splice_hooks
 
-        def value(hook: str, index: int) -> Any:
+        def value(hook: str, index: int | None) -> Any:
+            """A latent's ablation value [1 or batch, pos], or an error term's (index None,
+            [1 or batch, pos, d_model]): the same rule as heads and MLPs."""
             if mode == "zero":
                 return 0.0
-            corr = corrupted_latents(model, prep, saes)[hook][:, :, index]  # [batch, pos]
+            if index is None:
+                corr = corrupted_latents(model, prep, saes, errors=True)[hook]
+            else:
+                corr = corrupted_latents(model, prep, saes)[hook][:, :, index]
             return corr.mean(0, keepdim=True) if mode == "mean" else corr
 
         fwd += splice_hooks(saes, feature_edits(targets, saes, value))

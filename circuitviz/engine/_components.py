@@ -9,6 +9,8 @@ thing everywhere and a bad one gets the same error.
 - an MLP: an integer layer, or the id ``"MLP7"``;
 - an SAE feature (latent): ``"L11F1234"``, latent 1234 of the SAE on
   ``blocks.11.hook_resid_post`` (ablating one needs ``saes=``);
+- an SAE error term: ``"L11ERR"``, the part of ``blocks.11.hook_resid_post`` that SAE does
+  not reconstruct (a feature graph's error node; ablating it needs ``saes=``);
 - any id may end in ``":P5"``: that component at position 5 only.
 """
 
@@ -26,7 +28,7 @@ from ._pairs import InputError
 
 # No leading zeros, so one component has one id.
 _NUM = r"(0|[1-9][0-9]*)"
-COMPONENT_ID = re.compile(rf"(?:L{_NUM}H{_NUM}|L{_NUM}F{_NUM}|MLP{_NUM})(?::P{_NUM})?")
+COMPONENT_ID = re.compile(rf"(?:L{_NUM}H{_NUM}|L{_NUM}F{_NUM}|MLP{_NUM}|L{_NUM}ERR)(?::P{_NUM})?")
 HEAD_FORM = "(layer, head) or 'L3H5' (optionally at one position, 'L3H5:P4')"
 MLP_FORM = "a layer number or 'MLP7' (optionally at one position, 'MLP7:P4')"
 
@@ -34,27 +36,36 @@ MLP_FORM = "a layer number or 'MLP7' (optionally at one position, 'MLP7:P4')"
 @dataclass(frozen=True)
 class Component:
     """A head (``head`` set), an SAE feature (``feature`` set: a latent of the SAE on
-    ``blocks.{layer}.hook_resid_post``) or an MLP (neither), everywhere or at one position."""
+    ``blocks.{layer}.hook_resid_post``), that SAE's error term (``error``) or an MLP (none of
+    them), everywhere or at one position."""
 
     layer: int
     head: int | None = None
     pos: int | None = None
     feature: int | None = None
+    error: bool = False
 
     @property
     def kind(self) -> str:
+        if self.error:
+            return "error"
         if self.feature is not None:
             return "feature"
         return "mlp" if self.head is None else "head"
 
     @property
     def hook(self) -> str | None:
-        """The hook of a feature's SAE (``"blocks.11.hook_resid_post"``); None otherwise."""
-        return None if self.feature is None else f"blocks.{self.layer}.hook_resid_post"
+        """The hook of a feature's or error term's SAE (``"blocks.11.hook_resid_post"``);
+        None otherwise."""
+        if self.feature is None and not self.error:
+            return None
+        return f"blocks.{self.layer}.hook_resid_post"
 
     @property
     def base_id(self) -> str:
-        """The id without the position: ``"L3H5"``, ``"MLP7"``, ``"L11F1234"``."""
+        """The id without the position: ``"L3H5"``, ``"MLP7"``, ``"L11F1234"``, ``"L11ERR"``."""
+        if self.error:
+            return f"L{self.layer}ERR"
         if self.feature is not None:
             return f"L{self.layer}F{self.feature}"
         return f"MLP{self.layer}" if self.head is None else f"L{self.layer}H{self.head}"
@@ -64,10 +75,11 @@ class Component:
         """``"L3H5"``, ``"MLP7"``, or with a position ``"L3H5:P4"``."""
         return self.base_id if self.pos is None else f"{self.base_id}:P{self.pos}"
 
-    def sort_key(self) -> tuple[int, int, int, int, int, int]:
+    def sort_key(self) -> tuple[int, int, int, int, int, int, int]:
         return (
             self.head is None,
-            self.feature is not None,
+            self.feature is not None or self.error,
+            self.error,
             self.layer,
             -1 if self.head is None else self.head,
             -1 if self.feature is None else self.feature,
@@ -79,15 +91,18 @@ class Component:
 
 
 def parse_id(spec: Any) -> Component:
-    """Parse one component id (``"L3H5"``, ``"MLP7"``, ``"L11F1234"``, ``"L3H5:P4"``); no
-    range check."""
+    """Parse one component id (``"L3H5"``, ``"MLP7"``, ``"L11F1234"``, ``"L11ERR"``,
+    ``"L3H5:P4"``); no range check."""
     m = COMPONENT_ID.fullmatch(spec) if isinstance(spec, str) else None
     if m is None:
         raise InputError(
-            f"Unknown component {spec!r}: expected a head 'L3H5', an MLP 'MLP7' or an SAE "
-            "feature 'L11F1234', optionally at one position ('L3H5:P4', 'MLP7:P4')."
+            f"Unknown component {spec!r}: expected a head 'L3H5', an MLP 'MLP7', an SAE "
+            "feature 'L11F1234' or an SAE error term 'L11ERR', optionally at one position "
+            "('L3H5:P4', 'MLP7:P4')."
         )
-    pos = None if m[6] is None else int(m[6])
+    pos = None if m[7] is None else int(m[7])
+    if m[6] is not None:
+        return Component(int(m[6]), None, pos, error=True)
     if m[5] is not None:
         return Component(int(m[5]), None, pos)
     if m[3] is not None:
@@ -110,8 +125,13 @@ def _id_of_kind(spec: str, kind: str) -> Component:
     """Parse an id given as a ``kind`` ("head" in ``heads=``, "mlp" in ``mlps=``)."""
     comp = parse_id(spec)
     if comp.kind != kind:
-        what = {"head": "an attention head", "mlp": "an MLP", "feature": "an SAE feature"}
-        right = {"head": "heads", "mlp": "mlps", "feature": "features"}
+        what = {
+            "head": "an attention head",
+            "mlp": "an MLP",
+            "feature": "an SAE feature",
+            "error": "an SAE error term",
+        }
+        right = {"head": "heads", "mlp": "mlps", "feature": "features", "error": "features"}
         raise InputError(
             f"{spec!r} is {what[comp.kind]}: pass it in {right[comp.kind]}=, not {right[kind]}=."
         )
@@ -133,11 +153,15 @@ def parse_head(spec: Any) -> Component:
 
 
 def parse_feature(spec: Any) -> Component:
-    """One feature spec, ``"L11F1234"`` (optionally ``":P5"``); the index is checked against
-    its SAE by the analysis."""
+    """One feature spec, a latent ``"L11F1234"`` or an error term ``"L11ERR"`` (optionally
+    ``":P5"``); the index is checked against its SAE by the analysis."""
     if not isinstance(spec, str):
-        raise InputError(f"Bad feature {spec!r}: a feature is 'L11F1234' (or 'L11F1234:P5').")
-    return _id_of_kind(spec, "feature")
+        raise InputError(
+            f"Bad feature {spec!r}: a feature is 'L11F1234' (or 'L11F1234:P5'), an SAE error "
+            "term 'L11ERR' (or 'L11ERR:P5')."
+        )
+    comp = parse_id(spec)
+    return comp if comp.kind == "error" else _id_of_kind(spec, "feature")
 
 
 def parse_mlp(spec: Any) -> Component:

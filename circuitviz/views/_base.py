@@ -342,7 +342,7 @@ class AblationView(View):
         kinds = {c: parse_id(c).kind for c in comps}
         heads = [c for c in comps if kinds[c] == "head"]
         mlps = [c for c in comps if kinds[c] == "mlp"]
-        features = [c for c in comps if kinds[c] == "feature"]
+        features = [c for c in comps if kinds[c] in ("feature", "error")]
         extra = {"features": features, "saes": self._saes} if features else {}
         res = ablate(
             self._model, self._pairs, heads=heads, mlps=mlps, mode=mode, metric=metric, **extra

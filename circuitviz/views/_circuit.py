@@ -139,11 +139,11 @@ def feature_fields(n: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def node_ablates(node_id: str, kind: str) -> str | None:
-    """What a click on a graph node ablates: its head, MLP or SAE latent, at its position on
-    per-position graphs ("L3H5:P4", as a heads_by_pos cell; "L11F1234:P5"); None for
-    embeddings, logits, error nodes or an id outside the component grammar. The one rule: the
-    browser, the figure and faithfulness use it."""
-    if kind not in ("head", "mlp", "feature"):
+    """What a click on a graph node ablates: its head, MLP, SAE latent or SAE error term, at
+    its position on per-position graphs ("L3H5:P4", as a heads_by_pos cell; "L11F1234:P5",
+    "L11ERR:P5"); None for embeddings, logits or an id outside the component grammar. The one
+    rule: the browser, the figure and faithfulness use it."""
+    if kind not in ("head", "mlp", "feature", "error"):
         return None
     try:
         return parse_id(node_id).id

@@ -14,7 +14,7 @@ from ._explorer import (
 from ._loaders import check_saes, load_saes
 from ._quality import sae_quality
 from ._sae import ACTIVATIONS, SAE, SAESet, as_sae_set
-from ._splice import LatentEdit, splice_hook, splice_hooks
+from ._splice import ErrorEdit, LatentEdit, splice_hook, splice_hooks
 from ._stats import (
     FeatureStats,
     SnippetCorpus,
@@ -28,6 +28,7 @@ from ._supernodes import check_supernodes, suggest_supernodes
 __all__ = [
     "ACTIVATIONS",
     "SAE",
+    "ErrorEdit",
     "Feature",
     "FeatureActivations",
     "FeatureStats",

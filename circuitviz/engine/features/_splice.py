@@ -9,6 +9,9 @@ one hook context manager (:func:`circuitviz.engine.hooks`).
 Edits name a latent of one SAE, everywhere or at one position:
 ``LatentEdit(hook, index, value=0.0, pos=None)`` sets it (ablation, clamping);
 ``value`` may also be a tensor ``[batch, pos]`` (patching from another run).
+``ErrorEdit(hook, value=0.0, pos=None)`` sets the site's error term the same way (``0``: the
+site outputs the SAE's reconstruction; a tensor ``[1 or batch, pos, d]``: a reference run's
+error term), by :func:`replace_error`, which feature-graph faithfulness uses too.
 """
 
 from __future__ import annotations
@@ -33,15 +36,51 @@ class LatentEdit:
     pos: int | None = None
 
 
-def check_edits(saes: SAESet, edits: Iterable[LatentEdit]) -> list[LatentEdit]:
+@dataclass(frozen=True)
+class ErrorEdit:
+    """Set the error term of the SAE at ``hook`` to ``value`` (at ``pos``, or everywhere):
+    ``0.0`` drops it, a tensor ``[1 or batch, pos, d]`` puts a reference run's in its place."""
+
+    hook: str
+    value: float | torch.Tensor = 0.0
+    pos: int | None = None
+
+
+def replace_error(
+    error: torch.Tensor, value: float | torch.Tensor, where: torch.Tensor | slice | int
+) -> torch.Tensor:
+    """The one rule for ablating an error term: ``error [batch, pos, d]`` with the positions
+    ``where`` (an index, a slice, or a ``[pos]`` bool mask) taken from ``value`` (a number, or
+    ``[1 or batch, pos, d]``, broadcast over the batch)."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.full((1, 1, 1), float(value), dtype=error.dtype, device=error.device)
+    value = value.to(device=error.device, dtype=error.dtype).expand_as(error)
+    if isinstance(where, torch.Tensor):
+        return torch.where(where.to(error.device)[None, :, None], value, error)
+    out = error.clone()
+    out[:, where] = value[:, where]
+    return out
+
+
+def check_edits(
+    saes: SAESet, edits: Iterable[LatentEdit | ErrorEdit]
+) -> list[LatentEdit | ErrorEdit]:
     """The edits as a list, or an :class:`InputError` naming the first bad one."""
-    out = []
+    out: list[LatentEdit | ErrorEdit] = []
     for e in edits:
         if e.hook not in saes:
             raise InputError(
                 f"No SAE reads {e.hook!r}; the SAEs read {saes.hooks}. Pass the SAE set that "
                 "has it (saes=...)."
             )
+        if isinstance(e, ErrorEdit):
+            if isinstance(e.value, torch.Tensor) and not torch.isfinite(e.value).all():
+                raise InputError(f"The error-term values at {e.hook!r} are not all finite.")
+            if isinstance(e.value, (int, float)) and not math.isfinite(float(e.value)):
+                raise InputError(f"The error-term value at {e.hook!r} is {e.value!r}.")
+            _check_pos(e.pos)
+            out.append(e)
+            continue
         d_sae = saes[e.hook].d_sae
         if isinstance(e.index, bool) or not isinstance(e.index, int) or not 0 <= e.index < d_sae:
             raise InputError(
@@ -54,17 +93,19 @@ def check_edits(saes: SAESet, edits: Iterable[LatentEdit]) -> list[LatentEdit]:
             )
         if isinstance(e.value, torch.Tensor) and not torch.isfinite(e.value).all():
             raise InputError(f"The values for feature {e.index} at {e.hook!r} are not all finite.")
-        if e.pos is not None and (
-            isinstance(e.pos, bool) or not isinstance(e.pos, int) or e.pos < 0
-        ):
-            raise InputError(f"Position {e.pos!r} must be a non-negative integer or None.")
+        _check_pos(e.pos)
         out.append(e)
     return out
 
 
+def _check_pos(pos: object) -> None:
+    if pos is not None and (isinstance(pos, bool) or not isinstance(pos, int) or pos < 0):
+        raise InputError(f"Position {pos!r} must be a non-negative integer or None.")
+
+
 def splice_hook(
     sae: SAE,
-    edits: Sequence[LatentEdit] = (),
+    edits: Sequence[LatentEdit | ErrorEdit] = (),
     *,
     keep_error: bool = True,
     record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
@@ -72,8 +113,9 @@ def splice_hook(
     override: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     | None = None,
 ):
-    """A forward hook for ``sae.hook_name`` that splices the SAE in, applies ``edits`` and
-    adds the error term back (unless ``keep_error`` is False: the error node ablated).
+    """A forward hook for ``sae.hook_name`` that splices the SAE in, applies ``edits`` (latent
+    and error-term edits) and adds the error term back (unless ``keep_error`` is False: the
+    error node ablated).
 
     ``record(latents, error)`` sees the unedited latents ``[batch, pos, d_sae]`` and the error
     term, for analyses that read them.
@@ -102,6 +144,9 @@ def splice_hook(
                     if offset is not None:
                         continue  # that position is in another pass (cached or still to come)
                     raise InputError(f"Position {e.pos} is past the prompt's {f.shape[1]} tokens.")
+                if isinstance(e, ErrorEdit):
+                    error = replace_error(error, e.value, where)
+                    continue
                 value = e.value
                 if isinstance(value, torch.Tensor):
                     value = value.to(f.dtype)
@@ -120,7 +165,7 @@ def splice_hook(
 
 def splice_hooks(
     saes: SAESet,
-    edits: Iterable[LatentEdit] = (),
+    edits: Iterable[LatentEdit | ErrorEdit] = (),
     *,
     keep_error: bool | Iterable[str] = True,
     only: Iterable[str] | None = None,

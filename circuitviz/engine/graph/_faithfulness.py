@@ -315,9 +315,10 @@ def ablated_ids(graph: Graph, ablated: Iterable[Any]) -> list[str]:
             out.append(spec)
             continue
         comp = parse_id(spec)
-        if comp.kind == "feature":
+        if comp.kind in ("feature", "error"):
+            what = "an SAE error term" if comp.kind == "error" else "an SAE feature"
             raise InputError(
-                f"{spec!r} is an SAE feature, and this graph has no feature nodes: build one "
+                f"{spec!r} is {what}, and this graph has no feature nodes: build one "
                 "with circuitviz.circuit(model, pairs, saes=...)."
             )
         if comp.pos is not None and not graph.per_position:

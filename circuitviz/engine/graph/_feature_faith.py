@@ -13,7 +13,7 @@ import torch
 from .._metrics import METRICS, bind_metric, check_gap, check_metric
 from .._pairs import InputError, tokenize
 from .._patching import final_logits
-from ..features._splice import splice_hook
+from ..features._splice import replace_error, splice_hook
 from ._feature_eap import TYPES
 
 
@@ -144,8 +144,8 @@ class FeatureContext:
 
         def override(f: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             f = torch.where(feats[None].to(f.device), f, ref_f.to(f.dtype))
-            e = torch.where(err[None, :, None].to(e.device), e, ref_e.to(e.dtype))
-            return f, e
+            # the rule ablate(features=["L11ERR"]) uses: positions outside take the reference
+            return f, replace_error(e, ref_e, ~err)
 
         return splice_hook(sae, override=override)
 
