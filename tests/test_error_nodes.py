@@ -183,6 +183,8 @@ def test_faithfulness_takes_error_nodes_out_by_the_same_rule(tiny_llama, pairs, 
     ref = logit_diff(tokens, run(tiny_llama, tokens.clean, fwd))
     got = graph.faithfulness(tiny_llama, pairs, ablated=["L0ERR:P3"], errors="graph")
     assert abs(got.metric - ref) <= TOL
+    kept = graph.faithfulness(tiny_llama, pairs, ablated=["L0ERR:P3"])  # errors="kept"
+    assert abs(kept.metric - ref) <= TOL  # a named error node is out even then
     assert abs(got.metric - got.clean) > 10 * TOL
 
     every = graph.faithfulness(tiny_llama, pairs, ablated=["L0ERR", "L1ERR"], errors="graph")
@@ -212,3 +214,108 @@ def test_bad_error_specs_leave_the_model_untouched(tiny_llama, pairs, saes, grap
     with pytest.raises(cv.InputError, match="error term, and this graph has no feature nodes"):
         plain.faithfulness(tiny_llama, pairs, ablated=["L1ERR"])
     untouched(tiny_llama, tokens, before)
+
+
+# --------------------------------------------------------------------------- view
+def shown_errors(view):
+    return [n for n in view.graph["nodes"] if n["type"] == "error"]
+
+
+def test_click_on_an_error_node_ablates_it_as_the_engine_does(tiny_llama, pairs, graph, saes):
+    from circuitviz.views import CircuitView
+
+    view = CircuitView(tiny_llama, pairs, graph=graph)
+    errors = shown_errors(view)
+    assert errors and all(n["ablates"] == n["id"] for n in errors)
+    target = max(errors, key=lambda n: abs(n["score"] or 0))["ablates"]
+    view._handle_custom_msg({"type": "ablate", "components": [target], "request": 1}, [])
+    ref = cv.ablate(tiny_llama, pairs, features=[target], saes=saes)
+    assert view.ablated == [target] and view.result["components"] == [target]
+    assert abs(view.result["ablated"] - ref.ablated) <= TOL
+    view._handle_custom_msg(
+        {"type": "ablate", "components": [target, "L1ERR:P99"], "request": 2}, []
+    )
+    assert view.ablated == [target]  # a bad click changes nothing
+    assert not has_hooks(tiny_llama)
+
+
+def test_view_reports_faithfulness_and_completeness_with_error_nodes_kept_and_ablated(
+    tiny_llama, pairs, graph
+):
+    from circuitviz.views import CircuitView
+    from circuitviz.views._feature_nodes import ERROR_VARIANTS
+
+    view = CircuitView(tiny_llama, pairs, graph=graph)
+    target = shown_errors(view)[0]["ablates"]
+    view._handle_custom_msg({"type": "faithfulness", "ablated": [target], "request": 3}, [])
+    f = view.faithfulness
+    shown = view.shown_circuit()
+    assert f["ablated_nodes"] == [target]
+    assert f["ablated"] == pytest.approx(
+        float(shown.faithfulness(tiny_llama, pairs, ablated=[target]))
+    )
+    for key, options in ERROR_VARIANTS.items():
+        assert f[key] == pytest.approx(float(shown.faithfulness(tiny_llama, pairs, **options)))
+    assert f["errors_ablated"] != f["circuit"]
+    plain = CircuitView(tiny_llama, pairs, graph=cv.circuit(tiny_llama, pairs, progress=False))
+    plain._handle_custom_msg({"type": "faithfulness", "ablated": [], "request": 4}, [])
+    assert not set(ERROR_VARIANTS) & set(plain.faithfulness)
+
+
+@pytest.mark.browser
+def test_browser_error_node_click_ablates_it(page, tmp_path, tiny_llama, pairs, graph, monkeypatch):
+    from circuitviz.export import _html
+    from circuitviz.views import CircuitView
+    from tests.conftest import ARTIFACTS
+    from tests.test_circuit_view import Bridge
+
+    spec = _html.view_spec
+
+    def live_spec(view):  # the bridge is a live kernel: keep the ablation controls
+        out = spec(view)
+        out["state"]["can_ablate"], out["state"]["standalone"] = True, ""
+        return out
+
+    monkeypatch.setattr(_html, "view_spec", live_spec)
+    import tests.test_circuit_view as tcv
+
+    traits = (*tcv.KERNEL_TRAITS, "ablated", "result")
+    monkeypatch.setattr(tcv, "KERNEL_TRAITS", traits)
+    view = CircuitView(tiny_llama, pairs, graph=graph)
+    view.top_nodes, view.top_edges = 24, 60
+    Bridge(view, page, tmp_path / "errors.html")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto((tmp_path / "errors.html").as_uri())
+    legend = page.locator('.cv-circuit [data-legend="type-error"]')
+    legend.wait_for()
+    assert "click: ablate" in legend.inner_text()
+    best = max(shown_errors(view), key=lambda n: abs(n["score"] or 0))
+    node = page.locator(f'.cv-circuit g.cv-node[data-component="{best["id"]}"]')
+    node.click()
+    page.wait_for_function(
+        f"""document.querySelector('.cv-circuit g.cv-node[data-component="{best["id"]}"]')
+            ?.dataset.ablated === 'true'"""
+    )
+    assert view.ablated == [best["ablates"]]
+    assert view.result["ablated"] is not None and view.result["ablated"] != view.result["clean"]
+    panel = page.locator('.cv-circuit [data-role="ablated-list"]')
+    assert best["id"] in panel.inner_text()
+    assert "SAE error term" in page.locator('.cv-circuit [data-role="feature-panel"]').inner_text()
+    # the side panel's faithfulness, with error nodes kept and ablated (the kernel's numbers)
+    cell = page.locator('.cv-circuit [data-role="faithfulness-complement-errors-ablated"]')
+    cell.wait_for()
+    page.wait_for_function(
+        "document.querySelector('.cv-circuit .cv-faith')?.dataset.state === 'ready'"
+    )
+    f = view.faithfulness
+    for key in ("circuit", "errors_ablated", "complement", "complement_errors_ablated"):
+        role = "faithfulness-" + key.replace("_", "-")
+        text = page.locator(f'.cv-circuit [data-role="{role}"]').inner_text()
+        assert float(text) == pytest.approx(f[key], abs=2e-3)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator(".cv-circuit").screenshot(path=str(ARTIFACTS / "error_node_ablated.png"))
+    page.add_style_tag(content=".cv-side{max-height:none !important}")  # the whole panel
+    page.locator('.cv-circuit [data-role="side-panel"]').screenshot(
+        path=str(ARTIFACTS / "error_node_side_panel.png")
+    )
+    assert not page.console_errors

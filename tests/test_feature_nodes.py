@@ -54,7 +54,8 @@ def test_view_sends_only_the_shown_feature_subgraph(tiny_llama, pairs, graph):
         assert n["id"] == f"L{n['layer']}F{n['feature']}:P{n['pos']}"
         assert n["hook"] == f"blocks.{n['layer']}.hook_resid_post"
         assert n["ablates"] == n["id"]  # that latent at that position
-    assert all(n["ablates"] is None for n in nodes if n["type"] == "error")
+    errors = [n for n in nodes if n["type"] == "error"]
+    assert all(n["ablates"] == n["id"] == f"L{n['layer']}ERR:P{n['pos']}" for n in errors)
     assert view.graph["totals"]["nodes"] == sum(
         t in ("head", "mlp", "feature", "error") for t in (n.type for n in graph.nodes)
     )

@@ -269,7 +269,10 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
     """``{"circuit": f, "ablated": f, "nodes": [...], "ablated_nodes": [...]}``: faithfulness
     (fraction of the clean−corrupted metric recovered) of the shown circuit (its shown edges),
     and of it with the ablated nodes removed. The view asks for it whenever the shown circuit
-    or the ablation set changes (and on its "Faithfulness" button)."""
+    or the ablation set changes (and on its "Faithfulness" button). A feature graph adds
+    ``"errors_ablated"`` (the circuit with every error node taken out), ``"complement"`` and
+    ``"complement_errors_ablated"`` (everything but the circuit: near 0 = complete), see
+    :data:`~circuitviz.views._feature_nodes.ERROR_VARIANTS`."""
 
     def __init__(
         self,
@@ -564,17 +567,23 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
             "ablated": float(after),
             "nodes": nodes,
             "ablated_nodes": dropped,
+            **self._error_faithfulness(shown, self._faithfulness_of),
         }
         self.send({"type": "faithfulness", "request": content.get("request")})
 
-    def _faithfulness_of(self, shown: Graph, dropped: list[str]) -> float:
-        """One forward pass per new (shown edges, ablated) pair; the view asks again on every
-        change, so answers are remembered (the model and pairs are fixed for this view)."""
+    def _faithfulness_of(self, shown: Graph, dropped: list[str], **options: Any) -> float:
+        """One forward pass per new (shown edges, ablated, options) triple; the view asks
+        again on every change, so answers are remembered (the model and pairs are fixed for
+        this view)."""
         assert self._shown is not None
-        key = (np.packbits(self._shown[0]).tobytes(), tuple(dropped))
+        key = (
+            np.packbits(self._shown[0]).tobytes(),
+            tuple(dropped),
+            tuple(sorted(options.items())),
+        )
         if key not in self._faith_cache:
             value = shown.faithfulness(
-                self._model, self._pairs, ablated=dropped, **self._feature_kwargs(shown)
+                self._model, self._pairs, ablated=dropped, **options, **self._feature_kwargs(shown)
             )
             if len(self._faith_cache) > 256:
                 self._faith_cache.clear()

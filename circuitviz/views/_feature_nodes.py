@@ -15,6 +15,7 @@ clean and corrupted prompts. Token text is sent as text (the page never parses i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +41,16 @@ FEATURE_TOP_EDGES = 150
 #: When no path fits the default edge limit (the shipped demo SAEs on IOI need ~1,000 edges),
 #: a new view doubles it, up to this, until one does: a researcher's first look is never empty.
 FEATURE_MAX_DEFAULT_EDGES = 4800
+
+
+#: Faithfulness of a feature circuit beside the plain one (error nodes kept): with every error
+#: node taken out, and completeness (everything but the circuit), both ways. Keys of
+#: ``CircuitView.faithfulness``; the options of ``FeatureGraph.faithfulness``.
+ERROR_VARIANTS: dict[str, dict[str, Any]] = {
+    "errors_ablated": {"errors": "ablated"},
+    "complement": {"complement": True},
+    "complement_errors_ablated": {"complement": True, "errors": "ablated"},
+}
 
 
 class FeatureNodes:
@@ -91,6 +102,17 @@ class FeatureNodes:
     def _feature_kwargs(self, graph: Any) -> dict[str, Any]:
         """What ``faithfulness`` of a shown feature circuit needs besides the model and pairs."""
         return {"saes": self._saes} if isinstance(graph, FeatureGraph) else {}
+
+    def _error_faithfulness(
+        self, shown: Any, faithfulness_of: Callable[..., float]
+    ) -> dict[str, float]:
+        """A feature circuit's faithfulness and completeness with error nodes kept and
+        ablated (:data:`ERROR_VARIANTS`); nothing for a plain graph."""
+        if not isinstance(shown, FeatureGraph):
+            return {}
+        return {
+            key: float(faithfulness_of(shown, [], **opts)) for key, opts in ERROR_VARIANTS.items()
+        }
 
     def _msg_feature_card(self, content: dict[str, Any]) -> None:
         node = content.get("node")

@@ -11,7 +11,7 @@ import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point 
 import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
 import { CLAMP_STYLE, FEATURE_COLOR, FeaturePanel, SUPERNODE_COLOR, pickedRing, supernodeShape, type ClampTraits } from "./clamp";
 import { clickedEdge, edgePanel, isSelectedEdge, mibPlot, MIB_STYLE } from "./circuit_mib";
-import { FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
+import { errorFaithRows, FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
 import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
 
@@ -480,6 +480,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     faith.append(
       el("tr", {}, el("td", {}, "faithfulness (shown circuit)"), el("td", { "data-role": "faithfulness-circuit", "data-stale": String(stale) }, fmt(f.circuit ?? NaN, 3))),
       el("tr", {}, el("td", {}, "… after your ablations"), el("td", { "data-role": "faithfulness-ablated", "data-stale": String(stale) }, fmt(f.ablated ?? NaN, 3))),
+      ...errorFaithRows(f, stale),
       el("tr", {}, el("td", { colspan: 2 }, faithButton, el("span", { class: "cv-muted" }, status))),
     );
     if (stale && !faithInFlight && faithKey() !== faithFailed) {

@@ -167,6 +167,7 @@ export class FeaturePanel {
     this.controls.style.display = ok ? "" : "none";
     if (!this.live) setText(this.head, "Clamping features needs the live kernel (this is a standalone export).");
     else if (!can) setText(this.head, "Clamping features needs model=, pairs= and saes=.");
+    else if (node?.type === "error") setText(this.head, `${node.id}: an SAE error term (what the SAE misses). A click ablates it like any node; clamping is for latents.`);
     else if (!steerable(node)) setText(this.head, "select a feature node to ablate or clamp it; shift-click features to pick them for a group");
     else if (node!.type === "supernode") setText(this.head, `${node!.id} ${node!.label ?? ""}: ${(node as GraphNode & { members?: string[] }).members?.join(", ") ?? ""}`);
     else setText(this.head, `${node!.id}${node!.pos != null ? ` (position ${node!.pos})` : ""}`);

@@ -26,9 +26,23 @@ export function featureLegend(): HTMLElement {
     s.append(shape);
     return s;
   };
-  box.append(mark("feature"), el("span", { "data-legend": "type-feature" }, "SAE feature (diamond; hover: its card)"));
-  box.append(mark("error"), el("span", { "data-legend": "type-error" }, "SAE error term (triangle)"));
+  box.append(mark("feature"), el("span", { "data-legend": "type-feature" }, "SAE feature (diamond; hover: its card; click: ablate it)"));
+  box.append(mark("error"), el("span", { "data-legend": "type-error" }, "SAE error term (triangle: what the SAE misses; click: ablate it)"));
   return box;
+}
+
+/** A feature circuit's faithfulness rows beside the plain one (error nodes kept): with every
+ * error node ablated, and completeness both ways. The kernel computes them
+ * (views/_feature_nodes.py ERROR_VARIANTS); nothing for a plain graph. */
+export function errorFaithRows(f: CircuitTraits["faithfulness"], stale: boolean): HTMLElement[] {
+  const rows: [string, string, string][] = [
+    ["errors_ablated", "… error nodes ablated", "The shown circuit with every SAE error term taken out of it"],
+    ["complement", "completeness: rest recovers", "Everything but the shown circuit, error nodes counted in the circuit: near 0 means the circuit is complete"],
+    ["complement_errors_ablated", "… error nodes ablated", "Everything but the shown circuit, error nodes counted outside it"],
+  ];
+  return rows
+    .filter(([key]) => typeof (f as Record<string, unknown>)[key] === "number")
+    .map(([key, label, title]) => el("tr", { title }, el("td", {}, label), el("td", { "data-role": `faithfulness-${key.replace(/_/g, "-")}`, "data-stale": String(stale) }, fmt((f as Record<string, number>)[key], 3))));
 }
 
 interface Card {

@@ -174,7 +174,8 @@ export interface CircuitTraits extends AblationTraits {
   edge_inputs: string[];
   edge_sign: string;
   pinned: string[];
-  faithfulness: { circuit?: number | null; ablated?: number | null; nodes?: string[]; ablated_nodes?: string[] };
+  /** Feature graphs add errors_ablated, complement, complement_errors_ablated (views/_feature_nodes.py). */
+  faithfulness: { circuit?: number | null; ablated?: number | null; nodes?: string[]; ablated_nodes?: string[]; errors_ablated?: number; complement?: number; complement_errors_ablated?: number };
   has_faithfulness: boolean;
   /** [source, target, input] of the clicked edge, or []. */
   selected_edge: string[];

@@ -89,10 +89,18 @@ class FeatureContext:
         return ctx
 
     def metric_of(
-        self, model, graph, saes, inside: np.ndarray, errors: str, complement: bool
+        self,
+        model,
+        graph,
+        saes,
+        inside: np.ndarray,
+        errors: str,
+        complement: bool,
+        removed: np.ndarray | None = None,
     ) -> float:
         """The metric with everything outside ``inside`` (or, ``complement``, inside it) set to
-        its reference value."""
+        its reference value. ``removed`` (``[N]`` bool, the nodes ablated by name) takes error
+        nodes out of the circuit even with ``errors="kept"``."""
         n_pos = graph.n_pos
         keep = ~inside if complement else inside
         types = graph.type
@@ -126,8 +134,13 @@ class FeatureContext:
             err = torch.zeros(n_pos, dtype=torch.bool)
             sel = np.flatnonzero(here & (types == TYPES.index("error")) & keep)
             err[graph.pos[sel]] = True
-            if errors == "kept":
-                err[:] = not complement
+            if errors == "kept":  # every error node inside the circuit, but those removed
+                out = torch.zeros(n_pos, dtype=torch.bool)
+                if removed is not None:
+                    out[
+                        graph.pos[np.flatnonzero(here & (types == TYPES.index("error")) & removed)]
+                    ] = True
+                err = out if complement else ~out
             elif errors == "ablated":
                 err[:] = complement
             fwd.append((hook, self._splice(saes[hook], hook, feats, err)))

@@ -383,8 +383,9 @@ class FeatureGraph:
         (Marks et al. 2024): every head, MLP, SAE latent and error term outside the circuit
         gets its corrupted value (``ablation="corrupted"``) or its clean batch mean
         (``"mean"``) at each position, in one spliced forward pass; latents no node lists
-        count as outside. ``errors="kept"`` keeps every error term in the circuit,
-        ``"ablated"`` takes them all out, ``"graph"`` follows the circuit's error nodes.
+        count as outside. ``errors="kept"`` keeps every error term in the circuit (but those
+        in ``ablated``, e.g. ``"L11ERR:P5"``), ``"ablated"`` takes them all out, ``"graph"``
+        follows the circuit's error nodes.
         ``ablated``: nodes taken out besides (``"L11F1234"`` at every position, or
         ``":P5"``). ``complement=True`` evaluates everything *but* the circuit: its
         ``recovered`` near 0 means the circuit is complete. ``recovered`` is
@@ -401,7 +402,8 @@ class FeatureGraph:
         saes = self._saes(saes)
         inside = self._circuit_nodes(nodes, ablated)
         ctx = FeatureContext.of(self, model, pairs, saes, ablation, metric)
-        value = ctx.metric_of(model, self, saes, inside, errors, complement)
+        removed = ~self._circuit_nodes(self.ids, ablated)  # out even with errors="kept"
+        value = ctx.metric_of(model, self, saes, inside, errors, complement, removed)
         n_edges = len(self._listed())
         return Faithfulness(
             ctx.recovered(value), value, ctx.clean, ctx.reference, n_edges, ablation
