@@ -199,8 +199,9 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
 
     A feature graph (``circuit(..., saes=...)``) also draws SAE latents (diamonds) and error
     nodes (triangles); hovering a latent shows its card (``feature_card``), and a click
-    ablates that latent at that position with ``saes=`` (default: the SAEs the graph was
-    built with).
+    ablates that latent, or that error term (``"L11ERR:P5"``), at that position with
+    ``saes=`` (default: the SAEs the graph was built with). Its faithfulness panel adds the
+    circuit with every error node ablated, and completeness both ways.
 
     ``max_edges``: a ``Graph`` with more edges is first pruned to ``top_edges=max_edges``
     (``None``: keep all; the browser never receives more than the shown subgraph anyway).
@@ -567,8 +568,10 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
             "ablated": float(after),
             "nodes": nodes,
             "ablated_nodes": dropped,
-            **self._error_faithfulness(shown, self._faithfulness_of),
         }
+        # a feature circuit's error-node variants (three more passes) arrive second
+        if extra := self._error_faithfulness(shown, self._faithfulness_of):
+            self.faithfulness = {**self.faithfulness, **extra}
         self.send({"type": "faithfulness", "request": content.get("request")})
 
     def _faithfulness_of(self, shown: Graph, dropped: list[str], **options: Any) -> float:
