@@ -236,6 +236,11 @@ def test_click_on_an_error_node_ablates_it_as_the_engine_does(tiny_llama, pairs,
         {"type": "ablate", "components": [target, "L1ERR:P99"], "request": 2}, []
     )
     assert view.ablated == [target]  # a bad click changes nothing
+    fig = view.figure()  # the static figure crosses the error node out too
+    crossed = next(t for t in fig.data if t.name == "ablated")
+    errors_drawn = next(t for t in fig.data if t.name == "SAE error")
+    assert len(crossed.x) == 1
+    assert (crossed.x[0], crossed.y[0]) in set(zip(errors_drawn.x, errors_drawn.y, strict=True))
     assert not has_hooks(tiny_llama)
 
 
@@ -247,8 +252,13 @@ def test_view_reports_faithfulness_and_completeness_with_error_nodes_kept_and_ab
 
     view = CircuitView(tiny_llama, pairs, graph=graph)
     target = shown_errors(view)[0]["ablates"]
+    stages: list[dict] = []
+    view.observe(lambda change: stages.append(change["new"]), names="faithfulness")
     view._handle_custom_msg({"type": "faithfulness", "ablated": [target], "request": 3}, [])
+    # the plain values first (as fast as for a head graph), the error-node variants second
+    assert len(stages) == 2 and not set(ERROR_VARIANTS) & set(stages[0])
     f = view.faithfulness
+    assert f == stages[1] and set(ERROR_VARIANTS) <= set(f)
     shown = view.shown_circuit()
     assert f["ablated_nodes"] == [target]
     assert f["ablated"] == pytest.approx(
