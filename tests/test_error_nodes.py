@@ -329,3 +329,11 @@ def test_browser_error_node_click_ablates_it(page, tmp_path, tiny_llama, pairs, 
         path=str(ARTIFACTS / "error_node_side_panel.png")
     )
     assert not page.console_errors
+
+
+def test_nnsight_refuses_sae_targets_instead_of_dropping_them(tiny_llama, pairs, saes):
+    nn = cv.load_model(tiny_llama, backend="nnsight")
+    for spec in ("L1ERR", "L1F3"):
+        with pytest.raises(cv.InputError, match=r"bridge only.*load_model\("):
+            cv.ablate(nn, pairs, features=[spec], saes=saes)
+    assert not nn.has_hooks() and not has_hooks(tiny_llama)
