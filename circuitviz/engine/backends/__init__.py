@@ -72,9 +72,9 @@ def route(model: Any, analysis: str) -> Callable[..., Any] | None:
     ``None`` for a bridge."""
     if not (is_nnsight(model) or is_raw_nnsight(model)):
         return None
-    from . import _analyses
+    from . import _analyses, _graph
 
-    seam = getattr(_analyses, analysis)
+    seam = getattr(_graph if hasattr(_graph, analysis) else _analyses, analysis)
     if is_nnsight(model):
         return seam
     return lambda raw, *args, **kwargs: seam(wrap(raw), *args, **kwargs)

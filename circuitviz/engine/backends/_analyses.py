@@ -1,5 +1,6 @@
 """The analyses ported to the seam: ``patch``, ``ablate``, ``attention`` and
-``attribution_patch`` as requests.
+``attribution_patch`` as requests (the graph's, ``circuit`` and circuits' faithfulness, are
+in :mod:`._graph`).
 
 Each builds its runs (:class:`._base.Run`) and hands them to the model's backend in one
 request, so on NDIF an analysis is one job. They give the same numbers as the bridge's own
@@ -372,82 +373,3 @@ def attribution_patch(
         corrupted=bound(corr_l),
         extra={"forward_passes": 4, "backward_passes": 1, "requests": 2, "backend": backend.name},
     )
-
-
-def _metric_grad(bound: Any, logits: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """The batch-mean metric at ``logits`` (a readout) and its gradient there."""
-    with torch.enable_grad():
-        x = logits.detach().clone().requires_grad_(True)
-        value = bound.per_example(x).mean()
-        (grad,) = torch.autograd.grad(value, x)
-    return float(value.detach()), grad
-
-
-def circuit(
-    model: Any,
-    pairs: PromptPairs,
-    *,
-    method: str = "eap",
-    steps: int = 1,
-    per_position: bool = False,
-    metric: str | MetricFn = "logit_diff",
-) -> Any:
-    """The EAP graph as two requests: the clean and corrupted readouts (the metric and its
-    gradient with respect to the readout are computed here), then the corrupted run keeping
-    every sender's output on the server and the clean run with a graph, where each edge's
-    score is reduced; only ``[sender, receiver, pos]`` scores come back."""
-    from .._models import model_name
-    from ..graph._graph import Graph
-    from ..graph._layout import Layout
-
-    if method != "eap":
-        raise InputError(
-            f"method={method!r} is not ported to nnsight (EAP-IG interpolates the embeddings "
-            "step by step): use method='eap', or the TransformerLens bridge "
-            "(circuitviz.load_model(name))."
-        )
-    check_metric(metric)
-    with ported():
-        tokens = tokenize(model, pairs)
-    layout = Layout.of(model)
-    if layout.n_heads % layout.n_kv_heads:
-        raise InputError(
-            f"{layout.n_heads} query heads don't split into {layout.n_kv_heads} KV groups."
-        )
-    backend = backend_of(model)
-    spec, short = _reduced(metric, tokens)
-    first = backend.execute(
-        [Run(tokens.corrupted, readout=spec), Run(tokens.clean, readout=spec)],
-        desc="EAP",
-        progress=False,
-    )
-    corr_l, clean_l = _logits(first[0]), _logits(first[1])
-    bound = bind_metric(metric, short, clean_l, corr_l)
-    _, weights = _metric_grad(bound, clean_l)
-    runs = [
-        Run(tokens.corrupted, grad={"kind": "senders"}),
-        Run(
-            tokens.clean,
-            readout=spec,
-            grad={"kind": "eap", "weights": weights, "valid": layout.valid},
-        ),
-    ]
-    scores = backend.execute(runs, desc="EAP", progress=False)[1].readout["scores"]
-    if not per_position:
-        scores = scores.sum(2, keepdim=True)
-    graph = Graph.build(
-        layout=layout,
-        scores=scores.cpu(),
-        model=model_name(model),
-        prompts=pairs.to_dict(),
-        tokens=tokens.str_tokens,
-        method=method,
-        metric=bound.name,
-        per_position=per_position,
-        clean=bound(clean_l),
-        corrupted=bound(corr_l),
-        steps=1,
-    )
-    if callable(metric):
-        graph._cache["metric_fn"] = metric
-    return graph

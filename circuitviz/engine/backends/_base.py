@@ -23,6 +23,7 @@ _PORTED: ContextVar[bool] = ContextVar("circuitviz_ported", default=False)
 
 #: The analyses that run on an nnsight model; every other one names the bridge instead.
 PORTED = ("patch", "ablate", "attention", "attribution_patch", "circuit")
+PORTED += ("faithfulness", "mib_scores")  # Graph.faithfulness(_curve), patch_edges; MIB
 
 
 def is_nnsight(model: object) -> bool:

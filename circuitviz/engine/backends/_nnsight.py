@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._pairs import InputError
-from . import _program
+from . import _edges, _program
 from ._base import Output, Run, StatusCallback
 
 #: The HF architectures whose modules map onto circuitviz's sites.
@@ -330,10 +330,23 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
         for index, run in enumerate(runs):
             back = {}
             kind = run["grad"].get("kind")
-            if kind == "senders":  # EAP's corrupted run: every sender's output, kept here
+            if kind == "senders":  # every sender's output (and the embeddings), kept here
                 with lm.trace(run["tokens"]):
+                    if run["grad"].get("embed"):  # EAP-IG's corrupted embeddings
+                        embed = _program.embedding(lm, arch, run, saved)
+                        saved[("embed",)] = embed.detach().clone()
                     saved[("senders",)] = _program.nnsight_senders(lm, arch, shape)
                     out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
+                results.append({"out": out, "back": back})
+                _program.tick()
+                continue
+            if kind in ("interpolated", "circuits"):  # EAP-IG's step, circuits' pass
+                with lm.trace(run["tokens"]):
+                    if kind == "circuits":
+                        out = _edges.nnsight_circuits(lm, arch, shape, run, saved)
+                    else:
+                        _program.embedding(lm, arch, run, saved)
+                        out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue

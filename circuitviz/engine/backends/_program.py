@@ -278,6 +278,19 @@ def _head_out(z: torch.Tensor, weight: torch.Tensor, arch: str, n_heads: int) ->
     return torch.einsum("bphd,hdm->bphm", _heads(z, n_heads), w.reshape(n_heads, d_head, -1))
 
 
+def embedding(lm, arch: str, run: dict, saved: dict) -> torch.Tensor:
+    """The token embeddings of this run, inside an nnsight trace; for an EAP-IG step
+    (``run["grad"]["alpha"]``) replaced by ``corrupted + α · (clean − corrupted)`` (the
+    corrupted ones kept by this request's senders run), as the bridge's ``hook_embed``."""
+    embed = lm.model.embed_tokens if arch == "llama" else lm.transformer.wte
+    alpha = run["grad"].get("alpha")
+    if alpha is None:
+        return embed.output
+    corr = saved[("embed",)]
+    embed.output = corr + alpha * (embed.output - corr)
+    return embed.output
+
+
 def nnsight_senders(lm, arch: str, shape: dict) -> torch.Tensor:
     """Every EAP sender's output ``[sender, batch, pos, d_model]`` in the graph's order
     (EMBED, L0H0 …, MLP0, L1H0 …), read inside an nnsight trace in forward order."""
@@ -301,21 +314,24 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     spec = run["grad"]
     n_layers, h, kv = shape["n_layers"], shape["n_heads"], shape["n_kv_heads"]
     embed = lm.model.embed_tokens if arch == "llama" else lm.transformer.wte
-    embed.output = embed.output.detach().requires_grad_(True)
+    embed.output = embedding(lm, arch, run, saved).detach().requires_grad_(True)
+    step = spec.get("alpha") is not None  # an EAP-IG step: the clean senders are known
     senders, layers = [], []
     for layer in range(n_layers):
         block, attn, _ln1, ln2 = _parts(lm, arch, layer)
         resid = block.input
-        if layer == 0:
+        if layer == 0 and not step:
             senders.append(resid[:, :, None])
         if arch == "llama":
             qkv = [attn.q_proj.output, attn.k_proj.output, attn.v_proj.output]
         else:
             qkv = [attn.c_attn.output]
-        proj = attn.o_proj if arch == "llama" else attn.c_proj
-        senders.append(_head_out(proj.input, proj.weight, arch, h))
+        if not step:
+            proj = attn.o_proj if arch == "llama" else attn.c_proj
+            senders.append(_head_out(proj.input, proj.weight, arch, h))
         mid, mlp_in = ln2.input, block.mlp.input
-        senders.append(block.mlp.output[:, :, None])
+        if not step:
+            senders.append(block.mlp.output[:, :, None])
         layers.append((resid, qkv, mid, mlp_in))
     norm = lm.model.norm if arch == "llama" else lm.transformer.ln_f
     final_in, final_out = norm.input, norm.output
@@ -351,9 +367,15 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
         receivers.append(pre)
     (pre,) = torch.autograd.grad(final_out, final_in, grads.pop(0), retain_graph=True)
     receivers.append(pre)
-    grad = torch.stack(receivers).float()  # [receiver, batch, pos, d_model]
-    clean = torch.cat(senders, 2).permute(2, 0, 1, 3).detach().float()
-    diff = saved[("senders",)] - clean
-    scores = torch.einsum("sbpd,rbpd->srp", diff, grad)
+    grad = torch.stack(receivers).float().detach()  # [receiver, batch, pos, d_model]
+    if not step:
+        saved[("clean",)] = torch.cat(senders, 2).permute(2, 0, 1, 3).detach().float()
+    # EAP-IG: the receiver gradients summed over the steps, kept here until the last one.
+    grad = grad if ("grads",) not in saved else saved.pop(("grads",)) + grad
+    if spec.get("steps_left", 0):
+        saved[("grads",)] = grad
+        return out
+    diff = saved[("senders",)] - saved[("clean",)]
+    scores = torch.einsum("sbpd,rbpd->srp", diff, grad / spec.get("steps", 1))
     out["scores"] = (scores * spec["valid"].to(scores)[:, :, None]).detach()
     return out

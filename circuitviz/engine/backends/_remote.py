@@ -69,9 +69,10 @@ def ship_by_value() -> None:
     """Send the request's helper code with it: NDIF has torch and nnsight, not circuitviz."""
     import nnsight
 
-    from . import _program
+    from . import _edges, _program
 
     nnsight.register(_program)
+    nnsight.register(_edges)
 
 
 def explain(err: Exception, model: NNsightModel) -> RemoteJobError:

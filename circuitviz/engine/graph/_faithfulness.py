@@ -23,11 +23,13 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import backends
 from .._components import check_range, listed, parse_id
 from .._metrics import METRICS, Metric, MetricFn, bind_metric, check_gap, check_metric
 from .._models import check_bridge
 from .._pairs import InputError, PromptPairs, Tokens, tokenize
 from .._patching import final_logits
+from ..backends._edges import PatchedEdges
 from ._eap import sender_acts, sender_hooks
 from ._layout import Layout, Weights, all_weights, model_info
 
@@ -54,45 +56,8 @@ def circuit_logits(
     """
     n_circ = masks.shape[0]
     batch, n_pos = clean.shape
-    d_model = int(model.cfg.d_model)
-    per_pos = masks.ndim == 4
-    valid = layout.valid.to(masks.device)
-    valid = valid[:, :, None] if per_pos else valid
-    off = (~masks) & valid  # edges to patch
-    on = masks & valid
-    delta = torch.zeros(len(layout.senders), n_circ, batch, n_pos, d_model)
-    running = torch.zeros(n_circ, batch, n_pos, d_model)  # Σ delta of the senders so far
-    ref = ref.float()
-
-    def write(i: int, value: torch.Tensor) -> None:
-        n = value.shape[2]
-        cur = value.float().permute(2, 0, 1, 3).reshape(n, n_circ, batch, n_pos, d_model)
-        delta[i : i + n] = cur - ref[i : i + n, None]
-        running.add_(delta[i : i + n].sum(0))
-
-    def masked_sum(mask: torch.Tensor, n_senders: int) -> torch.Tensor:
-        """Σ_s mask[k, s, r(, p)] · delta[s, k] -> ``[circuit, batch, pos, receiver, d_model]``,
-        over only the senders the mask uses (circuits are sparse, or nearly full)."""
-        dims = (0, 2, 3) if per_pos else (0, 2)
-        used = mask.any(dim=dims).nonzero()[:, 0]
-        m, d = mask[:, used].float(), delta[:n_senders][used]
-        if per_pos:
-            return torch.einsum("ksrp,skbpd->kbprd", m, d)
-        return torch.einsum("ksr,skbpd->kbprd", m, d)
-
-    def correction(n_senders: int, rs: slice) -> torch.Tensor | None:
-        """``[circuit·batch, pos, receiver, d_model]`` to subtract from the residual, or None
-        if nothing is patched for these receivers. Σ over the patched edges' senders, or —
-        when fewer senders are in the circuit — all senders so far minus the circuit's."""
-        o, i = off[:, :n_senders, rs], on[:, :n_senders, rs]
-        if not o.any():
-            return None
-        dims = (0, 2, 3) if per_pos else (0, 2)
-        if int(i.any(dim=dims).sum()) < int(o.any(dim=dims).sum()):
-            c = running[:, :, :, None] - masked_sum(i, n_senders)
-        else:
-            c = masked_sum(o, n_senders)
-        return c.reshape(n_circ * batch, n_pos, -1, d_model)
+    edges = PatchedEdges(masks, layout.valid, ref, batch, n_pos)
+    write, correction = edges.write, edges.correction
 
     resid: dict[int, torch.Tensor] = {}
 
@@ -227,7 +192,13 @@ def context(
     pairs: PromptPairs,
     ablation: str = "corrupted",
     metric: str | MetricFn | None = None,
+    *,
+    build: Callable[..., Context] | None = None,
 ) -> Context:
+    """The graph's evaluation context on ``model`` (checked, then cached on the graph);
+    ``build`` makes a new one (default: the bridge's, :func:`bridge_context`)."""
+    if build is None and (seam := backends.route(model, "graph_context")) is not None:
+        return seam(model, graph, pairs, ablation, metric)  # nnsight: its own passes
     check_model(graph, model)
     check_pairs(graph, pairs)
     if not isinstance(ablation, str) or ablation not in ABLATIONS:
@@ -242,6 +213,15 @@ def context(
         raise InputError(
             f"The graph's metric {metric!r} was a custom function: pass it again as metric=…."
         )
+    ctx = (build or bridge_context)(graph, model, pairs, ablation, metric)
+    graph._cache[key] = ctx
+    return ctx
+
+
+def bridge_context(
+    graph: Graph, model: TransformerBridge, pairs: PromptPairs, ablation: str, metric: Any
+) -> Context:
+    """The baselines on the bridge: the clean and corrupted runs' logits and senders."""
     layout = Layout.of(model)
     weights = all_weights(model)
     tokens = tokenize(model, pairs)
@@ -253,7 +233,6 @@ def context(
     ctx = Context(layout, weights, tokens, ref, bound, bound(clean_logits), bound(corr_logits))
     if ablation == "mean":
         ctx.reference = ctx.metrics(model, empty_mask(graph)[None])[0]
-    graph._cache[key] = ctx
     return ctx
 
 

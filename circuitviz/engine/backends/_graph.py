@@ -1,0 +1,210 @@
+"""The graph analyses on the seam: the EAP and EAP-IG graph (``circuit``) and the exact
+evaluation of circuits behind ``Graph.faithfulness``, ``faithfulness_curve``,
+``patch_edges`` and ``mib_scores`` (:func:`graph_context`).
+
+Each is a few requests whatever its size: EAP(-IG) is two (the readouts of every
+interpolation step, then every step's gradient, summed on the server), and a batch of
+circuits — every size of a curve — is one request, its circuits rows of the same passes.
+Only readouts and ``[sender, receiver, pos]`` scores come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._metrics import MetricFn, bind_metric, check_metric
+from .._pairs import InputError, PromptPairs, tokenize
+from ..graph._faithfulness import Context, empty_mask
+from ..graph._layout import Layout
+from ._analyses import _logits, _reduced
+from ._base import Run, backend_of, ported
+
+
+def _metric_grad(bound: Any, logits: torch.Tensor) -> torch.Tensor:
+    """The gradient of the batch-mean metric at ``logits`` (a readout)."""
+    with torch.enable_grad():
+        x = logits.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(bound.per_example(x).mean(), x)
+    return grad
+
+
+def circuit(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    method: str = "eap",
+    steps: int = 1,
+    per_position: bool = False,
+    metric: str | MetricFn = "logit_diff",
+) -> Any:
+    """The EAP (``steps=1``) or EAP-IG graph as two requests. The first brings back the
+    readouts of the corrupted run, the clean run and each interpolated step
+    (``α = (steps−1)/steps … 1/steps`` of the way from the corrupted to the clean
+    embeddings, as the bridge's EAP-IG); the metric and its gradient with respect to each
+    readout are computed here. The second keeps the corrupted senders (and embeddings) on the
+    server, takes every step's receiver gradients there — the gradient of ``readout · weights``
+    with that step's weights is the metric's own — and sums them; only the
+    ``[sender, receiver, pos]`` scores come back."""
+    from .._models import model_name
+    from ..graph._graph import Graph
+
+    check_metric(metric)
+    with ported():
+        tokens = tokenize(model, pairs)
+    layout = Layout.of(model)
+    if layout.n_heads % layout.n_kv_heads:
+        raise InputError(
+            f"{layout.n_heads} query heads don't split into {layout.n_kv_heads} KV groups."
+        )
+    backend = backend_of(model)
+    spec, short = _reduced(metric, tokens)
+    alphas = [k / steps for k in range(steps - 1, 0, -1)]  # after the clean run, α = 1
+    corrupted = {"kind": "senders", "embed": True}
+    first = [Run(tokens.corrupted, readout=spec, grad=corrupted if alphas else {})]
+    first.append(Run(tokens.clean, readout=spec))
+    first += [
+        Run(tokens.clean, readout=spec, grad={"kind": "interpolated", "alpha": a}) for a in alphas
+    ]
+    outs = backend.execute(first, desc=method.upper(), progress=False)
+    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    runs = [Run(tokens.corrupted, grad=corrupted)]
+    for k, out in enumerate(outs[1:]):
+        grad = {
+            "kind": "eap",
+            "weights": _metric_grad(bound, _logits(out)),
+            "valid": layout.valid,
+            "steps": steps,
+            "steps_left": steps - 1 - k,
+        }
+        if k:
+            grad["alpha"] = alphas[k - 1]
+        runs.append(Run(tokens.clean, readout=spec, grad=grad))
+    scores = backend.execute(runs, desc=method.upper(), progress=False)[-1].readout["scores"]
+    if not per_position:
+        scores = scores.sum(2, keepdim=True)
+    graph = Graph.build(
+        layout=layout,
+        scores=scores.cpu(),
+        model=model_name(model),
+        prompts=pairs.to_dict(),
+        tokens=tokens.str_tokens,
+        method=method,
+        metric=bound.name,
+        per_position=per_position,
+        clean=bound(clean_l),
+        corrupted=bound(corr_l),
+        steps=steps,
+    )
+    if callable(metric):
+        graph._cache["metric_fn"] = metric
+    return graph
+
+
+# ----------------------------------------------------------------------------- circuits
+
+
+def _circuit_spec(model: Any, layout: Any) -> dict:
+    """What a circuits pass needs of the layout and the model, as plain data."""
+    config = model.lm.config
+    eps = getattr(config, "rms_norm_eps", None) or getattr(config, "layer_norm_epsilon", 1e-5)
+
+    def span(layer: int, kind: str) -> tuple[int, int]:
+        s = layout.receiver_slice(layer, kind)
+        return (s.start, s.stop)
+
+    layers = [
+        (
+            layout.n_senders_before(layer),
+            layout.n_senders_before(layer, mlp=True),
+            *(span(layer, kind) for kind in ("q", "k", "v", "mlp")),
+        )
+        for layer in range(layout.n_layers)
+    ]
+    return {
+        "kind": "circuits",
+        "valid": layout.valid,
+        "eps": float(eps),
+        "layers": layers,
+        "logits": layout.logits_receiver,
+    }
+
+
+def graph_context(model: Any, graph: Any, pairs: PromptPairs, ablation: str, metric: Any) -> Any:
+    """``Graph``'s evaluation context on an nnsight model: the shared checks and cache of
+    :func:`..graph._faithfulness.context`, with :class:`SeamContext` doing the passes."""
+    from ..graph import _faithfulness
+
+    with ported():
+        return _faithfulness.context(graph, model, pairs, ablation, metric, build=_build)
+
+
+def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: Any) -> Any:
+    """The baselines in one request: the corrupted and clean readouts (and, for ``"mean"``,
+    the clean senders and the empty circuit's readout)."""
+    layout = Layout.of(model)
+    tokens = tokenize(model, pairs)
+    spec, short = _reduced(metric, tokens)
+    template = _circuit_spec(model, layout)
+    mean = ablation == "mean"
+    runs = [
+        Run(tokens.corrupted, readout=spec),
+        Run(tokens.clean, readout=spec, grad={"kind": "senders"} if mean else {}),
+    ]
+    if mean:
+        masks = empty_mask(graph)[None]
+        runs.append(
+            Run(tokens.clean, readout=spec, grad={**template, "masks": masks, "ref": "mean"})
+        )
+    outs = backend_of(model).execute(runs, desc="circuits", progress=False)
+    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    reference = bound(_logits(outs[2])) if mean else bound(corr_l)
+    return SeamContext(
+        layout, None, tokens, None, bound, bound(clean_l), reference, spec=spec,
+        template=template, ablation=ablation,
+    )  # fmt: skip
+
+
+@dataclass
+class SeamContext(Context):
+    """:class:`..graph._faithfulness.Context` whose circuits run as one request: the
+    reference senders' run, then every chunk of circuits as rows of one pass."""
+
+    spec: dict | None = None  # the readout
+    template: dict | None = None  # a circuits run's plain data, but its masks
+    ablation: str = "corrupted"
+
+    def metrics(
+        self,
+        model: Any,
+        masks: torch.Tensor | Callable[[int, int], torch.Tensor],
+        n: int | None = None,
+        progress: bool = False,
+    ) -> list[float]:
+        if isinstance(masks, torch.Tensor):
+            n, tensor = masks.shape[0], masks
+
+            def masks(start: int, stop: int) -> torch.Tensor:
+                return tensor[start:stop]
+
+        assert n is not None
+        mean = self.ablation == "mean"
+        ref = "mean" if mean else "rows"
+        runs = [Run(self.tokens.clean if mean else self.tokens.corrupted, grad={"kind": "senders"})]
+        for start in range(0, n, self.circuits_per_pass):
+            chunk = masks(start, min(n, start + self.circuits_per_pass))
+            tokens = self.tokens.clean.repeat(chunk.shape[0], 1)
+            grad = {**(self.template or {}), "masks": chunk, "ref": ref}
+            runs.append(Run(tokens, readout=self.spec or {}, grad=grad))
+        outs = backend_of(model).execute(runs, desc="circuits", progress=progress)
+        values = []
+        for out in outs[1:]:
+            logits = _logits(out)
+            per_circuit = logits.reshape(-1, self.tokens.batch, logits.shape[-1])
+            values += [self.metric(lg) for lg in per_circuit]
+        return values
