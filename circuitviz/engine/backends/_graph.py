@@ -18,7 +18,7 @@ import torch
 
 from .._metrics import MetricFn, bind_metric, check_metric
 from .._pairs import InputError, PromptPairs, tokenize
-from ..graph._faithfulness import Context, empty_mask
+from ..graph._faithfulness import Context, empty_mask, mask_source
 from ..graph._layout import Layout
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
@@ -145,39 +145,59 @@ def graph_context(model: Any, graph: Any, pairs: PromptPairs, ablation: str, met
 
 def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: Any) -> Any:
     """The baselines in one request: the corrupted and clean readouts (and, for ``"mean"``,
-    the clean senders and the empty circuit's readout)."""
+    the empty circuit's). Locally the reference senders come back and are kept here, so a
+    circuit is then one pass; on NDIF they stay on the server (a large model's are too big to
+    ship) and each request computes them again."""
     layout = Layout.of(model)
     tokens = tokenize(model, pairs)
     spec, short = _reduced(metric, tokens)
     template = _circuit_spec(model, layout)
-    mean = ablation == "mean"
+    mean, local = ablation == "mean", not backend_of(model).remote
+    senders = {"kind": "senders", "bring": local}
     runs = [
-        Run(tokens.corrupted, readout=spec),
-        Run(tokens.clean, readout=spec, grad={"kind": "senders"} if mean else {}),
+        Run(tokens.corrupted, readout=spec, grad=senders if local and not mean else {}),
+        Run(tokens.clean, readout=spec, grad=senders if mean else {}),
     ]
-    if mean:
+    if mean:  # the empty circuit: every edge carries the clean senders' batch mean
         masks = empty_mask(graph)[None]
-        runs.append(
-            Run(tokens.clean, readout=spec, grad={**template, "masks": masks, "ref": "mean"})
-        )
-    outs = backend_of(model).execute(runs, desc="circuits", progress=False)
+        runs.append(Run(tokens.clean, readout=spec, grad={**template, "masks": masks}))
+    ctx = SeamContext(
+        layout, [], tokens, None, None, 0.0, 0.0, spec=spec, template=template, ablation=ablation
+    )
+    outs = backend_of(model).execute(ctx.with_ref(runs), desc="circuits", progress=False)
     corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
-    bound = bind_metric(metric, short, clean_l, corr_l)
-    reference = bound(_logits(outs[2])) if mean else bound(corr_l)
-    return SeamContext(
-        layout, None, tokens, None, bound, bound(clean_l), reference, spec=spec,
-        template=template, ablation=ablation,
-    )  # fmt: skip
+    if local:
+        ctx.ref = outs[1 if mean else 0].returned["senders"]
+        ctx.ref = ctx.ref.mean(1, keepdim=True) if mean else ctx.ref
+    ctx.metric = bind_metric(metric, short, clean_l, corr_l)
+    ctx.clean = ctx.metric(clean_l)
+    ctx.reference = ctx.metric(_logits(outs[2])) if mean else ctx.metric(corr_l)
+    return ctx
 
 
 @dataclass
 class SeamContext(Context):
-    """:class:`..graph._faithfulness.Context` whose circuits run as one request: the
-    reference senders' run, then every chunk of circuits as rows of one pass."""
+    """:class:`..graph._faithfulness.Context` whose circuits run as one request, every chunk
+    of circuits rows of one pass; ``ref`` is the reference senders when they are kept here
+    (locally), else ``None``: a senders run leads the request."""
 
     spec: dict | None = None  # the readout
-    template: dict | None = None  # a circuits run's plain data, but its masks
+    template: dict | None = None  # a circuits run's plain data, but its masks and ref
     ablation: str = "corrupted"
+
+    def with_ref(self, runs: list[Run]) -> list[Run]:
+        """``runs`` with the reference their circuits read: kept here, or from a senders run
+        (this request's, or one put first)."""
+        mean = self.ablation == "mean"
+        ref: Any = self.ref if self.ref is not None else ("mean" if mean else "rows")
+        kinds = [r.grad.get("kind") for r in runs]
+        if self.ref is None and "circuits" in kinds and "senders" not in kinds:
+            lead = self.tokens.clean if mean else self.tokens.corrupted
+            runs = [Run(lead, grad={"kind": "senders"}), *runs]
+        for run in runs:
+            if run.grad.get("kind") == "circuits":
+                run.grad["ref"] = ref
+        return runs
 
     def metrics(
         self,
@@ -186,24 +206,16 @@ class SeamContext(Context):
         n: int | None = None,
         progress: bool = False,
     ) -> list[float]:
-        if isinstance(masks, torch.Tensor):
-            n, tensor = masks.shape[0], masks
-
-            def masks(start: int, stop: int) -> torch.Tensor:
-                return tensor[start:stop]
-
-        assert n is not None
-        mean = self.ablation == "mean"
-        ref = "mean" if mean else "rows"
-        runs = [Run(self.tokens.clean if mean else self.tokens.corrupted, grad={"kind": "senders"})]
+        masks, n = mask_source(masks, n)
+        runs = []
         for start in range(0, n, self.circuits_per_pass):
             chunk = masks(start, min(n, start + self.circuits_per_pass))
             tokens = self.tokens.clean.repeat(chunk.shape[0], 1)
-            grad = {**(self.template or {}), "masks": chunk, "ref": ref}
+            grad = {**(self.template or {}), "masks": chunk}
             runs.append(Run(tokens, readout=self.spec or {}, grad=grad))
-        outs = backend_of(model).execute(runs, desc="circuits", progress=progress)
+        outs = backend_of(model).execute(self.with_ref(runs), desc="circuits", progress=progress)
         values = []
-        for out in outs[1:]:
+        for out in outs[-len(runs) :]:
             logits = _logits(out)
             per_circuit = logits.reshape(-1, self.tokens.batch, logits.shape[-1])
             values += [self.metric(lg) for lg in per_circuit]

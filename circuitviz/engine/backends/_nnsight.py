@@ -337,6 +337,8 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                         saved[("embed",)] = embed.detach().clone()
                     saved[("senders",)] = _program.nnsight_senders(lm, arch, shape)
                     out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
+                if run["grad"].get("bring"):  # to be kept on the client (a local model)
+                    back["senders"] = saved[("senders",)]
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue

@@ -113,6 +113,18 @@ def circuit_logits(
 ABLATIONS = ("corrupted", "mean")
 
 
+def mask_source(
+    masks: torch.Tensor | Callable[[int, int], torch.Tensor], n: int | None
+) -> tuple[Callable[[int, int], torch.Tensor], int]:
+    """Circuits' masks as ``(source, n)``: ``source(start, stop)`` gives ``masks[start:stop]``,
+    so that only one chunk of masks need exist at a time."""
+    if isinstance(masks, torch.Tensor):
+        tensor = masks
+        return (lambda start, stop: tensor[start:stop]), masks.shape[0]
+    assert n is not None
+    return masks, n
+
+
 @dataclass
 class Context:
     """What every evaluation of one graph on one model needs, computed once and cached on the
@@ -141,12 +153,7 @@ class Context:
         """The metric of each circuit, ``masks[k]``, chunked to bound memory. ``masks`` may
         instead be a function ``(start, stop) -> masks[start:stop]`` of ``n`` circuits, so that
         only one chunk of masks exists at a time."""
-        if isinstance(masks, torch.Tensor):
-            n, tensor = masks.shape[0], masks
-
-            def masks(start: int, stop: int) -> torch.Tensor:
-                return tensor[start:stop]
-
+        masks, n = mask_source(masks, n)
         per_pass = self.circuits_per_pass
         out = []
         with tqdm(total=n, desc="circuits", disable=not progress, leave=False) as bar:
