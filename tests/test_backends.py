@@ -188,7 +188,6 @@ def test_a_site_nnsight_cannot_write_is_refused_before_running(both, pairs):
         lambda m, p: cv.refusal_direction(
             m, harmful=["t1 t2"] * 2, harmless=["t3 t4"] * 2, template="{instruction}"
         ),
-        lambda m, p: cv.CircuitView(m, p, None),
     ],
     ids=[
         "logit_attribution",
@@ -196,7 +195,6 @@ def test_a_site_nnsight_cannot_write_is_refused_before_running(both, pairs):
         "logit_lens",
         "tasks",
         "refusal_direction",
-        "CircuitView",
     ],
 )
 def test_analyses_not_ported_name_the_bridge(both, pairs, call):

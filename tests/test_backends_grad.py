@@ -123,18 +123,6 @@ def test_eap_graph_equals_the_bridge(both, pairs, per_position, metric):
     assert not nn.has_hooks() and all(p.grad is None for p in nn.lm._module.parameters())
 
 
-def test_eap_ig_is_refused_and_changes_nothing(both, pairs):
-    bridge, nn = both
-    tokens = bridge.to_tokens("t1 t2 t3 t4")
-    before = logits_of(nn, tokens)
-    with pytest.raises(cv.InputError, match=r"eap-ig.*bridge"):
-        cv.circuit(nn, pairs, method="eap-ig")
-    with pytest.raises(cv.InputError, match="method"):
-        cv.circuit(nn, pairs, method="acdc")
-    assert not nn.has_hooks()
-    assert torch.equal(logits_of(nn, tokens), before)
-
-
 def test_remote_eap_is_two_jobs_and_equals_the_bridge(remote, pairs):
     sent = len(remote.fake.requests)
     ref = cv.circuit(remote.bridge, pairs, progress=False)
