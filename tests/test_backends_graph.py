@@ -129,6 +129,16 @@ def test_faithfulness_with_a_custom_metric_equals_the_bridge(both, pairs):
     assert abs(got.metric - ref.metric) <= TOL and got.metric != got.clean
 
 
+def test_an_nnsight_model_object_as_it_is(both, pairs):
+    """``nnsight``'s own model object (wrapped once by circuitviz) builds and scores graphs."""
+    _, nn = both
+    graph = cv.circuit(nn.lm, pairs, method="eap-ig", steps=2)
+    assert close(graph.scores, cv.circuit(nn, pairs, method="eap-ig", steps=2).scores) == 0
+    got = graph.faithfulness_curve(nn.lm, pairs, top_edges=SIZES)
+    ref = graph.faithfulness_curve(nn, pairs, top_edges=SIZES)
+    assert got.metric == ref.metric and abs(got.metric[-1] - got.clean) <= TOL
+
+
 def test_mib_scores_equal_the_bridge(both, pairs):
     """Edge level, and node level ranked by exact node scores (themselves computed on each
     backend: head patching and MLP ablation)."""

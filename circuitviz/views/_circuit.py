@@ -290,7 +290,7 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
     ) -> None:
         # roles: a HeadRoles (circuitviz.head_roles) or {head: [roles]}, drawn as badges on
         # the head nodes; default: the graph JSON's own "roles" (Graph.to_json(with_roles=)).
-        # The view scores circuits by their faithfulness, which only the bridge runs.
+        # The view scores circuits by their faithfulness: refused up front where it can't run.
         backends.require(model, "faithfulness")
         if graph is None:
             if model is None or pairs is None:

@@ -54,8 +54,7 @@ def require(model: Any, analysis: str) -> None:
     raise BridgeOnly(
         f"{analysis} runs on the TransformerLens bridge only; on an nnsight model circuitviz "
         f"runs {', '.join(PORTED)}. Load the bridge for it: "
-        f"circuitviz.load_model({model.cfg.model_name!r}) — or show the graph alone: "
-        "CircuitView(graph=circuitviz.circuit(model, pairs))."
+        f"circuitviz.load_model({model.cfg.model_name!r})."
     )
 
 

@@ -152,7 +152,8 @@ def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: An
     tokens = tokenize(model, pairs)
     spec, short = _reduced(metric, tokens)
     template = _circuit_spec(model, layout)
-    mean, local = ablation == "mean", not backend_of(model).remote
+    backend = backend_of(model)
+    mean, local = ablation == "mean", not backend.remote
     senders = {"kind": "senders", "bring": local}
     runs = [
         Run(tokens.corrupted, readout=spec, grad=senders if local and not mean else {}),
@@ -161,10 +162,9 @@ def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: An
     if mean:  # the empty circuit: every edge carries the clean senders' batch mean
         masks = empty_mask(graph)[None]
         runs.append(Run(tokens.clean, readout=spec, grad={**template, "masks": masks}))
-    ctx = SeamContext(
-        layout, [], tokens, None, None, 0.0, 0.0, spec=spec, template=template, ablation=ablation
-    )
-    outs = backend_of(model).execute(ctx.with_ref(runs), desc="circuits", progress=False)
+    ctx = SeamContext(layout, [], tokens, None, None, 0.0, 0.0)
+    ctx.backend, ctx.spec, ctx.template, ctx.ablation = backend, spec, template, ablation
+    outs = backend.execute(ctx.with_ref(runs), desc="circuits", progress=False)
     corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
     if local:
         ctx.ref = outs[1 if mean else 0].returned["senders"]
@@ -181,6 +181,7 @@ class SeamContext(Context):
     of circuits rows of one pass; ``ref`` is the reference senders when they are kept here
     (locally), else ``None``: a senders run leads the request."""
 
+    backend: Any = None  # the model's (called with an nnsight model object, it wraps it)
     spec: dict | None = None  # the readout
     template: dict | None = None  # a circuits run's plain data, but its masks and ref
     ablation: str = "corrupted"
@@ -213,7 +214,7 @@ class SeamContext(Context):
             tokens = self.tokens.clean.repeat(chunk.shape[0], 1)
             grad = {**(self.template or {}), "masks": chunk}
             runs.append(Run(tokens, readout=self.spec or {}, grad=grad))
-        outs = backend_of(model).execute(self.with_ref(runs), desc="circuits", progress=progress)
+        outs = self.backend.execute(self.with_ref(runs), desc="circuits", progress=progress)
         values = []
         for out in outs[-len(runs) :]:
             logits = _logits(out)
