@@ -181,6 +181,16 @@ def test_bad_graph_input_on_nnsight_is_refused_and_changes_nothing(both, pairs):
     assert torch.equal(logits_of(nn, tokens), before)
 
 
+def test_masks_travel_packed_eight_edges_a_byte():
+    from circuitviz.engine.backends._edges import pack, unpack
+
+    for shape in [(3, 5, 7), (2, 4, 4, 9), (1,)]:
+        mask = torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.5
+        data, kept_shape = pack(mask)
+        assert data.dtype == torch.uint8 and data.numel() == -(-mask.numel() // 8)
+        assert torch.equal(unpack((data, kept_shape)), mask)
+
+
 # ----------------------------------------------------------------------------- the view
 
 

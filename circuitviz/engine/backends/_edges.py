@@ -80,6 +80,27 @@ class PatchedEdges:
 
 # ----------------------------------------------------------------------------- nnsight
 
+_BITS = 1 << torch.arange(8, dtype=torch.uint8)
+
+
+def pack(mask: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """A bool mask as 8 entries a byte (a large model's ``[sender, receiver]`` edges are
+    tens of millions), with its shape: what a request carries."""
+    flat = mask.flatten().to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros(-len(flat) % 8)])
+    return (flat.view(-1, 8) * _BITS).sum(-1, dtype=torch.uint8), tuple(mask.shape)
+
+
+def unpack(packed: tuple[torch.Tensor, tuple[int, ...]], device=None) -> torch.Tensor:
+    """:func:`pack`'s mask again (on ``device``)."""
+    data, shape = packed
+    data = data.to(device)
+    n = 1
+    for size in shape:
+        n *= size
+    bits = (data[:, None] & _BITS.to(data.device)) != 0
+    return bits.flatten()[:n].view(shape)
+
 
 def _norm(ln, x: torch.Tensor, arch: str, eps: float) -> torch.Tensor:
     """A layer's pre-attention norm applied to ``x``, as HF computes it (RMSNorm in float32
@@ -108,12 +129,12 @@ def _project(attn, arch: str, kind: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
-    """The readout of one pass of circuits inside an nnsight trace: every sender's output
+    r"""The readout of one pass of circuits inside an nnsight trace: every sender's output
     goes into :class:`PatchedEdges`; each receiver that has a patched edge reads its
     corrected input — a head's q, k and v recomputed from its own corrected residual through
     ``ln1`` and its own projection, the MLP's and the logits' norm inputs replaced.
 
-    ``run["grad"]``: ``masks``, ``valid``, ``eps``, ``layers`` (per layer: its first head
+    ``run["grad"]``: ``masks`` and ``valid`` (:func:`pack`\ ed), ``eps``, ``layers`` (per layer: its first head
     sender, its MLP sender, and its q, k, v and MLP receivers as ``(start, stop)``),
     ``logits`` (the logits receiver) and ``ref``: ``"rows"`` (the senders kept by this
     request's senders run), ``"mean"`` (their batch mean) or a tensor sent with it."""
@@ -122,9 +143,9 @@ def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict
     if isinstance(ref, str):
         ref = saved[("senders",)]
         ref = ref.mean(1, keepdim=True) if spec["ref"] == "mean" else ref
+    masks, valid = unpack(spec["masks"], ref.device), unpack(spec["valid"], ref.device)
     n_heads, n_pos = shape["n_heads"], run["tokens"].shape[1]
-    batch = run["tokens"].shape[0] // spec["masks"].shape[0]
-    edges = PatchedEdges(spec["masks"], spec["valid"], ref, batch, n_pos)
+    edges = PatchedEdges(masks, valid, ref, run["tokens"].shape[0] // masks.shape[0], n_pos)
     n_senders = ref.shape[0]
     for layer, (head_sender, mlp_sender, *rs) in enumerate(spec["layers"]):
         block, attn, ln1, ln2 = _program._parts(lm, arch, layer)

@@ -22,6 +22,7 @@ from ..graph._faithfulness import Context, empty_mask, mask_source
 from ..graph._layout import Layout
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
+from ._edges import pack
 
 
 def _metric_grad(bound: Any, logits: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,7 @@ def _circuit_spec(model: Any, layout: Any) -> dict:
     ]
     return {
         "kind": "circuits",
-        "valid": layout.valid,
+        "valid": pack(layout.valid),
         "eps": float(eps),
         "layers": layers,
         "logits": layout.logits_receiver,
@@ -161,7 +162,7 @@ def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: An
     ]
     if mean:  # the empty circuit: every edge carries the clean senders' batch mean
         masks = empty_mask(graph)[None]
-        runs.append(Run(tokens.clean, readout=spec, grad={**template, "masks": masks}))
+        runs.append(Run(tokens.clean, readout=spec, grad={**template, "masks": pack(masks)}))
     ctx = SeamContext(layout, [], tokens, None, None, 0.0, 0.0)
     ctx.backend, ctx.spec, ctx.template, ctx.ablation = backend, spec, template, ablation
     outs = backend.execute(ctx.with_ref(runs), desc="circuits", progress=False)
@@ -212,7 +213,7 @@ class SeamContext(Context):
         for start in range(0, n, self.circuits_per_pass):
             chunk = masks(start, min(n, start + self.circuits_per_pass))
             tokens = self.tokens.clean.repeat(chunk.shape[0], 1)
-            grad = {**(self.template or {}), "masks": chunk}
+            grad = {**(self.template or {}), "masks": pack(chunk)}
             runs.append(Run(tokens, readout=self.spec or {}, grad=grad))
         outs = self.backend.execute(self.with_ref(runs), desc="circuits", progress=progress)
         values = []
