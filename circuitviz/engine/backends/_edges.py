@@ -102,30 +102,13 @@ def unpack(packed: tuple[torch.Tensor, tuple[int, ...]], device=None) -> torch.T
     return bits.flatten()[:n].view(shape)
 
 
-def _norm(ln, x: torch.Tensor, arch: str, eps: float) -> torch.Tensor:
-    """A layer's pre-attention norm applied to ``x``, as HF computes it (RMSNorm in float32
-    for Llama-style models, LayerNorm for GPT-2); from its weights, so no module is called a
-    second time inside the trace."""
-    if arch == "gpt2":
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, eps)
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return ln.weight * h.to(x.dtype)
-
-
 def _project(attn, arch: str, kind: str, x: torch.Tensor) -> torch.Tensor:
     """``x [rows, pos, n, d_model]`` (post-norm, one row per head of ``kind``) -> each head's
     own q, k or v ``[rows, pos, n, d_head]``."""
     n = x.shape[2]
-    if arch == "gpt2":  # Conv1D: weight [d_model, 3·d], q | k | v
-        d = attn.c_attn.weight.shape[1] // 3
-        i = ("q", "k", "v").index(kind)
-        w = attn.c_attn.weight[:, i * d : (i + 1) * d].reshape(x.shape[-1], n, -1)
-        out = torch.einsum("bpnm,mnd->bpnd", x, w)
-        return out + attn.c_attn.bias[i * d : (i + 1) * d].reshape(n, -1)
-    proj = getattr(attn, f"{kind}_proj")  # Linear: weight [n·d_head, d_model]
-    out = torch.einsum("bpnm,ndm->bpnd", x, proj.weight.reshape(n, -1, x.shape[-1]))
-    return out if proj.bias is None else out + proj.bias.reshape(n, -1)
+    out = torch.einsum("bpnm,ndm->bpnd", x, _program.head_weight(attn, arch, kind, n))
+    bias = _program.head_bias(attn, arch, kind, n)
+    return out if bias is None else out + bias
 
 
 def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
@@ -165,7 +148,7 @@ def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict
             if c is None:
                 continue
             rows = resid[:, :, None] - c.to(resid.dtype)
-            value = _project(attn, arch, kind, _norm(ln1, rows, arch, spec["eps"]))
+            value = _project(attn, arch, kind, _program.apply_norm(ln1, rows, arch, spec["eps"]))
             out = outs[kind] if arch == "gpt2" else getattr(attn, f"{kind}_proj").output
             out[...] = value.reshape(out.shape).to(out.dtype)
         proj = attn.o_proj if arch == "llama" else attn.c_proj

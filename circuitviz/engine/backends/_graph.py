@@ -79,6 +79,7 @@ def circuit(
             "kind": "eap",
             "weights": _metric_grad(bound, _logits(out)),
             "valid": layout.valid,
+            "eps": _norm_eps(model),
             "steps": steps,
             "steps_left": steps - 1 - k,
         }
@@ -109,10 +110,13 @@ def circuit(
 # ----------------------------------------------------------------------------- circuits
 
 
+def _norm_eps(model: Any) -> float:
+    config = model.lm.config
+    return float(getattr(config, "rms_norm_eps", None) or config.layer_norm_epsilon)
+
+
 def _circuit_spec(model: Any, layout: Any) -> dict:
     """What a circuits pass needs of the layout and the model, as plain data."""
-    config = model.lm.config
-    eps = getattr(config, "rms_norm_eps", None) or getattr(config, "layer_norm_epsilon", 1e-5)
 
     def span(layer: int, kind: str) -> tuple[int, int]:
         s = layout.receiver_slice(layer, kind)
@@ -129,7 +133,7 @@ def _circuit_spec(model: Any, layout: Any) -> dict:
     return {
         "kind": "circuits",
         "valid": pack(layout.valid),
-        "eps": float(eps),
+        "eps": _norm_eps(model),
         "layers": layers,
         "logits": layout.logits_receiver,
     }

@@ -291,6 +291,37 @@ def embedding(lm, arch: str, run: dict, saved: dict) -> torch.Tensor:
     return embed.output
 
 
+def apply_norm(ln, x: torch.Tensor, arch: str, eps: float) -> torch.Tensor:
+    """A layer's pre-attention norm applied to ``x``, as HF computes it (RMSNorm in float32
+    for Llama-style models, LayerNorm for GPT-2); from its weights, so no module is called a
+    second time inside the trace."""
+    if arch == "gpt2":
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, eps)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return ln.weight * h.to(x.dtype)
+
+
+def head_weight(attn, arch: str, kind: str, n: int) -> torch.Tensor:
+    """The q, k or v projection's weight per head, ``[n, d_head, d_model]``."""
+    if arch == "gpt2":  # Conv1D: weight [d_model, 3·d], q | k | v
+        w = attn.c_attn.weight
+        d, i = w.shape[1] // 3, ("q", "k", "v").index(kind)
+        return w[:, i * d : (i + 1) * d].reshape(w.shape[0], n, -1).permute(1, 2, 0)
+    w = getattr(attn, f"{kind}_proj").weight  # Linear: [n·d_head, d_model]
+    return w.reshape(n, -1, w.shape[-1])
+
+
+def head_bias(attn, arch: str, kind: str, n: int) -> torch.Tensor | None:
+    """The q, k or v projection's bias per head, ``[n, d_head]``, or None."""
+    if arch == "gpt2":
+        b = attn.c_attn.bias
+        d, i = b.shape[0] // 3, ("q", "k", "v").index(kind)
+        return b[i * d : (i + 1) * d].reshape(n, -1)
+    b = getattr(attn, f"{kind}_proj").bias
+    return None if b is None else b.reshape(n, -1)
+
+
 def nnsight_senders(lm, arch: str, shape: dict) -> torch.Tensor:
     """Every EAP sender's output ``[sender, batch, pos, d_model]`` in the graph's order
     (EMBED, L0H0 …, MLP0, L1H0 …), read inside an nnsight trace in forward order."""
@@ -318,7 +349,7 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     step = spec.get("alpha") is not None  # an EAP-IG step: the clean senders are known
     senders, layers = [], []
     for layer in range(n_layers):
-        block, attn, _ln1, ln2 = _parts(lm, arch, layer)
+        block, attn, ln1, ln2 = _parts(lm, arch, layer)
         resid = block.input
         if layer == 0 and not step:
             senders.append(resid[:, :, None])
@@ -332,37 +363,34 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
         mid, mlp_in = ln2.input, block.mlp.input
         if not step:
             senders.append(block.mlp.output[:, :, None])
-        layers.append((resid, qkv, mid, mlp_in))
+        layers.append((resid, qkv, mid, mlp_in, attn, ln1))
     norm = lm.model.norm if arch == "llama" else lm.transformer.ln_f
     final_in, final_out = norm.input, norm.output
     final = lm.lm_head.output[:, -1]
     out = readout(final, run["readout"])
     sel = grad_readout(final, run["readout"])
     loss = (sel * spec["weights"].to(sel.device)).sum()
-    wrt = [t for _, qkv, _, mlp_in in layers for t in (*qkv, mlp_in)] + [final_out]
+    wrt = [t for _, qkv, _, mlp_in, *_ in layers for t in (*qkv, mlp_in)] + [final_out]
     grads = list(torch.autograd.grad(loss, wrt, retain_graph=True))
     receivers = []
-    for resid, qkv, mid, mlp_in in layers:
+    for resid, qkv, mid, mlp_in, attn, ln1 in layers:
         g_qkv = [grads.pop(0) for _ in qkv]
         g_mlp = grads.pop(0)
-        # (tensor, its gradient, first column, width) of each q, k, v receiver, in order;
-        # GPT-2 fuses q | k | v in one projection.
-        heads = []
-        if arch == "llama":
-            for tensor, g, n in zip(qkv, g_qkv, (h, kv, kv), strict=True):
-                width = tensor.shape[-1] // n
-                heads += [(tensor, g, j * width, width) for j in range(n)]
-        else:
-            d = qkv[0].shape[-1] // 3
-            width = d // h
-            heads += [
-                (qkv[0], g_qkv[0], i * d + j * width, width) for i in range(3) for j in range(h)
-            ]
-        for tensor, g, first, width in heads:  # this head's path only: its projection, ln1
-            only = torch.zeros_like(g)
-            only[..., first : first + width] = g[..., first : first + width]
-            (pre,) = torch.autograd.grad(tensor, resid, only, retain_graph=True)
-            receivers.append(pre)
+        if arch == "gpt2":  # one fused projection: q | k | v
+            d = g_qkv[0].shape[-1] // 3
+            g_qkv = [g_qkv[0][..., i * d : (i + 1) * d] for i in range(3)]
+        # Each head's own path only: its rows of the projection, then ln1 (one
+        # vector-Jacobian product for all heads, on a copy of the residual per head).
+        post = torch.cat(
+            [
+                torch.einsum("bpnd,ndm->bpnm", _heads(g, n), head_weight(attn, arch, kind, n))
+                for g, kind, n in zip(g_qkv, ("q", "k", "v"), (h, kv, kv), strict=True)
+            ],
+            dim=2,
+        )
+        x = resid.detach()[:, :, None].expand_as(post).clone().requires_grad_(True)
+        (pre,) = torch.autograd.grad(apply_norm(ln1, x, arch, spec["eps"]), x, post)
+        receivers += list(pre.permute(2, 0, 1, 3))
         (pre,) = torch.autograd.grad(mlp_in, mid, g_mlp, retain_graph=True)
         receivers.append(pre)
     (pre,) = torch.autograd.grad(final_out, final_in, grads.pop(0), retain_graph=True)
