@@ -281,6 +281,32 @@ def test_remote_circuit_view_clicks_to_ablate(remote, pairs):
     assert len(remote.fake.requests) == sent  # answered from the view's memory
 
 
+def test_remote_click_and_its_faithfulness_at_once(remote, pairs):
+    """The page's click on a remote model: its ablation runs in the view's worker thread and
+    the faithfulness it then asks for on the message loop, at the same time, on one model —
+    the model runs one request at a time, and both answers equal the bridge's."""
+    from tests.test_remote_view import Kernel
+
+    graph = cv.circuit(remote.bridge, pairs, progress=False)
+    ref_view = quiet_view(remote.bridge, pairs, graph)
+    ref = click(ref_view, ["L1H0"])
+    view = quiet_view(remote.client, pairs, graph)
+    kernel = Kernel(view)
+    remote.fake.delay = 0.2
+    try:
+        kernel.click(["L1H0"], request=1)  # the worker's job, queued on the fake NDIF
+        view._handle_custom_msg({"type": "faithfulness", "ablated": ["L1H0"], "request": 2})
+        kernel.wait(lambda: kernel.reply(1) is not None)
+    finally:
+        remote.fake.delay = 0.0
+    assert kernel.reply(1)["type"] == "ablation" and kernel.reply(2)["type"] == "faithfulness"
+    assert abs(view.result["ablated"] - ref_view.result["ablated"]) <= TOL
+    gap = ref_view.result["clean"] - ref_view.result["corrupted"]
+    for key in ("circuit", "ablated"):
+        assert abs(view.faithfulness[key] - ref[key]) * abs(gap) <= TOL
+    assert not remote.server.has_hooks()
+
+
 # ----------------------------------------------------------------------------- demo
 
 

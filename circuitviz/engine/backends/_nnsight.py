@@ -151,6 +151,9 @@ class NNsightModel:
         self.tokenizer = lm.tokenizer
         self.job_state: str | None = None
         self._cancel = threading.Event()
+        # One request at a time: a view's worker thread (a click's ablation) and its message
+        # loop (the faithfulness that click asks for) may both reach for the model.
+        self._busy = threading.Lock()
         self._watchers: list[StatusCallback] = []  # a view's, for the job it submitted
         self._memo: dict = {}
         n_heads = config.num_attention_heads if kind == "llama" else config.n_head
@@ -268,7 +271,11 @@ class NNsightBackend:
                         f"{WRITABLE}. Patch it on the TransformerLens bridge: "
                         "circuitviz.load_model(name)."
                     )
-        cfg = model.cfg
+        with model._busy:
+            return self._execute(plain, desc, progress)
+
+    def _execute(self, plain: list[dict], desc: str, progress: bool) -> list[Output]:
+        model, cfg = self.model, self.model.cfg
         shape = {
             "n_layers": cfg.n_layers,
             "n_heads": cfg.n_heads,
