@@ -47,8 +47,10 @@ class PatchedEdges:
 
     def write(self, i: int, value: torch.Tensor) -> None:
         """Senders ``i … i + n − 1`` wrote ``value [circuit·batch, pos, n, d_model]``."""
-        n = value.shape[2]
-        cur = value.float().permute(2, 0, 1, 3).reshape(n, *self.running.shape)
+        n = value.shape[2]  # (a layer may sit on another device: the bookkeeping stays here)
+        cur = (
+            value.float().to(self.delta.device).permute(2, 0, 1, 3).reshape(n, *self.running.shape)
+        )
         self.delta[i : i + n] = cur - self.ref[i : i + n, None]
         self.running.add_(self.delta[i : i + n].sum(0))
 
@@ -117,23 +119,26 @@ def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict
     corrected input — a head's q, k and v recomputed from its own corrected residual through
     ``ln1`` and its own projection, the MLP's and the logits' norm inputs replaced.
 
-    ``run["grad"]``: ``masks`` and ``valid`` (:func:`pack`\ ed), ``eps``, ``layers`` (per layer: its first head
-    sender, its MLP sender, and its q, k, v and MLP receivers as ``(start, stop)``),
-    ``logits`` (the logits receiver) and ``ref``: ``"rows"`` (the senders kept by this
-    request's senders run), ``"mean"`` (their batch mean) or a tensor sent with it."""
+    ``run["grad"]``: ``masks`` and ``valid`` (:func:`pack`\ ed), ``eps``, ``layers`` (per
+    layer: its first head sender, its MLP sender, and its q, k, v and MLP receivers as
+    ``(start, stop)``), ``logits`` (the logits receiver) and ``ref``: ``"rows"`` (the senders
+    kept by this request's senders run), ``"mean"`` (their batch mean) or a tensor sent with
+    it (kept on the client, on the CPU: it moves to the embeddings' device here)."""
     spec = run["grad"]
     ref = spec["ref"]
     if isinstance(ref, str):
         ref = saved[("senders",)]
         ref = ref.mean(1, keepdim=True) if spec["ref"] == "mean" else ref
-    masks, valid = unpack(spec["masks"], ref.device), unpack(spec["valid"], ref.device)
     n_heads, n_pos = shape["n_heads"], run["tokens"].shape[1]
-    edges = PatchedEdges(masks, valid, ref, run["tokens"].shape[0] // masks.shape[0], n_pos)
     n_senders = ref.shape[0]
     for layer, (head_sender, mlp_sender, *rs) in enumerate(spec["layers"]):
         block, attn, ln1, ln2 = _program._parts(lm, arch, layer)
         resid = block.input
         if layer == 0:
+            where = resid.device
+            masks, valid = unpack(spec["masks"], where), unpack(spec["valid"], where)
+            batch = resid.shape[0] // masks.shape[0]
+            edges = PatchedEdges(masks, valid, ref.to(where), batch, n_pos)
             edges.write(0, resid[:, :, None])
         fixes = {
             kind: edges.correction(head_sender, slice(*r))
@@ -147,7 +152,7 @@ def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict
         for kind, c in fixes.items():  # forward order: q, k, v
             if c is None:
                 continue
-            rows = resid[:, :, None] - c.to(resid.dtype)
+            rows = resid[:, :, None] - c.to(resid.device, resid.dtype)
             value = _project(attn, arch, kind, _program.apply_norm(ln1, rows, arch, spec["eps"]))
             out = outs[kind] if arch == "gpt2" else getattr(attn, f"{kind}_proj").output
             out[...] = value.reshape(out.shape).to(out.dtype)
@@ -155,10 +160,12 @@ def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict
         edges.write(head_sender, _program._head_out(proj.input, proj.weight, arch, n_heads))
         c = edges.correction(mlp_sender, slice(*rs[3]))
         if c is not None:  # a new tensor: the residual stream itself stays as it is
-            ln2.input = ln2.input - c[:, :, 0].to(ln2.input.dtype)
+            x = ln2.input
+            ln2.input = x - c[:, :, 0].to(x.device, x.dtype)
         edges.write(mlp_sender, block.mlp.output[:, :, None])
     norm = lm.model.norm if arch == "llama" else lm.transformer.ln_f
     c = edges.correction(n_senders, slice(spec["logits"], spec["logits"] + 1))
     if c is not None:
-        norm.input = norm.input - c[:, :, 0].to(norm.input.dtype)
+        x = norm.input
+        norm.input = x - c[:, :, 0].to(x.device, x.dtype)
     return _program.readout(lm.lm_head.output[:, -1], run["readout"])
