@@ -239,28 +239,27 @@ def test_remote_eap_ig_is_two_jobs_and_equals_the_bridge(remote, pairs):
 
 
 def test_remote_curve_is_one_job_and_equals_the_bridge(remote, pairs):
-    """The baselines are one job (once per graph, ablation and metric); then a whole curve —
-    every size a block of rows of one pass — MIB's ten sizes, or one circuit is one job
-    each, and only readouts come back."""
+    """A whole curve — every size a block of rows of one pass — MIB's ten sizes, or one
+    circuit is one job each (the first also carries the baselines: the metric's inputs),
+    and only readouts come back."""
     graph = cv.circuit(remote.bridge, pairs, progress=False)
     sent = len(remote.fake.requests)
     ref = graph.faithfulness_curve(remote.bridge, pairs, top_edges=SIZES)
     got = graph.faithfulness_curve(remote.client, pairs, top_edges=SIZES)
     assert close(torch.tensor(got.metric), torch.tensor(ref.metric)) <= TOL
-    assert len(remote.fake.requests) == sent + 2
-    assert max(remote.fake.result_bytes[-2:]) < 2048
+    assert len(remote.fake.requests) == sent + 1 and remote.fake.result_bytes[-1] < 2048
     got = graph.faithfulness_curve(remote.client, pairs, top_edges=SIZES)
-    assert len(remote.fake.requests) == sent + 3
+    assert len(remote.fake.requests) == sent + 2
     ref = mib_scores(graph, remote.bridge, pairs, progress=False)
     got = mib_scores(graph, remote.client, pairs, progress=False)
     assert close(torch.tensor(got.metric), torch.tensor(ref.metric)) <= TOL
-    assert len(remote.fake.requests) == sent + 4
+    assert len(remote.fake.requests) == sent + 3
     for ablation in ("mean", "corrupted"):
         ref = graph.prune(top_edges=8).faithfulness(remote.bridge, pairs, ablation=ablation)
         got = graph.prune(top_edges=8).faithfulness(remote.client, pairs, ablation=ablation)
         assert abs(got.metric - ref.metric) <= TOL
         assert abs(got.corrupted - ref.corrupted) <= TOL
-    assert len(remote.fake.requests) == sent + 7  # mean: its baselines, then the circuit
+    assert len(remote.fake.requests) == sent + 5
     assert remote.states[-1] == "done" and not remote.server.has_hooks()
 
 
@@ -272,7 +271,7 @@ def test_remote_circuit_view_clicks_to_ablate(remote, pairs):
     sent = len(remote.fake.requests)
     got_view._handle_custom_msg({"type": "faithfulness", "ablated": ["L0H1"], "request": 3})
     got = got_view.faithfulness
-    assert len(remote.fake.requests) == sent + 3  # baselines, the circuit, it ablated
+    assert len(remote.fake.requests) == sent + 2  # the circuit (and baselines), it ablated
     gap = ref_view.result["clean"] - ref_view.result["corrupted"]
     for key in ("circuit", "ablated"):
         assert abs(got[key] - ref[key]) * abs(gap) <= TOL

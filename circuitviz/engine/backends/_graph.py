@@ -149,47 +149,60 @@ def graph_context(model: Any, graph: Any, pairs: PromptPairs, ablation: str, met
 
 
 def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: Any) -> Any:
-    """The baselines in one request: the corrupted and clean readouts (and, for ``"mean"``,
-    the empty circuit's). Locally the reference senders come back and are kept here, so a
-    circuit is then one pass; on NDIF they stay on the server (a large model's are too big to
-    ship) and each request computes them again."""
+    """A context whose baselines ride in its first request (see :class:`SeamContext`)."""
     layout = Layout.of(model)
     tokens = tokenize(model, pairs)
     spec, short = _reduced(metric, tokens)
-    template = _circuit_spec(model, layout)
-    backend = backend_of(model)
-    mean, local = ablation == "mean", not backend.remote
-    senders = {"kind": "senders", "bring": local}
-    runs = [
-        Run(tokens.corrupted, readout=spec, grad=senders if local and not mean else {}),
-        Run(tokens.clean, readout=spec, grad=senders if mean else {}),
-    ]
-    if mean:  # the empty circuit: every edge carries the clean senders' batch mean
-        masks = empty_mask(graph)[None]
-        runs.append(Run(tokens.clean, readout=spec, grad={**template, "masks": pack(masks)}))
     ctx = SeamContext(layout, [], tokens, None, None, 0.0, 0.0)
-    ctx.backend, ctx.spec, ctx.template, ctx.ablation = backend, spec, template, ablation
-    outs = backend.execute(ctx.with_ref(runs), desc="circuits", progress=False)
-    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
-    if local:
-        ctx.ref = outs[1 if mean else 0].returned["senders"]
-        ctx.ref = ctx.ref.mean(1, keepdim=True) if mean else ctx.ref
-    ctx.metric = bind_metric(metric, short, clean_l, corr_l)
-    ctx.clean = ctx.metric(clean_l)
-    ctx.reference = ctx.metric(_logits(outs[2])) if mean else ctx.metric(corr_l)
+    ctx.backend, ctx.spec, ctx.ablation = backend_of(model), spec, ablation
+    ctx.template = _circuit_spec(model, layout)
+    empty = empty_mask(graph)[None] if ablation == "mean" else None
+    ctx.pending = (metric, short, empty)
     return ctx
 
 
 @dataclass
 class SeamContext(Context):
     """:class:`..graph._faithfulness.Context` whose circuits run as one request, every chunk
-    of circuits rows of one pass; ``ref`` is the reference senders when they are kept here
-    (locally), else ``None``: a senders run leads the request."""
+    of circuits rows of one pass.
+
+    The first request also carries the baselines (the corrupted and clean readouts that bind
+    the metric, and for ``"mean"`` the empty circuit's); until it has run, ``metric``,
+    ``clean`` and ``reference`` are unset (every caller asks for circuits first). ``ref`` is
+    the reference senders when they are kept here (locally: a circuit is then one pass), else
+    ``None``: on NDIF they stay on the server (a large model's are too big to ship), and a
+    senders run leads each request."""
 
     backend: Any = None  # the model's (called with an nnsight model object, it wraps it)
     spec: dict | None = None  # the readout
     template: dict | None = None  # a circuits run's plain data, but its masks and ref
     ablation: str = "corrupted"
+    pending: tuple | None = None  # (metric, its tokens, the empty mask) until bound
+
+    def _baselines(self) -> list[Run]:
+        mean, local = self.ablation == "mean", not self.backend.remote
+        senders = {"kind": "senders", "bring": local}
+        tokens, spec = self.tokens, self.spec or {}
+        runs = [
+            Run(tokens.corrupted, readout=spec, grad={} if mean else senders),
+            Run(tokens.clean, readout=spec, grad=senders if mean else {}),
+        ]
+        if mean:  # the empty circuit: every edge carries the clean senders' batch mean
+            empty = {**(self.template or {}), "masks": pack(self.pending[2])}
+            runs.append(Run(tokens.clean, readout=spec, grad=empty))
+        return runs
+
+    def _bind(self, outs: list) -> None:
+        metric, short, _ = self.pending
+        mean = self.ablation == "mean"
+        corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
+        if not self.backend.remote:
+            ref = outs[1 if mean else 0].returned["senders"]
+            self.ref = ref.mean(1, keepdim=True) if mean else ref
+        self.metric = bind_metric(metric, short, clean_l, corr_l)
+        self.clean = self.metric(clean_l)
+        self.reference = self.metric(_logits(outs[2])) if mean else self.metric(corr_l)
+        self.pending = None
 
     def with_ref(self, runs: list[Run]) -> list[Run]:
         """``runs`` with the reference their circuits read: kept here, or from a senders run
@@ -213,13 +226,18 @@ class SeamContext(Context):
         progress: bool = False,
     ) -> list[float]:
         masks, n = mask_source(masks, n)
+        first = self._baselines() if self.pending else []
         runs = []
         for start in range(0, n, self.circuits_per_pass):
             chunk = masks(start, min(n, start + self.circuits_per_pass))
             tokens = self.tokens.clean.repeat(chunk.shape[0], 1)
             grad = {**(self.template or {}), "masks": pack(chunk)}
             runs.append(Run(tokens, readout=self.spec or {}, grad=grad))
-        outs = self.backend.execute(self.with_ref(runs), desc="circuits", progress=progress)
+        outs = self.backend.execute(
+            self.with_ref([*first, *runs]), desc="circuits", progress=progress
+        )
+        if first:
+            self._bind(outs[-len(runs) - len(first) : -len(runs)])
         values = []
         for out in outs[-len(runs) :]:
             logits = _logits(out)
