@@ -341,7 +341,12 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     gradient reaching receiver ``r``'s pre-norm input through its own path only — a head's
     q, k or v projection (a KV head's k/v once for its GQA group) and ``ln1``, the MLP's
     ``ln2``, the final norm — as the bridge's graph takes it. ``saved[("senders",)]`` holds
-    the corrupted run's senders; ``run["grad"]["weights"]`` is ∂M/∂readout."""
+    the corrupted run's senders; ``run["grad"]["weights"]`` is ∂M/∂readout at this run's
+    readout.
+
+    EAP-IG: the clean run (no ``alpha``) keeps the clean senders; each later step (``alpha``:
+    interpolated embeddings) adds its receiver gradients to theirs, and the last
+    (``steps_left`` 0) turns their mean over ``steps`` into the scores."""
     spec = run["grad"]
     n_layers, h, kv = shape["n_layers"], shape["n_heads"], shape["n_kv_heads"]
     embed = lm.model.embed_tokens if arch == "llama" else lm.transformer.wte
