@@ -20,7 +20,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from . import backends
-from ._components import Component, check_range, listed, parse_components
+from ._components import Component, check_range, parse_components
 from ._metrics import MetricFn, check_metric
 from ._models import check_bridge
 from ._pairs import InputError, PromptPairs, check_pairs
@@ -247,14 +247,17 @@ def ablate(
     result are None.
     """
     if (seam := backends.route(model, "ablate")) is not None:
-        if listed(features, "features", "['L11F1234', 'L11ERR:P5']"):  # not silently dropped
-            from .backends._nnsight import BridgeOnly
-
-            raise BridgeOnly(
-                "ablate(features=…) (SAE latents and error terms) runs on the TransformerLens "
-                "bridge only: load it with circuitviz.load_model(name)."
-            )
-        return seam(model, pairs, heads=heads, mlps=mlps, mode=mode, metric=metric, k=k)
+        return seam(
+            model,
+            pairs,
+            heads=heads,
+            mlps=mlps,
+            features=features,
+            saes=saes,
+            mode=mode,
+            metric=metric,
+            k=k,
+        )
     check_bridge(model)
     k = _check_options(model, mode, k)
     check_pairs(pairs)

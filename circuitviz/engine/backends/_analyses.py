@@ -165,18 +165,28 @@ def ablate(
     *,
     heads: Iterable[Any] = (),
     mlps: Iterable[Any] = (),
+    features: Iterable[Any] = (),
+    saes: Any = None,
     mode: str = "zero",
     metric: str | MetricFn = "logit_diff",
     k: int = 10,
 ) -> AblationResult:
     """Ablation as requests: the baselines once per (pairs, metric, k), then one request per
-    new ablation set (the corrupted run it copies from rides in the same request)."""
-    from .._ablation import _check_options, normalize_components
+    new ablation set (the corrupted run it copies from rides in the same request). SAE
+    features are spliced in on the server (:mod:`._features`)."""
+    from .._ablation import _check_options, feature_edits, normalize_components
+    from ._features import feature_ablation
 
     k = _check_options(model, mode, k)
     check_pairs(pairs)
     check_metric(metric)
-    targets = normalize_components(model, heads, mlps)
+    targets = normalize_components(model, heads, mlps, features=features)
+    feats = [c for c in targets if c.kind == "feature"]
+    if feats:
+        from ..features import as_sae_set
+
+        saes = as_sae_set(saes) if saes is not None else None
+        feature_edits(targets, saes, lambda h, i: 0.0)  # checked before any request
     backend = backend_of(model)
     memo = model._memo if hasattr(model, "_memo") else {}
     key = ("ablate", pairs, metric, k)
@@ -188,9 +198,10 @@ def ablate(
         tokens = prepared["tokens"]
     for c in targets:
         check_range(c, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, n_pos=tokens.n_pos)
-    if prepared is not None and (targets, mode) in prepared["done"]:
-        prepared["done"].move_to_end((targets, mode))
-        return prepared["done"][(targets, mode)]
+    done_key = (targets, mode, id(saes) if feats else None)
+    if prepared is not None and done_key in prepared["done"]:
+        prepared["done"].move_to_end(done_key)
+        return prepared["done"][done_key]
     spec, short = _reduced(metric, tokens)
     top_spec = {**spec, "topk": (k, 0)}
     # One request: the corrupted run (a baseline, and what mean/resample copy from), the
@@ -205,12 +216,13 @@ def ablate(
         n_layers = model.cfg.n_layers
         corrupted_run.returns = {(s, layer) for s in ("z", "mlp_out") for layer in range(n_layers)}
     copy = mode != "zero" and cached is None
-    runs = [corrupted_run] if prepared is None or (targets and copy) else []
+    ablated_run = Run(tokens.clean, readout=top_spec)
+    copy_features = feature_ablation(model, ablated_run, corrupted_run, feats, saes, mode)
+    runs = [corrupted_run] if prepared is None or (targets and copy) or copy_features else []
     if prepared is None:
         runs.append(Run(tokens.clean, readout=top_spec))
     if targets:
-        ablated_run = Run(tokens.clean, readout=top_spec)
-        for c in targets:
+        for c in (c for c in targets if c.kind != "feature"):
             site = "mlp_out" if c.head is None else "z"
             src = _ablation_source(mode, cached, (site, c.layer))
             ablated_run.writes.setdefault((site, c.layer), []).append((None, c.pos, c.head, src))
@@ -251,7 +263,7 @@ def ablate(
         top_before=prepared["top"],
         top_after=top_after,
     )
-    done[(targets, mode)] = result
+    done[done_key] = result
     if len(done) > _MEMO_SIZE:
         done.popitem(last=False)
     return result

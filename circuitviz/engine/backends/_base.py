@@ -60,7 +60,10 @@ class Run:
     ``readout``: what comes back from the final-position logits (:func:`._program.readout`);
     ``grow[layer]``: rows (copies of row 0) that join the batch at that layer's input;
     ``grad``: an attribution run — ``{"site", "cell", "weights"}``, see
-    :func:`._program.nnsight_attribution` (its readout then holds ``effects``).
+    :func:`._program.nnsight_attribution` (its readout then holds ``effects``);
+    ``splices[(site, layer)]``: an SAE spliced in at ``resid_pre``/``resid_post`` (see
+    :mod:`._feature_program`); ``generate``: ``{"n_tokens", "eos"}`` for a greedy
+    continuation instead of one forward pass.
     """
 
     tokens: torch.Tensor
@@ -70,6 +73,8 @@ class Run:
     readout: dict[str, Any] = field(default_factory=dict)
     grow: dict[int, int] = field(default_factory=dict)
     grad: dict[str, Any] = field(default_factory=dict)
+    splices: dict[tuple[str, int], dict] = field(default_factory=dict)
+    generate: dict[str, Any] = field(default_factory=dict)
 
     def as_plain(self) -> dict:
         """The run as builtins and tensors, with the layers and sites it touches."""
@@ -87,6 +92,8 @@ class Run:
             "readout": dict(self.readout),
             "grow": dict(self.grow),
             "grad": dict(self.grad),
+            "splices": dict(self.splices),
+            "generate": dict(self.generate),
             "touched": {layer: tuple(sorted(s)) for layer, s in touched.items()},
         }
 

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._pairs import InputError
-from . import _edges, _program
+from . import _edges, _feature_program, _program
 from ._base import Output, Run, StatusCallback
 
 #: The HF architectures whose modules map onto circuitviz's sites.
@@ -369,9 +369,22 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue
+            if run["generate"]:  # a greedy continuation, SAEs spliced at every pass
+                out = {}
+                gen_options = run["generate"]["options"]
+                with lm.generate(run["tokens"], **gen_options) as gen:
+                    _feature_program.nnsight_generate(
+                        lm, arch, shape, gen, run, index, saved, back, out
+                    )
+                out.update(_program.readout(out.pop("first"), run["readout"]))
+                results.append({"out": out, "back": back})
+                _program.tick()
+                continue
             with lm.trace(run["tokens"]):
                 for layer in range(shape["n_layers"]):
+                    _feature_program.at_layer(lm, arch, layer, "pre", run, index, saved, back)
                     _program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back)
+                    _feature_program.at_layer(lm, arch, layer, "post", run, index, saved, back)
                 out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
             results.append({"out": out, "back": back})
             _program.tick()

@@ -69,10 +69,11 @@ def ship_by_value() -> None:
     """Send the request's helper code with it: NDIF has torch and nnsight, not circuitviz."""
     import nnsight
 
-    from . import _edges, _program
+    from . import _edges, _feature_program, _program
 
     nnsight.register(_program)
     nnsight.register(_edges)
+    nnsight.register(_feature_program)
 
 
 def explain(err: Exception, model: NNsightModel) -> RemoteJobError:

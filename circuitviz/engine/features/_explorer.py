@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import backends
 from .._models import model_name
 from .._pairs import InputError, check_text, encode, uses_bos
 from ._sae import SAE, SAESet, as_sae_set
@@ -102,6 +103,8 @@ def feature_activations(
     check_text(prompt, "prompt")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
         raise InputError(f"k={k!r} must be an integer from 1 to 64.")
+    if (seam := backends.route(model, "feature_activations")) is not None:  # nnsight
+        return seam(model, prompt, saes, k=k, prepend_bos=prepend_bos)
     check_sites(model, saes)
     ids = encode(model, prompt, prepend_bos=prepend_bos)
     device = next(iter(model.parameters())).device

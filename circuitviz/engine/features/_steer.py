@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import backends
 from .._ablation import _prepare, top_tokens
 from .._metrics import MetricFn, check_metric
 from .._models import check_bridge
@@ -253,7 +254,13 @@ def warm(
 ) -> None:
     """Generate and keep the unedited side of :func:`steer` for ``prompt`` (what a view does
     when it opens, so that its first click costs one edited generation)."""
-    _unedited(model, encode(model, prompt, prepend_bos=prepend_bos), saes, n_tokens, k)
+    tokens = encode(model, prompt, prepend_bos=prepend_bos)
+    if backends.is_nnsight(model):
+        from ..backends._features import unedited
+
+        unedited(model, tokens, saes, n_tokens)
+        return
+    _unedited(model, tokens, saes, n_tokens, k)
 
 
 def clamp_values(
@@ -359,7 +366,8 @@ def steer(
     The edits act through the SAEs' splice (reconstruction + error term), so with nothing
     edited the model's output is unchanged. Interrupting stops it with no hook left.
     """
-    check_bridge(model)
+    if not backends.is_nnsight(model):
+        check_bridge(model)
     saes = as_sae_set(saes)
     if not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}.")
@@ -394,6 +402,21 @@ def steer(
             raise InputError(
                 f"Feature {f.id}: position {f.pos} is past the prompt's {tokens.numel()} tokens."
             )
+    if (seam := backends.route(model, "steer")) is not None:  # nnsight: one request per edit
+        return seam(
+            model,
+            prompt,
+            tokens,
+            saes,
+            feats,
+            mode=mode,
+            scale=scale,
+            n_tokens=n_tokens,
+            pairs=pairs,
+            metric=metric,
+            answer_ids=answer_ids,
+            k=k,
+        )
     unedited = _unedited(model, tokens, saes, n_tokens, k)
     values = (
         [0.0] * len(feats)

@@ -1,0 +1,285 @@
+"""SAE features on nnsight, locally or on NDIF: the latents a FeatureView shows, feature
+ablation, and ``steer`` (greedy continuations with latents clamped or ablated).
+
+What travels, and why:
+
+- *Reading latents* (:func:`feature_activations`, the clamp scale's prompt maximum) brings
+  back the activations at the SAEs' hooks, ``[pos, d_model]`` each, and encodes them here
+  with the client's SAE — no SAE weight leaves this machine, and a ``[pos, d_sae]`` latent
+  map (16k-65k wide) never crosses the network.
+- *Editing latents* (ablation, steering) must happen inside the forward pass, so the edit
+  travels with the request — but only what it needs (:func:`sae_payload`): the edited
+  latents' decoder rows (``x + (f' − f) @ W_dec[edited]`` is the splice with its error term)
+  and the encoder columns that decide ``f`` there: the edited ones for ReLU/JumpReLU SAEs,
+  all of them for TopK (whether a latent is among the top k depends on every column).
+
+The torch code that runs in the trace is :mod:`._feature_program` (shipped by value).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from .._pairs import InputError, encode, uses_bos
+from ._base import Output, Run, backend_of, ported
+
+#: SAE hooks an nnsight model can splice: a decoder layer's input and output.
+_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
+
+
+def splice_key(model: Any, hook: str, what: str = "SAE") -> tuple[str, int]:
+    """``("resid_pre" | "resid_post", layer)`` of an SAE hook, or an InputError naming the
+    bridge for the hooks nnsight cannot reach at a module boundary."""
+    m = _HOOK.fullmatch(hook)
+    if m is None or int(m[1]) >= model.cfg.n_layers:
+        raise InputError(
+            f"The {what} at {hook!r} cannot be spliced on the nnsight backend: it splices SAEs "
+            "at 'blocks.L.hook_resid_pre' / 'blocks.L.hook_resid_post' (a decoder layer's "
+            f"input or output, L < {model.cfg.n_layers}). Use the TransformerLens bridge for "
+            f"it: circuitviz.load_model({model.cfg.model_name!r})."
+        )
+    return f"resid_{m[2]}", int(m[1])
+
+
+def check_saes(model: Any, saes: Any) -> None:
+    """Every SAE reads a hook nnsight can splice, and the model's width."""
+    for hook, sae in saes.items():
+        splice_key(model, hook)
+        if sae.d_in != model.cfg.d_model:
+            raise InputError(
+                f"The SAE {sae.name!r} reads {sae.d_in}-wide vectors but {hook!r} gives "
+                f"{model.cfg.d_model}: pass an SAE trained on this model's hook."
+            )
+
+
+def sae_payload(sae: Any, latents: Sequence[int]) -> dict:
+    """What an edit of ``latents`` needs of ``sae`` on the server (see the module doc)."""
+    index = torch.as_tensor(list(latents), dtype=torch.long)
+    topk = sae.activation == "topk"
+    return {
+        "activation": sae.activation,
+        "k": sae.k,
+        "W_enc": sae.W_enc if topk else sae.W_enc[:, index].contiguous(),
+        "b_enc": sae.b_enc if topk else sae.b_enc[index].contiguous(),
+        "threshold": None if sae.threshold is None else sae.threshold[index].contiguous(),
+        "b_dec_in": sae.b_dec if sae.apply_b_dec_to_input else None,
+        "pick": index if topk else None,
+        "W_dec": sae.W_dec[index].contiguous(),
+    }
+
+
+def add_edits(model: Any, run: Run, saes: Any, edits: Iterable[tuple[str, int, Any, Any]]):
+    """Splice the SAEs into ``run`` with ``edits``: ``(hook, latent, pos, src)`` each, where
+    ``src`` is a number, a ``[batch | 1, pos]`` tensor, or ``("run", i, "mean" | "rows")``
+    (the latent on run ``i``'s activation, kept with :func:`keep`)."""
+    by_hook: dict[str, list] = {}
+    for hook, latent, pos, src in edits:
+        by_hook.setdefault(hook, []).append((latent, pos, src))
+    for hook, items in by_hook.items():
+        columns = list(dict.fromkeys(latent for latent, _, _ in items))
+        spec = run.splices.setdefault(splice_key(model, hook), {})
+        spec["sae"] = sae_payload(saes[hook], columns)
+        spec["edits"] = [(columns.index(latent), pos, _source(src)) for latent, pos, src in items]
+
+
+def _source(src: Any) -> tuple:
+    if isinstance(src, tuple):
+        return src
+    if isinstance(src, torch.Tensor):
+        return ("tensor", src.detach().float().cpu())
+    return ("const", float(src))
+
+
+def keep(model: Any, run: Run, hooks: Iterable[str], *, back: bool = False) -> None:
+    """Make ``run`` keep (for later runs of the request) or bring back its activations at
+    ``hooks`` (SAE hooks; unedited by this run)."""
+    for hook in hooks:
+        spec = run.splices.setdefault(splice_key(model, hook), {})
+        spec["back" if back else "save"] = True
+
+
+def returned(model: Any, out: Output, hook: str) -> torch.Tensor:
+    """The activation a run brought back at ``hook`` (see :func:`keep`)."""
+    return out.returned[("splice", *splice_key(model, hook))]
+
+
+# ----------------------------------------------------------------------------- explorer
+
+
+def feature_activations(model: Any, prompt: str, saes: Any, *, k: int, prepend_bos: Any):
+    """:func:`circuitviz.engine.features.feature_activations` on nnsight: one request brings
+    back the activations at the SAEs' hooks; the latents are encoded here."""
+    from .._models import model_name
+    from ..features._explorer import FeatureActivations
+
+    check_saes(model, saes)
+    with ported():
+        ids = encode(model, prompt, prepend_bos=prepend_bos)
+    run = Run(ids[None])
+    keep(model, run, saes, back=True)
+    out = backend_of(model).execute([run], desc="feature activations", progress=False)[0]
+    latents, top_index, top_value = {}, {}, {}
+    with torch.no_grad():
+        for hook, sae in saes.items():
+            x = returned(model, out, hook)[0]
+            f = sae.encode(x.to(sae.W_enc.device)).float().cpu()
+            top = f.topk(min(k, sae.d_sae), dim=-1)
+            latents[hook], top_index[hook], top_value[hook] = f, top.indices, top.values
+    return FeatureActivations(
+        tokens=[str(t) for t in model.to_str_tokens(ids)],
+        ids=ids.cpu(),
+        latents=latents,
+        top_index=top_index,
+        top_value=top_value,
+        model_name=model_name(model),
+        first=int(uses_bos(model, prepend_bos)),
+        extra={"backend": backend_of(model).name, "requests": 1},
+    )
+
+
+def feature_ablation(
+    model: Any, ablated: Run, corrupted: Run, feats: Sequence[Any], saes: Any, mode: str
+) -> bool:
+    """Add ``feats`` (feature components) to ``ablated``: zero, or the corrupted prompts'
+    latent (``mode="mean"``: its mean over them) kept by ``corrupted``, run 0 of the same
+    request. Returns whether ``corrupted`` must run."""
+    if not feats:
+        return False
+    check_saes(model, {c.hook: saes[c.hook] for c in feats})
+    src = 0.0 if mode == "zero" else ("run", 0, "mean" if mode == "mean" else "rows")
+    add_edits(model, ablated, saes, [(c.hook, c.feature, c.pos, src) for c in feats])
+    if mode != "zero":
+        keep(model, corrupted, {c.hook for c in feats})
+    return mode != "zero"
+
+
+# ----------------------------------------------------------------------------- steering
+
+
+def _eos(model: Any) -> int | None:
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    return None if eos is None else int(eos)
+
+
+def _generation(model: Any, tokens: torch.Tensor, n_tokens: int) -> Run:
+    """A greedy continuation of ``tokens`` as one run: HF ``generate`` with its KV cache,
+    greedy, stopping at the tokenizer's end of sequence as the bridge's loop does; the first
+    token's logits come back whole (the top tokens and any answer's logit are read here)."""
+    options: dict[str, Any] = {"max_new_tokens": n_tokens, "do_sample": False, "num_beams": 1}
+    eos = _eos(model)
+    if eos is not None:
+        options |= {"eos_token_id": eos, "pad_token_id": eos}
+    return Run(tokens[None], readout={"full": True}, generate={"options": options})
+
+
+def _continuation(model: Any, out: Output) -> tuple[list[int], torch.Tensor]:
+    """The greedy ids (up to the end of sequence, not included) and first-token logits."""
+    ids, eos = [int(t) for t in out.readout["ids"]], _eos(model)
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    return ids, out.readout["full"][0]
+
+
+def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict:
+    """The unedited side of a steer — continuation, first logits, each latent's maximum over
+    the prompt — as one request, kept per (prompt, n_tokens, SAE set)."""
+    key = ("steer", tuple(tokens.tolist()), n_tokens, id(saes))
+    held = model._memo.get(key)
+    if held is not None and held[0] is saes:
+        return held[1]
+    check_saes(model, saes)
+    run = _generation(model, tokens, n_tokens)
+    keep(model, run, saes, back=True)
+    out = backend_of(model).execute([run], desc="steer: before", progress=False)[0]
+    ids, first = _continuation(model, out)
+    with torch.no_grad():
+        latent_max = {
+            hook: sae.encode(returned(model, out, hook)[0]).amax(0).float().cpu()
+            for hook, sae in saes.items()
+        }
+    value = {"ids": ids, "first": first, "latent_max": latent_max}
+    model._memo[key] = (saes, value)
+    return value
+
+
+def steer(
+    model: Any,
+    prompt: str,
+    tokens: torch.Tensor,
+    saes: Any,
+    feats: Sequence[Any],
+    *,
+    mode: str,
+    scale: float,
+    n_tokens: int,
+    pairs: Any,
+    metric: Any,
+    answer_ids: tuple[int, int] | None,
+    k: int,
+) -> Any:
+    """:func:`circuitviz.engine.features.steer` on nnsight (inputs already checked there):
+    the unedited side is one request per prompt (kept), and each edit one request — the
+    whole edited continuation, plus the pairs' metric runs when ``pairs`` are given."""
+    from .._ablation import top_tokens
+    from .._metrics import bind_metric
+    from .._pairs import tokenize
+    from ..features._steer import SteerResult, clamp_values
+    from ._analyses import _logits, _reduced
+
+    check_saes(model, saes)
+    before = unedited(model, tokens, saes, n_tokens)
+    values = (
+        [0.0] * len(feats)
+        if mode == "ablate"
+        else clamp_values(saes, feats, scale, before["latent_max"])
+    )
+    edits = [(f.hook, f.index, f.pos, v) for f, v in zip(feats, values, strict=True)]
+    run = _generation(model, tokens, n_tokens)
+    add_edits(model, run, saes, edits)
+    runs = [run]
+    if pairs is not None:
+        with ported():
+            ptokens = tokenize(model, pairs)
+        for f in feats:
+            if f.pos is not None and f.pos >= ptokens.n_pos:
+                raise InputError(f"Position {f.pos} is past the pairs' {ptokens.n_pos} tokens.")
+        spec, short = _reduced(metric, ptokens)
+        edited = Run(ptokens.clean, readout=spec)
+        add_edits(model, edited, saes, edits)
+        runs += [Run(ptokens.corrupted, readout=spec), Run(ptokens.clean, readout=spec), edited]
+    outs = backend_of(model).execute(runs, desc=f"steer: after ({mode})", progress=False)
+    after_ids, after_first = _continuation(model, outs[0])
+    metric_name = metric_before = metric_after = None
+    if pairs is not None:
+        corr_l, clean_l, edited_l = (_logits(o) for o in outs[1:])
+        bound = bind_metric(metric, short, clean_l, corr_l)
+        metric_name, metric_before = bound.name, bound(clean_l)
+        metric_after = float(bound.per_example(edited_l).mean())
+    elif answer_ids is not None:
+        a, w = answer_ids
+        metric_name = "logit_diff"
+        metric_before = float(before["first"][a] - before["first"][w])
+        metric_after = float(after_first[a] - after_first[w])
+    decode = model.tokenizer.decode
+    return SteerResult(
+        prompt=prompt,
+        tokens=list(model.to_str_tokens(tokens)),
+        features=[f.id for f in feats],
+        mode=mode,
+        scale=scale,
+        values=values,
+        before=decode(before["ids"], skip_special_tokens=True),
+        after=decode(after_ids, skip_special_tokens=True),
+        before_tokens=[model.to_string(i) for i in before["ids"]],
+        after_tokens=[model.to_string(i) for i in after_ids],
+        top_before=top_tokens(model, before["first"], k),
+        top_after=top_tokens(model, after_first, k),
+        metric=metric_name,
+        metric_before=metric_before,
+        metric_after=metric_after,
+        cached=True,
+    )
