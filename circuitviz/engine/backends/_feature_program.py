@@ -97,12 +97,13 @@ def at_layer(lm, arch: str, layer: int, where: str, run: dict, index: int, saved
     splice(x, spec, (site, layer), index, saved, back, step)
 
 
-def nnsight_generate(lm, arch: str, shape: dict, gen, run: dict, index: int, saved, back, out):
+def nnsight_generate(lm, arch: str, shape: dict, gen, run: dict, index: int, saved, back):
     """Greedy generation inside ``lm.generate(...)``: every pass (the prompt's, then one per
-    new token, with the KV cache) splices the SAEs; ``out`` gets the first pass's
-    final-position logits (``out["first"]``) and each pass's greedy token (``out["ids"]``, a
-    list of 0-d tensors). A generation that stops early (end of sequence) ends the loop."""
-    out["ids"] = []
+    new token, with the KV cache) splices the SAEs. ``back["generated"]`` gets the first
+    pass's final-position logits (``"first"``) and each pass's greedy token (``"ids"``, 0-d
+    tensors) as they come: a generation that stops early (end of sequence) unwinds the loop
+    (nnsight's open step is left parked), and what it filled in stays."""
+    out = back["generated"] = {"ids": []}
     for step in gen.iter[: run["generate"]["options"]["max_new_tokens"]]:
         for layer in range(shape["n_layers"]):
             at_layer(lm, arch, layer, "pre", run, index, saved, back, step)

@@ -370,12 +370,9 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 _program.tick()
                 continue
             if run["generate"]:  # a greedy continuation, SAEs spliced at every pass
-                out = {}
-                gen_options = run["generate"]["options"]
-                with lm.generate(run["tokens"], **gen_options) as gen:
-                    _feature_program.nnsight_generate(
-                        lm, arch, shape, gen, run, index, saved, back, out
-                    )
+                with lm.generate(run["tokens"], **run["generate"]["options"]) as gen:
+                    _feature_program.nnsight_generate(lm, arch, shape, gen, run, index, saved, back)
+                out = back.pop("generated")
                 out.update(_program.readout(out.pop("first"), run["readout"]))
                 results.append({"out": out, "back": back})
                 _program.tick()

@@ -1,0 +1,233 @@
+"""SAE features on nnsight, locally and through the fake NDIF: the latents FeatureView shows,
+feature ablation, and ``steer`` give the bridge's numbers and tokens.
+
+Reference: circuitviz's bridge implementations (``feature_activations``, ``cv.ablate(...,
+features=...)`` and ``steer`` on the ``TransformerBridge`` with the same weights), which
+``test_feature_explorer.py``, ``test_feature_nodes.py`` and ``test_steer.py`` check on their
+own terms. Tolerance 1e-4 in float32; steer's greedy tokens must be identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zstandard
+
+import circuitviz as cv
+from circuitviz.engine import has_hooks
+from circuitviz.engine.features import SAE, SAESet, feature_activations, steer
+from tests._tiny_sae import tiny_saes
+
+pytest.importorskip("nnsight")
+
+TOL = 1e-4
+PROMPT = "t1 t2 t3 t4 t1 t2"
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def both(request):
+    """A tiny bridge, the nnsight model over the same weights, and tiny TopK SAEs on
+    ``blocks.{0,1}.hook_resid_post`` (block 1 is the last: its output is the final norm's
+    input)."""
+    bridge = cv.tiny_model(request.param)
+    return bridge, cv.load_model(bridge, backend="nnsight"), tiny_saes(bridge)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return cv.PromptPairs(
+        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
+        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
+        [" t3", " t7"],
+        [" t7", " t3"],
+    )
+
+
+def firing(bridge, saes, hook_index: int) -> int:
+    """The latent of SAE ``hook_index`` that fires most on the prompt's last token (where the
+    next token is read)."""
+    acts = feature_activations(bridge, PROMPT, saes)
+    return int(acts.latents[saes.hooks[hook_index]][-1].argmax())
+
+
+def close(a, b) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def test_feature_activations_equal_the_bridge(both):
+    bridge, nn, saes = both
+    ref = feature_activations(bridge, PROMPT, saes, k=4)
+    got = feature_activations(nn, PROMPT, saes, k=4)
+    assert got.tokens == ref.tokens and got.first == ref.first
+    for hook in saes:
+        assert float((got.latents[hook] - ref.latents[hook]).abs().max()) <= TOL
+        assert torch.equal(got.top_index[hook], ref.top_index[hook])
+    assert got.extra == {"backend": "nnsight", "requests": 1}
+    assert not has_hooks(bridge) and not nn.has_hooks()
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean", "resample"])
+def test_feature_ablation_equals_the_bridge(both, pairs, mode):
+    bridge, nn, saes = both
+    feats = [f"L1F{firing(bridge, saes, 1)}", f"L0F{firing(bridge, saes, 0)}:P2"]
+    ref = cv.ablate(bridge, pairs, features=feats, heads=["L1H0"], saes=saes, mode=mode)
+    got = cv.ablate(nn, pairs, features=feats, heads=["L1H0"], saes=saes, mode=mode)
+    assert abs(got.ablated - ref.ablated) <= TOL and abs(got.clean - ref.clean) <= TOL
+    assert close(got.per_prompt["ablated"], ref.per_prompt["ablated"]) <= TOL
+    assert got.top_after.tokens == ref.top_after.tokens
+    assert close(got.top_after.probs, ref.top_after.probs) <= TOL
+    # the edit does something: the feature alone moves the metric (the random tiny models'
+    # logit differences are ~0.1; the backends agree to ~1e-7)
+    alone = cv.ablate(nn, pairs, features=feats[:1], saes=saes, mode=mode)
+    assert abs(alone.ablated - alone.clean) > 1e-5
+    assert not nn.has_hooks()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"mode": "clamp"},
+        {"mode": "clamp", "scale": 10.0, "answer": " t3", "wrong_answer": " t7"},
+        {"mode": "ablate", "pairs": True, "at": 2},
+    ],
+    ids=["clamp", "clamp-answer", "ablate-pairs-pos"],
+)
+def test_steer_equals_the_bridge(both, pairs, case):
+    bridge, nn, saes = both
+    case = dict(case)
+    feats = [f"L1F{firing(bridge, saes, 1)}"]
+    if "at" in case:
+        feats.append(f"L0F{firing(bridge, saes, 0)}:P{case.pop('at')}")
+    if case.pop("pairs", False):
+        case["pairs"] = pairs
+    ref = steer(bridge, PROMPT, features=feats, saes=saes, n_tokens=12, **case)
+    got = steer(nn, PROMPT, features=feats, saes=saes, n_tokens=12, **case)
+    assert got.before_tokens == ref.before_tokens and got.after_tokens == ref.after_tokens
+    assert got.before == ref.before and got.after == ref.after
+    assert close(got.values, ref.values) <= TOL * max(1.0, max(abs(v) for v in ref.values))
+    assert got.top_after.tokens == ref.top_after.tokens
+    assert close(got.top_after.probs, ref.top_after.probs) <= TOL
+    assert close(got.top_before.probs, ref.top_before.probs) <= TOL
+    if ref.metric is not None:
+        assert got.metric == ref.metric
+        assert abs(got.metric_before - ref.metric_before) <= TOL
+        assert abs(got.metric_after - ref.metric_after) <= TOL
+    assert not nn.has_hooks() and not has_hooks(bridge)
+
+
+def test_steer_changes_the_continuation(both):
+    """The clamp acts at every generated position: the tokens differ from the unedited ones
+    (on both backends alike, see above)."""
+    bridge, nn, saes = both
+    got = steer(nn, PROMPT, features=[f"L1F{firing(bridge, saes, 1)}"], saes=saes, scale=10.0)
+    assert got.after_tokens != got.before_tokens
+
+
+def test_hooks_nnsight_cannot_splice_are_refused_up_front(both, pairs):
+    _, nn, saes = both
+    s = saes[saes.hooks[0]]
+    odd = SAESet([SAE("blocks.0.hook_mlp_out", s.W_enc, s.b_enc, s.W_dec, s.b_dec, k=s.k)])
+    with pytest.raises(cv.InputError, match=r"hook_mlp_out.*nnsight.*load_model"):
+        feature_activations(nn, PROMPT, odd)
+    with pytest.raises(cv.InputError, match=r"hook_mlp_out.*nnsight.*load_model"):
+        steer(nn, PROMPT, features=[("blocks.0.hook_mlp_out", 1)], saes=odd)
+    with pytest.raises(cv.InputError, match="pass the SAEs"):
+        cv.ablate(nn, pairs, features=["L1F1"])
+    assert not nn.has_hooks()
+
+
+# ----------------------------------------------------------------------------- remote
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def remote(request):
+    from tests.test_remote import Setup
+
+    setup = Setup(request.param)
+    return setup, tiny_saes(setup.bridge)
+
+
+def payload(blob: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(blob)
+
+
+def recording(client) -> list:
+    """Every run the client's backend is asked to execute, from now on."""
+    seen: list = []
+    execute = client.backend.execute
+
+    def record(runs, **options):
+        seen.extend(runs)
+        return execute(runs, **options)
+
+    client.backend.execute = record
+    return seen
+
+
+def test_remote_feature_activations_bring_back_activations_not_latents(remote):
+    setup, saes = remote
+    client = setup.make_client()
+    runs = recording(client)
+    sent = len(setup.fake.requests)
+    ref = feature_activations(setup.bridge, PROMPT, saes)
+    got = feature_activations(client, PROMPT, saes)
+    assert len(setup.fake.requests) == sent + 1
+    for hook in saes:
+        assert float((got.latents[hook] - ref.latents[hook]).abs().max()) <= TOL
+    back = setup.fake.results[-1]["results"][0]["back"]
+    d_model = setup.bridge.cfg.d_model
+    assert {tuple(v.shape) for v in back.values()} == {(1, len(ref.tokens), d_model)}
+    # no SAE weight is sent to read latents: the run only asks for the activations back
+    assert [spec for run in runs for spec in run.splices.values()] == [{"back": True}] * 2
+
+
+def test_remote_feature_ablation_is_one_request_per_click(remote, pairs):
+    setup, saes = remote
+    client = setup.make_client()
+    feats = [f"L1F{firing(setup.bridge, saes, 1)}", f"L0F{firing(setup.bridge, saes, 0)}:P3"]
+    sent = len(setup.fake.requests)
+    for mode in ("mean", "resample", "zero"):
+        ref = cv.ablate(setup.bridge, pairs, features=feats, saes=saes, mode=mode)
+        got = cv.ablate(client, pairs, features=feats, saes=saes, mode=mode)
+        assert abs(got.ablated - ref.ablated) <= TOL
+        assert close(got.per_prompt["ablated"], ref.per_prompt["ablated"]) <= TOL
+    assert len(setup.fake.requests) == sent + 3  # the baselines rode with the first click
+
+
+def test_remote_steer_is_one_request_for_the_whole_continuation(remote, pairs):
+    setup, saes = remote
+    client = setup.make_client()
+    runs = recording(client)
+    latent = firing(setup.bridge, saes, 1)
+    feats = [f"L1F{latent}"]
+    sent = len(setup.fake.requests)
+    ref = steer(setup.bridge, PROMPT, features=feats, saes=saes, n_tokens=12, pairs=pairs)
+    got = steer(client, PROMPT, features=feats, saes=saes, n_tokens=12, pairs=pairs)
+    assert len(setup.fake.requests) == sent + 2  # the unedited side (kept), then the edit
+    assert got.before_tokens == ref.before_tokens and got.after_tokens == ref.after_tokens
+    assert close(got.top_after.probs, ref.top_after.probs) <= TOL
+    assert abs(got.metric_after - ref.metric_after) <= TOL
+    again = steer(client, PROMPT, features=feats, saes=saes, n_tokens=12, mode="ablate")
+    assert len(setup.fake.requests) == sent + 3  # a second click: one request
+    assert again.before_tokens == ref.before_tokens
+    # what the edit sent: the edited latent's decoder row, and (a TopK SAE) every encoder
+    # column, since whether a latent is among the top k depends on all of them
+    sae = saes["blocks.1.hook_resid_post"]
+    sent_sae = runs[-1].splices[("resid_post", 1)]["sae"]
+    assert torch.equal(sent_sae["W_dec"], sae.W_dec[[latent]])
+    assert torch.equal(sent_sae["W_enc"], sae.W_enc) and sent_sae["pick"].tolist() == [latent]
+    # before: reads both SAEs; after: the generation, the pairs (corrupted, clean, edited)
+    assert [len(run.splices) for run in runs] == [2, 1, 0, 0, 1, 1]
+    body = payload(setup.fake.requests[-1])
+    assert b"def nnsight_generate" in body and b"def splice" in body  # shipped by value
+
+
+def test_a_relu_sae_sends_only_the_edited_latents_encoder_columns(remote, pairs):
+    from circuitviz.engine.backends._features import sae_payload
+
+    _, saes = remote
+    s = saes["blocks.0.hook_resid_post"]
+    relu = SAE(s.hook_name, s.W_enc, s.b_enc, s.W_dec, s.b_dec, apply_b_dec_to_input=True)
+    sent = sae_payload(relu, [5, 2])
+    assert torch.equal(sent["W_enc"], s.W_enc[:, [5, 2]]) and sent["pick"] is None
+    assert torch.equal(sent["W_dec"], s.W_dec[[5, 2]]) and torch.equal(sent["b_dec_in"], s.b_dec)
