@@ -123,6 +123,41 @@ def test_steer_changes_the_continuation(both):
     assert got.after_tokens != got.before_tokens
 
 
+def test_edit_metric_equals_the_bridge(both, pairs):
+    """What the clamp panel runs after a steer's continuation: the metric on the pairs."""
+    from circuitviz.engine.features import LatentEdit
+    from circuitviz.engine.features._steer import edit_metric
+
+    bridge, nn, saes = both
+    edits = [LatentEdit("blocks.1.hook_resid_post", firing(bridge, saes, 1), 3.0)]
+    edits.append(LatentEdit("blocks.0.hook_resid_post", firing(bridge, saes, 0), 0.0, 4))
+    ref = edit_metric(bridge, pairs, saes, edits, metric="logit_diff")
+    got = edit_metric(nn, pairs, saes, edits, metric="logit_diff")
+    assert got[0] == ref[0] and abs(got[1] - ref[1]) <= TOL and abs(got[2] - ref[2]) <= TOL
+    assert abs(got[2] - got[1]) > 1e-5  # the edit moves it
+
+
+def card_of(model, saes, feature):
+    return cv.FeatureView(model, PROMPT, saes=saes, feature=feature)
+
+
+def same_view(got, ref) -> None:
+    assert got.tokens == ref.tokens and got.chip_labels == ref.chip_labels
+    for key in ("id", "label", "acts_max"):
+        assert got.card[key] == ref.card[key]
+    assert close(got.card["acts"], ref.card["acts"]) <= TOL
+    for key in ("promoted", "suppressed"):
+        assert [t for t, _ in got.card[key]] == [t for t, _ in ref.card[key]]
+        assert close([v for _, v in got.card[key]], [v for _, v in ref.card[key]]) <= TOL
+
+
+def test_feature_view_accepts_an_nnsight_model(both):
+    bridge, nn, saes = both
+    feature = f"blocks.1.hook_resid_post:{firing(bridge, saes, 1)}"
+    same_view(card_of(nn, saes, feature), card_of(bridge, saes, feature))
+    assert not nn.has_hooks()
+
+
 def test_hooks_nnsight_cannot_splice_are_refused_up_front(both, pairs):
     _, nn, saes = both
     s = saes[saes.hooks[0]]
@@ -231,3 +266,22 @@ def test_a_relu_sae_sends_only_the_edited_latents_encoder_columns(remote, pairs)
     sent = sae_payload(relu, [5, 2])
     assert torch.equal(sent["W_enc"], s.W_enc[:, [5, 2]]) and sent["pick"] is None
     assert torch.equal(sent["W_dec"], s.W_dec[[5, 2]]) and torch.equal(sent["b_dec_in"], s.b_dec)
+
+
+def test_remote_feature_view_is_one_request_per_card(remote):
+    """Latents: one request; each card's logit effects: one request (the decoder row goes to
+    the weights, the top tokens come back); labels without statistics: one request."""
+    setup, saes = remote
+    client = setup.make_client()
+    feature = f"blocks.1.hook_resid_post:{firing(setup.bridge, saes, 1)}"
+    sent = len(setup.fake.requests)
+    got = card_of(client, saes, feature)
+    same_view(got, card_of(setup.bridge, saes, feature))
+    # the latents, then each SAE's chip labels; the card's latent is a chip: kept
+    assert len(setup.fake.requests) - sent == 1 + len(saes)
+    back = setup.fake.results[-1]["results"][0]["out"]
+    assert back["up_i"].shape[1] == 10  # each latent's top tokens come back, not d_vocab
+    other = f"blocks.1.hook_resid_post:{firing(setup.bridge, saes, 1) ^ 1}"
+    got.show_feature(other)
+    same_view(got, card_of(setup.bridge, saes, other))
+    assert len(setup.fake.requests) - sent <= 1 + len(saes) + 1  # a new latent: one request

@@ -22,7 +22,15 @@ from ._program import SITES
 _PORTED: ContextVar[bool] = ContextVar("circuitviz_ported", default=False)
 
 #: The analyses that run on an nnsight model; every other one names the bridge instead.
-PORTED = ("patch", "ablate", "attention", "attribution_patch", "circuit")
+PORTED = (
+    "patch",
+    "ablate",
+    "attention",
+    "attribution_patch",
+    "circuit",
+    "feature_activations",
+    "steer",
+)
 PORTED += ("faithfulness", "mib_scores")  # Graph.faithfulness(_curve), patch_edges; MIB
 
 

@@ -112,3 +112,18 @@ def nnsight_generate(lm, arch: str, shape: dict, gen, run: dict, index: int, sav
         if step == 0:
             out["first"] = logits.detach()
         out["ids"].append(logits[0].argmax().detach().cpu())
+
+
+def unembed(lm, arch: str, spec: dict) -> dict:
+    """The logit effects of residual directions ``spec["dirs"]`` ``[n, d_model]`` read off the
+    model's weights (no forward pass): ``(c(d) ⊙ w) @ W_U`` — ``w`` the final norm's weight,
+    ``c`` centring for GPT-2's LayerNorm — and only each row's ``k`` largest and smallest
+    come back (``[n, k]`` ids and values), not ``[n, d_vocab]``."""
+    norm = lm.model.norm if arch == "llama" else lm.transformer.ln_f
+    W_U = lm.lm_head.weight
+    d = spec["dirs"].to(W_U.device, torch.float32)
+    if arch == "gpt2":
+        d = d - d.mean(dim=-1, keepdim=True)
+    effect = (d * norm.weight.detach().float()) @ W_U.detach().float().T
+    up, down = effect.topk(spec["k"], dim=-1), (-effect).topk(spec["k"], dim=-1)
+    return {"up_i": up.indices, "up_v": up.values, "down_i": down.indices, "down_v": -down.values}

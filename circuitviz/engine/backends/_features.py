@@ -225,10 +225,7 @@ def steer(
     the unedited side is one request per prompt (kept), and each edit one request — the
     whole edited continuation, plus the pairs' metric runs when ``pairs`` are given."""
     from .._ablation import top_tokens
-    from .._metrics import bind_metric
-    from .._pairs import tokenize
     from ..features._steer import SteerResult, clamp_values
-    from ._analyses import _logits, _reduced
 
     check_saes(model, saes)
     before = unedited(model, tokens, saes, n_tokens)
@@ -242,23 +239,13 @@ def steer(
     add_edits(model, run, saes, edits)
     runs = [run]
     if pairs is not None:
-        with ported():
-            ptokens = tokenize(model, pairs)
-        for f in feats:
-            if f.pos is not None and f.pos >= ptokens.n_pos:
-                raise InputError(f"Position {f.pos} is past the pairs' {ptokens.n_pos} tokens.")
-        spec, short = _reduced(metric, ptokens)
-        edited = Run(ptokens.clean, readout=spec)
-        add_edits(model, edited, saes, edits)
-        runs += [Run(ptokens.corrupted, readout=spec), Run(ptokens.clean, readout=spec), edited]
+        metric_runs, read_metric = _metric_runs(model, pairs, saes, edits, metric)
+        runs += metric_runs
     outs = backend_of(model).execute(runs, desc=f"steer: after ({mode})", progress=False)
     after_ids, after_first = _continuation(model, outs[0])
     metric_name = metric_before = metric_after = None
     if pairs is not None:
-        corr_l, clean_l, edited_l = (_logits(o) for o in outs[1:])
-        bound = bind_metric(metric, short, clean_l, corr_l)
-        metric_name, metric_before = bound.name, bound(clean_l)
-        metric_after = float(bound.per_example(edited_l).mean())
+        metric_name, metric_before, metric_after = read_metric(outs[1:])
     elif answer_ids is not None:
         a, w = answer_ids
         metric_name = "logit_diff"
@@ -283,3 +270,67 @@ def steer(
         metric_after=metric_after,
         cached=True,
     )
+
+
+#: Top tokens fetched per latent at least (a card shows 10, a chip's label 2): one request
+#: serves both, and they are kept per (SAE, latent).
+_UNEMBED_K = 10
+
+
+def unembedded(model: Any, sae: Any, latents: Sequence[int], k: int) -> dict:
+    """Each latent's ``k`` most promoted and suppressed tokens (``up_i``/``down_i`` ids
+    ``[n, k]``, ``up_v``/``down_v`` effects), computed where the weights are — on NDIF the
+    decoder rows go there and ``4·n·k`` numbers come back, not ``[n, d_vocab]`` (see
+    :func:`._feature_program.unembed`). Kept per (SAE, latent): a card's click after its chip
+    was labelled sends nothing."""
+    memo = model._memo.setdefault(("unembed", id(sae)), (sae, {}))
+    if memo[0] is not sae:  # another SAE now holds that id
+        memo = model._memo[("unembed", id(sae))] = (sae, {})
+    rows = memo[1]
+    want = max(k, _UNEMBED_K)
+    missing = [i for i in dict.fromkeys(latents) if rows.get(i, {}).get("k", 0) < k]
+    if missing:
+        dirs = sae.W_dec[torch.as_tensor(missing, dtype=torch.long)].detach().float().cpu()
+        spec = {"kind": "unembed", "dirs": dirs, "k": min(want, model.cfg.d_vocab)}
+        run = Run(torch.zeros(1, 1, dtype=torch.long), grad=spec)
+        got = backend_of(model).execute([run], desc="logit effects", progress=False)[0].readout
+        for j, i in enumerate(missing):
+            rows[i] = {"k": spec["k"], **{name: got[name][j] for name in _PARTS}}
+    return {name: torch.stack([rows[i][name][:k] for i in latents]) for name in _PARTS}
+
+
+_PARTS = ("up_i", "up_v", "down_i", "down_v")
+
+
+def _metric_runs(model: Any, pairs: Any, saes: Any, edits: list, metric: Any):
+    """The runs that measure ``edits`` on the pairs' clean prompts (corrupted, clean, clean
+    edited: the metric's baselines ride along), and the function that reads their outputs
+    as ``(name, before, after)``."""
+    from .._metrics import bind_metric
+    from .._pairs import tokenize
+    from ._analyses import _logits, _reduced
+
+    with ported():
+        tokens = tokenize(model, pairs)
+    for _hook, _latent, pos, _value in edits:
+        if pos is not None and pos >= tokens.n_pos:
+            raise InputError(f"Position {pos} is past the pairs' {tokens.n_pos} tokens.")
+    spec, short = _reduced(metric, tokens)
+    edited = Run(tokens.clean, readout=spec)
+    add_edits(model, edited, saes, edits)
+    runs = [Run(tokens.corrupted, readout=spec), Run(tokens.clean, readout=spec), edited]
+
+    def read(outs: Sequence[Output]) -> tuple[str, float, float]:
+        corr_l, clean_l, edited_l = (_logits(o) for o in outs)
+        bound = bind_metric(metric, short, clean_l, corr_l)
+        return bound.name, bound(clean_l), float(bound.per_example(edited_l).mean())
+
+    return runs, read
+
+
+def edit_metric(model: Any, pairs: Any, saes: Any, edits: Sequence[Any], *, metric: Any):
+    """:func:`circuitviz.engine.features._steer.edit_metric` on nnsight: one request."""
+    check_saes(model, {e.hook: saes[e.hook] for e in edits})
+    plain = [(e.hook, e.index, e.pos, e.value) for e in edits]
+    runs, read = _metric_runs(model, pairs, saes, plain, metric)
+    return read(backend_of(model).execute(runs, desc="steer: metric", progress=False))

@@ -359,6 +359,11 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue
+            if kind == "unembed":  # SAE decoder directions' logit effects, off the weights
+                out = _feature_program.unembed(lm, arch, run["grad"])
+                results.append({"out": out, "back": back})
+                _program.tick()
+                continue
             if kind:  # a forward pass with a graph, then its gradient (attribution, EAP)
                 with torch.enable_grad():
                     with lm.trace(run["tokens"]):

@@ -141,15 +141,20 @@ def logit_effects(
             f"(0 … {sae.d_sae - 1})."
         )
     with torch.no_grad():
-        effect = logit_effects_of(model, sae, index)
+        if backends.is_nnsight(model):  # where the weights are (on NDIF: only the top k)
+            from ..backends._features import unembedded
+
+            got = unembedded(model, sae, [index], k)
+            up_i, up_v, down_i, down_v = (got[n][0] for n in ("up_i", "up_v", "down_i", "down_v"))
+        else:
+            effect = logit_effects_of(model, sae, index)
+            (up_v, up_i), (down_v, down_i) = effect.topk(k), (-effect).topk(k)
+            down_v = -down_v
     strings = token_strings(model)
-    up, down = effect.topk(k), (-effect).topk(k)
     return {
-        "promoted": [
-            (strings[i], float(v)) for v, i in zip(up.values, up.indices.tolist(), strict=True)
-        ],
+        "promoted": [(strings[i], float(v)) for v, i in zip(up_v, up_i.tolist(), strict=True)],
         "suppressed": [
-            (strings[i], -float(v)) for v, i in zip(down.values, down.indices.tolist(), strict=True)
+            (strings[i], float(v)) for v, i in zip(down_v, down_i.tolist(), strict=True)
         ],
     }
 

@@ -33,6 +33,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .. import _hooks
 from .._pairs import InputError, check_text, uses_bos
+from ..backends._base import is_nnsight
 from ._sae import SAE, SAESet, as_sae_set
 
 SCHEMA = "circuitviz.feature_stats/1"
@@ -392,6 +393,11 @@ def top_promoted(
     with torch.no_grad():
         for start in range(0, len(index), chunk):
             part = index[start : start + chunk]
+            if is_nnsight(model):  # where the weights are (on NDIF: only the top k come back)
+                from ..backends._features import unembedded
+
+                out.append(unembedded(model, sae, part.tolist(), k)["up_i"].cpu())
+                continue
             d, W_U = decoder_directions(model, sae, part)
             out.append((d @ W_U).topk(k, dim=-1).indices.cpu())
             if bar is not None:

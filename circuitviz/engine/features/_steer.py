@@ -318,6 +318,8 @@ def edit_metric(
     """(metric name, value before, value after) of the edits on the pairs' clean prompts: one
     bridge pass with the SAEs spliced in where they are edited (the unedited baseline is
     shared with :func:`circuitviz.ablate`'s cache)."""
+    if (seam := backends.route(model, "edit_metric")) is not None:  # nnsight: one request
+        return seam(model, pairs, saes, edits, metric=metric)
     prep = _prepare(model, pairs, metric, 10)
     base = prep.base
     n_pos = base.tokens.n_pos
