@@ -158,6 +158,25 @@ def test_feature_view_accepts_an_nnsight_model(both):
     assert not nn.has_hooks()
 
 
+def test_the_clamp_panel_accepts_an_nnsight_model(both, pairs):
+    """CircuitView over an nnsight model (its EAP graph) steers a feature node as on the
+    bridge; faithfulness, not ported, is switched off instead of refusing the view."""
+    bridge, nn, saes = both
+    node = f"L1F{firing(bridge, saes, 1)}"
+    results = []
+    for model in (bridge, nn):
+        view = cv.CircuitView(model, pairs, graph=cv.circuit(model, pairs), saes=saes)
+        assert view.can_steer and view.error == ""
+        results.append(view.steer_node(node, mode="clamp", scale=6.0))
+        assert view.steering["stage"] == "done"
+    ref, got = results
+    assert got.after_tokens == ref.after_tokens and got.before_tokens == ref.before_tokens
+    assert abs(got.metric_after - ref.metric_after) <= TOL
+    assert abs(got.metric_before - ref.metric_before) <= TOL
+    assert not view.has_faithfulness  # the nnsight view's
+    assert not nn.has_hooks()
+
+
 def test_hooks_nnsight_cannot_splice_are_refused_up_front(both, pairs):
     _, nn, saes = both
     s = saes[saes.hooks[0]]
@@ -285,3 +304,52 @@ def test_remote_feature_view_is_one_request_per_card(remote):
     got.show_feature(other)
     same_view(got, card_of(setup.bridge, saes, other))
     assert len(setup.fake.requests) - sent <= 1 + len(saes) + 1  # a new latent: one request
+
+
+def test_resid_pre_saes_splice_the_layer_input(both):
+    """An SAE on ``blocks.1.hook_resid_pre`` (block 0's output, read as block 1's input):
+    its latents and a steer equal the bridge's."""
+    bridge, nn, saes = both
+    s = saes["blocks.0.hook_resid_post"]
+    pre = SAESet([SAE("blocks.1.hook_resid_pre", s.W_enc, s.b_enc, s.W_dec, s.b_dec, k=s.k)])
+    ref, got = feature_activations(bridge, PROMPT, pre), feature_activations(nn, PROMPT, pre)
+    hook = "blocks.1.hook_resid_pre"
+    assert float((got.latents[hook] - ref.latents[hook]).abs().max()) <= TOL
+    feature = (hook, int(ref.latents[hook][-1].argmax()))
+    ref = steer(bridge, PROMPT, features=feature, saes=pre, scale=8.0, n_tokens=10)
+    got = steer(nn, PROMPT, features=feature, saes=pre, scale=8.0, n_tokens=10)
+    assert got.after_tokens == ref.after_tokens and got.before_tokens == ref.before_tokens
+    assert close(got.top_after.probs, ref.top_after.probs) <= TOL
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_features_on_nnsight_equal_the_bridge(demo_model):
+    """The demo model (SmolLM2-135M, 30 layers, GQA) with its shipped SAEs: latents, a
+    feature ablation on IOI pairs and a clamped continuation."""
+    nn = cv.load_model(demo_model, backend="nnsight")
+    saes = cv.load_saes("demo")
+    prompt = "When John and Mary went to the store, John gave a drink to"
+    ref = feature_activations(demo_model, prompt, saes)
+    got = feature_activations(nn, prompt, saes)
+    for hook in saes:
+        assert float((got.latents[hook] - ref.latents[hook]).abs().max()) <= TOL
+    hook = "blocks.11.hook_resid_post"
+    latent = int(ref.latents[hook][-1].argmax())
+    pairs = cv.PromptPairs(
+        [prompt, "When Tom and Anna went to the park, Tom gave a ball to"],
+        [
+            "When John and Mary went to the store, Mary gave a drink to",
+            "When Tom and Anna went to the park, Anna gave a ball to",
+        ],
+        [" Mary", " Anna"],
+        [" John", " Tom"],
+    )
+    a = cv.ablate(demo_model, pairs, features=[f"L11F{latent}"], saes=saes, mode="mean")
+    b = cv.ablate(nn, pairs, features=[f"L11F{latent}"], saes=saes, mode="mean")
+    assert abs(a.ablated - b.ablated) <= TOL and abs(a.clean - b.clean) <= TOL
+    a = steer(demo_model, prompt, features=f"L11F{latent}", saes=saes, n_tokens=10)
+    b = steer(nn, prompt, features=f"L11F{latent}", saes=saes, n_tokens=10)
+    assert a.after_tokens == b.after_tokens and a.before_tokens == b.before_tokens
+    assert close(a.top_after.probs, b.top_after.probs) <= TOL
+    assert a.after_tokens != a.before_tokens

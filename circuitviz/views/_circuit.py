@@ -318,7 +318,10 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
         self._feature_defaults(obj, kwargs)
         order = np.argsort(-np.abs(np.nan_to_num(self._cands.node_score)), kind="stable")
         self.searchable = [self._cands.node_ids[i] for i in order[:MAX_SEARCHABLE]]
-        self.has_faithfulness = bool(obj is not None and self.can_ablate)
+        # Scoring circuits (faithfulness) runs where the backend runs it; without it the view
+        # still draws, ablates and steers (an nnsight model's clamp panel).
+        scores = not backends.is_nnsight(model) or "faithfulness" in backends.PORTED
+        self.has_faithfulness = bool(obj is not None and self.can_ablate and scores)
         self._init_steering(self._saes)  # the SAEs given, else the feature graph's own
         if not self.can_ablate and self._meta.get("clean") is not None:
             self.result = {k: self._meta.get(k) for k in ("metric", "clean", "corrupted")}
