@@ -268,8 +268,9 @@ def test_remote_steer_is_one_request_for_the_whole_continuation(remote, pairs):
     # column, since whether a latent is among the top k depends on all of them
     sae = saes["blocks.1.hook_resid_post"]
     sent_sae = runs[-1].splices[("resid_post", 1)]["sae"]
-    assert torch.equal(sent_sae["W_dec"], sae.W_dec[[latent]])
-    assert torch.equal(sent_sae["W_enc"], sae.W_enc) and sent_sae["pick"].tolist() == [latent]
+    assert torch.equal(sent_sae["W_dec"].float(), sae.W_dec[[latent]])
+    assert torch.equal(sent_sae["W_enc"].float(), sae.W_enc)
+    assert sent_sae["pick"].tolist() == [latent]
     # before: reads both SAEs; after: the generation, the pairs (corrupted, clean, edited)
     assert [len(run.splices) for run in runs] == [2, 1, 0, 0, 1, 1]
     body = payload(setup.fake.requests[-1])
@@ -285,6 +286,11 @@ def test_a_relu_sae_sends_only_the_edited_latents_encoder_columns(remote, pairs)
     sent = sae_payload(relu, [5, 2])
     assert torch.equal(sent["W_enc"], s.W_enc[:, [5, 2]]) and sent["pick"] is None
     assert torch.equal(sent["W_dec"], s.W_dec[[5, 2]]) and torch.equal(sent["b_dec_in"], s.b_dec)
+    assert sent["W_enc"].dtype == torch.float32  # trained in float32: sent as it is
+    half = relu.to(dtype=torch.float16).to(dtype=torch.float32)  # stored in half precision
+    sent = sae_payload(half, [5, 2])
+    assert sent["W_enc"].dtype == torch.float16 and sent["dtype"] == "float32"
+    assert torch.equal(sent["W_enc"].float(), half.W_enc[:, [5, 2]])  # nothing lost
 
 
 def test_remote_feature_view_is_one_request_per_card(remote):

@@ -24,17 +24,18 @@ SPLICE_SITES = ("resid_pre", "resid_post")
 def latents(sae: dict, x: torch.Tensor) -> torch.Tensor:
     """The edited latents' activations ``[..., n_edited]`` of activations ``x``, as the
     SAE's ``encode`` gives them (SAELens's conventions)."""
-    w = sae["W_enc"].to(x.device)
-    x = x.to(w.dtype)
+    dtype = getattr(torch, sae["dtype"])  # the SAE's own (weights may travel as float16)
+    w = sae["W_enc"].to(x.device, dtype)
+    x = x.to(dtype)
     if sae["b_dec_in"] is not None:
-        x = x - sae["b_dec_in"].to(x.device)
-    pre = x @ w + sae["b_enc"].to(x.device)
+        x = x - sae["b_dec_in"].to(x.device, dtype)
+    pre = x @ w + sae["b_enc"].to(x.device, dtype)
     if sae["activation"] == "topk":  # every latent was sent: pick the edited ones after
         top = pre.topk(sae["k"], dim=-1)
         f = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
         return f[..., sae["pick"].to(x.device)]
     if sae["activation"] == "jumprelu":
-        return pre * (pre > sae["threshold"].to(x.device))
+        return pre * (pre > sae["threshold"].to(x.device, dtype))
     return torch.relu(pre)
 
 

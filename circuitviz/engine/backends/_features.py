@@ -63,13 +63,25 @@ def sae_payload(sae: Any, latents: Sequence[int]) -> dict:
     return {
         "activation": sae.activation,
         "k": sae.k,
-        "W_enc": sae.W_enc if topk else sae.W_enc[:, index].contiguous(),
-        "b_enc": sae.b_enc if topk else sae.b_enc[index].contiguous(),
-        "threshold": None if sae.threshold is None else sae.threshold[index].contiguous(),
-        "b_dec_in": sae.b_dec if sae.apply_b_dec_to_input else None,
+        "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
+        "W_enc": _compact(sae.W_enc if topk else sae.W_enc[:, index]),
+        "b_enc": _compact(sae.b_enc if topk else sae.b_enc[index]),
+        "threshold": None if sae.threshold is None else _compact(sae.threshold[index]),
+        "b_dec_in": _compact(sae.b_dec) if sae.apply_b_dec_to_input else None,
         "pick": index if topk else None,
-        "W_dec": sae.W_dec[index].contiguous(),
+        "W_dec": _compact(sae.W_dec[index]),
     }
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as float16 when that loses nothing (SAEs stored in half precision and loaded
+    as float32, as the demo's): half the bytes on the wire, the same numbers."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.float32:
+        half = t.half()
+        if torch.equal(half.float(), t):
+            return half
+    return t
 
 
 def add_edits(model: Any, run: Run, saes: Any, edits: Iterable[tuple[str, int, Any, Any]]):
