@@ -359,3 +359,34 @@ def test_demo_features_on_nnsight_equal_the_bridge(demo_model):
     assert a.after_tokens == b.after_tokens and a.before_tokens == b.before_tokens
     assert close(a.top_after.probs, b.top_after.probs) <= TOL
     assert a.after_tokens != a.before_tokens
+
+
+def test_a_continuation_that_ends_early_equals_the_bridge(remote):
+    """The end-of-sequence token comes a few tokens in: the bridge's loop stops there, and
+    so does HF's generate on nnsight (locally and on the server), with no warning shown."""
+    import warnings
+
+    setup, saes = remote
+    client = setup.make_client()
+    nn = cv.load_model(setup.bridge, backend="nnsight")
+    prompt = "t9 t8 t7 t6 t9"
+    full = steer(setup.bridge, prompt, features="L1F3", saes=saes, mode="ablate", n_tokens=12)
+    words = full.before_tokens
+    cut = max(i for i in range(1, 6) if words[i] not in words[:i])  # a token new there
+    eos = int(setup.bridge.to_tokens(words[cut], prepend_bos=False)[0, 0])
+    tokenizers = {id(m.tokenizer): m.tokenizer for m in (setup.bridge, nn, client)}.values()
+    kept = [(t, t.eos_token) for t in tokenizers]
+    try:
+        for tokenizer in tokenizers:
+            tokenizer.eos_token_id = eos
+        ref = steer(setup.bridge, prompt, features="L1F3", saes=saes, mode="ablate", n_tokens=11)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for model in (nn, client):
+                got = steer(model, prompt, features="L1F3", saes=saes, mode="ablate", n_tokens=11)
+                assert got.before_tokens == ref.before_tokens == words[:cut]
+                assert got.after_tokens == ref.after_tokens
+    finally:
+        for tokenizer, token in kept:
+            tokenizer.eos_token = token
+        assert all(t.eos_token == token for t, token in kept)

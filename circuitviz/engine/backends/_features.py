@@ -19,7 +19,9 @@ The torch code that runs in the trace is :mod:`._feature_program` (shipped by va
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -188,6 +190,15 @@ def _generation(model: Any, tokens: torch.Tensor, n_tokens: int) -> Run:
     return Run(tokens[None], readout={"full": True}, generate={"options": options})
 
 
+@contextmanager
+def _early_stop_expected() -> Iterator[None]:
+    """Quiet nnsight's note that a generation loop was cut short: a continuation that ends
+    at the end of sequence before ``n_tokens`` does that by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*was never reached: the loop asked")
+        yield
+
+
 def _continuation(model: Any, out: Output) -> tuple[list[int], torch.Tensor]:
     """The greedy ids (up to the end of sequence, not included) and first-token logits."""
     ids, eos = [int(t) for t in out.readout["ids"]], _eos(model)
@@ -206,7 +217,8 @@ def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict
     check_saes(model, saes)
     run = _generation(model, tokens, n_tokens)
     keep(model, run, saes, back=True)
-    out = backend_of(model).execute([run], desc="steer: before", progress=False)[0]
+    with _early_stop_expected():
+        out = backend_of(model).execute([run], desc="steer: before", progress=False)[0]
     ids, first = _continuation(model, out)
     with torch.no_grad():
         latent_max = {
@@ -253,7 +265,8 @@ def steer(
     if pairs is not None:
         metric_runs, read_metric = _metric_runs(model, pairs, saes, edits, metric)
         runs += metric_runs
-    outs = backend_of(model).execute(runs, desc=f"steer: after ({mode})", progress=False)
+    with _early_stop_expected():
+        outs = backend_of(model).execute(runs, desc=f"steer: after ({mode})", progress=False)
     after_ids, after_first = _continuation(model, outs[0])
     metric_name = metric_before = metric_after = None
     if pairs is not None:
