@@ -268,6 +268,8 @@ def test_remote_steer_is_one_request_for_the_whole_continuation(remote, pairs):
     again = steer(client, PROMPT, features=feats, saes=saes, n_tokens=12, mode="ablate")
     assert len(setup.fake.requests) == sent + 3  # a second click: one request
     assert again.before_tokens == ref.before_tokens
+    back = setup.fake.results[-1]["results"][0]["out"]  # the edited first token: its top k
+    assert "full" not in back and back["top_p"].shape == (10,) and len(back["ids"]) == 12
     # what the edit sent: the edited latent's decoder row, and (a TopK SAE) every encoder
     # column, since whether a latent is among the top k depends on all of them
     sae = saes["blocks.1.hook_resid_post"]

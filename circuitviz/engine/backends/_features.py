@@ -179,15 +179,15 @@ def _eos(model: Any) -> int | None:
     return None if eos is None else int(eos)
 
 
-def _generation(model: Any, tokens: torch.Tensor, n_tokens: int) -> Run:
+def _generation(model: Any, tokens: torch.Tensor, n_tokens: int, readout: dict) -> Run:
     """A greedy continuation of ``tokens`` as one run: HF ``generate`` with its KV cache,
-    greedy, stopping at the tokenizer's end of sequence as the bridge's loop does; the first
-    token's logits come back whole (the top tokens and any answer's logit are read here)."""
+    greedy, stopping at the tokenizer's end of sequence as the bridge's loop does, with
+    ``readout`` of the first token's logits (see :func:`._program.readout`)."""
     options: dict[str, Any] = {"max_new_tokens": n_tokens, "do_sample": False, "num_beams": 1}
     eos = _eos(model)
     if eos is not None:
         options |= {"eos_token_id": eos, "pad_token_id": eos}
-    return Run(tokens[None], readout={"full": True}, generate={"options": options})
+    return Run(tokens[None], readout=readout, generate={"options": options})
 
 
 @contextmanager
@@ -199,12 +199,10 @@ def _early_stop_expected() -> Iterator[None]:
         yield
 
 
-def _continuation(model: Any, out: Output) -> tuple[list[int], torch.Tensor]:
-    """The greedy ids (up to the end of sequence, not included) and first-token logits."""
+def _continuation(model: Any, out: Output) -> list[int]:
+    """The greedy ids, up to the end of sequence (not included)."""
     ids, eos = [int(t) for t in out.readout["ids"]], _eos(model)
-    if eos in ids:
-        ids = ids[: ids.index(eos)]
-    return ids, out.readout["full"][0]
+    return ids[: ids.index(eos)] if eos in ids else ids
 
 
 def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict:
@@ -215,11 +213,12 @@ def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict
     if held is not None and held[0] is saes:
         return held[1]
     check_saes(model, saes)
-    run = _generation(model, tokens, n_tokens)
+    # The first token's logits come back whole here: kept, they answer any k and answer.
+    run = _generation(model, tokens, n_tokens, {"full": True})
     keep(model, run, saes, back=True)
     with _early_stop_expected():
         out = backend_of(model).execute([run], desc="steer: before", progress=False)[0]
-    ids, first = _continuation(model, out)
+    ids, first = _continuation(model, out), out.readout["full"][0]
     with torch.no_grad():
         latent_max = {
             hook: sae.encode(returned(model, out, hook)[0]).amax(0).float().cpu()
@@ -250,6 +249,7 @@ def steer(
     whole edited continuation, plus the pairs' metric runs when ``pairs`` are given."""
     from .._ablation import top_tokens
     from ..features._steer import SteerResult, clamp_values
+    from ._analyses import _top
 
     check_saes(model, saes)
     before = unedited(model, tokens, saes, n_tokens)
@@ -259,7 +259,11 @@ def steer(
         else clamp_values(saes, feats, scale, before["latent_max"])
     )
     edits = [(f.hook, f.index, f.pos, v) for f, v in zip(feats, values, strict=True)]
-    run = _generation(model, tokens, n_tokens)
+    # Only the top k (and the answers' logits) of the edited first token come back.
+    readout: dict[str, Any] = {"topk": (k, 0)}
+    if answer_ids is not None:
+        readout["ids"] = torch.tensor(answer_ids)
+    run = _generation(model, tokens, n_tokens, readout)
     add_edits(model, run, saes, edits)
     runs = [run]
     if pairs is not None:
@@ -267,7 +271,7 @@ def steer(
         runs += metric_runs
     with _early_stop_expected():
         outs = backend_of(model).execute(runs, desc=f"steer: after ({mode})", progress=False)
-    after_ids, after_first = _continuation(model, outs[0])
+    after_ids = _continuation(model, outs[0])
     metric_name = metric_before = metric_after = None
     if pairs is not None:
         metric_name, metric_before, metric_after = read_metric(outs[1:])
@@ -275,7 +279,8 @@ def steer(
         a, w = answer_ids
         metric_name = "logit_diff"
         metric_before = float(before["first"][a] - before["first"][w])
-        metric_after = float(after_first[a] - after_first[w])
+        sel = outs[0].readout["sel"][0]  # [a, w, log-sum-exp of the rest]
+        metric_after = float(sel[0] - sel[1])
     decode = model.tokenizer.decode
     return SteerResult(
         prompt=prompt,
@@ -289,7 +294,7 @@ def steer(
         before_tokens=[model.to_string(i) for i in before["ids"]],
         after_tokens=[model.to_string(i) for i in after_ids],
         top_before=top_tokens(model, before["first"], k),
-        top_after=top_tokens(model, after_first, k),
+        top_after=_top(model, outs[0]),
         metric=metric_name,
         metric_before=metric_before,
         metric_after=metric_after,
