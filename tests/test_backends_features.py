@@ -396,3 +396,32 @@ def test_a_continuation_that_ends_early_equals_the_bridge(remote):
         for tokenizer, token in kept:
             tokenizer.eos_token = token
         assert all(t.eos_token == token for t, token in kept)
+
+
+def test_an_error_mid_generation_leaves_the_model_untouched(both, monkeypatch):
+    """A failure inside the trace (here: the splice raising on the second pass) propagates,
+    and leaves no hook: the next forward pass gives the same logits."""
+    from circuitviz.engine.backends import _feature_program
+
+    bridge, nn, saes = both
+    tokens = nn.to_tokens(PROMPT)
+    with torch.no_grad():
+        before = nn.lm._module(tokens).logits
+    real = _feature_program.splice
+
+    def failing(x, spec, key, index, saved, back, step):
+        if step == 1:
+            raise RuntimeError("boom on the second pass")
+        return real(x, spec, key, index, saved, back, step)
+
+    monkeypatch.setattr(_feature_program, "splice", failing)
+    feature = f"L1F{firing(bridge, saes, 1)}"
+    with pytest.raises(RuntimeError, match="boom"):
+        steer(nn, "t4 t3 t2 t1", features=feature, saes=saes, mode="ablate", n_tokens=5)
+    monkeypatch.undo()
+    assert not nn.has_hooks()
+    with torch.no_grad():
+        assert torch.equal(nn.lm._module(tokens).logits, before)
+    ref = steer(bridge, "t4 t3 t2 t1", features=feature, saes=saes, mode="ablate", n_tokens=5)
+    got = steer(nn, "t4 t3 t2 t1", features=feature, saes=saes, mode="ablate", n_tokens=5)
+    assert got.after_tokens == ref.after_tokens  # and it still runs
