@@ -173,7 +173,9 @@ def test_the_clamp_panel_accepts_an_nnsight_model(both, pairs):
     assert got.after_tokens == ref.after_tokens and got.before_tokens == ref.before_tokens
     assert abs(got.metric_after - ref.metric_after) <= TOL
     assert abs(got.metric_before - ref.metric_before) <= TOL
-    assert not view.has_faithfulness  # the nnsight view's
+    assert not view.has_faithfulness  # the nnsight view's: a request for it names the bridge
+    view._handle_custom_msg({"type": "faithfulness", "ablated": []})
+    assert "TransformerLens bridge" in view.error and not view.faithfulness
     assert not nn.has_hooks()
 
 

@@ -554,7 +554,8 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
     def _msg_faithfulness(self, content: dict[str, Any]) -> None:
         if not self.has_faithfulness:
             raise InputError(
-                "This graph cannot compute faithfulness (needs a Graph with model and pairs)."
+                "This graph cannot compute faithfulness (needs a Graph with model and pairs, "
+                "on the TransformerLens bridge: circuitviz.load_model(name))."
             )
         ablated = content.get("ablated", [])
         if not isinstance(ablated, list) or not all(isinstance(n, str) for n in ablated):
