@@ -181,6 +181,14 @@ def ablate(
     check_pairs(pairs)
     check_metric(metric)
     targets = normalize_components(model, heads, mlps, features=features)
+    unported = [c for c in targets if c.kind not in ("head", "mlp", "feature")]
+    if unported:  # e.g. an SAE error term: not silently taken for an MLP
+        from ._nnsight import BridgeOnly
+
+        raise BridgeOnly(
+            f"ablate({unported[0].id!r}) ({unported[0].kind}) runs on the TransformerLens "
+            "bridge only: load it with circuitviz.load_model(name)."
+        )
     feats = [c for c in targets if c.kind == "feature"]
     if feats:
         from ..features import as_sae_set
@@ -222,7 +230,7 @@ def ablate(
     if prepared is None:
         runs.append(Run(tokens.clean, readout=top_spec))
     if targets:
-        for c in (c for c in targets if c.kind != "feature"):
+        for c in (c for c in targets if c.kind in ("head", "mlp")):
             site = "mlp_out" if c.head is None else "z"
             src = _ablation_source(mode, cached, (site, c.layer))
             ablated_run.writes.setdefault((site, c.layer), []).append((None, c.pos, c.head, src))
