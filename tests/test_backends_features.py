@@ -280,6 +280,8 @@ def test_remote_steer_is_one_request_for_the_whole_continuation(remote, pairs):
     # column, since whether a latent is among the top k depends on all of them
     sae = saes["blocks.1.hook_resid_post"]
     sent_sae = runs[-1].splices[("resid_post", 1)]["sae"]
+    # the pairs' edited run carries the very same payload: pickled once in the request
+    assert runs[1].splices[("resid_post", 1)]["sae"] is runs[4].splices[("resid_post", 1)]["sae"]
     assert torch.equal(sent_sae["W_dec"].float(), sae.W_dec[[latent]])
     assert torch.equal(sent_sae["W_enc"].float(), sae.W_enc)
     assert sent_sae["pick"].tolist() == [latent]

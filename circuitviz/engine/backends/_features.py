@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -96,8 +97,24 @@ def add_edits(model: Any, run: Run, saes: Any, edits: Iterable[tuple[str, int, A
     for hook, items in by_hook.items():
         columns = list(dict.fromkeys(latent for latent, _, _ in items))
         spec = run.splices.setdefault(splice_key(model, hook), {})
-        spec["sae"] = sae_payload(saes[hook], columns)
+        spec["sae"] = _payload(saes[hook], columns)
         spec["edits"] = [(columns.index(latent), pos, _source(src)) for latent, pos, src in items]
+
+
+_PAYLOADS: OrderedDict = OrderedDict()  # (id(sae), latents) -> (sae, payload), the last few
+
+
+def _payload(sae: Any, latents: list[int]) -> dict:
+    """:func:`sae_payload`, the same object for the same edit: runs of one request that edit
+    alike (a steer and its pairs' metric) send it once, and a repeated click builds it once."""
+    key = (id(sae), tuple(latents))
+    held = _PAYLOADS.get(key)
+    if held is None or held[0] is not sae:
+        held = _PAYLOADS[key] = (sae, sae_payload(sae, latents))
+        while len(_PAYLOADS) > 4:
+            _PAYLOADS.popitem(last=False)
+    _PAYLOADS.move_to_end(key)
+    return held[1]
 
 
 def _source(src: Any) -> tuple:
