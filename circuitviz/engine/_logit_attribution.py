@@ -13,15 +13,17 @@ bridge (final norm folded into ``W_U``); here the raw bridge's own norm weight i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from . import backends
 from ._models import model_name
-from ._pairs import InputError, PromptPairs
+from ._pairs import InputError, PromptPairs, Tokens
 from ._patching import axis_labels, axis_sizes, baselines
 from ._results import PatchResult
+from .backends._toolkit_program import direct_terms
 
 By = Literal["heads", "layers", "heads_by_pos"]
 BY = ("heads", "layers", "heads_by_pos")
@@ -71,6 +73,67 @@ def _hook_names(model: TransformerBridge, by: str) -> list[str]:
     return names
 
 
+def check_options(by: str, metric: str) -> None:
+    """Refuse an unknown ``by`` or a metric other than the logit difference."""
+    if by not in BY:
+        raise InputError(f"Unknown by={by!r}: use one of {BY}.")
+    if metric != "logit_diff":
+        raise InputError(
+            f"logit_attribution reads the logit difference, the one metric that is linear in "
+            f"the residual stream; got metric={metric!r}. Use metric='logit_diff'."
+        )
+
+
+def dla_result(
+    model: Any,
+    tokens: Tokens,
+    by: str,
+    parts: dict[str, torch.Tensor],
+    *,
+    metric: str,
+    clean: float,
+    corrupted: float,
+    kind: str,
+    extra: dict[str, Any] | None = None,
+) -> PatchResult:
+    """The map and bias terms from :func:`.backends._toolkit_program.direct_terms`'s
+    ``parts`` (plus ``ln_final_bias`` and ``b_U``), checked to add up to ``clean``."""
+    heads, mlp, b_O_terms = parts["heads"].cpu(), parts["mlp"].cpu(), parts["b_O"].cpu()
+    terms = {"embed": float(parts["embed"]), "b_O": float(b_O_terms.sum())}
+    if by == "layers":
+        values = torch.stack([heads.sum(-1) + b_O_terms, mlp], dim=-1)
+        terms["b_O"] = 0.0  # inside the attention column
+    else:
+        values = heads
+        terms["mlp"] = float(mlp.sum())
+    terms["ln_final_bias"] = float(parts["ln_final_bias"])
+    terms["b_U"] = float(parts["b_U"])
+    check_decomposition(model, float(values.double().sum()) + sum(terms.values()), clean)
+    axes = {"heads": ("layer", "head"), "heads_by_pos": ("layer", "pos", "head")}.get(
+        by, ("layer", "sublayer")
+    )
+    labels = axis_labels(model, [a for a in axes if a != "sublayer"], tokens)
+    if by == "layers":
+        labels["sublayer"] = list(SUBLAYERS)
+    assert values.shape == tuple(
+        {**axis_sizes(model, tokens.n_pos), "sublayer": 2}[a] for a in axes
+    )
+    return PatchResult(
+        values=values.float().cpu(),
+        axes=axes,
+        labels=labels,
+        target=by,
+        direction=DLA_METHOD,
+        method=DLA_METHOD,
+        metric=metric,
+        clean=clean,
+        corrupted=corrupted,
+        tokens=tokens.str_tokens,
+        model_name=model_name(model),
+        extra={"bias_terms": terms, "final_norm": kind, **(extra or {})},
+    )
+
+
 def logit_attribution(
     model: TransformerBridge,
     pairs: PromptPairs,
@@ -97,13 +160,9 @@ def logit_attribution(
     attention biases, all layers), ``mlp`` (the heads maps only: every MLP), ``ln_final_bias``
     and ``b_U``. ``values.sum() + sum(bias_terms.values()) == clean``.
     """
-    if by not in BY:
-        raise InputError(f"Unknown by={by!r}: use one of {BY}.")
-    if metric != "logit_diff":
-        raise InputError(
-            f"logit_attribution reads the logit difference, the one metric that is linear in "
-            f"the residual stream; got metric={metric!r}. Use metric='logit_diff'."
-        )
+    if (seam := backends.route(model, "logit_attribution")) is not None:
+        return seam(model, pairs, by=by, metric=metric)
+    check_options(by, metric)
     base, acts, _ = baselines(model, pairs, metric, cache={"clean": _hook_names(model, by)})
     tokens = base.tokens
     cfg = model.cfg
@@ -113,26 +172,11 @@ def logit_attribution(
         direction = (W_U[:, tokens.answers] - W_U[:, tokens.wrong_answers]).T  # [batch, d_model]
         scale = acts["ln_final.hook_scale"][:, -1]  # [batch, 1], frozen from the clean run
         read = direction * (weight if weight is not None else 1) / scale
-
-        def dla(x: torch.Tensor) -> torch.Tensor:
-            """``x [batch, ..., d_model]`` at the final position -> batch-mean contribution."""
-            if kind == "LN":
-                x = x - x.mean(-1, keepdim=True)
-            shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
-            return (x * read.reshape(shape)).sum(-1).mean(0)
-
         embed = acts["hook_embed"][:, -1]
         if "hook_pos_embed" in acts:
             embed = embed + acts["hook_pos_embed"][:, -1]
-        terms = {"embed": float(dla(embed))}
         b_O = [getattr(model.blocks[layer].attn, "b_O", None) for layer in range(cfg.n_layers)]
-        b_O_terms = [
-            0.0 if b is None else float(dla(b.detach().expand(tokens.batch, -1))) for b in b_O
-        ]
-        terms["b_O"] = sum(b_O_terms)
-        mlp = torch.stack(
-            [dla(acts[f"blocks.{layer}.hook_mlp_out"][:, -1]) for layer in range(cfg.n_layers)]
-        )
+        mlps = [acts[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(cfg.n_layers)]
         heads = []
         for layer in range(cfg.n_layers):
             W_O = model.blocks[layer].attn.W_O.detach()  # [head, d_head, d_model]
@@ -140,43 +184,26 @@ def logit_attribution(
                 pattern = acts[f"blocks.{layer}.attn.hook_pattern"][:, :, -1]  # [b, head, src]
                 v = acts[f"blocks.{layer}.attn.hook_v"]  # [b, src, kv_head, d_head]
                 v = v.repeat_interleave(cfg.n_heads // v.shape[2], dim=2)  # GQA: kv per head
-                out = torch.einsum("bhs,bshd,hdm->bshm", pattern, v, W_O)
+                heads.append(torch.einsum("bhs,bshd,hdm->bshm", pattern, v, W_O))
             else:
                 z = acts[f"blocks.{layer}.attn.hook_z"][:, -1]  # [b, head, d_head]
-                out = torch.einsum("bhd,hdm->bhm", z, W_O)
-            heads.append(dla(out))
-        heads = torch.stack(heads)
-        if by == "layers":
-            values = torch.stack([heads.sum(-1) + torch.tensor(b_O_terms), mlp], dim=-1)
-            terms["b_O"] = 0.0  # inside the attention column
-        else:
-            values = heads
-            terms["mlp"] = float(mlp.sum())
+                heads.append(torch.einsum("bhd,hdm->bhm", z, W_O))
+        parts = direct_terms(
+            embed, heads, mlps, [None if b is None else b.detach() for b in b_O], read, kind == "LN"
+        )
         answers, wrong = tokens.answers, tokens.wrong_answers
-        terms["ln_final_bias"] = 0.0 if norm_bias is None else float((direction @ norm_bias).mean())
+        parts["ln_final_bias"] = (
+            torch.zeros(()) if norm_bias is None else (direction @ norm_bias).mean()
+        )
         b_U = _unembed_bias(model)
-        terms["b_U"] = 0.0 if b_U is None else float((b_U[answers] - b_U[wrong]).mean())
-    check_decomposition(model, float(values.double().sum()) + sum(terms.values()), base.clean)
-    axes = {"heads": ("layer", "head"), "heads_by_pos": ("layer", "pos", "head")}.get(
-        by, ("layer", "sublayer")
-    )
-    labels = axis_labels(model, [a for a in axes if a != "sublayer"], tokens)
-    if by == "layers":
-        labels["sublayer"] = list(SUBLAYERS)
-    assert values.shape == tuple(
-        {**axis_sizes(model, tokens.n_pos), "sublayer": 2}[a] for a in axes
-    )
-    return PatchResult(
-        values=values.float().cpu(),
-        axes=axes,
-        labels=labels,
-        target=by,
-        direction=DLA_METHOD,
-        method=DLA_METHOD,
+        parts["b_U"] = torch.zeros(()) if b_U is None else (b_U[answers] - b_U[wrong]).mean()
+    return dla_result(
+        model,
+        tokens,
+        by,
+        parts,
         metric=base.metric.name,
         clean=base.clean,
         corrupted=base.corrupted,
-        tokens=tokens.str_tokens,
-        model_name=model_name(model),
-        extra={"bias_terms": terms, "final_norm": kind},
+        kind=kind,
     )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import _hooks
+from . import _hooks, backends
 from ._models import model_name
 from ._pairs import InputError, single_token
 
@@ -101,6 +101,62 @@ def _resid_names(n_layers: int) -> list[str]:
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
 
 
+def lens_input(model: Any, prompt: str, answer: str | None, k: int):
+    """Checked ``(tokens [1, pos], answer_id)`` of a logit lens request (either backend)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError(f"logit_lens needs one non-empty prompt string, got {prompt!r}.")
+    if not isinstance(k, int) or not 1 <= k <= model.cfg.d_vocab:
+        raise InputError(f"k must be an integer between 1 and {model.cfg.d_vocab}, got {k!r}.")
+    answer_id = None if answer is None else single_token(model, answer, "answer")
+    tokens = model.to_tokens(prompt, truncate=False)
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise InputError(
+            f"The prompt has {tokens.shape[1]} tokens but the model's context is "
+            f"{model.cfg.n_ctx}: shorten it."
+        )
+    return tokens, answer_id
+
+
+def check_readout(gap: float) -> None:
+    """The last row must be the model's own prediction, else the readout is not norm ->
+    unembed (a softcap, say) and no row can be trusted; ``gap``: the largest difference of
+    their probabilities."""
+    if not gap <= 1e-3:
+        raise InputError(
+            "logit_lens can't read this model: its output is not final norm then W_U "
+            "(e.g. a logit softcap or scale), so the lens would not end at its prediction."
+        )
+
+
+def lens_result(
+    model: Any,
+    tokens: torch.Tensor,
+    answer: str | None,
+    answer_id: int | None,
+    rows: dict[str, torch.Tensor],
+    extra: dict[str, Any] | None = None,
+) -> LogitLensResult:
+    """The result from ``rows``: ``top_ids``/``top_probs`` ``[row, pos, k]`` and, with an
+    answer, ``answer_prob``/``answer_rank`` ``[row, pos]``."""
+    top_ids = rows["top_ids"].cpu()
+    return LogitLensResult(
+        top_ids=top_ids,
+        top_tokens=[
+            [[model.tokenizer.decode([i]) for i in cell] for cell in row]
+            for row in top_ids.tolist()
+        ],
+        top_probs=rows["top_probs"].cpu(),
+        answer=answer,
+        answer_id=answer_id,
+        answer_prob=rows["answer_prob"].cpu() if answer_id is not None else None,
+        answer_rank=rows["answer_rank"].cpu() if answer_id is not None else None,
+        layers=["embed"] + [f"L{i}" for i in range(model.cfg.n_layers)],
+        tokens=[str(t) for t in model.to_str_tokens(tokens[0])],
+        model_name=model_name(model),
+        extra=dict(extra or {}),
+    )
+
+
 def logit_lens(
     model: TransformerBridge,
     prompt: str,
@@ -115,18 +171,13 @@ def logit_lens(
         answer: a single-token answer (e.g. ``" Mary"``) whose probability and rank are
             tracked at every row and position; None tracks nothing.
         k: how many top tokens to keep per cell.
+
+    On an nnsight model (locally or on NDIF) the same numbers come from one request that
+    returns only each cell's top ``k`` and the answer's probability and rank.
     """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError(f"logit_lens needs one non-empty prompt string, got {prompt!r}.")
-    if not isinstance(k, int) or not 1 <= k <= model.cfg.d_vocab:
-        raise InputError(f"k must be an integer between 1 and {model.cfg.d_vocab}, got {k!r}.")
-    answer_id = None if answer is None else single_token(model, answer, "answer")
-    tokens = model.to_tokens(prompt, truncate=False)
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise InputError(
-            f"The prompt has {tokens.shape[1]} tokens but the model's context is "
-            f"{model.cfg.n_ctx}: shorten it."
-        )
+    if (seam := backends.route(model, "logit_lens")) is not None:
+        return seam(model, prompt, answer=answer, k=k)
+    tokens, answer_id = lens_input(model, prompt, answer, k)
     names = _resid_names(model.cfg.n_layers)
     store: dict[str, torch.Tensor] = {}
 
@@ -139,36 +190,21 @@ def logit_lens(
     with torch.inference_mode():
         output = _hooks.run(model, tokens, [(n, keep(n)) for n in names])[0].float()
         norm = _final_norm_module(model)
-        top_ids, top_probs, answer_prob, answer_rank = [], [], [], []
+        rows: dict[str, list[torch.Tensor]] = {
+            "top_ids": [],
+            "top_probs": [],
+            "answer_prob": [],
+            "answer_rank": [],
+        }
         for name in names:  # one row at a time: [pos, d_vocab] logits, never [rows, pos, vocab]
             logits = _unembed(model, norm(store.pop(name))).float()
             probs = logits.softmax(-1)
             p, i = probs.topk(k, dim=-1)
-            top_ids.append(i)
-            top_probs.append(p)
+            rows["top_ids"].append(i)
+            rows["top_probs"].append(p)
             if answer_id is not None:
-                answer_prob.append(probs[:, answer_id])
-                answer_rank.append((logits > logits[:, answer_id, None]).sum(-1))
-        # The last row must be the model's own prediction, else the readout is not
-        # norm -> unembed (a softcap, say) and no row can be trusted.
-        if not torch.allclose(probs, output.softmax(-1), atol=1e-3):
-            raise InputError(
-                "logit_lens can't read this model: its output is not final norm then W_U "
-                "(e.g. a logit softcap or scale), so the lens would not end at its prediction."
-            )
-    top_ids = torch.stack(top_ids).cpu()
-    return LogitLensResult(
-        top_ids=top_ids,
-        top_tokens=[
-            [[model.tokenizer.decode([i]) for i in cell] for cell in row]
-            for row in top_ids.tolist()
-        ],
-        top_probs=torch.stack(top_probs).cpu(),
-        answer=answer,
-        answer_id=answer_id,
-        answer_prob=torch.stack(answer_prob).cpu() if answer_prob else None,
-        answer_rank=torch.stack(answer_rank).cpu() if answer_rank else None,
-        layers=["embed"] + [f"L{i}" for i in range(model.cfg.n_layers)],
-        tokens=[str(t) for t in model.to_str_tokens(tokens[0])],
-        model_name=model_name(model),
-    )
+                rows["answer_prob"].append(probs[:, answer_id])
+                rows["answer_rank"].append((logits > logits[:, answer_id, None]).sum(-1))
+        check_readout(float((probs - output.softmax(-1)).abs().max()))
+    stacked = {key: torch.stack(v) for key, v in rows.items() if v}
+    return lens_result(model, tokens, answer, answer_id, stacked)

@@ -30,15 +30,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import _hooks
+from . import _hooks, backends
 from ._components import Component, parse_head, parse_id
 from ._metrics import MetricFn
-from ._pairs import InputError, PromptPairs
+from ._pairs import InputError, PromptPairs, Tokens
 from ._patching import Direction, baselines, final_logits, pass_shape, patch_result
 from ._results import PatchResult, head_id, mlp_id
 from .graph._layout import Weights
@@ -77,6 +78,11 @@ class Receivers:
         if self.input == "resid":
             return True
         return all(sender.layer < layer for layer in self.by_layer)
+
+
+def check_direction(direction: object) -> None:
+    if direction not in ("denoise", "noise"):
+        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
 
 
 def _n_kv_heads(model: TransformerBridge) -> int:
@@ -139,6 +145,13 @@ def _as_list(value, what: str) -> list:
     return items
 
 
+def _has_hook(model: TransformerBridge, name: str) -> bool:
+    """Whether the bridge exposes hook ``name``; an nnsight model reads every receiver
+    input from its modules (it has no ``hook_dict``)."""
+    hook_dict = getattr(model, "hook_dict", None)
+    return hook_dict is None or name in hook_dict
+
+
 def parse_receivers(model: TransformerBridge, receivers, receiver_input: str | None) -> Receivers:
     """Validate receivers (heads, or ``"logits"``) and their input."""
     to_logits = isinstance(receivers, str) and receivers.strip().upper() == LOGITS
@@ -156,7 +169,7 @@ def parse_receivers(model: TransformerBridge, receivers, receiver_input: str | N
                 "receivers='logits' goes with receiver_input='resid' (and heads with 'q', 'k' "
                 f"or 'v'); got receivers={receivers!r}, receiver_input={receiver_input!r}."
             )
-        if FINAL_RESID_HOOK not in model.hook_dict:
+        if not _has_hook(model, FINAL_RESID_HOOK):
             raise InputError(
                 f"This model exposes no {FINAL_RESID_HOOK!r} hook, so the logits' input "
                 "cannot be patched; use heads as receivers."
@@ -168,7 +181,7 @@ def parse_receivers(model: TransformerBridge, receivers, receiver_input: str | N
     for item in items:
         layer, head = _parse_head(model, item, "Receiver")
         hook = f"blocks.{layer}.attn.hook_{receiver_input}"
-        if hook not in model.hook_dict:
+        if not _has_hook(model, hook):
             raise InputError(
                 f"This model exposes no {hook!r} hook, so receiver_input="
                 f"{receiver_input!r} cannot be patched; use another input or 'resid'."
@@ -332,29 +345,23 @@ def path_patch(
     Equals ``transformer_lens.patching.get_act_patch_direct_path`` for one sender head and
     one receiver head (with the metric averaged over the batch).
     """
-    if direction not in ("denoise", "noise"):
-        raise InputError(f"Unknown direction={direction!r}: use 'denoise' or 'noise'.")
+    if (seam := backends.route(model, "path_patch")) is not None:
+        return seam(
+            model,
+            pairs,
+            senders=senders,
+            receivers=receivers,
+            receiver_input=receiver_input,
+            direction=direction,
+            metric=metric,
+            memory_budget=memory_budget,
+            max_rows=max_rows,
+            progress=progress,
+        )
+    check_direction(direction)
     spec = parse_receivers(model, receivers, receiver_input)
     weights = _check_weights(model, spec)
-    is_map = isinstance(senders, str) and senders == "heads"
-    if is_map:
-        grid = [
-            Sender("head", layer, head)
-            for layer in range(model.cfg.n_layers)
-            for head in range(model.cfg.n_heads)
-        ]
-        rows = [[s] for s in grid if spec.reached_by(s)]
-    else:
-        chosen = [_parse_sender(model, item) for item in _as_list(senders, "senders")]
-        for s in chosen:
-            if not spec.before_all(s):
-                late = [f"L{layer}" for layer in spec.by_layer if layer <= s.layer]
-                raise InputError(
-                    f"Sender {s.id} runs after receiver layer(s) {', '.join(late)} read their "
-                    f"{spec.input!r} input: a path goes from an earlier layer to a later one. "
-                    "Pick senders in earlier layers or receivers in later ones."
-                )
-        rows = [list(dict.fromkeys(chosen))]
+    is_map, rows = sender_rows(model, senders, spec)
     names = _sender_cache_names([s for row in rows for s in row], spec)
     base, clean_acts, corr_acts = baselines(
         model, pairs, metric, cache={"clean": names, "corrupted": names}
@@ -410,7 +417,61 @@ def path_patch(
             bar.close()
     if not is_map:
         return float(values[0])
-    unpatched = base.corrupted if direction == "denoise" else base.clean
+    return path_result(
+        model,
+        tokens,
+        spec,
+        rows,
+        values,
+        direction=direction,
+        metric=base.metric,
+        clean=base.clean,
+        corrupted=base.corrupted,
+        extra={"forward_passes": n_forward},
+    )
+
+
+def sender_rows(
+    model: TransformerBridge, senders: str | Sequence, spec: Receivers
+) -> tuple[bool, list[list[Sender]]]:
+    """``(is_map, rows)``: one row of senders patched together per value — every head on
+    its own that reaches a receiver for ``senders="heads"``, else the senders given."""
+    if isinstance(senders, str) and senders == "heads":
+        grid = [
+            Sender("head", layer, head)
+            for layer in range(model.cfg.n_layers)
+            for head in range(model.cfg.n_heads)
+        ]
+        return True, [[s] for s in grid if spec.reached_by(s)]
+    chosen = [_parse_sender(model, item) for item in _as_list(senders, "senders")]
+    for s in chosen:
+        if not spec.before_all(s):
+            late = [f"L{layer}" for layer in spec.by_layer if layer <= s.layer]
+            raise InputError(
+                f"Sender {s.id} runs after receiver layer(s) {', '.join(late)} read their "
+                f"{spec.input!r} input: a path goes from an earlier layer to a later one. "
+                "Pick senders in earlier layers or receivers in later ones."
+            )
+    return False, [list(dict.fromkeys(chosen))]
+
+
+def path_result(
+    model: TransformerBridge,
+    tokens: Tokens,
+    spec: Receivers,
+    rows: list[list[Sender]],
+    values: torch.Tensor,
+    *,
+    direction: Direction,
+    metric: Any,
+    clean: float,
+    corrupted: float,
+    extra: dict[str, Any],
+) -> PatchResult:
+    """The layer × head map of a ``senders="heads"`` run: ``values[r]`` for the head of
+    ``rows[r]``; a head that reaches no receiver keeps the unpatched metric."""
+    n_layers = model.cfg.n_layers
+    unpatched = corrupted if direction == "denoise" else clean
     full = torch.full((n_layers, model.cfg.n_heads), unpatched)
     reached = [row[0] for row in rows]
     for s, v in zip(reached, values.tolist(), strict=True):
@@ -429,14 +490,14 @@ def path_patch(
         full,
         direction=direction,
         method="path",
-        metric=base.metric,
-        clean=base.clean,
-        corrupted=base.corrupted,
+        metric=metric,
+        clean=clean,
+        corrupted=corrupted,
         extra={
             "receivers": list(spec.names),
             "receiver_input": spec.input,
             "no_path": no_path,
-            "forward_passes": n_forward,
+            **extra,
         },
         axes=("layer", "head"),
     )

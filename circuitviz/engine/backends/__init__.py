@@ -71,9 +71,9 @@ def route(model: Any, analysis: str) -> Callable[..., Any] | None:
     ``None`` for a bridge."""
     if not (is_nnsight(model) or is_raw_nnsight(model)):
         return None
-    from . import _analyses, _features, _graph
+    from . import _analyses, _features, _graph, _toolkit
 
-    home = next(m for m in (_graph, _analyses, _features) if hasattr(m, analysis))
+    home = next(m for m in (_graph, _analyses, _features, _toolkit) if hasattr(m, analysis))
     seam = getattr(home, analysis)
     if is_nnsight(model):
         return seam

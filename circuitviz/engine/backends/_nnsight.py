@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._pairs import InputError
-from . import _edges, _feature_program, _program
+from . import _edges, _feature_program, _program, _toolkit_program
 from ._base import Output, Run, StatusCallback
 
 #: The HF architectures whose modules map onto circuitviz's sites.
@@ -361,6 +361,15 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 continue
             if kind == "unembed":  # SAE decoder directions' logit effects, off the weights
                 out = _feature_program.unembed(lm, arch, run["grad"])
+                results.append({"out": out, "back": back})
+                _program.tick()
+                continue
+            if kind in _toolkit_program.KINDS:  # logit lens, DLA, path patching
+                with lm.trace(run["tokens"]):
+                    out = _toolkit_program.carry_out(lm, arch, shape, run, saved)
+                    logits = lm.lm_head.output
+                    out = _toolkit_program.finish(out, logits)
+                    out.update(_program.readout(logits[:, -1], run["readout"]))
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue

@@ -1,0 +1,169 @@
+"""The toolkit analyses on nnsight: the logit lens, direct logit attribution and path
+patching as requests — each one request (one NDIF job) that returns only the result's
+numbers, reduced on the server by :mod:`._toolkit_program`.
+
+Input checks and result building are the bridge implementations' own functions; the
+numbers equal the bridge's to 1e-4 in float32 (``tests/test_backends_toolkit.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._metrics import MetricFn, bind_metric, check_metric
+from .._pairs import PromptPairs, tokenize
+from .._results import PatchResult
+from ._analyses import _logits, _reduced
+from ._base import Run, backend_of, ported
+
+
+def norm_eps(model: Any) -> float:
+    """The epsilon of the model's norms (HF config: RMSNorm's or LayerNorm's)."""
+    config = model.lm.config
+    eps = getattr(config, "rms_norm_eps", None)
+    return float(eps if eps is not None else config.layer_norm_epsilon)
+
+
+def logit_lens(model: Any, prompt: str, *, answer: str | None = None, k: int = 10) -> Any:
+    """The logit lens in one request: every layer's input through the final norm and
+    unembedding on the server, and back only each cell's top ``k`` tokens and the answer's
+    probability and rank (``[rows, pos, k]`` and ``[rows, pos]`` numbers)."""
+    from .._logit_lens import check_readout, lens_input, lens_result
+
+    tokens, answer_id = lens_input(model, prompt, answer, k)
+    run = Run(tokens, grad={"kind": "lens", "k": k, "answer": answer_id, "eps": norm_eps(model)})
+    backend = backend_of(model)
+    out = backend.execute([run], desc="logit lens", progress=False)[0].readout
+    check_readout(float(out["gap"]))
+    return lens_result(
+        model, tokens, answer, answer_id, out, extra={"backend": backend.name, "requests": 1}
+    )
+
+
+def logit_attribution(
+    model: Any, pairs: PromptPairs, *, by: str = "heads", metric: str = "logit_diff"
+) -> PatchResult:
+    """Direct logit attribution in one request: the clean run reduces every component's
+    final-position write to its contribution on the server (only the map, the MLPs' and
+    biases' terms come back), and the corrupted run returns its readout."""
+    from .._logit_attribution import check_options, dla_result
+
+    check_options(by, metric)
+    with ported():
+        tokens = tokenize(model, pairs)
+    spec, short = _reduced(metric, tokens)
+    dla = {
+        "kind": "dla",
+        "by": by,
+        "answers": tokens.answers,
+        "wrong": tokens.wrong_answers,
+        "eps": norm_eps(model),
+    }
+    runs = [Run(tokens.clean, readout=spec, grad=dla), Run(tokens.corrupted, readout=spec)]
+    backend = backend_of(model)
+    clean_out, corr_out = backend.execute(runs, desc="logit attribution", progress=False)
+    bound = bind_metric(metric, short, _logits(clean_out), _logits(corr_out))
+    return dla_result(
+        model,
+        tokens,
+        by,
+        clean_out.readout,
+        metric=bound.name,
+        clean=bound(_logits(clean_out)),
+        corrupted=bound(_logits(corr_out)),
+        kind="LN" if model.arch == "gpt2" else "RMS",
+        extra={"backend": backend.name, "requests": 1},
+    )
+
+
+def path_patch(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    senders: str | Sequence = "heads",
+    receivers: str | Sequence,
+    receiver_input: str | None = None,
+    direction: str = "denoise",
+    metric: str | MetricFn = "logit_diff",
+    memory_budget: float = 2**30,
+    max_rows: int = 1024,
+    progress: bool = True,
+) -> PatchResult | float:
+    """Path patching in one request: the source and base runs keep the senders' outputs on
+    the server; each later pass (one prompt, ``max_rows`` rows) computes the rows' sender
+    deltas there and writes each receiver's recomputed input; only readouts come back."""
+    from .._patching import _row_bytes, check_budget
+    from .._path_patching import check_direction, parse_receivers, path_result, sender_rows
+
+    check_direction(direction)
+    spec = parse_receivers(model, receivers, receiver_input)
+    is_map, rows = sender_rows(model, senders, spec)
+    check_budget(memory_budget, max_rows)
+    check_metric(metric)
+    with ported():
+        tokens = tokenize(model, pairs)
+    readout, short = _reduced(metric, tokens)
+    src_tokens, run_tokens = (
+        (tokens.clean, tokens.corrupted)
+        if direction == "denoise"
+        else (tokens.corrupted, tokens.clean)
+    )
+    keep = {("z" if s.kind == "head" else "mlp_out", s.layer) for row in rows for s in row}
+    runs = [
+        Run(src_tokens, saves=keep, readout=readout),
+        Run(run_tokens, saves=keep, readout=readout),
+    ]
+    n_layers = model.cfg.n_layers
+    # Rows come in sender-layer order, so each joins the batch at the first receiver it
+    # reaches and the rows already there are the earlier ones (as on the bridge).
+    last = [max(s.layer for s in row) for row in rows]
+    layers = list(spec.by_layer) if spec.input != "resid" else [n_layers]
+    reach = [[layer for layer in layers if end < layer] for end in last]
+    rows_fit = int(memory_budget // _row_bytes(model, tokens.n_pos)) - 1
+    per_pass = max(1, min(max_rows, rows_fit))
+    chunks = [range(s, min(s + per_pass, len(rows))) for s in range(0, len(rows), per_pass)]
+    eps = norm_eps(model)
+    for chunk in chunks:
+        joins: dict[int, int] = {}
+        for r in chunk:
+            joins[reach[r][0]] = joins.get(reach[r][0], 0) + 1
+        for b in range(tokens.batch):
+            grad = {
+                "kind": "path",
+                "input": spec.input,
+                "receivers": list(spec.by_layer.items()),
+                "rows": [[(s.kind, s.layer, s.head) for s in rows[r]] for r in chunk],
+                "reach": [reach[r] for r in chunk],
+                "joins": joins,
+                "prompt": b,
+                "src": 0,
+                "base": 1,
+                "eps": eps,
+            }
+            runs.append(Run(run_tokens[b : b + 1], readout=readout, grad=grad))
+    outs = backend_of(model).execute(runs, desc="path patching", progress=progress)
+    src_l, run_l = _logits(outs[0]), _logits(outs[1])
+    clean_l, corr_l = (src_l, run_l) if direction == "denoise" else (run_l, src_l)
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    values = torch.empty(len(rows))
+    for c, chunk in enumerate(chunks):
+        per_prompt = [_logits(outs[2 + c * tokens.batch + b]) for b in range(tokens.batch)]
+        for j, r in enumerate(chunk):
+            values[r] = bound(torch.stack([p[1 + j] for p in per_prompt]))
+    if not is_map:
+        return float(values[0])
+    return path_result(
+        model,
+        tokens,
+        spec,
+        rows,
+        values,
+        direction=direction,  # type: ignore[arg-type]
+        metric=bound,
+        clean=bound(clean_l),
+        corrupted=bound(corr_l),
+        extra={"forward_passes": len(runs), "requests": 1, "backend": backend_of(model).name},
+    )

@@ -1,0 +1,301 @@
+"""The toolkit analyses' server-side code: the logit lens, direct logit attribution and path
+patching, reduced inside an nnsight trace so only the result's numbers come back.
+
+Like :mod:`._program` this imports nothing but torch (it is shipped by value to NDIF), reads
+modules in forward order, and never calls a module (that would fire nnsight's hooks again):
+norms and projections are computed from the modules' weights, as HF computes them.
+
+The pure reductions here (:func:`final_scale`, :func:`direct_terms`) are also what the
+bridge's own implementations call, so both backends share them line for line.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: The run kinds (``Run.grad["kind"]``) this module carries out.
+KINDS = ("lens", "dla", "path")
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def _block(lm, arch: str, layer: int):
+    return lm.model.layers[layer] if arch == "llama" else lm.transformer.h[layer]
+
+
+def _final_norm(lm, arch: str):
+    return lm.model.norm if arch == "llama" else lm.transformer.ln_f
+
+
+def _ln1(lm, arch: str, layer: int):
+    block = _block(lm, arch, layer)
+    return block.input_layernorm if arch == "llama" else block.ln_1
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.view(*x.shape[:-1], n, x.shape[-1] // n)
+
+
+def norm(x: torch.Tensor, module, arch: str, eps: float) -> torch.Tensor:
+    """``module``'s output for ``x``, computed as HF does: RMSNorm (in float32, then the
+    input's dtype, times the weight) for Llama-style models, LayerNorm for GPT-2."""
+    if arch == "llama":
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return module.weight * h.to(x.dtype)
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], module.weight, module.bias, eps)
+
+
+def final_scale(x: torch.Tensor, centre: bool, eps: float) -> torch.Tensor:
+    """The final norm's per-vector scale (TransformerLens's ``ln_final.hook_scale``):
+    ``sqrt(var + eps)`` of the centred vector for a LayerNorm, ``sqrt(mean(x²) + eps)``
+    for an RMSNorm; ``x [..., d_model]`` -> ``[..., 1]``."""
+    x = x.float()
+    if centre:
+        x = x - x.mean(-1, keepdim=True)
+    return (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def unembed(lm, x: torch.Tensor) -> torch.Tensor:
+    head = lm.lm_head
+    logits = x @ head.weight.T
+    bias = getattr(head, "bias", None)
+    return logits if bias is None else logits + bias
+
+
+def _w_o(lm, arch: str, layer: int, n_heads: int) -> torch.Tensor:
+    """``W_O [head, d_head, d_model]`` from the o-projection's weight (HF Linear keeps
+    ``[out, in]``, GPT-2's Conv1D ``[in, out]``)."""
+    attn = _block(lm, arch, layer)
+    proj = attn.self_attn.o_proj if arch == "llama" else attn.attn.c_proj
+    w = proj.weight.T if arch == "llama" else proj.weight
+    return w.reshape(n_heads, w.shape[0] // n_heads, w.shape[1])
+
+
+def _b_o(lm, arch: str, layer: int):
+    attn = _block(lm, arch, layer)
+    proj = attn.self_attn.o_proj if arch == "llama" else attn.attn.c_proj
+    return getattr(proj, "bias", None)
+
+
+# ----------------------------------------------------------------------------- logit lens
+
+
+def lens(lm, arch: str, shape: dict, run: dict) -> dict:
+    """The logit lens of one prompt: every layer's input (then the final norm's input)
+    through the final norm and the unembedding, reduced to each cell's top ``k`` tokens and
+    the answer's probability and rank. ``gap``: how far the last row's probabilities are
+    from the model's own output (a readout other than norm → W_U makes it large)."""
+    spec = run["grad"]
+    rows = [_block(lm, arch, layer).input[0] for layer in range(shape["n_layers"])]
+    module = _final_norm(lm, arch)
+    rows.append(module.input[0])
+    k, answer = spec["k"], spec["answer"]
+    out: dict = {"top_ids": [], "top_probs": [], "answer_prob": [], "answer_rank": []}
+    for x in rows:  # one row at a time: [pos, d_vocab] logits, never [rows, pos, vocab]
+        logits = unembed(lm, norm(x, module, arch, spec["eps"])).float()
+        probs = logits.softmax(-1)
+        p, i = probs.topk(k, dim=-1)
+        out["top_ids"].append(i)
+        out["top_probs"].append(p)
+        if answer is not None:
+            out["answer_prob"].append(probs[:, answer])
+            out["answer_rank"].append((logits > logits[:, answer, None]).sum(-1))
+    result = {key: torch.stack(v).detach() for key, v in out.items() if v}
+    result["last_probs"] = probs.detach()  # compared with the output in :func:`finish`
+    return result
+
+
+def finish(out: dict, logits: torch.Tensor) -> dict:
+    """After the model's output ``logits [batch, pos, vocab]``: the logit lens's ``gap``, how
+    far its last row is from the model's own probabilities (a readout other than norm →
+    W_U, a softcap say, makes it large)."""
+    last = out.pop("last_probs", None)
+    if last is not None:
+        out["gap"] = (last - logits[0].float().softmax(-1)).abs().max().detach()
+    return out
+
+
+def carry_out(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
+    """Carry out one toolkit run inside its trace, up to (not including) the logits."""
+    kind = run["grad"]["kind"]
+    if kind == "lens":
+        return lens(lm, arch, shape, run)
+    if kind == "dla":
+        return dla(lm, arch, shape, run)
+    path(lm, arch, shape, run, saved)
+    return {}
+
+
+# ----------------------------------------------------------------------------- DLA
+
+
+def direct_terms(
+    embed: torch.Tensor,
+    heads: list[torch.Tensor],
+    mlps: list[torch.Tensor],
+    b_O: list[torch.Tensor | None],
+    read: torch.Tensor,
+    centre: bool,
+) -> dict:
+    """Each component's direct contribution to the logit difference, batch-averaged.
+
+    Every input is a component's write at the final position: ``embed [batch, d_model]``,
+    ``heads[layer] [batch, ..., head, d_model]`` (``...``: source positions for heads by
+    position), ``mlps[layer] [batch, d_model]``, ``b_O[layer] [d_model]`` or None. ``read
+    [batch, d_model]`` is the unembedding direction times the norm's weight over its frozen
+    scale; ``centre``: the final norm is a LayerNorm (centring is linear, so each part is
+    centred on its own). Returns ``heads [layer, ..., head]``, ``mlp [layer]``, ``b_O
+    [layer]`` and ``embed`` (a 0-d tensor)."""
+
+    def dla(x: torch.Tensor) -> torch.Tensor:
+        if centre:
+            x = x - x.mean(-1, keepdim=True)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        return (x * read.reshape(shape)).sum(-1).mean(0)
+
+    batch = embed.shape[0]
+    zero = torch.zeros((), dtype=read.dtype, device=read.device)
+    return {
+        "embed": dla(embed),
+        "heads": torch.stack([dla(h) for h in heads]),
+        "mlp": torch.stack([dla(m) for m in mlps]),
+        "b_O": torch.stack([zero if b is None else dla(b.expand(batch, -1)) for b in b_O]),
+    }
+
+
+def dla(lm, arch: str, shape: dict, run: dict) -> dict:
+    """Direct logit attribution of one clean run (see :func:`direct_terms`), reading each
+    layer's head inputs to the o-projection (or, by position, the pattern and the values)
+    and MLP output at the final position, and the final norm's input for its scale."""
+    spec = run["grad"]
+    n_heads, kv = shape["n_heads"], shape["n_kv_heads"]
+    by_pos = spec["by"] == "heads_by_pos"
+    embed = _block(lm, arch, 0).input[:, -1]
+    heads, mlps, b_O = [], [], []
+    for layer in range(shape["n_layers"]):
+        block = _block(lm, arch, layer)
+        attn = block.self_attn if arch == "llama" else block.attn
+        W_O = _w_o(lm, arch, layer, n_heads)
+        if by_pos:
+            if arch == "llama":
+                v = _heads(attn.v_proj.output, kv)
+            else:
+                qkv = attn.c_attn.output
+                d = qkv.shape[-1] // 3
+                v = _heads(qkv[..., 2 * d :], n_heads)
+            pattern = attn.output[1][:, :, -1]  # [batch, head, src]
+            v = v.repeat_interleave(n_heads // v.shape[2], dim=2)  # GQA: each head's KV head
+            heads.append(torch.einsum("bhs,bshd,hdm->bshm", pattern, v, W_O))
+        else:
+            proj = attn.o_proj if arch == "llama" else attn.c_proj
+            z = _heads(proj.input[:, -1], n_heads)
+            heads.append(torch.einsum("bhd,hdm->bhm", z, W_O))
+        mlps.append(block.mlp.output[:, -1])
+        b_O.append(_b_o(lm, arch, layer))
+    module = _final_norm(lm, arch)
+    final_in = module.input[:, -1]
+    centre = arch == "gpt2"
+    scale = final_scale(final_in, centre, spec["eps"])
+    W_U = lm.lm_head.weight  # [vocab, d_model]
+    direction = W_U[spec["answers"]] - W_U[spec["wrong"]]  # [batch, d_model]
+    read = direction * module.weight / scale
+    terms = direct_terms(embed, heads, mlps, b_O, read.float(), centre)
+    bias = getattr(module, "bias", None)
+    terms["ln_final_bias"] = torch.zeros(()) if bias is None else (direction @ bias).mean().detach()
+    b_U = getattr(lm.lm_head, "bias", None)
+    terms["b_U"] = (
+        torch.zeros(())
+        if b_U is None
+        else (b_U[spec["answers"]] - b_U[spec["wrong"]]).mean().detach()
+    )
+    return {k: v.detach().float() for k, v in terms.items()}
+
+
+# ----------------------------------------------------------------------------- path patching
+
+
+def _deltas(lm, arch: str, shape: dict, spec: dict, saved: dict) -> torch.Tensor:
+    """``[row, pos, d_model]`` for prompt ``spec["prompt"]``: row ``r`` is Σ over its
+    senders of what each writes into the residual stream in the source run (run
+    ``spec["src"]``) minus in the base run (``spec["base"]``)."""
+    b, src, base = spec["prompt"], spec["src"], spec["base"]
+    out = []
+    for row in spec["rows"]:
+        total = None
+        for kind, layer, head in row:
+            if kind == "head":
+                z = saved[(src, "z", layer)][b, :, head] - saved[(base, "z", layer)][b, :, head]
+                delta = z @ _w_o(lm, arch, layer, shape["n_heads"])[head]
+            else:
+                delta = saved[(src, "mlp_out", layer)][b] - saved[(base, "mlp_out", layer)][b]
+            total = delta if total is None else total + delta
+        out.append(total)
+    return torch.stack(out)
+
+
+def _projection(lm, arch: str, layer: int, site: str, shape: dict):
+    """``(W [n, d_model, d_head], b [n, d_head] or None)`` of the q, k or v heads."""
+    attn = _block(lm, arch, layer)
+    attn = attn.self_attn if arch == "llama" else attn.attn
+    n = shape["n_heads"] if site == "q" or arch == "gpt2" else shape["n_kv_heads"]
+    if arch == "llama":
+        proj = getattr(attn, f"{site}_proj")
+        w, bias = proj.weight.T, getattr(proj, "bias", None)  # [d_model, n * d_head]
+    else:
+        i = ("q", "k", "v").index(site)
+        d = attn.c_attn.weight.shape[1] // 3
+        w = attn.c_attn.weight[:, i * d : (i + 1) * d]
+        bias = attn.c_attn.bias[i * d : (i + 1) * d]
+    W = w.reshape(w.shape[0], n, -1).transpose(0, 1)
+    return W, None if bias is None else bias.reshape(n, -1)
+
+
+def _site(lm, arch: str, layer: int, site: str, shape: dict) -> torch.Tensor:
+    """The q, k or v activation ``[batch, pos, n, d_head]`` (a view: writes go through)."""
+    block = _block(lm, arch, layer)
+    if arch == "llama":
+        n = shape["n_heads"] if site == "q" else shape["n_kv_heads"]
+        return _heads(getattr(block.self_attn, f"{site}_proj").output, n)
+    qkv = block.attn.c_attn.output
+    d = qkv.shape[-1] // 3
+    i = ("q", "k", "v").index(site)
+    return _heads(qkv[..., i * d : (i + 1) * d], shape["n_heads"])
+
+
+def path(lm, arch: str, shape: dict, run: dict, saved: dict) -> None:
+    """One prompt's path-patching pass (Wang et al.'s run 3): row 0 is the base run; row
+    ``1 + r`` joins at the first receiver its senders reach, and each receiver's q, k or v
+    input there is ``ln1(base stream + delta_r)`` projected by its own weights (or, for the
+    logits, the final norm's input is ``base + delta_r``). ``saved`` holds the source and
+    base runs' sender outputs."""
+    spec = run["grad"]
+    deltas = _deltas(lm, arch, shape, spec, saved)
+    if spec["input"] == "resid":
+        module = _final_norm(lm, arch)
+        x = module.input
+        grown = x[:1] + deltas.to(x.dtype)
+        module.input = torch.cat([x, grown])
+        return
+    reach = spec["reach"]  # per row: the receiver layers it reaches
+    for layer, heads in spec["receivers"]:
+        block = _block(lm, arch, layer)
+        x = block.input
+        base = x[:1].clone()
+        joining = spec["joins"].get(layer, 0)
+        if joining:
+            block.input = torch.cat([x, x[:1].expand(joining, *x.shape[1:])])
+        rows = [r for r, layers in enumerate(reach) if layer in layers]
+        W, bias = _projection(lm, arch, layer, spec["input"], shape)
+        act = _site(lm, arch, layer, spec["input"], shape)
+        if not rows:
+            continue
+        idx = torch.tensor(heads)
+        stream = base + deltas[rows].to(base.dtype)  # [rows, pos, d_model]
+        normed = norm(stream, _ln1(lm, arch, layer), arch, spec["eps"])
+        new = torch.einsum("rpm,nmd->rpnd", normed, W[idx])
+        if bias is not None:
+            new = new + bias[idx]
+        for j, r in enumerate(rows):
+            act[1 + r, :, idx] = new[j].to(act.dtype)
