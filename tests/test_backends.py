@@ -181,18 +181,12 @@ def test_a_site_nnsight_cannot_write_is_refused_before_running(both, pairs):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda m, p: cv.logit_attribution(m, p),
-        lambda m, p: cv.path_patch(m, p, receivers=["L1H0"]),
-        lambda m, p: cv.logit_lens(m, "t1 t2"),
         lambda m, p: cv.tasks.induction(m, n=2),
         lambda m, p: cv.refusal_direction(
             m, harmful=["t1 t2"] * 2, harmless=["t3 t4"] * 2, template="{instruction}"
         ),
     ],
     ids=[
-        "logit_attribution",
-        "path_patch",
-        "logit_lens",
         "tasks",
         "refusal_direction",
     ],

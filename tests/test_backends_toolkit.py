@@ -1,0 +1,258 @@
+"""The toolkit analyses on nnsight — the logit lens, direct logit attribution, path patching,
+head roles — give the TransformerLens bridge's numbers, locally and through the fake NDIF.
+
+Reference for every figure: circuitviz's bridge implementations (``cv.logit_lens``,
+``cv.logit_attribution``, ``cv.path_patch``, ``cv.head_roles`` on a ``TransformerBridge``),
+which ``test_logit_lens.py``, ``test_logit_attribution.py``, ``test_path_patching.py`` and
+``test_roles.py`` check against TransformerLens and hand-written hooks. Same weights
+(``load_model(bridge, backend="nnsight")``); tolerance 1e-4, float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitviz as cv
+from tests._fake_ndif import KEY  # noqa: F401  (the fake NDIF's key, used by Setup)
+from tests.test_remote import Setup
+
+pytest.importorskip("nnsight")
+
+TOL = 1e-4
+PROMPT = "t1 t2 t3 t4 t1 t2"
+PATHS = [
+    {"receivers": ["L1H0"]},
+    {"receivers": ["L1H1", "L1H3"], "receiver_input": "k"},
+    {"receivers": ["L1H0"], "receiver_input": "v"},
+    {"receivers": "logits"},
+    {"receivers": ["L1H2"], "direction": "noise", "metric": "normalized_logit_diff"},
+    {"receivers": ["L1H2"], "metric": "kl"},
+]
+PATH_IDS = ["q", "k-two-heads", "v", "logits", "noise-normalized", "kl"]
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def both(request):
+    """A tiny bridge (Llama: GQA, 4 q / 2 kv heads; GPT-2: LayerNorm, biases, positions)
+    and the nnsight model over the same weights."""
+    bridge = cv.tiny_model(request.param)
+    return bridge, cv.load_model(bridge, backend="nnsight")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return cv.PromptPairs(
+        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
+        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
+        [" t3", " t7"],
+        [" t7", " t3"],
+    )
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return float((a.float() - b.float()).abs().max())
+
+
+def logits_of(nn, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return nn.lm._module(tokens).logits
+
+
+def same_lens(got, ref) -> None:
+    assert got.layers == ref.layers and got.tokens == ref.tokens
+    assert torch.equal(got.top_ids, ref.top_ids) and got.top_tokens == ref.top_tokens
+    assert close(got.top_probs, ref.top_probs) <= TOL
+    if ref.answer_prob is not None:
+        assert close(got.answer_prob, ref.answer_prob) <= TOL
+        assert torch.equal(got.answer_rank, ref.answer_rank)
+
+
+def same_dla(got, ref) -> None:
+    assert got.axes == ref.axes and got.labels == ref.labels and got.target == ref.target
+    assert close(got.values, ref.values) <= TOL
+    assert abs(got.clean - ref.clean) <= TOL and abs(got.corrupted - ref.corrupted) <= TOL
+    assert got.extra["final_norm"] == ref.extra["final_norm"]
+    terms, ref_terms = got.extra["bias_terms"], ref.extra["bias_terms"]
+    assert terms.keys() == ref_terms.keys()
+    assert max(abs(terms[k] - ref_terms[k]) for k in terms) <= TOL
+
+
+def same_path(got, ref) -> None:
+    if isinstance(ref, float):
+        assert isinstance(got, float) and abs(got - ref) <= TOL
+        return
+    scale = max(1.0, float(ref.values.abs().max()))
+    assert got.axes == ref.axes and got.target == ref.target == "path_heads"
+    assert close(got.values, ref.values) <= TOL * scale
+    assert abs(got.clean - ref.clean) <= TOL * scale
+    assert got.extra["no_path"] == ref.extra["no_path"]
+    assert got.extra["receivers"] == ref.extra["receivers"]
+
+
+# ----------------------------------------------------------------------------- local
+
+
+@pytest.mark.parametrize("answer", [" t3", None])
+def test_logit_lens_equals_bridge(both, answer):
+    bridge, nn = both
+    ref = cv.logit_lens(bridge, PROMPT, answer=answer, k=5)
+    got = cv.logit_lens(nn, PROMPT, answer=answer, k=5)
+    same_lens(got, ref)
+    assert got.extra["backend"] == "nnsight" and got.extra["requests"] == 1
+    assert not nn.has_hooks()
+
+
+@pytest.mark.parametrize("by", ["heads", "layers", "heads_by_pos"])
+def test_logit_attribution_equals_bridge(both, pairs, by):
+    bridge, nn = both
+    ref = cv.logit_attribution(bridge, pairs, by=by)
+    got = cv.logit_attribution(nn, pairs, by=by)
+    same_dla(got, ref)
+    assert got.extra["requests"] == 1
+    # The map and the bias terms add up to the clean logit difference on nnsight too.
+    total = float(got.values.double().sum()) + sum(got.extra["bias_terms"].values())
+    assert abs(total - got.clean) <= 1e-3 * (1 + abs(got.clean))
+
+
+@pytest.mark.parametrize("options", PATHS, ids=PATH_IDS)
+def test_path_patch_map_equals_bridge(both, pairs, options):
+    bridge, nn = both
+    ref = cv.path_patch(bridge, pairs, progress=False, **options)
+    got = cv.path_patch(nn, pairs, progress=False, **options)
+    same_path(got, ref)
+    assert got.extra["requests"] == 1
+    # The random tiny models' paths into a head move the metric by ~1e-5, under the 1e-4
+    # bar; into the logits by ~4e-2: there the backends must agree to 0.1 % of the effect,
+    # so a path that did nothing on one side would fail.
+    unpatched = ref.corrupted if options.get("direction", "denoise") == "denoise" else ref.clean
+    moved = float((ref.values - unpatched).abs().max())
+    if options["receivers"] == "logits":
+        assert moved > 1e-2 and close(got.values, ref.values) <= 1e-3 * moved
+
+
+def test_path_patch_explicit_senders_equal_bridge(both, pairs):
+    bridge, nn = both
+    options = {"senders": ["L0H1", "MLP0", (0, 3)], "receivers": ["L1H0", "L1H2"]}
+    ref = cv.path_patch(bridge, pairs, progress=False, **options)
+    got = cv.path_patch(nn, pairs, progress=False, **options)
+    same_path(got, ref)
+    corrupted = cv.patch(bridge, pairs, over="mlp_out", progress=False).corrupted
+    assert abs(got - ref) <= 0.01 * abs(ref - corrupted)  # to 1 % of what the path moved
+    options = {"senders": ["L0H1", "MLP0"], "receivers": "logits"}
+    ref = cv.path_patch(bridge, pairs, progress=False, **options)
+    got = cv.path_patch(nn, pairs, progress=False, **options)
+    assert abs(got - ref) <= 1e-3 * abs(ref - corrupted) and abs(ref - corrupted) > 1e-3
+
+
+def test_path_patch_in_small_passes_equals_one_pass(both, pairs):
+    _, nn = both
+    whole = cv.path_patch(nn, pairs, receivers="logits", progress=False)
+    split = cv.path_patch(nn, pairs, receivers="logits", max_rows=3, progress=False)
+    assert split.extra["forward_passes"] > whole.extra["forward_passes"]
+    assert close(split.values, whole.values) <= TOL
+
+
+def test_bad_toolkit_input_on_nnsight_gets_the_bridges_errors(both, pairs):
+    bridge, nn = both
+    tokens = bridge.to_tokens(PROMPT)
+    before = logits_of(nn, tokens)
+    calls = [
+        (lambda m: cv.logit_lens(m, "", k=3), "non-empty prompt"),
+        (lambda m: cv.logit_lens(m, PROMPT, k=0), "k must be"),
+        (lambda m: cv.logit_lens(m, PROMPT, answer=" t3 t4"), "not one"),
+        (lambda m: cv.logit_attribution(m, pairs, by="neurons"), "Unknown by"),
+        (lambda m: cv.logit_attribution(m, pairs, metric="kl"), "logit_diff"),
+        (lambda m: cv.path_patch(m, pairs, receivers=["L0H0"], senders=["L1H0"]), "runs after"),
+        (lambda m: cv.path_patch(m, pairs, receivers=["L9H0"]), "out of range"),
+        (lambda m: cv.path_patch(m, pairs, receivers=["L1H0"], receiver_input="z"), "Unknown"),
+        (lambda m: cv.path_patch(m, pairs, receivers=["L1H0"], direction="up"), "direction"),
+    ]
+    for call, message in calls:
+        with pytest.raises(cv.InputError, match=message):
+            call(bridge)
+        with pytest.raises(cv.InputError, match=message):
+            call(nn)
+    assert not nn.has_hooks()
+    assert torch.equal(logits_of(nn, tokens), before)
+
+
+# ----------------------------------------------------------------------------- NDIF
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def remote(request):
+    return Setup(request.param)
+
+
+def test_remote_logit_lens_is_one_request_of_top_k_only(remote):
+    sent = len(remote.fake.requests)
+    ref = cv.logit_lens(remote.bridge, PROMPT, answer=" t3", k=4)
+    got = cv.logit_lens(remote.client, PROMPT, answer=" t3", k=4)
+    same_lens(got, ref)
+    assert len(remote.fake.requests) == sent + 1
+    (run,) = remote.fake.results[-1]["results"]
+    n_rows, n_pos = remote.bridge.cfg.n_layers + 1, len(ref.tokens)
+    assert set(run["out"]) == {"top_ids", "top_probs", "answer_prob", "answer_rank", "gap"}
+    assert run["out"]["top_probs"].shape == (n_rows, n_pos, 4)  # never [rows, pos, vocab]
+    assert remote.states[-1] == "done" and not remote.server.has_hooks()
+
+
+def test_remote_logit_attribution_is_one_request(remote, pairs):
+    sent = len(remote.fake.requests)
+    for by in ("heads", "heads_by_pos"):
+        same_dla(
+            cv.logit_attribution(remote.client, pairs, by=by),
+            cv.logit_attribution(remote.bridge, pairs, by=by),
+        )
+    assert len(remote.fake.requests) == sent + 2
+    assert remote.fake.result_bytes[-1] < 4096  # the map and a few terms, no activations
+
+
+@pytest.mark.parametrize("options", PATHS[:4], ids=PATH_IDS[:4])
+def test_remote_path_patch_is_one_request(remote, pairs, options):
+    sent = len(remote.fake.requests)
+    ref = cv.path_patch(remote.bridge, pairs, progress=False, **options)
+    got = cv.path_patch(remote.client, pairs, max_rows=3, progress=False, **options)
+    same_path(got, ref)
+    assert len(remote.fake.requests) == sent + 1
+    for run in remote.fake.results[-1]["results"]:  # readouts only: 3 numbers per row
+        assert set(run["out"]) == {"sel"} and run["out"]["sel"].shape[-1] == 3
+        assert run["back"] == {}
+    assert remote.fake.result_bytes[-1] < 8192
+    assert not remote.server.has_hooks()
+
+
+def test_remote_toolkit_code_travels_by_value(remote, pairs):
+    cv.logit_lens(remote.client, PROMPT, k=2)
+    from tests.test_remote import payload
+
+    body = payload(remote.fake.requests[-1])
+    assert b"def carry_out" in body and b"def direct_terms" in body
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_model_toolkit_on_nnsight(demo_model):
+    """SmolLM2-135M (30 layers, GQA 9 q / 3 kv heads) from its own HF directory through
+    nnsight: the logit lens, DLA by head and path patching into a name mover's query (the
+    map over every earlier head) equal the bridge's."""
+    nn = cv.load_model("demo", backend="nnsight", device="cpu")
+    pairs = cv.PromptPairs(
+        ["When John and Mary went to the store, John gave a drink to"],
+        ["When John and Mary went to the store, Mary gave a drink to"],
+        [" Mary"],
+        [" John"],
+    )
+    same_lens(
+        cv.logit_lens(nn, pairs.clean[0], answer=" Mary"),
+        cv.logit_lens(demo_model, pairs.clean[0], answer=" Mary"),
+    )
+    same_dla(cv.logit_attribution(nn, pairs), cv.logit_attribution(demo_model, pairs))
+    options = {"receivers": ["L25H6"], "progress": False}
+    same_path(cv.path_patch(nn, pairs, **options), cv.path_patch(demo_model, pairs, **options))
+    assert not nn.has_hooks()
