@@ -178,6 +178,39 @@ def test_bad_toolkit_input_on_nnsight_gets_the_bridges_errors(both, pairs):
     assert torch.equal(logits_of(nn, tokens), before)
 
 
+#: Low enough that the tiny models have name movers, so S-inhibition (path patching into
+#: their queries) is scored too.
+LOW = {"io_attention": 0.0, "copy": 0.0, "dla": 0.0}
+
+
+def same_roles(got, ref) -> None:
+    assert got.scores.keys() == ref.scores.keys() and got.notes == ref.notes
+    for key, value in ref.scores.items():
+        assert torch.equal(got.scores[key].isnan(), value.isnan()), key
+        assert close(got.scores[key].nan_to_num(0), value.nan_to_num(0)) <= TOL, key
+    assert got.roles == ref.roles and abs(got.clean - ref.clean) <= TOL
+
+
+def test_head_roles_equal_bridge(both, pairs):
+    bridge, nn = both
+    ref = cv.head_roles(bridge, pairs, thresholds=LOW, progress=False)
+    got = cv.head_roles(nn, pairs, thresholds=LOW, progress=False)
+    same_roles(got, ref)
+    assert not ref.scores["s_inhibition"].isnan().all()  # name movers found: path patched
+    assert ref.heads("name_mover")
+    assert not nn.has_hooks()
+
+
+def test_head_roles_without_random_prompts_or_io_equal_bridge(both, pairs):
+    bridge, nn = both
+    options = {"n_random": 0, "progress": False}
+    same_roles(cv.head_roles(nn, pairs, **options), cv.head_roles(bridge, pairs, **options))
+    no_io = cv.PromptPairs(["t1 t2 t4 t5"], ["t5 t6 t7 t8"], [" t3"], [" t7"])
+    got, ref = cv.head_roles(nn, no_io, **options), cv.head_roles(bridge, no_io, **options)
+    same_roles(got, ref)
+    assert got.scores["copy"].isnan().all() and "not scored" in got.notes[0]
+
+
 # ----------------------------------------------------------------------------- NDIF
 
 
@@ -230,6 +263,16 @@ def test_remote_toolkit_code_travels_by_value(remote, pairs):
 
     body = payload(remote.fake.requests[-1])
     assert b"def carry_out" in body and b"def direct_terms" in body
+
+
+def test_remote_head_roles_are_three_requests(remote, pairs):
+    """Patterns and copy scores, DLA, path patching into the name movers: one job each."""
+    sent = len(remote.fake.requests)
+    ref = cv.head_roles(remote.bridge, pairs, thresholds=LOW, progress=False)
+    got = cv.head_roles(remote.client, pairs, thresholds=LOW, progress=False)
+    same_roles(got, ref)
+    assert len(remote.fake.requests) == sent + 3
+    assert not remote.server.has_hooks()
 
 
 # ----------------------------------------------------------------------------- demo

@@ -11,6 +11,11 @@ from ._pairs import InputError, check_text, encode
 from ._results import AttentionResult
 
 ROLES = ("previous_token", "duplicate_token", "induction")
+PATTERN_HELP = (
+    "This model's attention implementation does not expose its pattern (sdpa or flash "
+    "attention compute it inside one kernel): load it with attn_implementation='eager' "
+    "(circuitviz.load_model does for local models), or use the TransformerLens bridge."
+)
 
 
 def role_masks(tokens: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from . import backends
 from ._attention import _RoleScorer
 from ._badges import HEAD_ROLES
 from ._logit_attribution import logit_attribution
@@ -51,6 +52,7 @@ from ._pairs import InputError, PromptPairs, check_pairs, tokenize
 from ._patching import cache_acts
 from ._path_patching import path_patch
 from ._results import head_id
+from .backends._base import ported
 from .graph._layout import Weights
 
 #: The thresholds (see the module docstring for each score); override with ``thresholds=``.
@@ -253,43 +255,106 @@ def head_roles(
     The metric is the logit difference (direct logit attribution needs it). Name-mover roles
     need each clean prompt to contain its answer token (IO); see the module docstring.
     """
+    if (seam := backends.route(model, "head_roles")) is not None:
+        return seam(
+            model,
+            pairs,
+            thresholds=thresholds,
+            n_random=n_random,
+            random_len=random_len,
+            seed=seed,
+            progress=progress,
+        )
     check_bridge(model)
+    return score_roles(
+        model,
+        pairs,
+        read_bridge,
+        thresholds=thresholds,
+        n_random=n_random,
+        random_len=random_len,
+        seed=seed,
+        progress=progress,
+    )
+
+
+PatternReader = Callable[..., tuple[list, list | None, tuple | None]]
+"""``read(model, clean, rand, first_io, answers) -> (patterns, rand_patterns, copy)``:
+per-prompt ``{layer: [head, dest, src]}`` patterns of the clean prompts and of the random
+repeats (None without), and the OV copy scores ``(copy, negative_copy)`` read at each
+clean prompt's ``first_io`` position (None when ``first_io`` is None)."""
+
+
+def read_bridge(
+    model: TransformerBridge,
+    clean: torch.Tensor,
+    rand: torch.Tensor | None,
+    first_io: torch.Tensor | None,
+    answers: torch.Tensor,
+) -> tuple[list, list | None, tuple | None]:
+    """The bridge's :data:`PatternReader`: cached forward passes, then the weights here."""
+    patterns, acts = _patterns(model, clean, ("blocks.0.hook_resid_post",))
+    rand_patterns = None if rand is None else _patterns(model, rand)[0]
+    copy = None
+    if first_io is not None:
+        resid = acts["blocks.0.hook_resid_post"][torch.arange(clean.shape[0]), first_io]
+        copy = copy_scores(model, resid, answers)
+    return patterns, rand_patterns, copy
+
+
+def score_roles(
+    model: TransformerBridge,
+    pairs: PromptPairs,
+    read: PatternReader,
+    *,
+    thresholds: Mapping[str, float] | None,
+    n_random: int,
+    random_len: int,
+    seed: int,
+    progress: bool,
+) -> HeadRoles:
+    """:func:`head_roles` with its patterns and copy scores from ``read`` (the bridge's, or
+    one nnsight request); DLA and path patching route to the model's backend themselves."""
     check_pairs(pairs)
     limits = check_thresholds(thresholds)
     for name, value, least in (("n_random", n_random, 0), ("random_len", random_len, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputError(f"head_roles needs {name} to be an integer ≥ {least}, got {value!r}.")
-    tokens = tokenize(model, pairs)
+    with ported():
+        tokens = tokenize(model, pairs)
     cfg = model.cfg
     notes: list[str] = []
     bar = tqdm(total=4, desc="head roles", disable=not progress, leave=False)
     try:
         with torch.inference_mode():
-            patterns, acts = _patterns(model, tokens.clean, ("blocks.0.hook_resid_post",))
-            per_prompt = _attention_scores(patterns, tokens.clean.cpu())
             length = min(random_len, (int(cfg.n_ctx) - int(tokens.prepend_bos)) // 2)
+            rand = None
             if n_random and length >= 2:
                 bos = int(tokens.clean[0, 0]) if tokens.prepend_bos else None
                 rand = _random_repeats(model, bos, n_random, length, seed)
-                rand_patterns, _ = _patterns(model, rand)
+            io = _positions(tokens.clean, tokens.answers)
+            s = _positions(tokens.clean, tokens.wrong_answers)
+            have_io = bool(io.any(1).all())
+            first_io = io.float().argmax(1) if have_io else None
+            patterns, rand_patterns, copy = read(
+                model, tokens.clean, rand, first_io, tokens.answers
+            )
+            per_prompt = _attention_scores(patterns, tokens.clean.cpu())
+            if rand_patterns is not None:
                 more = _attention_scores(rand_patterns, rand.cpu())
                 per_prompt = {r: torch.cat([per_prompt[r], more[r]]) for r in per_prompt}
             scores = {r: per_prompt[r].nanmean(0).nan_to_num(0.0) for r in per_prompt}
             bar.update()
 
-            io = _positions(tokens.clean, tokens.answers)
-            s = _positions(tokens.clean, tokens.wrong_answers)
             nan = torch.full((cfg.n_layers, cfg.n_heads), math.nan)
-            have_io = bool(io.any(1).all())
             if have_io:
                 final = torch.stack(  # [batch, layer, head, src]: from the final position
                     [torch.stack([p[la][:, -1] for la in range(cfg.n_layers)]) for p in patterns]
                 ).float()
+                io, s = io.to(final.device), s.to(final.device)
                 scores["io_attention"] = (final * io[:, None, None].to(final)).sum(-1).mean(0).cpu()
                 scores["s_attention"] = (final * s[:, None, None].to(final)).sum(-1).mean(0).cpu()
-                first_io = io.float().argmax(1)
-                resid = acts["blocks.0.hook_resid_post"][torch.arange(tokens.batch), first_io]
-                scores["copy"], scores["negative_copy"] = copy_scores(model, resid, tokens.answers)
+                scores["copy"], scores["negative_copy"] = copy
             else:
                 notes.append(
                     "Name-mover roles not scored: some clean prompt does not contain its answer "

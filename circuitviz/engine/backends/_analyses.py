@@ -295,7 +295,7 @@ def _top(model: Any, out: Output) -> TopTokens:
 
 def attention(model: Any, prompt: Any, *, prepend_bos: bool | None = None) -> AttentionResult:
     """Every layer's pattern in one request; role scores from the float32 patterns."""
-    from .._attention import ROLES, _RoleScorer, prompt_tokens
+    from .._attention import PATTERN_HELP, ROLES, _RoleScorer, prompt_tokens
     from .._models import check_bridge, model_name
 
     with ported():
@@ -309,11 +309,7 @@ def attention(model: Any, prompt: Any, *, prepend_bos: bool | None = None) -> At
     run = Run(tokens, returns={("pattern", layer) for layer in range(n_layers)})
     back = backend_of(model).execute([run], desc="attention", progress=False)[0].returned
     if any(back[("pattern", layer)] is None for layer in range(n_layers)):
-        raise InputError(
-            "This model's attention implementation does not expose its pattern (sdpa or flash "
-            "attention compute it inside one kernel): load it with attn_implementation='eager' "
-            "(circuitviz.load_model does for local models), or use the TransformerLens bridge."
-        )
+        raise InputError(PATTERN_HELP)
     scorer = _RoleScorer(tokens[0].cpu())
     patterns = [back[("pattern", layer)][0] for layer in range(n_layers)]
     scores = [scorer(p) for p in patterns]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .._metrics import MetricFn, bind_metric, check_metric
-from .._pairs import PromptPairs, tokenize
+from .._pairs import InputError, PromptPairs, tokenize
 from .._results import PatchResult
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
@@ -167,3 +167,71 @@ def path_patch(
         corrupted=bound(corr_l),
         extra={"forward_passes": len(runs), "requests": 1, "backend": backend_of(model).name},
     )
+
+
+def head_roles(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    thresholds: Any = None,
+    n_random: int = 4,
+    random_len: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> Any:
+    """Head roles on nnsight: the patterns and the OV copy scores in one request (the copy
+    scores reduced on the server), then :func:`logit_attribution` and, when some head is a
+    name mover, :func:`path_patch` — three requests, scored by the bridge's own code."""
+    from .._roles import score_roles
+
+    return score_roles(
+        model,
+        pairs,
+        read_patterns,
+        thresholds=thresholds,
+        n_random=n_random,
+        random_len=random_len,
+        seed=seed,
+        progress=progress,
+    )
+
+
+def read_patterns(
+    model: Any,
+    clean: torch.Tensor,
+    rand: torch.Tensor | None,
+    first_io: torch.Tensor | None,
+    answers: torch.Tensor,
+) -> tuple[list, list | None, tuple | None]:
+    """Head roles' :data:`circuitviz.engine._roles.PatternReader` as one request: every
+    layer's pattern of the clean prompts and of the random repeats, and the copy scores."""
+    from .._attention import PATTERN_HELP
+    from .._roles import TOP_K
+
+    layers = range(model.cfg.n_layers)
+    patterns = {("pattern", layer) for layer in layers}
+    runs = [Run(clean, returns=patterns)]
+    if rand is not None:
+        runs.append(Run(rand.cpu(), returns=patterns))
+    if first_io is not None:
+        copy = {
+            "kind": "copy",
+            "positions": first_io.cpu(),
+            "answers": answers.cpu(),
+            "top_k": TOP_K,
+            "eps": norm_eps(model),
+        }
+        runs.append(Run(clean, grad=copy))
+    outs = backend_of(model).execute(runs, desc="head roles", progress=False)
+    if any(outs[0].returned[key] is None for key in patterns):
+        raise InputError(PATTERN_HELP)
+
+    def per_prompt(out: Any, n: int) -> list[dict]:
+        return [{layer: out.returned[("pattern", layer)][b] for layer in layers} for b in range(n)]
+
+    clean_patterns = per_prompt(outs[0], clean.shape[0])
+    rand_patterns = None if rand is None else per_prompt(outs[1], rand.shape[0])
+    scores = None
+    if first_io is not None:
+        scores = (outs[-1].readout["copy"], outs[-1].readout["negative_copy"])
+    return clean_patterns, rand_patterns, scores

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 #: The run kinds (``Run.grad["kind"]``) this module carries out.
-KINDS = ("lens", "dla", "path")
+KINDS = ("lens", "dla", "path", "copy")
 
 
 # ----------------------------------------------------------------------------- modules
@@ -124,6 +124,8 @@ def carry_out(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
         return lens(lm, arch, shape, run)
     if kind == "dla":
         return dla(lm, arch, shape, run)
+    if kind == "copy":
+        return copy_scores(lm, arch, shape, run)
     path(lm, arch, shape, run, saved)
     return {}
 
@@ -299,3 +301,33 @@ def path(lm, arch: str, shape: dict, run: dict, saved: dict) -> None:
             new = new + bias[idx]
         for j, r in enumerate(rows):
             act[1 + r, :, idx] = new[j].to(act.dtype)
+
+
+# ----------------------------------------------------------------------------- head roles
+
+
+def copy_scores(lm, arch: str, shape: dict, run: dict) -> dict:
+    """The OV copy scores of head roles (see :func:`circuitviz.engine._roles.copy_scores`):
+    the residual stream after layer 0 at each prompt's ``positions[b]`` through each head's
+    ``±(ln1 → W_V W_O) → final norm → W_U``; the share of prompts whose ``answers[b]`` is
+    in the top ``top_k`` logits, ``[layer, head]`` for each sign."""
+    spec = run["grad"]
+    n_layers, n_heads = shape["n_layers"], shape["n_heads"]
+    after = _block(lm, arch, 1).input if n_layers > 1 else _final_norm(lm, arch).input
+    resid = after[torch.arange(after.shape[0]), spec["positions"]]  # [batch, d_model]
+    answers, eps, final = spec["answers"], spec["eps"], _final_norm(lm, arch)
+    copy = torch.zeros(n_layers, n_heads)
+    negative = torch.zeros(n_layers, n_heads)
+    for layer in range(n_layers):
+        W_V, b_V = _projection(lm, arch, layer, "v", shape)  # [kv_head, d_model, d_head]
+        v = torch.einsum("bm,kmd->bkd", norm(resid, _ln1(lm, arch, layer), arch, eps), W_V)
+        if b_V is not None:
+            v = v + b_V
+        v = v.repeat_interleave(n_heads // v.shape[1], dim=1)  # GQA: each head's KV head
+        out = torch.einsum("bhd,hdm->bhm", v, _w_o(lm, arch, layer, n_heads))
+        for sign, dest in ((1, copy), (-1, negative)):
+            logits = unembed(lm, norm(sign * out, final, arch, eps))
+            top = logits.topk(spec["top_k"], dim=-1).indices  # [batch, head, k]
+            hit = (top == answers.to(top.device)[:, None, None]).any(-1).float()
+            dest[layer] = hit.mean(0).detach().cpu()
+    return {"copy": copy, "negative_copy": negative}
