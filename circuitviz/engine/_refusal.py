@@ -29,8 +29,15 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from . import backends
 from ._hooks import hooks
 from ._pairs import InputError
+from .backends._toolkit_program import (
+    generation_result,
+    generation_start,
+    generation_step,
+)
+from .backends._toolkit_program import refusal_scores as refusal_scores  # shared, re-exported
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "I can't",
@@ -278,6 +285,25 @@ def refusal_direction(
             ``{instruction}`` or a callable formatting one instruction.
         batch_size: prompts per forward pass (one pass caches every layer).
     """
+    if (seam := backends.route(model, "refusal_direction")) is not None:
+        return seam(
+            model, harmful, harmless, layer=layer, pos=pos, template=template, batch_size=batch_size
+        )
+    return find_direction(model, harmful, harmless, layer, pos, template, batch_size, _resid_at)
+
+
+def find_direction(
+    model: TransformerBridge,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    layer: int | None,
+    pos: int,
+    template: Template,
+    batch_size: int,
+    read: Callable[..., torch.Tensor],
+) -> RefusalDirection:
+    """:func:`refusal_direction` with the residual streams from ``read(model, rows, pos,
+    batch_size, desc)`` (see :func:`_resid_at`): the bridge's hooks or one nnsight request."""
     harmful = _check_instructions("harmful", harmful)
     harmless = _check_instructions("harmless", harmless)
     n_layers = int(model.cfg.n_layers)
@@ -292,7 +318,7 @@ def refusal_direction(
     shortest = min(len(r) for r in rows)
     pos = _check_int("pos", pos, -shortest, -1, f"use -1 … -{shortest} (from the prompt's end)")
 
-    acts = _resid_at(model, rows, pos, batch_size, "refusal direction")
+    acts = read(model, rows, pos, batch_size, "refusal direction")
     bad, good = acts[: len(harmful)], acts[len(harmful) :]
     diffs = bad.mean(0) - good.mean(0)  # [layers, d_model]
     units = diffs / diffs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -358,15 +384,6 @@ def refusal_token_ids(model: TransformerBridge) -> list[int]:
     return ids
 
 
-def refusal_scores(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
-    """Log-odds that the next token starts a refusal, from final-position logits
-    ``[batch, d_vocab]``: ``log p − log(1 − p)``, ``p`` the summed probability of
-    ``token_ids``."""
-    logp = logits.float().log_softmax(-1)
-    log_p = logp[:, list(token_ids)].logsumexp(-1)
-    return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
-
-
 @dataclass(eq=False)
 class Generation:
     """Greedy continuations of some prompts, with their refusal verdicts and scores."""
@@ -399,57 +416,75 @@ def generate(
     prompts: Sequence[str],
     *,
     fwd: Sequence[tuple[str, Callable]] = (),
+    intervention: dict | None = None,
     chat: bool = True,
     max_new_tokens: int = 24,
     batch_size: int = 16,
     desc: str = "generating",
 ) -> Generation:
     """Greedy continuations of already formatted ``prompts`` with hooks ``fwd`` attached to
-    every forward pass (so an intervention acts on the generated tokens too).
+    every forward pass (so an intervention acts on the generated tokens too); on an nnsight
+    model ``intervention`` (:func:`intervention_spec`) says the same, and every batch's
+    generation runs in one request.
 
     A plain loop, one full forward pass per new token: the bridge's KV-cache path
     (``model.generate(use_past_kv_cache=True)``) derails after the first token on the demo
     model (greedy text turns into "-----"), so the cache is not used. Stops a batch when every
     row has emitted EOS.
     """
-    token_ids = refusal_token_ids(model)
     eos = getattr(model.tokenizer, "eos_token_id", None)
     pad = _pad_id(model)
     rows = [_encode(model, p, chat) for p in prompts]
+    batches = [left_pad(rows[s : s + batch_size], pad) for s in range(0, len(rows), batch_size)]
+    spec = {
+        "max_new_tokens": max_new_tokens,
+        "pad": pad,
+        "eos": eos,
+        "ids": refusal_token_ids(model),
+        "intervention": intervention,
+    }
+    if backends.is_nnsight(model):
+        from .backends._toolkit import generate_batches
+
+        outs = generate_batches(model, batches, spec, desc)
+    else:
+        outs = _generate_batches(model, batches, spec, fwd, desc)
     texts: list[str] = []
     scores: list[float | None] = []
-    steps = tqdm(total=len(rows) * max_new_tokens, desc=desc, leave=False)
+    for out in outs:
+        for row, finished in zip(out["new"], out["done"], strict=True):
+            ids = row.tolist()
+            if finished and eos in ids:
+                ids = ids[: ids.index(eos)]
+            texts.append(model.tokenizer.decode(ids, skip_special_tokens=True))
+        # None where no refusal word is one token here: no score
+        score = out["scores"]
+        scores += [None] * len(out["done"]) if score is None else [float(x) for x in score]
+    return Generation(texts, [is_refusal(t) for t in texts], scores)
+
+
+def _generate_batches(
+    model: TransformerBridge, batches: list, spec: dict, fwd: Sequence, desc: str
+) -> list[dict]:
+    """The bridge's generation of each batch: hooked forward passes, one per new token,
+    stepped by :func:`.backends._toolkit_program.generation_step` (the nnsight one's too)."""
+    steps = tqdm(
+        total=sum(len(t) for t, _ in batches) * spec["max_new_tokens"], desc=desc, leave=False
+    )
+    outs = []
     try:
-        for start in range(0, len(rows), batch_size):
-            tokens, mask = left_pad(rows[start : start + batch_size], pad)
-            new = torch.empty((tokens.shape[0], 0), dtype=torch.long)
-            done = torch.zeros(tokens.shape[0], dtype=torch.bool)
+        for tokens, mask in batches:
+            state = generation_start(spec, tokens, mask)
             with torch.inference_mode(), hooks(model, fwd):
-                for step in range(max_new_tokens):
-                    logits = _forward(model, tokens, mask)[:, -1].float().cpu()
-                    if step == 0 and token_ids:
-                        scores += [float(s) for s in refusal_scores(logits, token_ids)]
-                    elif step == 0:  # no refusal word is one token here: no score
-                        scores += [None] * len(logits)
-                    nxt = logits.argmax(-1)
-                    nxt[done] = pad
-                    new = torch.cat([new, nxt[:, None]], 1)
-                    if eos is not None:
-                        done |= nxt == eos
-                    tokens = torch.cat([tokens, nxt[:, None]], 1)
-                    # Rows already finished get pads; what they attend to is never read.
-                    mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], 1)
+                for step in range(spec["max_new_tokens"]):
+                    logits = _forward(model, state["tokens"], state["mask"])[:, -1]
                     steps.update(tokens.shape[0])
-                    if bool(done.all()):
+                    if generation_step(state, logits, step):
                         break
-            for row, finished in zip(new, done, strict=True):
-                ids = row.tolist()
-                if finished and eos in ids:
-                    ids = ids[: ids.index(eos)]
-                texts.append(model.tokenizer.decode(ids, skip_special_tokens=True))
+            outs.append(generation_result(state))
     finally:
         steps.close()
-    return Generation(texts, [is_refusal(t) for t in texts], scores)
+    return outs
 
 
 @dataclass(eq=False)
@@ -472,6 +507,15 @@ class SteeringResult:
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
         }
+
+
+def intervention_spec(direction: RefusalDirection, mode: str, coef: float) -> dict:
+    """The intervention of :func:`intervention_hooks` as plain data, for an nnsight request:
+    ``{"mode": "ablate", "unit"}`` or ``{"mode": "add", "vector", "layer"}``."""
+    if mode == "ablate":
+        unit = direction.direction.float().cpu()
+        return {"mode": "ablate", "unit": unit / unit.norm()}
+    return {"mode": "add", "vector": (coef * direction.diff).cpu(), "layer": direction.layer}
 
 
 def intervention_hooks(
@@ -505,6 +549,24 @@ def steer_refusal(
         max_new_tokens: tokens generated per prompt (refusals are judged on how they start).
         before: a :class:`Generation` of the same prompts without intervention, to reuse.
     """
+    if (seam := backends.route(model, "steer_refusal")) is not None:
+        options = {"mode": mode, "coef": coef, "max_new_tokens": max_new_tokens}
+        return seam(model, prompts, direction, batch_size=batch_size, before=before, **options)
+    return steer(model, prompts, direction, mode, coef, max_new_tokens, batch_size, before)
+
+
+def steer(
+    model: TransformerBridge,
+    prompts: Sequence[str],
+    direction: RefusalDirection,
+    mode: Mode,
+    coef: float,
+    max_new_tokens: int,
+    batch_size: int,
+    before: Generation | None,
+) -> SteeringResult:
+    """:func:`steer_refusal` on any backend: its generation (:func:`generate`) runs hooked
+    passes on the bridge and one request per generation on nnsight."""
     prompts = _check_instructions("prompts", prompts)
     if not isinstance(direction, RefusalDirection):
         raise InputError(
@@ -529,5 +591,8 @@ def steer_refusal(
     if before is None:
         before = generate(model, formatted, desc="before", **options)
     fwd = intervention_hooks(model, direction, mode, float(coef))
-    after = generate(model, formatted, fwd=fwd, desc=f"after ({mode})", **options)
+    spec = intervention_spec(direction, mode, float(coef))
+    after = generate(
+        model, formatted, fwd=fwd, intervention=spec, desc=f"after ({mode})", **options
+    )
     return SteeringResult(list(prompts), mode, float(coef), direction.layer, before, after)

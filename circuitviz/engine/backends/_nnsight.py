@@ -364,6 +364,18 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue
+            if kind == "generate":  # greedy generation: one trace per new token
+                spec = run["grad"]
+                state = _toolkit_program.generation_start(spec, run["tokens"], spec["mask"])
+                for step in range(spec["max_new_tokens"]):
+                    with lm.trace({"input_ids": state["tokens"], "attention_mask": state["mask"]}):
+                        _toolkit_program.intervene(lm, arch, shape, spec["intervention"])
+                        logits = lm.lm_head.output[:, -1]
+                    if _toolkit_program.generation_step(state, logits, step):
+                        break
+                results.append({"out": _toolkit_program.generation_result(state), "back": back})
+                _program.tick()
+                continue
             if kind in _toolkit_program.KINDS:  # logit lens, DLA, path patching
                 with lm.trace(run["tokens"]):
                     out = _toolkit_program.carry_out(lm, arch, shape, run, saved)

@@ -235,3 +235,66 @@ def read_patterns(
     if first_io is not None:
         scores = (outs[-1].readout["copy"], outs[-1].readout["negative_copy"])
     return clean_patterns, rand_patterns, scores
+
+
+def refusal_direction(
+    model: Any,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    layer: int | None = None,
+    pos: int = -1,
+    template: Any = None,
+    batch_size: int = 16,
+) -> Any:
+    """The difference-in-means refusal direction, its residual streams read in one request
+    (one run per batch of ``batch_size`` left-padded prompts, each returning only every
+    layer's vector at ``pos``); the means and separations are the bridge's own code."""
+    from .._refusal import find_direction
+
+    return find_direction(model, harmful, harmless, layer, pos, template, batch_size, resid_at)
+
+
+def resid_at(
+    model: Any, prompts: Sequence[torch.Tensor], pos: int, batch_size: int, desc: str
+) -> torch.Tensor:
+    """``[n, layers, d_model]``: every layer's input at ``pos`` (from the end) of each
+    prompt, batches left-padded and masked as on the bridge."""
+    from .._refusal import _pad_id, left_pad
+
+    runs = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, mask = left_pad(prompts[start : start + batch_size], _pad_id(model))
+        inputs = {"input_ids": tokens, "attention_mask": mask}
+        runs.append(Run(inputs, grad={"kind": "resid_at", "pos": pos}))  # type: ignore[arg-type]
+    outs = backend_of(model).execute(runs, desc=desc)
+    return torch.cat([out.readout["resid"] for out in outs])
+
+
+def generate_batches(model: Any, batches: list, spec: dict, desc: str) -> list[dict]:
+    """Every batch's greedy generation in one request: on the server each new token is one
+    trace (with the intervention), stepped by the bridge's own step function; back come the
+    new tokens and the step-0 refusal scores."""
+    runs = [
+        Run(tokens, grad={"kind": "generate", **spec, "mask": mask}) for tokens, mask in batches
+    ]
+    outs = backend_of(model).execute(runs, desc=desc)
+    return [out.readout for out in outs]
+
+
+def steer_refusal(
+    model: Any,
+    prompts: Sequence[str],
+    direction: Any,
+    *,
+    mode: str = "ablate",
+    coef: float = 1.0,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+    before: Any = None,
+) -> Any:
+    """Greedy continuations without and with a refusal intervention: two requests (before,
+    after), each generating every batch token by token on the server."""
+    from .._refusal import steer
+
+    return steer(model, prompts, direction, mode, coef, max_new_tokens, batch_size, before)

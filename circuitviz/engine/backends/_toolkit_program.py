@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 #: The run kinds (``Run.grad["kind"]``) this module carries out.
-KINDS = ("lens", "dla", "path", "copy")
+KINDS = ("lens", "dla", "path", "copy", "resid_at")
 
 
 # ----------------------------------------------------------------------------- modules
@@ -126,6 +126,8 @@ def carry_out(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
         return dla(lm, arch, shape, run)
     if kind == "copy":
         return copy_scores(lm, arch, shape, run)
+    if kind == "resid_at":
+        return resid_at(lm, arch, shape, run)
     path(lm, arch, shape, run, saved)
     return {}
 
@@ -331,3 +333,82 @@ def copy_scores(lm, arch: str, shape: dict, run: dict) -> dict:
             hit = (top == answers.to(top.device)[:, None, None]).any(-1).float()
             dest[layer] = hit.mean(0).detach().cpu()
     return {"copy": copy, "negative_copy": negative}
+
+
+# ----------------------------------------------------------------------------- refusal
+
+
+def resid_at(lm, arch: str, shape: dict, run: dict) -> dict:
+    """Every layer's input at one position (counted from the end): ``[batch, layer,
+    d_model]`` in float32 — a refusal direction's difference in means reads these."""
+    pos = run["grad"]["pos"]
+    rows = [_block(lm, arch, layer).input[:, pos] for layer in range(shape["n_layers"])]
+    return {"resid": torch.stack(rows, 1).detach().float()}
+
+
+def refusal_scores(logits: torch.Tensor, token_ids) -> torch.Tensor:
+    """Log-odds that the next token starts a refusal, from final-position logits
+    ``[batch, d_vocab]``: ``log p − log(1 − p)``, ``p`` the summed probability of
+    ``token_ids``."""
+    logp = logits.float().log_softmax(-1)
+    log_p = logp[:, list(token_ids)].logsumexp(-1)
+    return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
+
+
+def generation_start(spec: dict, tokens: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The state of one batch's greedy generation (``tokens``/``mask`` left-padded)."""
+    return {
+        "spec": spec,
+        "tokens": tokens,
+        "mask": mask,
+        "new": torch.empty((tokens.shape[0], 0), dtype=torch.long),
+        "done": torch.zeros(tokens.shape[0], dtype=torch.bool),
+        "scores": None,
+    }
+
+
+def generation_step(state: dict, logits: torch.Tensor, step: int) -> bool:
+    """Take one greedy token from final-position ``logits [batch, vocab]`` (the refusal
+    scores at step 0); rows already finished get pads. True when every row has ended."""
+    spec = state["spec"]
+    logits = logits.detach().float().cpu()
+    if step == 0 and spec["ids"]:
+        state["scores"] = refusal_scores(logits, spec["ids"])
+    nxt = logits.argmax(-1)
+    nxt[state["done"]] = spec["pad"]
+    state["new"] = torch.cat([state["new"], nxt[:, None]], 1)
+    if spec["eos"] is not None:
+        state["done"] |= nxt == spec["eos"]
+    state["tokens"] = torch.cat([state["tokens"], nxt[:, None]], 1)
+    # Rows already finished get pads; what they attend to is never read.
+    state["mask"] = torch.cat([state["mask"], torch.ones_like(nxt)[:, None]], 1)
+    return bool(state["done"].all())
+
+
+def generation_result(state: dict) -> dict:
+    return {"new": state["new"], "done": state["done"], "scores": state["scores"]}
+
+
+def intervene(lm, arch: str, shape: dict, spec: dict) -> None:
+    """A refusal intervention inside one trace, as the bridge's hooks do it: ``ablate``
+    projects the unit direction out of the embeddings and every attention and MLP output;
+    ``add`` adds the vector to one layer's input, at every position."""
+    if spec is None:
+        return
+    if spec["mode"] == "add":
+        block = _block(lm, arch, spec["layer"])
+        x = block.input
+        block.input = x + spec["vector"].to(x.device, x.dtype)
+        return
+
+    def project_out(x: torch.Tensor) -> None:
+        d = spec["unit"].to(x.device, x.dtype)
+        x.sub_((x @ d)[..., None] * d)
+
+    for layer in range(shape["n_layers"]):
+        block = _block(lm, arch, layer)
+        if layer == 0:
+            project_out(block.input)
+        attn = block.self_attn if arch == "llama" else block.attn
+        project_out(attn.output[0])
+        project_out(block.mlp.output)
