@@ -182,13 +182,9 @@ def test_a_site_nnsight_cannot_write_is_refused_before_running(both, pairs):
     "call",
     [
         lambda m, p: cv.tasks.induction(m, n=2),
-        lambda m, p: cv.refusal_direction(
-            m, harmful=["t1 t2"] * 2, harmless=["t3 t4"] * 2, template="{instruction}"
-        ),
     ],
     ids=[
         "tasks",
-        "refusal_direction",
     ],
 )
 def test_analyses_not_ported_name_the_bridge(both, pairs, call):

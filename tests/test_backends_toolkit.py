@@ -1,5 +1,5 @@
 """The toolkit analyses on nnsight — the logit lens, direct logit attribution, path patching,
-head roles — give the TransformerLens bridge's numbers, locally and through the fake NDIF.
+head roles, refusal directions and steering — give the TransformerLens bridge's numbers, locally and through the fake NDIF.
 
 Reference for every figure: circuitviz's bridge implementations (``cv.logit_lens``,
 ``cv.logit_attribution``, ``cv.path_patch``, ``cv.head_roles`` on a ``TransformerBridge``),
@@ -211,6 +211,54 @@ def test_head_roles_without_random_prompts_or_io_equal_bridge(both, pairs):
     assert got.scores["copy"].isnan().all() and "not scored" in got.notes[0]
 
 
+HARMFUL = ["t1 t2 t3", "t4 t5", "t6 t7 t8 t9", "t1 t9", "t2 t4 t6"]
+HARMLESS = ["t10 t11", "t12 t13 t14", "t15", "t16 t17 t18 t19", "t20 t21"]
+STEER = ["t1 t2", "t30 t31 t32", "t5"]
+
+
+def same_direction(got, ref) -> None:
+    assert (got.layer, got.pos) == (ref.layer, ref.pos)
+    assert close(got.all_diffs, ref.all_diffs) <= TOL
+    assert close(got.direction, ref.direction) <= TOL
+    assert max(abs(a - b) for a, b in zip(got.separation, ref.separation, strict=True)) <= TOL
+
+
+@pytest.mark.parametrize("options", [{}, {"layer": 1, "pos": -2, "batch_size": 3}], ids=str)
+def test_refusal_direction_equals_bridge(both, options):
+    """Several left-padded, masked batches (prompts of 2–5 tokens), every layer."""
+    bridge, nn = both
+    ref = cv.refusal_direction(bridge, HARMFUL, HARMLESS, template="{instruction}", **options)
+    got = cv.refusal_direction(nn, HARMFUL, HARMLESS, template="{instruction}", **options)
+    same_direction(got, ref)
+    assert not nn.has_hooks()
+
+
+@pytest.fixture
+def refusal_words(monkeypatch):
+    """The tiny tokenizers have none of the refusal words: score tokens they have, so the
+    step-0 refusal scores (log-odds from the logits) are compared too."""
+    from circuitviz.engine import _refusal
+
+    monkeypatch.setattr(_refusal, "REFUSAL_TOKENS", ("t3", "t7", "t47"))
+
+
+@pytest.mark.parametrize(("mode", "coef"), [("ablate", 1.0), ("add", 8.0)])
+def test_steering_equals_bridge(both, refusal_words, mode, coef):
+    bridge, nn = both
+    d = cv.refusal_direction(bridge, HARMFUL, HARMLESS, template="{instruction}")
+    options = {"mode": mode, "coef": coef, "max_new_tokens": 5, "batch_size": 2}
+    ref = cv.steer_refusal(bridge, STEER, d, **options)
+    got = cv.steer_refusal(nn, STEER, d, **options)
+    for side in ("before", "after"):
+        a, b = getattr(got, side), getattr(ref, side)
+        assert a.continuations == b.continuations and a.refused == b.refused
+        assert close(torch.tensor(a.scores), torch.tensor(b.scores)) <= TOL
+    # The intervention acted (the continuations or the scores moved), on both sides alike.
+    moved = float((torch.tensor(ref.after.scores) - torch.tensor(ref.before.scores)).abs().max())
+    assert ref.after.continuations != ref.before.continuations or moved > 1e-3
+    assert not nn.has_hooks()
+
+
 # ----------------------------------------------------------------------------- NDIF
 
 
@@ -275,6 +323,24 @@ def test_remote_head_roles_are_three_requests(remote, pairs):
     assert not remote.server.has_hooks()
 
 
+def test_remote_refusal_is_one_request_per_direction_and_per_generation(remote, refusal_words):
+    sent = len(remote.fake.requests)
+    options = {"template": "{instruction}", "batch_size": 3}
+    ref = cv.refusal_direction(remote.bridge, HARMFUL, HARMLESS, **options)
+    got = cv.refusal_direction(remote.client, HARMFUL, HARMLESS, **options)
+    same_direction(got, ref)
+    assert len(remote.fake.requests) == sent + 1  # every batch in one job
+    steer = {"mode": "add", "coef": 8.0, "max_new_tokens": 4, "batch_size": 2}
+    want = cv.steer_refusal(remote.bridge, STEER, ref, **steer)
+    have = cv.steer_refusal(remote.client, STEER, got, **steer)
+    for side in ("before", "after"):
+        a, b = getattr(have, side), getattr(want, side)
+        assert a.continuations == b.continuations
+        assert close(torch.tensor(a.scores), torch.tensor(b.scores)) <= TOL
+    assert len(remote.fake.requests) == sent + 3  # before and after: one job each
+    assert not remote.server.has_hooks()
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -298,4 +364,42 @@ def test_demo_model_toolkit_on_nnsight(demo_model):
     same_dla(cv.logit_attribution(nn, pairs), cv.logit_attribution(demo_model, pairs))
     options = {"receivers": ["L25H6"], "progress": False}
     same_path(cv.path_patch(nn, pairs, **options), cv.path_patch(demo_model, pairs, **options))
+    assert not nn.has_hooks()
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_model_roles_and_refusal_on_nnsight(demo_model):
+    """SmolLM2-135M-Instruct through nnsight: head roles on IOI pairs (patterns, copy
+    scores, DLA and path patching into the name movers' queries), the refusal direction
+    from its chat template and an ablation's greedy continuations equal the bridge's."""
+    nn = cv.load_model("demo", backend="nnsight", device="cpu")
+    pairs = cv.PromptPairs(
+        [
+            "When John and Mary went to the store, John gave a drink to",
+            "When Tom and Anna went to the park, Tom gave a ball to",
+        ],
+        [
+            "When John and Mary went to the store, Mary gave a drink to",
+            "When Tom and Anna went to the park, Anna gave a ball to",
+        ],
+        [" Mary", " Anna"],
+        [" John", " Tom"],
+    )
+    same_roles(
+        cv.head_roles(nn, pairs, n_random=2, progress=False),
+        cv.head_roles(demo_model, pairs, n_random=2, progress=False),
+    )
+    sets = cv.refusal_instructions("train")
+    harmful, harmless = sets["harmful"][:4], sets["harmless"][:4]
+    ref = cv.refusal_direction(demo_model, harmful, harmless)
+    got = cv.refusal_direction(nn, harmful, harmless)
+    same_direction(got, ref)
+    prompts = sets["harmful"][4:6]
+    want = cv.steer_refusal(demo_model, prompts, ref, max_new_tokens=4)
+    have = cv.steer_refusal(nn, prompts, got, max_new_tokens=4)
+    for side in ("before", "after"):
+        a, b = getattr(have, side), getattr(want, side)
+        assert a.continuations == b.continuations
+        assert close(torch.tensor(a.scores), torch.tensor(b.scores)) <= TOL
     assert not nn.has_hooks()
