@@ -259,6 +259,45 @@ def test_steering_equals_bridge(both, refusal_words, mode, coef):
     assert not nn.has_hooks()
 
 
+def test_views_over_nnsight_show_the_bridges_results(both, pairs):
+    """The steering view regenerates through nnsight, and the attention view takes roles
+    computed on nnsight: the same texts and badges as over the bridge."""
+    from circuitviz.views import AttentionView, SteeringView
+
+    bridge, nn = both
+    d = cv.refusal_direction(nn, HARMFUL, HARMLESS, template="{instruction}")
+    views = [SteeringView(m, d, "t1 t2", coef=0.0, coef_max=60.0, max_new_tokens=3) for m in both]
+    for view in views:
+        view.coef = 40.0  # what the page's slider sends
+    assert views[0].error == views[1].error == ""
+    assert views[0].after == views[1].after and views[0].before == views[1].before
+    roles = cv.head_roles(nn, pairs, thresholds=LOW, progress=False)
+    got = AttentionView(nn, PROMPT, roles=roles)
+    ref = AttentionView(bridge, PROMPT, roles=cv.head_roles(bridge, pairs, thresholds=LOW))
+    assert got.roles == ref.roles and got.roles
+    assert not nn.has_hooks()
+
+
+def test_analyses_that_read_patterns_say_so_under_sdpa(both, pairs):
+    """Under sdpa the pattern is never materialised: DLA by position and head roles name
+    the fix; the lens, DLA by head and path patching still give the bridge's numbers."""
+    from circuitviz.engine.backends._nnsight import NNsightModel
+
+    bridge, _ = both
+    fresh = cv.load_model(bridge, backend="nnsight")
+    fresh.lm._module.set_attn_implementation("sdpa")
+    sdpa = NNsightModel(fresh.lm, model_name="sdpa")
+    with pytest.raises(cv.InputError, match="eager"):
+        cv.logit_attribution(sdpa, pairs, by="heads_by_pos")
+    with pytest.raises(cv.InputError, match="eager"):
+        cv.head_roles(sdpa, pairs, progress=False)
+    assert not sdpa.has_hooks()
+    same_dla(cv.logit_attribution(sdpa, pairs), cv.logit_attribution(bridge, pairs))
+    same_lens(cv.logit_lens(sdpa, PROMPT, k=3), cv.logit_lens(bridge, PROMPT, k=3))
+    options = {"receivers": "logits", "progress": False}
+    same_path(cv.path_patch(sdpa, pairs, **options), cv.path_patch(bridge, pairs, **options))
+
+
 # ----------------------------------------------------------------------------- NDIF
 
 

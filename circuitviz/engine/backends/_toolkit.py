@@ -65,6 +65,10 @@ def logit_attribution(
     runs = [Run(tokens.clean, readout=spec, grad=dla), Run(tokens.corrupted, readout=spec)]
     backend = backend_of(model)
     clean_out, corr_out = backend.execute(runs, desc="logit attribution", progress=False)
+    if "no_pattern" in clean_out.readout:
+        from .._attention import PATTERN_HELP
+
+        raise InputError(f"by='heads_by_pos' reads the attention pattern. {PATTERN_HELP}")
     bound = bind_metric(metric, short, _logits(clean_out), _logits(corr_out))
     return dla_result(
         model,

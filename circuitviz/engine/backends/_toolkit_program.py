@@ -189,7 +189,10 @@ def dla(lm, arch: str, shape: dict, run: dict) -> dict:
                 qkv = attn.c_attn.output
                 d = qkv.shape[-1] // 3
                 v = _heads(qkv[..., 2 * d :], n_heads)
-            pattern = attn.output[1][:, :, -1]  # [batch, head, src]
+            pattern = attn.output[1]
+            if pattern is None:  # sdpa / flash attention: the client says what to do
+                return {"no_pattern": torch.ones(())}
+            pattern = pattern[:, :, -1]  # [batch, head, src]
             v = v.repeat_interleave(n_heads // v.shape[2], dim=2)  # GQA: each head's KV head
             heads.append(torch.einsum("bhs,bshd,hdm->bshm", pattern, v, W_O))
         else:
