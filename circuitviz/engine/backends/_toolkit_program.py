@@ -228,13 +228,16 @@ def _deltas(lm, arch: str, shape: dict, spec: dict, saved: dict) -> torch.Tensor
     senders of what each writes into the residual stream in the source run (run
     ``spec["src"]``) minus in the base run (``spec["base"]``)."""
     b, src, base = spec["prompt"], spec["src"], spec["base"]
+    W_O: dict = {}  # layer -> [head, d_head, d_model], read once per request row
     out = []
     for row in spec["rows"]:
         total = None
         for kind, layer, head in row:
             if kind == "head":
+                if layer not in W_O:
+                    W_O[layer] = _w_o(lm, arch, layer, shape["n_heads"])
                 z = saved[(src, "z", layer)][b, :, head] - saved[(base, "z", layer)][b, :, head]
-                delta = z @ _w_o(lm, arch, layer, shape["n_heads"])[head]
+                delta = z @ W_O[layer][head]
             else:
                 delta = saved[(src, "mlp_out", layer)][b] - saved[(base, "mlp_out", layer)][b]
             total = delta if total is None else total + delta
@@ -284,6 +287,7 @@ def path(lm, arch: str, shape: dict, run: dict, saved: dict) -> None:
         x = module.input
         grown = x[:1] + deltas.to(x.dtype)
         module.input = torch.cat([x, grown])
+        _last_position_only(lm, arch)
         return
     reach = spec["reach"]  # per row: the receiver layers it reaches
     for layer, heads in spec["receivers"]:
@@ -304,8 +308,16 @@ def path(lm, arch: str, shape: dict, run: dict, saved: dict) -> None:
         new = torch.einsum("rpm,nmd->rpnd", normed, W[idx])
         if bias is not None:
             new = new + bias[idx]
-        for j, r in enumerate(rows):
-            act[1 + r, :, idx] = new[j].to(act.dtype)
+        batch_rows = 1 + torch.tensor(rows)
+        act[batch_rows[:, None], :, idx[None, :]] = new.to(act.dtype).transpose(1, 2)
+    _last_position_only(lm, arch)
+
+
+def _last_position_only(lm, arch: str) -> None:
+    """Unembed the final position alone (the readout's): with hundreds of rows, the
+    vocabulary projection of every position would cost more than the layers (as the
+    bridge's ``last_position_only`` hook avoids too)."""
+    lm.lm_head.input = lm.lm_head.input[:, -1:]
 
 
 # ----------------------------------------------------------------------------- head roles
