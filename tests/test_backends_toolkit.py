@@ -359,6 +359,11 @@ def test_remote_head_roles_are_three_requests(remote, pairs):
     got = cv.head_roles(remote.client, pairs, thresholds=LOW, progress=False)
     same_roles(got, ref)
     assert len(remote.fake.requests) == sent + 3
+    # The patterns stay on the server: role scores and final-position rows come back.
+    assert all(
+        k.startswith("score_") or k == "final" for k in remote.fake.results[-3]["results"][0]["out"]
+    )
+    assert remote.fake.result_bytes[-3] < 8192
     assert not remote.server.has_hooks()
 
 

@@ -9,6 +9,7 @@ from . import _hooks, backends
 from ._models import check_bridge, model_name
 from ._pairs import InputError, check_text, encode
 from ._results import AttentionResult
+from .backends._toolkit_program import role_mass
 
 ROLES = ("previous_token", "duplicate_token", "induction")
 PATTERN_HELP = (
@@ -65,10 +66,7 @@ class _RoleScorer:
             if rows.numel() == 0:
                 out[role] = torch.zeros(patterns.shape[:-2])
                 continue
-            dest, src, rows = (i.to(patterns.device) for i in (dest, src, rows))
-            picked = patterns[..., dest, src].float()  # [..., pairs]
-            mass = picked.new_zeros(patterns.shape[:-1]).index_add_(-1, dest, picked)  # [..., dest]
-            out[role] = mass[..., rows].mean(-1).cpu()
+            out[role] = role_mass(patterns, dest, src, rows).cpu()
         return out
 
 

@@ -278,11 +278,13 @@ def head_roles(
     )
 
 
-PatternReader = Callable[..., tuple[list, list | None, tuple | None]]
-"""``read(model, clean, rand, first_io, answers) -> (patterns, rand_patterns, copy)``:
-per-prompt ``{layer: [head, dest, src]}`` patterns of the clean prompts and of the random
-repeats (None without), and the OV copy scores ``(copy, negative_copy)`` read at each
-clean prompt's ``first_io`` position (None when ``first_io`` is None)."""
+PatternReader = Callable[..., tuple[dict, torch.Tensor, tuple | None]]
+"""``read(model, clean, rand, first_io, answers) -> (per_prompt, final, copy)``: the
+attention-role scores ``{role: [prompt, layer, head]}`` of the clean prompts then the random
+repeats (``rand``, or None), NaN where a prompt has no destination for the role; the clean
+prompts' attention from the final position ``[batch, layer, head, src]``; and the OV copy
+scores ``(copy, negative_copy)`` read at each clean prompt's ``first_io`` position (None
+when ``first_io`` is None)."""
 
 
 def read_bridge(
@@ -291,15 +293,20 @@ def read_bridge(
     rand: torch.Tensor | None,
     first_io: torch.Tensor | None,
     answers: torch.Tensor,
-) -> tuple[list, list | None, tuple | None]:
+) -> tuple[dict, torch.Tensor, tuple | None]:
     """The bridge's :data:`PatternReader`: cached forward passes, then the weights here."""
     patterns, acts = _patterns(model, clean, ("blocks.0.hook_resid_post",))
-    rand_patterns = None if rand is None else _patterns(model, rand)[0]
+    per_prompt = _attention_scores(patterns, clean.cpu())
+    if rand is not None:
+        more = _attention_scores(_patterns(model, rand)[0], rand.cpu())
+        per_prompt = {r: torch.cat([per_prompt[r], more[r]]) for r in per_prompt}
+    layers = range(model.cfg.n_layers)
+    final = torch.stack([torch.stack([p[la][:, -1] for la in layers]) for p in patterns]).float()
     copy = None
     if first_io is not None:
         resid = acts["blocks.0.hook_resid_post"][torch.arange(clean.shape[0]), first_io]
         copy = copy_scores(model, resid, answers)
-    return patterns, rand_patterns, copy
+    return per_prompt, final, copy
 
 
 def score_roles(
@@ -336,21 +343,12 @@ def score_roles(
             s = _positions(tokens.clean, tokens.wrong_answers)
             have_io = bool(io.any(1).all())
             first_io = io.float().argmax(1) if have_io else None
-            patterns, rand_patterns, copy = read(
-                model, tokens.clean, rand, first_io, tokens.answers
-            )
-            per_prompt = _attention_scores(patterns, tokens.clean.cpu())
-            if rand_patterns is not None:
-                more = _attention_scores(rand_patterns, rand.cpu())
-                per_prompt = {r: torch.cat([per_prompt[r], more[r]]) for r in per_prompt}
+            per_prompt, final, copy = read(model, tokens.clean, rand, first_io, tokens.answers)
             scores = {r: per_prompt[r].nanmean(0).nan_to_num(0.0) for r in per_prompt}
             bar.update()
 
             nan = torch.full((cfg.n_layers, cfg.n_heads), math.nan)
             if have_io:
-                final = torch.stack(  # [batch, layer, head, src]: from the final position
-                    [torch.stack([p[la][:, -1] for la in range(cfg.n_layers)]) for p in patterns]
-                ).float()
                 io, s = io.to(final.device), s.to(final.device)
                 scores["io_attention"] = (final * io[:, None, None].to(final)).sum(-1).mean(0).cpu()
                 scores["s_attention"] = (final * s[:, None, None].to(final)).sum(-1).mean(0).cpu()

@@ -206,17 +206,21 @@ def read_patterns(
     rand: torch.Tensor | None,
     first_io: torch.Tensor | None,
     answers: torch.Tensor,
-) -> tuple[list, list | None, tuple | None]:
-    """Head roles' :data:`circuitviz.engine._roles.PatternReader` as one request: every
-    layer's pattern of the clean prompts and of the random repeats, and the copy scores."""
-    from .._attention import PATTERN_HELP
+) -> tuple[dict, torch.Tensor, tuple | None]:
+    """Head roles' :data:`circuitviz.engine._roles.PatternReader` as one request: the
+    attention-role scores of the clean prompts and of the random repeats and the clean
+    prompts' final-position attention, reduced from the patterns on the server (the
+    patterns themselves stay there), and the copy scores."""
+    from .._attention import PATTERN_HELP, _RoleScorer
     from .._roles import TOP_K
 
-    layers = range(model.cfg.n_layers)
-    patterns = {("pattern", layer) for layer in layers}
-    runs = [Run(clean, returns=patterns)]
+    def roles_run(tokens: torch.Tensor, final: bool) -> Run:
+        pairs = [_RoleScorer(row.cpu()).pairs for row in tokens]
+        return Run(tokens.cpu(), grad={"kind": "roles", "pairs": pairs, "final": final})
+
+    runs = [roles_run(clean, True)]
     if rand is not None:
-        runs.append(Run(rand.cpu(), returns=patterns))
+        runs.append(roles_run(rand, False))
     if first_io is not None:
         copy = {
             "kind": "copy",
@@ -226,19 +230,16 @@ def read_patterns(
             "eps": norm_eps(model),
         }
         runs.append(Run(clean, grad=copy))
-    outs = backend_of(model).execute(runs, desc="head roles", progress=False)
-    if any(outs[0].returned[key] is None for key in patterns):
+    outs = [out.readout for out in backend_of(model).execute(runs, desc="head roles")]
+    if "no_pattern" in outs[0]:
         raise InputError(PATTERN_HELP)
-
-    def per_prompt(out: Any, n: int) -> list[dict]:
-        return [{layer: out.returned[("pattern", layer)][b] for layer in layers} for b in range(n)]
-
-    clean_patterns = per_prompt(outs[0], clean.shape[0])
-    rand_patterns = None if rand is None else per_prompt(outs[1], rand.shape[0])
+    roles = [key[len("score_") :] for key in outs[0] if key.startswith("score_")]
+    n = 2 if rand is not None else 1
+    per_prompt = {r: torch.cat([out[f"score_{r}"] for out in outs[:n]]) for r in roles}
     scores = None
     if first_io is not None:
-        scores = (outs[-1].readout["copy"], outs[-1].readout["negative_copy"])
-    return clean_patterns, rand_patterns, scores
+        scores = (outs[-1]["copy"], outs[-1]["negative_copy"])
+    return per_prompt, outs[0]["final"], scores
 
 
 def refusal_direction(

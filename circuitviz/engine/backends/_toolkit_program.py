@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 #: The run kinds (``Run.grad["kind"]``) this module carries out.
-KINDS = ("lens", "dla", "path", "copy", "resid_at")
+KINDS = ("lens", "dla", "path", "copy", "resid_at", "roles")
 
 
 # ----------------------------------------------------------------------------- modules
@@ -128,6 +128,8 @@ def carry_out(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
         return copy_scores(lm, arch, shape, run)
     if kind == "resid_at":
         return resid_at(lm, arch, shape, run)
+    if kind == "roles":
+        return attention_roles(lm, arch, shape, run)
     path(lm, arch, shape, run, saved)
     return {}
 
@@ -321,6 +323,44 @@ def _last_position_only(lm, arch: str) -> None:
 
 
 # ----------------------------------------------------------------------------- head roles
+
+
+def role_mass(patterns: torch.Tensor, dest, src, rows) -> torch.Tensor:
+    """Mean attention mass on a role's ``(dest, src)`` pairs over the destinations ``rows``
+    where it applies: ``patterns [..., head, dest, src]`` -> ``[..., head]``. The pairs are
+    sparse (a diagonal, a few repeats), so only they are gathered."""
+    dest, src, rows = (i.to(patterns.device) for i in (dest, src, rows))
+    picked = patterns[..., dest, src].float()  # [..., pairs]
+    mass = picked.new_zeros(patterns.shape[:-1]).index_add_(-1, dest, picked)  # [..., dest]
+    return mass[..., rows].mean(-1)
+
+
+def attention_roles(lm, arch: str, shape: dict, run: dict) -> dict:
+    """Head roles' attention scores of one batch: ``scores[role]`` ``[prompt, layer, head]``
+    from each prompt's role pairs (``spec["pairs"][b][role] = (dest, src, rows)``; NaN
+    where ``rows`` is empty) and, with ``spec["final"]``, the attention from the final
+    position ``[prompt, layer, head, src]``; ``no_pattern`` if the attention implementation
+    hides its pattern."""
+    spec = run["grad"]
+    patterns = []
+    for layer in range(shape["n_layers"]):
+        block = _block(lm, arch, layer)
+        pattern = (block.self_attn if arch == "llama" else block.attn).output[1]
+        if pattern is None:
+            return {"no_pattern": torch.ones(())}
+        patterns.append(pattern.detach())
+    stacked = torch.stack(patterns, 1)  # [prompt, layer, head, dest, src]
+    scores: dict = {}
+    for b, pairs in enumerate(spec["pairs"]):
+        for role, (dest, src, rows) in pairs.items():
+            score = role_mass(stacked[b], dest, src, rows) if rows.numel() else None
+            if score is None:
+                score = torch.full(stacked.shape[1:3], float("nan"), device=stacked.device)
+            scores.setdefault(role, []).append(score.float())
+    out = {f"score_{role}": torch.stack(v).cpu() for role, v in scores.items()}
+    if spec["final"]:
+        out["final"] = stacked[:, :, :, -1].float().cpu()
+    return out
 
 
 def copy_scores(lm, arch: str, shape: dict, run: dict) -> dict:
