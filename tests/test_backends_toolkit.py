@@ -1,10 +1,12 @@
 """The toolkit analyses on nnsight — the logit lens, direct logit attribution, path patching,
-head roles, refusal directions and steering — give the TransformerLens bridge's numbers, locally and through the fake NDIF.
+head roles, refusal directions and steering — give the TransformerLens bridge's numbers,
+locally and through the fake NDIF, in the number of requests each promises.
 
 Reference for every figure: circuitviz's bridge implementations (``cv.logit_lens``,
-``cv.logit_attribution``, ``cv.path_patch``, ``cv.head_roles`` on a ``TransformerBridge``),
-which ``test_logit_lens.py``, ``test_logit_attribution.py``, ``test_path_patching.py`` and
-``test_roles.py`` check against TransformerLens and hand-written hooks. Same weights
+``cv.logit_attribution``, ``cv.path_patch``, ``cv.head_roles``, ``cv.refusal_direction``,
+``cv.steer_refusal`` on a ``TransformerBridge``), which ``test_logit_lens.py``,
+``test_logit_attribution.py``, ``test_path_patching.py``, ``test_roles.py`` and
+``test_refusal.py`` check against TransformerLens and hand-written hooks. Same weights
 (``load_model(bridge, backend="nnsight")``); tolerance 1e-4, float32.
 """
 
@@ -14,10 +16,10 @@ import pytest
 import torch
 
 import circuitviz as cv
-from tests._fake_ndif import KEY  # noqa: F401  (the fake NDIF's key, used by Setup)
-from tests.test_remote import Setup
 
 pytest.importorskip("nnsight")
+
+from tests.test_remote import Setup
 
 TOL = 1e-4
 PROMPT = "t1 t2 t3 t4 t1 t2"
