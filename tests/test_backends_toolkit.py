@@ -300,6 +300,14 @@ def test_analyses_that_read_patterns_say_so_under_sdpa(both, pairs):
     same_path(cv.path_patch(sdpa, pairs, **options), cv.path_patch(bridge, pairs, **options))
 
 
+def test_an_nnsight_model_object_runs_the_toolkit_as_it_is(both, pairs):
+    """``cv.logit_attribution(nnsight_model, ...)`` on nnsight's own object (wrapped once)."""
+    bridge, nn = both
+    same_dla(cv.logit_attribution(nn.lm, pairs), cv.logit_attribution(bridge, pairs))
+    options = {"receivers": "logits", "progress": False}
+    same_path(cv.path_patch(nn.lm, pairs, **options), cv.path_patch(bridge, pairs, **options))
+
+
 # ----------------------------------------------------------------------------- NDIF
 
 
