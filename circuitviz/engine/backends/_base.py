@@ -32,7 +32,14 @@ PORTED = (
     "steer",
 )
 PORTED += ("faithfulness", "mib_scores")  # Graph.faithfulness(_curve), patch_edges; MIB
-PORTED += ("logit_lens", "logit_attribution", "path_patch", "head_roles", "refusal_direction", "steer_refusal",)  # the toolkit: backends/_toolkit.py
+PORTED += (
+    "logit_lens",
+    "logit_attribution",
+    "path_patch",
+    "head_roles",
+    "refusal_direction",
+    "steer_refusal",
+)  # the toolkit: backends/_toolkit.py
 
 
 def is_nnsight(model: object) -> bool:
