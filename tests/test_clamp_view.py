@@ -86,7 +86,7 @@ def test_ablate_only_at_the_nodes_position(view):
 @pytest.mark.parametrize(
     ("message", "words"),
     [
-        ({"type": "steer", "node": "L9F1", "mode": "clamp"}, "0 SAEs read block 9"),
+        ({"type": "steer", "node": "L9F1", "mode": "clamp"}, "No SAE at blocks.9.hook_resid_post"),
         ({"type": "steer", "node": "L0F9999:P1"}, "out of range"),
         ({"type": "steer", "node": 5}, "feature node id"),
         ({"type": "steer", "node": "L0F1", "mode": "boost"}, "Unknown steering mode"),

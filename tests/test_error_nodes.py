@@ -198,7 +198,7 @@ def test_bad_error_specs_leave_the_model_untouched(tiny_llama, pairs, saes, grap
     tokens = tokenize(tiny_llama, pairs)
     before = run(tiny_llama, tokens.clean, [])
     only_l0 = SAESet([saes["blocks.0.hook_resid_post"]])
-    with pytest.raises(cv.InputError, match=r"No SAE reads 'blocks\.1\.hook_resid_post'"):
+    with pytest.raises(cv.InputError, match=r"No SAE at blocks\.1\.hook_resid_post"):
         cv.ablate(tiny_llama, pairs, features=["L1ERR"], saes=only_l0)
     with pytest.raises(cv.InputError, match="positions 0–6"):
         cv.ablate(tiny_llama, pairs, features=["L1ERR:P7"], saes=saes)

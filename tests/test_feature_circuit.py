@@ -443,9 +443,9 @@ def test_bad_saes_leave_the_model_untouched(tiny_llama, pairs, saes):
     tokens = tokenize(tiny_llama, pairs)
     before = run(tiny_llama, tokens, [])
     sae = saes[saes.hooks[0]]
-    on_mlp = SAE("blocks.0.hook_mlp_out", sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    on_ln1 = SAE("blocks.0.ln1.hook_normalized", sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     with pytest.raises(cv.InputError, match="hook_resid_post"):
-        cv.circuit(tiny_llama, pairs, saes=on_mlp, progress=False)
+        cv.circuit(tiny_llama, pairs, saes=on_ln1, progress=False)
     wide = SAE(
         "blocks.0.hook_resid_post",
         torch.zeros(7, 4),

@@ -127,7 +127,7 @@ def test_resid_pre_sae_uses_the_layer_input(tiny_llama):
     res = steer(tiny_llama, PROMPT, features=[(hook, i)], saes=sae_set, scale=5.0)
     ref, _ = reference_greedy(tiny_llama, PROMPT, sae_set, [LatentEdit(hook, i, res.values[0])], 20)
     assert ids_of(tiny_llama, res.after_tokens) == ref and res.cached
-    assert res.features == [f"L1F{i}"]
+    assert res.features == [f"L1preF{i}"]  # the site grammar of engine._sites
 
 
 def test_position_feature_and_shipped_max_activation(tiny_llama, saes):
@@ -191,7 +191,7 @@ def test_metric_on_pairs_and_on_answers(tiny_llama, saes, tiny_pairs):
     [
         ({"scale": math.nan}, "scale=nan"),
         ({"scale": math.inf}, "finite"),
-        ({"features": ["L7F1"]}, "0 SAEs read block 7"),
+        ({"features": ["L7F1"]}, "No SAE at blocks.7.hook_resid_post"),
         ({"features": ["banana"]}, "Unknown feature"),
         ({"features": ["L0F64"]}, "out of range"),
         ({"features": [("blocks.0.hook_resid_post", -1)]}, "out of range"),

@@ -122,7 +122,9 @@ def feature_edits(
             "circuitviz.load_saes('demo'))."
         )
     edits = [
-        ErrorEdit(c.hook, 0.0, c.pos) if c.error else LatentEdit(c.hook, c.feature, 0.0, c.pos)
+        ErrorEdit(c.hook_in(saes), 0.0, c.pos)
+        if c.error
+        else LatentEdit(c.hook_in(saes), c.feature, 0.0, c.pos)
         for c in feats
     ]
     check_edits(saes, edits)  # unknown hook, index out of range
@@ -139,7 +141,7 @@ def corrupted_latents(
 ) -> dict:
     """The SAEs' latents (or, ``errors``, error terms) on the corrupted prompts (one spliced
     forward, cached per set)."""
-    from .features import splice_hook
+    from .features import site_hooks
 
     key = id(saes)
     if key not in prep.corrupted_latents or prep.corrupted_latents[key][0] is not saes:
@@ -153,7 +155,8 @@ def corrupted_latents(
 
             return fn
 
-        hooks_ = [(h, splice_hook(saes[h], record=rec(h))) for h in saes]
+        # site_hooks: a transcoder's error term is its MLP output's, read where it writes
+        hooks_ = [pair for h in saes for pair in site_hooks(saes[h], record=rec(h))]
         with torch.inference_mode():
             final_logits(model, prep.base.tokens.corrupted, hooks_)
         prep.corrupted_latents[key] = (saes, latents, error_terms)
@@ -234,9 +237,10 @@ def ablate(
             only).
         features: SAE latents ``"L11F1234"`` (``"L11F1234:P4"``: position 4 only): the SAE
             on ``blocks.11.hook_resid_post`` is spliced in with its error term and the latent
-            set; SAE error terms ``"L11ERR"`` (``"L11ERR:P4"``): the SAE is spliced in and
-            its error term (the part of the activation it does not reconstruct) set. Needs
-            ``saes=``.
+            set; ``"L3attnF12"``, ``"L3tcF12"``… at the other sites (``engine._sites``); SAE
+            error terms ``"L11ERR"`` (``"L11ERR:P4"``, ``"L3tcERR"``…): the SAE is spliced in
+            and its error term (the part of the activation it does not reconstruct) set.
+            Needs ``saes=``.
         saes: the SAEs (``SAESet``) the features belong to.
         mode: ``"zero"`` sets the output to 0 (an ablated error term: the site outputs the
             SAE's reconstruction); ``"mean"`` to its mean over the corrupted prompts at each

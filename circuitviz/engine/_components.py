@@ -8,9 +8,10 @@ thing everywhere and a bad one gets the same error.
   bools or digit strings), or the id ``"L3H5"``;
 - an MLP: an integer layer, or the id ``"MLP7"``;
 - an SAE feature (latent): ``"L11F1234"``, latent 1234 of the SAE on
-  ``blocks.11.hook_resid_post`` (ablating one needs ``saes=``);
-- an SAE error term: ``"L11ERR"``, the part of ``blocks.11.hook_resid_post`` that SAE does
-  not reconstruct (a feature graph's error node; ablating it needs ``saes=``);
+  ``blocks.11.hook_resid_post``; ``"L3attnF12"`` etc. at the other sites (the grammar of
+  :mod:`._sites`; ablating one needs ``saes=``);
+- an SAE error term: ``"L11ERR"`` (``"L3attnERR"``…), the part of that SAE's activation it
+  does not reconstruct (a feature graph's error node; ablating it needs ``saes=``);
 - any id may end in ``":P5"``: that component at position 5 only.
 """
 
@@ -25,24 +26,29 @@ from typing import Any
 import torch
 
 from ._pairs import InputError
+from ._sites import SITE_HOOKS, SITE_PATTERN, site_hook
 
 # No leading zeros, so one component has one id.
 _NUM = r"(0|[1-9][0-9]*)"
-COMPONENT_ID = re.compile(rf"(?:L{_NUM}H{_NUM}|L{_NUM}F{_NUM}|MLP{_NUM}|L{_NUM}ERR)(?::P{_NUM})?")
+COMPONENT_ID = re.compile(
+    rf"(?:L{_NUM}H{_NUM}|L{_NUM}({SITE_PATTERN})?F{_NUM}|MLP{_NUM}|L{_NUM}({SITE_PATTERN})?ERR)"
+    rf"(?::P{_NUM})?"
+)
 HEAD_FORM = "(layer, head) or 'L3H5' (optionally at one position, 'L3H5:P4')"
 MLP_FORM = "a layer number or 'MLP7' (optionally at one position, 'MLP7:P4')"
 
 
 @dataclass(frozen=True)
 class Component:
-    """A head (``head`` set), an SAE feature (``feature`` set: a latent of the SAE on
-    ``blocks.{layer}.hook_resid_post``), that SAE's error term (``error``) or an MLP (none of
-    them), everywhere or at one position."""
+    """A head (``head`` set), an SAE feature (``feature`` set: a latent of the SAE at
+    ``site`` of block ``layer``, :mod:`._sites`), that SAE's error term (``error``) or an MLP
+    (none of them), everywhere or at one position."""
 
     layer: int
     head: int | None = None
     pos: int | None = None
     feature: int | None = None
+    site: str = ""
     error: bool = False
 
     @property
@@ -55,19 +61,27 @@ class Component:
 
     @property
     def hook(self) -> str | None:
-        """The hook of a feature's or error term's SAE (``"blocks.11.hook_resid_post"``);
-        None otherwise."""
+        """The hook of a feature's or error term's SAE by its site code
+        (``"blocks.11.hook_resid_post"``); None for other kinds and for a transcoder's (its
+        input hook varies: use :meth:`hook_in`)."""
+        if (self.feature is None and not self.error) or self.site == "tc":
+            return None
+        return f"blocks.{self.layer}.{SITE_HOOKS[self.site]}"
+
+    def hook_in(self, saes: Any) -> str | None:
+        """The hook (``SAESet`` key) of a feature's or error term's SAE in ``saes``; None for
+        other kinds."""
         if self.feature is None and not self.error:
             return None
-        return f"blocks.{self.layer}.hook_resid_post"
+        return site_hook(saes, self.layer, self.site)
 
     @property
     def base_id(self) -> str:
         """The id without the position: ``"L3H5"``, ``"MLP7"``, ``"L11F1234"``, ``"L11ERR"``."""
         if self.error:
-            return f"L{self.layer}ERR"
+            return f"L{self.layer}{self.site}ERR"
         if self.feature is not None:
-            return f"L{self.layer}F{self.feature}"
+            return f"L{self.layer}{self.site}F{self.feature}"
         return f"MLP{self.layer}" if self.head is None else f"L{self.layer}H{self.head}"
 
     @property
@@ -75,12 +89,13 @@ class Component:
         """``"L3H5"``, ``"MLP7"``, or with a position ``"L3H5:P4"``."""
         return self.base_id if self.pos is None else f"{self.base_id}:P{self.pos}"
 
-    def sort_key(self) -> tuple[int, int, int, int, int, int, int]:
+    def sort_key(self) -> tuple:
         return (
             self.head is None,
             self.feature is not None or self.error,
             self.error,
             self.layer,
+            self.site,
             -1 if self.head is None else self.head,
             -1 if self.feature is None else self.feature,
             -1 if self.pos is None else self.pos,
@@ -100,13 +115,13 @@ def parse_id(spec: Any) -> Component:
             "feature 'L11F1234' or an SAE error term 'L11ERR', optionally at one position "
             "('L3H5:P4', 'MLP7:P4')."
         )
-    pos = None if m[7] is None else int(m[7])
+    pos = None if m[9] is None else int(m[9])
     if m[6] is not None:
-        return Component(int(m[6]), None, pos, error=True)
-    if m[5] is not None:
-        return Component(int(m[5]), None, pos)
+        return Component(int(m[6]), None, pos)
+    if m[7] is not None:
+        return Component(int(m[7]), None, pos, site=m[8] or "", error=True)
     if m[3] is not None:
-        return Component(int(m[3]), None, pos, int(m[4]))
+        return Component(int(m[3]), None, pos, int(m[5]), m[4] or "")
     return Component(int(m[1]), int(m[2]), pos)
 
 

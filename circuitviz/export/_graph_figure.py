@@ -191,16 +191,28 @@ def layout_positions(
     return out, rows
 
 
+#: SAE sites of one block in forward order (the codes of ``engine._sites``; "" resid_post).
+_SITE_ORDER = {"pre": 0, "attn": 1, "mid": 2, "tc": 3, "mlp": 4, "": 5}
+
+
 def _feature_columns(nodes: list[dict[str, Any]], n_heads: int) -> dict[str, int]:
-    """Feature graphs: columns right of the MLP for each (layer, position)'s SAE error node,
-    then its latents, strongest first (so none share a spot)."""
+    """Feature graphs: columns right of the MLP for each (layer, position)'s SAE sites in
+    forward order (``_SITE_ORDER``), each its error node then its latents, strongest first
+    (so none share a spot)."""
     groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for n in nodes:
         if n.get("type") in ("feature", "error", "supernode"):  # a supernode: features grouped
             groups.setdefault((n.get("layer"), n.get("pos")), []).append(n)
     out = {}
     for members in groups.values():
-        members.sort(key=lambda n: (n.get("type") != "error", -abs(n.get("score") or 0), n["id"]))
+        members.sort(
+            key=lambda n: (
+                _SITE_ORDER.get(n.get("site") or "", len(_SITE_ORDER)),
+                n.get("type") != "error",
+                -abs(n.get("score") or 0),
+                n["id"],
+            )
+        )
         for k, n in enumerate(members):
             out[n["id"]] = n_heads + 1 + k
     return out

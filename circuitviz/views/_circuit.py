@@ -24,6 +24,7 @@ from ..engine import InputError, PromptPairs, backends
 from ..engine._badges import badge_legend, role_map
 from ..engine._cells import is_covered
 from ..engine._components import parse_id
+from ..engine._sites import SITE_HOOKS
 from ..engine.graph import FeatureGraph, Graph, _select, circuit
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
@@ -129,12 +130,15 @@ def node_dict(n: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def feature_fields(n: Mapping[str, Any]) -> dict[str, Any]:
-    """A feature node's SAE latent index and hook (an error node's hook), when present."""
+    """A feature node's SAE latent index, hook and site (an error node's hook and site), when
+    present."""
     out: dict[str, Any] = {}
     if isinstance(n.get("feature"), int) and not isinstance(n.get("feature"), bool):
         out["feature"] = int(n["feature"])
     if isinstance(n.get("hook"), str):
         out["hook"] = n["hook"][:64]
+    if n.get("site") in SITE_HOOKS:  # where the layout draws it (engine._sites)
+        out["site"] = n["site"]
     return out
 
 

@@ -132,9 +132,8 @@ class FeatureNodes:
             raise InputError(
                 "Feature cards need a live kernel with the model and the SAEs (saes=…)."
             )
-        if comp.hook not in saes:
-            raise InputError(f"feature_card: no SAE reads {comp.hook!r}.")
-        sae = saes[comp.hook]
+        hook = comp.hook_in(saes)
+        sae = saes[hook]
         if not 0 <= comp.feature < sae.d_sae:
             raise InputError(f"feature_card: {comp.base_id} is out of range (0 … {sae.d_sae - 1}).")
         key = comp.base_id
@@ -146,10 +145,10 @@ class FeatureNodes:
             up = direction.topk(CARD_TOKENS)
             down = (-direction).topk(CARD_TOKENS)
             to_str = self._model.to_string
-            max_act = self._latent_max(comp.hook)
+            max_act = self._latent_max(hook)
             self._cards[key] = {
                 "node": key,
-                "label": feature_label(saes.stats, comp.hook, comp.layer, comp.feature),
+                "label": feature_label(saes.stats, hook, comp.layer, comp.feature),
                 "promoted": [
                     [to_str(int(i)), round(float(v), 4)] for v, i in zip(*up, strict=True)
                 ],
@@ -158,7 +157,7 @@ class FeatureNodes:
                 ],
                 "max_act": None if max_act is None else round(float(max_act[comp.feature]), 4),
             }
-            top = getattr(saes.stats.get(comp.hook), "top_values", None)  # shipped statistics
+            top = getattr(saes.stats.get(hook), "top_values", None)  # shipped statistics
             if top is not None and len(top) == sae.d_sae:
                 self._cards[key]["max_act_corpus"] = round(float(top[comp.feature].max()), 4)
         return self._cards[key]

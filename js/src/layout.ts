@@ -31,15 +31,25 @@ export interface Layout {
   rows: { layer: number; y: number }[];
 }
 
-/** Feature graphs: SAE latents and error nodes sit half a row above their layer (they read
- * the residual after its MLP), spread across their token's band, strongest first, the error
- * node last; returns each one's slot (in head-slot units: spread over 0 … nHeads, or one
- * slot apart when more than nHeads + 1 share a row, the band then widening to fit). */
+/** Feature graphs: how far above its layer's heads (in rows) each SAE site's latents and
+ * error node sit, in forward order: resid_pre below the heads, attn_out just above them,
+ * resid_mid, a transcoder where the MLP is (a quarter row), mlp_out, resid_post half a row
+ * up (the site codes of engine/_sites.py; "" is resid_post). */
+export const SITE_LIFT: Record<string, number> = { pre: -0.3, attn: 0.12, mid: 0.19, tc: 0.25, mlp: 0.37, "": 0.5 };
+
+export function siteLift(node: GraphNode): number {
+  return SITE_LIFT[node.site ?? ""] ?? 0.5;
+}
+
+/** Feature graphs: SAE latents and error nodes sit at their site's lift (``SITE_LIFT``),
+ * spread across their token's band, strongest first, the error node last; returns each
+ * one's slot (in head-slot units: spread over 0 … nHeads, or one slot apart when more than
+ * nHeads + 1 share a row, the band then widening to fit). */
 export function featureSlots(nodes: GraphNode[], nHeads: number): Map<string, number> {
   const groups = new Map<string, GraphNode[]>();
   for (const n of nodes) {
     if (n.type !== "feature" && n.type !== "error" && n.type !== "supernode") continue;
-    const key = `${n.layer}:${n.pos ?? -1}`;
+    const key = `${n.layer}:${n.site ?? ""}:${n.pos ?? -1}`;
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key)!.push(n);
   }
@@ -88,13 +98,25 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
   const width = 2 * margin + (perPos ? acc : bandW);
   const clampLayer = (l: number) => Math.min(Math.max(l, -1), opts.nLayers);
   const layers = opts.compact ? [...new Set(nodes.map((n) => clampLayer(n.layer)))].sort((a, b) => a - b) : Array.from({ length: opts.nLayers + 2 }, (_, i) => i - 1);
-  const rowOf = new Map(layers.map((l, i) => [l, i]));
+  // Row offsets bottom-up. SAEs at several sites of one block (feature graphs): each site
+  // level gets at least half a row of its own, so forward order reads bottom-up unmixed.
+  const levelOf = (n: GraphNode) => clampLayer(n.layer) + (n.type === "mlp" ? 0.25 : featSlot.has(n.id) ? siteLift(n) : 0);
+  const multiSite = nodes.some((n) => featSlot.has(n.id) && (n.site ?? "") !== "");
+  const levels = multiSite ? [...new Set([...layers, ...nodes.map(levelOf)])].sort((a, b) => a - b) : layers;
+  const offset = new Map<number, number>();
+  levels.forEach((l, i) => {
+    if (!multiSite || i === 0) offset.set(l, multiSite ? 0 : i * rowH);
+    else {
+      const d = l - levels[i - 1];
+      offset.set(l, offset.get(levels[i - 1])! + rowH * Math.max(0.5, Math.min(1, d)));
+    }
+  });
   const rows = Math.max(layers.length, 1);
-  const height = 2 * margin + (rows - 1) * rowH;
+  const span = multiSite ? Math.max(0, ...offset.values()) : (rows - 1) * rowH;
+  const height = 2 * margin + span;
   const positions = new Map<string, Point>();
   for (const n of nodes) {
-    const row = rowOf.get(clampLayer(n.layer)) ?? 0;
-    const y = height - margin - row * rowH;
+    const y = height - margin - (offset.get(clampLayer(n.layer)) ?? 0);
     const band = perPos && n.pos !== null && n.pos !== undefined ? n.pos : null;
     let x: number;
     if (band === null) {
@@ -104,12 +126,12 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
       if (featSlot.size && (n.type === "embed" || n.type === "logits")) x = margin + bandStart[band] + (bandWidths[band] - 12) / 2;
     }
     // MLPs sit a quarter row above their layer's heads (they read the heads' output), SAE
-    // latents and error nodes half a row (they read the residual after the MLP).
-    const lift = n.type === "mlp" ? rowH / 4 : featSlot.has(n.id) ? rowH / 2 : 0;
+    // latents and error nodes where their site is (SITE_LIFT: resid_post half a row up).
+    const lift = multiSite ? (offset.get(levelOf(n)) ?? 0) - (offset.get(clampLayer(n.layer)) ?? 0) : n.type === "mlp" ? rowH / 4 : featSlot.has(n.id) ? siteLift(n) * rowH : 0;
     positions.set(n.id, { x, y: y - lift });
   }
   const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + bandStart[pos] + (bandWidths[pos] - 12) / 2, w: bandWidths[pos] })) : [];
-  const rowYs = layers.map((layer, i) => ({ layer, y: height - margin - i * rowH }));
+  const rowYs = layers.map((layer) => ({ layer, y: height - margin - (offset.get(layer) ?? 0) }));
   return { positions, width, height: height + (perPos ? 16 : 0), bands, rows: rowYs };
 }
 

@@ -126,6 +126,9 @@ export interface GraphNode {
   /** Feature graphs: a feature node's SAE latent index, and its SAE's hook (error nodes too). */
   feature?: number;
   hook?: string;
+  /** Feature graphs: its SAE's site in its block ("" resid_post, "pre", "mid", "attn",
+   * "mlp", "tc": engine/_sites.py); absent on other nodes. */
+  site?: string;
 }
 
 export interface GraphEdges {

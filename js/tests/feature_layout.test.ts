@@ -35,3 +35,29 @@ describe("feature nodes in the layout", () => {
     expect(lay.positions.get("L0F3:P1")!.x).toBeLessThan(Math.min(...xs));
   });
 });
+
+describe("feature nodes at several SAE sites of one block", () => {
+  const at = (id: string, type: string, site: string, score = 0.1): GraphNode => ({ ...node(id, type, 0, 1, score), site });
+  const nodes = [
+    node("L0H0:P1", "head", 0, 1, 1),
+    node("MLP0:P1", "mlp", 0, 1, 1),
+    at("L0preF1:P1", "feature", "pre"),
+    at("L0attnF2:P1", "feature", "attn"),
+    at("L0attnERR:P1", "error", "attn"),
+    at("L0midF3:P1", "feature", "mid"),
+    at("L0mlpF4:P1", "feature", "mlp"),
+    at("L0F5:P1", "feature", ""),
+  ];
+
+  it("gives each site its own row in forward order, each spread on its own", () => {
+    const lay = layoutGraph(nodes, { nLayers: 2, nHeads: 4, perPosition: true, nPos: 2, rowHeight: 60, slotWidth: 20 });
+    const y = (id: string) => lay.positions.get(id)!.y;
+    // screen y grows downwards: later in the forward pass = higher up = smaller y
+    const order = ["L0preF1:P1", "L0H0:P1", "L0attnF2:P1", "L0midF3:P1", "MLP0:P1", "L0mlpF4:P1", "L0F5:P1"];
+    for (let i = 1; i < order.length; i++) expect(y(order[i])).toBeLessThan(y(order[i - 1]));
+    const slots = featureSlots(nodes, 4);
+    expect(slots.get("L0attnF2:P1")).toBe(0);
+    expect(slots.get("L0attnERR:P1")).toBe(4); // its own site's error node, not the others'
+    expect(slots.get("L0midF3:P1")).toBe(2); // alone at its site: centred
+  });
+});

@@ -180,11 +180,17 @@ def feature_ablation(
     request. Returns whether ``corrupted`` must run."""
     if not feats:
         return False
-    check_saes(model, {c.hook: saes[c.hook] for c in feats})
+    hooks = [c.hook_in(saes) for c in feats]  # an InputError where saes has none there
+    check_saes(model, {h: saes[h] for h in hooks})  # resid_pre / resid_post only here
     src = 0.0 if mode == "zero" else ("run", 0, "mean" if mode == "mean" else "rows")
-    add_edits(model, ablated, saes, [(c.hook, c.feature, c.pos, src) for c in feats])
+    add_edits(
+        model,
+        ablated,
+        saes,
+        [(h, c.feature, c.pos, src) for h, c in zip(hooks, feats, strict=True)],
+    )
     if mode != "zero":
-        keep(model, corrupted, {c.hook for c in feats})
+        keep(model, corrupted, set(hooks))
     return mode != "zero"
 
 

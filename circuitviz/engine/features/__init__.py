@@ -14,7 +14,7 @@ from ._explorer import (
 from ._loaders import check_saes, load_saes
 from ._quality import sae_quality
 from ._sae import ACTIVATIONS, SAE, SAESet, as_sae_set
-from ._splice import ErrorEdit, LatentEdit, splice_hook, splice_hooks
+from ._splice import ErrorEdit, LatentEdit, site_hooks, splice_hook, splice_hooks
 from ._stats import (
     FeatureStats,
     SnippetCorpus,
@@ -52,6 +52,7 @@ __all__ = [
     "sae_quality",
     "save_feature_stats",
     "search",
+    "site_hooks",
     "splice_hook",
     "splice_hooks",
     "steer",

@@ -29,7 +29,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .._hooks import hooks, module_hooks
 from ._sae import SAESet
-from ._splice import LatentEdit, splice_hook
+from ._splice import LatentEdit, site_hooks, splice_hook
 
 #: Guessed tokens checked per pass. On the demo model a pass over 1 + 6 tokens costs little
 #: more than over 1 (the weights are read once either way).
@@ -134,8 +134,9 @@ def _agrees(model: TransformerBridge, tw: Twin) -> bool:
 
 
 def fast_sites(saes: SAESet, edits: Sequence[LatentEdit]) -> bool:
-    """Whether every edited hook is one the twin can reach (resid_pre / resid_post)."""
-    return all(_SITE.fullmatch(e.hook) for e in edits)
+    """Whether every edited hook is one the twin can reach (resid_pre / resid_post; an SAE,
+    not a transcoder, which writes elsewhere)."""
+    return all(_SITE.fullmatch(e.hook) and not saes[e.hook].is_transcoder for e in edits)
 
 
 @dataclass(eq=False)
@@ -159,7 +160,7 @@ def greedy_bridge(
     """The reference loop: one full bridge forward pass per new token, splice hooks attached
     (edits at positions past the prompt never apply; pos edits are checked by the caller)."""
     hooked = sorted({e.hook for e in edits})
-    fwd = [(h, splice_hook(saes[h], [e for e in edits if e.hook == h])) for h in hooked]
+    fwd = [pair for h in hooked for pair in site_hooks(saes[h], [e for e in edits if e.hook == h])]
     ids: list[int] = []
     first = None
     seq = tokens[None].to(model.cfg.device)

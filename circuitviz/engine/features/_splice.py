@@ -129,8 +129,19 @@ def splice_hook(
     feature circuit's nodes outside the circuit), after ``edits``.
     """
 
+    splice = _splicer(sae, edits, keep_error, record, offset, override)
+
     def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
-        f = sae.encode(x)
+        return splice(sae.encode(x), x)
+
+    return fn
+
+
+def _splicer(sae, edits, keep_error, record, offset, override):
+    """``splice(latents, target) -> output``: ``target`` is what the SAE reconstructs (its
+    input; a transcoder's: the MLP output it replaces)."""
+
+    def splice(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x_hat = sae.decode(f)
         error = x - x_hat.to(x.dtype)
         if record is not None:
@@ -160,7 +171,58 @@ def splice_hook(
         out = x_hat.to(x.dtype)
         return out + error if keep_error else out
 
-    return fn
+    return splice
+
+
+def site_hooks(
+    sae: SAE,
+    edits: Sequence[LatentEdit] = (),
+    *,
+    keep_error: bool = True,
+    record: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    offset: Callable[[], int] | None = None,
+    override: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    | None = None,
+) -> list[tuple[str, Callable]]:
+    """The hooks splicing ``sae`` in (same options as :func:`splice_hook`). An SAE: one hook
+    on its ``hook_name``. A transcoder replaces the MLP: its latents are read at its input
+    hook (left unchanged) and ``decode(f') + error`` replaces the output hook's value, with
+    ``error = MLP output − decode(f)``. An SAE on ``hook_resid_mid`` also re-routes the skip
+    connection into ``hook_resid_post`` through its output (the bridge's hook_resid_mid
+    feeds ln2 alone)."""
+    if not sae.is_transcoder:
+        fn = splice_hook(
+            sae, edits, keep_error=keep_error, record=record, offset=offset, override=override
+        )
+        layer = sae.layer
+        if layer is None or sae.hook_name != f"blocks.{layer}.hook_resid_mid":
+            return [(sae.hook_name, fn)]
+        # The bridge hands hook_resid_mid's output to ln2 only; the skip connection adds the
+        # unhooked value into resid_post. Route the skip through the splice as well.
+        seen: list[torch.Tensor] = []
+
+        def mid(x: torch.Tensor, hook: object) -> torch.Tensor:
+            out = fn(x, hook)
+            seen[:] = [x, out]
+            return out
+
+        def skip(y: torch.Tensor, hook: object) -> torch.Tensor:
+            x, out = seen
+            seen.clear()
+            return y - x + out
+
+        return [(sae.hook_name, mid), (f"blocks.{layer}.hook_resid_post", skip)]
+
+    splice = _splicer(sae, edits, keep_error, record, offset, override)
+    latents: list[torch.Tensor] = []
+
+    def read(x: torch.Tensor, hook: object) -> None:
+        latents[:] = [sae.encode(x)]
+
+    def write(y: torch.Tensor, hook: object) -> torch.Tensor:
+        return splice(latents.pop(), y)
+
+    return [(sae.hook_name, read), (str(sae.output_hook), write)]
 
 
 def splice_hooks(
@@ -180,6 +242,7 @@ def splice_hooks(
     )
     keep = set(saes) if keep_error is True else set() if keep_error is False else set(keep_error)
     return [
-        (h, splice_hook(saes[h], [e for e in edits if e.hook == h], keep_error=h in keep))
+        pair
         for h in hooks_
+        for pair in site_hooks(saes[h], [e for e in edits if e.hook == h], keep_error=h in keep)
     ]

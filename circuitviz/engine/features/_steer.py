@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -35,16 +34,15 @@ from .._models import check_bridge
 from .._pairs import InputError, PromptPairs, check_pairs, check_text, encode, single_token
 from .._patching import final_logits
 from .._results import TopTokens
+from .._sites import FEATURE_ID, SITE_HOOKS, feature_id, site_code, site_hook
 from ._generate import Greedy, fast_sites, greedy_bridge, greedy_cached, twin
 from ._sae import SAESet, as_sae_set, hook_layer
-from ._splice import LatentEdit, check_edits, splice_hook
+from ._splice import LatentEdit, check_edits, site_hooks
 
 SteerMode = Literal["clamp", "ablate"]
 STEER_MODES = ("clamp", "ablate")
 #: Keys of ``saes.stats[hook]`` read as each latent's maximum activation (the first present).
 MAX_ACT_KEYS = ("max_act", "max_activation", "max_acts")
-#: A feature: ``"L11F1234"``, optionally at one prompt position ``"L11F1234:P5"``.
-FEATURE_ID = re.compile(r"L(\d+)F(\d+)(?::P(\d+))?")
 MAX_NEW_TOKENS = 256
 DEFAULT_SCALE = 4.0
 TOP_K = 10
@@ -58,12 +56,18 @@ class Feature:
     hook: str
     index: int
     pos: int | None = None
+    site: str | None = None  # its SAE's site code (``.._sites``), set by parse_feature
 
     @property
     def id(self) -> str:
-        """``"L11F1234"`` (``":P5"`` at one position); ``"hook:F1234"`` off the blocks."""
+        """``"L11F1234"``, ``"L3attnF12"`` (``":P5"`` at one position); ``"hook:F1234"``
+        where no site code names the hook."""
         layer = hook_layer(self.hook)
-        base = f"{self.hook}:F{self.index}" if layer is None else f"L{layer}F{self.index}"
+        site = self.site
+        if site is None and layer is not None:
+            codes = [c for c, h in SITE_HOOKS.items() if c != "tc" and self.hook.endswith(h)]
+            site = next((c for c in codes if self.hook == f"blocks.{layer}.{SITE_HOOKS[c]}"), None)
+        base = f"{self.hook}:F{self.index}" if site is None else feature_id(layer, site, self.index)
         return base if self.pos is None else f"{base}:P{self.pos}"
 
 
@@ -80,17 +84,12 @@ def parse_feature(spec: Any, saes: SAESet) -> Feature:
         m = FEATURE_ID.fullmatch(spec.strip())
         if m is None:
             raise InputError(
-                f"Unknown feature {spec[:60]!r}: write 'L11F1234' (block 11's SAE, latent 1234), "
+                f"Unknown feature {spec[:60]!r}: write 'L11F1234' (latent 1234 of the SAE on "
+                "blocks.11.hook_resid_post; 'L3attnF12', 'L3tcF12'… at other sites), "
                 "'L11F1234:P5' (at prompt position 5 only) or (hook, index)."
             )
-        layer = int(m[1])
-        found = [h for h in saes if hook_layer(h) == layer]
-        if len(found) != 1:
-            raise InputError(
-                f"Feature {spec!r}: {len(found)} SAEs read block {layer} (the SAEs read "
-                f"{saes.hooks}); name it as (hook, index) instead."
-            )
-        feature = Feature(found[0], int(m[2]), None if m[3] is None else int(m[3]))
+        hook = site_hook(saes, int(m[1]), m[2] or "")
+        feature = Feature(hook, int(m[3]), None if m[4] is None else int(m[4]))
     elif isinstance(spec, (tuple, list)) and len(spec) in (2, 3) and isinstance(spec[0], str):
         feature = Feature(spec[0], spec[1], spec[2] if len(spec) == 3 else None)  # type: ignore[arg-type]
     else:
@@ -98,6 +97,8 @@ def parse_feature(spec: Any, saes: SAESet) -> Feature:
             f"A feature must be an id like 'L11F1234' or a (hook, index) pair, got {spec!r:.60}."
         )
     check_edits(saes, [LatentEdit(feature.hook, feature.index, 0.0, feature.pos)])
+    if feature.site is None:
+        feature = replace(feature, site=site_code(saes[feature.hook]))
     return feature
 
 
@@ -327,7 +328,7 @@ def edit_metric(
         if e.pos is not None and e.pos >= n_pos:
             raise InputError(f"Position {e.pos} is past the pairs' {n_pos} tokens.")
     hooked = sorted({e.hook for e in edits})
-    fwd = [(h, splice_hook(saes[h], [e for e in edits if e.hook == h])) for h in hooked]
+    fwd = [pair for h in hooked for pair in site_hooks(saes[h], [e for e in edits if e.hook == h])]
     with torch.inference_mode():
         logits = final_logits(model, base.tokens.clean, fwd)
     return base.metric.name, base.clean, float(base.metric.per_example(logits).mean())

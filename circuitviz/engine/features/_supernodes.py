@@ -29,6 +29,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .._hooks import hooks
 from .._pairs import InputError, PromptPairs, tokenize
+from .._sites import FEATURE_ID, SITE_HOOKS
 from ._sae import SAESet, as_sae_set, hook_layer
 
 #: Suggest a group when the cosine of two latents' direct logit effects is at least this.
@@ -37,13 +38,13 @@ LOGIT_COSINE = 0.7
 COACTIVATION = 0.8
 MAX_GROUPS = 256
 MAX_LABEL = 64
-_NODE = re.compile(r"L(\d+)F(\d+)(?::P(\d+))?")
 
 
 def feature_nodes(nodes: Any) -> dict[str, dict[str, Any]]:
     """Feature nodes by id, from a Graph, graph JSON, or a list of node dicts / ids; each as
     ``{"id", "hook", "feature", "pos"}`` (fields from the node, else parsed from its id
-    ``"L{L}F{index}:P{pos}"`` with the hook ``blocks.L.hook_resid_post``)."""
+    ``"L{L}F{index}:P{pos}"``: the grammar of ``engine._sites``; a transcoder's node needs
+    its ``hook``)."""
     if hasattr(nodes, "nodes") and not isinstance(nodes, Mapping):
         nodes = [n.to_dict() if hasattr(n, "to_dict") else n for n in nodes.nodes]
     elif isinstance(nodes, Mapping):
@@ -54,10 +55,11 @@ def feature_nodes(nodes: Any) -> dict[str, dict[str, Any]]:
             n = {"id": n, "type": "feature"}
         if not isinstance(n, Mapping) or n.get("type", "feature") != "feature":
             continue
-        m = _NODE.fullmatch(str(n.get("id", "")))
-        hook = n.get("hook") or (f"blocks.{m[1]}.hook_resid_post" if m else None)
-        index = n.get("feature", int(m[2]) if m else None)
-        pos = n.get("pos", int(m[3]) if m and m[3] is not None else None)
+        m = FEATURE_ID.fullmatch(str(n.get("id", "")))
+        named = m is not None and m[2] != "tc"
+        hook = n.get("hook") or (f"blocks.{m[1]}.{SITE_HOOKS[m[2] or '']}" if named else None)
+        index = n.get("feature", int(m[3]) if m else None)
+        pos = n.get("pos", int(m[4]) if m and m[4] is not None else None)
         if hook is None or index is None:
             continue
         out[str(n["id"])] = {"id": str(n["id"]), "hook": hook, "feature": int(index), "pos": pos}

@@ -69,11 +69,13 @@ def circuit(
         per_position: one node per (component, position); edges join nodes at the same
             position (information moves across positions only inside heads).
         metric: a metric name or callable of final-position logits (see ``circuitviz.patch``).
-        saes: SAEs on ``blocks.L.hook_resid_post`` (an ``SAESet``, one SAE or a list): a
+        saes: SAEs on ``blocks.L.hook_resid_pre/_mid/_post``, ``hook_attn_out`` or
+            ``hook_mlp_out``, or transcoders of one MLP (an ``SAESet``, one SAE or a list): a
             **feature graph** (:class:`FeatureGraph`, always per position) whose nodes also
-            include each SAE's latents active on the pairs (``"L11F1234:P5"``) and its error
-            term (``"L11ERR:P5"``), scored through the SAE-spliced model (Marks et al. 2024;
-            see ``_feature_eap``).
+            include each SAE's latents active on the pairs (``"L11F1234:P5"``;
+            ``"L3attnF12:P5"`` at other sites, ``engine._sites``) and its error term
+            (``"L11ERR:P5"``), scored through the SAE-spliced model (Marks et al. 2024; see
+            ``_feature_eap`` and ``_feature_sites``).
     """
     if not isinstance(per_position, bool):
         raise InputError(f"per_position must be True or False, got {per_position!r}.")
@@ -101,7 +103,7 @@ def circuit(
         from ._feature_eap import SpliceSites, check_saes
 
         checked: SAESet = check_saes(model, saes)
-        sites = SpliceSites(checked, device=next(model.parameters()).device)
+        sites = SpliceSites(checked, model)
     tokens = tokenize(model, pairs)
     layout = Layout.of(model)
     if layout.n_heads % layout.n_kv_heads:

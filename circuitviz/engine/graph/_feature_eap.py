@@ -1,25 +1,29 @@
-"""Feature circuits: EAP / EAP-IG edge scores through SAE-spliced residual streams (the method
-of Marks et al. 2024, "Sparse Feature Circuits", on this package's EAP machinery).
+"""Feature circuits: EAP / EAP-IG edge scores through SAE-spliced models (the method of
+Marks et al. 2024, "Sparse Feature Circuits", on this package's EAP machinery).
 
-At an SAE site (``blocks.L.hook_resid_post``) the residual stream is replaced by
-``Σ_i f_i W_dec[i] + b_dec + err`` (``_splice``: equal to the original up to float rounding).
-The site cuts the residual stream: what runs before it reaches what runs after it only through
-its latents and its error term. So the graph has, per position,
+At an SAE site the activation is replaced by ``Σ_i f_i W_dec[i] + b_dec + err``
+(``_splice``: equal to the original up to float rounding; a transcoder's ``err`` is the MLP
+output minus its reconstruction). Where each kind of site sits and what it replaces (resid
+sites cut the residual stream, attn_out/mlp_out sites take over their component's output, a
+transcoder replaces the MLP) is in ``_feature_sites``. Per position the graph has
 
-- **feature nodes** ``L{L}F{i}:P{p}``: a sender writing ``f_i W_dec[i]`` and a receiver whose
-  input gradient is ``∂M/∂pre_i · W_enc[:, i]`` (``∂M/∂pre_i = 1[f_i active] · W_dec[i] ·
-  ∂M/∂out``: TopK, ReLU and JumpReLU latents pass their pre-activation's gradient where
-  active);
-- one **error node** ``L{L}ERR:P{p}``: a sender writing ``err`` and a receiver with gradient
-  ``∂M/∂out − W_enc ∂M/∂pre`` (over the latents that are nodes): the part of an upstream change that the SAE does not
-  reconstruct. The edges into a site therefore sum to the plain residual edge (completeness);
-- the heads, MLPs, embeddings and logits as in ``circuit()``; a component edge is kept only
-  when no site lies between its ends.
+- **feature nodes** ``L{L}{site}F{i}:P{p}`` (ids: ``engine._sites``): a sender writing
+  ``f_i W_dec[i]`` and a receiver whose input gradient is ``∂M/∂pre_i · W_enc[:, i]``
+  (``∂M/∂pre_i = 1[f_i active] · W_dec[i] · ∂M/∂out``: TopK, ReLU and JumpReLU latents pass
+  their pre-activation's gradient where active), mapped back through ln2 for a transcoder
+  that reads ln2's output;
+- one **error node** ``L{L}{site}ERR:P{p}``: a sender writing ``err`` and a receiver with
+  the gradient of the site's whole input less what the latents that are nodes take (for a
+  transcoder: the MLP's input gradient). The edges into a site therefore sum to the plain
+  edge into what it replaces (completeness);
+- the heads, MLPs, embeddings and logits as in ``circuit()``. A residual edge is kept only
+  when no resid site lies between its ends; a component whose output an attn_out/mlp_out
+  SAE reads sends only into that site's latents and error node.
 
 An edge's score is EAP's ``Δa_u · ∂M/∂x_r`` (Δ = corrupted − clean, summed over the batch of
 the batch-mean metric's gradients); with EAP-IG the receiver gradients (and the latents'
-active masks) are averaged over the interpolation steps. Scores are computed one segment
-between consecutive sites and one position at a time, and stored sparsely (non-zero only).
+active masks) are averaged over the interpolation steps. Scores are computed one position at
+a time and stored sparsely (non-zero only).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._pairs import InputError
-from ..features._sae import SAE, SAESet, as_sae_set
-from ..features._splice import splice_hook
+from .._sites import error_id, feature_id
+from ..features._sae import SAESet
+from ..features._splice import site_hooks
+from ._feature_sites import Site, check_saes, ln2_module, sites_of
 from ._layout import Layout
 
 #: Node type codes of a feature graph's node table.
@@ -40,44 +45,7 @@ TYPES = ("embed", "head", "mlp", "logits", "feature", "error")
 INPUTS = ("q", "k", "v", "mlp", "logits", "feature", "error")
 
 
-def check_saes(model, saes) -> SAESet:
-    """The SAEs as a set, each on a ``blocks.L.hook_resid_post`` of this model with its width;
-    else an :class:`InputError` naming the problem and the fix."""
-    saes = as_sae_set(saes)
-    d_model = int(model.cfg.d_model)
-    n_layers = int(model.cfg.n_layers)
-    for hook, sae in saes.items():
-        layer = sae.layer
-        if hook != f"blocks.{layer}.hook_resid_post" or sae.is_transcoder:
-            raise InputError(
-                f"Feature circuits splice SAEs on the residual stream 'blocks.L.hook_resid_post'; "
-                f"{hook!r} is not one. Pass SAEs on hook_resid_post only."
-            )
-        if not 0 <= layer < n_layers:
-            raise InputError(
-                f"The SAE at {hook!r} reads a block this model lacks (layers 0–{n_layers - 1})."
-            )
-        bad = [
-            n
-            for n in ("W_enc", "b_enc", "W_dec", "b_dec")
-            if not torch.isfinite(getattr(sae, n)).all()
-        ]
-        if bad:
-            raise InputError(
-                f"The SAE at {hook!r} has non-finite values in {bad}: reload its weights."
-            )
-        if sae.d_in != d_model:
-            raise InputError(
-                f"The SAE at {hook!r} reads width {sae.d_in}, but the model's d_model is "
-                f"{d_model}: pass SAEs trained on this model."
-            )
-    return saes
-
-
-def site_stage(layer: int) -> float:
-    """Where a resid_post site sits in ``Layout``'s sender/receiver stage order (after
-    ``MLP{layer}`` writes, before layer ``layer + 1`` reads)."""
-    return 2 * layer + 2.5
+__all__ = ["INPUTS", "TYPES", "FeatureScores", "SpliceSites", "check_saes", "feature_scores"]
 
 
 def sender_stage(layout: Layout) -> np.ndarray:
@@ -91,16 +59,23 @@ def receiver_stage(layout: Layout) -> np.ndarray:
 class SpliceSites:
     """The SAE sites of one ``circuit(..., saes=...)`` call (see ``_eap.ExtraSites``): splice
     hooks that record latents and error terms per pass, and the per-site gradients
-    ``∂M/∂out`` and ``∂M/∂pre`` accumulated over EAP-IG's steps."""
+    ``∂M/∂out`` and ``∂M/∂pre`` accumulated over EAP-IG's steps (for a transcoder that reads
+    ln2's output, also each active latent's receiver gradient before ln2)."""
 
-    def __init__(self, saes: SAESet, device: torch.device | str = "cpu") -> None:
+    def __init__(self, saes: SAESet, model) -> None:
+        device = next(model.parameters()).device
         self.saes = saes
         self.sae = {h: s.to(device, torch.float32) for h, s in saes.items()}
-        self.grad_hooks = list(saes.hooks)
+        self.sites: list[Site] = sites_of(saes)
+        self.grad_hooks = list(dict.fromkeys(h for s in self.sites for h in s.grad_hooks))
+        self.ln2 = {s.hook: ln2_module(model, s.layer) for s in self.sites if s.post_norm}
         self.latents: dict[str, dict[str, torch.Tensor]] = {}
         self.errors: dict[str, dict[str, torch.Tensor]] = {}
+        self.resid_mid: dict[str, torch.Tensor] = {}  # post-norm transcoders: ln2's input
+        self.active: dict[str, list[torch.Tensor]] = {}
         self.g_out: dict[str, torch.Tensor] = {}
         self.g_pre: dict[str, torch.Tensor] = {}
+        self.g_recv: dict[str, list[torch.Tensor]] = {}  # post-norm transcoders, per position
         self.diff: torch.Tensor | None = None
         self.grads: torch.Tensor | None = None
 
@@ -112,22 +87,77 @@ class SpliceSites:
 
             return fn
 
-        return [(h, splice_hook(self.sae[h], record=record(h))) for h in self.grad_hooks]
+        def keep_mid(name: str):
+            def fn(x: torch.Tensor, hook: object) -> None:
+                self.resid_mid[name] = x.detach().float()
+
+            return fn
+
+        out = []
+        for s in self.sites:
+            if s.post_norm:
+                out.append((f"blocks.{s.layer}.ln2.hook_in", keep_mid(s.hook)))
+            out += site_hooks(self.sae[s.hook], record=record(s.hook))
+        return out
+
+    def _active(self) -> dict[str, list[torch.Tensor]]:
+        """Per site and position, the latents active on some clean or corrupted prompt (the
+        nodes; known once the corrupted and clean runs are done)."""
+        if not self.active:
+            lat_c, lat_x = self.latents["clean"], self.latents["corrupted"]
+            for h in self.sae:
+                n_pos = lat_c[h].shape[1]
+                self.active[h] = [
+                    ((lat_c[h][:, p] != 0) | (lat_x[h][:, p] != 0)).any(0).nonzero()[:, 0]
+                    for p in range(n_pos)
+                ]
+        return self.active
 
     def add_grads(self, run: str, grads: dict[str, torch.Tensor]) -> None:
-        for h in self.grad_hooks:
-            sae = self.sae[h]
-            g_out = grads[h]
+        for s in self.sites:
+            h, sae = s.hook, self.sae[s.hook]
+            g_out = sum(grads[g] for g in s.grad_hooks)
             active = (self.latents[run][h] != 0).float()
             g_pre = active * (g_out @ sae.W_dec.T)
             self.g_out[h] = self.g_out[h] + g_out if h in self.g_out else g_out
             self.g_pre[h] = self.g_pre[h] + g_pre if h in self.g_pre else g_pre
+            if s.post_norm:
+                recv = self._through_ln2(s, g_pre)
+                old = self.g_recv.get(h)
+                self.g_recv[h] = (
+                    recv if old is None else [a + b for a, b in zip(old, recv, strict=True)]
+                )
+
+    def _through_ln2(self, site: Site, g_pre: torch.Tensor) -> list[torch.Tensor]:
+        """Per position, ``[F, batch, d_model]``: each active latent's input gradient mapped
+        back through ln2 at this pass's residual (a vector-Jacobian product)."""
+        sae, ln2 = self.sae[site.hook], self.ln2[site.hook]
+        x_all = self.resid_mid[site.hook]
+        out = []
+        for p, feats in enumerate(self._active()[site.hook]):
+            post = g_pre[:, p, feats].T[:, :, None] * sae.W_enc[:, feats].T[:, None]
+            x = x_all[:, p][None].expand_as(post).clone().requires_grad_(True)
+            with torch.enable_grad():
+                y = ln2(x.to(next(ln2.parameters()).dtype))
+                (pre,) = torch.autograd.grad(y, x, post.to(y.dtype))
+            out.append(pre.detach().float())
+        return out
 
     def finish(self, diff: torch.Tensor, grads: torch.Tensor, steps: int) -> None:
         self.diff, self.grads = diff, grads
-        for h in self.grad_hooks:
+        for h in self.sae:
             self.g_out[h] = self.g_out[h] / steps
             self.g_pre[h] = self.g_pre[h] / steps
+            if h in self.g_recv:
+                self.g_recv[h] = [g / steps for g in self.g_recv[h]]
+
+    def latent_receivers(self, site: Site, p: int, feats: torch.Tensor) -> torch.Tensor:
+        """``[F, batch, d]``: the receiver gradients of a site's active latents at ``p``, on
+        the site's input (a transcoder's: the residual stream before ln2)."""
+        if site.post_norm:
+            return self.g_recv[site.hook][p]
+        g_pre = self.g_pre[site.hook][:, p]
+        return g_pre[:, feats].T[:, :, None] * self.sae[site.hook].W_enc[:, feats].T[:, None]
 
 
 @dataclass
@@ -140,6 +170,7 @@ class FeatureScores:
     head: np.ndarray  # [N] -1 where none
     pos: np.ndarray  # [N]
     feature: np.ndarray  # [N] -1 where none
+    site: np.ndarray  # [N] index into _feature_sites.SITE_CODES (-1: not a site's node)
     src: np.ndarray  # [E] node index
     dst: np.ndarray  # [E] node index (a k/v edge: the first query head of its KV group)
     input: np.ndarray  # [E] index into INPUTS
@@ -148,26 +179,33 @@ class FeatureScores:
 
 
 def node_table(
-    layout: Layout, n_pos: int, active: dict[str, list[np.ndarray]]
+    layout: Layout, n_pos: int, sites: list[Site], active: dict[str, list[np.ndarray]]
 ) -> tuple[list[str], np.ndarray, dict]:
-    """Node ids and their [type, layer, head, pos, feature] rows: every component at every
-    position, each site's active latents and error node at every position. ``active[hook][p]``
-    lists the latents active at position ``p``. Returns (ids, rows, index of (kind, key, pos))."""
+    """Node ids and their [type, layer, head, pos, feature, site] rows: every component at
+    every position (less the MLPs transcoders replace), each site's active latents and error
+    node at every position. ``active[hook][p]`` lists the latents active at ``p``. Returns
+    (ids, rows, index of (kind, key, pos))."""
     ids: list[str] = []
-    rows: list[tuple[int, int, int, int, int]] = []
+    rows: list[tuple[int, ...]] = []
     index: dict = {}
 
-    def add(key, node_id: str, t: str, layer: int, head: int, p: int, feature: int) -> None:
+    def add(key, node_id: str, t: str, layer: int, head: int, p: int, feature=-1, site=-1):
         index[key] = len(ids)
         ids.append(node_id)
-        rows.append((TYPES.index(t), layer, head, p, feature))
+        rows.append((TYPES.index(t), layer, head, p, feature, site))
 
-    site_layers = {int(h.split(".")[1]): h for h in active}
-    for p in range(n_pos):
-        add(("s", 0, p), f"EMBED:P{p}", "embed", -1, -1, p, -1)
-    for layer in range(layout.n_layers):
+    def add_site(s: Site) -> None:
         for p in range(n_pos):
-            for h in range(layout.n_heads):
+            for i in active[s.hook][p].tolist():
+                node = feature_id(s.layer, s.code, i, p)
+                add(("f", s.hook, i, p), node, "feature", s.layer, -1, p, i, s.index)
+            add(
+                ("e", s.hook, p), error_id(s.layer, s.code, p), "error", s.layer, -1, p, -1, s.index
+            )
+
+    def add_components(layer: int, *, heads: bool, mlp: bool) -> None:
+        for p in range(n_pos):
+            for h in range(layout.n_heads if heads else 0):
                 add(
                     ("s", layout.head_sender(layer, h), p),
                     f"L{layer}H{h}:P{p}",
@@ -175,97 +213,149 @@ def node_table(
                     layer,
                     h,
                     p,
-                    -1,
                 )
-            add(("s", layout.mlp_sender(layer), p), f"MLP{layer}:P{p}", "mlp", layer, -1, p, -1)
-        hook = site_layers.get(layer)
-        if hook is None:
-            continue
-        for p in range(n_pos):
-            for i in active[hook][p].tolist():
-                add(("f", hook, i, p), f"L{layer}F{i}:P{p}", "feature", layer, -1, p, i)
-            add(("e", hook, p), f"L{layer}ERR:P{p}", "error", layer, -1, p, -1)
+            if mlp:
+                add(("s", layout.mlp_sender(layer), p), f"MLP{layer}:P{p}", "mlp", layer, -1, p)
+
     for p in range(n_pos):
-        add(("logits", p), f"LOGITS:P{p}", "logits", layout.n_layers, -1, p, -1)
-    return ids, np.array(rows, dtype=np.int64).reshape(-1, 5), index
+        add(("s", 0, p), f"EMBED:P{p}", "embed", -1, -1, p)
+    order = {"pre": 0, "attn": 1, "mid": 2, "tc": 3, "mlp": 4, "": 5}
+    for layer in range(layout.n_layers):
+        here = sorted((s for s in sites if s.layer == layer), key=lambda s: order[s.code])
+        for s in here:
+            if s.code == "pre":
+                add_site(s)
+        split = any(s.code in ("attn", "mid") for s in here)  # sites between heads and MLP
+        mlp = not any(s.code == "tc" for s in here)  # a transcoder replaces the MLP
+        add_components(layer, heads=True, mlp=mlp and not split)
+        for s in here:
+            if s.code in ("attn", "mid"):
+                add_site(s)
+        if split and mlp:
+            add_components(layer, heads=False, mlp=True)
+        for s in here:
+            if s.code in ("tc", "mlp", ""):
+                add_site(s)
+    for p in range(n_pos):
+        add(("logits", p), f"LOGITS:P{p}", "logits", layout.n_layers, -1, p)
+    return ids, np.array(rows, dtype=np.int64).reshape(-1, 6), index
 
 
 def feature_scores(layout: Layout, sites: SpliceSites, *, progress: bool = True) -> FeatureScores:
-    """Every non-zero edge of the feature graph, segment by segment and position by position
-    (see the module docstring)."""
+    """Every non-zero edge of the feature graph, position by position (see the module
+    docstring)."""
     from tqdm.auto import tqdm
 
     diff, grads = sites.diff, sites.grads
     assert diff is not None and grads is not None
     n_pos = diff.shape[2]
-    hooks = sites.grad_hooks
     lat_c, lat_x = sites.latents["clean"], sites.latents["corrupted"]
-    # A latent is a node at p when it is active there on some clean or corrupted prompt.
-    active = {
-        h: [
-            ((lat_c[h][:, p] != 0) | (lat_x[h][:, p] != 0)).any(0).nonzero()[:, 0]
-            for p in range(n_pos)
-        ]
-        for h in hooks
-    }
+    err_c, err_x = sites.errors["clean"], sites.errors["corrupted"]
+    active = sites._active()
     ids, table, index = node_table(
-        layout, n_pos, {h: [a.cpu().numpy() for a in v] for h, v in active.items()}
+        layout, n_pos, sites.sites, {h: [a.cpu().numpy() for a in v] for h, v in active.items()}
     )
-    s_stage, r_stage = sender_stage(layout), receiver_stage(layout)
-    valid = layout.valid.numpy()
-    cuts = [-np.inf, *(site_stage(sites.sae[h].layer) for h in hooks), np.inf]
+    # components: which send into the residual stream, which into a branch site, which are gone
+    branch_of: dict[int, Site] = {}
+    gone_s: set[int] = set()
+    gone_r: set[int] = set()
+    for s in sites.sites:
+        if s.code == "attn":
+            for h in range(layout.n_heads):
+                branch_of[layout.head_sender(s.layer, h)] = s
+        elif s.code == "mlp":
+            branch_of[layout.mlp_sender(s.layer)] = s
+        elif s.code == "tc":
+            gone_s.add(layout.mlp_sender(s.layer))
+            gone_r.add(layout.receiver_slice(s.layer, "mlp").start)
+    s_comp = np.array(
+        [i for i in range(len(layout.senders)) if i not in gone_s and i not in branch_of]
+    )
+    r_comp = np.array([i for i in range(len(layout.receivers)) if i not in gone_r])
+    s_stage, r_stage = sender_stage(layout)[s_comp], receiver_stage(layout)[r_comp]
     recv_dst = [layout.node_index[r.target] for r in layout.receivers]
     recv_input = np.array([INPUTS.index(r.input) for r in layout.receivers])
+    cuts = np.sort([s.read_stage for s in sites.sites if s.kind == "resid"])
+    F, E = INPUTS.index("feature"), INPUTS.index("error")
     srcs, dsts, inps, ws = [], [], [], []
     n_candidates = 0
-    bar = tqdm(
-        total=(len(cuts) - 1) * n_pos, desc="feature edges", disable=not progress, leave=False
-    )
-    for j in range(len(cuts) - 1):
-        lo, hi = cuts[j], cuts[j + 1]
-        s_comp = np.flatnonzero((s_stage > lo) & (s_stage < hi))
-        r_comp = np.flatnonzero((r_stage > lo) & (r_stage < hi))
-        prev = hooks[j - 1] if j > 0 else None
-        nxt = hooks[j] if j < len(hooks) else None
-        comp_valid = valid[np.ix_(s_comp, r_comp)]
-        for p in range(n_pos):
-            send = [diff[s_comp, :, p]]
-            send_ids = [index["s", int(s), p] for s in s_comp]
-            if prev is not None:
-                sae, feats = sites.sae[prev], active[prev][p]
-                dfeat = (lat_x[prev][:, p, feats] - lat_c[prev][:, p, feats]).T  # [F, batch]
-                send.append(dfeat[:, :, None] * sae.W_dec[feats][:, None])
-                err = sites.errors
-                send.append((err["corrupted"][prev][:, p] - err["clean"][prev][:, p])[None])
-                send_ids += [index["f", prev, int(i), p] for i in feats] + [index["e", prev, p]]
-            recv = [grads[r_comp, :, p]]
-            recv_ids = [
-                index["s", recv_dst[r], p] if r != layout.logits_receiver else index["logits", p]
-                for r in r_comp
-            ]
-            recv_codes = list(recv_input[r_comp])
-            if nxt is not None:
-                sae, feats = sites.sae[nxt], active[nxt][p]
-                g_pre = sites.g_pre[nxt][:, p]  # [batch, d_sae]
-                recv.append(g_pre[:, feats].T[:, :, None] * sae.W_enc[:, feats].T[:, None])
-                # what the listed latents do not carry (an IG step may light up others)
-                g_err = sites.g_out[nxt][:, p] - g_pre[:, feats] @ sae.W_enc[:, feats].T
-                recv.append(g_err[None])
-                recv_ids += [index["f", nxt, int(i), p] for i in feats] + [index["e", nxt, p]]
-                recv_codes += [INPUTS.index("feature")] * len(feats) + [INPUTS.index("error")]
-            S, R = torch.cat(send), torch.cat(recv)
-            block = torch.einsum("sbd,rbd->sr", S, R).cpu().numpy()
-            ok = np.ones(block.shape, dtype=bool)
-            ok[: len(s_comp), : len(r_comp)] = comp_valid
-            n_candidates += int(ok.sum())
-            ok &= block != 0
-            a, b = np.nonzero(ok)
-            srcs.append(np.asarray(send_ids)[a])
-            dsts.append(np.asarray(recv_ids)[b])
-            inps.append(np.asarray(recv_codes)[b])
-            ws.append(block[a, b].astype(np.float32))
-            bar.update()
-    bar.close()
+
+    def site_senders(s: Site, p: int):
+        feats = active[s.hook][p]
+        dfeat = (lat_x[s.hook][:, p, feats] - lat_c[s.hook][:, p, feats]).T  # [F, batch]
+        vecs = [dfeat[:, :, None] * sites.sae[s.hook].W_dec[feats][:, None]]
+        vecs.append((err_x[s.hook][:, p] - err_c[s.hook][:, p])[None])
+        node_ids = [index["f", s.hook, int(i), p] for i in feats] + [index["e", s.hook, p]]
+        return vecs, node_ids
+
+    def site_receivers(s: Site, p: int, total: torch.Tensor):
+        """``total``: the gradient of the whole input the site takes over."""
+        feats = active[s.hook][p]
+        lat = sites.latent_receivers(s, p, feats)
+        vecs = [lat, (total - lat.sum(0))[None]]
+        node_ids = [index["f", s.hook, int(i), p] for i in feats] + [index["e", s.hook, p]]
+        return vecs, node_ids, [F] * len(feats) + [E]
+
+    def emit(S, R, send_ids, recv_ids, recv_codes, ok):
+        nonlocal n_candidates
+        block = torch.einsum("sbd,rbd->sr", torch.cat(S), torch.cat(R)).cpu().numpy()
+        n_candidates += int(ok.sum())
+        a, b = np.nonzero(ok & (block != 0))
+        srcs.append(np.asarray(send_ids, dtype=np.int64)[a])
+        dsts.append(np.asarray(recv_ids, dtype=np.int64)[b])
+        inps.append(np.asarray(recv_codes, dtype=np.int64)[b])
+        ws.append(block[a, b].astype(np.float32))
+
+    for p in tqdm(range(n_pos), desc="feature edges", disable=not progress, leave=False):
+        # the residual stream: components and every site's latents and error terms
+        send, send_ids, send_st = (
+            [diff[s_comp, :, p]],
+            [index["s", int(i), p] for i in s_comp],
+            [s_stage],
+        )
+        recv = [grads[r_comp, :, p]]
+        recv_ids = [
+            index["s", recv_dst[r], p] if r != layout.logits_receiver else index["logits", p]
+            for r in r_comp
+        ]
+        recv_codes, recv_st = list(recv_input[r_comp]), [r_stage]
+        for s in sites.sites:
+            vecs, node_ids = site_senders(s, p)
+            send += vecs
+            send_ids += node_ids
+            send_st.append(np.full(len(node_ids), s.write_stage))
+            if s.kind == "branch":
+                continue
+            total = (
+                grads[layout.receiver_slice(s.layer, "mlp").start, :, p]
+                if s.kind == "transcoder"
+                else sites.g_out[s.hook][:, p]
+            )
+            vecs, node_ids, codes = site_receivers(s, p, total)
+            recv += vecs
+            recv_ids += node_ids
+            recv_codes += codes
+            recv_st.append(np.full(len(node_ids), s.read_stage))
+        su, sr = np.concatenate(send_st), np.concatenate(recv_st)
+        S, R = torch.cat(send), torch.cat(recv)
+        send_ids, recv_ids, recv_codes = map(np.asarray, (send_ids, recv_ids, recv_codes))
+        # valid: the sender runs first and no resid site cuts the stream between them, i.e.
+        # both lie in one segment between cuts (a site's own latents: the segment after it)
+        seg_s, seg_r = np.searchsorted(cuts, su, "right"), np.searchsorted(cuts, sr, "left")
+        for j in range(len(cuts) + 1):
+            a, b = np.flatnonzero(seg_s == j), np.flatnonzero(seg_r == j)
+            if len(a) and len(b):
+                ok = su[a][:, None] < sr[b][None]
+                emit([S[a]], [R[b]], send_ids[a], recv_ids[b], recv_codes[b], ok)
+        # attn_out / mlp_out sites: their components write only into them
+        for s in sites.sites:
+            if s.kind != "branch":
+                continue
+            comps = [i for i, b in branch_of.items() if b is s]
+            vecs, node_ids, codes = site_receivers(s, p, sites.g_out[s.hook][:, p])
+            ids_in = [index["s", i, p] for i in comps]
+            ok = np.ones((len(comps), len(node_ids)), dtype=bool)
+            emit([diff[comps, :, p]], vecs, ids_in, node_ids, codes, ok)
     return FeatureScores(
         ids=ids,
         type=table[:, 0],
@@ -273,20 +363,10 @@ def feature_scores(layout: Layout, sites: SpliceSites, *, progress: bool = True)
         head=table[:, 2],
         pos=table[:, 3],
         feature=table[:, 4],
+        site=table[:, 5],
         src=np.concatenate(srcs).astype(np.int64),
         dst=np.concatenate(dsts).astype(np.int64),
         input=np.concatenate(inps).astype(np.int64),
         weight=np.concatenate(ws),
         n_candidates=n_candidates,
     )
-
-
-def site_of(saes: SAESet, layer: int) -> SAE:
-    """The SAE of ``blocks.{layer}.hook_resid_post``, or an :class:`InputError`."""
-    hook = f"blocks.{layer}.hook_resid_post"
-    if hook not in saes:
-        raise InputError(
-            f"No SAE reads {hook!r} (feature L{layer}F…); the SAEs read {saes.hooks}. Pass the "
-            "SAE set that has it (saes=...)."
-        )
-    return saes[hook]

@@ -13,8 +13,9 @@ import torch
 from .._metrics import METRICS, bind_metric, check_gap, check_metric
 from .._pairs import InputError, tokenize
 from .._patching import final_logits
-from ..features._splice import replace_error, splice_hook
+from ..features._splice import replace_error, site_hooks
 from ._feature_eap import TYPES
+from ._feature_sites import sites_of
 
 
 @dataclass
@@ -67,10 +68,10 @@ class FeatureContext:
 
                 return fn
 
-            fwd = [(h, splice_hook(saes[h], record=rec(h))) for h in saes]
+            fwd = [pair for h in saes for pair in site_hooks(saes[h], record=rec(h))]
             for layer in range(graph.n_layers):
                 for h in (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"):
-                    fwd.append((h, save(h, acts)))
+                    fwd.append((h, save("out:" + h, acts)))  # apart from latents
             with torch.inference_mode():
                 logits = final_logits(model, getattr(tokens, name), fwd)
             runs[name] = (logits, acts, errs)
@@ -104,6 +105,8 @@ class FeatureContext:
         n_pos = graph.n_pos
         keep = ~inside if complement else inside
         types = graph.type
+        sites = sites_of(saes)
+        replaced = {s.layer for s in sites if s.code == "tc"}  # a transcoder is the MLP node
         fwd = []
         for layer in range(graph.n_layers):
             here = graph.layer == layer
@@ -115,20 +118,26 @@ class FeatureContext:
             fwd.append(
                 (
                     f"blocks.{layer}.attn.hook_z",
-                    _keep_only(heads[None, :, :, None], self.ref[f"blocks.{layer}.attn.hook_z"]),
+                    _keep_only(
+                        heads[None, :, :, None], self.ref["out:" + f"blocks.{layer}.attn.hook_z"]
+                    ),
                 )
             )
+            if layer in replaced:
+                continue
             fwd.append(
                 (
                     f"blocks.{layer}.hook_mlp_out",
-                    _keep_only(mlp[None, :, None], self.ref[f"blocks.{layer}.hook_mlp_out"]),
+                    _keep_only(
+                        mlp[None, :, None], self.ref["out:" + f"blocks.{layer}.hook_mlp_out"]
+                    ),
                 )
             )
-        for s in graph.saes:
-            hook = s["hook"]
-            layer = int(hook.split(".")[1])
-            here = graph.layer == layer
-            feats = torch.zeros(n_pos, s["d_sae"], dtype=torch.bool)
+        # after the component hooks: an attn_out / mlp_out SAE reads the patched output
+        for s in sites:
+            hook = s.hook
+            here = (graph.layer == s.layer) & (graph.site == s.index)
+            feats = torch.zeros(n_pos, saes[hook].d_sae, dtype=torch.bool)
             sel = np.flatnonzero(here & (types == TYPES.index("feature")) & keep)
             feats[graph.pos[sel], graph.feature[sel]] = True
             err = torch.zeros(n_pos, dtype=torch.bool)
@@ -143,7 +152,7 @@ class FeatureContext:
                 err = out if complement else ~out
             elif errors == "ablated":
                 err[:] = complement
-            fwd.append((hook, self._splice(saes[hook], hook, feats, err)))
+            fwd += self._splice(saes[hook], hook, feats, err)
         with torch.inference_mode():
             logits = final_logits(model, self.tokens.clean, fwd)
         return float(self.metric(logits))
@@ -160,7 +169,7 @@ class FeatureContext:
             # the rule ablate(features=["L11ERR"]) uses: positions outside take the reference
             return f, replace_error(e, ref_e, ~err)
 
-        return splice_hook(sae, override=override)
+        return site_hooks(sae, override=override)
 
 
 def _keep_only(mask: torch.Tensor, ref: torch.Tensor):

@@ -6,7 +6,9 @@ It answers to the same words as :class:`~circuitviz.engine.graph.Graph`: ``nodes
 ``with_selection``, ``faithfulness``, ``to_json``/``from_json``, ``figure``/``save``.
 
 Node ids: ``"L{L}F{i}:P{p}"`` (latent ``i`` of the SAE on ``blocks.{L}.hook_resid_post``,
-type ``"feature"``), ``"L{L}ERR:P{p}"`` (that SAE's error term, type ``"error"``), and the
+type ``"feature"``), ``"L{L}ERR:P{p}"`` (that SAE's error term, type ``"error"``);
+``"L{L}{site}F{i}:P{p}"`` / ``"L{L}{site}ERR:P{p}"`` at the other sites (``site`` one of
+``pre``, ``mid``, ``attn``, ``mlp``, ``tc``: the grammar of ``engine._sites``); and the
 per-position component ids of ``Graph`` (``"L3H5:P4"``, ``"MLP7:P4"``, ``"EMBED:P0"``,
 ``"LOGITS:P9"``).
 """
@@ -27,21 +29,22 @@ from transformer_lens.model_bridge import TransformerBridge
 from .._components import listed, parse_id
 from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs
+from .._sites import SITE_PATTERN, site_code
 from ..features._sae import SAESet, as_sae_set
 from ._feature_eap import INPUTS, TYPES, FeatureScores
+from ._feature_sites import SITE_CODES
 from ._layout import shared_layout
 
 FEATURE_NODE = re.compile(
-    r"^(?:(EMBED|LOGITS)|MLP(\d+)|L(\d+)H(\d+)|L(\d+)F(\d+)|L(\d+)ERR):P(\d+)$"
+    rf"^(?:(EMBED|LOGITS)|MLP(\d+)|L(\d+)H(\d+)|L(\d+)({SITE_PATTERN})?(?:F(\d+)|(ERR))):P(\d+)$"
 )
-#: DAG stages (a node's place in forward order), per layer: kv input, head, MLP, SAE site.
-_STAGE = {"head": 4, "mlp": 6, "feature": 7, "error": 7}
 
 
 @dataclass(frozen=True)
 class FeatureNode:
-    """A node of a feature graph. ``feature``/``hook`` are set on feature nodes (``hook`` also
-    on error nodes); ``head`` on heads."""
+    """A node of a feature graph. ``feature``/``hook`` are set on feature nodes (``hook``, the
+    SAE's ``SAESet`` key, and ``site``, its code in ``engine._sites``, also on error nodes);
+    ``head`` on heads."""
 
     id: str
     type: str  # "embed" | "head" | "mlp" | "logits" | "feature" | "error"
@@ -52,19 +55,20 @@ class FeatureNode:
     score: float
     feature: int | None = None
     hook: str | None = None
+    site: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        for key in ("feature", "hook"):
+        for key in ("feature", "hook", "site"):
             if out[key] is None:
                 del out[key]
         return out
 
 
-def feature_label(stats: Any, hook: str, layer: int, index: int) -> str:
+def feature_label(stats: Any, hook: str, layer: int, index: int, site: str = "") -> str:
     """A feature's auto-label from ``SAESet.stats[hook]`` (a ``FeatureStats`` with ``labels``,
     or a dict with ``"labels"``: a list, or a dict keyed by index) when present, else
-    ``"L11 F1234"``."""
+    ``"L11 F1234"`` (``"L3 attn F12"`` at another site)."""
     entry = stats.get(hook) if isinstance(stats, dict) else None
     labels = getattr(entry, "labels", None)
     if labels is None and isinstance(entry, dict):
@@ -74,7 +78,7 @@ def feature_label(stats: Any, hook: str, layer: int, index: int) -> str:
         text = labels.get(index, labels.get(str(index)))
     elif isinstance(labels, (list, tuple)) and 0 <= index < len(labels):
         text = labels[index]
-    return str(text)[:200] if text else f"L{layer} F{index}"
+    return str(text)[:200] if text else f"L{layer} {site + ' ' if site else ''}F{index}"
 
 
 @dataclass(eq=False)
@@ -93,13 +97,14 @@ class FeatureGraph:
     clean: float
     corrupted: float
     steps: int
-    saes: list[dict[str, Any]]  # [{"hook", "d_sae", "name"}], model order
+    saes: list[dict[str, Any]]  # [{"hook", "d_sae", "name", "site"}], model order
     ids: list[str]
     type: np.ndarray  # [N] index into TYPES
     layer: np.ndarray
     head: np.ndarray  # -1 where none
     pos: np.ndarray
     feature: np.ndarray  # -1 where none
+    site: np.ndarray  # index into SITE_CODES on feature and error nodes, -1 elsewhere
     labels: list[str]
     node_scores: np.ndarray  # [N] float64: Σ outgoing edge weights (logits: incoming)
     node_mask: np.ndarray  # [N] bool
@@ -125,13 +130,17 @@ class FeatureGraph:
         node_scores[logits] = into[logits]
         labels = _labels(scores, saes, info["tokens"], info["n_layers"])
         g = cls(
-            saes=[{"hook": h, "d_sae": s.d_sae, "name": s.name} for h, s in saes.items()],
+            saes=[
+                {"hook": h, "d_sae": s.d_sae, "name": s.name, "site": site_code(s)}
+                for h, s in saes.items()
+            ],
             ids=scores.ids,
             type=scores.type,
             layer=scores.layer,
             head=scores.head,
             pos=scores.pos,
             feature=scores.feature,
+            site=scores.site,
             labels=labels,
             node_scores=node_scores,
             node_mask=np.ones(n, dtype=bool),
@@ -156,9 +165,10 @@ class FeatureGraph:
 
     def node(self, i: int) -> FeatureNode:
         t = TYPES[int(self.type[i])]
-        hook = None
+        hook = site = None
         if t in ("feature", "error"):
-            hook = f"blocks.{int(self.layer[i])}.hook_resid_post"
+            site = SITE_CODES[int(self.site[i])]
+            hook = self.site_hook(int(self.layer[i]), site)
         return FeatureNode(
             id=self.ids[i],
             type=t,
@@ -169,7 +179,15 @@ class FeatureGraph:
             score=float(self.node_scores[i]),
             feature=None if self.feature[i] < 0 else int(self.feature[i]),
             hook=hook,
+            site=site,
         )
+
+    def site_hook(self, layer: int, site: str) -> str:
+        """The hook (``SAESet`` key) of this graph's SAE at ``site`` of block ``layer``."""
+        for s in self.saes:
+            if s.get("site", "") == site and s["hook"].startswith(f"blocks.{layer}."):
+                return s["hook"]
+        raise InputError(f"This graph has no SAE at site {site!r} of block {layer}.")
 
     @property
     def nodes(self) -> list[FeatureNode]:
@@ -295,7 +313,7 @@ class FeatureGraph:
             m = FEATURE_NODE.match(n["id"])
             if m is None:
                 raise InputError(f"Feature graph: unknown node id {n['id']!r:.80}.")
-            p = int(m[8])
+            p = int(m[9])
             if p >= n_pos:
                 raise InputError(f"Feature graph: node {n['id']!r} is past the {n_pos} tokens.")
             if m[1] == "EMBED":
@@ -306,16 +324,24 @@ class FeatureGraph:
                 row = ("mlp", int(m[2]), -1, -1)
             elif m[3] is not None:
                 row = ("head", int(m[3]), int(m[4]), -1)
-            elif m[5] is not None:
-                row = ("feature", int(m[5]), -1, int(m[6]))
+            elif m[7] is not None:
+                row = ("feature", int(m[5]), -1, int(m[7]))
             else:
-                row = ("error", int(m[7]), -1, -1)
+                row = ("error", int(m[5]), -1, -1)
+            site = -1 if m[5] is None else SITE_CODES.index(m[6] or "")
             index[n["id"]] = len(ids)
             ids.append(n["id"])
-            rows.append((TYPES.index(row[0]), row[1], row[2], p, row[3]))
+            rows.append((TYPES.index(row[0]), row[1], row[2], p, row[3], site))
             labels.append(str(n.get("label", n["id"])))
             scores.append(float(n.get("score") or 0.0))
-        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        table = np.array(rows, dtype=np.int64).reshape(-1, 6)
+        have = {(h.split(".")[1], s.get("site", "")) for s in saes if (h := str(s["hook"]))}
+        for row, node_id in zip(table, ids, strict=True):
+            if row[5] >= 0 and (str(row[1]), SITE_CODES[row[5]]) not in have:
+                raise InputError(
+                    f"Feature graph: node {node_id!r} belongs to no SAE of 'saes' (they read "
+                    f"{[s['hook'] for s in saes]})."
+                )
         src, dst, inp, w = [], [], [], []
         for e in data["edges"]:
             a, b = index.get(e["source"]), index.get(e["target"])
@@ -347,6 +373,7 @@ class FeatureGraph:
             head=table[:, 2],
             pos=table[:, 3],
             feature=table[:, 4],
+            site=table[:, 5],
             labels=labels,
             node_scores=np.array(scores, dtype=np.float64),
             node_mask=np.ones(len(ids), dtype=bool),
@@ -440,7 +467,7 @@ class FeatureGraph:
             if comp.head is not None:
                 hit &= self.head == comp.head
             if comp.feature is not None:
-                hit &= self.feature == comp.feature
+                hit &= (self.feature == comp.feature) & (self.site == SITE_CODES.index(comp.site))
             if comp.pos is not None:
                 if not 0 <= comp.pos < self.n_pos:
                     raise InputError(f"{spec}: the prompts have positions 0–{self.n_pos - 1}.")
@@ -465,11 +492,12 @@ def _labels(scores: FeatureScores, saes: SAESet, tokens: list[str], n_layers: in
     for i, node_id in enumerate(scores.ids):
         t = TYPES[int(scores.type[i])]
         layer, p = int(scores.layer[i]), int(scores.pos[i])
+        site = SITE_CODES[int(scores.site[i])] if t in ("feature", "error") else ""
+        hook = next((h for h, s in saes.items() if s.layer == layer and site_code(s) == site), "")
         if t == "feature":
-            hook = f"blocks.{layer}.hook_resid_post"
-            out.append(feature_label(saes.stats, hook, layer, int(scores.feature[i])))
+            out.append(feature_label(saes.stats, hook, layer, int(scores.feature[i]), site))
         elif t == "error":
-            out.append(f"L{layer} error")
+            out.append(f"L{layer} {site + ' ' if site else ''}error")
         else:
             out.append(f"{node_id.split(':')[0]} @ {p}:{tokens[p]}")
     return out

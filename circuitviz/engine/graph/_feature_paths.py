@@ -22,14 +22,23 @@ from ._select import EDGE_INPUTS, Candidates
 _KV = (INPUTS.index("k"), INPUTS.index("v"))
 
 
-def _stage(types: np.ndarray, layer: np.ndarray, n_layers: int) -> np.ndarray:
-    """A node's place in forward order: embed 0; per layer kv input 8L+2, head 8L+4, MLP 8L+6,
-    SAE site 8L+7; logits last."""
+#: A site's latents and error node, per layer (``SITE_CODES`` order): resid_pre before the
+#: k/v inputs, attn_out after the heads, resid_mid, a transcoder where the MLP is, mlp_out
+#: after it, resid_post last.
+_SITE_STAGE = np.array([10, 1, 6, 5, 9, 8])
+_PER_LAYER = 16
+
+
+def _stage(types: np.ndarray, layer: np.ndarray, site: np.ndarray, n_layers: int) -> np.ndarray:
+    """A node's place in forward order: embed 0; per layer kv input 16L+2, head 16L+4, MLP
+    16L+8, SAE sites around them (``_SITE_STAGE``); logits last."""
     out = np.zeros(len(types), dtype=np.int64)
-    for name, off in (("head", 4), ("mlp", 6), ("feature", 7), ("error", 7)):
+    for name, off in (("head", 4), ("mlp", 8)):
         sel = types == TYPES.index(name)
-        out[sel] = 8 * layer[sel] + off
-    out[types == TYPES.index("logits")] = 8 * n_layers + 2
+        out[sel] = _PER_LAYER * layer[sel] + off
+    sel = np.isin(types, [TYPES.index("feature"), TYPES.index("error")])
+    out[sel] = _PER_LAYER * layer[sel] + _SITE_STAGE[site[sel]]
+    out[types == TYPES.index("logits")] = _PER_LAYER * n_layers + 2
     return out
 
 
@@ -77,7 +86,10 @@ def feature_candidates(graph: Any) -> Candidates:
             link_dst += outs
     link_src = np.array(link_src, dtype=np.int64)
     link_dst = np.array(link_dst, dtype=np.int64)
-    stage = np.concatenate([_stage(types, layer, graph.n_layers), 8 * keys[:, 0] + 2])
+    site = graph.site[listed_nodes]
+    stage = np.concatenate(
+        [_stage(types, layer, site, graph.n_layers), _PER_LAYER * keys[:, 0] + 2]
+    )
     total = n + len(keys)
     is_in = np.zeros(total, dtype=bool)
     is_in[:n] = types == TYPES.index("embed")
@@ -122,7 +134,7 @@ def feature_candidates(graph: Any) -> Candidates:
                 a, b = bwd_runs[st]
                 sel = m_b[a:b] & bwd[d_b[a:b]]
                 bwd[s_b[a:b][sel]] = True
-            if len(link_src) and st == 8 * (st // 8) + 2:  # k/v inputs of this layer
+            if len(link_src) and st % _PER_LAYER == 2:  # k/v inputs of this layer
                 ls = stage[link_src] == st
                 bwd[link_src[ls][bwd[link_dst[ls]]]] = True
         on_edges = mask & fwd[src] & bwd[dag_dst]

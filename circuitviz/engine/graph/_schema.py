@@ -13,6 +13,7 @@ from typing import Any
 
 from .._badges import role_map
 from .._pairs import InputError
+from .._sites import SITE_HOOKS
 
 #: Bounds far above any real model (Llama-3-405B: 126 layers, 128 heads) and prompt a graph is
 #: built on, and far below what exhausts memory.
@@ -177,6 +178,11 @@ def _check_saes(saes: Any, n_layers: int | None) -> dict[str, int] | None:
             raise InputError(f"Graph JSON: saes[{i}].d_sae is missing.")
         if sae.get("name") is not None:
             _text(sae["name"], f"saes[{i}].name")
+        if sae.get("site") is not None and sae["site"] not in SITE_HOOKS:
+            raise InputError(
+                f"Graph JSON: saes[{i}].site is {_short(sae['site'])}; expected one of "
+                f"{sorted(SITE_HOOKS)} (engine._sites)."
+            )
         out[sae["hook"]] = sae["d_sae"]
     return out
 
