@@ -328,6 +328,35 @@ def test_feature_ablation_equals_a_hand_written_hook(
     assert not has_hooks(tiny_llama)
 
 
+@pytest.mark.parametrize(
+    "hook", [TC, "blocks.0.hook_attn_out", "blocks.1.hook_mlp_out", "blocks.0.hook_resid_mid"]
+)
+@pytest.mark.parametrize("mode", ["zero", "resample"])
+def test_error_node_ablation_at_any_site_equals_a_hand_written_hook(
+    tiny_llama, pairs, tokens, saes, graph, hook, mode
+):
+    err_node = max(
+        (n for n in graph.nodes if n.hook == hook and n.type == "error" and n.pos > 0),
+        key=lambda n: abs(n.score),
+    )
+    corr_err = latents(tiny_llama, tokens, saes)[hook][1][1]
+
+    def touch(h, x, f, err):
+        if h == hook:
+            err = err.clone()
+            err[:, err_node.pos] = 0.0 if mode == "zero" else corr_err[:, err_node.pos]
+        return f, err
+
+    ref = float(
+        metric(tokens, run(tiny_llama, tokens, hand_splices(tiny_llama, saes, touch=touch)))
+    )
+    res = cv.ablate(tiny_llama, pairs, features=[err_node.id], saes=saes, mode=mode)
+    assert res.components == [err_node.id]
+    assert abs(res.ablated - ref) <= TOL
+    assert abs(res.ablated - res.clean) > TOL  # the term is small on tiny SAEs, not nothing
+    assert not has_hooks(tiny_llama)
+
+
 def test_site_ids_parse_in_one_place(saes):
     from circuitviz.engine._components import parse_id
     from circuitviz.engine.features._steer import parse_feature
