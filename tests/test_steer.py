@@ -115,8 +115,50 @@ def test_guessed_tokens_never_change_the_continuation(tiny_llama, saes):
     tw = twin(tiny_llama)
     ref, _ = reference_greedy(tiny_llama, PROMPT, saes, edits, 20)
     for draft in ([], [0] * 20, ref, ref[:5] + [0] * 15):
-        got = greedy_cached(tiny_llama, tw, tokens, saes, edits, n_tokens=20, eos=None, draft=draft)
-        assert got.ids[: len(ref)] == ref
+        for lookahead in (0, 1, 3, 6):  # 1-4 rows per pass take the skinny products, 7 do not
+            got = greedy_cached(
+                tiny_llama,
+                tw,
+                tokens,
+                saes,
+                edits,
+                n_tokens=20,
+                eos=None,
+                draft=draft,
+                lookahead=lookahead,
+            )
+            assert got.ids[: len(ref)] == ref
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_linear_equals_linear(bias):
+    """The twin's linear layers: weight @ x.T for 1-4 rows, F.linear beyond; same values."""
+    from circuitviz.engine.features._generate import SKINNY_ROWS, SkinnyLinear
+
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(96, 40, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(40, 96, generator=g))
+        if bias:
+            layer.bias.copy_(torch.randn(40, generator=g))
+    skinny = torch.nn.Linear(96, 40, bias=bias)
+    skinny.__class__ = SkinnyLinear
+    skinny.weight, skinny.bias = layer.weight, layer.bias
+    for rows in range(1, SKINNY_ROWS + 3):
+        x = torch.randn(1, rows, 96, generator=g)
+        got = skinny(x)
+        assert got.shape == (1, rows, 40) and got.is_contiguous()
+        assert (got - layer(x)).abs().max() <= 1e-4
+
+
+def test_twin_shares_weights_and_leaves_the_bridge_modules_alone(tiny_llama):
+    from circuitviz.engine.features._generate import SkinnyLinear
+
+    tw = twin(tiny_llama)
+    skinny = [m for m in tw.model.modules() if isinstance(m, SkinnyLinear)]
+    assert skinny and not any(isinstance(m, SkinnyLinear) for m in tiny_llama.modules())
+    shared = {id(p) for p in tiny_llama.parameters()}
+    assert all(id(m.weight) in shared for m in skinny)
 
 
 def test_resid_pre_sae_uses_the_layer_input(tiny_llama):
@@ -244,10 +286,20 @@ def test_demo_kv_cache_generation_is_exact(demo_model):
     tokens = demo_model.to_tokens("When John and Mary went to the store, John gave a drink to")[0]
     eos = demo_model.tokenizer.eos_token_id
     for edits in ([], [LatentEdit(hook, 3, 30.0)]):
-        fast = greedy_cached(demo_model, twin(demo_model), tokens, s, edits, n_tokens=12, eos=eos)
         slow = greedy_bridge(demo_model, tokens, s, edits, n_tokens=12, eos=eos)
-        assert fast.ids == slow.ids
-        assert (fast.first_logits - slow.first_logits).abs().max() <= 1e-4
+        for lookahead in (None, 3):
+            fast = greedy_cached(
+                demo_model,
+                twin(demo_model),
+                tokens,
+                s,
+                edits,
+                n_tokens=12,
+                eos=eos,
+                lookahead=lookahead,
+            )
+            assert fast.ids == slow.ids
+            assert (fast.first_logits - slow.first_logits).abs().max() <= 1e-4
 
 
 def test_interrupt_mid_generation_leaves_no_hook(tiny_llama, saes, monkeypatch):

@@ -31,9 +31,15 @@ from .._hooks import hooks, module_hooks
 from ._sae import SAESet
 from ._splice import LatentEdit, site_hooks, splice_hook
 
-#: Guessed tokens checked per pass. On the demo model a pass over 1 + 6 tokens costs little
-#: more than over 1 (the weights are read once either way).
-LOOKAHEAD = 6
+#: Guessed tokens checked per pass. With :class:`SkinnyLinear` a pass over 1 + 1 tokens costs
+#: what a pass over 1 does, 1 + 3 about 1.3 times that and 1 + 6 about 2.8 times; a clamped
+#: continuation seldom follows a guess for long. Measured on the demo model (10 clamps, CPU
+#: time, 1 thread): median 1.04 s for 20 tokens with 1, 1.15 s with 0, 1.30 s with 2, 1.34 s
+#: with 3, 1.74 s with 6 guesses.
+LOOKAHEAD = 1
+#: Up to this many rows, the twin's linear layers compute ``weight @ x.T`` (see
+#: :class:`SkinnyLinear`).
+SKINNY_ROWS = 4
 
 
 _SITE = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
@@ -84,8 +90,36 @@ def _build_twin(model: TransformerBridge) -> Twin | None:
         else:
             owner._buffers[leaf] = source
     twin.eval()
+    for module in twin.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = SkinnyLinear  # the twin's own modules; the bridge's are untouched
     layers = _decoder_layers(model, hf, twin)
     return None if layers is None else Twin(twin, layers)
+
+
+class SkinnyLinear(torch.nn.Linear):
+    """A linear layer for decoding a few tokens at a time on a CPU.
+
+    ``F.linear`` on 1 row goes to MKL's matrix-vector product and on 2–7 rows to a general
+    product that repacks the weight, both slow on this CPU; ``weight @ x.T`` (the weight read
+    as the left factor, streamed once) is 1.65 times faster for 1–4 rows on the demo's shapes
+    (1 thread, CPU time: 15.9 ms instead of 26.3 ms for 1 row over 318 MB of weights, 21 ms
+    instead of 34 ms for 4). One row is doubled because a one-column right factor goes back to
+    the slow matrix-vector path. Same weights, same sums in another order: float rounding
+    only (the twin's logits are checked against the bridge's).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if not 1 <= rows <= SKINNY_ROWS or x.device.type != "cpu" or x.dtype != self.weight.dtype:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, x.shape[-1])
+        if rows == 1:
+            flat = torch.cat([flat, flat])
+        y = (self.weight @ flat.T)[:, :rows].T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.contiguous().reshape(*x.shape[:-1], self.out_features)
 
 
 def _embedding_name(hf: torch.nn.Module) -> str:
@@ -187,13 +221,13 @@ def greedy_cached(
     n_tokens: int,
     eos: int | None,
     draft: Sequence[int] = (),
-    lookahead: int = LOOKAHEAD,
+    lookahead: int | None = None,
     desc: str = "generating",
 ) -> Greedy:
     """The same continuation as :func:`greedy_bridge`, through the twin with a KV cache.
 
     On a CPU one new token costs about as much as reading every weight once, so each pass also
-    *checks* up to ``lookahead`` guessed tokens (:func:`propose`: ``draft``, e.g. the unedited
+    *checks* up to ``lookahead`` (default :data:`LOOKAHEAD`) guessed tokens (:func:`propose`: ``draft``, e.g. the unedited
     continuation, where the text so far agrees with it, else the continuation of the last
     n-gram seen earlier). A guess is kept only if it is the pass's own greedy choice, so the
     tokens are those of one-token-at-a-time greedy decoding; a wrong guess costs a little
@@ -201,6 +235,7 @@ def greedy_cached(
     """
     from transformers import DynamicCache
 
+    lookahead = LOOKAHEAD if lookahead is None else lookahead
     state = {"offset": 0}
     post: list[tuple[torch.nn.Module, Callable]] = []
     pre: list[tuple[torch.nn.Module, Callable]] = []
