@@ -9,6 +9,11 @@ what the latents mean. Reports the bridge-hooked loop (no KV cache, the referenc
 first call (which also generates the unedited side), the median of ``--clamps`` clamps of
 different features (the continuation: what the view paints first) and of the metric on the
 8 IOI pairs (painted second), and the load average (the machine is shared).
+
+Each clamp is also timed the previous way (``F.linear`` on every pass, 6 guessed tokens per
+pass: ``_generate.SKINNY_ROWS = 0``, ``LOOKAHEAD = 6``), interleaved with the current one so
+that both see the same load; both give the same tokens. Wall and process CPU times are kept
+(on a loaded machine the CPU time is the steadier of the two).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 
 import circuitviz as cv
 from circuitviz.engine import hooks
-from circuitviz.engine.features import SAE, SAESet
+from circuitviz.engine.features import SAE, SAESet, _generate
 from circuitviz.engine.features._generate import greedy_bridge
 from circuitviz.engine.features._splice import LatentEdit
 from circuitviz.engine.features._steer import edit_metric, feature_edits, parse_features
@@ -95,11 +100,30 @@ def main() -> None:
     t_bridge = time.perf_counter() - t0
     same = [model.to_string(i) for i in ref.ids] == first.after_tokens
 
-    cont, metric, texts = [], [], []
-    for i in latents[1:]:
-        t0 = time.perf_counter()
-        res = cv.steer(model, prompt, features=[f"L11F{i}"], saes=saes, scale=args.scale)
-        cont.append(time.perf_counter() - t0)
+    cont, cont_cpu, old, old_cpu, metric, texts = [], [], [], [], [], []
+    same_as_previous: list[bool] = []
+    current = (_generate.SKINNY_ROWS, _generate.LOOKAHEAD)
+
+    def timed_steer(latent: int, config: tuple[int, int]) -> tuple[object, float, float]:
+        _generate.SKINNY_ROWS, _generate.LOOKAHEAD = config
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = cv.steer(model, prompt, features=[f"L11F{latent}"], saes=saes, scale=args.scale)
+            return res, time.perf_counter() - t0, time.process_time() - c0
+        finally:
+            _generate.SKINNY_ROWS, _generate.LOOKAHEAD = current
+
+    for n, i in enumerate(latents[1:]):
+        # alternate which goes first, so neither always runs right after the metric
+        order = [current, (0, 6)] if n % 2 == 0 else [(0, 6), current]
+        got_runs = {config: timed_steer(i, config) for config in order}
+        res, wall, cpu = got_runs[current]
+        prev, wall_old, cpu_old = got_runs[(0, 6)]
+        same_as_previous.append(prev.after_tokens == res.after_tokens)
+        cont.append(wall)
+        cont_cpu.append(cpu)
+        old.append(wall_old)
+        old_cpu.append(cpu_old)
         feats = parse_features(res.features, saes)
         t0 = time.perf_counter()
         edit_metric(model, pairs, saes, feature_edits(feats, res.values))
@@ -115,6 +139,12 @@ def main() -> None:
         "kv_cache_equals_bridge_loop": same,
         "continuation_s": cont,
         "continuation_median_s": statistics.median(cont),
+        "continuation_cpu_s": cont_cpu,
+        "continuation_cpu_median_s": statistics.median(cont_cpu),
+        "previous_path_s": old,
+        "previous_path_median_s": statistics.median(old),
+        "previous_path_cpu_median_s": statistics.median(old_cpu),
+        "previous_path_same_tokens": all(same_as_previous),
         "metric_s": metric,
         "metric_median_s": statistics.median(metric),
         "before": first.before,
