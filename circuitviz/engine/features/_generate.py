@@ -228,8 +228,8 @@ def greedy_cached(
 
     On a CPU one new token costs about as much as reading every weight once, so each pass also
     *checks* up to ``lookahead`` (default :data:`LOOKAHEAD`) guessed tokens
-    (:func:`propose`: ``draft``, e.g. the unedited continuation, where the text so far agrees with it, else the continuation of the last
-    n-gram seen earlier). A guess is kept only if it is the pass's own greedy choice, so the
+    (:func:`propose`: ``draft``, e.g. the unedited continuation, where the text so far agrees
+    with it, else the continuation of the last n-gram seen earlier). A guess is kept only if it is the pass's own greedy choice, so the
     tokens are those of one-token-at-a-time greedy decoding; a wrong guess costs a little
     compute, never a different token. The cache is cut back to the kept tokens.
     """
