@@ -157,8 +157,9 @@ def corrupted_latents(
 
         # site_hooks: a transcoder's error term is its MLP output's, read where it writes
         hooks_ = [pair for h in saes for pair in site_hooks(saes[h], record=rec(h))]
+        tokens = prep.base.tokens
         with torch.inference_mode():
-            final_logits(model, prep.base.tokens.corrupted, hooks_)
+            final_logits(model, tokens.corrupted, hooks_, attention_mask=tokens.attention_mask)
         prep.corrupted_latents[key] = (saes, latents, error_terms)
     return prep.corrupted_latents[key][2 if errors else 1]
 
@@ -177,12 +178,13 @@ def _check_options(model: TransformerBridge, mode: Any, k: Any) -> int:
 
 def replacement(prep: _Prepared, name: str, mode: str) -> torch.Tensor:
     """What an ablated activation is set to: zeros, the corrupted batch mean, or each
-    example's own corrupted value (``[1 or batch, pos, ...]``)."""
+    example's own corrupted value (``[1 or batch, pos, ...]``). With mixed lengths the mean
+    at a position is over the prompts that have a token there."""
     corr = prep.corrupted_acts[name]
     if mode == "zero":
         return torch.zeros_like(corr[:1])
     if mode == "mean":
-        return corr.mean(0, keepdim=True)
+        return prep.base.tokens.masked_mean(corr)
     return corr
 
 
@@ -247,6 +249,13 @@ def ablate(
             position; ``"resample"`` to its value on each example's own corrupted prompt.
         k: how many top next tokens (of clean prompt 0) to report.
 
+    Pairs may differ in length (each corrupted prompt as long as its clean one): they are
+    left-padded and masked, as :func:`~circuitviz.engine.patch` does, so each pair's value is
+    the one it has ablated on its own (zero and resample modes). A position ``:P4`` is column
+    4 of the longest prompt (positions aligned from the end); where a shorter prompt has
+    padding there, nothing of it is ablated. ``"mean"`` averages each position over the
+    prompts that have a token there.
+
     With nothing to ablate, ``ablated``, ``delta``, ``gap_fraction`` and ``top_after`` of the
     result are None.
     """
@@ -295,14 +304,16 @@ def ablate(
             if index is None:
                 corr = corrupted_latents(model, prep, saes, errors=True)[hook]
             else:
-                corr = corrupted_latents(model, prep, saes)[hook][:, :, index]
-            return corr.mean(0, keepdim=True) if mode == "mean" else corr
+                corr = corrupted_latents(model, prep, saes)[hook][:, :, index]  # [batch, pos]
+            return base.tokens.masked_mean(corr) if mode == "mean" else corr
 
         fwd += splice_hooks(saes, feature_edits(targets, saes, value))
     ablated = per_prompt = top_after = None
     if fwd:
         with torch.inference_mode():
-            logits = final_logits(model, base.tokens.clean, fwd)
+            logits = final_logits(
+                model, base.tokens.clean, fwd, attention_mask=base.tokens.attention_mask
+            )
         values = base.metric.per_example(logits)
         ablated, per_prompt = float(values.mean()), [float(v) for v in values]
         top_after = top_tokens(model, logits[0], k)

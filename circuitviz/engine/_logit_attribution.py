@@ -159,6 +159,11 @@ def logit_attribution(
     ``extra["bias_terms"]``: what no map cell holds — ``embed`` (with positions), ``b_O`` (the
     attention biases, all layers), ``mlp`` (the heads maps only: every MLP), ``ln_final_bias``
     and ``b_U``. ``values.sum() + sum(bias_terms.values()) == clean``.
+
+    Pairs may differ in length: they are left-padded and masked (as for
+    :func:`~circuitviz.engine.patch`), so the final position is every prompt's own last token
+    and ``"heads_by_pos"`` positions are columns of the longest prompt (aligned from the end;
+    a shorter prompt contributes 0 at its padding).
     """
     if (seam := backends.route(model, "logit_attribution")) is not None:
         return seam(model, pairs, by=by, metric=metric)

@@ -65,7 +65,9 @@ class PromptPairs:
     """A batch of clean and corrupted prompts, with the correct and wrong next tokens.
 
     ``clean[i]`` and ``corrupted[i]`` must tokenize to the same length; the metric reads the
-    final position. ``answers[i]`` is the correct next token for ``clean[i]`` and
+    final position. Different pairs may differ in length: they are left-padded (see
+    :func:`tokenize`), so position ``p`` of a map or graph is column ``p`` of the longest
+    prompt — equivalently, positions are aligned from the end. ``answers[i]`` is the correct next token for ``clean[i]`` and
     ``wrong_answers[i]`` the one the corrupted prompt favours (a single string is used for
     every pair). Answers must be single tokens: include a leading space where the tokenizer
     expects one, e.g. ``" Mary"``.
@@ -160,6 +162,36 @@ class Tokens:
     def n_pos(self) -> int:
         return self.clean.shape[1]
 
+    def repeat_mask(self, n: int) -> torch.Tensor | None:
+        """The attention mask of ``n`` copies of the batch stacked (``tokens.repeat(n, 1)``);
+        None when unpadded."""
+        return None if self.attention_mask is None else self.attention_mask.repeat(n, 1)
+
+    def masked_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch mean of ``x [batch, pos, ...]`` at each position, over the prompts that
+        have a token there (padding left out), ``[1, pos, ...]``. Unpadded: ``x.mean(0)``."""
+        if self.attention_mask is None:
+            return x.mean(0, keepdim=True)
+        return masked_mean(x, self.attention_mask)
+
+    def real(self, x: torch.Tensor, batch_dim: int = 0) -> torch.Tensor:
+        """``x`` (``[..., batch, pos, ...]`` with batch at ``batch_dim``) with every padding
+        position set to 0."""
+        if self.attention_mask is None:
+            return x
+        m = self.attention_mask.to(x.device, x.dtype)
+        shape = [1] * x.ndim
+        shape[batch_dim], shape[batch_dim + 1] = m.shape
+        return x * m.reshape(shape)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x [batch, pos, ...]`` over the batch at each position, counting only rows
+    where ``mask [batch, pos]`` is 1; ``[1, pos, ...]``. (Plain torch: nnsight requests ship
+    a copy of it.)"""
+    m = mask.to(x.device, x.dtype).reshape(*mask.shape, *([1] * (x.ndim - 2)))
+    return (x * m).sum(0, keepdim=True) / m.sum(0, keepdim=True).clamp(min=1)
+
 
 def single_token(model: TransformerBridge, text: str, what: str) -> int:
     ids = model.to_tokens(text, prepend_bos=False)[0]
@@ -180,7 +212,8 @@ def _same_length(rows: list[torch.Tensor], which: str) -> None:
         raise InputError(
             f"The {which} prompts have different token lengths ({detail}…). Every prompt in a "
             "batch must tokenize to the same length for this analysis: use one template per "
-            "batch, or split it (patch and attribution_patch accept mixed lengths)."
+            "batch, or split it (patch, attribution_patch, ablate, path_patch, "
+            "logit_attribution, roles and circuit graphs without SAEs accept mixed lengths)."
         )
 
 

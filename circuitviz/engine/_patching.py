@@ -157,12 +157,18 @@ def baselines(
     metric: str | MetricFn,
     cache: dict[str, Iterable[str]] | None = None,
 ) -> tuple[Baselines, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Run clean and corrupted once each, caching the activations named in ``cache``."""
-    tokens = tokenize(model, pairs)
+    """Run clean and corrupted once each, caching the activations named in ``cache``.
+
+    Pairs of mixed lengths are left-padded (``tokens.attention_mask``): every later pass of
+    the analysis must pass that mask on."""
+    tokens = tokenize(model, pairs, pad=True)
     cache = cache or {}
+    mask = tokens.attention_mask
     with torch.inference_mode():
-        clean_logits, clean_acts = cache_acts(model, tokens.clean, cache.get("clean", ()))
-        corr_logits, corr_acts = cache_acts(model, tokens.corrupted, cache.get("corrupted", ()))
+        clean_logits, clean_acts = cache_acts(model, tokens.clean, cache.get("clean", ()), mask)
+        corr_logits, corr_acts = cache_acts(
+            model, tokens.corrupted, cache.get("corrupted", ()), mask
+        )
         bound = bind_metric(metric, tokens, clean_logits, corr_logits)
         clean, corrupted = bound(clean_logits), bound(corr_logits)
     return (

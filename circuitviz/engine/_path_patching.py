@@ -343,7 +343,9 @@ def path_patch(
     (listed in ``extra["no_path"]``).
 
     Equals ``transformer_lens.patching.get_act_patch_direct_path`` for one sender head and
-    one receiver head (with the metric averaged over the batch).
+    one receiver head (with the metric averaged over the batch). Pairs may differ in length
+    (each corrupted prompt as long as its clean one): they are left-padded and masked, as
+    :func:`~circuitviz.engine.patch` does, so the result is the mean of each pair's own.
     """
     if (seam := backends.route(model, "path_patch")) is not None:
         return seam(
@@ -390,6 +392,11 @@ def path_patch(
             if per_pass > 1
             else []
         )
+
+        def mask(rows: slice) -> torch.Tensor | None:
+            m = tokens.attention_mask
+            return None if m is None else m[rows]
+
         bar = tqdm(
             total=len(starts) * len(groups),
             desc="path patching",
@@ -405,7 +412,9 @@ def path_patch(
                         fwd = _receiver_hooks(
                             spec, weights, deltas[start:stop, g], reach[start:stop]
                         )
-                        out = final_logits(model, run_tokens[g], fwd, pre=pre)
+                        out = final_logits(
+                            model, run_tokens[g], fwd, attention_mask=mask(g), pre=pre
+                        )
                         b = out.shape[0] // (1 + stop - start)
                         logits.append(out[b:].reshape(stop - start, b, -1))
                         n_forward += 1

@@ -330,7 +330,9 @@ def edit_metric(
     hooked = sorted({e.hook for e in edits})
     fwd = [pair for h in hooked for pair in site_hooks(saes[h], [e for e in edits if e.hook == h])]
     with torch.inference_mode():
-        logits = final_logits(model, base.tokens.clean, fwd)
+        logits = final_logits(
+            model, base.tokens.clean, fwd, attention_mask=base.tokens.attention_mask
+        )
     return base.metric.name, base.clean, float(base.metric.per_example(logits).mean())
 
 

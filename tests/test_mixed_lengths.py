@@ -1,0 +1,182 @@
+"""Prompt batches of mixed lengths beyond ``patch``: ablation, path patching, direct logit
+attribution, head roles, EAP / EAP-IG graphs and their faithfulness.
+
+Convention (as ``patch``): pairs are left-padded and masked, so every prompt's final token is
+the last position and position ``p`` is column ``p`` of the longest prompt (positions aligned
+from the end). Reference for every figure: the same analysis run on each pair alone (no
+padding), combined as the metric combines pairs (the mean), positions shifted to the padded
+columns; where that analysis is itself checked against TransformerLens elsewhere
+(``test_ablation``, ``test_path_patching``, ``test_logit_attribution``, ``test_graph``) it
+is the chain to TransformerLens. Tolerance 1e-4, float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import circuitviz as cv
+from circuitviz.engine import has_hooks, tokenize
+
+TOL = 1e-4
+LENGTHS = (4, 7, 5)
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model(request):
+    return cv.tiny_model(request.param, n_layers=2)
+
+
+def mixed_pairs(seed: int = 11, lengths: tuple[int, ...] = LENGTHS) -> cv.PromptPairs:
+    g = torch.Generator().manual_seed(seed)
+
+    def prompt(n: int) -> str:
+        return " ".join(f"t{i}" for i in torch.randint(0, 100, (n,), generator=g).tolist())
+
+    n = len(lengths)
+    return cv.PromptPairs(
+        [prompt(k) for k in lengths],
+        [prompt(k) for k in lengths],
+        [f"t{i}" for i in range(1, n + 1)],
+        [f"t{i}" for i in range(101, 101 + n)],
+    )
+
+
+def one(pairs: cv.PromptPairs, i: int) -> cv.PromptPairs:
+    return cv.PromptPairs(
+        [pairs.clean[i]], [pairs.corrupted[i]], [pairs.answers[i]], [pairs.wrong_answers[i]]
+    )
+
+
+def shifts(model, pairs: cv.PromptPairs) -> list[int]:
+    """How many padding columns each pair gets on the left."""
+    n_pos = tokenize(model, pairs, pad=True).n_pos
+    return [n_pos - tokenize(model, one(pairs, i)).n_pos for i in range(len(pairs))]
+
+
+def hand_ablated(model, pairs: cv.PromptPairs, i: int, hook_fn) -> float:
+    """Pair ``i`` alone, unpadded, with one hand-written hook: its logit difference."""
+    tokens = tokenize(model, one(pairs, i))
+    with torch.inference_mode():
+        logits = model.run_with_hooks(tokens.clean, fwd_hooks=hook_fn(tokens))[0, -1]
+    return float(logits[tokens.answers[0]] - logits[tokens.wrong_answers[0]])
+
+
+# --- ablate --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["zero", "resample"])
+def test_ablate_mixed_lengths_equals_each_pair_alone(model, mode):
+    """Heads and an MLP at every position: each pair's ablated metric equals that pair
+    ablated alone (unpadded); the batch value is their mean."""
+    pairs = mixed_pairs()
+    spec = {"heads": ["L1H2", "L0H1"], "mlps": [0], "mode": mode}
+    whole = cv.ablate(model, pairs, **spec)
+    alone = [cv.ablate(model, one(pairs, i), **spec) for i in range(len(pairs))]
+    for i, a in enumerate(alone):
+        assert whole.per_prompt["ablated"][i] == pytest.approx(a.ablated, abs=TOL)
+        assert whole.per_prompt["clean"][i] == pytest.approx(a.clean, abs=TOL)
+        assert whole.per_prompt["corrupted"][i] == pytest.approx(a.corrupted, abs=TOL)
+    assert whole.ablated == pytest.approx(sum(a.ablated for a in alone) / 3, abs=TOL)
+    assert not has_hooks(model)
+
+
+def test_ablate_a_position_counts_columns_of_the_longest_prompt(model):
+    """``L0H1:P{p}`` ablates padded column ``p``: in pair ``i`` alone that is position
+    ``p − shift_i``, and a pair with padding there is not ablated at all (reference: a
+    hand-written hook_z hook on each pair alone)."""
+    pairs = mixed_pairs()
+    shift = shifts(model, pairs)
+    col = max(shift) - 1  # padding in the shortest pair, a token in the others
+    whole = cv.ablate(model, pairs, heads=[f"L0H1:P{col}"], mode="zero")
+    for i in range(len(pairs)):
+        p = col - shift[i]
+
+        def hooks(tokens, p=p):
+            def zero(z, hook):
+                if p >= 0:
+                    z[:, p, 1] = 0
+                return z
+
+            return [("blocks.0.attn.hook_z", zero)]
+
+        assert whole.per_prompt["ablated"][i] == pytest.approx(
+            hand_ablated(model, pairs, i, hooks), abs=TOL
+        )
+    assert col - max(shift) < 0 <= col  # padding in the shortest pair, a token in the longest
+
+
+def test_ablate_mean_mode_averages_each_position_over_the_prompts_there(model):
+    """Mean ablation: at each position aligned from the end, the mean of the corrupted
+    activation over the prompts that have a token there. Reference: those means built from
+    each pair's own unpadded corrupted run, written by a hand-written hook."""
+    pairs = mixed_pairs()
+    shift = shifts(model, pairs)
+    n_pos = tokenize(model, pairs, pad=True).n_pos
+    total = torch.zeros(n_pos, model.cfg.d_model)
+    count = torch.zeros(n_pos, 1)
+    for i in range(len(pairs)):
+        tokens = tokenize(model, one(pairs, i))
+        _, cache = model.run_with_cache(tokens.corrupted)
+        total[shift[i] :] += cache["blocks.0.hook_mlp_out"][0]
+        count[shift[i] :] += 1
+    mean = total / count
+    whole = cv.ablate(model, pairs, mlps=["MLP0"], mode="mean")
+    for i in range(len(pairs)):
+
+        def hooks(tokens, i=i):
+            def put(x, hook):
+                x[0] = mean[shift[i] :]
+                return x
+
+            return [("blocks.0.hook_mlp_out", put)]
+
+        assert whole.per_prompt["ablated"][i] == pytest.approx(
+            hand_ablated(model, pairs, i, hooks), abs=TOL
+        )
+
+
+# --- path patching and direct logit attribution --------------------------------------------
+
+
+def test_path_patch_mixed_lengths_is_the_mean_of_each_pair_alone(model):
+    """The path-patching map and one explicit path (``test_path_patching`` checks the
+    one-pair path against ``transformer_lens.patching``)."""
+    pairs = mixed_pairs()
+    for kwargs in (
+        {"receivers": ["L1H2"], "receiver_input": "q"},
+        {"receivers": "logits"},
+    ):
+        whole = cv.path_patch(model, pairs, progress=False, **kwargs)
+        alone = torch.stack(
+            [cv.path_patch(model, one(pairs, i), progress=False, **kwargs).values for i in range(3)]
+        )
+        assert (whole.values - alone.mean(0)).abs().max() <= TOL
+        split = cv.path_patch(model, pairs, max_rows=2, progress=False, **kwargs)
+        assert (split.values - whole.values).abs().max() <= TOL
+    single = cv.path_patch(model, pairs, senders=["L0H1"], receivers=["L1H0"])
+    ref = [
+        cv.path_patch(model, one(pairs, i), senders=["L0H1"], receivers=["L1H0"]) for i in range(3)
+    ]
+    assert single == pytest.approx(sum(ref) / 3, abs=TOL)
+    assert not has_hooks(model)
+
+
+@pytest.mark.parametrize("by", ["heads", "heads_by_pos", "layers"])
+def test_logit_attribution_mixed_lengths_is_the_mean_of_each_pair_alone(model, by):
+    """Direct logit attribution reads the final position, every prompt's own last token; by
+    position, pair ``i``'s map sits at its padded columns (zeros on its padding)."""
+    pairs = mixed_pairs()
+    shift = shifts(model, pairs)
+    whole = cv.logit_attribution(model, pairs, by=by)
+    maps = []
+    for i in range(3):
+        ref = cv.logit_attribution(model, one(pairs, i), by=by).values
+        if by == "heads_by_pos":
+            full = torch.zeros(ref.shape[0], whole.values.shape[1], ref.shape[2])
+            full[:, shift[i] :] = ref
+            ref = full
+        maps.append(ref)
+    assert (whole.values - torch.stack(maps).mean(0)).abs().max() <= TOL
+    if "pos" in whole.labels:  # labelled by the longest prompt, as patch labels them
+        assert whole.labels["pos"][-1].endswith(pairs.clean[1].split()[-1])
