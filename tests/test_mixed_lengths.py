@@ -180,3 +180,77 @@ def test_logit_attribution_mixed_lengths_is_the_mean_of_each_pair_alone(model, b
     assert (whole.values - torch.stack(maps).mean(0)).abs().max() <= TOL
     if "pos" in whole.labels:  # labelled by the longest prompt, as patch labels them
         assert whole.labels["pos"][-1].endswith(pairs.clean[1].split()[-1])
+
+
+# --- EAP / EAP-IG graphs and their faithfulness ---------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "steps"), [("eap", 1), ("eap-ig", 3)])
+def test_graph_scores_are_the_mean_of_each_pair_alone(model, method, steps):
+    """``per_position=False``: every edge score equals the mean of each pair's own graph
+    (built alone, unpadded). ``per_position=True``: pair ``i``'s per-position scores sit at
+    its padded columns, zero on its padding, and the batch graph is their mean."""
+    pairs = mixed_pairs()
+    shift = shifts(model, pairs)
+    opts = {"method": method, "steps": steps, "progress": False}
+    whole = cv.circuit(model, pairs, **opts)
+    alone = [cv.circuit(model, one(pairs, i), **opts) for i in range(3)]
+    ref = torch.stack([g.scores for g in alone]).mean(0)
+    assert whole.scores.shape == ref.shape
+    assert (whole.scores - ref).abs().max() <= TOL
+    assert whole.clean == pytest.approx(sum(g.clean for g in alone) / 3, abs=TOL)
+    assert whole.corrupted == pytest.approx(sum(g.corrupted for g in alone) / 3, abs=TOL)
+
+    by_pos = cv.circuit(model, pairs, per_position=True, **opts)
+    n_pos = by_pos.scores.shape[2]
+    placed = []
+    for i in range(3):
+        own = cv.circuit(model, one(pairs, i), per_position=True, **opts).scores
+        full = torch.zeros(*own.shape[:2], n_pos)
+        full[:, :, shift[i] :] = own
+        placed.append(full)
+    assert (by_pos.scores - torch.stack(placed).mean(0)).abs().max() <= TOL
+    assert by_pos.tokens == tokenize(model, pairs, pad=True).str_tokens  # the longest prompt's
+    assert len(by_pos.tokens) == n_pos
+    assert not has_hooks(model)
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_faithfulness_is_the_mean_of_each_pair_alone(model, per_position):
+    """A fixed circuit (the same nodes) evaluated exactly on the mixed batch: its metric,
+    and the clean and corrupted ones, equal the mean over each pair evaluated alone on its
+    own graph (``ablation="corrupted"``). Per position, the circuit keeps every position."""
+    pairs = mixed_pairs()
+    nodes = ["L0H1", "L1H2", "MLP0"]
+    whole = cv.circuit(model, pairs, per_position=per_position, progress=False)
+
+    def pick(g):
+        if not per_position:
+            return nodes
+        return [f"{n}:P{p}" for n in nodes for p in range(g.n_pos)]
+
+    got = whole.faithfulness(model, pairs, nodes=pick(whole))
+    refs = []
+    for i in range(3):
+        g = cv.circuit(model, one(pairs, i), per_position=per_position, progress=False)
+        refs.append(g.faithfulness(model, one(pairs, i), nodes=pick(g)))
+    for field in ("metric", "clean", "corrupted"):
+        want = sum(getattr(r, field) for r in refs) / 3
+        assert getattr(got, field) == pytest.approx(want, abs=TOL), field
+    assert not has_hooks(model)
+
+
+def test_faithfulness_curve_and_mib_run_on_mixed_lengths(model):
+    """On a padded batch the whole graph recovers the clean run exactly (f = 1, metric =
+    the clean metric) under corrupted and mean ablation; the curve and MIB's areas use the
+    same passes, ending at f = 1 with the full graph."""
+    pairs = mixed_pairs()
+    graph = cv.circuit(model, pairs, progress=False)
+    total = int(graph.kept.sum())
+    curve = graph.faithfulness_curve(model, pairs, top_edges=[1, total])
+    assert curve.metric[-1] == pytest.approx(graph.clean, abs=TOL)
+    assert curve.corrupted == pytest.approx(graph.corrupted, abs=TOL)
+    mib = cv.engine.graph.mib_scores(graph, model, pairs, progress=False)
+    assert mib.metric[-1] == pytest.approx(graph.clean, abs=TOL)
+    mean = graph.faithfulness(model, pairs, ablation="mean")
+    assert mean.metric == pytest.approx(graph.clean, abs=TOL)

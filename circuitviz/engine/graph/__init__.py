@@ -67,7 +67,11 @@ def circuit(
             embeddings; one forward and backward each).
         steps: EAP-IG steps (default 5); ``steps=1`` is EAP.
         per_position: one node per (component, position); edges join nodes at the same
-            position (information moves across positions only inside heads).
+            position (information moves across positions only inside heads). With pairs of
+            mixed lengths (left-padded, as for ``patch``), position ``p`` is column ``p`` of
+            the longest prompt, whose tokens label it: positions are aligned from the end, so
+            the final position is every prompt's last token; a shorter prompt adds nothing
+            at its padding. Without ``per_position`` the scores are the mean of each pair's.
         metric: a metric name or callable of final-position logits (see ``circuitviz.patch``).
         saes: SAEs on ``blocks.L.hook_resid_pre/_mid/_post``, ``hook_attn_out`` or
             ``hook_mlp_out``, or transcoders of one MLP (an ``SAESet``, one SAE or a list): a
@@ -104,7 +108,8 @@ def circuit(
 
         checked: SAESet = check_saes(model, saes)
         sites = SpliceSites(checked, model)
-    tokens = tokenize(model, pairs)
+    # Mixed lengths are left-padded (not yet for feature graphs, whose SAE sites don't mask).
+    tokens = tokenize(model, pairs, pad=sites is None)
     layout = Layout.of(model)
     if layout.n_heads % layout.n_kv_heads:
         raise InputError(

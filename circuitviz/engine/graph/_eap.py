@@ -88,9 +88,10 @@ def sender_acts(
     weights: list[Weights],
     tokens: torch.Tensor,
     extra: _hooks.Hooks = (),
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward: final logits ``[batch, d_vocab]`` and every sender's output
-    ``[sender, batch, pos, d_model]``."""
+    ``[sender, batch, pos, d_model]`` (``attention_mask``: left-padded prompts')."""
     batch, n_pos = tokens.shape
     d_model = int(model.cfg.d_model)
     acts = torch.zeros(len(layout.senders), batch, n_pos, d_model, device=tokens.device)
@@ -98,7 +99,8 @@ def sender_acts(
     def write(i: int, value: torch.Tensor) -> None:
         acts[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float()
 
-    logits = final_logits(model, tokens, [*sender_hooks(layout, weights, write), *extra])
+    hooks = [*sender_hooks(layout, weights, write), *extra]
+    logits = final_logits(model, tokens, hooks, attention_mask=attention_mask)
     return logits, acts
 
 
@@ -111,6 +113,7 @@ def receiver_grads(
     embed_override: torch.Tensor | None = None,
     extra: _hooks.Hooks = (),
     out_grads: dict[str, torch.Tensor] | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One forward and one backward: ``∂M/∂x_r`` for every receiver,
     ``[receiver, batch, pos, d_model]``, where ``M`` is the batch-mean metric.
@@ -120,7 +123,7 @@ def receiver_grads(
     ``embed_override [batch, pos, d_model]`` replaces the token embeddings (EAP-IG's
     interpolated inputs); ``extra`` hooks ride along (caching the senders). ``out_grads``
     maps hook names to be filled with ``∂M/∂(that hook's output)`` (after ``extra``'s hooks
-    there: an SAE site's spliced output)."""
+    there: an SAE site's spliced output). ``attention_mask``: left-padded prompts'."""
     kept: dict[str, torch.Tensor] = {}
     resid: dict[int, torch.Tensor] = {}
 
@@ -152,7 +155,7 @@ def receiver_grads(
     fwd.append(("ln_final.hook_in", keep("logits")))
     fwd += [(name, keep("out:" + name)) for name in out_grads or ()]
     with torch.enable_grad():
-        logits = final_logits(model, tokens, fwd)
+        logits = final_logits(model, tokens, fwd, attention_mask=attention_mask)
         value = metric(logits.detach())(logits).mean()
         names = list(kept)
         grads = dict(zip(names, torch.autograd.grad(value, [kept[n] for n in names]), strict=True))
@@ -196,7 +199,11 @@ def eap_scores(
     Passes: one corrupted forward, then ``steps`` forward+backward passes at α = 1 (the clean
     run, which also caches the clean senders and binds the metric), (steps−1)/steps, …, 1/steps.
     ``sites`` (SAE latents) ride along every pass (see :class:`ExtraSites`).
+
+    Left-padded tokens (mixed lengths) run masked; positions are the padded columns, and a
+    padding position scores 0 (nothing there reaches a prompt's final token).
     """
+    mask = tokens.attention_mask
     embeds: dict[str, torch.Tensor] = {}
 
     def keep_embed(name: str):
@@ -212,6 +219,7 @@ def eap_scores(
             weights,
             tokens.corrupted,
             [("hook_embed", keep_embed("corrupted")), *(sites.hooks("corrupted") if sites else ())],
+            mask,
         )
     clean = torch.zeros_like(corr)
 
@@ -237,19 +245,27 @@ def eap_scores(
         if k == 0:  # the clean run
             extra = [*sender_hooks(layout, weights, write), ("hook_embed", keep_embed("clean"))]
             g = receiver_grads(
-                model, layout, weights, tokens.clean, bind, None, extra + site_hooks, site_grads
+                model,
+                layout,
+                weights,
+                tokens.clean,
+                bind,
+                None,
+                extra + site_hooks,
+                site_grads,
+                mask,
             )
         else:
             override = embeds["corrupted"] + alpha * (embeds["clean"] - embeds["corrupted"])
             g = receiver_grads(
-                model, layout, weights, tokens.clean, bind, override, site_hooks, site_grads
+                model, layout, weights, tokens.clean, bind, override, site_hooks, site_grads, mask
             )
         if sites:
             sites.add_grads(run, site_grads)
         grads = g if grads is None else grads + g
     grads = grads / steps
     metric_, clean_logits = bound
-    diff = corr - clean  # [sender, batch, pos, d_model]
+    diff = tokens.real(corr - clean, batch_dim=1)  # [sender, batch, pos, d_model]
     if sites:  # the sites score every edge themselves (segment by segment, sparsely)
         sites.finish(diff, grads, steps)
         return torch.zeros(0), metric_, metric_(clean_logits), metric_(corr_logits)

@@ -44,6 +44,7 @@ def circuit_logits(
     clean: torch.Tensor,
     ref: torch.Tensor,
     masks: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Final logits ``[circuit, batch, d_vocab]`` of clean runs with edges outside each circuit
     patched.
@@ -53,6 +54,7 @@ def circuit_logits(
         ref: reference sender outputs ``[sender, batch or 1, pos, d_model]``.
         masks: ``[circuit, sender, receiver]`` or ``[circuit, sender, receiver, pos]`` bool,
             True where the edge is in the circuit (invalid edges are ignored).
+        attention_mask: ``[batch, pos]`` of left-padded prompts (mixed lengths), or None.
     """
     n_circ = masks.shape[0]
     batch, n_pos = clean.shape
@@ -103,8 +105,9 @@ def circuit_logits(
     last = layout.logits_receiver
     fwd.append(("ln_final.hook_in", plain_input(len(layout.senders), slice(last, last + 1))))
     tokens = clean.repeat(n_circ, 1)
+    mask = None if attention_mask is None else attention_mask.repeat(n_circ, 1)
     with torch.inference_mode():
-        logits = final_logits(model, tokens, fwd)
+        logits = final_logits(model, tokens, fwd, attention_mask=mask)
     return logits.reshape(n_circ, batch, -1)
 
 
@@ -160,7 +163,13 @@ class Context:
             for start in range(0, n, per_pass):
                 chunk = masks(start, min(n, start + per_pass))
                 logits = circuit_logits(
-                    model, self.layout, self.weights, self.tokens.clean, self.ref, chunk
+                    model,
+                    self.layout,
+                    self.weights,
+                    self.tokens.clean,
+                    self.ref,
+                    chunk,
+                    self.tokens.attention_mask,
                 )
                 out += [self.metric(lg) for lg in logits]
                 bar.update(chunk.shape[0])
@@ -231,12 +240,16 @@ def bridge_context(
     """The baselines on the bridge: the clean and corrupted runs' logits and senders."""
     layout = Layout.of(model)
     weights = all_weights(model)
-    tokens = tokenize(model, pairs)
+    tokens = tokenize(model, pairs, pad=True)
+    mask = tokens.attention_mask
     with torch.inference_mode():
-        clean_logits, clean_acts = sender_acts(model, layout, weights, tokens.clean)
-        corr_logits, corr_acts = sender_acts(model, layout, weights, tokens.corrupted)
+        clean_logits, clean_acts = sender_acts(model, layout, weights, tokens.clean, (), mask)
+        corr_logits, corr_acts = sender_acts(model, layout, weights, tokens.corrupted, (), mask)
     bound = bind_metric(metric, tokens, clean_logits, corr_logits)
-    ref = corr_acts if ablation == "corrupted" else clean_acts.mean(1, keepdim=True)
+    if ablation == "corrupted":
+        ref = corr_acts
+    else:  # each position's mean over the prompts that have a token there (mixed lengths)
+        ref = tokens.masked_mean(clean_acts.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
     ctx = Context(layout, weights, tokens, ref, bound, bound(clean_logits), bound(corr_logits))
     if ablation == "mean":
         ctx.reference = ctx.metrics(model, empty_mask(graph)[None])[0]
