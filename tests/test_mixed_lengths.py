@@ -182,6 +182,28 @@ def test_logit_attribution_mixed_lengths_is_the_mean_of_each_pair_alone(model, b
         assert whole.labels["pos"][-1].endswith(pairs.clean[1].split()[-1])
 
 
+def test_head_roles_on_mixed_lengths_are_the_mean_of_each_pair_alone(model):
+    """Attention-role and name-mover scores average over prompts; padding is never a token
+    a head could attend to as a repeat or a name. Each prompt repeats tokens and holds its
+    answer and wrong answer, so every role has destinations in every prompt (``n_random=0``:
+    the prompts alone). DLA and S-inhibition are shares of batch totals (their parts are
+    checked above: logit_attribution, path_patch)."""
+    pairs = cv.PromptPairs(
+        ["t1 t5 t6 t1 t5", "t7 t8 t9 t10 t7 t8 t9 t10", "t11 t12 t11 t12 t13 t11"],
+        ["t2 t5 t6 t2 t5", "t7 t8 t9 t3 t7 t8 t9 t3", "t14 t12 t14 t12 t13 t14"],
+        ["t6", "t9", "t12"],
+        ["t5", "t8", "t11"],
+    )
+    assert tokenize(model, pairs, pad=True).attention_mask is not None
+    whole = cv.head_roles(model, pairs, n_random=0, progress=False)
+    alone = [cv.head_roles(model, one(pairs, i), n_random=0, progress=False) for i in range(3)]
+    roles = ("previous_token", "duplicate_token", "induction", "io_attention", "s_attention")
+    for role in (*roles, "copy", "negative_copy"):
+        ref = torch.stack([a.scores[role] for a in alone]).mean(0)
+        assert (whole.scores[role] - ref).abs().max() <= TOL, role
+    assert not has_hooks(model)
+
+
 # --- EAP / EAP-IG graphs and their faithfulness ---------------------------------------------
 
 
@@ -254,3 +276,50 @@ def test_faithfulness_curve_and_mib_run_on_mixed_lengths(model):
     assert mib.metric[-1] == pytest.approx(graph.clean, abs=TOL)
     mean = graph.faithfulness(model, pairs, ablation="mean")
     assert mean.metric == pytest.approx(graph.clean, abs=TOL)
+
+
+# --- the nnsight backend: the same numbers as the bridge ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def on_nnsight(model):
+    """The nnsight model over the bridge's weights (``test_backends`` checks the seam on
+    same-length batches); reference here: the bridge's own mixed-length results above."""
+    pytest.importorskip("nnsight")
+    return cv.load_model(model, backend="nnsight")
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean", "resample"])
+def test_nnsight_ablate_mixed_lengths_equals_the_bridge(model, on_nnsight, mode):
+    pairs = mixed_pairs()
+    col = max(shifts(model, pairs)) - 1
+    spec = {"heads": ["L1H2", f"L0H1:P{col}"], "mlps": ["MLP0"], "mode": mode}
+    ref = cv.ablate(model, pairs, **spec)
+    for _ in range(2):  # the first request, then a click on the kept corrupted activations
+        got = cv.ablate(on_nnsight, pairs, **spec)
+        for key in ("clean", "corrupted", "ablated"):
+            diff = torch.tensor(got.per_prompt[key]) - torch.tensor(ref.per_prompt[key])
+            assert diff.abs().max() <= TOL, key
+        spec["heads"] = list(reversed(spec["heads"]))  # a new set: not the memo
+    assert got.top_after.tokens == ref.top_after.tokens
+
+
+@pytest.mark.parametrize("per_position", [False, True])
+def test_nnsight_eap_graph_mixed_lengths_equals_the_bridge(model, on_nnsight, per_position):
+    pairs = mixed_pairs()
+    ref = cv.circuit(model, pairs, per_position=per_position, progress=False)
+    got = cv.circuit(on_nnsight, pairs, per_position=per_position)
+    assert got.scores.shape == ref.scores.shape
+    assert (got.scores - ref.scores).abs().max() <= TOL
+    assert got.tokens == ref.tokens
+
+
+@pytest.mark.parametrize("over", ["resid_pre", "heads", "heads_by_pos"])
+def test_nnsight_patch_and_attribution_mixed_lengths_equal_the_bridge(model, on_nnsight, over):
+    """``test_batching`` checks the bridge's mixed-length maps against TransformerLens."""
+    pairs = mixed_pairs()
+    for fn in (cv.patch, cv.attribution_patch):
+        opts = {"progress": False} if fn is cv.patch else {}
+        ref = fn(model, pairs, over=over, **opts)
+        got = fn(on_nnsight, pairs, over=over, **opts)
+        assert (got.values - ref.values).abs().max() <= TOL

@@ -167,12 +167,22 @@ class Tokens:
         None when unpadded."""
         return None if self.attention_mask is None else self.attention_mask.repeat(n, 1)
 
+    def mean_weights(self) -> torch.Tensor | None:
+        """``[batch, pos]`` weights whose weighted sum over the batch is each position's mean
+        over the prompts that have a token there; None when unpadded (a plain mean)."""
+        if self.attention_mask is None:
+            return None
+        m = self.attention_mask.float()
+        return m / m.sum(0, keepdim=True).clamp(min=1)
+
     def masked_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The batch mean of ``x [batch, pos, ...]`` at each position, over the prompts that
         have a token there (padding left out), ``[1, pos, ...]``. Unpadded: ``x.mean(0)``."""
-        if self.attention_mask is None:
+        w = self.mean_weights()
+        if w is None:
             return x.mean(0, keepdim=True)
-        return masked_mean(x, self.attention_mask)
+        w = w.to(x.device, x.dtype)
+        return (x * w.reshape(*w.shape, *([1] * (x.ndim - 2)))).sum(0, keepdim=True)
 
     def real(self, x: torch.Tensor, batch_dim: int = 0) -> torch.Tensor:
         """``x`` (``[..., batch, pos, ...]`` with batch at ``batch_dim``) with every padding
@@ -183,14 +193,6 @@ class Tokens:
         shape = [1] * x.ndim
         shape[batch_dim], shape[batch_dim + 1] = m.shape
         return x * m.reshape(shape)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x [batch, pos, ...]`` over the batch at each position, counting only rows
-    where ``mask [batch, pos]`` is 1; ``[1, pos, ...]``. (Plain torch: nnsight requests ship
-    a copy of it.)"""
-    m = mask.to(x.device, x.dtype).reshape(*mask.shape, *([1] * (x.ndim - 2)))
-    return (x * m).sum(0, keepdim=True) / m.sum(0, keepdim=True).clamp(min=1)
 
 
 def single_token(model: TransformerBridge, text: str, what: str) -> int:

@@ -48,7 +48,7 @@ from ._attention import _RoleScorer
 from ._badges import HEAD_ROLES
 from ._logit_attribution import logit_attribution
 from ._models import check_bridge, model_name
-from ._pairs import InputError, PromptPairs, check_pairs, tokenize
+from ._pairs import InputError, PromptPairs, Tokens, check_pairs, tokenize
 from ._patching import cache_acts
 from ._path_patching import path_patch
 from ._results import head_id
@@ -172,22 +172,35 @@ def _random_repeats(model: TransformerBridge, bos: int | None, n: int, length: i
     return out.to(model.cfg.device)
 
 
-def _attention_scores(patterns: list[dict[int, torch.Tensor]], tokens: torch.Tensor):
+def _attention_scores(
+    patterns: list[dict[int, torch.Tensor]],
+    tokens: torch.Tensor,
+    mask: torch.Tensor | None = None,
+):
     """Per-prompt role scores ``{role: [prompt, layer, head]}`` (NaN where a prompt has no
-    destination for the role)."""
+    destination for the role). Left-padded prompts (``mask``) are scored on their own tokens
+    only, so padding never counts as a repeated or previous token."""
     out: dict[str, list[torch.Tensor]] = {}
+    n_pos = tokens.shape[1]
     for b in range(tokens.shape[0]):
-        scorer = _RoleScorer(tokens[b])
+        start = 0 if mask is None else n_pos - int(mask[b].sum())
+        scorer = _RoleScorer(tokens[b, start:])
         layers = torch.stack([patterns[b][layer] for layer in sorted(patterns[b])])
+        layers = layers[..., start:, start:]
         for role, score in scorer(layers).items():
             rows = scorer.pairs[role][2]
             out.setdefault(role, []).append(score if rows.numel() else score * math.nan)
     return {role: torch.stack(v) for role, v in out.items()}
 
 
-def _patterns(model: TransformerBridge, tokens: torch.Tensor, extra: tuple[str, ...] = ()):
+def _patterns(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    extra: tuple[str, ...] = (),
+    mask: torch.Tensor | None = None,
+):
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-    _, acts = cache_acts(model, tokens, [*names, *extra])
+    _, acts = cache_acts(model, tokens, [*names, *extra], mask)
     per_prompt = [
         {layer: acts[name][b] for layer, name in enumerate(names)} for b in range(tokens.shape[0])
     ]
@@ -225,9 +238,12 @@ def copy_scores(model: TransformerBridge, resid: torch.Tensor, answers: torch.Te
     return copy, negative
 
 
-def _positions(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """``[batch, pos]`` bool: where each prompt (final position excluded) holds ``ids[b]``."""
-    found = tokens == ids[:, None]
+def _positions(tokens: Tokens, ids: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]`` bool: where each clean prompt (final position and padding excluded)
+    holds ``ids[b]``."""
+    found = tokens.clean == ids[:, None]
+    if tokens.attention_mask is not None:
+        found &= tokens.attention_mask.bool()
     found[:, -1] = False
     return found
 
@@ -279,7 +295,7 @@ def head_roles(
 
 
 PatternReader = Callable[..., tuple[dict, torch.Tensor, tuple | None]]
-"""``read(model, clean, rand, first_io, answers) -> (per_prompt, final, copy)``: the
+"""``read(model, clean, rand, first_io, answers, mask) -> (per_prompt, final, copy)``: the
 attention-role scores ``{role: [prompt, layer, head]}`` of the clean prompts then the random
 repeats (``rand``, or None), NaN where a prompt has no destination for the role; the clean
 prompts' attention from the final position ``[batch, layer, head, src]``; and the OV copy
@@ -293,10 +309,11 @@ def read_bridge(
     rand: torch.Tensor | None,
     first_io: torch.Tensor | None,
     answers: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> tuple[dict, torch.Tensor, tuple | None]:
     """The bridge's :data:`PatternReader`: cached forward passes, then the weights here."""
-    patterns, acts = _patterns(model, clean, ("blocks.0.hook_resid_post",))
-    per_prompt = _attention_scores(patterns, clean.cpu())
+    patterns, acts = _patterns(model, clean, ("blocks.0.hook_resid_post",), mask)
+    per_prompt = _attention_scores(patterns, clean.cpu(), None if mask is None else mask.cpu())
     if rand is not None:
         more = _attention_scores(_patterns(model, rand)[0], rand.cpu())
         per_prompt = {r: torch.cat([per_prompt[r], more[r]]) for r in per_prompt}
@@ -328,7 +345,7 @@ def score_roles(
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputError(f"head_roles needs {name} to be an integer ≥ {least}, got {value!r}.")
     with ported():
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded, as for patch
     cfg = model.cfg
     notes: list[str] = []
     bar = tqdm(total=4, desc="head roles", disable=not progress, leave=False)
@@ -339,11 +356,13 @@ def score_roles(
             if n_random and length >= 2:
                 bos = int(tokens.clean[0, 0]) if tokens.prepend_bos else None
                 rand = _random_repeats(model, bos, n_random, length, seed)
-            io = _positions(tokens.clean, tokens.answers)
-            s = _positions(tokens.clean, tokens.wrong_answers)
+            io = _positions(tokens, tokens.answers)
+            s = _positions(tokens, tokens.wrong_answers)
             have_io = bool(io.any(1).all())
             first_io = io.float().argmax(1) if have_io else None
-            per_prompt, final, copy = read(model, tokens.clean, rand, first_io, tokens.answers)
+            per_prompt, final, copy = read(
+                model, tokens.clean, rand, first_io, tokens.answers, tokens.attention_mask
+            )
             scores = {r: per_prompt[r].nanmean(0).nan_to_num(0.0) for r in per_prompt}
             bar.update()
 

@@ -88,7 +88,7 @@ def patch(
             "For this map use the TransformerLens bridge: circuitviz.load_model(name)."
         )
     with ported():
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)
     spec, short = _reduced(metric, tokens)
     n_layers, batch = model.cfg.n_layers, tokens.batch
     sizes = axis_sizes(model, tokens.n_pos)
@@ -110,10 +110,19 @@ def patch(
     per_pass = max(1, min(max_rows, rows_fit))
     order = sorted(range(len(conds)), key=lambda i: conds[i][0])
     chunks = [order[s : s + per_pass] for s in range(0, len(order), per_pass)]
-    runs = [Run(src_tokens, saves={(site, layer) for layer in range(n_layers)}, readout=spec)]
+    mask = tokens.attention_mask
+    runs = [
+        Run(
+            src_tokens,
+            saves={(site, layer) for layer in range(n_layers)},
+            readout=spec,
+            attention_mask=mask,
+        )
+    ]
     for chunk in chunks:
         for b in range(batch):
-            run = Run(run_tokens[b : b + 1], readout=spec)
+            row = None if mask is None else mask[b : b + 1]
+            run = Run(run_tokens[b : b + 1], readout=spec, attention_mask=row)
             for j, i in enumerate(chunk):
                 layer, *idx = conds[i]
                 pos, head = _cell(target.cell, idx)
@@ -201,7 +210,7 @@ def ablate(
     prepared = memo.get(key)
     if prepared is None:
         with ported():
-            tokens = tokenize(model, pairs)
+            tokens = tokenize(model, pairs, pad=True)
     else:
         tokens = prepared["tokens"]
     for c in targets:
@@ -219,20 +228,23 @@ def ablate(
     # corrupted run rides along again.
     local = not getattr(backend, "remote", False)
     cached = None if prepared is None else prepared["corrupted_acts"]
-    corrupted_run = Run(tokens.corrupted, readout=spec if prepared is None else {})
+    mask = tokens.attention_mask
+    corrupted_run = Run(
+        tokens.corrupted, readout=spec if prepared is None else {}, attention_mask=mask
+    )
     if prepared is None and local:
         n_layers = model.cfg.n_layers
         corrupted_run.returns = {(s, layer) for s in ("z", "mlp_out") for layer in range(n_layers)}
     copy = mode != "zero" and cached is None
-    ablated_run = Run(tokens.clean, readout=top_spec)
+    ablated_run = Run(tokens.clean, readout=top_spec, attention_mask=mask)
     copy_features = feature_ablation(model, ablated_run, corrupted_run, feats, saes, mode)
     runs = [corrupted_run] if prepared is None or (targets and copy) or copy_features else []
     if prepared is None:
-        runs.append(Run(tokens.clean, readout=top_spec))
+        runs.append(Run(tokens.clean, readout=top_spec, attention_mask=mask))
     if targets:
         for c in (c for c in targets if c.kind in ("head", "mlp")):
             site = "mlp_out" if c.head is None else "z"
-            src = _ablation_source(mode, cached, (site, c.layer))
+            src = _ablation_source(mode, cached, (site, c.layer), tokens)
             ablated_run.writes.setdefault((site, c.layer), []).append((None, c.pos, c.head, src))
             if copy:
                 corrupted_run.saves.add((site, c.layer))
@@ -277,15 +289,16 @@ def ablate(
     return result
 
 
-def _ablation_source(mode: str, cached: dict | None, key: tuple[str, int]) -> tuple:
+def _ablation_source(mode: str, cached: dict | None, key: tuple[str, int], tokens: Tokens) -> tuple:
     """Where an ablated activation comes from: zeros, or the corrupted run's — kept here
-    (``cached``) or in run 0 of the same request."""
+    (``cached``) or in run 0 of the same request. A mean is each position's over the
+    prompts that have a token there (mixed lengths), as on the bridge."""
     if mode == "zero":
         return ("zero",)
     if cached is None:
-        return ("run", 0, "mean" if mode == "mean" else "rows")
+        return ("run", 0, "mean", tokens.mean_weights()) if mode == "mean" else ("run", 0, "rows")
     corr = cached[key]
-    return ("tensor", corr.mean(0, keepdim=True) if mode == "mean" else corr)
+    return ("tensor", tokens.masked_mean(corr) if mode == "mean" else corr)
 
 
 def _top(model: Any, out: Output) -> TopTokens:
@@ -349,15 +362,18 @@ def attribution_patch(
         )
     backend = backend_of(model)
     with ported():
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)
     spec, short = _reduced(metric, tokens)
     src, run = (
         (tokens.clean, tokens.corrupted)
         if direction == "denoise"
         else (tokens.corrupted, tokens.clean)
     )
+    mask = tokens.attention_mask
     first = backend.execute(
-        [Run(src, readout=spec), Run(run, readout=spec)], desc="attribution", progress=False
+        [Run(src, readout=spec, attention_mask=mask), Run(run, readout=spec, attention_mask=mask)],
+        desc="attribution",
+        progress=False,
     )
     src_l, run_l = _logits(first[0]), _logits(first[1])
     clean_l, corr_l = (src_l, run_l) if direction == "denoise" else (run_l, src_l)
@@ -368,11 +384,12 @@ def attribution_patch(
         (weights,) = torch.autograd.grad(value, x)
     n_layers = model.cfg.n_layers
     runs = [
-        Run(src, saves={(site, layer) for layer in range(n_layers)}),
+        Run(src, saves={(site, layer) for layer in range(n_layers)}, attention_mask=mask),
         Run(
             run,
             readout=spec,
             grad={"kind": "attribution", "site": site, "cell": target.cell, "weights": weights},
+            attention_mask=mask,
         ),
     ]
     effects = backend.execute(runs, desc="attribution", progress=False)[1].readout["effects"]

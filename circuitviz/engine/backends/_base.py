@@ -79,7 +79,9 @@ class Run:
     :func:`._program.nnsight_attribution` (its readout then holds ``effects``);
     ``splices[(site, layer)]``: an SAE spliced in at ``resid_pre``/``resid_post`` (see
     :mod:`._feature_program`); ``generate``: ``{"n_tokens", "eos"}`` for a greedy
-    continuation instead of one forward pass.
+    continuation instead of one forward pass;
+    ``attention_mask``: ``[batch, pos]``, 1 = token, for left-padded prompts of mixed lengths
+    (None: unpadded). A run of one padded prompt may grow: its mask row broadcasts.
     """
 
     tokens: torch.Tensor
@@ -91,6 +93,7 @@ class Run:
     grad: dict[str, Any] = field(default_factory=dict)
     splices: dict[tuple[str, int], dict] = field(default_factory=dict)
     generate: dict[str, Any] = field(default_factory=dict)
+    attention_mask: torch.Tensor | None = None
 
     def as_plain(self) -> dict:
         """The run as builtins and tensors, with the layers and sites it touches."""
@@ -110,6 +113,7 @@ class Run:
             "grad": dict(self.grad),
             "splices": dict(self.splices),
             "generate": dict(self.generate),
+            "attention_mask": self.attention_mask,
             "touched": {layer: tuple(sorted(s)) for layer, s in touched.items()},
         }
 

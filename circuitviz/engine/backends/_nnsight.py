@@ -338,7 +338,7 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
             back = {}
             kind = run["grad"].get("kind")
             if kind == "senders":  # every sender's output (and the embeddings), kept here
-                with lm.trace(run["tokens"]):
+                with lm.trace(run["tokens"], **_program.trace_kwargs(run)):
                     if run["grad"].get("embed"):  # EAP-IG's corrupted embeddings
                         embed = _program.embedding(lm, arch, run, saved)
                         saved[("embed",)] = embed.detach().clone()
@@ -350,7 +350,7 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 _program.tick()
                 continue
             if kind in ("interpolated", "circuits"):  # EAP-IG's step, circuits' pass
-                with lm.trace(run["tokens"]):
+                with lm.trace(run["tokens"], **_program.trace_kwargs(run)):
                     if kind == "circuits":
                         out = _edges.nnsight_circuits(lm, arch, shape, run, saved)
                     else:
@@ -377,7 +377,7 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 _program.tick()
                 continue
             if kind in _toolkit_program.KINDS:  # logit lens, DLA, path patching
-                with lm.trace(run["tokens"]):
+                with lm.trace(run["tokens"], **_program.trace_kwargs(run)):
                     out = _toolkit_program.carry_out(lm, arch, shape, run, saved)
                     logits = lm.lm_head.output
                     out = _toolkit_program.finish(out, logits)
@@ -387,7 +387,7 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 continue
             if kind:  # a forward pass with a graph, then its gradient (attribution, EAP)
                 with torch.enable_grad():
-                    with lm.trace(run["tokens"]):
+                    with lm.trace(run["tokens"], **_program.trace_kwargs(run)):
                         if kind == "eap":
                             out = _program.nnsight_eap(lm, arch, shape, run, saved)
                         else:
@@ -403,7 +403,7 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue
-            with lm.trace(run["tokens"]):
+            with lm.trace(run["tokens"], **_program.trace_kwargs(run)):
                 for layer in range(shape["n_layers"]):
                     _feature_program.at_layer(lm, arch, layer, "pre", run, index, saved, back)
                     _program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back)

@@ -41,15 +41,33 @@ def source(saved: dict, key: tuple, src: tuple) -> torch.Tensor | None:
     """The value a write copies from. ``src`` is ``("zero",)``, ``("tensor", value)`` or
     ``("run", run_index, mode)``: the same site's activation kept by an earlier run, as is
     (``"rows"``, one row per written row), averaged over its batch (``"mean"``), or its row
-    ``mode`` (an int)."""
+    ``mode`` (an int). ``("run", run_index, "mean", weights)``: a weighted sum over the batch
+    with ``weights [batch, pos]`` (left-padded prompts: each position's mean over the prompts
+    that have a token there, see ``Tokens.mean_weights``)."""
     if src[0] == "zero":
         return None
     if src[0] == "tensor":  # sent with the request
         return src[1]
     value = saved[(src[1], *key)]
     if src[2] == "mean":
-        return value.mean(0, keepdim=True)
+        weights = src[3] if len(src) > 3 else None
+        if weights is None:
+            return value.mean(0, keepdim=True)
+        w = weights.to(value.device, value.dtype)
+        return (value * w.reshape(*w.shape, *([1] * (value.ndim - 2)))).sum(0, keepdim=True)
     return value if src[2] == "rows" else value[src[2] : src[2] + 1]
+
+
+def trace_kwargs(run: dict) -> dict:
+    """What a trace passes the model besides the tokens: for left-padded prompts, the
+    attention mask and the positions it implies (each prompt counts from its first token, as
+    TransformerLens's bridge derives them), so a padded prompt runs as it does alone."""
+    mask = run.get("attention_mask")
+    if mask is None:
+        return {}
+    positions = mask.long().cumsum(-1) - 1
+    positions.masked_fill_(mask == 0, 1)
+    return {"attention_mask": mask, "position_ids": positions}
 
 
 def grow(x: torch.Tensor, run: dict, layer: int) -> torch.Tensor:
@@ -409,6 +427,9 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
         saved[("grads",)] = grad
         return out
     diff = saved[("senders",)] - saved[("clean",)]
+    mask = run.get("attention_mask")
+    if mask is not None:  # padding scores 0 (nothing there reaches a final token)
+        diff = diff * mask.to(diff)[None, :, :, None]
     scores = torch.einsum("sbpd,rbpd->srp", diff, grad / spec.get("steps", 1))
     out["scores"] = (scores * spec["valid"].to(scores)[:, :, None]).detach()
     return out

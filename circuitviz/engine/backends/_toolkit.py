@@ -19,6 +19,11 @@ from .._results import PatchResult
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
 
+MIXED_HELP = (
+    "{what} on nnsight needs prompts of one length (each tokenizes the same): the "
+    "TransformerLens bridge (circuitviz.load_model(name)) runs pairs of mixed lengths."
+)
+
 
 def norm_eps(model: Any) -> float:
     """The epsilon of the model's norms (HF config: RMSNorm's or LayerNorm's)."""
@@ -206,6 +211,7 @@ def read_patterns(
     rand: torch.Tensor | None,
     first_io: torch.Tensor | None,
     answers: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> tuple[dict, torch.Tensor, tuple | None]:
     """Head roles' :data:`circuitviz.engine._roles.PatternReader` as one request: the
     attention-role scores of the clean prompts and of the random repeats and the clean
@@ -213,6 +219,9 @@ def read_patterns(
     patterns themselves stay there), and the copy scores."""
     from .._attention import PATTERN_HELP, _RoleScorer
     from .._roles import TOP_K
+
+    if mask is not None:
+        raise InputError(MIXED_HELP.format(what="head_roles"))
 
     def roles_run(tokens: torch.Tensor, final: bool) -> Run:
         pairs = [_RoleScorer(row.cpu()).pairs for row in tokens]
