@@ -323,3 +323,46 @@ def test_nnsight_patch_and_attribution_mixed_lengths_equal_the_bridge(model, on_
         ref = fn(model, pairs, over=over, **opts)
         got = fn(on_nnsight, pairs, over=over, **opts)
         assert (got.values - ref.values).abs().max() <= TOL
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def test_circuit_view_on_mixed_lengths_ablates_and_scores_faithfulness(model):
+    """Kernel side of CircuitView (an AblationView) built from mixed-length pairs: a click
+    to ablate answers with ``ablate``'s own result (checked above against each pair alone),
+    faithfulness with ``Graph.faithfulness``'s; a per-position graph's nodes are the padded
+    columns, labelled by the longest prompt's tokens as PatchingView labels a patch map."""
+    from circuitviz.views import CircuitView, PatchingView
+
+    pairs = mixed_pairs()
+    sent: list[dict] = []
+    view = CircuitView(model=model, pairs=pairs)
+    view.send = lambda content, buffers=None: sent.append(content)
+    view._handle_custom_msg({"type": "ablate", "components": ["L1H2", "MLP0"], "request": 1}, [])
+    assert sent[-1]["type"] == "ablation"
+    ref = cv.ablate(model, pairs, heads=["L1H2"], mlps=["MLP0"])
+    assert sent[-1]["result"]["ablated"] == pytest.approx(ref.ablated, abs=TOL)
+    assert sent[-1]["result"]["per_prompt"]["ablated"] == pytest.approx(
+        ref.per_prompt["ablated"], abs=TOL
+    )
+    view._handle_custom_msg({"type": "faithfulness", "ablated": ["L0H1"], "request": 2}, [])
+    assert sent[-1] == {"type": "faithfulness", "request": 2}
+    want = view.shown_circuit().faithfulness(model, pairs, ablated=["L0H1"]).recovered
+    assert view.faithfulness["ablated"] == pytest.approx(want, abs=TOL)
+
+    tokens = tokenize(model, pairs, pad=True)
+    by_pos = cv.circuit(model, pairs, per_position=True, progress=False)
+    shown = CircuitView(graph=by_pos, model=model, pairs=pairs).shown_graph()
+    assert view.graph["tokens"] == tokens.str_tokens
+    labels = {n["id"]: n["label"] for n in shown["nodes"]}
+    last = tokens.n_pos - 1
+    assert labels[f"LOGITS:P{last}"].endswith(tokens.str_tokens[last])
+    patch_map = cv.patch(model, pairs, over="resid_pre", progress=False)
+    patching = PatchingView(patch_map, model=model, pairs=pairs)
+    patching.send = lambda content, buffers=None: sent.append(content)
+    patching._handle_custom_msg({"type": "ablate", "components": ["L1H2"], "request": 3})
+    assert patching.result["ablated"] == pytest.approx(
+        cv.ablate(model, pairs, heads=["L1H2"]).ablated, abs=TOL
+    )
+    assert not has_hooks(model)
