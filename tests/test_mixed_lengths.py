@@ -136,6 +136,35 @@ def test_ablate_mean_mode_averages_each_position_over_the_prompts_there(model):
         )
 
 
+def test_a_corrupted_prompt_longer_than_its_clean_one_is_named_everywhere(model):
+    """As for ``patch``: pairs may differ from each other, but a corrupted prompt must be as
+    long as its clean one. The error names the pair; no hook is left, the logits unchanged."""
+    pairs = mixed_pairs()
+    bad = cv.PromptPairs(
+        list(pairs.clean),
+        [pairs.corrupted[0], pairs.corrupted[1], pairs.corrupted[2] + " t9"],
+        list(pairs.answers),
+        list(pairs.wrong_answers),
+    )
+    tokens = tokenize(model, pairs, pad=True)
+    with torch.inference_mode():
+        before = model(tokens.clean, attention_mask=tokens.attention_mask)
+    calls = {
+        "ablate": lambda: cv.ablate(model, bad, heads=["L0H0"]),
+        "circuit": lambda: cv.circuit(model, bad, progress=False),
+        "path_patch": lambda: cv.path_patch(model, bad, receivers="logits", progress=False),
+        "logit_attribution": lambda: cv.logit_attribution(model, bad),
+        "head_roles": lambda: cv.head_roles(model, bad, n_random=0, progress=False),
+    }
+    for name, call in calls.items():
+        with pytest.raises(cv.InputError, match=r"\(pair 2\)"):
+            call()
+        assert not has_hooks(model), name
+    with torch.inference_mode():
+        after = model(tokens.clean, attention_mask=tokens.attention_mask)
+    assert torch.equal(before, after)
+
+
 # --- path patching and direct logit attribution --------------------------------------------
 
 

@@ -67,9 +67,9 @@ class PromptPairs:
     ``clean[i]`` and ``corrupted[i]`` must tokenize to the same length; the metric reads the
     final position. Different pairs may differ in length: they are left-padded (see
     :func:`tokenize`), so position ``p`` of a map or graph is column ``p`` of the longest
-    prompt — equivalently, positions are aligned from the end. ``answers[i]`` is the correct next token for ``clean[i]`` and
-    ``wrong_answers[i]`` the one the corrupted prompt favours (a single string is used for
-    every pair). Answers must be single tokens: include a leading space where the tokenizer
+    prompt — equivalently, positions are aligned from the end. ``answers[i]`` is the correct
+    next token for ``clean[i]`` and ``wrong_answers[i]`` the one the corrupted prompt favours
+    (a single string is used for every pair). Answers must be single tokens: include a leading space where the tokenizer
     expects one, e.g. ``" Mary"``.
 
     ``prepend_bos`` says whether every prompt starts with the model's BOS token: ``None``
@@ -162,11 +162,6 @@ class Tokens:
     def n_pos(self) -> int:
         return self.clean.shape[1]
 
-    def repeat_mask(self, n: int) -> torch.Tensor | None:
-        """The attention mask of ``n`` copies of the batch stacked (``tokens.repeat(n, 1)``);
-        None when unpadded."""
-        return None if self.attention_mask is None else self.attention_mask.repeat(n, 1)
-
     def mean_weights(self) -> torch.Tensor | None:
         """``[batch, pos]`` weights whose weighted sum over the batch is each position's mean
         over the prompts that have a token there; None when unpadded (a plain mean)."""
@@ -177,7 +172,8 @@ class Tokens:
 
     def masked_mean(self, x: torch.Tensor) -> torch.Tensor:
         """The batch mean of ``x [batch, pos, ...]`` at each position, over the prompts that
-        have a token there (padding left out), ``[1, pos, ...]``. Unpadded: ``x.mean(0)``."""
+        have a token there (padding left out), ``[1, pos, ...]``. Unpadded: ``x.mean(0)``.
+        (``backends._program.source`` applies the same weights on a server.)"""
         w = self.mean_weights()
         if w is None:
             return x.mean(0, keepdim=True)
@@ -215,7 +211,7 @@ def _same_length(rows: list[torch.Tensor], which: str) -> None:
             f"The {which} prompts have different token lengths ({detail}…). Every prompt in a "
             "batch must tokenize to the same length for this analysis: use one template per "
             "batch, or split it (patch, attribution_patch, ablate, path_patch, "
-            "logit_attribution, roles and circuit graphs without SAEs accept mixed lengths)."
+            "logit_attribution, head_roles and circuit without saes= accept mixed lengths)."
         )
 
 
