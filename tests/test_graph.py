@@ -82,9 +82,9 @@ def test_edge_sweeps_hold_one_pass_of_masks_at_a_time(model, graph, monkeypatch)
     seen = []
     run = _faithfulness.circuit_logits
 
-    def spy(model, layout, weights, clean, ref, masks):
+    def spy(model, layout, weights, clean, ref, masks, *mask):
         seen.append(masks.shape[0])
-        return run(model, layout, weights, clean, ref, masks)
+        return run(model, layout, weights, clean, ref, masks, *mask)
 
     monkeypatch.setattr(_faithfulness, "circuit_logits", spy)
     edges = graph.edges[:7]
