@@ -45,16 +45,16 @@ def analyses(model):
         )[1]
         return cpu
 
-    return {
-        "patch heads": lambda p: cv.patch(model, p, over="heads", progress=False),
-        "attribution_patch heads": lambda p: cv.attribution_patch(model, p, over="heads"),
+    return {  # cheapest first
         "ablate (first click)": ablate,
+        "attribution_patch heads": lambda p: cv.attribution_patch(model, p, over="heads"),
         "circuit EAP": lambda p: cv.circuit(model, p, progress=False),
-        "circuit EAP-IG (5 steps)": lambda p: cv.circuit(model, p, method="eap-ig", progress=False),
         "faithfulness_curve (2 sizes)": faithfulness,
+        "circuit EAP-IG (5 steps)": lambda p: cv.circuit(model, p, method="eap-ig", progress=False),
         "path_patch heads map → logits": lambda p: cv.path_patch(
             model, p, receivers="logits", progress=False
         ),
+        "patch heads": lambda p: cv.patch(model, p, over="heads", progress=False),
     }
 
 
