@@ -291,6 +291,37 @@ def test_faithfulness_is_the_mean_of_each_pair_alone(model, per_position):
     assert not has_hooks(model)
 
 
+def test_mean_ablated_faithfulness_uses_each_positions_mean_over_the_prompts_there(model):
+    """``ablation="mean"`` with MLP0's outgoing edges cut: every reader sees MLP0's output
+    replaced by the clean run's mean at that position over the prompts that have a token
+    there. Reference: those means built from each pair's own unpadded clean run, written into
+    ``hook_mlp_out`` of each pair alone by a hand-written hook, averaged over the pairs."""
+    pairs = mixed_pairs()
+    shift = shifts(model, pairs)
+    n_pos = tokenize(model, pairs, pad=True).n_pos
+    total = torch.zeros(n_pos, model.cfg.d_model)
+    count = torch.zeros(n_pos, 1)
+    for i in range(len(pairs)):
+        _, cache = model.run_with_cache(tokenize(model, one(pairs, i)).clean)
+        total[shift[i] :] += cache["blocks.0.hook_mlp_out"][0]
+        count[shift[i] :] += 1
+    mean = total / count
+    graph = cv.circuit(model, pairs, progress=False)
+    got = graph.faithfulness(model, pairs, ablation="mean", ablated=["MLP0"])
+    want = []
+    for i in range(len(pairs)):
+
+        def hooks(tokens, i=i):
+            def put(x, hook):
+                x[0] = mean[shift[i] :]
+                return x
+
+            return [("blocks.0.hook_mlp_out", put)]
+
+        want.append(hand_ablated(model, pairs, i, hooks))
+    assert got.metric == pytest.approx(sum(want) / len(want), abs=TOL)
+
+
 def test_faithfulness_curve_and_mib_run_on_mixed_lengths(model):
     """On a padded batch the whole graph recovers the clean run exactly (f = 1, metric =
     the clean metric) under corrupted and mean ablation; the curve and MIB's areas use the
