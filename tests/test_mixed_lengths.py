@@ -426,3 +426,34 @@ def test_circuit_view_on_mixed_lengths_ablates_and_scores_faithfulness(model):
         cv.ablate(model, pairs, heads=["L1H2"]).ablated, abs=TOL
     )
     assert not has_hooks(model)
+
+
+@pytest.mark.browser
+def test_per_position_circuit_view_of_mixed_lengths_draws_in_the_browser(
+    model, page, tmp_path, artifacts
+):
+    """The standalone page of a per-position CircuitView built on mixed-length pairs draws
+    one column per padded position, labelled by the longest prompt's tokens (as the kernel
+    sends them); screenshot: tests/artifacts/mixed_lengths_circuit_<arch>.png."""
+    from circuitviz.export._html import write_html
+    from circuitviz.views import CircuitView
+
+    pairs = mixed_pairs()
+    graph = cv.circuit(model, pairs, per_position=True, progress=False)
+    view = CircuitView(graph=graph, top_nodes=12, top_edges=40)
+    shown = view.shown_graph()
+    path = write_html(view, tmp_path / "mixed.html")
+    page.goto(path.as_uri())
+    page.locator(".cv-circuit g.cv-node").first.wait_for()
+    drawn = page.evaluate(
+        "() => [...document.querySelectorAll('.cv-circuit g.cv-node')]"
+        ".map(e => e.dataset.component)"
+    )
+    assert sorted(drawn) == sorted(n["id"] for n in shown["nodes"])
+    last = graph.n_pos - 1
+    assert f"LOGITS:P{last}" in drawn
+    text = page.locator(".cv-circuit").inner_text()
+    assert graph.tokens[last].strip() in text
+    assert not page.console_errors
+    name = model.cfg.model_name.replace("/", "_")
+    page.screenshot(path=str(artifacts / f"mixed_lengths_circuit_{name}.png"))
