@@ -457,3 +457,27 @@ def test_per_position_circuit_view_of_mixed_lengths_draws_in_the_browser(
     assert not page.console_errors
     name = model.cfg.model_name.replace("/", "_")
     page.screenshot(path=str(artifacts / f"mixed_lengths_circuit_{name}.png"))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_remote_mixed_lengths_equal_the_bridge(kind):
+    """On NDIF (the offline fake server of ``tests/_fake_ndif.py``: the request serialised,
+    run with circuitviz hidden), the mask and mean weights travel with the runs: patch,
+    ablate (mean: weights applied on the server) and the EAP graph equal the bridge."""
+    pytest.importorskip("nnsight")
+    from tests.test_remote import Setup
+
+    setup = Setup(kind)
+    pairs = mixed_pairs()
+    col = max(shifts(setup.bridge, pairs)) - 1
+    spec = {"heads": ["L1H2", f"L0H1:P{col}"], "mlps": ["MLP0"], "mode": "mean"}
+    ref, got = cv.ablate(setup.bridge, pairs, **spec), cv.ablate(setup.client, pairs, **spec)
+    diff = torch.tensor(got.per_prompt["ablated"]) - torch.tensor(ref.per_prompt["ablated"])
+    assert diff.abs().max() <= TOL
+    ref_map = cv.patch(setup.bridge, pairs, over="heads_by_pos", progress=False)
+    got_map = cv.patch(setup.client, pairs, over="heads_by_pos", progress=False)
+    assert (got_map.values - ref_map.values).abs().max() <= TOL
+    ref_graph = cv.circuit(setup.bridge, pairs, per_position=True, progress=False)
+    got_graph = cv.circuit(setup.client, pairs, per_position=True)
+    assert (got_graph.scores - ref_graph.scores).abs().max() <= TOL
+    assert not setup.server.has_hooks() and not setup.client.has_hooks()
