@@ -122,13 +122,19 @@ def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict
     ``run["grad"]``: ``masks`` and ``valid`` (:func:`pack`\ ed), ``eps``, ``layers`` (per
     layer: its first head sender, its MLP sender, and its q, k, v and MLP receivers as
     ``(start, stop)``), ``logits`` (the logits receiver) and ``ref``: ``"rows"`` (the senders
-    kept by this request's senders run), ``"mean"`` (their batch mean) or a tensor sent with
-    it (kept on the client, on the CPU: it moves to the embeddings' device here)."""
+    kept by this request's senders run), ``"mean"`` (their batch mean; with ``mean_weights
+    [batch, pos]``, mixed lengths, each position's mean over the prompts there) or a tensor
+    sent with it (kept on the client, on the CPU: it moves to the embeddings' device here)."""
     spec = run["grad"]
     ref = spec["ref"]
     if isinstance(ref, str):
         ref = saved[("senders",)]
-        ref = ref.mean(1, keepdim=True) if spec["ref"] == "mean" else ref
+        if spec["ref"] == "mean":  # weights: each position's mean over its prompts
+            w = spec.get("mean_weights")
+            if w is None:
+                ref = ref.mean(1, keepdim=True)
+            else:
+                ref = (ref * w.to(ref.device, ref.dtype)[None, :, :, None]).sum(1, keepdim=True)
     n_heads, n_pos = shape["n_heads"], run["tokens"].shape[1]
     n_senders = ref.shape[0]
     for layer, (head_sender, mlp_sender, *rs) in enumerate(spec["layers"]):

@@ -55,7 +55,7 @@ def circuit(
 
     check_metric(metric)
     with ported():
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
     layout = Layout.of(model)
     if layout.n_heads % layout.n_kv_heads:
         raise InputError(
@@ -63,17 +63,26 @@ def circuit(
         )
     backend = backend_of(model)
     spec, short = _reduced(metric, tokens)
+    mask = tokens.attention_mask  # every run carries it (None: one length)
     alphas = [k / steps for k in range(steps - 1, 0, -1)]  # after the clean run, α = 1
     corrupted = {"kind": "senders", "embed": True}
-    first = [Run(tokens.corrupted, readout=spec, grad=corrupted if alphas else {})]
-    first.append(Run(tokens.clean, readout=spec))
+    first = [
+        Run(tokens.corrupted, readout=spec, grad=corrupted if alphas else {}, attention_mask=mask)
+    ]
+    first.append(Run(tokens.clean, readout=spec, attention_mask=mask))
     first += [
-        Run(tokens.clean, readout=spec, grad={"kind": "interpolated", "alpha": a}) for a in alphas
+        Run(
+            tokens.clean,
+            readout=spec,
+            grad={"kind": "interpolated", "alpha": a},
+            attention_mask=mask,
+        )
+        for a in alphas
     ]
     outs = backend.execute(first, desc=method.upper(), progress=False)
     corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
     bound = bind_metric(metric, short, clean_l, corr_l)
-    runs = [Run(tokens.corrupted, grad=corrupted)]
+    runs = [Run(tokens.corrupted, grad=corrupted, attention_mask=mask)]
     for k, out in enumerate(outs[1:]):
         grad = {
             "kind": "eap",
@@ -85,7 +94,7 @@ def circuit(
         }
         if k:
             grad["alpha"] = alphas[k - 1]
-        runs.append(Run(tokens.clean, readout=spec, grad=grad))
+        runs.append(Run(tokens.clean, readout=spec, grad=grad, attention_mask=mask))
     scores = backend.execute(runs, desc=method.upper(), progress=False)[-1].readout["scores"]
     if not per_position:
         scores = scores.sum(2, keepdim=True)
@@ -151,7 +160,7 @@ def graph_context(model: Any, graph: Any, pairs: PromptPairs, ablation: str, met
 def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: Any) -> Any:
     """A context whose baselines ride in its first request (see :class:`SeamContext`)."""
     layout = Layout.of(model)
-    tokens = tokenize(model, pairs)
+    tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
     spec, short = _reduced(metric, tokens)
     ctx = SeamContext(layout, [], tokens, None, None, 0.0, 0.0)
     ctx.backend, ctx.spec, ctx.ablation = backend_of(model), spec, ablation
@@ -182,14 +191,14 @@ class SeamContext(Context):
     def _baselines(self) -> list[Run]:
         mean, local = self.ablation == "mean", not self.backend.remote
         senders = {"kind": "senders", "bring": local}
-        tokens, spec = self.tokens, self.spec or {}
+        tokens, spec, mask = self.tokens, self.spec or {}, self.tokens.attention_mask
         runs = [
-            Run(tokens.corrupted, readout=spec, grad={} if mean else senders),
-            Run(tokens.clean, readout=spec, grad=senders if mean else {}),
+            Run(tokens.corrupted, readout=spec, grad={} if mean else senders, attention_mask=mask),
+            Run(tokens.clean, readout=spec, grad=senders if mean else {}, attention_mask=mask),
         ]
         if mean:  # the empty circuit: every edge carries the clean senders' batch mean
             empty = {**(self.template or {}), "masks": pack(self.pending[2])}
-            runs.append(Run(tokens.clean, readout=spec, grad=empty))
+            runs.append(Run(tokens.clean, readout=spec, grad=empty, attention_mask=mask))
         return runs
 
     def _bind(self, outs: list) -> None:
@@ -197,8 +206,10 @@ class SeamContext(Context):
         mean = self.ablation == "mean"
         corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
         if not self.backend.remote:
-            ref = outs[1 if mean else 0].returned["senders"]
-            self.ref = ref.mean(1, keepdim=True) if mean else ref
+            ref = outs[1 if mean else 0].returned["senders"]  # [sender, batch, pos, d_model]
+            if mean:  # each position's mean over the prompts that have a token there
+                ref = self.tokens.masked_mean(ref.permute(1, 2, 0, 3)).permute(2, 0, 1, 3)
+            self.ref = ref
         self.metric = bind_metric(metric, short, clean_l, corr_l)
         self.clean = self.metric(clean_l)
         self.reference = self.metric(_logits(outs[2])) if mean else self.metric(corr_l)
@@ -212,10 +223,14 @@ class SeamContext(Context):
         kinds = [r.grad.get("kind") for r in runs]
         if self.ref is None and "circuits" in kinds and "senders" not in kinds:
             lead = self.tokens.clean if mean else self.tokens.corrupted
-            runs = [Run(lead, grad={"kind": "senders"}), *runs]
+            mask = self.tokens.attention_mask
+            runs = [Run(lead, grad={"kind": "senders"}, attention_mask=mask), *runs]
+        weights = self.tokens.mean_weights() if mean else None
         for run in runs:
             if run.grad.get("kind") == "circuits":
                 run.grad["ref"] = ref
+                if isinstance(ref, str) and weights is not None:  # the mean, on the server
+                    run.grad["mean_weights"] = weights
         return runs
 
     def metrics(
@@ -231,8 +246,10 @@ class SeamContext(Context):
         for start in range(0, n, self.circuits_per_pass):
             chunk = masks(start, min(n, start + self.circuits_per_pass))
             tokens = self.tokens.clean.repeat(chunk.shape[0], 1)
+            mask = self.tokens.attention_mask
+            mask = None if mask is None else mask.repeat(chunk.shape[0], 1)
             grad = {**(self.template or {}), "masks": pack(chunk)}
-            runs.append(Run(tokens, readout=self.spec or {}, grad=grad))
+            runs.append(Run(tokens, readout=self.spec or {}, grad=grad, attention_mask=mask))
         outs = self.backend.execute(
             self.with_ref([*first, *runs]), desc="circuits", progress=progress
         )
