@@ -19,11 +19,6 @@ from .._results import PatchResult
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
 
-MIXED_HELP = (
-    "{what} on nnsight needs prompts of one length (each tokenizes the same): the "
-    "TransformerLens bridge (circuitviz.load_model(name)) runs pairs of mixed lengths."
-)
-
 
 def norm_eps(model: Any) -> float:
     """The epsilon of the model's norms (HF config: RMSNorm's or LayerNorm's)."""
@@ -58,8 +53,9 @@ def logit_attribution(
 
     check_options(by, metric)
     with ported():
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
     spec, short = _reduced(metric, tokens)
+    mask = tokens.attention_mask
     dla = {
         "kind": "dla",
         "by": by,
@@ -67,7 +63,10 @@ def logit_attribution(
         "wrong": tokens.wrong_answers,
         "eps": norm_eps(model),
     }
-    runs = [Run(tokens.clean, readout=spec, grad=dla), Run(tokens.corrupted, readout=spec)]
+    runs = [
+        Run(tokens.clean, readout=spec, grad=dla, attention_mask=mask),
+        Run(tokens.corrupted, readout=spec, attention_mask=mask),
+    ]
     backend = backend_of(model)
     clean_out, corr_out = backend.execute(runs, desc="logit attribution", progress=False)
     if "no_pattern" in clean_out.readout:
@@ -113,8 +112,9 @@ def path_patch(
     check_budget(memory_budget, max_rows)
     check_metric(metric)
     with ported():
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
     readout, short = _reduced(metric, tokens)
+    mask = tokens.attention_mask
     src_tokens, run_tokens = (
         (tokens.clean, tokens.corrupted)
         if direction == "denoise"
@@ -122,8 +122,8 @@ def path_patch(
     )
     keep = {("z" if s.kind == "head" else "mlp_out", s.layer) for row in rows for s in row}
     runs = [
-        Run(src_tokens, saves=keep, readout=readout),
-        Run(run_tokens, saves=keep, readout=readout),
+        Run(src_tokens, saves=keep, readout=readout, attention_mask=mask),
+        Run(run_tokens, saves=keep, readout=readout, attention_mask=mask),
     ]
     n_layers = model.cfg.n_layers
     # Rows come in sender-layer order, so each joins the batch at the first receiver it
@@ -152,7 +152,8 @@ def path_patch(
                 "base": 1,
                 "eps": eps,
             }
-            runs.append(Run(run_tokens[b : b + 1], readout=readout, grad=grad))
+            row = None if mask is None else mask[b : b + 1]  # broadcasts over the rows
+            runs.append(Run(run_tokens[b : b + 1], readout=readout, grad=grad, attention_mask=row))
     outs = backend_of(model).execute(runs, desc="path patching", progress=progress)
     src_l, run_l = _logits(outs[0]), _logits(outs[1])
     clean_l, corr_l = (src_l, run_l) if direction == "denoise" else (run_l, src_l)
@@ -216,18 +217,24 @@ def read_patterns(
     """Head roles' :data:`circuitviz.engine._roles.PatternReader` as one request: the
     attention-role scores of the clean prompts and of the random repeats and the clean
     prompts' final-position attention, reduced from the patterns on the server (the
-    patterns themselves stay there), and the copy scores."""
+    patterns themselves stay there), and the copy scores. Left-padded prompts (``mask``,
+    mixed lengths) run masked and are scored on their own tokens, as on the bridge: each
+    prompt's role pairs are found in its tokens and shifted past its padding."""
     from .._attention import PATTERN_HELP, _RoleScorer
     from .._roles import TOP_K
 
-    if mask is not None:
-        raise InputError(MIXED_HELP.format(what="head_roles"))
+    def role_pairs(row: torch.Tensor, start: int) -> dict:
+        pairs = _RoleScorer(row[start:].cpu()).pairs
+        return {role: tuple(i + start for i in p) for role, p in pairs.items()}
 
-    def roles_run(tokens: torch.Tensor, final: bool) -> Run:
-        pairs = [_RoleScorer(row.cpu()).pairs for row in tokens]
-        return Run(tokens.cpu(), grad={"kind": "roles", "pairs": pairs, "final": final})
+    def roles_run(tokens: torch.Tensor, final: bool, mask: torch.Tensor | None = None) -> Run:
+        n_pos = tokens.shape[1]
+        starts = [0] * len(tokens) if mask is None else (n_pos - mask.sum(1)).tolist()
+        pairs = [role_pairs(row, int(start)) for row, start in zip(tokens, starts, strict=True)]
+        grad = {"kind": "roles", "pairs": pairs, "final": final}
+        return Run(tokens.cpu(), grad=grad, attention_mask=None if mask is None else mask.cpu())
 
-    runs = [roles_run(clean, True)]
+    runs = [roles_run(clean, True, mask)]
     if rand is not None:
         runs.append(roles_run(rand, False))
     if first_io is not None:
@@ -238,7 +245,7 @@ def read_patterns(
             "top_k": TOP_K,
             "eps": norm_eps(model),
         }
-        runs.append(Run(clean, grad=copy))
+        runs.append(Run(clean, grad=copy, attention_mask=mask))
     outs = [out.readout for out in backend_of(model).execute(runs, desc="head roles")]
     if "no_pattern" in outs[0]:
         raise InputError(PATTERN_HELP)
