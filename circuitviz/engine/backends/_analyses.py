@@ -237,7 +237,9 @@ def ablate(
         corrupted_run.returns = {(s, layer) for s in ("z", "mlp_out") for layer in range(n_layers)}
     copy = mode != "zero" and cached is None
     ablated_run = Run(tokens.clean, readout=top_spec, attention_mask=mask)
-    copy_features = feature_ablation(model, ablated_run, corrupted_run, feats, saes, mode)
+    copy_features = feature_ablation(
+        model, ablated_run, corrupted_run, feats, saes, mode, tokens.mean_weights()
+    )
     runs = [corrupted_run] if prepared is None or (targets and copy) or copy_features else []
     if prepared is None:
         runs.append(Run(tokens.clean, readout=top_spec, attention_mask=mask))

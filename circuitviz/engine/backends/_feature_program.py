@@ -41,13 +41,19 @@ def latents(sae: dict, x: torch.Tensor) -> torch.Tensor:
 
 def _value(src: tuple, sae: dict, saved: dict, key: tuple, column: int):
     """What an edit sets its latent to: ``("const", v)``, ``("tensor", [batch|1, pos])``, or
-    ``("run", i, "mean" | "rows")`` — the latent on run ``i``'s kept activation here."""
+    ``("run", i, "mean" | "rows")`` — the latent on run ``i``'s kept activation here;
+    ``("run", i, "mean", weights [batch, pos])``: mixed lengths, each position's mean over
+    the prompts that have a token there."""
     if src[0] == "const":
         return src[1]
     if src[0] == "tensor":
         return src[1]
     f = latents(sae, saved[(src[1], "splice", *key)])[..., column]  # [batch, pos]
-    return f.mean(0, keepdim=True) if src[2] == "mean" else f
+    if src[2] != "mean":
+        return f
+    if len(src) > 3 and src[3] is not None:
+        return (f * src[3].to(f.device, f.dtype)).sum(0, keepdim=True)
+    return f.mean(0, keepdim=True)
 
 
 def splice(x: torch.Tensor, spec: dict, key: tuple, index: int, saved: dict, back: dict, step: int):

@@ -173,16 +173,25 @@ def feature_activations(model: Any, prompt: str, saes: Any, *, k: int, prepend_b
 
 
 def feature_ablation(
-    model: Any, ablated: Run, corrupted: Run, feats: Sequence[Any], saes: Any, mode: str
+    model: Any,
+    ablated: Run,
+    corrupted: Run,
+    feats: Sequence[Any],
+    saes: Any,
+    mode: str,
+    weights: torch.Tensor | None = None,
 ) -> bool:
     """Add ``feats`` (feature components) to ``ablated``: zero, or the corrupted prompts'
-    latent (``mode="mean"``: its mean over them) kept by ``corrupted``, run 0 of the same
-    request. Returns whether ``corrupted`` must run."""
+    latent (``mode="mean"``: its mean over them; with ``weights [batch, pos]``, mixed
+    lengths, each position's over the prompts there) kept by ``corrupted``, run 0 of the
+    same request. Returns whether ``corrupted`` must run."""
     if not feats:
         return False
     hooks = [c.hook_in(saes) for c in feats]  # an InputError where saes has none there
     check_saes(model, {h: saes[h] for h in hooks})  # resid_pre / resid_post only here
-    src = 0.0 if mode == "zero" else ("run", 0, "mean" if mode == "mean" else "rows")
+    src = 0.0 if mode == "zero" else ("run", 0, "rows")
+    if mode == "mean":
+        src = ("run", 0, "mean", weights)
     add_edits(
         model,
         ablated,
