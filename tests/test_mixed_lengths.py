@@ -165,6 +165,57 @@ def test_a_corrupted_prompt_longer_than_its_clean_one_is_named_everywhere(model)
     assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("mode", ["zero", "mean", "resample"])
+def test_error_node_ablation_mixed_lengths_equals_each_pair_alone(model, mode):
+    """SAE error terms (``"L0ERR"`` everywhere, ``"L1ERR:P<last>"`` at the final column) on
+    mixed lengths: each pair's ablated metric equals that pair alone, unpadded, with a hand-written
+    splice; ``"mean"`` sets each column to the mean over the pairs that have a token there of
+    their corrupted prompts' own error terms (each computed alone, aligned from the end)."""
+    from tests._tiny_sae import tiny_saes
+    from tests.test_error_nodes import hand_splice, recorded
+
+    saes = tiny_saes(model)
+    pairs = mixed_pairs()
+    pad = shifts(model, pairs)
+    col = tokenize(model, pairs, pad=True).n_pos - 1  # layer 1 is the last: only this counts
+    hooks_ = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+    alone = [recorded(model, tokenize(model, one(pairs, i)).corrupted, saes) for i in range(3)]
+    errs = {h: [rec[h][1][0] for rec in alone] for h in hooks_}  # [pos of pair i, d_model]
+
+    def value(h: str, i: int, c: int) -> torch.Tensor | float:
+        """The error term pair ``i`` gets at padded column ``c``."""
+        if mode == "zero":
+            return 0.0
+        if mode == "resample":
+            return errs[h][i][c - pad[i]]
+        return torch.stack([e[c - s] for e, s in zip(errs[h], pad, strict=True) if c >= s]).mean(0)
+
+    whole = cv.ablate(model, pairs, features=["L0ERR", f"L1ERR:P{col}"], saes=saes, mode=mode)
+    for i in range(len(pairs)):
+
+        def everywhere(err, i=i):
+            for p in range(err.shape[1]):
+                err[0, p] = value(hooks_[0], i, p + pad[i])
+            return err
+
+        def at_col(err, i=i):
+            err[0, col - pad[i]] = value(hooks_[1], i, col)
+            return err
+
+        ref = hand_ablated(
+            model,
+            pairs,
+            i,
+            lambda t: [
+                (hooks_[0], hand_splice(saes[hooks_[0]], None, everywhere)),
+                (hooks_[1], hand_splice(saes[hooks_[1]], None, at_col)),
+            ],
+        )
+        assert whole.per_prompt["ablated"][i] == pytest.approx(ref, abs=TOL)
+    assert abs(whole.ablated - whole.clean) > 10 * TOL  # the error terms matter here
+    assert not has_hooks(model)
+
+
 # --- path patching and direct logit attribution --------------------------------------------
 
 
