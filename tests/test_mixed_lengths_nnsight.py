@@ -212,3 +212,37 @@ def test_remote_mixed_lengths_graphs_and_toolkit_equal_the_bridge(kind, pairs):
     assert roles.roles == want_roles.roles
     assert close(roles.scores["induction"], want_roles.scores["induction"]) <= TOL
     assert not setup.server.has_hooks() and not client.has_hooks()
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_model_mixed_lengths_on_nnsight(demo_model):
+    """SmolLM2-135M (30 layers, GQA) through nnsight on two IOI pairs of different lengths:
+    the EAP graph, its mean-ablated faithfulness, DLA by head and path patching into a name
+    mover's query equal the bridge's."""
+    nn = cv.load_model("demo", backend="nnsight", device="cpu")
+    pairs = cv.PromptPairs(
+        [
+            "When John and Mary went to the store, John gave a drink to",
+            "After Tom and Anna met, Tom thanked",
+        ],
+        [
+            "When John and Mary went to the store, Mary gave a drink to",
+            "After Tom and Anna met, Anna thanked",
+        ],
+        [" Mary", " Anna"],
+        [" John", " Tom"],
+    )
+    assert tokenize(demo_model, pairs, pad=True).attention_mask is not None
+    ref = cv.circuit(demo_model, pairs, progress=False)
+    got = cv.circuit(nn, pairs)
+    assert close(got.scores, ref.scores) <= TOL * max(1.0, float(ref.scores.abs().max()))
+    want = ref.faithfulness_curve(demo_model, pairs, top_edges=[100], ablation="mean").metric
+    have = ref.faithfulness_curve(nn, pairs, top_edges=[100], ablation="mean").metric
+    assert close(have, want) <= TOL
+    dla = cv.logit_attribution(nn, pairs)
+    assert close(dla.values, cv.logit_attribution(demo_model, pairs).values) <= TOL
+    options = {"receivers": ["L25H6"], "progress": False}
+    path = cv.path_patch(nn, pairs, **options)
+    assert close(path.values, cv.path_patch(demo_model, pairs, **options).values) <= TOL
+    assert not nn.has_hooks() and not has_hooks(demo_model)
