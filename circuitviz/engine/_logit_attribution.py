@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import backends
+from . import _devices, backends
 from ._models import model_name
 from ._pairs import InputError, PromptPairs, Tokens
 from ._patching import axis_labels, axis_sizes, baselines
@@ -36,18 +36,13 @@ def final_norm(model: TransformerBridge) -> tuple[str, torch.Tensor | None, torc
     """The final norm's kind (``"LN"`` centres, ``"RMS"`` does not), weight and bias."""
     module = getattr(model.ln_final, "_original_component", model.ln_final)
     kind = "LN" if isinstance(module, torch.nn.LayerNorm) else "RMS"
-    weight = getattr(module, "weight", None)
-    bias = getattr(module, "bias", None)
-    return (
-        kind,
-        None if weight is None else weight.detach(),
-        None if bias is None else bias.detach(),
-    )
+    weight, bias = _devices.read(model, module, "weight", "bias")
+    return kind, weight, bias
 
 
 def _unembed_bias(model: TransformerBridge) -> torch.Tensor | None:
-    b_U = getattr(model, "b_U", None)
-    return None if b_U is None else b_U.detach()
+    (b_U,) = _devices.read(model, model.unembed, "b_U")
+    return b_U
 
 
 def check_decomposition(model: TransformerBridge, total: float, clean: float) -> None:
@@ -173,18 +168,23 @@ def logit_attribution(
     cfg = model.cfg
     with torch.inference_mode():
         kind, weight, norm_bias = final_norm(model)
-        W_U = model.W_U.detach()
-        direction = (W_U[:, tokens.answers] - W_U[:, tokens.wrong_answers]).T  # [batch, d_model]
-        scale = acts["ln_final.hook_scale"][:, -1]  # [batch, 1], frozen from the clean run
-        read = direction * (weight if weight is not None else 1) / scale
+        (W_U,) = _devices.read(model, model.unembed, "W_U")
+        # Everything meets on the unembedding's device (on several GPUs, the last one):
+        # direct_terms moves each part onto `read`'s device.
+        here = W_U.device
+        answers, wrong = tokens.answers.to(here), tokens.wrong_answers.to(here)
+        direction = (W_U[:, answers] - W_U[:, wrong]).T  # [batch, d_model]
+        scale = acts["ln_final.hook_scale"][:, -1].to(here)  # [batch, 1], from the clean run
+        read = direction * (weight.to(here) if weight is not None else 1) / scale
         embed = acts["hook_embed"][:, -1]
         if "hook_pos_embed" in acts:
-            embed = embed + acts["hook_pos_embed"][:, -1]
-        b_O = [getattr(model.blocks[layer].attn, "b_O", None) for layer in range(cfg.n_layers)]
+            embed = embed + acts["hook_pos_embed"][:, -1].to(embed.device)
+        b_O = [_devices.read(model, block.attn, "b_O")[0] for block in model.blocks]
         mlps = [acts[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(cfg.n_layers)]
         heads = []
         for layer in range(cfg.n_layers):
-            W_O = model.blocks[layer].attn.W_O.detach()  # [head, d_head, d_model]
+            # [head, d_head, d_model]
+            (W_O,) = _devices.read(model, model.blocks[layer].attn, "W_O")
             if by == "heads_by_pos":
                 pattern = acts[f"blocks.{layer}.attn.hook_pattern"][:, :, -1]  # [b, head, src]
                 v = acts[f"blocks.{layer}.attn.hook_v"]  # [b, src, kv_head, d_head]
@@ -193,12 +193,9 @@ def logit_attribution(
             else:
                 z = acts[f"blocks.{layer}.attn.hook_z"][:, -1]  # [b, head, d_head]
                 heads.append(torch.einsum("bhd,hdm->bhm", z, W_O))
-        parts = direct_terms(
-            embed, heads, mlps, [None if b is None else b.detach() for b in b_O], read, kind == "LN"
-        )
-        answers, wrong = tokens.answers, tokens.wrong_answers
+        parts = direct_terms(embed, heads, mlps, b_O, read, kind == "LN")
         parts["ln_final_bias"] = (
-            torch.zeros(()) if norm_bias is None else (direction @ norm_bias).mean()
+            torch.zeros(()) if norm_bias is None else (direction @ norm_bias.to(here)).mean()
         )
         b_U = _unembed_bias(model)
         parts["b_U"] = torch.zeros(()) if b_U is None else (b_U[answers] - b_U[wrong]).mean()

@@ -9,6 +9,7 @@ does; its last row is the model's output.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import _hooks, backends
+from . import _devices, _hooks, backends
 from ._models import model_name
 from ._pairs import InputError, single_token
 
@@ -86,15 +87,15 @@ class LogitLensResult:
         return save(self, path, **style)
 
 
-def _final_norm_module(model: TransformerBridge) -> torch.nn.Module:
-    # The wrapped torch module: calling it fires none of the bridge's hooks.
-    return getattr(model.ln_final, "_original_component", model.ln_final)
+def _final_norm_module(model: TransformerBridge) -> Callable[[torch.Tensor], torch.Tensor]:
+    # The wrapped torch module: calling it fires none of the bridge's hooks. Through
+    # _devices, so an offloaded or other-device norm works.
+    return _devices.calling(model, getattr(model.ln_final, "_original_component", model.ln_final))
 
 
-def _unembed(model: TransformerBridge, x: torch.Tensor) -> torch.Tensor:
-    b_U = getattr(model, "b_U", None)
-    logits = x @ model.W_U.detach()
-    return logits if b_U is None else logits + b_U.detach()
+def _unembed(W_U: torch.Tensor, b_U: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    logits = x.to(W_U.device) @ W_U
+    return logits if b_U is None else logits + b_U
 
 
 def _resid_names(n_layers: int) -> list[str]:
@@ -190,6 +191,7 @@ def logit_lens(
     with torch.inference_mode():
         output = _hooks.run(model, tokens, [(n, keep(n)) for n in names])[0].float()
         norm = _final_norm_module(model)
+        W_U, b_U = _devices.read(model, model.unembed, "W_U", "b_U")
         rows: dict[str, list[torch.Tensor]] = {
             "top_ids": [],
             "top_probs": [],
@@ -197,7 +199,7 @@ def logit_lens(
             "answer_rank": [],
         }
         for name in names:  # one row at a time: [pos, d_vocab] logits, never [rows, pos, vocab]
-            logits = _unembed(model, norm(store.pop(name))).float()
+            logits = _unembed(W_U, b_U, norm(store.pop(name))).float()
             probs = logits.softmax(-1)
             p, i = probs.topk(k, dim=-1)
             rows["top_ids"].append(i)
@@ -205,6 +207,7 @@ def logit_lens(
             if answer_id is not None:
                 rows["answer_prob"].append(probs[:, answer_id])
                 rows["answer_rank"].append((logits > logits[:, answer_id, None]).sum(-1))
-        check_readout(float((probs - output.softmax(-1)).abs().max()))
+        # On several devices the lens rows sit on W_U's, the output on the last block's.
+        check_readout(float((probs - output.to(probs.device).softmax(-1)).abs().max()))
     stacked = {key: torch.stack(v) for key, v in rows.items() if v}
     return lens_result(model, tokens, answer, answer_id, stacked)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from . import _devices
 from ._pairs import InputError
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ def load_model(
     backend: Literal["bridge", "nnsight"] = "bridge",
     remote: bool = False,
     device_map: str | dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> TransformerBridge | NNsightModel:
     """Load a model as a TransformerLens ``TransformerBridge`` (or through nnsight), in eval
     mode.
@@ -169,8 +171,11 @@ def load_model(
         backend: ``"bridge"`` (every analysis) or ``"nnsight"`` (``patch``, ``ablate``,
             ``attention``; see docs/backends.md). Needs ``pip install circuitviz[nnsight]``.
         remote: with ``backend="nnsight"``, run on NDIF (a hub name it serves; an API key).
-        device_map: with ``backend="nnsight"``, passed to ``from_pretrained`` (e.g.
-            ``"auto"`` to spread a large model over GPUs; untested here).
+        device_map: passed to Hugging Face's ``from_pretrained`` (accelerate places the
+            layers): ``"auto"`` spreads a large model over the GPUs (and, if it does not fit,
+            offloads the rest to CPU/disk); a dict maps module names to ``0``, ``"cuda:1"``,
+            ``"cpu"`` or ``"disk"``. Overrides ``device``. See docs/backends.md.
+        offload_folder: where ``device_map`` puts ``"disk"``-offloaded weights.
     """
     if backend not in ("bridge", "nnsight"):
         raise InputError(f"backend={backend!r}: use 'bridge' or 'nnsight'.")
@@ -182,14 +187,20 @@ def load_model(
         from .backends import wrap
 
         return wrap(name, remote=remote)
-    if backend == "bridge" and (remote or device_map is not None):
+    if backend == "bridge" and remote:
         raise InputError(
-            "remote= and device_map= need backend='nnsight': "
+            "remote= needs backend='nnsight': "
             "circuitviz.load_model(name, backend='nnsight', remote=True)."
         )
+    placement = _placement(device_map, offload_folder)
     if backend == "nnsight":
-        return _load_nnsight(name, device=device, dtype=dtype, remote=remote, device_map=device_map)
+        return _load_nnsight(name, device=device, dtype=dtype, remote=remote, placement=placement)
     if isinstance(name, TransformerBridge):
+        if placement:
+            raise InputError(
+                "device_map= places a model as it is loaded: pass its name or directory, "
+                "not a loaded bridge."
+            )
         return name
     if not isinstance(name, (str, os.PathLike)) or not str(name):
         raise InputError(
@@ -211,7 +222,7 @@ def load_model(
         source = hf_name = str(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except OSError as e:
         raise ModelNotFoundError(
             f"Could not find model {name!r} locally or on the Hugging Face hub ({e}).\n"
@@ -219,17 +230,29 @@ def load_model(
             "in Hugging Face format, or download it first with `huggingface-cli download NAME` "
             "on a machine with hub access."
         ) from e
-    # boot_transformers does not move a model it is handed, so place it first.
-    hf_model.to(device).eval()
+    # boot_transformers does not move a model it is handed, so place it first (accelerate
+    # already placed a device_map's layers; inputs go to its first layer's device).
+    if placement:
+        device = _devices.input_device(hf_model, device)
+    else:
+        hf_model.to(device)
+    hf_model.eval()
     # A local directory is booted under its own path, so TransformerLens reads its config offline.
     boot_name = str(source) if name == "demo" else hf_name
-    model = TransformerBridge.boot_transformers(
-        boot_name if Path(boot_name).exists() else hf_name,
-        hf_model=hf_model,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-    )
+    try:
+        model = TransformerBridge.boot_transformers(
+            boot_name if Path(boot_name).exists() else hf_name,
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
+        )
+    except ValueError as e:  # TransformerLens refuses some placements (e.g. split ties)
+        if not placement:
+            raise
+        raise InputError(
+            f"TransformerLens can't run this placement (device_map={device_map!r}): {e}"
+        ) from e
     model.eval()
     return model
 
@@ -240,7 +263,7 @@ def _load_nnsight(
     device: str | torch.device | None,
     dtype: torch.dtype | None,
     remote: bool,
-    device_map: str | dict | None,
+    placement: dict,
 ) -> NNsightModel:
     try:
         from .backends import _load
@@ -254,6 +277,11 @@ def _load_nnsight(
                 "remote=True runs a model NDIF serves, named by its hub id: "
                 "load_model('meta-llama/Llama-3.1-70B', backend='nnsight', remote=True)."
             )
+        if placement:
+            raise InputError(
+                "device_map= places a model as it is loaded: pass its name or directory, "
+                "not a loaded bridge."
+            )
         return _load.from_bridge(name)
     if not isinstance(name, (str, os.PathLike)) or not str(name):
         raise InputError(f"load_model expects a model name or a directory, got {name!r}.")
@@ -263,6 +291,8 @@ def _load_nnsight(
         )
     dtype = torch.float32 if dtype is None else dtype
     if remote:
+        if placement:
+            raise InputError("remote=True runs on NDIF, which places the model: drop device_map=.")
         if name == "demo" or Path(str(name)).exists():
             raise InputError(
                 f"remote=True needs a hub name NDIF serves, not {name!r} (a local model runs "
@@ -278,12 +308,35 @@ def _load_nnsight(
             repo_id=repo,
             device=check_device(device),
             dtype=dtype,
-            device_map=device_map,
+            placement=placement,
         )
     except OSError as e:
         raise ModelNotFoundError(
             f"Could not find model {name!r} locally or on the hub ({e})."
         ) from e
+
+
+def _placement(device_map: object, offload_folder: object) -> dict:
+    """``from_pretrained``'s placement options, checked: empty without ``device_map``."""
+    if device_map is None:
+        if offload_folder is not None:
+            raise InputError("offload_folder= goes with device_map= (e.g. device_map='auto').")
+        return {}
+    if not isinstance(device_map, (str, dict)) or not device_map:
+        raise InputError(
+            f"device_map={device_map!r}: use 'auto' (or 'balanced', 'sequential'), or a dict "
+            "of module names to devices such as {'model.layers.0': 0, 'lm_head': 'cpu'}."
+        )
+    if importlib.util.find_spec("accelerate") is None:
+        raise InputError("device_map= needs accelerate: pip install 'circuitviz[multigpu]'.")
+    out: dict = {"device_map": device_map}
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    elif isinstance(device_map, dict) and "disk" in device_map.values():
+        raise InputError(
+            "device_map offloads to 'disk': give offload_folder= (a directory to hold them)."
+        )
+    return out
 
 
 def model_name(model: TransformerBridge) -> str:

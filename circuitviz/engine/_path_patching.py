@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import _hooks, backends
+from . import _devices, _hooks, backends
 from ._components import Component, parse_head, parse_id
 from ._metrics import MetricFn
 from ._pairs import InputError, PromptPairs, Tokens
@@ -218,15 +218,17 @@ def sender_deltas(
             if s.kind == "head":
                 name = f"blocks.{s.layer}.attn.hook_z"
                 if s.layer not in W_O:
-                    W_O[s.layer] = model.blocks[s.layer].attn.W_O.detach()
+                    (W_O[s.layer],) = _devices.read(model, model.blocks[s.layer].attn, "W_O")
                 z = src[name][:, :, s.head] - base[name][:, :, s.head]
                 delta = z @ W_O[s.layer][s.head]
             else:
                 name = f"blocks.{s.layer}.hook_mlp_out"
                 delta = src[name] - base[name]
-            if out is None:
-                out = torch.zeros(len(senders), *delta.shape, dtype=delta.dtype)
-            out[i] += delta
+            if out is None:  # on the first sender's device: each layer may have its own
+                out = torch.zeros(
+                    len(senders), *delta.shape, dtype=delta.dtype, device=delta.device
+                )
+            out[i] += delta.to(out.device)
     assert out is not None
     return out
 
@@ -248,7 +250,7 @@ def _receiver_hooks(
     if receivers.input == "resid":
 
         def logits_input(x: torch.Tensor, hook: object) -> torch.Tensor:
-            grown = x[:b][None] + deltas.to(x.dtype)
+            grown = x[:b][None] + deltas.to(x.device, x.dtype)
             return torch.cat([x[:b], grown.flatten(0, 1)])
 
         return [(FINAL_RESID_HOOK, logits_input)]
@@ -280,7 +282,7 @@ def _receiver_hooks(
             if len(rows) == 0:
                 return x
             base = resid[layer]
-            normed = w.ln1((base[None] + deltas[rows].to(base.dtype)).flatten(0, 1))
+            normed = w.ln1((base[None] + deltas[rows].to(base.device, base.dtype)).flatten(0, 1))
             new = torch.einsum("rpm,nmd->rpnd", normed, W[idx])
             if bias is not None:
                 new = new + bias[idx]

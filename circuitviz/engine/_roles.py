@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from . import backends
+from . import _devices, backends
 from ._attention import _RoleScorer
 from ._badges import HEAD_ROLES
 from ._logit_attribution import logit_attribution
@@ -207,8 +207,8 @@ def _patterns(
     return per_prompt, acts
 
 
-def _final_norm(model: TransformerBridge) -> torch.nn.Module:
-    return getattr(model.ln_final, "_original_component", model.ln_final)
+def _final_norm(model: TransformerBridge) -> Callable[[torch.Tensor], torch.Tensor]:
+    return _devices.calling(model, getattr(model.ln_final, "_original_component", model.ln_final))
 
 
 def copy_scores(model: TransformerBridge, resid: torch.Tensor, answers: torch.Tensor):
@@ -216,24 +216,24 @@ def copy_scores(model: TransformerBridge, resid: torch.Tensor, answers: torch.Te
     whose ``answers[b]`` is in the top :data:`TOP_K` logits of ``±(ln1 → W_V W_O) → ln_final
     → W_U`` applied to ``resid [batch, d_model]``."""
     cfg = model.cfg
-    W_U = model.W_U.detach()
-    b_U = getattr(model, "b_U", None)
+    W_U, b_U = _devices.read(model, model.unembed, "W_U", "b_U")
     norm = _final_norm(model)
     copy = torch.zeros(cfg.n_layers, cfg.n_heads)
     negative = torch.zeros(cfg.n_layers, cfg.n_heads)
     for layer in range(cfg.n_layers):
         w = Weights.of(model, layer)
-        v = torch.einsum("bm,kmd->bkd", w.ln1(resid), w.W_V)
+        # On several devices each layer computes on its own, the logits on W_U's.
+        v = torch.einsum("bm,kmd->bkd", w.ln1(resid).to(w.W_V.device), w.W_V)
         if w.b_V is not None:
             v = v + w.b_V
         v = v.repeat_interleave(cfg.n_heads // v.shape[1], dim=1)  # GQA: each head's KV head
         out = torch.einsum("bhd,hdm->bhm", v, w.W_O)
         for sign, dest in ((1, copy), (-1, negative)):
-            logits = norm(sign * out) @ W_U
+            logits = norm(sign * out).to(W_U.device) @ W_U
             if b_U is not None:
-                logits = logits + b_U.detach()
+                logits = logits + b_U
             top = logits.topk(TOP_K, dim=-1).indices  # [batch, head, k]
-            hit = (top == answers[:, None, None]).any(-1).float()
+            hit = (top == answers.to(top.device)[:, None, None]).any(-1).float()
             dest[layer] = hit.mean(0).cpu()
     return copy, negative
 

@@ -61,7 +61,7 @@ def from_pretrained(
     repo_id: str,
     device: torch.device,
     dtype: torch.dtype,
-    device_map: Any = None,
+    placement: dict | None = None,
     remote: bool = False,
 ) -> NNsightModel:
     """A local HF directory or hub name through nnsight; with ``remote=True`` only the
@@ -74,10 +74,8 @@ def from_pretrained(
         return NNsightModel(lm, repo_id=repo_id, remote=True, model_name=repo_id)
     tokenizer = AutoTokenizer.from_pretrained(source)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "eager"}
-    if device_map is not None:  # untested here (no GPU): accelerate places the layers
-        kwargs["device_map"] = device_map
-    hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if device_map is None:
+    hf = AutoModelForCausalLM.from_pretrained(source, **kwargs, **(placement or {}))
+    if not placement:  # else accelerate placed the layers (device_map=)
         hf.to(device)
     hf.eval()
     return _wrap(hf, tokenizer, repo_id=repo_id, model_name=repo_id)

@@ -153,9 +153,11 @@ def direct_terms(
     [batch, d_model]`` is the unembedding direction times the norm's weight over its frozen
     scale; ``centre``: the final norm is a LayerNorm (centring is linear, so each part is
     centred on its own). Returns ``heads [layer, ..., head]``, ``mlp [layer]``, ``b_O
-    [layer]`` and ``embed`` (a 0-d tensor)."""
+    [layer]`` and ``embed`` (a 0-d tensor), all on ``read``'s device: on a model spread over
+    devices each part comes from its own layer's and they meet on the unembedding's."""
 
     def dla(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(read.device)
         if centre:
             x = x - x.mean(-1, keepdim=True)
         shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import _devices
 from .._hooks import hooks, module_hooks
 from ._sae import SAESet
 from ._splice import LatentEdit, site_hooks, splice_hook
@@ -61,6 +62,10 @@ def _plain_key(name: str) -> str:
 def _build_twin(model: TransformerBridge) -> Twin | None:
     hf = getattr(model, "original_model", None)
     if hf is None or not hasattr(hf, "config"):
+        return None
+    if _devices.is_dispatched(hf):
+        # accelerate's hooks (onloading weights, moving inputs between GPUs) sit on the
+        # bridged modules and would not be on the copy: use the bridge loop.
         return None
     # Every tensor of the bridged tree under its plain Hugging Face name (the bridge also lists
     # aliases such as "attn.q"; the plain model never asks for those).

@@ -19,12 +19,14 @@ An edge ``sender → receiver`` is valid when the sender runs before the receive
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import _devices
 from .._models import model_name
 
 
@@ -176,7 +178,7 @@ def model_info(model: TransformerBridge) -> dict:
 class Weights:
     """Per-layer weights the graph needs: ``W_Q [head, d_model, d_head]``, ``W_K``/``W_V``
     ``[kv_head, d_model, d_head]``, ``W_O [head, d_head, d_model]``, biases or None, and the
-    two layer norms as plain torch modules (calling them fires no hook)."""
+    first layer norm as a function (calling it fires no hook)."""
 
     W_Q: torch.Tensor
     W_K: torch.Tensor
@@ -185,27 +187,15 @@ class Weights:
     b_Q: torch.Tensor | None
     b_K: torch.Tensor | None
     b_V: torch.Tensor | None
-    ln1: torch.nn.Module
+    ln1: Callable[[torch.Tensor], torch.Tensor]
 
     @classmethod
     def of(cls, model: TransformerBridge, layer: int) -> Weights:
         block = model.blocks[layer]
-        attn = block.attn
-
-        def get(name):
-            value = getattr(attn, name, None)
-            return None if value is None else value.detach()
-
-        return cls(
-            get("W_Q"),
-            get("W_K"),
-            get("W_V"),
-            get("W_O"),
-            get("b_Q"),
-            get("b_K"),
-            get("b_V"),
-            getattr(block.ln1, "_original_component", block.ln1),
-        )
+        # Read through _devices: an offloaded layer's weights are on `meta` until onloaded.
+        names = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
+        ln1 = getattr(block.ln1, "_original_component", block.ln1)
+        return cls(*_devices.read(model, block.attn, *names), _devices.calling(model, ln1))
 
     def project(self, kind: str, x: torch.Tensor) -> torch.Tensor:
         """``x [batch, pos, n, d_model]`` (post-norm, one row per head of ``kind``) ->
