@@ -170,3 +170,20 @@ def test_steer(placed):
     assert (got.before, got.after) == (ref.before, ref.after) and got.values == ref.values
     assert abs(got.metric_after - ref.metric_after) <= TOL
     assert abs(got.metric_before - ref.metric_before) <= TOL
+
+
+def test_feature_circuit_and_logit_effects(placed, pairs):
+    from circuitviz.engine.features._supernodes import logit_effects
+    from tests._tiny_sae import tiny_saes
+
+    plain, model = placed
+    saes = tiny_saes(plain)
+    hook = saes.hooks[1]
+    assert (
+        diff(logit_effects(model, saes, hook, [0, 3]), logit_effects(plain, saes, hook, [0, 3]))
+        <= TOL
+    )
+    ref = cv.circuit(plain, pairs, saes=saes, progress=False)
+    got = cv.circuit(model, pairs, saes=saes, progress=False)
+    assert got.ids == ref.ids and (got.src == ref.src).all() and (got.dst == ref.dst).all()
+    assert diff(got.weight, ref.weight) <= TOL and diff(got.node_scores, ref.node_scores) <= TOL

@@ -107,6 +107,15 @@ def calling(model: Any, module: torch.nn.Module) -> Callable[[torch.Tensor], tor
     return call
 
 
+def compute_device(model: Any) -> torch.device:
+    """Where work outside the model (an SAE, say) runs: the first parameter not offloaded
+    (an offloaded one is on ``meta``), else the model's input device."""
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device(getattr(model.cfg, "device", None) or "cpu")
+
+
 def input_device(hf_model: torch.nn.Module, fallback: torch.device) -> torch.device:
     """Where a dispatched model's inputs go: its first placed module's device (an offloaded
     one computes on the CPU)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..engine import InputError
+from ..engine import InputError, _devices
 from ..engine._components import parse_id
 from ..engine._hooks import hooks
 from ..engine._pairs import tokenize
@@ -140,7 +140,8 @@ class FeatureNodes:
         if key not in self._cards:
             if len(self._cards) >= MAX_CARDS:
                 self._cards.clear()
-            W_U = self._model.W_U.detach().float()
+            (W_U,) = _devices.read(self._model, self._model.unembed, "W_U")
+            W_U = W_U.float()
             direction = sae.W_dec[comp.feature].float().to(W_U.device) @ W_U  # [d_vocab]
             up = direction.topk(CARD_TOKENS)
             down = (-direction).topk(CARD_TOKENS)

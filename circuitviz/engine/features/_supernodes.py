@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from .. import _devices
 from .._hooks import hooks
 from .._pairs import InputError, PromptPairs, tokenize
 from .._sites import FEATURE_ID, SITE_HOOKS
@@ -112,7 +113,8 @@ def check_supernodes(groups: Any, nodes: Any) -> list[dict[str, Any]]:
 def logit_effects(model: TransformerBridge, saes: SAESet, hook: str, index: Sequence[int]):
     """Each latent's direct logit effect ``W_dec[i] @ W_U`` ``[n, d_vocab]``."""
     W_dec = saes[hook].W_dec[list(index)].float()
-    return W_dec.to(model.W_U.device) @ model.W_U.float()
+    (W_U,) = _devices.read(model, model.unembed, "W_U")  # offloaded: read while onloaded
+    return W_dec.to(W_U.device) @ W_U.float()
 
 
 def _cosines(x: torch.Tensor) -> torch.Tensor:

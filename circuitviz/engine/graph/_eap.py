@@ -97,7 +97,8 @@ def sender_acts(
     acts = torch.zeros(len(layout.senders), batch, n_pos, d_model, device=tokens.device)
 
     def write(i: int, value: torch.Tensor) -> None:
-        acts[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float()
+        # On several GPUs each layer's sender arrives on its own device.
+        acts[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float().to(acts.device)
 
     hooks = [*sender_hooks(layout, weights, write), *extra]
     logits = final_logits(model, tokens, hooks, attention_mask=attention_mask)
@@ -162,7 +163,9 @@ def receiver_grads(
         for name in out_grads or ():
             out_grads[name] = grads["out:" + name].detach().float()
         batch, n_pos = tokens.shape
-        out = torch.empty(len(layout.receivers), batch, n_pos, int(model.cfg.d_model))
+        out = torch.empty(
+            len(layout.receivers), batch, n_pos, int(model.cfg.d_model), device=tokens.device
+        )
         for layer in range(layout.n_layers):
             w = weights[layer]
             # Per head: gradient on the post-norm input, [batch, pos, n, d_model].
@@ -176,9 +179,9 @@ def receiver_grads(
             )
             x = resid[layer][:, :, None].expand_as(post).clone().requires_grad_(True)
             (pre,) = torch.autograd.grad(w.ln1(x), x, post)
-            out[layout.receiver_slice(layer, "attn")] = pre.permute(2, 0, 1, 3).float()
-            out[layout.receiver_slice(layer, "mlp")] = grads[f"mlp{layer}"][None].float()
-        out[layout.logits_receiver] = grads["logits"].float()
+            out[layout.receiver_slice(layer, "attn")] = pre.permute(2, 0, 1, 3).float().to(out)
+            out[layout.receiver_slice(layer, "mlp")] = grads[f"mlp{layer}"][None].float().to(out)
+        out[layout.logits_receiver] = grads["logits"].float().to(out)
     return out.detach()
 
 
@@ -224,7 +227,7 @@ def eap_scores(
     clean = torch.zeros_like(corr)
 
     def write(i: int, value: torch.Tensor) -> None:
-        clean[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float()
+        clean[i : i + value.shape[2]] = value.detach().permute(2, 0, 1, 3).float().to(clean)
 
     bound: list[Metric] = []
 

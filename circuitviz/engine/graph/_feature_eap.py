@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import _devices
 from .._sites import error_id, feature_id
 from ..features._sae import SAESet
 from ..features._splice import site_hooks
@@ -63,12 +64,14 @@ class SpliceSites:
     ln2's output, also each active latent's receiver gradient before ln2)."""
 
     def __init__(self, saes: SAESet, model) -> None:
-        device = next(model.parameters()).device
+        device = _devices.compute_device(model)  # an offloaded parameter is on `meta`
         self.saes = saes
         self.sae = {h: s.to(device, torch.float32) for h, s in saes.items()}
         self.sites: list[Site] = sites_of(saes)
         self.grad_hooks = list(dict.fromkeys(h for s in self.sites for h in s.grad_hooks))
         self.ln2 = {s.hook: ln2_module(model, s.layer) for s in self.sites if s.post_norm}
+        # Called through _devices: an offloaded ln2's weight is read in for the call.
+        self.ln2_call = {h: _devices.calling(model, m) for h, m in self.ln2.items()}
         self.latents: dict[str, dict[str, torch.Tensor]] = {}
         self.errors: dict[str, dict[str, torch.Tensor]] = {}
         self.resid_mid: dict[str, torch.Tensor] = {}  # post-norm transcoders: ln2's input
@@ -138,7 +141,7 @@ class SpliceSites:
             post = g_pre[:, p, feats].T[:, :, None] * sae.W_enc[:, feats].T[:, None]
             x = x_all[:, p][None].expand_as(post).clone().requires_grad_(True)
             with torch.enable_grad():
-                y = ln2(x.to(next(ln2.parameters()).dtype))
+                y = self.ln2_call[site.hook](x.to(next(ln2.parameters()).dtype))
                 (pre,) = torch.autograd.grad(y, x, post.to(y.dtype))
             out.append(pre.detach().float())
         return out
