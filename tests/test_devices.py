@@ -187,3 +187,39 @@ def test_feature_circuit_and_logit_effects(placed, pairs):
     got = cv.circuit(model, pairs, saes=saes, progress=False)
     assert got.ids == ref.ids and (got.src == ref.src).all() and (got.dst == ref.dst).all()
     assert diff(got.weight, ref.weight) <= TOL and diff(got.node_scores, ref.node_scores) <= TOL
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_nnsight_with_an_offloading_device_map(kind, pairs, tmp_path):
+    """nnsight over a ``device_map`` with offloaded blocks: the ported analyses (EAP reads
+    ``o_proj``'s weight inside the trace, from the offload store) equal plain nnsight's."""
+    pytest.importorskip("nnsight")
+    path = save_tiny(kind, tmp_path / "model")
+    plain = cv.load_model(path, backend="nnsight", device="cpu")
+    model = cv.load_model(
+        path, backend="nnsight", device_map=DEVICE_MAPS[kind], offload_folder=tmp_path / "off"
+    )
+    assert "disk" in model.lm._module.hf_device_map.values()
+    for over in ("heads", "mlp_out"):
+        ref = cv.patch(plain, pairs, over=over, progress=False)
+        assert diff(cv.patch(model, pairs, over=over, progress=False).values, ref.values) <= TOL
+    ref, got = (cv.ablate(m, pairs, heads=["L1H0"], mode="mean") for m in (plain, model))
+    assert abs(got.ablated - ref.ablated) <= TOL
+    ref, got = (cv.attention(m, "t1 t2 t3 t1 t2") for m in (plain, model))
+    assert max(diff(a, b) for a, b in zip(got.patterns, ref.patterns, strict=True)) <= TOL
+    ref, got = (cv.circuit(m, pairs, method="eap", progress=False) for m in (plain, model))
+    assert diff(got.scores, ref.scores) <= TOL
+
+
+def test_bad_placements_are_refused(tmp_path):
+    path = save_tiny("llama", tmp_path / "model")
+    with pytest.raises(cv.InputError, match="offload_folder"):
+        cv.load_model(path, device_map={"": "disk"})
+    with pytest.raises(cv.InputError, match="device_map"):
+        cv.load_model(path, device_map=3)
+    with pytest.raises(cv.InputError, match="goes with device_map"):
+        cv.load_model(path, offload_folder=tmp_path)
+    with pytest.raises(cv.InputError, match="loaded bridge"):
+        cv.load_model(cv.tiny_model("llama"), device_map="auto")
+    with pytest.raises(cv.InputError, match="drop device_map"):
+        cv.load_model("org/model", backend="nnsight", remote=True, device_map="auto")

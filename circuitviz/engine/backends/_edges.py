@@ -163,7 +163,9 @@ def nnsight_circuits(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict
             out = outs[kind] if arch == "gpt2" else getattr(attn, f"{kind}_proj").output
             out[...] = value.reshape(out.shape).to(out.dtype)
         proj = attn.o_proj if arch == "llama" else attn.c_proj
-        edges.write(head_sender, _program._head_out(proj.input, proj.weight, arch, n_heads))
+        edges.write(
+            head_sender, _program._head_out(proj.input, _program._weight(proj), arch, n_heads)
+        )
         c = edges.correction(mlp_sender, slice(*rs[3]))
         if c is not None:  # a new tensor: the residual stream itself stays as it is
             x = ln2.input

@@ -287,6 +287,28 @@ def _parts(lm, arch: str, layer: int):
     return block, block.attn, block.ln_1, block.ln_2
 
 
+def param(module, name: str = "weight") -> torch.Tensor | None:
+    """``module``'s parameter ``name`` (None if it has none). One that accelerate offloaded
+    (``device_map`` with CPU/disk offload: ``meta`` outside its module's forward) is read
+    from the offload store of its hook."""
+    value = getattr(module, name, None)
+    if value is None or value.device.type != "meta":
+        return value
+    hook = getattr(module, "_module", module).__dict__.get("_hf_hook")
+    for h in getattr(hook, "hooks", None) or [hook]:
+        store = getattr(h, "weights_map", None)
+        if store is not None and name in store:
+            return store[name].to(h.execution_device)
+    raise RuntimeError(f"A parameter {name!r} is on the meta device and has no offload store.")
+
+
+def _weight(proj) -> torch.Tensor:
+    """A projection's weight, read from its offload store if accelerate offloaded it."""
+    weight = param(proj)
+    assert weight is not None
+    return weight
+
+
 def _head_out(z: torch.Tensor, weight: torch.Tensor, arch: str, n_heads: int) -> torch.Tensor:
     """Each head's write into the residual stream, ``z_h · W_O[h]`` (no bias):
     ``z [b, p, h * d_head]`` → ``[b, p, h, d_model]``."""
@@ -314,29 +336,31 @@ def apply_norm(ln, x: torch.Tensor, arch: str, eps: float) -> torch.Tensor:
     for Llama-style models, LayerNorm for GPT-2); from its weights, so no module is called a
     second time inside the trace."""
     if arch == "gpt2":
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], ln.weight, ln.bias, eps)
+        return torch.nn.functional.layer_norm(
+            x, x.shape[-1:], param(ln, "weight"), param(ln, "bias"), eps
+        )
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return ln.weight * h.to(x.dtype)
+    return param(ln, "weight") * h.to(x.dtype)
 
 
 def head_weight(attn, arch: str, kind: str, n: int) -> torch.Tensor:
     """The q, k or v projection's weight per head, ``[n, d_head, d_model]``."""
     if arch == "gpt2":  # Conv1D: weight [d_model, 3·d], q | k | v
-        w = attn.c_attn.weight
+        w = _weight(attn.c_attn)
         d, i = w.shape[1] // 3, ("q", "k", "v").index(kind)
         return w[:, i * d : (i + 1) * d].reshape(w.shape[0], n, -1).permute(1, 2, 0)
-    w = getattr(attn, f"{kind}_proj").weight  # Linear: [n·d_head, d_model]
+    w = _weight(getattr(attn, f"{kind}_proj"))  # Linear: [n·d_head, d_model]
     return w.reshape(n, -1, w.shape[-1])
 
 
 def head_bias(attn, arch: str, kind: str, n: int) -> torch.Tensor | None:
     """The q, k or v projection's bias per head, ``[n, d_head]``, or None."""
     if arch == "gpt2":
-        b = attn.c_attn.bias
+        b = param(attn.c_attn, "bias")
         d, i = b.shape[0] // 3, ("q", "k", "v").index(kind)
         return b[i * d : (i + 1) * d].reshape(n, -1)
-    b = getattr(attn, f"{kind}_proj").bias
+    b = param(getattr(attn, f"{kind}_proj"), "bias")
     return None if b is None else b.reshape(n, -1)
 
 
@@ -348,8 +372,10 @@ def nnsight_senders(lm, arch: str, shape: dict) -> torch.Tensor:
     for layer in range(shape["n_layers"]):
         block, attn, _, _ = _parts(lm, arch, layer)
         proj = attn.o_proj if arch == "llama" else attn.c_proj
-        out.append(_head_out(proj.input, proj.weight, arch, shape["n_heads"]))
+        out.append(_head_out(proj.input, _weight(proj), arch, shape["n_heads"]))
         out.append(block.mlp.output[:, :, None])
+    # Over several GPUs each layer's senders are on its own device: meet on the first's.
+    out = [t.to(out[0].device) for t in out]
     return torch.cat(out, 2).permute(2, 0, 1, 3).detach().float()
 
 
@@ -382,7 +408,7 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
             qkv = [attn.c_attn.output]
         if not step:
             proj = attn.o_proj if arch == "llama" else attn.c_proj
-            senders.append(_head_out(proj.input, proj.weight, arch, h))
+            senders.append(_head_out(proj.input, _weight(proj), arch, h))
         mid, mlp_in = ln2.input, block.mlp.input
         if not step:
             senders.append(block.mlp.output[:, :, None])
@@ -418,9 +444,13 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
         receivers.append(pre)
     (pre,) = torch.autograd.grad(final_out, final_in, grads.pop(0), retain_graph=True)
     receivers.append(pre)
-    grad = torch.stack(receivers).float().detach()  # [receiver, batch, pos, d_model]
+    # Over several GPUs each layer's receivers and senders are on its own device: they meet
+    # on the corrupted senders' (nnsight_senders').
+    here = saved[("senders",)].device
+    grad = torch.stack([r.to(here) for r in receivers]).float().detach()  # [recv, b, pos, d]
     if not step:
-        saved[("clean",)] = torch.cat(senders, 2).permute(2, 0, 1, 3).detach().float()
+        clean = torch.cat([t.to(here) for t in senders], 2)
+        saved[("clean",)] = clean.permute(2, 0, 1, 3).detach().float()
     # EAP-IG: the receiver gradients summed over the steps, kept here until the last one.
     grad = grad if ("grads",) not in saved else saved.pop(("grads",)) + grad
     if spec.get("steps_left", 0):
