@@ -35,7 +35,7 @@ import traitlets as t
 from ..engine import METRICS, MODES, AblationResult, InputError, PromptPairs, ablate
 from ..engine._components import COMPONENT_ID, parse_id, parse_ids
 from ..engine.backends import JobCancelled, remote_jobs
-from ._jobs import JOB_KEYS, JOB_STATES, RemoteClicks, kernel_post
+from ._jobs import FIRST_REQUEST, JOB_KEYS, JOB_STATES, RemoteClicks, kernel_post
 
 STATIC = Path(__file__).parent.parent / "static"
 COMPONENT = COMPONENT_ID  # the engine's grammar: "L3H5", "MLP7", optionally ":P4"
@@ -363,6 +363,11 @@ class AblationView(View):
         self.ablate([])
 
     def _restore_ablation(self, components: Any) -> None:
+        if self.can_ablate and self._clicks is not None:
+            # Remote: checked now, run as the view's first job, off the calling cell.
+            comps = self.validate(components, self.mode, self.metric)
+            self._clicks.submit(FIRST_REQUEST, comps, self.mode, self.metric)
+            return
         if self.can_ablate:  # checked against the model, as a click would be
             self.ablate(components)
             return
@@ -381,11 +386,16 @@ class AblationView(View):
 
     def _baseline(self) -> None:
         """Fill clean/corrupted metrics and top tokens before the first click (warms the
-        engine's cache, so the first click costs one forward pass)."""
+        engine's cache, so the first click costs one forward pass). On a remote model this
+        is the view's first job (request ``FIRST_REQUEST``), run like a click: the view
+        appears at once and shows the job's state, with Cancel."""
         if not self.can_ablate:
             return
         try:
-            self.ablate(list(self.ablated))
+            if self._clicks is None:
+                self.ablate(list(self.ablated))
+            elif self.job.get("request") != FIRST_REQUEST:  # not yet sent by a restored state
+                self._clicks.submit(FIRST_REQUEST, list(self.ablated), self.mode, self.metric)
         except Exception as err:
             self.error = str(err)
 

@@ -8,6 +8,8 @@ read once the job was over. Here the job runs in one worker thread per view; its
 back to the kernel's main thread (its IO loop) before any trait changes, so traits are only
 ever written from one thread. A newer click supersedes the job in flight (it is cancelled);
 the cancel message stops waiting for it. Only the newest request's result reaches the view.
+The view's first job (its baselines, when it is built) runs the same way, as request
+``FIRST_REQUEST``, so the cell that builds the view returns at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from ..engine import ablate
 if TYPE_CHECKING:
     from ._base import AblationView
 
-#: The states a view's ``job`` trait may hold ("" before the first click).
+#: The request tag of a view's own first job (its baselines): the page numbers its clicks
+#: from 1, and waits for this one until its first click.
+FIRST_REQUEST = 0
+#: The states a view's ``job`` trait may hold ("" before the first job).
 JOB_STATES = ("", "submitted", "queued", "running", "done", "error", "cancelled")
 JOB_KEYS = frozenset({"state", "detail", "request", "seconds", "remote"})
 

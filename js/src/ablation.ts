@@ -11,6 +11,9 @@ import type { AnyModel, AblationTraits, AblationResultDict, JobInfo, TopTokens }
 
 /** Job states during which a remote click can be cancelled. */
 const LIVE = ["submitted", "queued", "running"];
+/** The request tag of the view's own first job (its baselines, views/_jobs.py
+ * FIRST_REQUEST): clicks are numbered from 1, and until the first click the page waits for it. */
+export const FIRST_REQUEST = 0;
 
 export const MODES = ["zero", "mean", "resample"];
 /** Mirrors engine/_cells.py FLOAT32_NOISE: changes this small (relative to the metric's
@@ -145,16 +148,36 @@ export class AblationPanel {
       const job: JobInfo = this.model.get("job") ?? {};
       if (job.remote && LIVE.includes(job.state ?? "")) clearTimeout(this.watchdog);
       else if (this.pending) this.arm();
+      this.showFirstJob();
       this.showJob();
     });
+    this.showFirstJob();
     this.showJob();
     this.update();
+  }
+
+  /** Before the first click, the view's own first job (a remote model's baselines, run
+   * while the view is already shown): busy while it is live, its time once done. */
+  private showFirstJob(): void {
+    const job: JobInfo = this.model.get("job") ?? {};
+    if (this.request !== FIRST_REQUEST || job.request !== FIRST_REQUEST || !job.remote) return;
+    this.setBusy(LIVE.includes(job.state ?? ""));
+    if (job.state === "done" && typeof job.seconds === "number") {
+      this.latency.dataset.ms = String(Math.round(job.seconds * 1000));
+      setText(this.latency, `first result in ${fmt(job.seconds, 3)} s`);
+    }
+  }
+
+  /** The page waits for its newest click, or before any click for the view's first job. */
+  private waitingFor(): number | null {
+    if (this.pending !== null) return this.request;
+    return this.request === FIRST_REQUEST ? FIRST_REQUEST : null;
   }
 
   /** The click's job: "NDIF job: running (3.2 s)" with Cancel while it can be cancelled. */
   private showJob(): void {
     const job: JobInfo = this.model.get("job") ?? {};
-    const { text, cancellable } = describeJob(job, this.pending !== null ? this.request : null);
+    const { text, cancellable } = describeJob(job, this.waitingFor());
     this.job.dataset.state = job.state ?? "";
     this.cancel.hidden = !cancellable;
     if (!cancellable) this.cancel.disabled = false;
