@@ -49,8 +49,10 @@ def check_gap(clean: float, corrupted: float, what: str) -> float:
 
 
 def logit_diff(logits: torch.Tensor, answers: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, answers] - logits[rows, wrong]
+    # Over several GPUs the logits come from the last one, the answer ids from the first.
+    here = logits.device
+    rows = torch.arange(logits.shape[0], device=here)
+    return logits[rows, answers.to(here)] - logits[rows, wrong.to(here)]
 
 
 @dataclass(eq=False)
@@ -129,14 +131,17 @@ def bind_metric(
     if metric == "answer_prob":
         return Metric(
             metric,
-            lambda lg: lg.float().softmax(-1)[torch.arange(lg.shape[0], device=lg.device), a],
+            lambda lg: lg.float().softmax(-1)[
+                torch.arange(lg.shape[0], device=lg.device), a.to(lg.device)
+            ],
         )
     if metric == "kl":
         clean_logp = clean_logits.float().log_softmax(-1)
 
         def kl(lg: torch.Tensor) -> torch.Tensor:
             logp = lg.float().log_softmax(-1)
-            return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+            ref = clean_logp.to(logp.device)
+            return (ref.exp() * (ref - logp)).sum(-1)
 
         return Metric(metric, kl)
     raise AssertionError(metric)  # pragma: no cover - check_metric is closed
