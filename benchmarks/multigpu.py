@@ -109,15 +109,23 @@ def analyses(model, pairs, saes: SAESet, prompt: str) -> dict[str, Callable]:
 NNSIGHT_ANALYSES = ("patch heads", "patch resid_pre", "ablate", "attention", "eap")
 
 
+def sync() -> None:
+    for i in range(torch.cuda.device_count()):
+        torch.cuda.synchronize(i)
+
+
 def run(name: str, fn: Callable, ref_model, model, tol: float) -> dict:
+    sync()
     start = time.perf_counter()
     ref = fn(ref_model)
+    sync()
     ref_s = time.perf_counter() - start
     start = time.perf_counter()
     try:
         got = fn(model)
     except Exception as e:  # reported, and the run fails
         return {"analysis": name, "ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+    sync()
     got_s = time.perf_counter() - start
     a, b = torch.as_tensor(got).float().cpu(), torch.as_tensor(ref).float().cpu()
     diff = float((a - b).abs().max()) if a.shape == b.shape and a.numel() else float("nan")
