@@ -173,6 +173,7 @@ def test_steer(placed):
 
 
 def test_feature_circuit_and_logit_effects(placed, pairs):
+    from circuitviz.engine.features._stats import logit_effects_of, top_promoted
     from circuitviz.engine.features._supernodes import logit_effects
     from tests._tiny_sae import tiny_saes
 
@@ -183,23 +184,48 @@ def test_feature_circuit_and_logit_effects(placed, pairs):
         diff(logit_effects(model, saes, hook, [0, 3]), logit_effects(plain, saes, hook, [0, 3]))
         <= TOL
     )
+    sae = saes[hook]
+    assert diff(logit_effects_of(model, sae, 3), logit_effects_of(plain, sae, 3)) <= TOL
+    assert (top_promoted(model, sae, k=5) == top_promoted(plain, sae, k=5)).all()
     ref = cv.circuit(plain, pairs, saes=saes, progress=False)
     got = cv.circuit(model, pairs, saes=saes, progress=False)
     assert got.ids == ref.ids and (got.src == ref.src).all() and (got.dst == ref.dst).all()
     assert diff(got.weight, ref.weight) <= TOL and diff(got.node_scores, ref.node_scores) <= TOL
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_nnsight_with_an_offloading_device_map(kind, pairs, tmp_path):
-    """nnsight over a ``device_map`` with offloaded blocks: the ported analyses (EAP reads
-    ``o_proj``'s weight inside the trace, from the offload store) equal plain nnsight's."""
+def test_feature_circuit_with_a_post_norm_transcoder(placed, pairs):
+    """A transcoder reading ln2's output: its receiver gradients go back through ln2, called
+    on an offloaded block's weights."""
+    from tests._tiny_sae import tiny_site_saes
+
+    plain, model = placed
+    saes = tiny_site_saes(plain, [], [("blocks.0.ln2.hook_out", "blocks.0.hook_mlp_out")])
+    ref = cv.circuit(plain, pairs, saes=saes, progress=False)
+    got = cv.circuit(model, pairs, saes=saes, progress=False)
+    assert got.ids == ref.ids and (got.src == ref.src).all() and (got.dst == ref.dst).all()
+    assert diff(got.weight, ref.weight) <= TOL and diff(got.node_scores, ref.node_scores) <= TOL
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def nnsight_placed(request, tmp_path_factory):
+    """(plain nnsight model, the same weights over a disk-offloading ``device_map``)."""
     pytest.importorskip("nnsight")
-    path = save_tiny(kind, tmp_path / "model")
+    kind = request.param
+    root = tmp_path_factory.mktemp(f"nnsight-{kind}")
+    path = save_tiny(kind, root / "model")
     plain = cv.load_model(path, backend="nnsight", device="cpu")
     model = cv.load_model(
-        path, backend="nnsight", device_map=DEVICE_MAPS[kind], offload_folder=tmp_path / "off"
+        path, backend="nnsight", device_map=DEVICE_MAPS[kind], offload_folder=root / "off"
     )
     assert "disk" in model.lm._module.hf_device_map.values()
+    return plain, model
+
+
+def test_nnsight_with_an_offloading_device_map(nnsight_placed, pairs):
+    """nnsight over a ``device_map`` with offloaded blocks: the ported analyses (EAP reads
+    ``o_proj``'s and the q/k/v weights inside the trace, from the offload store) equal plain
+    nnsight's."""
+    plain, model = nnsight_placed
     for over in ("heads", "mlp_out"):
         ref = cv.patch(plain, pairs, over=over, progress=False)
         assert diff(cv.patch(model, pairs, over=over, progress=False).values, ref.values) <= TOL
@@ -207,8 +233,50 @@ def test_nnsight_with_an_offloading_device_map(kind, pairs, tmp_path):
     assert abs(got.ablated - ref.ablated) <= TOL
     ref, got = (cv.attention(m, "t1 t2 t3 t1 t2") for m in (plain, model))
     assert max(diff(a, b) for a, b in zip(got.patterns, ref.patterns, strict=True)) <= TOL
-    ref, got = (cv.circuit(m, pairs, method="eap", progress=False) for m in (plain, model))
-    assert diff(got.scores, ref.scores) <= TOL
+    for method in ("eap", "eap-ig"):
+        ref, got = (cv.circuit(m, pairs, method=method, progress=False) for m in (plain, model))
+        assert diff(got.scores, ref.scores) <= TOL
+
+
+def test_nnsight_toolkit_with_an_offloading_device_map(nnsight_placed, pairs):
+    """The toolkit programs read the final norm, ``lm_head``, ``o_proj`` and q/k/v weights
+    inside the trace: offloaded ones come from the offload store (read directly they are
+    ``meta``, and path patching silently lost a layer's senders)."""
+    plain, model = nnsight_placed
+    for by in ("heads", "layers", "heads_by_pos"):
+        ref, got = (cv.logit_attribution(m, pairs, by=by) for m in (plain, model))
+        assert diff(got.values, ref.values) <= TOL
+        for name, value in ref.extra["bias_terms"].items():
+            assert abs(got.extra["bias_terms"][name] - value) <= TOL
+    ref, got = (cv.logit_lens(m, "t1 t2 t3 t1 t2", answer=" t3") for m in (plain, model))
+    assert diff(got.top_probs, ref.top_probs) <= TOL and got.top_tokens == ref.top_tokens
+    assert diff(got.answer_prob, ref.answer_prob) <= TOL
+    for receivers, receiver_input in (("logits", "resid"), (["L1H0", "L1H2"], "q")):
+        ref, got = (
+            cv.path_patch(
+                m, pairs, receivers=receivers, receiver_input=receiver_input, progress=False
+            )
+            for m in (plain, model)
+        )
+        assert diff(got.values, ref.values) <= TOL
+    ref, got = (cv.head_roles(m, pairs, progress=False) for m in (plain, model))
+    assert got.roles == ref.roles and ref.scores.keys() == got.scores.keys()
+    for name, value in ref.scores.items():
+        assert diff(got.scores[name].nan_to_num(7.0), value.nan_to_num(7.0)) <= TOL
+
+
+def test_nnsight_logit_effects_with_an_offloading_device_map(nnsight_placed, request):
+    """SAE latents' logit effects read ``lm_head`` and the final norm off the weights (no
+    forward pass): offloaded ones from the offload store."""
+    from circuitviz.engine.backends._features import unembedded
+    from tests._tiny_sae import tiny_saes
+
+    plain, model = nnsight_placed
+    kind = request.node.callspec.params["nnsight_placed"]
+    sae = tiny_saes(cv.tiny_model(kind))[1]  # the weights save_tiny saved
+    ref, got = (unembedded(m, sae, [0, 3, 5], 5) for m in (plain, model))
+    assert all((got[k] == ref[k]).all() for k in ("up_i", "down_i"))
+    assert diff(got["up_v"], ref["up_v"]) <= TOL and diff(got["down_v"], ref["down_v"]) <= TOL
 
 
 def test_bad_placements_are_refused(tmp_path):

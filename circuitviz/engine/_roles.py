@@ -201,8 +201,10 @@ def _patterns(
 ):
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
     _, acts = cache_acts(model, tokens, [*names, *extra], mask)
+    # Over several GPUs each layer's pattern is on its own device: they meet on the tokens'.
     per_prompt = [
-        {layer: acts[name][b] for layer, name in enumerate(names)} for b in range(tokens.shape[0])
+        {layer: acts[name][b].to(tokens.device) for layer, name in enumerate(names)}
+        for b in range(tokens.shape[0])
     ]
     return per_prompt, acts
 

@@ -1,7 +1,7 @@
 """SAE splices inside an nnsight trace: the torch code a feature request runs on any backend
 that runs nnsight (this process, or NDIF).
 
-Like :mod:`._program` this module imports nothing but torch, because for a remote request it
+Like :mod:`._program` this module imports nothing but torch (and :mod:`._program`), because for a remote request it
 is shipped by value with the trace (NDIF does not have circuitviz).
 
 A *splice* reads one SAE hook of a run (``("resid_pre" | "resid_post", layer)``) and may
@@ -17,6 +17,8 @@ that payload on the client.
 from __future__ import annotations
 
 import torch
+
+from . import _program
 
 SPLICE_SITES = ("resid_pre", "resid_post")
 
@@ -127,10 +129,12 @@ def unembed(lm, arch: str, spec: dict) -> dict:
     ``c`` centring for GPT-2's LayerNorm — and only each row's ``k`` largest and smallest
     come back (``[n, k]`` ids and values), not ``[n, d_vocab]``."""
     norm = lm.model.norm if arch == "llama" else lm.transformer.ln_f
-    W_U = lm.lm_head.weight
+    # Offloaded (device_map with CPU or disk) weights are read from their offload store.
+    W_U = _program.param(lm.lm_head)
     d = spec["dirs"].to(W_U.device, torch.float32)
     if arch == "gpt2":
         d = d - d.mean(dim=-1, keepdim=True)
-    effect = (d * norm.weight.detach().float()) @ W_U.detach().float().T
+    weight = _program.param(norm).detach().float().to(W_U.device)
+    effect = (d * weight) @ W_U.detach().float().T
     up, down = effect.topk(spec["k"], dim=-1), (-effect).topk(spec["k"], dim=-1)
     return {"up_i": up.indices, "up_v": up.values, "down_i": down.indices, "down_v": -down.values}

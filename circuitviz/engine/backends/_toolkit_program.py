@@ -33,18 +33,37 @@ def _ln1(lm, arch: str, layer: int):
     return block.input_layernorm if arch == "llama" else block.ln_1
 
 
+def param(module, name: str = "weight") -> torch.Tensor | None:
+    """``module``'s parameter ``name`` (None if it has none). Under accelerate offload
+    (``device_map`` with CPU or disk) it is on ``meta`` outside its module's forward: then it
+    is read from the offload store of the module's hook, on its execution device. (The same
+    as ``_program.param``: this module ships to NDIF on its own, importing nothing.)"""
+    value = getattr(module, name, None)
+    if value is None or value.device.type != "meta":
+        return value
+    hook = getattr(module, "_module", module).__dict__.get("_hf_hook")
+    for h in getattr(hook, "hooks", None) or [hook]:
+        store = getattr(h, "weights_map", None)
+        if store is not None and name in store:
+            return store[name].to(h.execution_device)
+    raise RuntimeError(f"A parameter {name!r} is on the meta device and has no offload store.")
+
+
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], n, x.shape[-1] // n)
 
 
 def norm(x: torch.Tensor, module, arch: str, eps: float) -> torch.Tensor:
     """``module``'s output for ``x``, computed as HF does: RMSNorm (in float32, then the
-    input's dtype, times the weight) for Llama-style models, LayerNorm for GPT-2."""
+    input's dtype, times the weight) for Llama-style models, LayerNorm for GPT-2. On the
+    norm's device (over several GPUs ``x`` may come from another layer's)."""
+    weight = param(module, "weight")
+    x = x.to(weight.device)
     if arch == "llama":
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-        return module.weight * h.to(x.dtype)
-    return torch.nn.functional.layer_norm(x, x.shape[-1:], module.weight, module.bias, eps)
+        return weight * h.to(x.dtype)
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, param(module, "bias"), eps)
 
 
 def final_scale(x: torch.Tensor, centre: bool, eps: float) -> torch.Tensor:
@@ -59,8 +78,9 @@ def final_scale(x: torch.Tensor, centre: bool, eps: float) -> torch.Tensor:
 
 def unembed(lm, x: torch.Tensor) -> torch.Tensor:
     head = lm.lm_head
-    logits = x @ head.weight.T
-    bias = getattr(head, "bias", None)
+    weight = param(head)
+    logits = x.to(weight.device) @ weight.T
+    bias = param(head, "bias")
     return logits if bias is None else logits + bias
 
 
@@ -69,14 +89,14 @@ def _w_o(lm, arch: str, layer: int, n_heads: int) -> torch.Tensor:
     ``[out, in]``, GPT-2's Conv1D ``[in, out]``)."""
     attn = _block(lm, arch, layer)
     proj = attn.self_attn.o_proj if arch == "llama" else attn.attn.c_proj
-    w = proj.weight.T if arch == "llama" else proj.weight
+    w = param(proj).T if arch == "llama" else param(proj)
     return w.reshape(n_heads, w.shape[0] // n_heads, w.shape[1])
 
 
 def _b_o(lm, arch: str, layer: int):
     attn = _block(lm, arch, layer)
     proj = attn.self_attn.o_proj if arch == "llama" else attn.attn.c_proj
-    return getattr(proj, "bias", None)
+    return param(proj, "bias")
 
 
 # ----------------------------------------------------------------------------- logit lens
@@ -209,18 +229,17 @@ def dla(lm, arch: str, shape: dict, run: dict) -> dict:
     final_in = module.input[:, -1]
     centre = arch == "gpt2"
     scale = final_scale(final_in, centre, spec["eps"])
-    W_U = lm.lm_head.weight  # [vocab, d_model]
-    direction = W_U[spec["answers"]] - W_U[spec["wrong"]]  # [batch, d_model]
-    read = direction * module.weight / scale
+    W_U = param(lm.lm_head)  # [vocab, d_model]; everything meets on its device
+    answers, wrong = spec["answers"].to(W_U.device), spec["wrong"].to(W_U.device)
+    direction = W_U[answers] - W_U[wrong]  # [batch, d_model]
+    read = direction * param(module).to(W_U.device) / scale.to(W_U.device)
     terms = direct_terms(embed, heads, mlps, b_O, read.float(), centre)
-    bias = getattr(module, "bias", None)
-    terms["ln_final_bias"] = torch.zeros(()) if bias is None else (direction @ bias).mean().detach()
-    b_U = getattr(lm.lm_head, "bias", None)
-    terms["b_U"] = (
-        torch.zeros(())
-        if b_U is None
-        else (b_U[spec["answers"]] - b_U[spec["wrong"]]).mean().detach()
+    bias = param(module, "bias")
+    terms["ln_final_bias"] = (
+        torch.zeros(()) if bias is None else (direction @ bias.to(W_U.device)).mean().detach()
     )
+    b_U = param(lm.lm_head, "bias")
+    terms["b_U"] = torch.zeros(()) if b_U is None else (b_U[answers] - b_U[wrong]).mean().detach()
     return {k: v.detach().float() for k, v in terms.items()}
 
 
@@ -244,7 +263,8 @@ def _deltas(lm, arch: str, shape: dict, spec: dict, saved: dict) -> torch.Tensor
                 delta = z @ W_O[layer][head]
             else:
                 delta = saved[(src, "mlp_out", layer)][b] - saved[(base, "mlp_out", layer)][b]
-            total = delta if total is None else total + delta
+            # Over several GPUs each layer's delta is on its own device: they meet on the first's.
+            total = delta if total is None else total + delta.to(total.device)
         out.append(total)
     return torch.stack(out)
 
@@ -256,12 +276,13 @@ def _projection(lm, arch: str, layer: int, site: str, shape: dict):
     n = shape["n_heads"] if site == "q" or arch == "gpt2" else shape["n_kv_heads"]
     if arch == "llama":
         proj = getattr(attn, f"{site}_proj")
-        w, bias = proj.weight.T, getattr(proj, "bias", None)  # [d_model, n * d_head]
+        w, bias = param(proj).T, param(proj, "bias")  # [d_model, n * d_head]
     else:
         i = ("q", "k", "v").index(site)
-        d = attn.c_attn.weight.shape[1] // 3
-        w = attn.c_attn.weight[:, i * d : (i + 1) * d]
-        bias = attn.c_attn.bias[i * d : (i + 1) * d]
+        weight = param(attn.c_attn)
+        d = weight.shape[1] // 3
+        w = weight[:, i * d : (i + 1) * d]
+        bias = param(attn.c_attn, "bias")[i * d : (i + 1) * d]
     W = w.reshape(w.shape[0], n, -1).transpose(0, 1)
     return W, None if bias is None else bias.reshape(n, -1)
 
@@ -289,7 +310,7 @@ def path(lm, arch: str, shape: dict, run: dict, saved: dict) -> None:
     if spec["input"] == "resid":
         module = _final_norm(lm, arch)
         x = module.input
-        grown = x[:1] + deltas.to(x.dtype)
+        grown = x[:1] + deltas.to(x.device, x.dtype)
         module.input = torch.cat([x, grown])
         _last_position_only(lm, arch)
         return
@@ -307,13 +328,13 @@ def path(lm, arch: str, shape: dict, run: dict, saved: dict) -> None:
         if not rows:
             continue
         idx = torch.tensor(heads)
-        stream = base + deltas[rows].to(base.dtype)  # [rows, pos, d_model]
+        stream = base + deltas[rows].to(base.device, base.dtype)  # [rows, pos, d_model]
         normed = norm(stream, _ln1(lm, arch, layer), arch, spec["eps"])
         new = torch.einsum("rpm,nmd->rpnd", normed, W[idx])
         if bias is not None:
             new = new + bias[idx]
         batch_rows = 1 + torch.tensor(rows)
-        act[batch_rows[:, None], :, idx[None, :]] = new.to(act.dtype).transpose(1, 2)
+        act[batch_rows[:, None], :, idx[None, :]] = new.to(act.device, act.dtype).transpose(1, 2)
     _last_position_only(lm, arch)
 
 
@@ -351,7 +372,8 @@ def attention_roles(lm, arch: str, shape: dict, run: dict) -> dict:
         if pattern is None:
             return {"no_pattern": torch.ones(())}
         patterns.append(pattern.detach())
-    stacked = torch.stack(patterns, 1)  # [prompt, layer, head, dest, src]
+    # Over several GPUs each layer's pattern is on its own device: they meet on the first's.
+    stacked = torch.stack([p.to(patterns[0].device) for p in patterns], 1)  # [b, L, h, d, s]
     scores: dict = {}
     for b, pairs in enumerate(spec["pairs"]):
         for role, (dest, src, rows) in pairs.items():

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from .. import _hooks
+from .. import _devices, _hooks
 from .._pairs import InputError, check_text, uses_bos
 from ..backends._base import is_nnsight
 from ._sae import SAE, SAESet, as_sae_set
@@ -351,7 +351,8 @@ def unembed_direction(model: TransformerBridge) -> tuple[torch.Tensor, torch.Ten
     from .._logit_attribution import final_norm
 
     _, weight, _ = final_norm(model)
-    W_U = model.W_U.detach().float()
+    (W_U,) = _devices.read(model, model.unembed, "W_U")  # offloaded: read while onloaded
+    W_U = W_U.float()
     w = torch.ones(W_U.shape[0]) if weight is None else weight.float().cpu()
     return W_U, w.to(W_U.device)
 
