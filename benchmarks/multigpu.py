@@ -106,7 +106,18 @@ def analyses(model, pairs, saes: SAESet, prompt: str) -> dict[str, Callable]:
     }
 
 
-NNSIGHT_ANALYSES = ("patch heads", "patch resid_pre", "ablate", "attention", "eap")
+#: All but steer (SAE steering on nnsight takes its own path): since the toolkit port, DLA,
+#: the logit lens and path patching run as nnsight programs too.
+NNSIGHT_ANALYSES = (
+    "patch heads",
+    "patch resid_pre",
+    "ablate",
+    "attention",
+    "eap",
+    "dla",
+    "logit lens",
+    "path patch",
+)
 
 
 def sync() -> None:
