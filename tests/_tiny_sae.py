@@ -100,3 +100,16 @@ def tiny_site_saes(model, hooks, transcoders=(), *, d_sae: int = 64, k: int = 8)
         for a, b in transcoders
     ]
     return SAESet(out, name="tiny-sites")
+
+
+def feature_pairs():
+    """The two same-length pairs the feature-circuit tests share (the second answer, " t1",
+    appears earlier in its prompt)."""
+    import circuitviz as cv
+
+    return cv.PromptPairs(
+        ["t1 t2 t3 t4 t1 t2", "t3 t9 t1 t4 t3 t9"],
+        ["t5 t6 t7 t8 t5 t6", "t5 t6 t7 t8 t5 t6"],
+        [" t3", " t1"],
+        [" t7", " t7"],
+    )

@@ -86,6 +86,29 @@ def tiny_pairs():
     return PromptPairs(["t1 t2 t3 t4 t1 t2"], ["t5 t6 t7 t8 t5 t6"], [" t3"], [" t7"])
 
 
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def both(request):
+    """A tiny bridge (Llama: GQA, 4 q / 2 kv heads; GPT-2: LayerNorm, biases, positions)
+    and the nnsight model over the same weights: the backend tests compare the two."""
+    import circuitviz
+
+    bridge = circuitviz.tiny_model(request.param)
+    return bridge, circuitviz.load_model(bridge, backend="nnsight")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """Two pairs for the tiny models (a module may define its own ``pairs`` instead)."""
+    from circuitviz import PromptPairs
+
+    return PromptPairs(
+        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
+        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
+        [" t3", " t7"],
+        [" t7", " t3"],
+    )
+
+
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def tiny(request):
     import circuitviz

@@ -21,23 +21,6 @@ TOL = 1e-4
 OVERS = ("resid_pre", "attn_out", "mlp_out", "heads", "heads_by_pos", "q", "k", "v")
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def both(request):
-    """A tiny bridge and the nnsight model over the same weights."""
-    bridge = cv.tiny_model(request.param)
-    return bridge, cv.load_model(bridge, backend="nnsight")
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
-        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
-        [" t3", " t7"],
-        [" t7", " t3"],
-    )
-
-
 def logits_of(model, tokens):
     with torch.no_grad():
         if hasattr(model, "lm"):

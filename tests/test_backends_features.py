@@ -33,16 +33,6 @@ def both(request):
     return bridge, cv.load_model(bridge, backend="nnsight"), tiny_saes(bridge)
 
 
-@pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
-        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
-        [" t3", " t7"],
-        [" t7", " t3"],
-    )
-
-
 def firing(bridge, saes, hook_index: int) -> int:
     """The latent of SAE ``hook_index`` that fires most on the prompt's last token (where the
     next token is read)."""

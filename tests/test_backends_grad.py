@@ -16,22 +16,6 @@ from tests.test_remote import Setup
 pytest.importorskip("nnsight")
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def both(request):
-    bridge = cv.tiny_model(request.param)
-    return bridge, cv.load_model(bridge, backend="nnsight")
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
-        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
-        [" t3", " t7"],
-        [" t7", " t3"],
-    )
-
-
 @pytest.mark.parametrize("over", OVERS)
 def test_attribution_equals_the_bridge_on_every_target(both, pairs, over):
     bridge, nn = both

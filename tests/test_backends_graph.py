@@ -24,27 +24,11 @@ SIZES = [3, 10, 40, 10_000]
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
-def both(request):
-    bridge = cv.tiny_model(request.param)
-    return bridge, cv.load_model(bridge, backend="nnsight")
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
 def remote(request):
     """The fake NDIF, its client named as the bridge (so one graph is evaluated on both)."""
     setup = Setup(request.param)
     setup.client = setup.make_client(model_name=setup.bridge.cfg.model_name)
     return setup
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
-        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
-        [" t3", " t7"],
-        [" t7", " t3"],
-    )
 
 
 def answer_margin(logits: torch.Tensor) -> torch.Tensor:

@@ -34,24 +34,6 @@ PATHS = [
 PATH_IDS = ["q", "k-two-heads", "v", "logits", "noise-normalized", "kl"]
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def both(request):
-    """A tiny bridge (Llama: GQA, 4 q / 2 kv heads; GPT-2: LayerNorm, biases, positions)
-    and the nnsight model over the same weights."""
-    bridge = cv.tiny_model(request.param)
-    return bridge, cv.load_model(bridge, backend="nnsight")
-
-
-@pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
-        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
-        [" t3", " t7"],
-        [" t7", " t3"],
-    )
-
-
 def close(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape
     return float((a.float() - b.float()).abs().max())

@@ -65,16 +65,6 @@ def placed(request, tmp_path_factory):
     return plain, model
 
 
-@pytest.fixture(scope="module")
-def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
-        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
-        [" t3", " t7"],
-        [" t7", " t3"],
-    )
-
-
 def diff(a, b) -> float:
     a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
     assert a.shape == b.shape

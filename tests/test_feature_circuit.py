@@ -16,7 +16,7 @@ from circuitviz.engine import has_hooks, hooks
 from circuitviz.engine._pairs import tokenize
 from circuitviz.engine.features import SAE, SAESet, splice_hooks
 from circuitviz.engine.graph import FeatureGraph, Graph
-from tests._tiny_sae import tiny_saes
+from tests._tiny_sae import feature_pairs, tiny_saes
 
 TOL = 1e-4
 
@@ -28,12 +28,7 @@ def saes(tiny_llama):
 
 @pytest.fixture(scope="module")
 def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t3 t9 t1 t4 t3 t9"],
-        ["t5 t6 t7 t8 t5 t6", "t5 t6 t7 t8 t5 t6"],
-        [" t3", " t1"],
-        [" t7", " t7"],
-    )
+    return feature_pairs()
 
 
 @pytest.fixture(scope="module")

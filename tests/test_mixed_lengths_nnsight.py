@@ -29,12 +29,6 @@ TOL = 1e-4
 LOW = {"io_attention": 0.0, "copy": 0.0, "dla": 0.0}
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def both(request):
-    bridge = cv.tiny_model(request.param)
-    return bridge, cv.load_model(bridge, backend="nnsight")
-
-
 @pytest.fixture(scope="module")
 def pairs():
     """Three pairs of 6, 3 and 4 words, each clean prompt holding its answer (head roles'

@@ -63,16 +63,6 @@ def setup(request):
     return Setup(request.param)
 
 
-@pytest.fixture
-def pairs():
-    return cv.PromptPairs(
-        ["t1 t2 t3 t4 t1 t2", "t9 t8 t7 t6 t9 t8"],
-        ["t5 t6 t7 t8 t5 t6", "t1 t2 t3 t4 t1 t2"],
-        [" t3", " t7"],
-        [" t7", " t3"],
-    )
-
-
 def payload(blob: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(blob)
 
