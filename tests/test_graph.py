@@ -193,6 +193,24 @@ def test_prune_keeps_top_edges_on_paths_and_faithfulness_grows(model, graph):
     assert mean.ablation == "mean" and np.isfinite(mean.recovered)
 
 
+def test_circuits_per_pass_follow_the_memory_budget(model, graph):
+    """A pass holds at most ``memory_budget`` bytes of sender deviations (a 70B model's
+    circuit alone is GBs), and how circuits are chunked never changes their metrics."""
+    from circuitviz.engine.graph._faithfulness import context
+
+    ctx = context(graph, model, PAIRS)
+    wide = graph.faithfulness_curve(model, PAIRS, top_edges=[2, 5, 10, 20, 1000]).recovered
+    assert ctx.circuits_per_pass == 64 // PAIRS.clean.__len__()
+    senders, _, n_pos, d_model = ctx.ref.shape
+    ctx.memory_budget = 2.5 * senders * len(PAIRS.clean) * n_pos * d_model * 4
+    assert ctx.circuits_per_pass == 2
+    ctx.memory_budget = 1.0
+    assert ctx.circuits_per_pass == 1  # never fewer than one circuit a pass
+    narrow = graph.faithfulness_curve(model, PAIRS, top_edges=[2, 5, 10, 20, 1000]).recovered
+    ctx.memory_budget = 2**30
+    assert narrow == pytest.approx(wide, abs=1e-4)  # batch shape: float rounding only
+
+
 def test_per_position_pruning_keeps_every_node_its_edges_name(model):
     """A path can enter a head through its k/v input at position s and leave it at a later
     position. The head's node at s is kept for that edge, so a view draws every kept edge."""

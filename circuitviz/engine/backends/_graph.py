@@ -164,6 +164,7 @@ def _build(graph: Any, model: Any, pairs: PromptPairs, ablation: str, metric: An
     spec, short = _reduced(metric, tokens)
     ctx = SeamContext(layout, [], tokens, None, None, 0.0, 0.0)
     ctx.backend, ctx.spec, ctx.ablation = backend_of(model), spec, ablation
+    ctx.d_model = int(getattr(model.cfg, "d_model", 0) or 0)
     ctx.template = _circuit_spec(model, layout)
     empty = empty_mask(graph)[None] if ablation == "mean" else None
     ctx.pending = (metric, short, empty)

@@ -141,10 +141,23 @@ class Context:
     clean: float
     reference: float  # the metric with every edge patched (the corrupted run for "corrupted")
     max_rows: int = 64
+    memory_budget: float = 2**30  # bytes of sender deviations one pass may hold
+    d_model: int = 0  # the model's, where ``ref`` is not here (0: no memory bound)
 
     @property
     def circuits_per_pass(self) -> int:
-        return max(1, self.max_rows // self.tokens.batch)
+        """Circuits per pass: ``max_rows`` rows, fewer where each circuit's sender deviations
+        (``[sender, batch, pos, d_model]`` float32) would pass ``memory_budget`` — on a 70B
+        model one circuit of 20 tokens alone holds about 3.4 GB, so it gets a pass of its own."""
+        rows = max(1, self.max_rows // self.tokens.batch)
+        if self.ref is not None:
+            senders, _, n_pos, d_model = self.ref.shape
+        else:  # kept on the server (NDIF): the same tensor's size, from the model's shape
+            senders, n_pos, d_model = len(self.layout.senders), self.tokens.n_pos, self.d_model
+        per_circuit = senders * self.tokens.batch * n_pos * d_model * 4
+        return (
+            rows if per_circuit == 0 else max(1, min(rows, int(self.memory_budget // per_circuit)))
+        )
 
     def metrics(
         self,
