@@ -28,6 +28,7 @@ from ..engine._sites import SITE_HOOKS
 from ..engine.graph import FeatureGraph, Graph, _select, circuit
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
+from ._circuit_faith import CircuitFaithfulness
 from ._circuit_mib import CircuitExtras
 from ._clamp import FeatureSteering, collapse
 from ._codec import decode, encode
@@ -185,7 +186,7 @@ def _deprecated_alias(old: str, new: str) -> property:
     return property(get, set_, doc=f"Deprecated: :attr:`{new}`.")
 
 
-class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
+class CircuitView(CircuitFaithfulness, CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
     """A circuit graph: one row per layer (embeddings at the bottom, logits on top), heads and
     MLPs across it (and one column band per token when the graph is per position); edge width
     and colour show |weight| and sign.
@@ -326,6 +327,8 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
         # still draws, ablates and steers (an nnsight model's clamp panel).
         scores = not backends.is_nnsight(model) or "faithfulness" in backends.PORTED
         self.has_faithfulness = bool(obj is not None and self.can_ablate and scores)
+        # a remote model's faithfulness and steer run as jobs off the message loop (_tasks)
+        self._task_jobs = backends.remote_jobs(model) if self.can_ablate else None
         self._init_steering(self._saes)  # the SAEs given, else the feature graph's own
         if not self.can_ablate and self._meta.get("clean") is not None:
             self.result = {k: self._meta.get(k) for k in ("metric", "clean", "corrupted")}
@@ -553,53 +556,6 @@ class CircuitView(CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
             },
             [data],
         )
-
-    # -- faithfulness ----------------------------------------------------------------------------
-    def _msg_faithfulness(self, content: dict[str, Any]) -> None:
-        if not self.has_faithfulness:
-            raise InputError(
-                "This graph cannot compute faithfulness (needs a Graph with model and pairs, "
-                "on the TransformerLens bridge: circuitviz.load_model(name))."
-            )
-        ablated = content.get("ablated", [])
-        if not isinstance(ablated, list) or not all(isinstance(n, str) for n in ablated):
-            raise InputError("faithfulness: 'ablated' must be a list of component ids.")
-        shown = self.shown_circuit()
-        assert shown is not None and self._shown is not None
-        gone = set(ablated)
-        nodes = [n["id"] for n in self.graph["nodes"]]
-        dropped = [n["id"] for n in self.graph["nodes"] if is_covered(n.get("ablates"), gone)]
-        circuit_f = self._faithfulness_of(shown, [])
-        after = self._faithfulness_of(shown, dropped) if dropped else circuit_f
-        self.faithfulness = {
-            "circuit": float(circuit_f),
-            "ablated": float(after),
-            "nodes": nodes,
-            "ablated_nodes": dropped,
-        }
-        # a feature circuit's error-node variants (three more passes) arrive second
-        if extra := self._error_faithfulness(shown, self._faithfulness_of):
-            self.faithfulness = {**self.faithfulness, **extra}
-        self.send({"type": "faithfulness", "request": content.get("request")})
-
-    def _faithfulness_of(self, shown: Graph, dropped: list[str], **options: Any) -> float:
-        """One forward pass per new (shown edges, ablated, options) triple; the view asks
-        again on every change, so answers are remembered (the model and pairs are fixed for
-        this view)."""
-        assert self._shown is not None
-        key = (
-            np.packbits(self._shown[0]).tobytes(),
-            tuple(dropped),
-            tuple(sorted(options.items())),
-        )
-        if key not in self._faith_cache:
-            value = shown.faithfulness(
-                self._model, self._pairs, ablated=dropped, **options, **self._feature_kwargs(shown)
-            )
-            if len(self._faith_cache) > 256:
-                self._faith_cache.clear()
-            self._faith_cache[key] = float(value)
-        return self._faith_cache[key]
 
 
 OLD_STATE_KEYS = {"top_n": "top_nodes", "threshold": "min_rel_weight"}

@@ -18,6 +18,7 @@ show the same picture.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -56,6 +57,10 @@ class FeatureSteering(t.HasTraits):
     """The last clamp or ablation of features (``SteerResult.to_dict()`` plus ``node``, the
     page's ``request`` tag, ``stage``: ``"continuation"`` while the metric is still computed,
     then ``"done"``)."""
+
+    steer_job = t.Dict().tag(sync=True)
+    """The last steer's job (keys as ``AblationView.job``; ``remote``: an NDIF job, which
+    the page can cancel)."""
 
     supernodes = t.List(t.Dict()).tag(sync=True)
     """Groups of feature nodes drawn as one: ``[{"id": "S1", "label", "members": [...]}]``."""
@@ -139,28 +144,46 @@ class FeatureSteering(t.HasTraits):
         if mode == "clamp":
             self._set("clamp_scale", scale)  # validated like a page write
         features = self._features_of(node, everywhere)
-        pairs = self._pairs
-        res = steer(
-            self._model,
-            pairs.clean[0],
-            features=features,
-            saes=self._saes,
-            scale=self.clamp_scale,
-            mode=mode,  # type: ignore[arg-type]
-            n_tokens=STEER_TOKENS,
-            prepend_bos=pairs.prepend_bos,
-        )
-        self._steer_result = res
-        self.error = ""
         tag = {"node": node, "request": request if isinstance(request, (int, str)) else None}
-        self.steering = {**res.to_dict(), **tag, "stage": "continuation"}
-        self.send({"type": "steering", "request": request, "stage": "continuation"})
-        edits = feature_edits(parse_features(res.features, self._saes), res.values)
-        name, before, after = edit_metric(self._model, pairs, self._saes, edits, metric=self.metric)
-        res.metric, res.metric_before, res.metric_after = name, before, after
-        self.steering = {**res.to_dict(), **tag, "stage": "done"}
-        self.send({"type": "steering", "request": request, "stage": "done"})
-        return res
+        out: list[SteerResult] = []
+        self._steer_work(features, mode, tag, out.append)(lambda fn: fn())
+        return out[0]
+
+    def _steer_work(
+        self, features: list[str], mode: str, tag: dict[str, Any], keep: Any = None
+    ) -> Any:
+        """The steer's work as a ``_tasks`` job: the continuation, then the metric on the
+        pairs, each shown (``deliver``) as soon as it is in."""
+        pairs, saes, scale, metric = self._pairs, self._saes, self.clamp_scale, self.metric
+        request = tag["request"]
+
+        def show(res: SteerResult, stage: str) -> None:
+            self._steer_result = res
+            self.error = ""
+            self.steering = {**res.to_dict(), **tag, "stage": stage}
+            self.send({"type": "steering", "request": request, "stage": stage})
+
+        def work(deliver: Any) -> None:
+            res = steer(
+                self._model,
+                pairs.clean[0],
+                features=features,
+                saes=saes,
+                scale=scale,
+                mode=mode,  # type: ignore[arg-type]
+                n_tokens=STEER_TOKENS,
+                prepend_bos=pairs.prepend_bos,
+            )
+            first = dataclasses.replace(res)  # the continuation stage, as it was
+            deliver(lambda: show(first, "continuation"))
+            edits = feature_edits(parse_features(res.features, saes), res.values)
+            name, before, after = edit_metric(self._model, pairs, saes, edits, metric=metric)
+            res.metric, res.metric_before, res.metric_after = name, before, after
+            deliver(lambda: show(res, "done"))
+            if keep is not None:
+                keep(res)
+
+        return work
 
     def _msg_steer(self, content: dict[str, Any]) -> None:
         mode = content.get("mode", "clamp")
@@ -169,13 +192,17 @@ class FeatureSteering(t.HasTraits):
         scale = content.get("scale", self.clamp_scale)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise InputError(f"scale must be a number, got {quote(scale)}.")
-        self.steer_node(
-            content.get("node"),
-            mode=mode,
-            scale=scale,
-            everywhere=content.get("everywhere", True),
-            request=content.get("request"),
-        )
+        if not self.can_steer:
+            raise InputError("Steering features needs model=, pairs= and saes= on the view.")
+        everywhere, request = content.get("everywhere", True), content.get("request")
+        if not isinstance(everywhere, bool):
+            raise InputError("everywhere must be true or false.")
+        if mode == "clamp":
+            self._set("clamp_scale", scale)  # validated like a page write
+        features = self._features_of(content.get("node"), everywhere)
+        tag = {"node": content.get("node"), "request": request}
+        # on a remote model a job off the message loop, with state and Cancel (_tasks)
+        self._run_task("steer", request, self._steer_work(features, mode, tag))  # type: ignore[attr-defined]
 
     def _set(self, name: str, value: Any) -> None:
         """Set a trait from Python; what its validator refuses is an InputError."""

@@ -10,21 +10,26 @@ import traitlets as t
 
 from ..engine import InputError, RefusalDirection, steer_refusal
 from ..engine._refusal import MODES, Generation
+from ..engine.backends import remote_jobs
 from ._base import MAX_TEXT, STATIC, View, error_text, quote
+from ._jobs import kernel_post
+from ._tasks import RemoteTasks
 
 
 def _side(gen: Generation) -> dict[str, Any]:
     return {"text": gen.continuations[0], "refused": gen.refused[0], "score": gen.scores[0]}
 
 
-class SteeringView(View):
+class SteeringView(RemoteTasks, View):
     """A prompt's continuation without and with a refusal-direction intervention.
 
     ``mode="add"`` adds ``coef`` × the direction's harmful − harmless mean difference at its
     layer (slider from ``-coef_max`` to ``coef_max``: > 0 pushes towards refusing, < 0 away);
     ``mode="ablate"`` projects the direction out of every layer (the slider is unused). Each
     change of ``prompt``, ``coef`` or ``mode`` — from Python or from the page — regenerates the
-    "after" continuation in the kernel (the "before" one is kept per prompt).
+    "after" continuation in the kernel (the "before" one is kept per prompt). On a remote
+    (NDIF) model a change after the first generation is a job off the kernel's message loop
+    (``generate_job``: its state, latency and Cancel); only the newest change's result lands.
     """
 
     _esm = STATIC / "steering.js"
@@ -57,6 +62,10 @@ class SteeringView(View):
     busy = t.Bool(False).tag(sync=True)
     """True while the kernel generates."""
 
+    generate_job = t.Dict().tag(sync=True)
+    """The last generation's job (keys as ``AblationView.job``; ``remote``: an NDIF job,
+    which the page can cancel)."""
+
     def __init__(
         self,
         model: Any,
@@ -87,7 +96,10 @@ class SteeringView(View):
                 self.prompt, self.coef, self.mode = prompt, coef, mode
         except t.TraitError as err:
             raise InputError(error_text(err)) from None
-        self._regenerate()
+        self._generation = 0  # tags each regeneration's job
+        self._result = None
+        self._regenerate()  # the first: here, so the view is whole when made
+        self._task_jobs, self._post = remote_jobs(model), kernel_post()
         self.observe(lambda change: self._regenerate(), names=["prompt", "coef", "mode"])
 
     @t.validate("prompt")
@@ -145,23 +157,42 @@ class SteeringView(View):
         return self._result
 
     def _regenerate(self) -> None:
-        self._result = None
+        """Generate for the current prompt, coef and mode (the work runs where ``_tasks``
+        puts it: here, or in a worker on a remote model)."""
         self.busy = True
-        try:
-            res = steer_refusal(
-                self._model,
-                [self.prompt],
-                self._direction,
-                mode=self.mode,
-                coef=self.coef,
-                max_new_tokens=self._max_new_tokens,
-                before=self._before.get(self.prompt),
-            )
-            self._before[self.prompt] = res.before
+        self._generation += 1
+        prompt, mode, coef = self.prompt, self.mode, self.coef
+        before = self._before.get(prompt)
+
+        def show(res: Any) -> None:
+            self._before[prompt] = res.before
             self._result = res
             with self.hold_trait_notifications():
                 self.before, self.after, self.error = _side(res.before), _side(res.after), ""
+                self.busy = False
+
+        def work(deliver: Any) -> None:
+            res = steer_refusal(
+                self._model,
+                [prompt],
+                self._direction,
+                mode=mode,
+                coef=coef,
+                max_new_tokens=self._max_new_tokens,
+                before=before,
+            )
+            deliver(lambda: show(res))
+
+        try:
+            self._run_task("generate", self._generation, work)
         except Exception as err:  # a failed generation leaves the view usable
+            self._result = None
             self.error = error_text(err)
-        finally:
             self.busy = False
+
+    def _task_finished(self, slot: str, request: Any, err: Any, seconds: float) -> None:
+        super()._task_finished(slot, request, err, seconds)
+        if request == self._generation:  # the newest generation ended (done, failed, cancelled)
+            self.busy = False
+            if self.generate_job.get("state") == "error":
+                self._result = None  # what figure() says: the last generation failed

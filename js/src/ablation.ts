@@ -39,7 +39,7 @@ export function nextAblationSet(current: string[], component: string, additive: 
 
 /** What the panel says about a click's job, and whether Cancel is offered: only for a remote
  * job that is still live and is the request the page is waiting for (`waitingFor`). */
-export function describeJob(job: JobInfo, waitingFor: number | null): { text: string; cancellable: boolean } {
+export function describeJob(job: JobInfo, waitingFor: number | string | null): { text: string; cancellable: boolean } {
   const state = job.state ?? "";
   const cancellable = !!job.remote && LIVE.includes(state) && waitingFor !== null && job.request === waitingFor;
   if (!job.remote || !state) return { text: "", cancellable };

@@ -2,6 +2,7 @@
 // (the pruning rule lives in Python: circuitviz/engine/graph/_select.py) and sends only that;
 // this file lays it out, draws it, places labels where they fit, and sends the controls back.
 import { AblationPanel } from "./ablation";
+import { JobLine } from "./jobline";
 import { badgeLegendEl, badgesSVG, legendMap, NODE_BADGE_FONT, nodeBadgeBoxes, type BadgeBox } from "./badges";
 import { decode } from "./codec";
 import { NEGATIVE, NODE_COLORS, POSITIVE } from "./colors";
@@ -45,6 +46,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const faith = el("table", { class: "cv-faith" });
   const faithButton = el("button", { class: "cv-button", "data-role": "faithfulness-run", type: "button", title: "Exact faithfulness of the shown circuit (its shown edges), with and without your ablations" }, "Faithfulness");
   faithButton.addEventListener("click", () => requestFaithfulness());
+  const faithJob = new JobLine(model, "faithfulness"); // a remote model's job: state, Cancel, latency
   panel.extra.append(faith);
   const num = (role: string, title: string) => el("input", { type: "number", min: 0, step: 1, class: "cv-num", "data-role": role, title });
   const topNodes = num("top-nodes", "Show at most this many head/MLP nodes, the strongest by |score|");
@@ -482,6 +484,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       el("tr", {}, el("td", {}, "… after your ablations"), el("td", { "data-role": "faithfulness-ablated", "data-stale": String(stale) }, fmt(f.ablated ?? NaN, 3))),
       ...errorFaithRows(f, stale),
       el("tr", {}, el("td", { colspan: 2 }, faithButton, el("span", { class: "cv-muted" }, status))),
+      el("tr", {}, el("td", { colspan: 2 }, faithJob.el)),
     );
     if (stale && !faithInFlight && faithKey() !== faithFailed) {
       clearTimeout(faithTimer);
@@ -579,7 +582,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     }
     if (edgeBox.reply(msg) || mibBox.reply(msg)) return;
     if (msg.request !== "faithfulness" || !faithInFlight) return;
-    if (msg.type === "error") faithFailed = faithInFlight;
+    if (msg.type === "error" || msg.type === "cancelled") faithFailed = faithInFlight; // not retried until something changes
     faithInFlight = "";
     drawFaithfulness();
   });

@@ -4,6 +4,7 @@
 // this file shows the results and sends the clicks.
 import { button, clear, el, fmt, setText, showToken } from "./dom";
 import { svgEl } from "./export";
+import { JobLine } from "./jobline";
 import type { AnyModel, GraphNode, TopTokens } from "./types";
 
 export interface Supernode {
@@ -111,14 +112,15 @@ export class FeaturePanel {
     legend.append(swatch(supernodeShape(6) as SVGElement), el("span", {}, "supernode: features grouped (hover lists them)"));
     legend.append(swatch(svgEl("circle", { r: 4, fill: FEATURE_COLOR }), pickedRing(3)), el("span", {}, "picked for grouping (shift-click)"));
     (legend.firstChild as SVGSVGElement).querySelector("polygon")!.setAttribute("fill", SUPERNODE_COLOR);
-    this.el = el("div", { class: "cv-panel", "data-role": "feature-panel" }, el("div", { class: "cv-title" }, "Features"), this.head, this.controls, this.status, this.result, this.groups, legend);
+    const job = new JobLine(model, "steer");  // a remote model's steer: state, Cancel, latency
+    this.el = el("div", { class: "cv-panel", "data-role": "feature-panel" }, el("div", { class: "cv-title" }, "Features"), this.head, this.controls, this.status, job.el, this.result, this.groups, legend);
     for (const name of ["change:steering", "change:supernodes", "change:suggested_supernodes", "change:can_steer", "change:clamp_scale"]) {
       model.on(name, () => this.update(this.node));
     }
     model.on("msg:custom", (msg: { type?: string; request?: number; stage?: string; message?: string }) => {
-      if (msg.type === "error" && msg.request !== undefined && msg.request === this.request) {
+      if ((msg.type === "error" || msg.type === "cancelled") && msg.request !== undefined && msg.request === this.request) {
         this.root.setAttribute("data-steer-busy", "false");
-        setText(this.status, msg.message ?? "error");
+        setText(this.status, msg.type === "error" ? msg.message ?? "error" : "cancelled");
       }
     });
   }

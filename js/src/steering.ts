@@ -1,6 +1,7 @@
 // SteeringView: a prompt's continuation before and after steering with a refusal direction.
 // The page only writes prompt / coef / mode; the kernel generates and sends both continuations.
 import { el, fmt, root, select, setText } from "./dom";
+import { JobLine } from "./jobline";
 import type { AnyModel, SteeringSide, SteeringTraits } from "./types";
 
 const MODE_LABELS: Record<string, string> = {
@@ -47,6 +48,7 @@ function render({ model, el: host }: { model: AnyModel<SteeringTraits>; el: HTML
   const slider = el("input", { type: "range", "data-role": "coef", step: 0.1 });
   const coefText = el("span", { "data-role": "coef-value" });
   const busy = el("span", { class: "cv-busy" }, "generating…");
+  const job = new JobLine(model, "generate"); // a remote model's generation: state, Cancel, latency
   const error = el("div", { class: "cv-error", "data-role": "error", role: "alert" });
   const notice = el("div", { class: "cv-muted", "data-role": "standalone-notice" });
   const before = side("Before (no intervention)", "before");
@@ -54,7 +56,7 @@ function render({ model, el: host }: { model: AnyModel<SteeringTraits>; el: HTML
   const afterTitle = after.box.querySelector("h4")!;
   rootEl.append(
     style,
-    el("div", { class: "cv-toolbar" }, el("span", { class: "cv-title", "data-role": "title" }), busy),
+    el("div", { class: "cv-toolbar" }, el("span", { class: "cv-title", "data-role": "title" }), busy, job.el),
     el("div", { class: "cv-toolbar" }, el("label", { class: "cv-steer-label" }, "prompt", prompt)),
     el("div", { class: "cv-toolbar" }, modeSelect, el("label", { class: "cv-steer-label" }, "coef", slider), coefText),
     notice,

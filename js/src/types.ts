@@ -40,7 +40,7 @@ export interface JobInfo {
   /** "" | "submitted" | "queued" | "running" | "done" | "error" | "cancelled" */
   state?: string;
   detail?: string;
-  request?: number | null;
+  request?: number | string | null;
   /** Kernel-side seconds since the click reached it. */
   seconds?: number | null;
   /** An NDIF job (which the page can cancel). */
