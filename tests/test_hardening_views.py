@@ -453,6 +453,7 @@ def test_reserved_message_types():
     assert CircuitView.message_types() == [
         "ablate",
         "cancel",
+        "cancel_job",
         "faithfulness",
         "feature_card",
         "head_pattern",

@@ -207,12 +207,8 @@ def direction(setup):
     return cv.refusal_direction(setup.bridge, HARMFUL, HARMLESS, template="{instruction}")
 
 
-def test_steering_view_generates_as_a_job_and_equals_the_bridge(
-    setup,
-    direction,
-    refusal_words,
-    reset_fake,  # noqa: F811
-):
+@pytest.mark.usefixtures("refusal_words")
+def test_steering_view_generates_as_a_job_and_equals_the_bridge(setup, direction, reset_fake):
     options = {"coef": 0.0, "coef_max": 60.0, "max_new_tokens": 3}
     ref = SteeringView(setup.bridge, direction, "t1 t2", **options)
     view = SteeringView(client(setup), direction, "t1 t2", **options)
@@ -244,3 +240,54 @@ def test_steering_view_generates_as_a_job_and_equals_the_bridge(
     ref.mode = "ablate"
     assert view.after["text"] == ref.after["text"]
     assert abs(view.after["score"] - ref.after["score"]) <= TOL
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+@pytest.mark.browser
+def test_the_circuit_page_shows_the_faithfulness_job_and_cancels_it(
+    setup, pairs, page, tmp_path, artifacts, monkeypatch, reset_fake
+):
+    """CircuitView's own bundle in Chromium against this process (tests/test_remote_view.py's
+    Bridge): the faithfulness the page asks for on load is an NDIF job whose state, Cancel
+    and latency the panel shows."""
+    from tests import test_remote_view
+
+    traits = ("faithfulness", "faithfulness_job", "ablated", "result", "error", "job")
+    monkeypatch.setattr(test_remote_view, "KERNEL_TRAITS", traits)
+    ref, view = circuit_view(setup, pairs)
+    ref._handle_custom_msg({"type": "faithfulness", "ablated": [], "request": "f"}, [])
+    setup.fake.delay = 0.6
+    test_remote_view.Bridge(view, page, tmp_path / "circuit.html", monkeypatch)
+    page.goto((tmp_path / "circuit.html").as_uri())
+    job = page.locator('.cv-circuit [data-role="faithfulness-job"]')
+    faith = page.locator(".cv-circuit .cv-faith")
+    page.locator('.cv-circuit [data-role="faithfulness-job"][data-state="running"]').wait_for()
+    assert "NDIF job: running" in job.inner_text()
+    assert page.locator('.cv-circuit [data-role="faithfulness-cancel"]').is_visible()
+    faith.screenshot(path=str(artifacts / f"remote_faith_running_{setup.repo[5:]}.png"))
+    page.locator('.cv-circuit [data-role="faithfulness-job"][data-state="done"]').wait_for()
+    latency = page.locator('.cv-circuit [data-role="faithfulness-latency"]')
+    assert float(latency.get_attribute("data-ms")) >= 1200  # queued 0.6 s + running 0.6 s
+    assert "request → result in" in latency.inner_text()
+    assert not page.locator('.cv-circuit [data-role="faithfulness-cancel"]').is_visible()
+    shown = float(page.locator('[data-role="faithfulness-circuit"]').inner_text())
+    assert abs(shown - ref.faithfulness["circuit"]) <= 1e-3  # printed to 3 digits
+    assert abs(view.faithfulness["circuit"] - ref.faithfulness["circuit"]) <= TOL
+    faith.screenshot(path=str(artifacts / f"remote_faith_done_{setup.repo[5:]}.png"))
+
+    view._faith_cache.clear()  # the button asks again: a fresh job, which never finishes
+    setup.fake.hang = True
+    page.locator('.cv-circuit [data-role="faithfulness-run"]').click()
+    page.locator('.cv-circuit [data-role="faithfulness-job"][data-state="running"]').wait_for()
+    page.locator('.cv-circuit [data-role="faithfulness-cancel"]').click()
+    page.locator('.cv-circuit [data-role="faithfulness-job"][data-state="cancelled"]').wait_for()
+    assert page.locator('[data-role="error"]').first.inner_text() == ""
+    assert not setup.server.has_hooks() and not view._model.has_hooks()
+    faith.screenshot(path=str(artifacts / f"remote_faith_cancelled_{setup.repo[5:]}.png"))
+    setup.fake.hang = False  # still usable: the button runs it to the end
+    page.locator('.cv-circuit [data-role="faithfulness-run"]').click()
+    page.locator('.cv-circuit [data-role="faithfulness-job"][data-state="done"]').wait_for()
+    assert abs(view.faithfulness["circuit"] - ref.faithfulness["circuit"]) <= TOL
+    assert not page.console_errors
