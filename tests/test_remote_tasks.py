@@ -291,3 +291,30 @@ def test_the_circuit_page_shows_the_faithfulness_job_and_cancels_it(
     page.locator('.cv-circuit [data-role="faithfulness-job"][data-state="done"]').wait_for()
     assert abs(view.faithfulness["circuit"] - ref.faithfulness["circuit"]) <= TOL
     assert not page.console_errors
+
+
+def test_a_newer_request_supersedes_and_cancel_stops_a_queued_one(setup, pairs, reset_fake):
+    """Faithfulness asked twice: only the second's result lands. Asked again while a job is
+    in flight, then cancelled: the queued request is dropped at once, and the page hears it."""
+    ref, view = circuit_view(setup, pairs)
+    nodes = [n["ablates"] for n in view.graph["nodes"] if n.get("ablates")]
+    ref._handle_custom_msg({"type": "faithfulness", "ablated": nodes[:1], "request": "r"}, [])
+    kernel = Kernel(view, "faithfulness")
+    setup.fake.delay = 0.2
+    kernel.message({"type": "faithfulness", "ablated": [], "request": 1})
+    kernel.message({"type": "faithfulness", "ablated": nodes[:1], "request": 2})
+    kernel.wait(lambda: kernel.reply("faithfulness", 2) is not None)
+    assert kernel.reply("faithfulness", 1) is None and view.faithfulness_job["request"] == 2
+    assert abs(view.faithfulness["ablated"] - ref.faithfulness["ablated"]) <= TOL
+    setup.fake.hang = True
+    view._faith_cache.clear()
+    kernel.message({"type": "faithfulness", "ablated": [], "request": 3})
+    kernel.wait(lambda: view.faithfulness_job.get("state") == "running")
+    kernel.message({"type": "faithfulness", "ablated": nodes[:2], "request": 4})  # queued
+    kernel.message({"type": "cancel_job", "job": "faithfulness"})
+    assert kernel.reply("cancelled", 4) is not None  # at once: it never started
+    assert view.faithfulness_job["state"] == "cancelled"
+    setup.fake.hang = False
+    kernel.wait(lambda: view._slot("faithfulness").worker is None)
+    assert kernel.reply("faithfulness", 3) is None and kernel.reply("faithfulness", 4) is None
+    assert not view._model.has_hooks() and not setup.server.has_hooks()

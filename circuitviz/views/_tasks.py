@@ -140,9 +140,10 @@ class RemoteTasks(t.HasTraits):
     def _msg_cancel_job(self, content: dict[str, Any]) -> None:
         """Stop waiting for a slot's job in flight (``{"type": "cancel_job", "job": slot}``);
         the page hears ``cancelled`` when the worker lets go (at once when none is live)."""
-        slot = content.get("job")
+        slot, request = content.get("job"), content.get("request")
         s = self.__dict__.get("_task_slots", {}).get(slot) if isinstance(slot, str) else None
         if s is not None:
+            request = s.latest  # the page waits for the slot's newest request
             with s.lock:
                 live, s.live = s.live, False
                 queued, s.pending = s.pending, None
@@ -153,4 +154,4 @@ class RemoteTasks(t.HasTraits):
                 return  # the worker reports it when it lets go
             if live:
                 self._set_job(slot, s.latest, "cancelled", "stopped waiting", None)
-        self.send({"type": "cancelled", "request": content.get("request"), "job": slot})  # type: ignore[attr-defined]
+        self.send({"type": "cancelled", "request": request, "job": slot})  # type: ignore[attr-defined]
