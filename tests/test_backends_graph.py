@@ -258,6 +258,7 @@ def test_remote_circuit_view_clicks_to_ablate(remote, pairs):
     ref = click(ref_view, ["L0H1"])
     sent = len(remote.fake.requests)
     got_view._handle_custom_msg({"type": "faithfulness", "ablated": ["L0H1"], "request": 3})
+    settled(got_view)  # a remote view's faithfulness is a job (views/_tasks.py)
     got = got_view.faithfulness
     assert len(remote.fake.requests) == sent + 2  # the circuit (and baselines), it ablated
     gap = ref_view.result["clean"] - ref_view.result["corrupted"]
@@ -265,12 +266,24 @@ def test_remote_circuit_view_clicks_to_ablate(remote, pairs):
         assert abs(got[key] - ref[key]) * abs(gap) <= TOL
     sent = len(remote.fake.requests)
     got_view._handle_custom_msg({"type": "faithfulness", "ablated": ["L0H1"], "request": 4})
+    settled(got_view)
     assert len(remote.fake.requests) == sent  # answered from the view's memory
+
+
+def settled(view, timeout: float = 60) -> None:
+    """Wait for a remote view's faithfulness job to end (outside a kernel its results land
+    from the worker)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while view.faithfulness_job.get("state") not in ("done", "error", "cancelled"):
+        assert time.monotonic() < end, view.faithfulness_job
+        time.sleep(0.01)
 
 
 def test_remote_click_and_its_faithfulness_at_once(remote, pairs):
     """The page's click on a remote model: its ablation runs in the view's worker thread and
-    the faithfulness it then asks for on the message loop, at the same time, on one model —
+    the faithfulness it then asks for in its own worker, at the same time, on one model —
     the model runs one request at a time, and both answers equal the bridge's."""
     from tests.test_remote_view import Kernel
 
@@ -283,7 +296,7 @@ def test_remote_click_and_its_faithfulness_at_once(remote, pairs):
     try:
         kernel.click(["L1H0"], request=1)  # the worker's job, queued on the fake NDIF
         view._handle_custom_msg({"type": "faithfulness", "ablated": ["L1H0"], "request": 2})
-        kernel.wait(lambda: kernel.reply(1) is not None)
+        kernel.wait(lambda: kernel.reply(1) is not None and kernel.reply(2) is not None)
     finally:
         remote.fake.delay = 0.0
     assert kernel.reply(1)["type"] == "ablation" and kernel.reply(2)["type"] == "faithfulness"
