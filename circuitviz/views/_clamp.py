@@ -136,6 +136,15 @@ class FeatureSteering(t.HasTraits):
     ) -> SteerResult:
         """What the panel's Ablate / Clamp × N buttons run: :func:`circuitviz.steer` on the
         pairs' first clean prompt, the continuation sent first, then the metric on the pairs."""
+        features, tag = self._steer_request(node, mode, scale, everywhere, request)
+        out: list[SteerResult] = []
+        self._steer_work(features, mode, tag, out.append)(lambda fn: fn())
+        return out[0]
+
+    def _steer_request(
+        self, node: Any, mode: str, scale: Any, everywhere: Any, request: Any
+    ) -> tuple[list[str], dict[str, Any]]:
+        """Check a steer (setting ``clamp_scale`` for a clamp); its features and its tag."""
         if not self.can_steer:
             raise InputError("Steering features needs model=, pairs= and saes= on the view.")
         if not isinstance(everywhere, bool):
@@ -144,10 +153,10 @@ class FeatureSteering(t.HasTraits):
         if mode == "clamp":
             self._set("clamp_scale", scale)  # validated like a page write
         features = self._features_of(node, everywhere)
-        tag = {"node": node, "request": request if isinstance(request, (int, str)) else None}
-        out: list[SteerResult] = []
-        self._steer_work(features, mode, tag, out.append)(lambda fn: fn())
-        return out[0]
+        return features, {
+            "node": node,
+            "request": request if isinstance(request, (int, str)) else None,
+        }
 
     def _steer_work(
         self, features: list[str], mode: str, tag: dict[str, Any], keep: Any = None
@@ -192,17 +201,15 @@ class FeatureSteering(t.HasTraits):
         scale = content.get("scale", self.clamp_scale)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             raise InputError(f"scale must be a number, got {quote(scale)}.")
-        if not self.can_steer:
-            raise InputError("Steering features needs model=, pairs= and saes= on the view.")
-        everywhere, request = content.get("everywhere", True), content.get("request")
-        if not isinstance(everywhere, bool):
-            raise InputError("everywhere must be true or false.")
-        if mode == "clamp":
-            self._set("clamp_scale", scale)  # validated like a page write
-        features = self._features_of(content.get("node"), everywhere)
-        tag = {"node": content.get("node"), "request": request}
+        features, tag = self._steer_request(
+            content.get("node"),
+            mode,
+            scale,
+            content.get("everywhere", True),
+            content.get("request"),
+        )
         # on a remote model a job off the message loop, with state and Cancel (_tasks)
-        self._run_task("steer", request, self._steer_work(features, mode, tag))  # type: ignore[attr-defined]
+        self._run_task("steer", tag["request"], self._steer_work(features, mode, tag))  # type: ignore[attr-defined]
 
     def _set(self, name: str, value: Any) -> None:
         """Set a trait from Python; what its validator refuses is an InputError."""
