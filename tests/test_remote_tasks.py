@@ -318,3 +318,38 @@ def test_a_newer_request_supersedes_and_cancel_stops_a_queued_one(setup, pairs, 
     kernel.wait(lambda: view._slot("faithfulness").worker is None)
     assert kernel.reply("faithfulness", 3) is None and kernel.reply("faithfulness", 4) is None
     assert not view._model.has_hooks() and not setup.server.has_hooks()
+
+
+@pytest.mark.browser
+@pytest.mark.usefixtures("refusal_words")
+def test_the_steering_page_shows_the_generation_job(
+    setup, direction, page, tmp_path, artifacts, monkeypatch, reset_fake
+):
+    """SteeringView's bundle against this process: a regeneration on NDIF shows its state,
+    then its latency; Cancel leaves the last continuation."""
+    from tests import test_remote_view
+
+    traits = ("before", "after", "busy", "error", "generate_job", "coef")
+    monkeypatch.setattr(test_remote_view, "KERNEL_TRAITS", traits)
+    options = {"coef": 0.0, "coef_max": 60.0, "max_new_tokens": 3}
+    view = SteeringView(client(setup), direction, "t1 t2", **options)
+    test_remote_view.Bridge(view, page, tmp_path / "steer.html", monkeypatch)
+    page.goto((tmp_path / "steer.html").as_uri())
+    page.wait_for_timeout(200)  # the page's hello starts the polling
+    setup.fake.delay = 0.5
+    view.coef = 40.0  # as the slider would (the page's trait writes do not reach this kernel)
+    page.locator('.cv-steering [data-role="generate-job"][data-state="running"]').wait_for()
+    assert page.locator('.cv-steering [data-role="generate-cancel"]').is_visible()
+    root = page.locator(".cv-steering")
+    root.screenshot(path=str(artifacts / f"remote_steering_running_{setup.repo[5:]}.png"))
+    page.locator('.cv-steering [data-role="generate-job"][data-state="done"]').wait_for()
+    latency = page.locator('.cv-steering [data-role="generate-latency"]')
+    assert float(latency.get_attribute("data-ms")) >= 1000  # queued 0.5 s + running 0.5 s
+    assert page.get_attribute(".cv-steering", "data-busy") == "false"
+    root.screenshot(path=str(artifacts / f"remote_steering_done_{setup.repo[5:]}.png"))
+    setup.fake.hang = True
+    view.coef = -40.0
+    page.locator('.cv-steering [data-role="generate-job"][data-state="running"]').wait_for()
+    page.locator('.cv-steering [data-role="generate-cancel"]').click()
+    page.locator('.cv-steering [data-role="generate-job"][data-state="cancelled"]').wait_for()
+    assert view.error == "" and not view.busy and not page.console_errors
