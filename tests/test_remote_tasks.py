@@ -20,7 +20,7 @@ from tests._tiny_sae import tiny_saes
 from tests.test_backends_features import firing
 from tests.test_backends_toolkit import HARMFUL, HARMLESS, refusal_words  # noqa: F401
 from tests.test_remote import TOL, Setup
-from tests.test_remote_view import distinct
+from tests.test_remote_view import distinct, settled
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -100,6 +100,7 @@ def circuit_view(setup: Setup, pairs, **options):
     graph = cv.circuit(setup.bridge, pairs, progress=False)
     ref = CircuitView(setup.server, pairs, graph=graph, top_nodes=6, top_edges=12, **options)
     got = CircuitView(client(setup), pairs, graph=graph, top_nodes=6, top_edges=12, **options)
+    settled(got)  # its baselines are the view's first job, off the cell: count from here
     return ref, got
 
 
@@ -169,6 +170,7 @@ def test_the_clamp_panels_steer_is_a_job_and_equals_the_bridge(setup, pairs, res
     node = f"L1F{firing(setup.bridge, saes, 1)}"
     graph = cv.circuit(setup.bridge, pairs, progress=False)
     view = CircuitView(client(setup), pairs, graph=graph, saes=saes)
+    settled(view)
     assert view.can_steer
     kernel = Kernel(view, "steer")
     setup.fake.delay = 0.2
