@@ -182,6 +182,7 @@ class FeatureSteering(t.HasTraits):
                 mode=mode,  # type: ignore[arg-type]
                 n_tokens=STEER_TOKENS,
                 prepend_bos=pairs.prepend_bos,
+                progress=False,  # the panel shows the job's state
             )
             first = dataclasses.replace(res)  # the continuation stage, as it was
             deliver(lambda: show(first, "continuation"))

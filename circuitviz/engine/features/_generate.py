@@ -194,7 +194,7 @@ def greedy_bridge(
     *,
     n_tokens: int,
     eos: int | None,
-    desc: str = "generating",
+    desc: str | None = "generating",  # None: no progress bar
 ) -> Greedy:
     """The reference loop: one full bridge forward pass per new token, splice hooks attached
     (edits at positions past the prompt never apply; pos edits are checked by the caller)."""
@@ -204,7 +204,7 @@ def greedy_bridge(
     first = None
     seq = tokens[None].to(model.cfg.device)
     with torch.inference_mode(), hooks(model, fwd):
-        for _ in tqdm(range(n_tokens), desc=desc, leave=False):
+        for _ in tqdm(range(n_tokens), desc=desc, leave=False, disable=desc is None):
             logits = model(seq, return_type="logits")[0, -1].float()
             first = logits.cpu() if first is None else first
             nxt = int(logits.argmax())
@@ -227,7 +227,7 @@ def greedy_cached(
     eos: int | None,
     draft: Sequence[int] = (),
     lookahead: int | None = None,
-    desc: str = "generating",
+    desc: str | None = "generating",  # None: no progress bar
 ) -> Greedy:
     """The same continuation as :func:`greedy_bridge`, through the twin with a KV cache.
 
@@ -259,7 +259,7 @@ def greedy_cached(
     cache = DynamicCache()
     pending = list(prompt)  # tokens whose keys and values are not in the cache yet
     device = model.cfg.device
-    bar = tqdm(total=n_tokens, desc=desc, leave=False)
+    bar = tqdm(total=n_tokens, desc=desc, leave=False, disable=desc is None)
     try:
         with torch.inference_mode(), module_hooks(post, pre):
             while len(ids) < n_tokens:

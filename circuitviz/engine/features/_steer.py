@@ -222,7 +222,12 @@ def _latent_max(
 
 
 def _unedited(
-    model: TransformerBridge, tokens: torch.Tensor, saes: SAESet, n_tokens: int, k: int
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    saes: SAESet,
+    n_tokens: int,
+    k: int,
+    progress: bool = True,
 ) -> _Unedited:
     memo = _UNEDITED.setdefault(model, OrderedDict())
     key = (tuple(tokens.tolist()), n_tokens, k, id(saes))
@@ -231,10 +236,11 @@ def _unedited(
         return memo[key][1]
     tw = twin(model)
     eos = _eos(model)
+    options = {"n_tokens": n_tokens, "eos": eos, "desc": "before" if progress else None}
     if tw is not None:
-        cont = greedy_cached(model, tw, tokens, saes, [], n_tokens=n_tokens, eos=eos, desc="before")
+        cont = greedy_cached(model, tw, tokens, saes, [], **options)
     else:
-        cont = greedy_bridge(model, tokens, saes, [], n_tokens=n_tokens, eos=eos, desc="before")
+        cont = greedy_bridge(model, tokens, saes, [], **options)
     value = _Unedited(
         cont, top_tokens(model, cont.first_logits, k), _latent_max(model, tokens, saes)
     )
@@ -351,6 +357,7 @@ def steer(
     wrong_answer: str | None = None,
     k: int = TOP_K,
     prepend_bos: bool | None = None,
+    progress: bool = True,
 ) -> SteerResult:
     """Clamp or ablate SAE features and compare greedy continuations of ``prompt``.
 
@@ -367,6 +374,8 @@ def steer(
             whose logit difference at the prompt's next token is reported.
         k: how many top next tokens to report.
         prepend_bos: None follows the model's convention (as every analysis).
+        progress: a progress bar per continuation (the views, which show their own state,
+            turn it off: in a notebook each bar is a widget the browser must draw).
 
     The edits act through the SAEs' splice (reconstruction + error term), so with nothing
     edited the model's output is unchanged. Interrupting stops it with no hook left.
@@ -422,7 +431,7 @@ def steer(
             answer_ids=answer_ids,
             k=k,
         )
-    unedited = _unedited(model, tokens, saes, n_tokens, k)
+    unedited = _unedited(model, tokens, saes, n_tokens, k, progress)
     values = (
         [0.0] * len(feats)
         if mode == "ablate"
@@ -430,7 +439,8 @@ def steer(
     )
     edits = feature_edits(feats, values)
     tw = twin(model) if fast_sites(saes, edits) else None
-    options = {"n_tokens": n_tokens, "eos": _eos(model), "desc": f"after ({mode})"}
+    desc = f"after ({mode})" if progress else None
+    options = {"n_tokens": n_tokens, "eos": _eos(model), "desc": desc}
     if tw is not None:
         after = greedy_cached(
             model, tw, tokens, saes, edits, draft=unedited.continuation.ids, **options
