@@ -231,3 +231,12 @@ def test_map_in_patching_view(tiny_llama):
     figure = result.figure()
     assert figure.data[0].z.shape == (2, 4)
     assert figure.layout.title.text == "Path patching: each head → LOGITS (resid, denoise)"
+
+
+@pytest.mark.parametrize("sender", ["L1F3", "L1ERR", "L0attnF2", "L0tcERR"])
+def test_sae_ids_are_not_senders(tiny_llama, sender):
+    """An SAE latent or error term parses as a component id, but path patching has no
+    such sender: a clear error, not a head or MLP under another name."""
+    with pytest.raises(cv.InputError, match="sends from heads and MLPs"):
+        cv.path_patch(tiny_llama, PAIRS, senders=[sender], receivers="logits", progress=False)
+    assert not has_hooks(tiny_llama)

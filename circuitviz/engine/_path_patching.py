@@ -125,6 +125,12 @@ def _parse_head(model: TransformerBridge, item, what: str) -> tuple[int, int]:
 
 def _parse_sender(model: TransformerBridge, item) -> Sender:
     comp = _parse(item, "Sender", parse_id if isinstance(item, str) else parse_head)
+    if comp.kind not in ("head", "mlp"):  # an SAE latent or error term: not a sender here
+        raise InputError(
+            f"Sender {comp.id}: path patching sends from heads and MLPs ('L3H5', 'MLP2'); "
+            "to test an SAE feature's effect use circuitviz.ablate(features=[...], saes=...) "
+            "or a feature circuit (circuit(..., saes=...))."
+        )
     _check_layer_head(model, comp, "Sender")
     return Sender(comp.kind, comp.layer, comp.head)
 
