@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .._pairs import InputError, encode, uses_bos
+from .._pairs import InputError, encode
 from ._base import Output, Run, backend_of, ported
 
 #: SAE hooks an nnsight model can splice: a decoder layer's input and output.
@@ -144,8 +144,7 @@ def returned(model: Any, out: Output, hook: str) -> torch.Tensor:
 def feature_activations(model: Any, prompt: str, saes: Any, *, k: int, prepend_bos: Any):
     """:func:`circuitviz.engine.features.feature_activations` on nnsight: one request brings
     back the activations at the SAEs' hooks; the latents are encoded here."""
-    from .._models import model_name
-    from ..features._explorer import FeatureActivations
+    from ..features._explorer import encoded
 
     check_saes(model, saes)
     with ported():
@@ -153,23 +152,9 @@ def feature_activations(model: Any, prompt: str, saes: Any, *, k: int, prepend_b
     run = Run(ids[None])
     keep(model, run, saes, back=True)
     out = backend_of(model).execute([run], desc="feature activations", progress=False)[0]
-    latents, top_index, top_value = {}, {}, {}
-    with torch.no_grad():
-        for hook, sae in saes.items():
-            x = returned(model, out, hook)[0]
-            f = sae.encode(x.to(sae.W_enc.device)).float().cpu()
-            top = f.topk(min(k, sae.d_sae), dim=-1)
-            latents[hook], top_index[hook], top_value[hook] = f, top.indices, top.values
-    return FeatureActivations(
-        tokens=[str(t) for t in model.to_str_tokens(ids)],
-        ids=ids.cpu(),
-        latents=latents,
-        top_index=top_index,
-        top_value=top_value,
-        model_name=model_name(model),
-        first=int(uses_bos(model, prepend_bos)),
-        extra={"backend": backend_of(model).name, "requests": 1},
-    )
+    acts = {hook: returned(model, out, hook)[0] for hook in saes}
+    extra = {"backend": backend_of(model).name, "requests": 1}
+    return encoded(model, ids, acts, saes, k, prepend_bos, extra)
 
 
 def feature_ablation(

@@ -109,10 +109,24 @@ def feature_activations(
     ids = encode(model, prompt, prepend_bos=prepend_bos)
     device = next(iter(model.parameters())).device
     acts = collect(model, saes, ids[None].to(device))
+    return encoded(model, ids, {h: a[0] for h, a in acts.items()}, saes, k, prepend_bos)
+
+
+def encoded(
+    model: Any,
+    ids: torch.Tensor,
+    acts: dict[str, torch.Tensor],
+    saes: SAESet,
+    k: int,
+    prepend_bos: bool | None,
+    extra: dict[str, Any] | None = None,
+) -> FeatureActivations:
+    """The result from each SAE hook's activations ``[pos, d_model]``, encoded here (both
+    backends: nnsight brings the activations back and encodes them on the client)."""
     latents, top_index, top_value = {}, {}, {}
     with torch.no_grad():
         for hook, sae in saes.items():
-            f = sae.encode(acts[hook][0].to(sae.W_enc.device)).float().cpu()
+            f = sae.encode(acts[hook].to(sae.W_enc.device)).float().cpu()
             top = f.topk(min(k, sae.d_sae), dim=-1)
             latents[hook], top_index[hook], top_value[hook] = f, top.indices, top.values
     return FeatureActivations(
@@ -123,6 +137,7 @@ def feature_activations(
         top_value=top_value,
         model_name=model_name(model),
         first=int(uses_bos(model, prepend_bos)),
+        extra=extra or {},
     )
 
 
