@@ -35,7 +35,14 @@ import traitlets as t
 from ..engine import METRICS, MODES, AblationResult, InputError, PromptPairs, ablate
 from ..engine._components import COMPONENT_ID, parse_id, parse_ids
 from ..engine.backends import JobCancelled, remote_jobs
-from ._jobs import FIRST_REQUEST, JOB_KEYS, JOB_STATES, RemoteClicks, kernel_post
+from ._jobs import (
+    FIRST_REQUEST,
+    JOB_KEYS,
+    JOB_STATES,
+    RemoteClicks,
+    kernel_post,
+    main_thread_post,
+)
 
 STATIC = Path(__file__).parent.parent / "static"
 COMPONENT = COMPONENT_ID  # the engine's grammar: "L3H5", "MLP7", optionally ":P4"
@@ -227,6 +234,22 @@ class View(anywidget.AnyWidget):
         they are reserved: any other message goes to the callbacks of ``view.on_msg``."""
         names = (name for name in dir(cls) if name.startswith("_msg_"))
         return sorted(name[5:] for name in names if inspect.isfunction(getattr(cls, name)))
+
+    def _handle_msg(self, msg: Any) -> None:
+        """Every message from the page (trait updates and custom messages) is handled on the
+        kernel's main thread, where cells run.
+
+        ipykernel 7 under JupyterLab hands widget messages to a subshell's thread. A click's
+        torch work run there uses a second OpenMP thread pool beside the one the cells' work
+        made, and with more pooled threads than cores libgomp stops spin-waiting between
+        parallel regions: every small matmul then waits on a wake-up. Click to clamp took
+        1.6× as long on the 2-core CPU (0.73 s vs 0.45 s, benchmarks/README.md). Messages keep
+        their order; a click sent while a cell runs waits for it, as before subshells."""
+        post = main_thread_post()
+        if post is None:
+            super()._handle_msg(msg)
+        else:
+            post(lambda: super(View, self)._handle_msg(msg))
 
     def _handle_custom_msg(self, content: Any, buffers: list[Any] | None = None) -> None:
         """Route one message from the page; never raises. The view's own types are size-checked

@@ -35,15 +35,28 @@ JOB_KEYS = frozenset({"state", "detail", "request", "seconds", "remote"})
 def kernel_post() -> Callable[[Callable[[], None]], None]:
     """How a worker hands work to the kernel's main thread: its IO loop's ``add_callback``
     (thread-safe) inside a running kernel, else a plain call (scripts and tests)."""
+    loop = _kernel_loop()
+    return (lambda fn: fn()) if loop is None else loop.add_callback
+
+
+def main_thread_post() -> Callable[[Callable[[], None]], None] | None:
+    """``add_callback`` of the kernel's main-thread loop when called from another thread of a
+    running kernel (ipykernel 7 hands widget messages to a subshell's thread), else ``None``."""
+    if threading.current_thread() is threading.main_thread():
+        return None
+    loop = _kernel_loop()
+    return None if loop is None else loop.add_callback
+
+
+def _kernel_loop() -> Any:
     try:
         from ipykernel.kernelbase import Kernel
 
         if Kernel.initialized():
-            loop = Kernel.instance().io_loop
-            return loop.add_callback
-    except Exception:  # no ipykernel, or one without an IO loop: call in place
+            return Kernel.instance().io_loop
+    except Exception:  # no ipykernel, or one without an IO loop
         pass
-    return lambda fn: fn()
+    return None
 
 
 class RemoteClicks:
