@@ -212,7 +212,9 @@ def test_ctrl_c_on_a_real_cli_run(tmp_path):
     out = tmp_path / "circuit.svg"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "circuitviz", "figure", "--analysis", "circuit", "--progress"]
-    cmd += ["-o", str(out)]
+    # 64 pairs: the circuit takes many seconds even on a quiet machine (with the default 8 it
+    # once finished inside the second this test waits before interrupting it)
+    cmd += ["--n", "64", "-o", str(out)]
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
