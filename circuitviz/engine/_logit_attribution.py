@@ -126,6 +126,7 @@ def dla_result(
         tokens=tokens.str_tokens,
         model_name=model_name(model),
         extra={"bias_terms": terms, "final_norm": kind, **(extra or {})},
+        columns=tokens.columns,
     )
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
+
+if TYPE_CHECKING:
+    from ._columns import Columns
 
 
 class InputError(ValueError):
@@ -153,6 +156,8 @@ class Tokens:
     # [batch, pos], 1 = token, 0 = padding: only for prompts of mixed lengths, left-padded so
     # that every prompt's final token is the last position (None: no padding).
     attention_mask: torch.Tensor | None = None
+    # Each prompt's tokens per column, for the maps' partial-column marks (None: no padding).
+    columns: Columns | None = None
 
     @property
     def batch(self) -> int:
@@ -244,6 +249,7 @@ def tokenize(model: TransformerBridge, pairs: PromptPairs, *, pad: bool = False)
     With ``pad=True`` (for analyses that pass the mask on) the pairs may differ in length;
     each corrupted prompt must still match its clean one. They are left-padded and
     ``Tokens.attention_mask`` is set; ``str_tokens`` are then the longest clean prompt's."""
+    from ._columns import columns_of  # both import InputError from here
     from ._models import check_bridge  # _models imports this module
 
     check_bridge(model)
@@ -294,4 +300,5 @@ def tokenize(model: TransformerBridge, pairs: PromptPairs, *, pad: bool = False)
         str_tokens=list(model.to_str_tokens(clean_rows[longest])),
         prepend_bos=bos,
         attention_mask=None if mask is None else mask.to(device),
+        columns=None if mask is None else columns_of([model.to_str_tokens(r) for r in clean_rows]),
     )

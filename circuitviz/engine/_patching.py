@@ -475,4 +475,5 @@ def patch_result(
         tokens=tokens.str_tokens,
         model_name=model_name(model),
         extra=extra,
+        columns=tokens.columns,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ._columns import Columns
 from ._components import Component
 from ._metrics import gap_is_degenerate
 
@@ -47,6 +48,8 @@ class PatchResult:
     tokens: list[str]
     model_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Mixed-length pairs: each prompt's token per ``pos`` column (None: no padding).
+    columns: Columns | None = None
 
     def __repr__(self) -> str:
         shape = " × ".join(f"{a}={n}" for a, n in zip(self.axes, self.values.shape, strict=True))

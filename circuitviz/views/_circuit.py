@@ -23,6 +23,7 @@ import traitlets as t
 from ..engine import InputError, PromptPairs, backends
 from ..engine._badges import badge_legend, role_map
 from ..engine._cells import is_covered
+from ..engine._columns import Columns
 from ..engine._components import parse_id
 from ..engine._sites import SITE_HOOKS
 from ..engine.graph import FeatureGraph, Graph, _select, circuit
@@ -101,6 +102,8 @@ def graph_payload(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(edges, list) or not all(isinstance(e, Mapping) for e in edges):
         raise InputError("The graph's 'edges' must be a list of objects.")
     out = {k: data[k] for k in GRAPH_META if k in data}
+    if out.get("columns"):  # the notes sent are the kernel's, not a file's
+        out["columns"] = Columns.from_dict(out["columns"]).to_dict()
     if "saes" in data:  # a feature graph: rebuilt as one (graph_object)
         out.update({k: data[k] for k in ("saes", "n_kv_heads", "steps") if k in data})
     inner = [n for n in nodes if n["type"] in ("head", "mlp")]
@@ -577,6 +580,8 @@ _MEANINGS = {
 
 def _graph_meta(graph: Graph | FeatureGraph) -> dict[str, Any]:
     extra = {"saes": graph.saes} if isinstance(graph, FeatureGraph) else {}
+    if getattr(graph, "columns", None) is not None:  # mixed-length pairs, per position
+        extra["columns"] = graph.columns.to_dict()
     return extra | {
         "model": graph.model,
         "method": graph.method,

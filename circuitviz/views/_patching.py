@@ -23,6 +23,7 @@ from ..engine._cells import (
     is_selected,
     zero_tolerance,
 )
+from ..engine._columns import columns_payload
 from ._base import STATIC, AblationView
 from ._codec import MAX_MESSAGE_BYTES, encode
 
@@ -49,7 +50,16 @@ def map_payload(result: PatchResult) -> dict[str, Any]:
         "zero_tol": zero_tolerance(result),
         "cells": cell_rule(result).to_dict(),
         "model": result.model_name,
+        "columns": pos_columns(result),
     }
+
+
+def pos_columns(result: PatchResult) -> dict | None:
+    """The map's partial position columns (mixed-length pairs), or None: see
+    :mod:`circuitviz.engine._columns`. Maps put positions on the heatmap's columns."""
+    if "pos" not in result.axes:
+        return None
+    return columns_payload(result.columns, len(result.labels["pos"]))
 
 
 class PatchingView(AblationView):
@@ -74,7 +84,8 @@ class PatchingView(AblationView):
     ``method``, ``metric``, ``clean``, ``corrupted``, ``baseline``, ``baseline_label``,
     ``color_labels`` (colour-bar title per colour mode), ``zero_tol`` (smaller effects are
     shown as 0) and ``cells`` (templates: each cell's id and what a click ablates, or the
-    reason it can't)."""
+    reason it can't) and ``columns`` (mixed-length pairs: which position columns have
+    padding in some prompts, with a note each, or None)."""
 
     color = t.Unicode("effect").tag(sync=True)
     """``"effect"`` (value − baseline, the default) or ``"value"`` (the metric itself, centred

@@ -107,6 +107,7 @@ def circuit(
         method=method,
         metric=bound.name,
         per_position=per_position,
+        columns=tokens.columns if per_position else None,
         clean=bound(clean_l),
         corrupted=bound(corr_l),
         steps=steps,

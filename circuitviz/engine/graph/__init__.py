@@ -156,6 +156,7 @@ def circuit(
         method=method,
         metric=bound.name,
         per_position=per_position,
+        columns=tokens.columns if per_position else None,
         clean=clean,
         corrupted=corrupted,
         steps=steps,

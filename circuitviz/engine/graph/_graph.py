@@ -16,6 +16,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from .._badges import role_map
+from .._columns import Columns
 from .._components import as_int, listed
 from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs
@@ -119,6 +120,8 @@ class Graph:
     node_mask: torch.Tensor
     node_scores: torch.Tensor  # [node, pos]
     steps: int = 1
+    # Per-position graphs of mixed-length pairs: each prompt's token per column (else None).
+    columns: Columns | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     # construction ------------------------------------------------------------------------
@@ -321,7 +324,11 @@ class Graph:
             "corrupted": self.corrupted,
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [e.to_dict() for e in self.edges],
+            **self._columns_dict(),
         } | ({"roles": roles} if with_roles is not None else {})
+
+    def _columns_dict(self) -> dict[str, Any]:
+        return {"columns": self.columns.to_dict()} if self.columns is not None else {}
 
     def to_json(self, *, with_roles: Any = None, **kwargs: Any) -> str:
         """:meth:`to_dict` as a JSON string (``kwargs`` go to ``json.dumps``)."""
@@ -366,6 +373,7 @@ class Graph:
             node_mask=node_mask,
             node_scores=node_scores,
             steps=int(data.get("steps", 1)),
+            columns=Columns.from_dict(data["columns"]) if data.get("columns") else None,
         )
         # Parse everything first (a later entry for the same node or edge wins), then fill
         # the tensors in one indexed assignment each.

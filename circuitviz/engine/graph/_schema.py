@@ -42,8 +42,11 @@ GRAPH_META = (
     "clean",
     "corrupted",
     "prompts",
+    "columns",
 )
-WHOLE_KEYS = (*GRAPH_META, "nodes", "edges")
+WHOLE_KEYS = (*[k for k in GRAPH_META if k != "columns"], "nodes", "edges")
+#: Prompts a graph's ``columns`` (mixed-length pairs: each prompt's token per column) may list.
+MAX_PROMPTS = 4096
 
 
 def _short(value: Any) -> str:
@@ -117,6 +120,7 @@ def check_graph_json(data: Any, *, whole: bool = False) -> None:
     if whole and per_position and not tokens:
         raise InputError("Graph JSON: a per-position graph needs its 'tokens'.")
     n_pos = len(tokens) if tokens else None
+    _check_columns(data.get("columns"), n_pos)
 
     d_sae = _check_saes(data.get("saes"), n_layers)
     if whole and n_layers is not None and n_heads is not None and d_sae is None:
@@ -160,6 +164,27 @@ def check_graph_json(data: Any, *, whole: bool = False) -> None:
         targets = edge.get("targets")
         if targets is not None and (not isinstance(targets, list) or len(targets) > MAX_HEADS):
             raise InputError(f"Graph JSON: edges[{i}].targets must be a list of node ids.")
+
+
+def _check_columns(columns: Any, n_pos: int | None) -> None:
+    """Mixed-length pairs' ``columns``: ``tokens``, one row per prompt (at most
+    :data:`MAX_PROMPTS`) of one token string or null (padding) per entry of ``tokens``."""
+    if columns is None:
+        return
+    rows = columns.get("tokens") if isinstance(columns, Mapping) else None
+    if not isinstance(rows, list) or not 0 < len(rows) <= MAX_PROMPTS:
+        raise InputError(
+            f"Graph JSON: 'columns' must hold 'tokens', a list of 1–{MAX_PROMPTS} prompts."
+        )
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != n_pos:
+            raise InputError(
+                f"Graph JSON: columns.tokens[{i}] must list one token (or null) per entry of "
+                f"'tokens' ({n_pos})."
+            )
+        for j, tok in enumerate(row):
+            if tok is not None:
+                _text(tok, f"columns.tokens[{i}][{j}]")
 
 
 def _check_saes(saes: Any, n_layers: int | None) -> dict[str, int] | None:
