@@ -19,8 +19,8 @@ from ._pairs import InputError
 
 #: The legend entry of a partial column, in the views and in the figures.
 PARTIAL_LEGEND = (
-    "hatched: padding in some prompts — only the prompts with a token in that column add to "
-    "it (the batch mean still counts all)"
+    "hatched column: padding in some prompts; only those with a token there add to it "
+    "(the mean still counts all)"
 )
 #: At most this many distinct tokens are listed in a column's note.
 NOTE_TOKENS = 4
@@ -61,10 +61,8 @@ class Columns:
         listed = [f"{tok!r}×{c}" if c > 1 else repr(tok) for tok, c in counts.most_common()]
         more = len(listed) - NOTE_TOKENS
         shown = ", ".join(listed[:NOTE_TOKENS]) + (f", +{more} more" if more > 0 else "")
-        return (
-            f"pad in {n - k} of {n} prompts: only the {k} with a token here add to this "
-            f"column ({shown})"
-        )
+        who = "1 prompt with a token here adds" if k == 1 else f"{k} prompts with a token here add"
+        return f"pad in {n - k} of {n} prompts: only the {who} to this column ({shown})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the per-prompt tokens, and what the views draw — ``present`` counts,
@@ -99,9 +97,22 @@ def columns_of(rows: Sequence[Sequence[str]]) -> Columns | None:
     return Columns(tuple((None,) * (width - len(r)) + tuple(r) for r in rows))
 
 
-def columns_payload(columns: Columns | None, n_columns: int) -> dict[str, Any] | None:
-    """What a view sends about a map's position columns (None when none is partial, or the
-    map's position axis is not the batch's)."""
-    if columns is None or columns.n_columns != n_columns or not columns.partial:
+def map_columns(result: Any) -> dict[str, Any] | None:
+    """What the PatchingView sends and ``patch_figure`` draws about a map's position columns
+    (a :class:`~circuitviz.PatchResult`; maps put positions on the heatmap's columns): None
+    when the map has no ``pos`` axis or no column is partial."""
+    columns = result.columns
+    if "pos" not in result.axes or columns is None or not columns.partial:
+        return None
+    if columns.n_columns != len(result.labels["pos"]):  # not this batch's positions
         return None
     return columns.to_dict()
+
+
+def notes_of(info: Mapping[str, Any] | None) -> dict[int, str]:
+    """``{column: note}`` of the partial columns of a ``Columns.to_dict()`` payload (graph
+    JSON read from a file included), the notes recomputed from its tokens."""
+    if not info:
+        return {}
+    columns = Columns.from_dict(info)
+    return {p: note for p in columns.partial if (note := columns.note(p))}

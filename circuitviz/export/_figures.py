@@ -24,7 +24,9 @@ from ..engine._cells import (
     is_selected,
     zero_tolerance,
 )
+from ..engine._columns import map_columns
 from ..engine._pairs import InputError
+from ._padding import hover_notes, style_heatmap
 from ._style import (
     DIVERGING,
     PX_PER_INCH,
@@ -144,6 +146,7 @@ def patch_figure(
     x = [text_label(c) for c in cols]
     y = [text_label(r) for r in rows]
     shown = "effect" if color == "effect" else result.metric
+    columns = map_columns(result)  # mixed-length pairs: partial columns, as the view
     fig = go.Figure(
         go.Heatmap(
             z=(effect + shift).numpy(),
@@ -156,8 +159,10 @@ def patch_figure(
             colorbar={"title": {"text": _bar_title(color_labels(result)[color], style, len(rows))}},
             hovertemplate=(
                 f"{text_label(row_axis)} %{{y}}<br>{text_label(col_axis)} %{{x}}<br>"
-                f"{text_label(shown)} %{{z:.4g}}<extra></extra>"
+                f"{text_label(shown)} %{{z:.4g}}{'%{customdata}' if columns else ''}"
+                "<extra></extra>"
             ),
+            customdata=hover_notes(columns, len(rows), len(cols)) if columns else None,
         )
     )
     if title is None and "receivers" in result.extra:  # path patching: name the receivers
@@ -182,7 +187,7 @@ def patch_figure(
     step = _row_label_step(style, len(rows), style.height_in(natural))
     fig.update_yaxes(tickmode="array", tickvals=y[::step], ticktext=y[::step])
     _mark_cells(fig, result, len(rows), len(cols), index, selected, set(ablated))
-    return apply_style(fig, style, natural_height=natural)
+    return style_heatmap(fig, style, columns, natural)  # partial columns, then the style
 
 
 #: Colour scales of attention patterns (AttentionView.color_scale, attention_figure).

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..engine.graph._schema import check_graph_json
 from ._badges import checked_roles, legend_layout, legend_margin, node_badges
+from ._padding import column_spans, drawn_partial, legend_px, mark_graph_columns, pad_legend
 from ._style import (
     CATEGORICAL,
     NEGATIVE,
@@ -524,6 +525,9 @@ def graph_figure(
         n_heads=data.get("n_heads"),
     )
     margin["b"] += legend_margin(head_roles, label_px, style.width_in * PX_PER_INCH)
+    spans = column_spans(data, pos)  # mixed-length pairs: partial columns are hatched
+    pad_px = legend_px(label_px) if drawn_partial(data.get("columns"), spans) else 0.0
+    margin["b"] += pad_px
     xs = [x for x, _ in pos.values()]
     x_range = (min(xs) - 0.7, max(xs) + 0.7)
     position_ticks = _position_ticks(data, pos)
@@ -545,6 +549,7 @@ def graph_figure(
     natural = (margin["t"] + margin["b"] + (y_range[1] - y_range[0]) * row_px) / PX_PER_INCH
 
     fig = go.Figure()
+    mark_graph_columns(fig, data.get("columns"), spans, y_range)
     for trace in _edge_traces(data, pos, ablated):
         fig.add_trace(trace)
     fig.update_layout(title=title_text)
@@ -621,4 +626,5 @@ def graph_figure(
         meta={**fig.layout.meta, "layer_rows": {str(k): v for k, v in rows.items()}},
         **legend_layout(label_px),
     )
+    pad_legend(fig, pad_px, label_px)  # partial columns' entry, under the roles' legend
     return fig

@@ -23,7 +23,7 @@ from ..engine._cells import (
     is_selected,
     zero_tolerance,
 )
-from ..engine._columns import columns_payload
+from ..engine._columns import map_columns
 from ._base import STATIC, AblationView
 from ._codec import MAX_MESSAGE_BYTES, encode
 
@@ -50,16 +50,8 @@ def map_payload(result: PatchResult) -> dict[str, Any]:
         "zero_tol": zero_tolerance(result),
         "cells": cell_rule(result).to_dict(),
         "model": result.model_name,
-        "columns": pos_columns(result),
+        "columns": map_columns(result),
     }
-
-
-def pos_columns(result: PatchResult) -> dict | None:
-    """The map's partial position columns (mixed-length pairs), or None: see
-    :mod:`circuitviz.engine._columns`. Maps put positions on the heatmap's columns."""
-    if "pos" not in result.axes:
-        return None
-    return columns_payload(result.columns, len(result.labels["pos"]))
 
 
 class PatchingView(AblationView):

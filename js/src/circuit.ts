@@ -13,6 +13,7 @@ import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
 import { CLAMP_STYLE, FEATURE_COLOR, FeaturePanel, SUPERNODE_COLOR, pickedRing, supernodeShape, type ClampTraits } from "./clamp";
 import { clickedEdge, edgePanel, isSelectedEdge, mibPlot, MIB_STYLE } from "./circuit_mib";
 import { errorFaithRows, FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
+import { bandsSVG, hatchDef, hatchId, legendEl, partialColumns } from "./padding";
 import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
 
@@ -71,7 +72,11 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   const overlay = svgEl("g", { class: "cv-overlay", "pointer-events": "none" });
   const rules = svgEl("g", { class: "cv-rules", "pointer-events": "none" });
   viewport.append(edgeLayer, nodeLayer);
-  svg.append(rules, viewport, overlay);
+  const pads = svgEl("g", { class: "cv-pads" }); // partial token columns (mixed-length prompts)
+  const hatch = hatchId();
+  svg.append(svgEl("defs", {}), rules, pads, viewport, overlay);
+  svg.firstChild!.appendChild(hatchDef(hatch));
+  const padLegend = el("div", { "data-role": "pad-legend-box" });
   const preview = el("div", { class: "cv-preview", "data-role": "head-preview" });
   const onError = (e: unknown) => setText(panel.error, String(e));
   const roleLegend = el("div", { "data-role": "role-legend-box" });
@@ -83,7 +88,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   };
   const edgeBox = edgePanel(model, setEdge);
   const mibBox = mibPlot(model, () => live);
-  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, edgeBox.el, mibBox.el, preview, features.el, legend(), featLegend, roleLegend, panel.el);
+  const side = el("div", { class: "cv-side", "data-role": "side-panel" }, info, edgeBox.el, mibBox.el, preview, features.el, legend(), padLegend, featLegend, roleLegend, panel.el);
   const main = el("div", { class: "cv-main cv-graph-box" }, svg);
   rootEl.append(
     el("div", { class: "cv-toolbar" }, title, counts),
@@ -129,6 +134,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       : null;
     setText(title, `${g.method ?? "circuit"} graph · ${g.model ?? ""} · ${g.metric ?? ""}`);
     loadRoles();
+    padLegend.replaceChildren(...(partialColumns(g.columns).length ? [legendEl(g.columns!)] : []));
     showFeatureControls(!!g.saes?.length);
     const nEdges = g.n_edges ?? (edges ? edges.weight.length : 0);
     const inner = nodes.filter((n) => ABLATABLE.has(n.type)).length;
@@ -288,6 +294,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   function drawOverlay(): void {
     clear(overlay);
     clear(rules);
+    clear(pads);
     const g = model.get("graph");
     const height = Number(svg.getAttribute("height"));
     overlay.append(svgEl("rect", { x: 0, y: 0, width: AXIS_W - 4, height, fill: "#fff", opacity: 0.9 }));
@@ -306,6 +313,9 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
         if (x < AXIS_W || x > svgWidth() || chars < 1) continue;
         overlay.append(svgEl("text", { x, y: height - 5, "text-anchor": "middle", "font-size": 11, fill: "#555", "data-role": "band-label" }, `${b.pos}:${truncate(tokens[b.pos] ?? "", chars)}`));
       }
+      const half = (b: { w: number }) => ((b.w - 12) / 2 + 4) * view.k;
+      const spans = layout.bands.map((b) => ({ pos: b.pos, x0: Math.max(AXIS_W, view.x + b.x * view.k - half(b)), x1: view.x + b.x * view.k + half(b) }));
+      if (g.columns) pads.append(bandsSVG(g.columns, spans.filter((s) => s.x1 > s.x0), height - TOKEN_AXIS_H, hatch));
     }
     drawRoleBadges();
     placeNodeLabels(height);

@@ -6,6 +6,7 @@
 import { css, type RGB, type Scale } from "./colors";
 import { button, el, setText, truncate } from "./dom";
 import { svgEl, svgRoot } from "./export";
+import { columnNote, drawStrips, hatchDef, hatchId, legendEl, legendSVG, partialColumns, STRIP_GAP, STRIP_H, stripsSVG, type ColumnInfo, type StripBox } from "./padding";
 
 export interface HeatmapData {
   rows: number;
@@ -26,6 +27,8 @@ export interface HeatmapData {
   colorbar?: { min: number; max: number; label: string; scale: Scale; ticks?: (number | [number, string])[] };
   tooltip: (r: number, c: number) => string;
   component?: (r: number, c: number) => string | null;
+  /** Position columns with padding in some prompts (the kernel's), hatched on the axis. */
+  columnInfo?: ColumnInfo | null;
 }
 
 export interface HeatmapOptions {
@@ -132,13 +135,18 @@ export class Heatmap {
   private frame = 0;
   private drag: { x: number; y: number; view: View; moved: boolean } | null = null;
   private suppressClick = false;
+  /** Columns hatched as partial (mixed-length prompts), and the gap their strip takes. */
+  private readonly partial: number[];
+  private readonly stripGap: number;
 
   constructor(
     readonly data: HeatmapData,
     readonly opts: HeatmapOptions = {},
   ) {
     const rowW = measure(data.rowLabels, 160) + (data.rowTitle ? 16 : 0);
-    const colH = measure(data.colLabels, 110) + (data.colTitle ? 16 : 0);
+    this.partial = partialColumns(data.columnInfo);
+    this.stripGap = this.partial.length ? STRIP_GAP : 0;
+    const colH = measure(data.colLabels, 110) + (data.colTitle ? 16 : 0) + this.stripGap;
     this.geom = geometry(data.rows, data.cols, rowW, colH, {
       maxWidth: opts.maxWidth ?? 640,
       maxHeight: opts.maxHeight ?? 640,
@@ -166,6 +174,8 @@ export class Heatmap {
     }
     const plot = el("div", { class: "cv-hm-plot" }, this.canvas, hits, this.tooltip);
     this.el = el("div", { class: "cv-hm" }, head, plot);
+    if (this.partial.length) this.el.append(legendEl(data.columnInfo!));
+    this.el.dataset.partialColumns = this.partial.join(",");
     plot.addEventListener("mousemove", (e) => this.hover(e));
     plot.addEventListener("mouseleave", () => {
       this.tooltip.style.display = "none";
@@ -319,11 +329,12 @@ export class Heatmap {
 
   private hover(e: MouseEvent): void {
     const cell = this.drag?.moved ? null : this.cellAt(e);
-    if (!cell) {
+    const strip = cell ? null : this.stripAt(e);
+    if (!cell && strip === null) {
       this.tooltip.style.display = "none";
       return;
     }
-    setText(this.tooltip, this.data.tooltip(cell[0], cell[1]));
+    setText(this.tooltip, cell ? this.data.tooltip(cell[0], cell[1]) : columnNote(this.data.columnInfo, strip!));
     const rect = this.canvas.getBoundingClientRect();
     const x = e.clientX - rect.left;
     const y = e.clientY - rect.top;
@@ -332,7 +343,30 @@ export class Heatmap {
     this.tooltip.style.left = flip ? "" : `${x + 14}px`;
     this.tooltip.style.right = flip ? `${rect.width - x + 14}px` : "";
     this.tooltip.style.top = `${y + 14}px`;
-    this.opts.onHover?.(cell[0], cell[1]);
+    if (cell) this.opts.onHover?.(cell[0], cell[1]);
+  }
+
+  /** The partial column whose hatched strip is under the pointer, or null. */
+  private stripAt(e: MouseEvent): number | null {
+    const rect = this.canvas.getBoundingClientRect();
+    const x = e.clientX - rect.left;
+    const y = e.clientY - rect.top - (this.geom.top - STRIP_H - 2);
+    if (y < 0 || y > STRIP_H) return null;
+    const hit = this.stripBoxes().find(([, bx, w]) => x >= bx && x < bx + w);
+    return hit ? hit[0] : null;
+  }
+
+  /** Screen boxes of the partial columns in view, cut to the plot's width. */
+  private stripBoxes(): StripBox[] {
+    const g = this.geom;
+    const out: StripBox[] = [];
+    for (const c of this.partial) {
+      const [x, , w] = this.box(0, c);
+      const x0 = Math.max(x, g.left);
+      const x1 = Math.min(x + w, g.left + g.plotW);
+      if (x1 > x0) out.push([c, x0, x1 - x0]);
+    }
+    return out;
   }
 
   /** Outline cells: index = r * cols + c. */
@@ -366,6 +400,7 @@ export class Heatmap {
     ctx.imageSmoothingEnabled = false;
     this.drawCells(ctx);
     this.drawLabels(ctx);
+    drawStrips(ctx, this.stripBoxes(), g.top - STRIP_H - 2);
     ctx.save();
     ctx.beginPath();
     ctx.rect(g.left, g.top, g.plotW, g.plotH);
@@ -481,7 +516,7 @@ export class Heatmap {
     for (const c of shown.cols) {
       const [x, , w] = this.box(0, c);
       ctx.save();
-      ctx.translate(x + w / 2, g.top - 4);
+      ctx.translate(x + w / 2, g.top - 4 - this.stripGap);
       ctx.rotate(-Math.PI / 2);
       ctx.textAlign = "left";
       ctx.fillText(truncate(colLabels[c] ?? "", 24), 0, 0);
@@ -555,7 +590,8 @@ export class Heatmap {
     const v = this.view;
     const titleLines = d.title ? wrap(d.title, Math.max(40, Math.floor(g.width / 7))) : [];
     const dy = titleLines.length * 16;
-    const svg = svgRoot(g.width, g.height + dy);
+    const legendH = this.partial.length ? 18 : 0;
+    const svg = svgRoot(g.width, g.height + dy + legendH);
     titleLines.forEach((line, i) => svg.append(svgEl("text", { x: 2, y: 13 + 16 * i, "font-weight": 600, "font-size": 12 }, line)));
     const body = svgEl("g", { transform: `translate(0 ${dy})` });
     svg.append(body);
@@ -602,7 +638,7 @@ export class Heatmap {
     for (const c of shown.cols) {
       const [x0, , w] = this.box(0, c);
       const x = x0 + w / 2;
-      const y = g.top - 4;
+      const y = g.top - 4 - this.stripGap;
       body.append(svgEl("text", { x, y, transform: `rotate(-90 ${x} ${y})`, "dominant-baseline": "middle" }, truncate(d.colLabels[c] ?? "", 24)));
     }
     if (d.rowTitle) body.append(svgEl("text", { x: 8, y: g.top + g.plotH / 2, transform: `rotate(-90 8 ${g.top + g.plotH / 2})`, "text-anchor": "middle", fill: "#666" }, d.rowTitle));
@@ -615,6 +651,11 @@ export class Heatmap {
     }
     body.append(marks);
     if (d.colorbar) body.append(this.colorbarSVG());
+    if (this.partial.length) {
+      const id = hatchId();
+      defs.append(hatchDef(id));
+      body.append(stripsSVG(d.columnInfo!, this.stripBoxes(), g.top - STRIP_H - 2, id), legendSVG(d.columnInfo!, g.left, g.height + 6, id));
+    }
     return svg;
   }
 

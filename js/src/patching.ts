@@ -7,6 +7,7 @@ import { diverging, divergingScale, maxAbs } from "./colors";
 import { el, fmt, root, select, setText } from "./dom";
 import { exportButtons } from "./export";
 import { Heatmap, type Mark, type View } from "./heatmap";
+import { columnNote } from "./padding";
 import { arrange, isCovered, isSelected, type Arrangement } from "./patchmap";
 import type { AnyModel, PatchMap, PatchingTraits } from "./types";
 
@@ -79,6 +80,7 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
           ? { min: base - max, max: base + max, scale: (v) => diverging(v - base, max), label: labels.value, ticks: [base + max, base, base - max] }
           : { min: -max, max, scale: divergingScale(max), label: labels.effect },
         component: (r, c) => arr.component(r, c),
+        columnInfo: map.columns,
         tooltip: (r, c) => {
           const i = r * arr.cols + c;
           return [
@@ -87,6 +89,7 @@ function render({ model, el: host }: { model: AnyModel<PatchingTraits>; el: HTML
             direct ? "" : `effect vs ${map.baseline_label}: ${fmt(effect[i], 5)}`,
             gap ? `= ${fmt((100 * effect[i]) / gap, 3)}% of the ${direct ? "clean value" : "clean − corrupted gap"}` : "",
             `clean ${fmt(map.clean)} · corrupted ${fmt(map.corrupted)}`,
+            columnNote(map.columns, c),
             clickAction(r, c),
           ]
             .filter(Boolean)

@@ -1,6 +1,7 @@
 // TypeScript mirrors of each view's synced traits (Python: circuitviz/views/_*.py).
 import type { Badge } from "./badges";
 import type { EncodedArray } from "./codec";
+import type { ColumnInfo } from "./padding";
 import type { CellRule } from "./patchmap";
 
 /** The part of anywidget's model interface the views use (the standalone shim implements it). */
@@ -104,6 +105,8 @@ export interface PatchMap {
   /** Each cell's id and what a click on it ablates (templates, from the kernel). */
   cells: CellRule;
   model: string;
+  /** Mixed-length prompts: the position columns with padding in some prompts (engine/_columns.py). */
+  columns?: ColumnInfo | null;
 }
 
 export interface PatchingTraits extends AblationTraits {
@@ -148,6 +151,8 @@ export interface GraphPayload {
   n_layers: number;
   n_heads: number;
   tokens?: string[];
+  /** Per-position graphs of mixed-length prompts: columns with padding in some prompts. */
+  columns?: ColumnInfo | null;
   clean?: number | null;
   corrupted?: number | null;
   nodes: GraphNode[];
