@@ -206,3 +206,16 @@ def test_views_hatch_partial_columns_in_the_browser(model, page, tmp_path, artif
     assert side.inner_text().strip() == PARTIAL_LEGEND
     assert not page.console_errors
     page.locator(".cv-circuit").screenshot(path=str(artifacts / "partial_columns_circuit.png"))
+
+
+def test_nnsight_results_carry_the_same_columns(model):
+    """On the nnsight backend the maps and per-position graphs record the same columns, so
+    its views and figures hatch the same columns as the bridge's."""
+    pairs = mixed_pairs(lengths=LENGTHS)
+    on_nnsight = cv.load_model(model, backend="nnsight")
+    want = tokenize(model, pairs, pad=True).columns
+    assert cv.patch(on_nnsight, pairs, over="resid_pre", progress=False).columns == want
+    assert cv.attribution_patch(on_nnsight, pairs, over="heads_by_pos").columns == want
+    assert cv.logit_attribution(on_nnsight, pairs, by="heads_by_pos").columns == want
+    graph = cv.circuit(on_nnsight, pairs, per_position=True, progress=False)
+    assert graph.columns == want
