@@ -6,7 +6,7 @@
 import { css, type RGB, type Scale } from "./colors";
 import { button, el, setText, truncate } from "./dom";
 import { svgEl, svgRoot } from "./export";
-import { columnNote, drawStrips, hatchDef, hatchId, legendEl, legendSVG, partialColumns, STRIP_GAP, STRIP_H, stripsSVG, type ColumnInfo, type StripBox } from "./padding";
+import { columnNote, drawStrips, hatchDef, hatchId, legendEl, legendSVG, partialColumns, STRIP_GAP, STRIP_H, stripAt, stripBoxes, stripsSVG, type ColumnInfo, type StripBox } from "./padding";
 
 export interface HeatmapData {
   rows: number;
@@ -349,24 +349,13 @@ export class Heatmap {
   /** The partial column whose hatched strip is under the pointer, or null. */
   private stripAt(e: MouseEvent): number | null {
     const rect = this.canvas.getBoundingClientRect();
-    const x = e.clientX - rect.left;
-    const y = e.clientY - rect.top - (this.geom.top - STRIP_H - 2);
-    if (y < 0 || y > STRIP_H) return null;
-    const hit = this.stripBoxes().find(([, bx, w]) => x >= bx && x < bx + w);
-    return hit ? hit[0] : null;
+    return stripAt(this.stripBoxes(), e.clientX - rect.left, e.clientY - rect.top, this.geom.top - STRIP_H - 2);
   }
 
   /** Screen boxes of the partial columns in view, cut to the plot's width. */
   private stripBoxes(): StripBox[] {
     const g = this.geom;
-    const out: StripBox[] = [];
-    for (const c of this.partial) {
-      const [x, , w] = this.box(0, c);
-      const x0 = Math.max(x, g.left);
-      const x1 = Math.min(x + w, g.left + g.plotW);
-      if (x1 > x0) out.push([c, x0, x1 - x0]);
-    }
-    return out;
+    return stripBoxes(this.partial, (c) => this.box(0, c), g.left, g.left + g.plotW);
   }
 
   /** Outline cells: index = r * cols + c. */

@@ -74,6 +74,26 @@ export function legendSVG(info: ColumnInfo, x: number, y: number, patternId: str
 /** One strip box per partial column in view: [column, x, width] in screen px. */
 export type StripBox = [number, number, number];
 
+/** Boxes of the partial columns, given each column's screen box (x, y, width, …), cut to
+ * the plot's x range [left, right). */
+export function stripBoxes(partial: number[], box: (c: number) => number[], left: number, right: number): StripBox[] {
+  const out: StripBox[] = [];
+  for (const c of partial) {
+    const [x, , w] = box(c);
+    const x0 = Math.max(x, left);
+    const x1 = Math.min(x + w, right);
+    if (x1 > x0) out.push([c, x0, x1 - x0]);
+  }
+  return out;
+}
+
+/** The column whose strip (top edge at `top`) holds the point (x, y), or null. */
+export function stripAt(boxes: StripBox[], x: number, y: number, top: number): number | null {
+  if (y < top || y > top + STRIP_H) return null;
+  const hit = boxes.find(([, bx, w]) => x >= bx && x < bx + w);
+  return hit ? hit[0] : null;
+}
+
 /** Draw the strips (top edge at y) on a canvas. */
 export function drawStrips(ctx: CanvasRenderingContext2D, boxes: StripBox[], y: number): void {
   if (!boxes.length) return;
