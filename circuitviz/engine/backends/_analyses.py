@@ -190,15 +190,15 @@ def ablate(
     check_pairs(pairs)
     check_metric(metric)
     targets = normalize_components(model, heads, mlps, features=features)
-    unported = [c for c in targets if c.kind not in ("head", "mlp", "feature")]
-    if unported:  # e.g. an SAE error term: not silently taken for an MLP
+    unported = [c for c in targets if c.kind not in ("head", "mlp", "feature", "error")]
+    if unported:  # not silently taken for an MLP
         from ._nnsight import BridgeOnly
 
         raise BridgeOnly(
             f"ablate({unported[0].id!r}) ({unported[0].kind}) runs on the TransformerLens "
             "bridge only: load it with circuitviz.load_model(name)."
         )
-    feats = [c for c in targets if c.kind == "feature"]
+    feats = [c for c in targets if c.kind in ("feature", "error")]  # spliced SAEs
     if feats:
         from ..features import as_sae_set
 

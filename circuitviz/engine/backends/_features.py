@@ -30,49 +30,84 @@ import torch
 from .._pairs import InputError, encode
 from ._base import Output, Run, backend_of, ported
 
-#: SAE hooks an nnsight model can splice: a decoder layer's input and output.
-_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
+#: Where an SAE splices on nnsight, by the bridge hook it reads (after ``blocks.L.``): the
+#: point it reads and writes (:data:`._feature_program.POINTS`, whose table names the module
+#: tensor of each). Transcoders read at :data:`TRANSCODER_READS` and write ``mlp_out``.
+SAE_POINTS = {
+    "hook_resid_pre": "resid_pre",
+    "hook_attn_out": "attn_out",
+    "hook_resid_mid": "resid_mid",
+    "hook_mlp_out": "mlp_out",
+    "hook_resid_post": "resid_post",
+}
+TRANSCODER_READS = {
+    "hook_resid_mid": "resid_mid",
+    "ln2.hook_in": "resid_mid",
+    "mlp.hook_in": "mlp_in",
+    "ln2.hook_out": "mlp_in",
+}
+_HOOK = re.compile(r"blocks\.(\d+)\.(.+)")
 
 
-def splice_key(model: Any, hook: str, what: str = "SAE") -> tuple[str, int]:
-    """``("resid_pre" | "resid_post", layer)`` of an SAE hook, or an InputError naming the
-    bridge for the hooks nnsight cannot reach at a module boundary."""
+def splice_site(model: Any, hook: str, sae: Any) -> tuple[tuple[str, int], str, str]:
+    """``(key, read point, write point)`` of the SAE (or transcoder) ``sae`` reading ``hook``
+    on the nnsight backend: ``key`` is ``(point, layer)`` for an SAE (it reads and writes
+    there), ``("transcoder", layer)`` for a transcoder. An InputError naming the sites nnsight
+    splices, and the bridge, for any other."""
     m = _HOOK.fullmatch(hook)
-    if m is None or int(m[1]) >= model.cfg.n_layers:
-        raise InputError(
-            f"The {what} at {hook!r} cannot be spliced on the nnsight backend: it splices SAEs "
-            "at 'blocks.L.hook_resid_pre' / 'blocks.L.hook_resid_post' (a decoder layer's "
-            f"input or output, L < {model.cfg.n_layers}). Use the TransformerLens bridge for "
-            f"it: circuitviz.load_model({model.cfg.model_name!r})."
-        )
-    return f"resid_{m[2]}", int(m[1])
+    layer = int(m[1]) if m else -1
+    suffix = m[2] if m else ""
+    output = getattr(sae, "output_hook", None)
+    if 0 <= layer < model.cfg.n_layers:
+        if output is None and suffix in SAE_POINTS:
+            point = SAE_POINTS[suffix]
+            return (point, layer), point, point
+        if output == f"blocks.{layer}.hook_mlp_out" and suffix in TRANSCODER_READS:
+            return ("transcoder", layer), TRANSCODER_READS[suffix], "mlp_out"
+    what = "transcoder" if output is not None else "SAE"
+    raise InputError(
+        f"The {what} at {hook!r}"
+        + (f" (writing {output!r})" if output is not None else "")
+        + " cannot be spliced on the nnsight backend: it splices SAEs at 'blocks.L.{"
+        + ", ".join(SAE_POINTS)
+        + "}' and transcoders that read 'blocks.L.{"
+        + ", ".join(TRANSCODER_READS)
+        + f"}}' and write 'blocks.L.hook_mlp_out' of the same block (L < "
+        f"{model.cfg.n_layers}). Use the TransformerLens bridge for it: "
+        f"circuitviz.load_model({model.cfg.model_name!r})."
+    )
 
 
 def check_saes(model: Any, saes: Any) -> None:
-    """Every SAE reads a hook nnsight can splice, and the model's width."""
+    """Every SAE reads (and writes) where nnsight can splice, with the model's width."""
     for hook, sae in saes.items():
-        splice_key(model, hook)
-        if sae.d_in != model.cfg.d_model:
+        splice_site(model, hook, sae)
+        width = model.cfg.d_model
+        if sae.d_in != width or sae.d_out != width:
             raise InputError(
-                f"The SAE {sae.name!r} reads {sae.d_in}-wide vectors but {hook!r} gives "
-                f"{model.cfg.d_model}: pass an SAE trained on this model's hook."
+                f"The SAE {sae.name!r} maps {sae.d_in}-wide vectors to {sae.d_out}-wide ones "
+                f"but {hook!r} gives {width}: pass an SAE trained on this model's hook."
             )
 
 
-def sae_payload(sae: Any, latents: Sequence[int]) -> dict:
-    """What an edit of ``latents`` needs of ``sae`` on the server (see the module doc)."""
-    index = torch.as_tensor(list(latents), dtype=torch.long)
-    topk = sae.activation == "topk"
+def sae_payload(sae: Any, latents: Sequence[int] | None) -> dict:
+    """What an edit of ``latents`` needs of ``sae`` on the server (see the module doc);
+    ``latents=None``: the whole SAE (an error term is edited: ``full``)."""
+    full = latents is None
+    index = torch.arange(sae.d_sae) if full else torch.as_tensor(list(latents), dtype=torch.long)
+    every = full or sae.activation == "topk"
     return {
         "activation": sae.activation,
         "k": sae.k,
         "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
-        "W_enc": _compact(sae.W_enc if topk else sae.W_enc[:, index]),
-        "b_enc": _compact(sae.b_enc if topk else sae.b_enc[index]),
+        "W_enc": _compact(sae.W_enc if every else sae.W_enc[:, index]),
+        "b_enc": _compact(sae.b_enc if every else sae.b_enc[index]),
         "threshold": None if sae.threshold is None else _compact(sae.threshold[index]),
         "b_dec_in": _compact(sae.b_dec) if sae.apply_b_dec_to_input else None,
-        "pick": index if topk else None,
+        "pick": None if full or sae.activation != "topk" else index,
         "W_dec": _compact(sae.W_dec[index]),
+        "b_dec": _compact(sae.b_dec) if full else None,
+        "full": full,
     }
 
 
@@ -87,16 +122,27 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def add_edits(model: Any, run: Run, saes: Any, edits: Iterable[tuple[str, int, Any, Any]]):
-    """Splice the SAEs into ``run`` with ``edits``: ``(hook, latent, pos, src)`` each, where
-    ``src`` is a number, a ``[batch | 1, pos]`` tensor, or ``("run", i, "mean" | "rows")``
-    (the latent on run ``i``'s activation, kept with :func:`keep`)."""
+def _spec(model: Any, run: Run, saes: Any, hook: str) -> dict:
+    """The splice of ``saes[hook]`` in ``run`` (made on first use)."""
+    key, read, write = splice_site(model, hook, saes[hook])
+    return run.splices.setdefault(key, {"read": read, "write": write})
+
+
+def add_edits(model: Any, run: Run, saes: Any, edits: Iterable[tuple[str, Any, Any, Any]]):
+    """Splice the SAEs into ``run`` with ``edits``: ``(hook, latent, pos, src)`` each —
+    ``latent`` None edits the error term — where ``src`` is a number, a ``[batch | 1, pos]``
+    tensor, or ``("run", i, "mean" | "rows")`` (the latent or error term on run ``i``'s
+    activation, kept with :func:`keep`)."""
     by_hook: dict[str, list] = {}
     for hook, latent, pos, src in edits:
         by_hook.setdefault(hook, []).append((latent, pos, src))
     for hook, items in by_hook.items():
+        spec = _spec(model, run, saes, hook)
+        if any(latent is None for latent, _, _ in items):  # an error term: the whole SAE
+            spec["sae"] = _payload(saes[hook], None)
+            spec["edits"] = [(latent, pos, _source(src)) for latent, pos, src in items]
+            continue
         columns = list(dict.fromkeys(latent for latent, _, _ in items))
-        spec = run.splices.setdefault(splice_key(model, hook), {})
         spec["sae"] = _payload(saes[hook], columns)
         spec["edits"] = [(columns.index(latent), pos, _source(src)) for latent, pos, src in items]
 
@@ -104,10 +150,10 @@ def add_edits(model: Any, run: Run, saes: Any, edits: Iterable[tuple[str, int, A
 _PAYLOADS: OrderedDict = OrderedDict()  # (id(sae), latents) -> (sae, payload), the last few
 
 
-def _payload(sae: Any, latents: list[int]) -> dict:
+def _payload(sae: Any, latents: list[int] | None) -> dict:
     """:func:`sae_payload`, the same object for the same edit: runs of one request that edit
     alike (a steer and its pairs' metric) send it once, and a repeated click builds it once."""
-    key = (id(sae), tuple(latents))
+    key = (id(sae), None if latents is None else tuple(latents))
     held = _PAYLOADS.get(key)
     if held is None or held[0] is not sae:
         held = _PAYLOADS[key] = (sae, sae_payload(sae, latents))
@@ -125,17 +171,17 @@ def _source(src: Any) -> tuple:
     return ("const", float(src))
 
 
-def keep(model: Any, run: Run, hooks: Iterable[str], *, back: bool = False) -> None:
-    """Make ``run`` keep (for later runs of the request) or bring back its activations at
-    ``hooks`` (SAE hooks; unedited by this run)."""
+def keep(model: Any, run: Run, saes: Any, hooks: Iterable[str], *, back: bool = False) -> None:
+    """Make ``run`` keep (for later runs of the request: the input, and a transcoder's MLP
+    output) or bring back (the input) at the SAEs of ``hooks`` (unedited by this run)."""
     for hook in hooks:
-        spec = run.splices.setdefault(splice_key(model, hook), {})
-        spec["back" if back else "save"] = True
+        _spec(model, run, saes, hook)["back" if back else "save"] = True
 
 
-def returned(model: Any, out: Output, hook: str) -> torch.Tensor:
-    """The activation a run brought back at ``hook`` (see :func:`keep`)."""
-    return out.returned[("splice", *splice_key(model, hook))]
+def returned(model: Any, out: Output, saes: Any, hook: str) -> torch.Tensor:
+    """The activation a run brought back at ``hook``'s SAE (its input, see :func:`keep`)."""
+    key, _, _ = splice_site(model, hook, saes[hook])
+    return out.returned[("splice", *key)]
 
 
 # ----------------------------------------------------------------------------- explorer
@@ -150,9 +196,9 @@ def feature_activations(model: Any, prompt: str, saes: Any, *, k: int, prepend_b
     with ported():
         ids = encode(model, prompt, prepend_bos=prepend_bos)
     run = Run(ids[None])
-    keep(model, run, saes, back=True)
+    keep(model, run, saes, saes, back=True)
     out = backend_of(model).execute([run], desc="feature activations", progress=False)[0]
-    acts = {hook: returned(model, out, hook)[0] for hook in saes}
+    acts = {hook: returned(model, out, saes, hook)[0] for hook in saes}
     extra = {"backend": backend_of(model).name, "requests": 1}
     return encoded(model, ids, acts, saes, k, prepend_bos, extra)
 
@@ -166,25 +212,23 @@ def feature_ablation(
     mode: str,
     weights: torch.Tensor | None = None,
 ) -> bool:
-    """Add ``feats`` (feature components) to ``ablated``: zero, or the corrupted prompts'
-    latent (``mode="mean"``: its mean over them; with ``weights [batch, pos]``, mixed
-    lengths, each position's over the prompts there) kept by ``corrupted``, run 0 of the
-    same request. Returns whether ``corrupted`` must run."""
+    """Add ``feats`` (latent and error-term components) to ``ablated``: zero, or the
+    corrupted prompts' latent or error term (``mode="mean"``: its mean over them; with
+    ``weights [batch, pos]``, mixed lengths, each position's over the prompts there) kept by
+    ``corrupted``, run 0 of the same request. Returns whether ``corrupted`` must run."""
     if not feats:
         return False
     hooks = [c.hook_in(saes) for c in feats]  # an InputError where saes has none there
-    check_saes(model, {h: saes[h] for h in hooks})  # resid_pre / resid_post only here
+    check_saes(model, {h: saes[h] for h in hooks})
     src = 0.0 if mode == "zero" else ("run", 0, "rows")
     if mode == "mean":
         src = ("run", 0, "mean", weights)
-    add_edits(
-        model,
-        ablated,
-        saes,
-        [(h, c.feature, c.pos, src) for h, c in zip(hooks, feats, strict=True)],
-    )
+    edits = [
+        (h, None if c.error else c.feature, c.pos, src) for h, c in zip(hooks, feats, strict=True)
+    ]
+    add_edits(model, ablated, saes, edits)
     if mode != "zero":
-        keep(model, corrupted, set(hooks))
+        keep(model, corrupted, saes, set(hooks))
     return mode != "zero"
 
 
@@ -232,13 +276,13 @@ def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict
     check_saes(model, saes)
     # The first token's logits come back whole here: kept, they answer any k and answer.
     run = _generation(model, tokens, n_tokens, {"full": True})
-    keep(model, run, saes, back=True)
+    keep(model, run, saes, saes, back=True)
     with _early_stop_expected():
         out = backend_of(model).execute([run], desc="steer: before", progress=False)[0]
     ids, first = _continuation(model, out), out.readout["full"][0]
     with torch.no_grad():
         latent_max = {
-            hook: sae.encode(returned(model, out, hook)[0]).amax(0).float().cpu()
+            hook: sae.encode(returned(model, out, saes, hook)[0]).amax(0).float().cpu()
             for hook, sae in saes.items()
         }
     value = {"ids": ids, "first": first, "latent_max": latent_max}

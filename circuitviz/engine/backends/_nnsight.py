@@ -405,9 +405,8 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 continue
             with lm.trace(run["tokens"], **_program.trace_kwargs(run)):
                 for layer in range(shape["n_layers"]):
-                    _feature_program.at_layer(lm, arch, layer, "pre", run, index, saved, back)
-                    _program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back)
-                    _feature_program.at_layer(lm, arch, layer, "post", run, index, saved, back)
+                    at = _feature_program.layer_splices(lm, arch, layer, run, index, saved, back)
+                    _program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back, at)
                 out = _program.readout(lm.lm_head.output[:, -1], run["readout"])
             results.append({"out": out, "back": back})
             _program.tick()

@@ -145,12 +145,21 @@ def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], n, x.shape[-1] // n)
 
 
-def nnsight_layer(lm, arch: str, shape: dict, layer: int, run: dict, index: int, saved, back):
+def nnsight_layer(
+    lm, arch: str, shape: dict, layer: int, run: dict, index: int, saved, back, at=None
+):
     """Visit, in forward order, the modules of one layer that ``run`` touches, inside an
-    nnsight trace. Each module is read once; writes land in place, before it moves on."""
+    nnsight trace. Each module is read once; writes land in place, before it moves on.
+
+    ``at(point)``, when given, is called at each SAE splice point of the layer in forward
+    order (``_feature_program.POINTS``): at ``resid_pre`` before this layer's writes there,
+    at ``attn_out`` and ``mlp_out`` after them (as the bridge runs ablation hooks before
+    splices), so nnsight sees every module in order."""
     wanted = run["touched"].get(layer, ())
-    if not wanted:
-        return
+    if at is None:
+        if not wanted:
+            return
+        at = _nowhere
     h, kv = shape["n_heads"], shape["n_kv_heads"]
     block = lm.model.layers[layer] if arch == "llama" else lm.transformer.h[layer]
     attn = block.self_attn if arch == "llama" else block.attn
@@ -159,6 +168,7 @@ def nnsight_layer(lm, arch: str, shape: dict, layer: int, run: dict, index: int,
         if site in wanted:
             touch(act, site, layer, run, index, saved, back)
 
+    at("resid_pre")
     if "resid_pre" in wanted:
         x = block.input
         if run["grow"].get(layer):
@@ -183,8 +193,17 @@ def nnsight_layer(lm, arch: str, shape: dict, layer: int, run: dict, index: int,
         out = attn.output
         visit("pattern", out[1])
         visit("attn_out", out[0])
+    at("attn_out")
+    at("resid_mid")
+    at("mlp_in")
     if "mlp_out" in wanted:
         visit("mlp_out", block.mlp.output)
+    at("mlp_out")
+    at("resid_post")
+
+
+def _nowhere(point: str) -> None:
+    """No SAE splices in this layer."""
 
 
 # ----------------------------------------------------------------------------- gradients
