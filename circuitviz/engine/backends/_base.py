@@ -77,8 +77,8 @@ class Run:
     ``grow[layer]``: rows (copies of row 0) that join the batch at that layer's input;
     ``grad``: an attribution run — ``{"site", "cell", "weights"}``, see
     :func:`._program.nnsight_attribution` (its readout then holds ``effects``);
-    ``splices[(site, layer)]``: an SAE spliced in at ``resid_pre``/``resid_post`` (see
-    :mod:`._feature_program`); ``generate``: ``{"n_tokens", "eos"}`` for a greedy
+    ``splices[(site, layer)]``: an SAE (or a transcoder, ``("transcoder", layer)``) spliced
+    in where :mod:`._feature_program`'s table puts it; ``generate``: ``{"n_tokens", "eos"}`` for a greedy
     continuation instead of one forward pass;
     ``attention_mask``: ``[batch, pos]``, 1 = token, for left-padded prompts of mixed lengths
     (None: unpadded). A run of one padded prompt may grow: its mask row broadcasts.

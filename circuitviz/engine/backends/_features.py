@@ -1,5 +1,12 @@
-"""SAE features on nnsight, locally or on NDIF: the latents a FeatureView shows, feature
-ablation, and ``steer`` (greedy continuations with latents clamped or ablated).
+"""SAE features on nnsight, locally or on NDIF: the latents a FeatureView shows, feature and
+error-term ablation, and ``steer`` (greedy continuations with latents clamped or ablated),
+for SAEs at every site kind of ``engine._sites`` and transcoders (:func:`splice_site` maps a
+bridge hook onto :mod:`._feature_program`'s table of nnsight points).
+
+Splices for other analyses (feature graphs): :func:`splice_site` (where), :func:`keep` /
+:func:`returned` (read activations), :func:`add_edits` (set latents or error terms) build a
+:class:`._base.Run`'s ``splices``; inside a trace :func:`._feature_program.layer_splices`
+(passed to :func:`._program.nnsight_layer`) or :func:`._feature_program.at_point` apply them.
 
 What travels, and why:
 
@@ -12,6 +19,8 @@ What travels, and why:
   latents' decoder rows (``x + (f' − f) @ W_dec[edited]`` is the splice with its error term)
   and the encoder columns that decide ``f`` there: the edited ones for ReLU/JumpReLU SAEs,
   all of them for TopK (whether a latent is among the top k depends on every column).
+- *Editing an error term* needs the whole reconstruction ``decode(f)``: the whole SAE at
+  that site travels (``sae_payload(sae, None)``).
 
 The torch code that runs in the trace is :mod:`._feature_program` (shipped by value).
 """
