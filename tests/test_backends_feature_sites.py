@@ -213,6 +213,47 @@ def test_feature_view_card_of_a_transcoder_latent(sites):
     assert [t for t, _ in got.card["promoted"]] == [t for t, _ in ref.card["promoted"]]
 
 
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_relu_and_jumprelu_saes_at_branch_sites_equal_the_bridge(models, pairs, activation):
+    """ReLU and JumpReLU SAEs (encoder columns sent per latent; the whole SAE for an error
+    term) on attn_out and as a transcoder: latent and error-term ablation, and a steer."""
+    bridge, nn = models
+    topk = tiny_site_saes(
+        bridge, ["blocks.1.hook_attn_out"], [("blocks.0.mlp.hook_in", "blocks.0.hook_mlp_out")]
+    )
+
+    def made(s, threshold=None, kind="relu"):
+        return SAE(
+            s.hook_name,
+            s.W_enc,
+            s.b_enc,
+            s.W_dec,
+            s.b_dec,
+            activation=kind,
+            threshold=threshold,
+            output_hook=s.output_hook,
+            apply_b_dec_to_input=s.apply_b_dec_to_input,
+        )
+
+    saes = [made(s) for s in topk.values()]
+    if activation == "jumprelu":  # thresholds at 30% of each latent's peak on the prompt
+        peaks = feature_activations(bridge, PROMPT, SAESet(saes)).latents
+        saes = [made(s, 0.3 * peaks[s.hook_name].amax(0), "jumprelu") for s in saes]
+    saes = SAESet(saes)
+    last = bridge.to_tokens(pairs.clean[0]).shape[1] - 1
+    for hook in saes:
+        site, i = code_of(saes, hook), strongest(bridge, saes, hook)
+        feats = [f"{site}F{i}", f"{site}ERR:P{last}"]
+        for mode in ("zero", "mean"):
+            ref = cv.ablate(bridge, pairs, features=feats, saes=saes, mode=mode)
+            same_ablation(cv.ablate(nn, pairs, features=feats, saes=saes, mode=mode), ref)
+            assert abs(ref.ablated - ref.clean) > 1e-5
+        ref = steer(bridge, PROMPT, features=f"{site}F{i}", saes=saes, n_tokens=6, progress=False)
+        got = steer(nn, PROMPT, features=f"{site}F{i}", saes=saes, n_tokens=6)
+        assert got.after_tokens == ref.after_tokens
+        assert close(got.top_after.probs, ref.top_after.probs) <= TOL
+
+
 # ----------------------------------------------------------------------------- refusals
 
 
