@@ -326,9 +326,13 @@ def test_browser_error_node_click_ablates_it(page, tmp_path, tiny_llama, pairs, 
     assert not page.console_errors
 
 
-def test_nnsight_refuses_sae_targets_instead_of_dropping_them(tiny_llama, pairs, saes):
+def test_nnsight_ablates_error_terms_as_the_bridge(tiny_llama, pairs, saes):
+    """Error terms are ported to nnsight (every site kind: tests/test_backends_feature_sites.py),
+    not dropped nor taken for an MLP."""
     nn = cv.load_model(tiny_llama, backend="nnsight")
-    # latents are ported to nnsight (tests/test_backends_features.py); error terms are not
-    with pytest.raises(cv.InputError, match=r"bridge"):
-        cv.ablate(nn, pairs, features=["L1ERR"], saes=saes)
+    for mode in ("zero", "resample"):
+        ref = cv.ablate(tiny_llama, pairs, features=["L1ERR", "L0ERR:P3"], saes=saes, mode=mode)
+        got = cv.ablate(nn, pairs, features=["L1ERR", "L0ERR:P3"], saes=saes, mode=mode)
+        assert got.components == ref.components == ["L0ERR:P3", "L1ERR"]
+        assert abs(got.ablated - ref.ablated) <= 1e-4 and abs(ref.ablated - ref.clean) > 1e-4
     assert not nn.has_hooks() and not has_hooks(tiny_llama)
