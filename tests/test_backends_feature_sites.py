@@ -291,6 +291,18 @@ def test_sites_nnsight_cannot_splice_are_refused_up_front(models, pairs):
     )
     with pytest.raises(cv.InputError, match=r"hook_z.*hook_resid_mid.*load_model"):
         cv.ablate(nn, pairs, features=["L0tcERR"], saes=SAESet([early]))
+    twin = SAE(
+        "blocks.0.ln2.hook_in",
+        tc.W_enc,
+        tc.b_enc,
+        tc.W_dec,
+        tc.b_dec,
+        k=tc.k,
+        activation="topk",
+        output_hook="blocks.0.hook_mlp_out",
+    )
+    with pytest.raises(cv.InputError, match=r"both replace MLP 0.*keep one"):
+        feature_activations(nn, PROMPT, SAESet([tc, twin]))
     assert not nn.has_hooks()
     with torch.no_grad():
         assert torch.equal(nn.lm._module(tokens).logits, before)

@@ -88,9 +88,17 @@ def splice_site(model: Any, hook: str, sae: Any) -> tuple[tuple[str, int], str, 
 
 
 def check_saes(model: Any, saes: Any) -> None:
-    """Every SAE reads (and writes) where nnsight can splice, with the model's width."""
+    """Every SAE reads (and writes) where nnsight can splice, with the model's width, and no
+    two replace the same MLP."""
+    seen: dict[tuple[str, int], str] = {}
     for hook, sae in saes.items():
-        splice_site(model, hook, sae)
+        key, _, _ = splice_site(model, hook, sae)
+        if key in seen:  # only transcoders share a key: both would replace MLP L
+            raise InputError(
+                f"The transcoders at {seen[key]!r} and {hook!r} both replace MLP {key[1]}: "
+                "keep one of them (saes=...)."
+            )
+        seen[key] = hook
         width = model.cfg.d_model
         if sae.d_in != width or sae.d_out != width:
             raise InputError(
