@@ -32,6 +32,7 @@ PORTED = (
     "steer",
 )
 PORTED += ("faithfulness", "mib_scores")  # Graph.faithfulness(_curve), patch_edges; MIB
+PORTED += ("feature_circuit", "feature_faithfulness")  # circuit(saes=...), its faithfulness
 PORTED += (
     "logit_lens",
     "logit_attribution",

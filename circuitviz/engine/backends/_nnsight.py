@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._pairs import InputError
-from . import _edges, _feature_program, _program, _toolkit_program
+from . import _edges, _feature_graph_program, _feature_program, _program, _toolkit_program
 from ._base import Output, Run, StatusCallback
 
 #: The HF architectures whose modules map onto circuitviz's sites.
@@ -374,6 +374,13 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                     if _toolkit_program.generation_step(state, logits, step):
                         break
                 results.append({"out": _toolkit_program.generation_result(state), "back": back})
+                _program.tick()
+                continue
+            if kind in _feature_graph_program.KINDS:  # feature graphs: EAP(-IG), circuits
+                with torch.set_grad_enabled(kind == "feature_eap"):
+                    with lm.trace(run["tokens"], **_program.trace_kwargs(run)):
+                        out = _feature_graph_program.carry_out(lm, arch, shape, run, saved, back)
+                results.append({"out": out, "back": back})
                 _program.tick()
                 continue
             if kind in _toolkit_program.KINDS:  # logit lens, DLA, path patching

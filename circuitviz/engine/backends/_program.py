@@ -411,7 +411,7 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     interpolated embeddings) adds its receiver gradients to theirs, and the last
     (``steps_left`` 0) turns their mean over ``steps`` into the scores."""
     spec = run["grad"]
-    n_layers, h, kv = shape["n_layers"], shape["n_heads"], shape["n_kv_heads"]
+    n_layers, h = shape["n_layers"], shape["n_heads"]
     embed = lm.model.embed_tokens if arch == "llama" else lm.transformer.wte
     embed.output = embedding(lm, arch, run, saved).detach().requires_grad_(True)
     step = spec.get("alpha") is not None  # an EAP-IG step: the clean senders are known
@@ -439,30 +439,8 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     sel = grad_readout(final, run["readout"])
     loss = (sel * spec["weights"].to(sel.device)).sum()
     wrt = [t for _, qkv, _, mlp_in, *_ in layers for t in (*qkv, mlp_in)] + [final_out]
-    grads = list(torch.autograd.grad(loss, wrt, retain_graph=True))
-    receivers = []
-    for resid, qkv, mid, mlp_in, attn, ln1 in layers:
-        g_qkv = [grads.pop(0) for _ in qkv]
-        g_mlp = grads.pop(0)
-        if arch == "gpt2":  # one fused projection: q | k | v
-            d = g_qkv[0].shape[-1] // 3
-            g_qkv = [g_qkv[0][..., i * d : (i + 1) * d] for i in range(3)]
-        # Each head's own path only: its rows of the projection, then ln1 (one
-        # vector-Jacobian product for all heads, on a copy of the residual per head).
-        post = torch.cat(
-            [
-                torch.einsum("bpnd,ndm->bpnm", _heads(g, n), head_weight(attn, arch, kind, n))
-                for g, kind, n in zip(g_qkv, ("q", "k", "v"), (h, kv, kv), strict=True)
-            ],
-            dim=2,
-        )
-        x = resid.detach()[:, :, None].expand_as(post).clone().requires_grad_(True)
-        (pre,) = torch.autograd.grad(apply_norm(ln1, x, arch, spec["eps"]), x, post)
-        receivers += list(pre.permute(2, 0, 1, 3))
-        (pre,) = torch.autograd.grad(mlp_in, mid, g_mlp, retain_graph=True)
-        receivers.append(pre)
-    (pre,) = torch.autograd.grad(final_out, final_in, grads.pop(0), retain_graph=True)
-    receivers.append(pre)
+    grads = torch.autograd.grad(loss, wrt, retain_graph=True)
+    receivers = eap_receivers(layers, grads, (final_in, final_out), arch, shape, spec["eps"])
     # Over several GPUs each layer's receivers and senders are on its own device: they meet
     # on the corrupted senders' (nnsight_senders').
     here = saved[("senders",)].device
@@ -482,3 +460,38 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     scores = torch.einsum("sbpd,rbpd->srp", diff, grad / spec.get("steps", 1))
     out["scores"] = (scores * spec["valid"].to(scores)[:, :, None]).detach()
     return out
+
+
+def eap_receivers(layers: list, grads, final: tuple, arch: str, shape: dict, eps: float) -> list:
+    """Every receiver's ``∂M/∂x_r`` ``[batch, pos, d_model]`` in the layout's order, from the
+    gradients at each layer's q/k/v projections and MLP input and at the final norm's output
+    (``grads``, in that order): each through its own path only (see :func:`nnsight_eap`).
+    ``layers``: per layer ``(resid, qkv, ln2 input, mlp input, attn, ln1)``; ``final``: the
+    final norm's ``(input, output)``."""
+    grads = list(grads)
+    h, kv = shape["n_heads"], shape["n_kv_heads"]
+    receivers = []
+    for resid, qkv, mid, mlp_in, attn, ln1 in layers:
+        g_qkv = [grads.pop(0) for _ in qkv]
+        g_mlp = grads.pop(0)
+        if arch == "gpt2":  # one fused projection: q | k | v
+            d = g_qkv[0].shape[-1] // 3
+            g_qkv = [g_qkv[0][..., i * d : (i + 1) * d] for i in range(3)]
+        # Each head's own path only: its rows of the projection, then ln1 (one
+        # vector-Jacobian product for all heads, on a copy of the residual per head).
+        post = torch.cat(
+            [
+                torch.einsum("bpnd,ndm->bpnm", _heads(g, n), head_weight(attn, arch, kind, n))
+                for g, kind, n in zip(g_qkv, ("q", "k", "v"), (h, kv, kv), strict=True)
+            ],
+            dim=2,
+        )
+        x = resid.detach()[:, :, None].expand_as(post).clone().requires_grad_(True)
+        (pre,) = torch.autograd.grad(apply_norm(ln1, x, arch, eps), x, post)
+        receivers += list(pre.permute(2, 0, 1, 3))
+        (pre,) = torch.autograd.grad(mlp_in, mid, g_mlp, retain_graph=True)
+        receivers.append(pre)
+    final_in, final_out = final
+    (pre,) = torch.autograd.grad(final_out, final_in, grads.pop(0), retain_graph=True)
+    receivers.append(pre)
+    return receivers

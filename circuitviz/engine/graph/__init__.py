@@ -91,11 +91,10 @@ def circuit(
         raise InputError(f"steps must be an integer ≥ 1, got {steps!r}.")
     if method == "eap" and steps != 1:
         raise InputError("steps applies to method='eap-ig'; EAP takes one gradient (steps=1).")
-    if saes is not None and (backends.is_nnsight(model) or backends.is_raw_nnsight(model)):
-        raise InputError(
-            "Feature graphs (circuit(..., saes=...)) run on the TransformerLens bridge only: "
-            "load it with circuitviz.load_model(name). On nnsight, circuit() builds the "
-            "component graph (leave saes out); steer and ablate features there."
+    if saes is not None and (seam := backends.route(model, "feature_circuit")) is not None:
+        # nnsight: the feature graph as two requests (SAEs at resid_pre / resid_post)
+        return seam(
+            model, pairs, saes=saes, method=method, steps=steps, metric=metric, progress=progress
         )
     if (seam := backends.route(model, "circuit")) is not None:  # nnsight: EAP on the seam
         return seam(

@@ -63,8 +63,9 @@ class SpliceSites:
     ``∂M/∂out`` and ``∂M/∂pre`` accumulated over EAP-IG's steps (for a transcoder that reads
     ln2's output, also each active latent's receiver gradient before ln2)."""
 
-    def __init__(self, saes: SAESet, model) -> None:
-        device = _devices.compute_device(model)  # an offloaded parameter is on `meta`
+    def __init__(self, saes: SAESet, model, device: torch.device | None = None) -> None:
+        # an offloaded parameter is on `meta`; nnsight (model None) scores here, on `device`
+        device = device or _devices.compute_device(model)
         self.saes = saes
         self.sae = {h: s.to(device, torch.float32) for h, s in saes.items()}
         self.sites: list[Site] = sites_of(saes)

@@ -33,13 +33,7 @@ class FeatureContext:
 
     @classmethod
     def of(cls, graph, model, pairs, saes, ablation, metric) -> FeatureContext:
-        if metric is not None:
-            check_metric(metric)
-        metric = metric if metric is not None else graph._cache.get("metric_fn", graph.metric)
-        if not callable(metric) and metric not in METRICS:
-            raise InputError(
-                f"The graph's metric {metric!r} was a custom function: pass it again as metric=…."
-            )
+        metric = resolve_metric(graph, metric)
         key = (
             "faith",
             id(model),
@@ -100,58 +94,18 @@ class FeatureContext:
         removed: np.ndarray | None = None,
     ) -> float:
         """The metric with everything outside ``inside`` (or, ``complement``, inside it) set to
-        its reference value. ``removed`` (``[N]`` bool, the nodes ablated by name) takes error
-        nodes out of the circuit even with ``errors="kept"``."""
-        n_pos = graph.n_pos
-        keep = ~inside if complement else inside
-        types = graph.type
-        sites = sites_of(saes)
-        replaced = {s.layer for s in sites if s.code == "tc"}  # a transcoder is the MLP node
+        its reference value (the masks of :func:`circuit_masks`)."""
+        masks = circuit_masks(graph, saes, inside, errors, complement, removed)
         fwd = []
         for layer in range(graph.n_layers):
-            here = graph.layer == layer
-            heads = torch.zeros(n_pos, graph.n_heads, dtype=torch.bool)
-            sel = np.flatnonzero(here & (types == TYPES.index("head")) & keep)
-            heads[graph.pos[sel], graph.head[sel]] = True
-            mlp = torch.zeros(n_pos, dtype=torch.bool)
-            mlp[graph.pos[np.flatnonzero(here & (types == TYPES.index("mlp")) & keep)]] = True
-            fwd.append(
-                (
-                    f"blocks.{layer}.attn.hook_z",
-                    _keep_only(
-                        heads[None, :, :, None], self.ref["out:" + f"blocks.{layer}.attn.hook_z"]
-                    ),
-                )
-            )
-            if layer in replaced:
+            z = f"blocks.{layer}.attn.hook_z"
+            fwd.append((z, _keep_only(masks.heads[layer][None, :, :, None], self.ref["out:" + z])))
+            if layer in masks.replaced:
                 continue
-            fwd.append(
-                (
-                    f"blocks.{layer}.hook_mlp_out",
-                    _keep_only(
-                        mlp[None, :, None], self.ref["out:" + f"blocks.{layer}.hook_mlp_out"]
-                    ),
-                )
-            )
+            mlp = f"blocks.{layer}.hook_mlp_out"
+            fwd.append((mlp, _keep_only(masks.mlp[layer][None, :, None], self.ref["out:" + mlp])))
         # after the component hooks: an attn_out / mlp_out SAE reads the patched output
-        for s in sites:
-            hook = s.hook
-            here = (graph.layer == s.layer) & (graph.site == s.index)
-            feats = torch.zeros(n_pos, saes[hook].d_sae, dtype=torch.bool)
-            sel = np.flatnonzero(here & (types == TYPES.index("feature")) & keep)
-            feats[graph.pos[sel], graph.feature[sel]] = True
-            err = torch.zeros(n_pos, dtype=torch.bool)
-            sel = np.flatnonzero(here & (types == TYPES.index("error")) & keep)
-            err[graph.pos[sel]] = True
-            if errors == "kept":  # every error node inside the circuit, but those removed
-                out = torch.zeros(n_pos, dtype=torch.bool)
-                if removed is not None:
-                    out[
-                        graph.pos[np.flatnonzero(here & (types == TYPES.index("error")) & removed)]
-                    ] = True
-                err = out if complement else ~out
-            elif errors == "ablated":
-                err[:] = complement
+        for hook, (feats, err) in masks.sites.items():
             fwd += self._splice(saes[hook], hook, feats, err)
         with torch.inference_mode():
             logits = final_logits(model, self.tokens.clean, fwd)
@@ -170,6 +124,75 @@ class FeatureContext:
             return f, replace_error(e, ref_e, ~err)
 
         return site_hooks(sae, override=override)
+
+
+@dataclass
+class CircuitMasks:
+    """What a circuit keeps (True) of each run's values: ``heads [layer, pos, head]``,
+    ``mlp [layer, pos]``, and per SAE (hook) ``(latents [pos, d_sae], error term [pos])``;
+    ``replaced``: the layers whose MLP a transcoder replaces (no MLP node)."""
+
+    heads: torch.Tensor
+    mlp: torch.Tensor
+    sites: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    replaced: set[int]
+
+
+def circuit_masks(
+    graph,
+    saes,
+    inside: np.ndarray,
+    errors: str,
+    complement: bool,
+    removed: np.ndarray | None = None,
+) -> CircuitMasks:
+    """The one rule of which values a circuit keeps, for every backend: the nodes in
+    ``inside`` (or, ``complement``, those outside it); ``removed`` (``[N]`` bool, the nodes
+    ablated by name) takes error nodes out even with ``errors="kept"``."""
+    n_pos = graph.n_pos
+    keep = ~inside if complement else inside
+    types = graph.type
+    sites = sites_of(saes)
+    heads = torch.zeros(graph.n_layers, n_pos, graph.n_heads, dtype=torch.bool)
+    sel = np.flatnonzero((types == TYPES.index("head")) & keep)
+    heads[graph.layer[sel], graph.pos[sel], graph.head[sel]] = True
+    mlp = torch.zeros(graph.n_layers, n_pos, dtype=torch.bool)
+    sel = np.flatnonzero((types == TYPES.index("mlp")) & keep)
+    mlp[graph.layer[sel], graph.pos[sel]] = True
+    out = {}
+    for s in sites:
+        hook = s.hook
+        here = (graph.layer == s.layer) & (graph.site == s.index)
+        feats = torch.zeros(n_pos, saes[hook].d_sae, dtype=torch.bool)
+        sel = np.flatnonzero(here & (types == TYPES.index("feature")) & keep)
+        feats[graph.pos[sel], graph.feature[sel]] = True
+        err = torch.zeros(n_pos, dtype=torch.bool)
+        sel = np.flatnonzero(here & (types == TYPES.index("error")) & keep)
+        err[graph.pos[sel]] = True
+        if errors == "kept":  # every error node inside the circuit, but those removed
+            gone = torch.zeros(n_pos, dtype=torch.bool)
+            if removed is not None:
+                gone[
+                    graph.pos[np.flatnonzero(here & (types == TYPES.index("error")) & removed)]
+                ] = True
+            err = gone if complement else ~gone
+        elif errors == "ablated":
+            err[:] = complement
+        out[hook] = (feats, err)
+    replaced = {s.layer for s in sites if s.code == "tc"}  # a transcoder is the MLP node
+    return CircuitMasks(heads, mlp, out, replaced)
+
+
+def resolve_metric(graph, metric):
+    """The metric to evaluate ``graph``'s circuits with: ``metric``, else the graph's own."""
+    if metric is not None:
+        check_metric(metric)
+    metric = metric if metric is not None else graph._cache.get("metric_fn", graph.metric)
+    if not callable(metric) and metric not in METRICS:
+        raise InputError(
+            f"The graph's metric {metric!r} was a custom function: pass it again as metric=…."
+        )
+    return metric
 
 
 def _keep_only(mask: torch.Tensor, ref: torch.Tensor):

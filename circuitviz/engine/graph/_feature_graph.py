@@ -417,8 +417,28 @@ class FeatureGraph:
         ``":P5"``). ``complement=True`` evaluates everything *but* the circuit: its
         ``recovered`` near 0 means the circuit is complete. ``recovered`` is
         ``(metric − reference) / (clean − reference)``."""
-        from ._faithfulness import Faithfulness, check_model, check_pairs
+        from .. import backends
+        from ._faithfulness import Faithfulness
         from ._feature_faith import FeatureContext
+
+        options = {"nodes": nodes, "ablated": ablated, "ablation": ablation, "errors": errors}
+        options |= {"complement": complement, "saes": saes, "metric": metric}
+        if (seam := backends.route(model, "feature_faithfulness")) is not None:  # nnsight
+            return seam(model, self, pairs, **options)
+        saes, inside, removed = self._evaluation(model, pairs, **options)
+        ctx = FeatureContext.of(self, model, pairs, saes, ablation, metric)
+        value = ctx.metric_of(model, self, saes, inside, errors, complement, removed)
+        n_edges = len(self._listed())
+        return Faithfulness(
+            ctx.recovered(value), value, ctx.clean, ctx.reference, n_edges, ablation
+        )
+
+    def _evaluation(
+        self, model: Any, pairs: PromptPairs, *, nodes, ablated, ablation, errors, saes, **_: Any
+    ) -> tuple[SAESet, np.ndarray, np.ndarray]:
+        """:meth:`faithfulness`'s inputs checked, on every backend: its SAEs, the circuit's
+        nodes and the nodes ablated by name (out even with ``errors="kept"``)."""
+        from ._faithfulness import check_model, check_pairs
 
         check_model(self, model)  # type: ignore[arg-type]
         check_pairs(self, pairs)  # type: ignore[arg-type]
@@ -428,13 +448,8 @@ class FeatureGraph:
             raise InputError(f"Unknown errors={errors!r}: use 'kept', 'ablated' or 'graph'.")
         saes = self._saes(saes)
         inside = self._circuit_nodes(nodes, ablated)
-        ctx = FeatureContext.of(self, model, pairs, saes, ablation, metric)
-        removed = ~self._circuit_nodes(self.ids, ablated)  # out even with errors="kept"
-        value = ctx.metric_of(model, self, saes, inside, errors, complement, removed)
-        n_edges = len(self._listed())
-        return Faithfulness(
-            ctx.recovered(value), value, ctx.clean, ctx.reference, n_edges, ablation
-        )
+        removed = ~self._circuit_nodes(self.ids, ablated)
+        return saes, inside, removed
 
     def _saes(self, saes: Any) -> SAESet:
         saes = self._cache.get("saes") if saes is None else as_sae_set(saes)

@@ -108,8 +108,10 @@ def check_saes(model, saes) -> SAESet:
             raise InputError(
                 f"The SAE at {hook!r} reads a block this model lacks (layers 0–{n_layers - 1})."
             )
+        # nnsight has no hook_dict (its sites are checked by the backend: ``splice_key``)
+        hook_dict = getattr(model, "hook_dict", None)
         for name in (hook, sae.output_hook):
-            if name is not None and name not in model.hook_dict:
+            if name is not None and hook_dict is not None and name not in hook_dict:
                 raise InputError(
                     f"This model has no hook {name!r} (the SAE {sae.name!r} needs it): pass "
                     "SAEs at sites the model has."

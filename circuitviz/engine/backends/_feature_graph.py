@@ -1,0 +1,228 @@
+"""Feature graphs on nnsight, locally or on NDIF: ``circuit(model, pairs, saes=...)`` and
+``FeatureGraph.faithfulness`` — the same :class:`~circuitviz.engine.graph.FeatureGraph`, with
+the same numbers, as the TransformerLens bridge.
+
+Requests (the torch code inside the trace is :mod:`._feature_graph_program`):
+
+- ``circuit(..., saes=...)``, EAP or EAP-IG: **two**, whatever ``steps``. The first brings
+  back the readouts of the SAE-spliced corrupted and clean runs and of each EAP-IG step; the
+  metric and its gradient at each readout are computed here. The second keeps the corrupted
+  senders (and embeddings) on the server and runs the clean pass and every step with the
+  SAEs spliced, summing the receiver gradients and each site's ``∂M/∂out`` and
+  ``∂M/∂pre`` there; it brings back the latents and error terms of the corrupted and clean
+  runs, the senders' differences and those sums. The edges are then scored here by the
+  bridge's own code (``graph._feature_eap.feature_scores``), so the node table, the cuts and
+  the sparse edges are one implementation.
+- ``FeatureGraph.faithfulness``: **one** — the reference runs (corrupted, or clean for the
+  batch mean, and the empty circuit's for ``"mean"``) and the circuit's run, masks from
+  ``graph._feature_faith.circuit_masks`` (the bridge's rule).
+
+What travels: every SAE's weights (float16 where that is exact), since each site encodes and
+decodes whole; back come ``[sender | receiver, batch, pos, d_model]`` differences and
+gradients and ``[batch, pos, d_sae]`` latents — heavier than the component graph's scores,
+fine for the small models this is meant for.
+
+SAEs sit at ``resid_pre`` / ``resid_post`` here (``_features.splice_key``); the bridge also
+splices resid_mid, attn_out, mlp_out and transcoders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._metrics import MetricFn, bind_metric, check_gap, check_metric
+from .._pairs import PromptPairs, tokenize
+from ..graph._layout import Layout, model_info
+from ._analyses import _logits, _reduced
+from ._base import Run, backend_of, ported
+from ._features import _compact, splice_key
+
+
+def _checked(model: Any, saes: Any):
+    """The SAEs as a set, each at a site nnsight splices (naming the bridge for the rest)
+    and fit for a feature circuit (``graph._feature_sites.check_saes``)."""
+    from ..features._sae import as_sae_set
+    from ..graph._feature_sites import check_saes
+
+    saes = as_sae_set(saes)
+    for hook, sae in saes.items():
+        splice_key(model, hook, "transcoder" if sae.is_transcoder else "SAE")
+        if sae.is_transcoder:  # reads resid_pre/post, but writes an MLP's output
+            splice_key(model, str(sae.output_hook), "transcoder")
+    return check_saes(model, saes)
+
+
+_PAYLOADS: dict[int, tuple[Any, dict]] = {}  # id(SAE) -> (SAE, payload): built once
+
+
+def sae_weights(sae: Any) -> dict:
+    """Everything a splice needs of ``sae`` on the server (float32 values, as the bridge's
+    copies; sent as float16 where that is exact)."""
+    held = _PAYLOADS.get(id(sae))
+    if held is not None and held[0] is sae:
+        return held[1]
+
+    def wire(t):
+        return None if t is None else _compact(t.float())
+
+    payload = {
+        "activation": sae.activation,
+        "k": sae.k,
+        "W_enc": wire(sae.W_enc),
+        "b_enc": wire(sae.b_enc),
+        "W_dec": wire(sae.W_dec),
+        "b_dec": wire(sae.b_dec),
+        "threshold": wire(sae.threshold),
+        "b_dec_in": wire(sae.b_dec) if sae.apply_b_dec_to_input else None,
+    }
+    if len(_PAYLOADS) > 16:
+        _PAYLOADS.clear()
+    _PAYLOADS[id(sae)] = (sae, payload)
+    return payload
+
+
+def _sites(model: Any, saes: Any) -> dict:
+    return {splice_key(model, hook): sae_weights(sae) for hook, sae in saes.items()}
+
+
+def _norm_eps(model: Any) -> float:
+    config = model.lm.config
+    return float(getattr(config, "rms_norm_eps", None) or config.layer_norm_epsilon)
+
+
+def _metric_grad(bound: Any, logits: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        x = logits.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(bound.per_example(x).mean(), x)
+    return grad
+
+
+def feature_circuit(
+    model: Any,
+    pairs: PromptPairs,
+    *,
+    saes: Any,
+    method: str = "eap",
+    steps: int = 1,
+    metric: str | MetricFn = "logit_diff",
+    progress: bool = True,
+) -> Any:
+    """``circuit(model, pairs, saes=...)`` on nnsight, as two requests (see the module doc)."""
+    from ..graph._feature_eap import SpliceSites, feature_scores
+    from ..graph._feature_graph import FeatureGraph
+
+    check_metric(metric)
+    checked = _checked(model, saes)
+    with ported():
+        tokens = tokenize(model, pairs)  # one length, as the bridge's feature graphs
+    layout = Layout.of(model)
+    backend = backend_of(model)
+    sites = _sites(model, checked)
+    spec, short = _reduced(metric, tokens)
+    alphas = [k / steps for k in range(steps - 1, 0, -1)]  # after the clean run, α = 1
+    corrupted = {"kind": "feature_senders", "sites": sites, "embed": bool(alphas)}
+    first = [Run(tokens.corrupted, readout=spec, grad=corrupted)]
+    first.append(Run(tokens.clean, readout=spec, grad={"kind": "feature_circuit", "sites": sites}))
+    first += [
+        Run(
+            tokens.clean, readout=spec, grad={"kind": "feature_circuit", "sites": sites, "alpha": a}
+        )
+        for a in alphas
+    ]
+    outs = backend.execute(first, desc=method.upper(), progress=False)
+    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    runs = [Run(tokens.corrupted, grad={**corrupted, "bring": True})]
+    for k, out in enumerate(outs[1:]):
+        grad = {
+            "kind": "feature_eap",
+            "sites": sites,
+            "weights": _metric_grad(bound, _logits(out)),
+            "eps": _norm_eps(model),
+            "steps_left": steps - 1 - k,
+        }
+        if k:
+            grad["alpha"] = alphas[k - 1]
+        runs.append(Run(tokens.clean, readout=spec, grad=grad))
+    outs = backend.execute(runs, desc=method.upper(), progress=False)
+    hook_of = {splice_key(model, h): h for h in checked}
+    splice = SpliceSites(checked, None, device=torch.device("cpu"))
+    for name, out in (("corrupted", outs[0]), ("clean", outs[1])):
+        for (what, *key), value in out.returned.items():
+            store = splice.latents if what == "latents" else splice.errors
+            store.setdefault(name, {})[hook_of[tuple(key)]] = value
+    last = outs[-1].readout
+    for key, hook in hook_of.items():
+        splice.g_out[hook] = last[("g_out", *key)].float()
+        splice.g_pre[hook] = last[("g_pre", *key)].float()
+    splice.finish(last["diff"].float(), last["grads"].float() / steps, steps)
+    graph = FeatureGraph.build(
+        scores=feature_scores(layout, splice, progress=progress),
+        saes=checked,
+        prompts=pairs.to_dict(),
+        tokens=tokens.str_tokens,
+        method=method,
+        metric=bound.name,
+        clean=float(bound(clean_l)),
+        corrupted=float(bound(corr_l)),
+        steps=steps,
+        **model_info(model),
+    )
+    if callable(metric):
+        graph._cache["metric_fn"] = metric
+    return graph
+
+
+def feature_faithfulness(model: Any, graph: Any, pairs: PromptPairs, **options: Any) -> Any:
+    """``FeatureGraph.faithfulness`` on nnsight, as one request (see the module doc)."""
+    from ..graph._faithfulness import Faithfulness
+    from ..graph._feature_faith import circuit_masks, resolve_metric
+
+    with ported():
+        saes, inside, removed = graph._evaluation(model, pairs, **options)
+        tokens = tokenize(model, pairs)
+    _checked(model, saes)
+    metric = resolve_metric(graph, options["metric"])
+    ablation, errors = options["ablation"], options["errors"]
+    mean = ablation == "mean"
+    sites = _sites(model, saes)
+    spec, short = _reduced(metric, tokens)
+
+    def wire(masks) -> dict:
+        """The masks a circuit run carries: only the layers where something is replaced."""
+        return {
+            "heads": {i: m for i, m in enumerate(masks.heads) if not bool(m.all())},
+            "mlp": {i: m for i, m in enumerate(masks.mlp) if not bool(m.all())},
+            "sites": {splice_key(model, h): fe for h, fe in masks.sites.items()},
+        }
+
+    def circuit(masks) -> Run:
+        grad = {"kind": "feature_circuit", "sites": sites, "masks": wire(masks)}
+        grad["ref"] = "mean" if mean else "corrupted"
+        return Run(tokens.clean, readout=spec, grad=grad)
+
+    plain = {"kind": "feature_circuit", "sites": sites}
+    runs = [
+        Run(tokens.corrupted, readout=spec, grad={**plain, "keep": "corrupted"}),
+        Run(
+            tokens.clean,
+            readout=spec,
+            grad={**plain, "keep": "clean", "mean": True} if mean else plain,
+        ),
+    ]
+    if mean:  # the reference: the empty circuit, every value the clean batch mean
+        nothing = inside & False
+        runs.append(circuit(circuit_masks(graph, saes, nothing, "ablated", False)))
+    masks = circuit_masks(graph, saes, inside, errors, options["complement"], removed)
+    runs.append(circuit(masks))
+    outs = backend_of(model).execute(runs, desc="faithfulness", progress=False)
+    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    clean = float(bound(clean_l))
+    reference = float(bound(_logits(outs[2]) if mean else corr_l))
+    value = float(bound(_logits(outs[-1])))
+    gap = check_gap(clean, reference, "Faithfulness (the share recovered)")
+    n_edges = len(graph._listed())
+    return Faithfulness((value - reference) / gap, value, clean, reference, n_edges, ablation)
