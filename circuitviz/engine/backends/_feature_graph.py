@@ -5,8 +5,10 @@ the same numbers, as the TransformerLens bridge.
 Requests (the torch code inside the trace is :mod:`._feature_graph_program`):
 
 - ``circuit(..., saes=...)``, EAP or EAP-IG: **two**, whatever ``steps``. The first brings
-  back the readouts of the SAE-spliced corrupted and clean runs and of each EAP-IG step; the
-  metric and its gradient at each readout are computed here. The second keeps the corrupted
+  back the readouts of the corrupted and clean runs and of each EAP-IG step (the component
+  graph's first request: without the SAEs, since spliced with their error terms the model
+  gives the same logits up to float rounding); the metric and its gradient at each readout
+  are computed here. The second sends the SAEs, keeps the corrupted
   senders (and embeddings) on the server and runs the clean pass and every step with the
   SAEs spliced, summing the receiver gradients and each site's ``∂M/∂out`` and
   ``∂M/∂pre`` there; it brings back the latents and error terms of the corrupted and clean
@@ -122,19 +124,18 @@ def feature_circuit(
     sites = _sites(model, checked)
     spec, short = _reduced(metric, tokens)
     alphas = [k / steps for k in range(steps - 1, 0, -1)]  # after the clean run, α = 1
-    corrupted = {"kind": "feature_senders", "sites": sites, "embed": bool(alphas)}
-    first = [Run(tokens.corrupted, readout=spec, grad=corrupted)]
-    first.append(Run(tokens.clean, readout=spec, grad={"kind": "feature_circuit", "sites": sites}))
+    # The readouts need no SAE: spliced with its error term, the model computes the same
+    # logits up to float rounding (the splice invariant), so the weights go once, below.
+    embed = {"kind": "senders", "embed": True} if alphas else {}
+    first = [Run(tokens.corrupted, readout=spec, grad=embed), Run(tokens.clean, readout=spec)]
     first += [
-        Run(
-            tokens.clean, readout=spec, grad={"kind": "feature_circuit", "sites": sites, "alpha": a}
-        )
-        for a in alphas
+        Run(tokens.clean, readout=spec, grad={"kind": "interpolated", "alpha": a}) for a in alphas
     ]
     outs = backend.execute(first, desc=method.upper(), progress=False)
     corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
     bound = bind_metric(metric, short, clean_l, corr_l)
-    runs = [Run(tokens.corrupted, grad={**corrupted, "bring": True})]
+    corrupted = {"kind": "feature_senders", "sites": sites, "embed": bool(alphas)}
+    runs = [Run(tokens.corrupted, grad=corrupted)]
     for k, out in enumerate(outs[1:]):
         grad = {
             "kind": "feature_eap",

@@ -104,7 +104,7 @@ def _read(site: str, resid):
     return resid if SPLICE_POINTS[site] == ("block", "input") else None
 
 
-def _record(store: dict, back: dict | None = None):
+def _record(store: dict, back: dict | None):
     """A ``visit`` that splices and keeps each site's latents and error term in ``store``
     (and ``back``, brought to the client)."""
 
@@ -246,13 +246,10 @@ def feature_circuit(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     (``keep``: its heads' ``z``, MLP outputs, latents and error terms kept under that name,
     ``"mean"`` also as their batch mean) or a circuit run, where every head, MLP, latent and
     error term outside the circuit (``masks``, True = kept) takes the reference ``ref``'s
-    value — the rule of the bridge's ``graph._feature_faith``, there as hooks. With
-    ``alpha`` (and neither): an EAP-IG step's readout."""
+    value — the rule of the bridge's ``graph._feature_faith``, there as hooks."""
     spec = run["grad"]
     sites, h = spec["sites"], shape["n_heads"]
     keep, masks = spec.get("keep"), spec.get("masks")
-    if spec.get("alpha") is not None:  # an EAP-IG step's readout: interpolated embeddings
-        _program.embedding(lm, arch, run, saved)
     ref = None if masks is None else spec["ref"]
 
     def get(*name):
