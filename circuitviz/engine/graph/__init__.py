@@ -79,7 +79,8 @@ def circuit(
             include each SAE's latents active on the pairs (``"L11F1234:P5"``;
             ``"L3attnF12:P5"`` at other sites, ``engine._sites``) and its error term
             (``"L11ERR:P5"``), scored through the SAE-spliced model (Marks et al. 2024; see
-            ``_feature_eap`` and ``_feature_sites``).
+            ``_feature_eap`` and ``_feature_sites``). On nnsight (locally or on NDIF, two
+            requests): SAEs at ``hook_resid_pre`` / ``hook_resid_post``, pairs of one length.
     """
     if not isinstance(per_position, bool):
         raise InputError(f"per_position must be True or False, got {per_position!r}.")
