@@ -267,6 +267,20 @@ def test_bad_feature_graph_input_on_nnsight_is_refused_and_changes_nothing(both,
     assert torch.equal(logits_of(nn, tokens), before)
 
 
+def test_a_site_nnsight_splices_but_feature_graphs_do_not_is_refused(both, pairs, monkeypatch):
+    """Sites join nnsight's splices (``_features.splice_key``) before feature graphs'
+    table (``_feature_graph_program.SPLICE_POINTS``) knows them: such an SAE is refused,
+    naming the bridge, rather than left out of the graph."""
+    from circuitviz.engine.backends import _feature_graph
+
+    bridge, nn = both
+    saes = tiny_site_saes(bridge, ["blocks.1.hook_resid_pre"])
+    monkeypatch.setattr(_feature_graph, "SPLICE_POINTS", {"resid_post": ("block", "output")})
+    with pytest.raises(cv.InputError, match=r"resid_post, not 'blocks.1.hook_resid_pre'.*bridge"):
+        cv.circuit(nn, pairs, saes=saes, progress=False)
+    assert not nn.has_hooks()
+
+
 # ----------------------------------------------------------------------------- demo
 
 

@@ -35,10 +35,11 @@ from typing import Any
 import torch
 
 from .._metrics import MetricFn, bind_metric, check_gap, check_metric
-from .._pairs import PromptPairs, tokenize
+from .._pairs import InputError, PromptPairs, tokenize
 from ..graph._layout import Layout, model_info
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
+from ._feature_graph_program import SPLICE_POINTS
 from ._features import _compact, splice_key
 
 
@@ -50,9 +51,15 @@ def _checked(model: Any, saes: Any):
 
     saes = as_sae_set(saes)
     for hook, sae in saes.items():
-        splice_key(model, hook, "transcoder" if sae.is_transcoder else "SAE")
+        site, _ = splice_key(model, hook, "transcoder" if sae.is_transcoder else "SAE")
         if sae.is_transcoder:  # reads resid_pre/post, but writes an MLP's output
             splice_key(model, str(sae.output_hook), "transcoder")
+        if site not in SPLICE_POINTS:  # a site nnsight splices, but not yet in feature graphs
+            raise InputError(
+                f"Feature graphs on nnsight splice SAEs at {', '.join(SPLICE_POINTS)}, not "
+                f"{hook!r}: build this one on the TransformerLens bridge, "
+                f"circuitviz.load_model({model.cfg.model_name!r})."
+            )
     return check_saes(model, saes)
 
 
