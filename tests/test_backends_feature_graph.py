@@ -231,6 +231,33 @@ def test_circuit_view_scores_an_nnsight_feature_graph(both, pairs, site_saes):
     assert not nn.has_hooks()
 
 
+def test_remote_circuit_view_scores_a_feature_graph(remote, pairs):
+    """On NDIF the view's faithfulness (the circuit, it with a latent ablated, the error-node
+    variants) runs as jobs off the message loop, one job a value, equal to the bridge's."""
+    from circuitviz.views import CircuitView
+    from tests.test_backends_graph import settled
+    from tests.test_remote_view import settled as view_settled
+
+    setup, saes = remote
+    graph = cv.circuit(setup.bridge, pairs, saes=saes, progress=False)
+    ref_view = CircuitView(setup.bridge, pairs, graph=graph, max_edges=40)
+    got_view = CircuitView(setup.client, pairs, graph=graph, max_edges=40, saes=saes)
+    view_settled(got_view)  # its baselines: a job off the calling cell
+    target = next(n for n in ref_view.graph["nodes"] if n["type"] == "feature")["ablates"]
+    sent = len(setup.fake.requests)
+    for view in (ref_view, got_view):
+        view.send = lambda content, buffers=None: None
+        view._handle_custom_msg({"type": "faithfulness", "ablated": [target], "request": 1}, [])
+    settled(got_view)
+    ref, got = ref_view.faithfulness, got_view.faithfulness
+    assert got.keys() == ref.keys() and len(setup.fake.requests) - sent == len(got) - 2
+    gap = graph.clean - graph.corrupted
+    for key, value in ref.items():
+        if isinstance(value, float):
+            assert abs(got[key] - value) * abs(gap) <= TOL, key
+    assert not setup.server.has_hooks()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

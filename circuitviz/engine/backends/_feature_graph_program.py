@@ -79,7 +79,9 @@ def splice(sae: dict, x: torch.Tensor, override=None):
 
 
 def _module(lm, arch: str, layer: int, which: str):
-    return _program._parts(lm, arch, layer)[0]  # "block": the decoder layer
+    """The module of ``layer`` that :data:`SPLICE_POINTS` names."""
+    block, attn, _, _ = _program._parts(lm, arch, layer)
+    return {"block": block, "attn": attn, "mlp": block.mlp}[which]
 
 
 def at_site(lm, arch: str, layer: int, site: str, sites: dict, visit, value=None):
