@@ -24,7 +24,7 @@ decodes whole; back come ``[sender | receiver, batch, pos, d_model]`` difference
 gradients and ``[batch, pos, d_sae]`` latents — heavier than the component graph's scores,
 fine for the small models this is meant for.
 
-SAEs sit at ``resid_pre`` / ``resid_post`` here (``_features.splice_key``); the bridge also
+SAEs sit at ``resid_pre`` / ``resid_post`` here (``_features.splice_site``); the bridge also
 splices resid_mid, attn_out, mlp_out and transcoders.
 """
 
@@ -40,7 +40,7 @@ from ..graph._layout import Layout, model_info
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
 from ._feature_graph_program import SPLICE_POINTS
-from ._features import _compact, splice_key
+from ._features import _compact, splice_site
 
 
 def _checked(model: Any, saes: Any):
@@ -51,9 +51,7 @@ def _checked(model: Any, saes: Any):
 
     saes = as_sae_set(saes)
     for hook, sae in saes.items():
-        site, _ = splice_key(model, hook, "transcoder" if sae.is_transcoder else "SAE")
-        if sae.is_transcoder:  # reads resid_pre/post, but writes an MLP's output
-            splice_key(model, str(sae.output_hook), "transcoder")
+        site = _key(model, hook, sae)[0]  # an InputError naming the bridge off nnsight's sites
         if site not in SPLICE_POINTS:  # a site nnsight splices, but not yet in feature graphs
             raise InputError(
                 f"Feature graphs on nnsight splice SAEs at {', '.join(SPLICE_POINTS)}, not "
@@ -92,8 +90,13 @@ def sae_weights(sae: Any) -> dict:
     return payload
 
 
+def _key(model: Any, hook: str, sae: Any) -> tuple[str, int]:
+    """``(site, layer)`` where ``sae``, reading ``hook``, splices (``_features.splice_site``)."""
+    return splice_site(model, hook, sae)[0]
+
+
 def _sites(model: Any, saes: Any) -> dict:
-    return {splice_key(model, hook): sae_weights(sae) for hook, sae in saes.items()}
+    return {_key(model, hook, sae): sae_weights(sae) for hook, sae in saes.items()}
 
 
 def _norm_eps(model: Any) -> float:
@@ -155,7 +158,7 @@ def feature_circuit(
             grad["alpha"] = alphas[k - 1]
         runs.append(Run(tokens.clean, readout=spec, grad=grad))
     outs = backend.execute(runs, desc=method.upper(), progress=False)
-    hook_of = {splice_key(model, h): h for h in checked}
+    hook_of = {_key(model, h, sae): h for h, sae in checked.items()}
     splice = SpliceSites(checked, None, device=torch.device("cpu"))
     for name, out in (("corrupted", outs[0]), ("clean", outs[1])):
         for (what, *key), value in out.returned.items():
@@ -191,7 +194,7 @@ def feature_faithfulness(model: Any, graph: Any, pairs: PromptPairs, **options: 
     with ported():
         saes, inside, removed = graph._evaluation(model, pairs, **options)
         tokens = tokenize(model, pairs)
-    _checked(model, saes)
+    checked = _checked(model, saes)
     metric = resolve_metric(graph, options["metric"])
     ablation, errors = options["ablation"], options["errors"]
     mean = ablation == "mean"
@@ -203,7 +206,7 @@ def feature_faithfulness(model: Any, graph: Any, pairs: PromptPairs, **options: 
         return {
             "heads": {i: m for i, m in enumerate(masks.heads) if not bool(m.all())},
             "mlp": {i: m for i, m in enumerate(masks.mlp) if not bool(m.all())},
-            "sites": {splice_key(model, h): fe for h, fe in masks.sites.items()},
+            "sites": {_key(model, h, checked[h]): fe for h, fe in masks.sites.items()},
         }
 
     def circuit(masks) -> Run:
