@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from transformer_lens.model_bridge import TransformerBridge
 
+from .engine import backends
 from .engine._components import as_int, listed
-from .engine._models import check_bridge
+from .engine._models import tokenizer_model
 from .engine._pairs import InputError, PromptPairs, encode
 
 NAMES = (
@@ -35,8 +36,15 @@ def _count(value: object, name: str, task: str, least: int = 1) -> int:
 
 
 def _single_tokens(model: TransformerBridge, words: Sequence[str]) -> list[str]:
-    """The words that are one token each, with a leading space, for this tokenizer."""
-    return [w for w in words if model.to_tokens(" " + w, prepend_bos=False).shape[1] == 1]
+    """The words that are one token each, with a leading space, for this tokenizer (the
+    unknown-word token is no word: a word-level vocabulary without the name maps it there)."""
+    unknown = getattr(model.tokenizer, "unk_token_id", None)
+    out = []
+    for w in words:
+        ids = model.to_tokens(" " + w, prepend_bos=False)[0].tolist()
+        if len(ids) == 1 and ids[0] != unknown:
+            out.append(w)
+    return out
 
 
 def ioi(
@@ -55,7 +63,7 @@ def ioi(
     the most common token length are used, so the batch is rectangular. ``prepend_bos`` is
     passed to :class:`~circuitviz.PromptPairs` (``None``: the model's convention).
     """
-    check_bridge(model)
+    model = tokenizer_model(model)
     n = _count(n, "n", "ioi")
     templates = listed(templates, "templates", "['When {A} and {B} went to the {PLACE}, {S} …']")
     if not templates or not all(isinstance(t, str) for t in templates):
@@ -124,7 +132,7 @@ def induction(
     copied; its wrong answer is what induction would copy there. ``prepend_bos`` is passed
     to :class:`~circuitviz.PromptPairs` (``None``: the model's convention).
     """
-    check_bridge(model)
+    model = tokenizer_model(model)
     n = _count(n, "n", "induction")
     seq_len = _count(seq_len, "seq_len", "induction", least=2)
     words, joiner = _word_tokens(model)
@@ -162,7 +170,7 @@ def factual(
     prompt in the list, and its wrong answer is that prompt's answer, so all prompts must
     tokenize to the same length and have different answers. ``prepend_bos`` is passed to
     :class:`~circuitviz.PromptPairs` (``None``: the model's convention)."""
-    check_bridge(model)
+    model = tokenizer_model(model)
     pairs = listed(pairs, "pairs", "[('The Eiffel Tower is in', ' Paris'), …]")
     for item in pairs:
         if (
@@ -186,5 +194,6 @@ def factual(
     corrupted = prompts[1:] + prompts[:1]
     wrong = answers[1:] + answers[:1]
     out = PromptPairs(prompts, corrupted, answers, wrong, prepend_bos=prepend_bos)
-    out.tokenize(model)  # fail now, naming the problem, rather than inside an analysis
+    with backends.ported():  # only the tokenizer: every backend has it
+        out.tokenize(model)  # fail now, naming the problem, rather than inside an analysis
     return out

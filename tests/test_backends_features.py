@@ -185,10 +185,10 @@ def test_hooks_nnsight_cannot_splice_are_refused_up_front(both, pairs):
         steer(nn, PROMPT, features=[(hook, 1)], saes=odd)
     with pytest.raises(cv.InputError, match="pass the SAEs"):
         cv.ablate(nn, pairs, features=["L1F1"])
-    with pytest.raises(cv.InputError, match=r"hook_mlp_out.*nnsight.*load_model"):
+    with pytest.raises(cv.InputError, match=r"hook_normalized.*nnsight.*load_model"):
         cv.circuit(nn, pairs, saes=odd)  # not a component graph with the SAEs dropped
-    with pytest.raises(cv.InputError, match=r"bridge only.*hook_dict"):
-        cv.engine.features.feature_stats(nn, saes, texts=["t1 t2 t3"])
+    with pytest.raises(cv.InputError, match=r"hook_normalized.*nnsight.*load_model"):
+        cv.engine.features.feature_stats(nn, odd, texts=["t1 t2 t3"])
     assert not nn.has_hooks()
 
 

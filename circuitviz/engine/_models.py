@@ -58,6 +58,19 @@ def check_bridge(model: object) -> TransformerBridge:
     return model
 
 
+def tokenizer_model(model: object) -> TransformerBridge:
+    """``model`` for code that reads only its tokenizer and config (the task builders, the
+    corpus): a bridge, or an nnsight model on any backend (nnsight's own object is wrapped,
+    as the analyses wrap it); anything else is :func:`check_bridge`'s error."""
+    from . import backends
+
+    if backends.is_raw_nnsight(model):
+        return backends.wrap(model)
+    if backends.is_nnsight(model):
+        return model  # type: ignore[return-value]
+    return check_bridge(model)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -71,9 +71,9 @@ def route(model: Any, analysis: str) -> Callable[..., Any] | None:
     ``None`` for a bridge."""
     if not (is_nnsight(model) or is_raw_nnsight(model)):
         return None
-    from . import _analyses, _feature_graph, _features, _graph, _toolkit
+    from . import _analyses, _feature_graph, _features, _graph, _stats, _toolkit
 
-    homes = (_graph, _analyses, _features, _toolkit, _feature_graph)
+    homes = (_graph, _analyses, _features, _toolkit, _feature_graph, _stats)
     home = next(m for m in homes if hasattr(m, analysis))
     seam = getattr(home, analysis)
     if is_nnsight(model):

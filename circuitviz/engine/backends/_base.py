@@ -41,6 +41,7 @@ PORTED += (
     "refusal_direction",
     "steer_refusal",
 )  # the toolkit: backends/_toolkit.py
+PORTED += ("feature_stats", "tasks.*")  # backends/_stats.py; the task builders need the tokenizer
 
 
 def is_nnsight(model: object) -> bool:

@@ -19,7 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .._pairs import InputError
-from . import _edges, _feature_graph_program, _feature_program, _program, _toolkit_program
+from . import (
+    _edges,
+    _feature_graph_program,
+    _feature_program,
+    _program,
+    _stats_program,
+    _toolkit_program,
+)
 from ._base import Output, Run, StatusCallback
 
 #: The HF architectures whose modules map onto circuitviz's sites.
@@ -361,6 +368,13 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 continue
             if kind == "unembed":  # SAE decoder directions' logit effects, off the weights
                 out = _feature_program.unembed(lm, arch, run["grad"])
+                results.append({"out": out, "back": back})
+                _program.tick()
+                continue
+            if kind == "activations":  # feature statistics: SAE hooks, real tokens only
+                with lm.trace(run["tokens"]) as tracer:
+                    out = _stats_program.read(lm, arch, run)
+                    tracer.stop()  # nothing after the last SAE hook is needed
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue

@@ -69,13 +69,21 @@ def ship_by_value() -> None:
     """Send the request's helper code with it: NDIF has torch and nnsight, not circuitviz."""
     import nnsight
 
-    from . import _edges, _feature_graph_program, _feature_program, _program, _toolkit_program
+    from . import (
+        _edges,
+        _feature_graph_program,
+        _feature_program,
+        _program,
+        _stats_program,
+        _toolkit_program,
+    )
 
     nnsight.register(_program)
     nnsight.register(_edges)
     nnsight.register(_feature_program)
     nnsight.register(_feature_graph_program)
     nnsight.register(_toolkit_program)
+    nnsight.register(_stats_program)
 
 
 def explain(err: Exception, model: NNsightModel) -> RemoteJobError:

@@ -169,9 +169,9 @@ def reference_corpus(model: object = None, *, split: Split = "reference") -> lis
     if split not in ("train", "reference"):
         raise InputError(f"split must be 'train' or 'reference', got {split!r}.")
     if model is not None:
-        from .._models import check_bridge
+        from .._models import tokenizer_model
 
-        check_bridge(model)
+        tokenizer_model(model)
     want_reference = split == "reference"
     texts = [*stdlib_docstrings(), *template_stories(), *model_generations()]
     return [t for t in texts if (_bucket(t) < REFERENCE_PERCENT) == want_reference]
@@ -190,9 +190,9 @@ def packed_tokens(
     demo SAEs were trained and evaluated on. ``max_tokens`` caps the text read."""
     import torch
 
-    from .._models import check_bridge
+    from .._models import tokenizer_model
 
-    check_bridge(model)
+    model = tokenizer_model(model)
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise InputError(f"seq_len must be an integer ≥ 2, got {seq_len!r}.")
     texts = reference_corpus(split=split)

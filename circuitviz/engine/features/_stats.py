@@ -231,6 +231,7 @@ def feature_stats(
     prepend_bos: bool | None = None,
     corpus_name: str = "",
     progress: bool = True,
+    max_request_bytes: int = 2**26,
 ) -> dict[str, FeatureStats]:
     """Top snippets, activation histograms, promoted tokens and labels of every latent of
     ``saes`` over ``texts`` (each cut to ``max_len`` tokens), keyed by hook name; put them in
@@ -239,17 +240,52 @@ def feature_stats(
     One forward pass per ``batch_size`` texts, stopped after the last SAE's hook, with a
     progress bar; Ctrl-C stops it and leaves no hook. Top snippets are one per text: the
     ``n_top`` texts with the highest peak, each shown around its peak position.
+
+    On an nnsight model (locally or on NDIF) the SAEs must read ``blocks.L.hook_resid_pre``
+    or ``hook_resid_post``; a request runs as many batches as bring back at most
+    ``max_request_bytes`` of activations (the SAE hooks' real tokens; the latents are
+    encoded here), so a corpus costs ``⌈its tokens' activations / max_request_bytes⌉``
+    requests.
     """
+    from .. import backends
+
+    if backends.is_raw_nnsight(model):
+        model = backends.wrap(model)
     saes = as_sae_set(saes)
     texts = _check_texts(texts)
-    for name, value in (("n_top", n_top), ("max_len", max_len), ("batch_size", batch_size)):
+    options = (
+        ("n_top", n_top),
+        ("max_len", max_len),
+        ("batch_size", batch_size),
+        ("max_request_bytes", max_request_bytes),
+    )
+    for name, value in options:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name}={value!r} must be a positive integer.")
-    check_sites(model, saes)
+    seam = backends.route(model, "feature_stats")
+    if seam is None:
+        check_sites(model, saes)
+    else:
+        from ..backends._features import check_saes
+
+        check_saes(model, saes)  # before tokenizing: a hook nnsight cannot read names the bridge
     bos = uses_bos(model, prepend_bos)
     docs = _tokenize(model, texts, max_len, bos)
     first = 1 if bos else 0  # the BOS position is left out of every statistic
-    device = next(iter(model.parameters())).device
+    batches = []
+    for start in range(0, len(docs), batch_size):
+        chunk = docs[start : start + batch_size]
+        lengths = torch.tensor([len(d) for d in chunk])
+        # Right padding: a causal model's real positions never see the pad tokens.
+        batch = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.int64)
+        for i, d in enumerate(chunk):
+            batch[i, : len(d)] = torch.from_numpy(d)
+        batches.append((batch, lengths))
+    if seam is None:
+        device = next(iter(model.parameters())).device
+        activations = (collect(model, saes, batch.to(device)) for batch, _ in batches)
+    else:
+        activations = seam(model, saes, batches, first=first, max_request_bytes=max_request_bytes)
     edges = torch.from_numpy(HIST_EDGES[1:-1].copy())
     n_bins = len(HIST_EDGES) - 1
     run: dict[str, dict[str, torch.Tensor]] = {}
@@ -264,22 +300,17 @@ def feature_stats(
     n_tokens = 0
     bar = tqdm(total=len(docs), desc="feature stats", unit="text", disable=not progress)
     try:
-        for start in range(0, len(docs), batch_size):
-            chunk = docs[start : start + batch_size]
-            lengths = torch.tensor([len(d) for d in chunk])
-            width = int(lengths.max())
-            # Right padding: a causal model's real positions never see the pad tokens.
-            batch = torch.zeros(len(chunk), width, dtype=torch.int64)
-            for i, d in enumerate(chunk):
-                batch[i, : len(d)] = torch.from_numpy(d)
-            valid = torch.arange(width)[None, :] < lengths[:, None]
+        start = 0
+        for (batch, lengths), acts in zip(batches, activations, strict=True):
+            valid = torch.arange(batch.shape[1])[None, :] < lengths[:, None]
             valid[:, :first] = False
             n_tokens += int(valid.sum())
-            acts = collect(model, saes, batch.to(device))
-            for hook, sae in saes.items():
-                f = sae.encode(acts[hook].to(sae.W_enc.device)).float().cpu() * valid[..., None]
-                _update(run[hook], f, valid, start, n_top, edges, n_bins)
-            bar.update(len(chunk))
+            with torch.no_grad():
+                for hook, sae in saes.items():
+                    f = sae.encode(acts[hook].to(sae.W_enc.device)).float().cpu()
+                    _update(run[hook], f * valid[..., None], valid, start, n_top, edges, n_bins)
+            start += len(batch)
+            bar.update(len(batch))
     finally:
         bar.close()
     corpus = SnippetCorpus(
@@ -290,7 +321,16 @@ def feature_stats(
     out = {}
     total = sum(s.d_sae for s in saes.values())
     with tqdm(total=total, desc="promoted tokens", unit="latent", disable=not progress) as bar:
-        promoted_of = {h: top_promoted(model, s, k=n_promoted, bar=bar) for h, s in saes.items()}
+        if seam is None:
+            promoted_of = {
+                h: top_promoted(model, s, k=n_promoted, bar=bar) for h, s in saes.items()
+            }
+        else:  # on the server, every SAE's latents in as few requests as fit
+            from ..backends._stats import promoted_tokens
+
+            promoted_of = promoted_tokens(
+                model, saes, k=n_promoted, max_request_bytes=max_request_bytes, bar=bar
+            )
     for hook, sae in saes.items():
         r = run[hook]
         promoted = promoted_of[hook]
@@ -398,9 +438,9 @@ def top_promoted(
                 from ..backends._features import unembedded
 
                 out.append(unembedded(model, sae, part.tolist(), k)["up_i"].cpu())
-                continue
-            d, W_U = decoder_directions(model, sae, part)
-            out.append((d @ W_U).topk(k, dim=-1).indices.cpu())
+            else:
+                d, W_U = decoder_directions(model, sae, part)
+                out.append((d @ W_U).topk(k, dim=-1).indices.cpu())
             if bar is not None:
                 bar.update(len(part))
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.int64)
