@@ -11,7 +11,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from .engine import backends
 from .engine._components import as_int, listed
 from .engine._models import tokenizer_model
-from .engine._pairs import InputError, PromptPairs, encode
+from .engine._pairs import InputError, PromptPairs, encode, tokenize, uses_bos
 
 NAMES = (
     "John Mary Tom James Dan Sid Martin Amy Lisa Paul Mark Kate Anna Sarah Emma Jack "
@@ -167,8 +167,10 @@ def factual(
     prepend_bos: bool | None = None,
 ) -> PromptPairs:
     """Your own ``(prompt, answer)`` pairs. Each prompt's corrupted version is the next
-    prompt in the list, and its wrong answer is that prompt's answer, so all prompts must
-    tokenize to the same length and have different answers. ``prepend_bos`` is passed to
+    prompt of the same token length in the list (after the last, the first), and its wrong
+    answer is that prompt's answer, so every length needs at least two prompts, and neighbours
+    different answers. Prompts of different lengths may be mixed: the analyses left-pad them
+    (see :class:`~circuitviz.PromptPairs`). ``prepend_bos`` is passed to
     :class:`~circuitviz.PromptPairs` (``None``: the model's convention)."""
     model = tokenizer_model(model)
     pairs = listed(pairs, "pairs", "[('The Eiffel Tower is in', ' Paris'), …]")
@@ -191,9 +193,41 @@ def factual(
     answers = [a for _, a in pairs]
     if len(set(answers)) < 2:
         raise InputError("factual needs at least two different answers.")
-    corrupted = prompts[1:] + prompts[:1]
-    wrong = answers[1:] + answers[:1]
+    partner = _same_length_partners(model, prompts, answers, prepend_bos)
+    corrupted = [prompts[j] for j in partner]
+    wrong = [answers[j] for j in partner]
     out = PromptPairs(prompts, corrupted, answers, wrong, prepend_bos=prepend_bos)
     with backends.ported():  # only the tokenizer: every backend has it
-        out.tokenize(model)  # fail now, naming the problem, rather than inside an analysis
+        # fail now, naming the problem, rather than inside an analysis
+        tokenize(model, out, pad=True)
     return out
+
+
+def _same_length_partners(
+    model: TransformerBridge, prompts: list[str], answers: list[str], prepend_bos: bool | None
+) -> list[int]:
+    """For each prompt, the next prompt of its token length (cyclically): a corrupted prompt
+    must tokenize to its clean prompt's length, position for position."""
+    bos = uses_bos(model, prepend_bos)
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(encode(model, prompt, prepend_bos=bos)), []).append(i)
+    partner = [0] * len(prompts)
+    for n, members in by_length.items():
+        if len(members) < 2:
+            i = members[0]
+            raise InputError(
+                f"factual corrupts each prompt with the next prompt of the same token length, "
+                f"but prompt {i} ({prompts[i]!r}) is the only one of {n} tokens: add another "
+                "prompt of that length, or drop it."
+            )
+        for i, j in zip(members, members[1:] + members[:1], strict=True):
+            if answers[i] == answers[j]:
+                raise InputError(
+                    f"factual corrupts prompt {i} ({prompts[i]!r}) with prompt {j} "
+                    f"({prompts[j]!r}), the next of its {n} tokens, but both answer "
+                    f"{answers[i]!r}: reorder the pairs so that neighbours of one length have "
+                    "different answers."
+                )
+            partner[i] = j
+    return partner

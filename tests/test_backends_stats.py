@@ -16,6 +16,7 @@ import torch
 
 import circuitviz as cv
 from circuitviz.engine import has_hooks
+from circuitviz.engine._pairs import tokenize
 from circuitviz.engine.features import SAE, SAESet, feature_stats
 from circuitviz.engine.features._corpus import reference_corpus
 from tests._tiny_sae import tiny_saes
@@ -187,7 +188,7 @@ def test_tasks_give_the_same_pairs_on_both_backends(both):
     bridge, nn, _ = both
     ref = builders(bridge)
     assert builders(nn) == ref and builders(nn.lm) == ref
-    assert len(ref["induction"].clean) == 4 and "different token lengths" in ref["factual-bad"]
+    assert len(ref["induction"].clean) == 4 and "is the only one of 3 tokens" in ref["factual-bad"]
     assert "single-token names" in ref["ioi"]
     # ... and the same tokens, so every analysis reads the same batch
     for name in ("induction", "factual"):
@@ -197,6 +198,38 @@ def test_tasks_give_the_same_pairs_on_both_backends(both):
         assert torch.equal(a.clean, b.clean) and torch.equal(a.corrupted, b.corrupted)
         assert torch.equal(a.answers, b.answers) and a.str_tokens == b.str_tokens
     assert not nn.has_hooks()
+
+
+def test_factual_mixes_lengths_pairing_prompts_of_one_length(both):
+    """Each prompt is corrupted by the next prompt of its token length; the pairs are
+    left-padded like any mixed-length batch, and an analysis gives the bridge's numbers."""
+    bridge, nn, _ = both
+    facts = [("t1 t2", " t3"), ("t4 t5 t6", " t7"), ("t8 t9", " t10"), ("t11 t12 t13", " t14")]
+    facts += [("t15 t16", " t17")]
+    pairs = cv.tasks.factual(bridge, facts)
+    assert pairs == cv.tasks.factual(nn, facts)
+    assert pairs.corrupted == ("t8 t9", "t11 t12 t13", "t15 t16", "t4 t5 t6", "t1 t2")
+    assert pairs.wrong_answers == (" t10", " t14", " t17", " t7", " t3")
+    tokens = tokenize(bridge, pairs, pad=True)
+    assert tokens.attention_mask is not None and tokens.clean.shape == (5, 4)
+    assert tokens.attention_mask.sum(1).tolist() == [3, 4, 3, 4, 3]
+    ref = cv.patch(bridge, pairs, over="resid_pre", progress=False)
+    got = cv.patch(nn, pairs, over="resid_pre", progress=False)
+    assert float((torch.as_tensor(got.values) - torch.as_tensor(ref.values)).abs().max()) <= TOL
+    # each length group alone (same lengths: the old rotation) is unchanged
+    assert cv.tasks.factual(bridge, facts[::2]).corrupted == ("t8 t9", "t15 t16", "t1 t2")
+
+
+def test_factual_names_a_prompt_without_a_partner(both):
+    bridge, nn, _ = both
+    for model in (bridge, nn):
+        with pytest.raises(cv.InputError, match=r"prompt 1 \('t4 t5 t6'\) is the only one of 4"):
+            cv.tasks.factual(model, [("t1 t2", " t3"), ("t4 t5 t6", " t7"), ("t8 t9", " t10")])
+        with pytest.raises(cv.InputError, match=r"prompt 0 .* prompt 2 .* both answer ' t3'"):
+            cv.tasks.factual(
+                model,
+                [("t1 t2", " t3"), ("t4 t5 t6", " t7"), ("t8 t9", " t3"), ("t9 t8 t7", " t6")],
+            )
 
 
 # ----------------------------------------------------------------------------- remote
