@@ -281,6 +281,39 @@ def test_remote_stats_split_into_requests_by_size(remote):
     assert not setup.server.has_hooks()
 
 
+def test_a_failing_stats_job_names_the_budget_and_leaves_the_model_untouched(remote):
+    from circuitviz.engine.backends import RemoteJobError
+    from tests._fake_ndif import FakeNDIF
+
+    setup, saes = remote
+    fake = FakeNDIF({setup.repo: setup.server.lm}, fail="CUDA out of memory")
+    client = setup.make_client(transport=fake)
+    with pytest.raises(RemoteJobError, match=r"out of memory.*max_request_bytes"):
+        feature_stats(client, saes, TEXTS, progress=False)
+    assert client.job_state == "error" and not setup.server.has_hooks()
+
+
+def test_an_error_inside_the_trace_leaves_the_model_untouched(both, monkeypatch):
+    from circuitviz.engine.backends import _stats_program
+
+    bridge, nn, saes = both
+    tokens = bridge.to_tokens("t1 t2 t3 t4")
+    before = logits_of(nn, tokens)
+
+    def broken(lm, arch, run):
+        raise RuntimeError("broken reader")
+
+    monkeypatch.setattr(_stats_program, "read", broken)
+    with pytest.raises(Exception, match="broken reader"):
+        feature_stats(nn, saes, TEXTS, progress=False)
+    monkeypatch.undo()
+    assert not nn.has_hooks() and torch.equal(logits_of(nn, tokens), before)
+    same_stats(
+        feature_stats(nn, saes, TEXTS[:6], progress=False),
+        feature_stats(bridge, saes, TEXTS[:6], progress=False),
+    )
+
+
 def test_remote_tasks_send_nothing(remote):
     """The builders read the tokenizer: a remote model builds the bridge's pairs offline."""
     setup, _ = remote

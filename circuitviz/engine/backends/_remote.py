@@ -95,7 +95,10 @@ def explain(err: Exception, model: NNsightModel) -> RemoteJobError:
     elif "not found" in low or "not running" in low or "no deployment" in low:
         fix = "check that NDIF serves the model (nnsight.status())"
     elif "memory" in low or "oom" in low:
-        fix = "ask for fewer conditions per request (a smaller max_rows)"
+        fix = (
+            "ask for fewer conditions per request (a smaller max_rows; for feature_stats a "
+            "smaller max_request_bytes or batch_size)"
+        )
     elif "connect" in low or "timed out" in low or "resolve" in low:
         fix = "NDIF could not be reached: check the network and nnsight.CONFIG.API.HOST"
     else:
