@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ._base import Run, backend_of
-from ._features import check_saes, splice_site
+from ._features import splice_site
 
 
 def request_plan(
@@ -50,8 +50,7 @@ def feature_stats(
     """The activations at every SAE hook for each batch ``(tokens [b, w], lengths)`` of
     right-padded texts, as ``{hook: [b, w, d_model]}`` float32 — zeros at the BOS
     (``first=1``) and the padding, which the statistics leave out — batch by batch; the
-    requests run as the batches are consumed. Checks the SAEs' hooks and widths now."""
-    check_saes(model, saes)
+    requests run as the batches are consumed. The caller checked the SAEs (``check_saes``)."""
     # (point, layer) each SAE reads (a transcoder: its MLP's input side)
     sites = {}
     for hook, sae in saes.items():

@@ -242,10 +242,10 @@ def feature_stats(
     ``n_top`` texts with the highest peak, each shown around its peak position.
 
     On an nnsight model (locally or on NDIF) the SAEs must read ``blocks.L.hook_resid_pre``
-    or ``hook_resid_post``; a request runs as many batches as bring back at most
+    or ``hook_resid_post``; a request runs as many whole batches as bring back at most
     ``max_request_bytes`` of activations (the SAE hooks' real tokens; the latents are
-    encoded here), so a corpus costs ``⌈its tokens' activations / max_request_bytes⌉``
-    requests.
+    encoded here), so a corpus costs about ``⌈its tokens' activations / max_request_bytes⌉``
+    requests, plus one per ``max_request_bytes`` of decoder rows for the promoted tokens.
     """
     from .. import backends
 
