@@ -19,7 +19,8 @@ from circuitviz.engine import has_hooks
 from circuitviz.engine._pairs import tokenize
 from circuitviz.engine.features import SAE, SAESet, feature_stats
 from circuitviz.engine.features._corpus import reference_corpus
-from tests._tiny_sae import tiny_saes
+from tests._tiny_sae import tiny_saes, tiny_site_saes
+from tests.test_backends_feature_sites import SETS as SITE_SETS
 
 pytest.importorskip("nnsight")
 
@@ -78,6 +79,19 @@ def test_feature_stats_equal_the_bridge(both, prepend_bos):
     assert (r.n_active > 0).sum() > 10 and len(set(r.top_doc[r.top_doc >= 0].tolist())) > 10
     assert (r.hist_counts.sum(1) == r.n_active).all() and (r.hist_counts > 0).sum(1).max() > 3
     assert r.n_tokens == sum(len(t.split()) for t in TEXTS)  # the BOS is never counted
+    assert not nn.has_hooks() and not has_hooks(bridge)
+
+
+@pytest.mark.parametrize("name", sorted(SITE_SETS))
+def test_feature_stats_at_every_site_kind_equal_the_bridge(both, name):
+    """SAEs on resid_pre/mid/post, attn_out, mlp_out and transcoders (read at their MLP's
+    input side): nnsight reads each where the SAE reads, as the bridge's hooks do."""
+    bridge, nn, _ = both
+    saes = tiny_site_saes(bridge, *SITE_SETS[name])
+    options = {"n_top": 4, "batch_size": 5, "progress": False}
+    ref = feature_stats(bridge, saes, TEXTS, **options)
+    same_stats(feature_stats(nn, saes, TEXTS, **options), ref)
+    assert all((r.n_active > 0).sum() > 3 for r in ref.values())  # every site's latents fire
     assert not nn.has_hooks() and not has_hooks(bridge)
 
 
@@ -149,8 +163,9 @@ def test_bad_input_on_nnsight_is_refused_before_running(both):
     s = saes["blocks.0.hook_resid_post"]
     tokens = bridge.to_tokens("t1 t2 t3 t4")
     before = logits_of(nn, tokens)
-    odd = SAESet([SAE("blocks.0.hook_mlp_out", s.W_enc, s.b_enc, s.W_dec, s.b_dec, k=s.k)])
-    with pytest.raises(cv.InputError, match=r"hook_mlp_out.*nnsight.*load_model"):
+    hook = "blocks.0.ln1.hook_normalized"  # the norm's output: no site nnsight splices
+    odd = SAESet([SAE(hook, s.W_enc, s.b_enc, s.W_dec, s.b_dec, k=s.k)])
+    with pytest.raises(cv.InputError, match=r"hook_normalized.*nnsight.*load_model"):
         feature_stats(nn, odd, TEXTS, progress=False)
     narrow = SAE("blocks.0.hook_resid_post", s.W_enc[:-1], s.b_enc, s.W_dec[:, :-1], s.b_dec[:-1])
     with pytest.raises(cv.InputError, match="wide"):

@@ -241,8 +241,8 @@ def feature_stats(
     progress bar; Ctrl-C stops it and leaves no hook. Top snippets are one per text: the
     ``n_top`` texts with the highest peak, each shown around its peak position.
 
-    On an nnsight model (locally or on NDIF) the SAEs must read ``blocks.L.hook_resid_pre``
-    or ``hook_resid_post``; a request runs as many whole batches as bring back at most
+    On an nnsight model (locally or on NDIF) the SAEs must read a hook nnsight splices
+    (``backends._features.splice_site``); a request runs as many whole batches as bring back at most
     ``max_request_bytes`` of activations (the SAE hooks' real tokens; the latents are
     encoded here), so a corpus costs about ``⌈its tokens' activations / max_request_bytes⌉``
     requests, plus one per ``max_request_bytes`` of decoder rows for the promoted tokens.
