@@ -185,6 +185,14 @@ class Tokens:
         w = w.to(x.device, x.dtype)
         return (x * w.reshape(*w.shape, *([1] * (x.ndim - 2)))).sum(0, keepdim=True)
 
+    def real_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [batch, pos, ...]`` flattened to its real tokens' rows ``[tokens, ...]``
+        (padding left out): statistics over every prompt and position."""
+        flat = x.reshape(-1, *x.shape[2:])
+        if self.attention_mask is None:
+            return flat
+        return flat[self.attention_mask.reshape(-1).to(x.device).bool()]
+
     def real(self, x: torch.Tensor, batch_dim: int = 0) -> torch.Tensor:
         """``x`` (``[..., batch, pos, ...]`` with batch at ``batch_dim``) with every padding
         position set to 0."""
@@ -216,7 +224,8 @@ def _same_length(rows: list[torch.Tensor], which: str) -> None:
             f"The {which} prompts have different token lengths ({detail}…). Every prompt in a "
             "batch must tokenize to the same length for this analysis: use one template per "
             "batch, or split it (patch, attribution_patch, ablate, path_patch, "
-            "logit_attribution, head_roles and circuit without saes= accept mixed lengths)."
+            "logit_attribution, head_roles and circuit, with or without saes=, accept mixed "
+            "lengths)."
         )
 
 

@@ -22,7 +22,7 @@ import torch
 
 from ..engine import InputError, _devices
 from ..engine._components import parse_id
-from ..engine._hooks import hooks
+from ..engine._hooks import run
 from ..engine._pairs import tokenize
 from ..engine.features import SAESet, as_sae_set, splice_hook
 from ..engine.graph import FeatureGraph
@@ -165,23 +165,23 @@ class FeatureNodes:
 
     def _latent_max(self, hook: str) -> torch.Tensor | None:
         """Per latent, its largest activation on the clean and corrupted prompts (one spliced
-        forward per prompt set, once per view)."""
+        forward per prompt set, once per view; mixed lengths: padding left out)."""
         if self._pairs is None:
             return None
         if self._max_acts is None:
             saes, store = self._saes, {}
-            tokens = tokenize(self._model, self._pairs)
+            tokens = tokenize(self._model, self._pairs, pad=True)
 
             def rec(h: str):
                 def fn(f: torch.Tensor, err: torch.Tensor) -> None:
-                    top = f.detach().float().amax((0, 1)).cpu()
+                    top = tokens.real_rows(f.detach().float()).amax(0).cpu()
                     store[h] = torch.maximum(store[h], top) if h in store else top
 
                 return fn
 
             fwd = [(h, splice_hook(saes[h], record=rec(h))) for h in saes]
-            with torch.inference_mode(), hooks(self._model, fwd):
+            with torch.inference_mode():
                 for batch in (tokens.clean, tokens.corrupted):
-                    self._model(batch, return_type="logits")
+                    run(self._model, batch, fwd, attention_mask=tokens.attention_mask)
             self._max_acts = store
         return self._max_acts.get(hook)

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from .. import _devices
-from .._hooks import hooks
+from .. import _devices, _hooks
 from .._pairs import InputError, PromptPairs, tokenize
 from .._sites import FEATURE_ID, SITE_HOOKS
 from ._sae import SAESet, as_sae_set, hook_layer
@@ -123,18 +122,24 @@ def _cosines(x: torch.Tensor) -> torch.Tensor:
 
 
 def _activations(model: TransformerBridge, saes: SAESet, pairs: PromptPairs, hooks_: list[str]):
-    """Latent activations over every clean prompt and position: hook -> [batch·pos, d_sae]."""
-    tokens = tokenize(model, pairs).clean
+    """Latent activations over every clean prompt and position: hook -> [tokens, d_sae]
+    (mixed lengths: left-padded and masked, padding left out)."""
+    tokens = tokenize(model, pairs, pad=True)
     store: dict[str, torch.Tensor] = {}
 
     def read(h: str):
         def fn(x: torch.Tensor, hook: object) -> None:
-            store[h] = saes[h].encode(x).reshape(-1, saes[h].d_sae).float()
+            store[h] = tokens.real_rows(saes[h].encode(x).float())
 
         return fn
 
-    with torch.inference_mode(), hooks(model, [(h, read(h)) for h in hooks_]):
-        model(tokens, return_type="logits")
+    with torch.inference_mode():
+        _hooks.run(
+            model,
+            tokens.clean,
+            [(h, read(h)) for h in hooks_],
+            attention_mask=tokens.attention_mask,
+        )
     return store
 
 

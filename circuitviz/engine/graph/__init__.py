@@ -79,8 +79,11 @@ def circuit(
             include each SAE's latents active on the pairs (``"L11F1234:P5"``;
             ``"L3attnF12:P5"`` at other sites, ``engine._sites``) and its error term
             (``"L11ERR:P5"``), scored through the SAE-spliced model (Marks et al. 2024; see
-            ``_feature_eap`` and ``_feature_sites``). On nnsight (locally or on NDIF, two
-            requests): SAEs at ``hook_resid_pre`` / ``hook_resid_post``, pairs of one length.
+            ``_feature_eap`` and ``_feature_sites``). Mixed lengths as above: a latent is a
+            node at column ``p`` when it fires there on a prompt that has a token there;
+            padding holds no latent or error term and sends or receives nothing. On nnsight
+            (locally or on NDIF, two requests): SAEs at ``hook_resid_pre`` /
+            ``hook_resid_post``, pairs of one length.
     """
     if not isinstance(per_position, bool):
         raise InputError(f"per_position must be True or False, got {per_position!r}.")
@@ -101,15 +104,14 @@ def circuit(
         return seam(
             model, pairs, method=method, steps=steps, per_position=per_position, metric=metric
         )
-    sites = None
+    checked = None
     if saes is not None:
-        from ..features._sae import SAESet
         from ._feature_eap import SpliceSites, check_saes
 
-        checked: SAESet = check_saes(model, saes)
-        sites = SpliceSites(checked, model)
-    # Mixed lengths are left-padded (not yet for feature graphs, whose SAE sites don't mask).
-    tokens = tokenize(model, pairs, pad=sites is None)
+        checked = check_saes(model, saes)
+    tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
+    # padding holds no latent or error term (SpliceSites masks what its splices record)
+    sites = None if checked is None else SpliceSites(checked, model, tokens=tokens)
     layout = Layout.of(model)
     if layout.n_heads % layout.n_kv_heads:
         raise InputError(
@@ -125,7 +127,7 @@ def circuit(
         progress=progress,
         sites=sites,
     )
-    if sites is not None:
+    if sites is not None and checked is not None:
         from ._feature_eap import feature_scores
 
         info = model_info(model)

@@ -23,7 +23,9 @@ transcoder replaces the MLP) is in ``_feature_sites``. Per position the graph ha
 An edge's score is EAP's ``Δa_u · ∂M/∂x_r`` (Δ = corrupted − clean, summed over the batch of
 the batch-mean metric's gradients); with EAP-IG the receiver gradients (and the latents'
 active masks) are averaged over the interpolation steps. Scores are computed one position at
-a time and stored sparsely (non-zero only).
+a time and stored sparsely (non-zero only). Pairs of mixed lengths run left-padded and
+masked; a pad token's latents and error term are recorded as 0, so padding adds no node and
+no edge (``SpliceSites``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from .. import _devices
+from .._pairs import Tokens
 from .._sites import error_id, feature_id
 from ..features._sae import SAESet
 from ..features._splice import site_hooks
@@ -63,10 +66,21 @@ class SpliceSites:
     ``∂M/∂out`` and ``∂M/∂pre`` accumulated over EAP-IG's steps (for a transcoder that reads
     ln2's output, also each active latent's receiver gradient before ln2)."""
 
-    def __init__(self, saes: SAESet, model, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        saes: SAESet,
+        model,
+        device: torch.device | None = None,
+        *,
+        tokens: Tokens | None = None,
+    ) -> None:
         # an offloaded parameter is on `meta`; nnsight (model None) scores here, on `device`
         device = device or _devices.compute_device(model)
         self.saes = saes
+        # Left-padded pairs (mixed lengths): what a splice records at a padding position is
+        # the SAE of a pad token's activation, not the prompt's, so it is set to 0 there: no
+        # latent is active there (no node), and no latent or error term changes (no edge).
+        self.tokens = tokens
         self.sae = {h: s.to(device, torch.float32) for h, s in saes.items()}
         self.sites: list[Site] = sites_of(saes)
         self.grad_hooks = list(dict.fromkeys(h for s in self.sites for h in s.grad_hooks))
@@ -86,8 +100,8 @@ class SpliceSites:
     def hooks(self, run: str):
         def record(hook: str):
             def fn(f: torch.Tensor, error: torch.Tensor) -> None:
-                self.latents.setdefault(run, {})[hook] = f.detach().float()
-                self.errors.setdefault(run, {})[hook] = error.detach().float()
+                self.latents.setdefault(run, {})[hook] = self._real(f.detach().float())
+                self.errors.setdefault(run, {})[hook] = self._real(error.detach().float())
 
             return fn
 
@@ -103,6 +117,9 @@ class SpliceSites:
                 out.append((f"blocks.{s.layer}.ln2.hook_in", keep_mid(s.hook)))
             out += site_hooks(self.sae[s.hook], record=record(s.hook))
         return out
+
+    def _real(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.tokens is None else self.tokens.real(x)
 
     def _active(self) -> dict[str, list[torch.Tensor]]:
         """Per site and position, the latents active on some clean or corrupted prompt (the

@@ -1,6 +1,8 @@
 """Exact, node-level faithfulness of a feature graph's circuits (``FeatureGraph.faithfulness``):
 one spliced forward pass in which every head, MLP, SAE latent and error term outside the
-circuit takes its reference value (the corrupted run's, or the clean batch mean)."""
+circuit takes its reference value (the corrupted run's, or the clean batch mean). Pairs of
+mixed lengths run left-padded and masked, and the mean is each position's over the prompts
+that have a token there (as ``Graph.faithfulness``)."""
 
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ class FeatureContext:
         )
         if key in graph._cache:
             return graph._cache[key]
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
+        mask = tokens.attention_mask
         runs = {}
         for name in ("clean", "corrupted"):
             acts: dict[str, torch.Tensor] = {}
@@ -67,14 +70,15 @@ class FeatureContext:
                 for h in (f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"):
                     fwd.append((h, save("out:" + h, acts)))  # apart from latents
             with torch.inference_mode():
-                logits = final_logits(model, getattr(tokens, name), fwd)
+                logits = final_logits(model, getattr(tokens, name), fwd, attention_mask=mask)
             runs[name] = (logits, acts, errs)
         bound = bind_metric(metric, tokens, runs["clean"][0], runs["corrupted"][0])
         _, acts, errs = runs["corrupted"]
         if ablation == "mean":
             _, acts, errs = runs["clean"]
-            acts = {h: v.mean(0, keepdim=True) for h, v in acts.items()}
-            errs = {h: v.mean(0, keepdim=True) for h, v in errs.items()}
+            # each position's mean over the prompts that have a token there (mixed lengths)
+            acts = {h: tokens.masked_mean(v) for h, v in acts.items()}
+            errs = {h: tokens.masked_mean(v) for h, v in errs.items()}
         ctx = cls(tokens, bound, bound(runs["clean"][0]), bound(runs["corrupted"][0]), acts, errs)
         if ablation == "mean":
             ctx.reference = ctx.metric_of(
@@ -108,7 +112,9 @@ class FeatureContext:
         for hook, (feats, err) in masks.sites.items():
             fwd += self._splice(saes[hook], hook, feats, err)
         with torch.inference_mode():
-            logits = final_logits(model, self.tokens.clean, fwd)
+            logits = final_logits(
+                model, self.tokens.clean, fwd, attention_mask=self.tokens.attention_mask
+            )
         return float(self.metric(logits))
 
     def recovered(self, value: float) -> float:
