@@ -50,7 +50,7 @@ def mixed_feature_pairs() -> cv.PromptPairs:
     short = cv.PromptPairs(
         ["t2 t7 t2", "t9 t1 t4"], ["t5 t6 t5", "t8 t6 t4"], [" t7", " t1"], [" t3", " t2"]
     )
-    order = [(base, 0), (short, 0), (base, 1), (short, 1)]
+    order = [(short, 0), (base, 0), (base, 1), (short, 1)]  # the longest is not the first
     return cv.PromptPairs(
         *([getattr(p, f)[i] for p, i in order] for f in ("clean", "corrupted", "answers")),
         [p.wrong_answers[i] for p, i in order],
@@ -96,6 +96,13 @@ def edge_table(graph: FeatureGraph, shift: int = 0, weight: float = 1.0) -> dict
         )
         out[key] = out.get(key, 0.0) + weight * float(graph.weight[j])
     return out
+
+
+def logit_diff(model, one, fwd=()) -> float:
+    """One pair alone (unpadded), with hand-written hooks: its logit difference."""
+    with torch.no_grad(), hooks(model, list(fwd)):
+        logits = model(one.clean)[0, -1]
+    return float(logits[one.answers[0]] - logits[one.wrong_answers[0]])
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -171,7 +178,7 @@ def test_feature_graph_is_each_group_alone_combined(model, site_saes, pairs, met
         ref = sum(w * getattr(g, field) for g, _, _, w in parts)
         assert getattr(whole, field) == pytest.approx(ref, abs=TOL), field
     assert whole.tokens == tokenize(model, pairs, pad=True).str_tokens
-    assert whole.tokens == model.to_str_tokens(pairs.clean[0])  # the longest prompt
+    assert whole.tokens == model.to_str_tokens(pairs.clean[1])  # the longest prompt
     assert not has_hooks(model)
 
 
@@ -282,11 +289,8 @@ def test_mean_ablated_faithfulness_averages_each_column_over_the_prompts_there(m
             err[0, -1] = mean["err"][-1]
             return sae.decode(f) + err
 
-        tokens = tokenize(model, subset(pairs, [i]))
         fwd = [("blocks.1.attn.hook_z", put_z), (last, splice)]
-        with torch.no_grad(), hooks(model, fwd):
-            logits = model(tokens.clean)[0, -1]
-        want.append(float(logits[tokens.answers[0]] - logits[tokens.wrong_answers[0]]))
+        want.append(logit_diff(model, tokenize(model, subset(pairs, [i])), fwd))
     assert got.metric == pytest.approx(sum(want) / len(want), abs=TOL)
     assert abs(got.metric - got.clean) > 10 * TOL
     whole = graph.faithfulness(model, pairs, ablation="mean")  # nothing out: the clean run
@@ -304,4 +308,102 @@ def test_a_bad_mixed_batch_names_the_pair_and_leaves_no_hook(model, site_saes, p
     )
     with pytest.raises(cv.InputError, match=r"\(pair 3\)"):
         cv.circuit(model, bad, saes=site_saes, progress=False)
+    assert not has_hooks(model)
+
+
+# --- CircuitView (kernel side) ---------------------------------------------------------------
+
+
+def test_circuit_view_of_a_mixed_length_feature_graph(tiny_llama):
+    """CircuitView of a feature graph built on mixed-length pairs: nodes at the padded columns,
+    labelled by the longest prompt; a click ablating a latent at a column equals ablating it
+    in each pair alone at that pair's own position (no ablation where the pair has padding);
+    faithfulness (and its error variants) is ``FeatureGraph.faithfulness``'s, checked above;
+    the hover card's max activation and the supernode co-activations read real tokens only;
+    Clamp × N at a column steers the longest prompt at that position, and its metric equals
+    the pairs alone with the latent clamped by hand at their own positions."""
+    from circuitviz.engine.features import LatentEdit, splice_hooks, steer
+    from circuitviz.engine.features._supernodes import _activations
+    from circuitviz.views import CircuitView
+
+    model, saes = tiny_llama, tiny_saes(tiny_llama)
+    pairs = mixed_feature_pairs()
+    tokens = tokenize(model, pairs, pad=True)
+    shift = [tokens.n_pos - tokenize(model, subset(pairs, [i])).n_pos for i in range(len(pairs))]
+    early = max(shift) - 1  # a column only the long prompts have
+    graph = cv.circuit(model, pairs, saes=saes, progress=False)
+    view = CircuitView(model, pairs, graph=graph)
+    sent: list[dict] = []
+    view.send = lambda content, buffers=None: sent.append(content)
+    assert view.graph["tokens"] == tokens.str_tokens == model.to_str_tokens(pairs.clean[1])
+    shown = [n for n in view.graph["nodes"] if n["type"] == "feature"]
+    assert shown and {n["id"] for n in shown} <= set(graph.ids)
+    last = tokens.n_pos - 1
+    labels = {n["id"]: n["label"] for n in view.graph["nodes"]}
+    assert labels[f"LOGITS:P{last}"].endswith(tokens.str_tokens[last])
+
+    feats = of_type(graph, "feature")
+    targets = [shown[0]["ablates"], min(i for i in feats if column(i) == early)]
+    for k, target in enumerate(targets):
+        view._handle_custom_msg({"type": "ablate", "components": [target], "request": k}, [])
+        alone = []
+        for i in range(len(pairs)):
+            one = subset(pairs, [i])
+            if column(target) < shift[i]:  # padding there: nothing to ablate
+                alone.append(logit_diff(model, tokenize(model, one)))
+            else:
+                res = cv.ablate(model, one, features=[moved(target, -shift[i])], saes=saes)
+                alone.append(res.ablated)
+        assert view.result["ablated"] == pytest.approx(sum(alone) / len(alone), abs=TOL)
+
+    view._handle_custom_msg({"type": "faithfulness", "ablated": [targets[0]], "request": 9}, [])
+    circuit = view.shown_circuit()
+    assert view.faithfulness["circuit"] == pytest.approx(
+        float(circuit.faithfulness(model, pairs)), abs=TOL
+    )
+    assert view.faithfulness["errors_ablated"] == pytest.approx(
+        float(circuit.faithfulness(model, pairs, errors="ablated")), abs=TOL
+    )
+
+    node = shown[0]
+    site, index = node["hook"], node["feature"]
+    view._handle_custom_msg({"type": "feature_card", "node": node["id"], "request": "c"}, [])
+    hand = []
+    for i in range(len(pairs)):
+        one = tokenize(model, subset(pairs, [i]))
+
+        def rec(x, hook, index=index):
+            hand.append(float(saes[site].encode(x)[..., index].max()))
+
+        with torch.no_grad(), hooks(model, [(site, rec)]):
+            model(one.clean)
+            model(one.corrupted)
+    assert sent[-1]["max_act"] == pytest.approx(max(hand), abs=TOL)
+
+    acts = _activations(model, saes, pairs, [site])[site]
+    rows = []
+    for i in range(len(pairs)):
+
+        def keep(x, hook):
+            rows.append(saes[site].encode(x)[0])
+
+        with torch.no_grad(), hooks(model, [(site, keep)]):
+            model(tokenize(model, subset(pairs, [i])).clean)
+    assert acts.shape[0] == int(tokens.attention_mask.sum())
+    assert (acts - torch.cat(rows)).abs().max() <= TOL
+    view.suggest_supernodes()  # co-activation over the real tokens
+
+    target = targets[1]  # a column the short prompts lack
+    res = view.steer_node(target, scale=4.0, everywhere=False)
+    ref = steer(model, pairs.clean[1], features=[target], saes=saes, scale=4.0)
+    assert res.after == ref.after and res.values == pytest.approx(ref.values, abs=TOL)
+    hook_t = graph.site_hook(int(target[1 : target.index("F")]), "")
+    latent = int(target.split("F")[1].split(":")[0])
+    alone = []
+    for i in range(len(pairs)):
+        one = tokenize(model, subset(pairs, [i]))
+        p = column(target) - shift[i]
+        edits = [LatentEdit(hook_t, latent, res.values[0], p)] if p >= 0 else []
+        alone.append(logit_diff(model, one, splice_hooks(saes, edits, only=[hook_t])))
+    assert res.metric_after == pytest.approx(sum(alone) / len(alone), abs=TOL)
     assert not has_hooks(model)

@@ -167,6 +167,14 @@ class Tokens:
     def n_pos(self) -> int:
         return self.clean.shape[1]
 
+    @property
+    def longest(self) -> int:
+        """The index of the (first) longest prompt pair, whose tokens label the columns: its
+        position ``p`` is column ``p``."""
+        if self.attention_mask is None:
+            return 0
+        return int(self.attention_mask.all(1).nonzero()[0, 0])
+
     def mean_weights(self) -> torch.Tensor | None:
         """``[batch, pos]`` weights whose weighted sum over the batch is each position's mean
         over the prompts that have a token there; None when unpadded (a plain mean)."""

@@ -27,6 +27,7 @@ import numpy as np
 import traitlets as t
 
 from ..engine import InputError
+from ..engine._pairs import tokenize
 from ..engine.features import as_sae_set, check_supernodes, steer, suggest_supernodes
 from ..engine.features._steer import (
     DEFAULT_SCALE,
@@ -77,13 +78,18 @@ class FeatureSteering(t.HasTraits):
             try:
                 warm(
                     self._model,
-                    self._pairs.clean[0],
+                    self._steer_prompt(),
                     self._saes,
                     n_tokens=STEER_TOKENS,
                     prepend_bos=self._pairs.prepend_bos,
                 )
             except Exception as err:  # the view still draws; a click will say what is wrong
                 self.error = error_text(err)
+
+    def _steer_prompt(self) -> str:
+        """The clean prompt a steer generates from: the one whose positions are the graph's
+        columns (the first; with mixed lengths the longest, as the pairs are left-padded)."""
+        return self._pairs.clean[tokenize(self._model, self._pairs, pad=True).longest]
 
     # -- validation --------------------------------------------------------------------------
     @t.validate("clamp_scale")
@@ -135,7 +141,8 @@ class FeatureSteering(t.HasTraits):
         request: Any = None,
     ) -> SteerResult:
         """What the panel's Ablate / Clamp × N buttons run: :func:`circuitviz.steer` on the
-        pairs' first clean prompt, the continuation sent first, then the metric on the pairs."""
+        pairs' first clean prompt (mixed lengths: the longest, whose positions are the
+        columns), the continuation sent first, then the metric on the pairs."""
         features, tag = self._steer_request(node, mode, scale, everywhere, request)
         out: list[SteerResult] = []
         self._steer_work(features, mode, tag, out.append)(lambda fn: fn())
@@ -175,7 +182,7 @@ class FeatureSteering(t.HasTraits):
         def work(deliver: Any) -> None:
             res = steer(
                 self._model,
-                pairs.clean[0],
+                self._steer_prompt(),
                 features=features,
                 saes=saes,
                 scale=scale,
