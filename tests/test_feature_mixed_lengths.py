@@ -434,3 +434,52 @@ def test_circuit_view_of_a_mixed_length_feature_graph(tiny_llama):
         alone.append(logit_diff(model, one, splice_hooks(saes, edits, only=[hook_t])))
     assert res.metric_after == pytest.approx(sum(alone) / len(alone), abs=TOL)
     assert not has_hooks(model)
+
+
+# --- the demo model ----------------------------------------------------------------------------
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_feature_graph_on_mixed_lengths_is_each_group_alone_combined(demo_model):
+    """SmolLM2-135M with its shipped SAEs (4 × 4096 latents on resid_post), IOI pairs of two
+    templates (15 and 11 tokens), interleaved: EAP edges (about 700k) and latent nodes equal
+    the groups' alone, combined; a pruned circuit's faithfulness with error nodes ablated
+    equals the groups' too."""
+    saes = cv.load_saes("demo")
+    pairs = cv.PromptPairs(
+        [
+            "When John and Mary went to the store, John gave a drink to",
+            "Tom and Anna met. Tom gave a ball to",
+            "When Tom and Anna went to the park, Tom gave a ball to",
+            "Mary and John met. Mary gave a book to",
+        ],
+        [
+            "When John and Mary went to the store, Mary gave a drink to",
+            "Tom and Anna met. Anna gave a ball to",
+            "When Tom and Anna went to the park, Anna gave a ball to",
+            "Mary and John met. John gave a book to",
+        ],
+        [" Mary", " Anna", " Anna", " John"],
+        [" John", " Tom", " Tom", " Mary"],
+    )
+    whole, parts = combined(demo_model, pairs, saes)
+    assert [shift for *_, shift, _ in parts] == [4, 0]
+    want: dict = {}
+    for g, _, shift, w in parts:
+        for k, v in edge_table(g, shift, w).items():
+            want[k] = want.get(k, 0.0) + v
+    got = edge_table(whole)
+    assert len(got) > 100_000 and max_diff(got, want) <= TOL
+    feats = {moved(i, shift) for g, _, shift, _ in parts for i in of_type(g, "feature")}
+    assert of_type(whole, "feature") == feats
+    nodes = [n.id for n in whole.prune(top_edges=600).nodes]
+    mixed, per_group = _circuit_for(whole, parts, nodes, complement=False)
+    got_f = whole.faithfulness(demo_model, pairs, nodes=mixed, errors="ablated")
+    refs = [
+        g.faithfulness(demo_model, subset(pairs, idx), nodes=ours, errors="ablated")
+        for (g, idx, _, _), ours in zip(parts, per_group, strict=True)
+    ]
+    want_f = sum(w * r.metric for (*_, w), r in zip(parts, refs, strict=True))
+    assert got_f.metric == pytest.approx(want_f, abs=TOL)
+    assert not has_hooks(demo_model)
