@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import traitlets as t
 
-from ..engine import InputError
+from ..engine import InputError, backends
 from ..engine._pairs import tokenize
 from ..engine.features import as_sae_set, check_supernodes, steer, suggest_supernodes
 from ..engine.features._steer import (
@@ -89,7 +89,8 @@ class FeatureSteering(t.HasTraits):
     def _steer_prompt(self) -> str:
         """The clean prompt a steer generates from: the one whose positions are the graph's
         columns (the first; with mixed lengths the longest, as the pairs are left-padded)."""
-        return self._pairs.clean[tokenize(self._model, self._pairs, pad=True).longest]
+        with backends.ported():  # tokenizing only: as for the bridge, on nnsight too
+            return self._pairs.clean[tokenize(self._model, self._pairs, pad=True).longest]
 
     # -- validation --------------------------------------------------------------------------
     @t.validate("clamp_scale")
