@@ -325,6 +325,22 @@ def test_mean_ablated_faithfulness_averages_each_column_over_the_prompts_there(m
     assert not has_hooks(model)
 
 
+def test_a_mixed_length_feature_graph_marks_its_partial_columns(model, site_saes, pairs):
+    """As a per-position component graph: the columns the tokens give, kept through JSON and
+    sent by CircuitView, so its padded columns are hatched (``tests/test_partial_columns``)."""
+    from circuitviz import CircuitView
+    from circuitviz.engine._pairs import tokenize
+
+    graph = cv.circuit(model, pairs, saes=site_saes, progress=False)
+    cols = tokenize(model, pairs, pad=True).columns
+    assert cols is not None and graph.columns == cols
+    assert any(cols.to_dict()["tokens"][i][0] is None for i in range(len(pairs.clean)))
+    again = FeatureGraph.from_json(graph.to_json())
+    assert again.columns == cols and again.to_json() == graph.to_json()
+    assert CircuitView(graph=graph).graph["columns"] == CircuitView(graph=again).graph["columns"]
+    assert CircuitView(graph=graph).graph["columns"]["tokens"] == cols.to_dict()["tokens"]
+
+
 def test_a_bad_mixed_batch_names_the_pair_and_leaves_no_hook(model, site_saes, pairs):
     """A corrupted prompt longer than its clean one is still an error, naming the pair."""
     bad = cv.PromptPairs(

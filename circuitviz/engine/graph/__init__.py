@@ -136,6 +136,7 @@ def circuit(
             saes=checked,
             prompts=pairs.to_dict(),
             tokens=tokens.str_tokens,
+            columns=tokens.columns,
             method=method,
             metric=bound.name,
             clean=clean,

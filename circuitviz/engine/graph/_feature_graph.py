@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from transformer_lens.model_bridge import TransformerBridge
 
+from .._columns import Columns
 from .._components import listed, parse_id
 from .._metrics import MetricFn
 from .._pairs import InputError, PromptPairs
@@ -114,6 +115,8 @@ class FeatureGraph:
     weight: np.ndarray  # [E] float32
     kept: np.ndarray  # [E] bool
     n_candidates: int = 0
+    #: mixed-length pairs: each prompt's token per column (``engine._columns``); else None
+    columns: Columns | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     per_position = True
@@ -288,6 +291,7 @@ class FeatureGraph:
             "clean": self.clean,
             "corrupted": self.corrupted,
             "saes": self.saes,
+            **({"columns": self.columns.to_dict()} if self.columns is not None else {}),
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": self.edges,
         }
@@ -367,6 +371,7 @@ class FeatureGraph:
             corrupted=float(data["corrupted"]),
             steps=int(data.get("steps", 1)),
             saes=[dict(s) for s in saes],
+            columns=Columns.from_dict(data["columns"]) if data.get("columns") else None,
             ids=ids,
             type=table[:, 0],
             layer=table[:, 1],
