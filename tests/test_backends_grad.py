@@ -25,7 +25,8 @@ def test_attribution_equals_the_bridge_on_every_target(both, pairs, over):
     assert close(got.values, ref.values) <= TOL
     assert abs(got.clean - ref.clean) <= TOL and abs(got.corrupted - ref.corrupted) <= TOL
     assert float((ref.values - ref.baseline).abs().max()) > 1e-6  # a map, not a flat baseline
-    assert got.extra["requests"] == 2 and got.extra["backend"] == "nnsight"
+    assert got.extra["requests"] == 1 and got.extra["backend"] == "nnsight"
+    assert got.extra["forward_passes"] == 2  # the metric's gradient taken in the trace
 
 
 @pytest.mark.parametrize("metric", ["logit_diff", "normalized_logit_diff", "answer_prob", "kl"])
@@ -71,18 +72,44 @@ def remote(request):
     return Setup(request.param)
 
 
+def answer_margin(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 3] - logits[:, 7]  # a callable metric: the user's code, run here
+
+
 @pytest.mark.parametrize("over", ["heads", "k", "resid_pre"])
-def test_remote_attribution_is_two_jobs_and_equals_the_bridge(remote, pairs, over):
-    """On NDIF the gradient is taken on the server; only the map's cells come back."""
+def test_remote_attribution_is_one_job_and_equals_the_bridge(remote, pairs, over):
+    """On NDIF the metric's gradient and the map's are taken on the server, in one job;
+    only the readouts and the map's cells come back."""
     sent = len(remote.fake.requests)
     ref = cv.attribution_patch(remote.bridge, pairs, over=over)
     got = cv.attribution_patch(remote.client, pairs, over=over)
     assert close(got.values, ref.values) <= TOL
-    assert len(remote.fake.requests) == sent + 2
+    assert len(remote.fake.requests) == sent + 1 and got.extra["requests"] == 1
     assert remote.fake.result_bytes[-1] < 4096
     assert remote.states[-1] == "done"
     assert not remote.server.has_hooks()
     assert all(p.grad is None for p in remote.server.lm._module.parameters())
+
+
+@pytest.mark.parametrize("metric", ["normalized_logit_diff", "kl"])
+def test_remote_attribution_takes_a_built_in_metrics_gradient_on_the_server(remote, pairs, metric):
+    for direction in ("denoise", "noise"):
+        sent = len(remote.fake.requests)
+        options = {"over": "heads", "metric": metric, "direction": direction}
+        ref = cv.attribution_patch(remote.bridge, pairs, **options)
+        got = cv.attribution_patch(remote.client, pairs, **options)
+        assert close(got.values, ref.values) <= TOL * max(1.0, float(ref.values.abs().max()))
+        assert len(remote.fake.requests) == sent + 1
+
+
+def test_remote_attribution_with_a_callable_metric_is_two_jobs(remote, pairs):
+    """A callable metric is code the server does not have: its gradient is taken here,
+    between a readout job and the gradient job."""
+    sent = len(remote.fake.requests)
+    ref = cv.attribution_patch(remote.bridge, pairs, over="heads", metric=answer_margin)
+    got = cv.attribution_patch(remote.client, pairs, over="heads", metric=answer_margin)
+    assert close(got.values, ref.values) <= TOL
+    assert len(remote.fake.requests) == sent + 2 and got.extra["requests"] == 2
 
 
 # ----------------------------------------------------------------------------- EAP graph
@@ -107,12 +134,12 @@ def test_eap_graph_equals_the_bridge(both, pairs, per_position, metric):
     assert not nn.has_hooks() and all(p.grad is None for p in nn.lm._module.parameters())
 
 
-def test_remote_eap_is_two_jobs_and_equals_the_bridge(remote, pairs):
+def test_remote_eap_is_one_job_and_equals_the_bridge(remote, pairs):
     sent = len(remote.fake.requests)
     ref = cv.circuit(remote.bridge, pairs, progress=False)
     got = cv.circuit(remote.client, pairs)
     assert close(got.scores, ref.scores) <= TOL
-    assert len(remote.fake.requests) == sent + 2
+    assert len(remote.fake.requests) == sent + 1
     assert remote.states[-1] == "done" and not remote.server.has_hooks()
     assert all(p.grad is None for p in remote.server.lm._module.parameters())
 

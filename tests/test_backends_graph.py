@@ -212,16 +212,30 @@ def test_circuit_view_clicks_to_ablate_on_nnsight(both, pairs):
 # ----------------------------------------------------------------------------- remote
 
 
-def test_remote_eap_ig_is_two_jobs_and_equals_the_bridge(remote, pairs):
-    """All interpolation steps' readouts are one job, all their gradients another (summed on
-    the server); only readouts and the scores come back."""
+@pytest.mark.parametrize("metric", ["answer_prob", "normalized_logit_diff"])
+def test_remote_eap_ig_is_one_job_and_equals_the_bridge(remote, pairs, metric):
+    """Every interpolation step takes the metric's gradient at its own readout and its
+    receiver gradients in the same job (summed on the server); only readouts and the scores
+    come back."""
     sent = len(remote.fake.requests)
-    ref = cv.circuit(remote.bridge, pairs, method="eap-ig", steps=4, metric="answer_prob")
-    got = cv.circuit(remote.client, pairs, method="eap-ig", steps=4, metric="answer_prob")
+    ref = cv.circuit(remote.bridge, pairs, method="eap-ig", steps=4, metric=metric)
+    got = cv.circuit(remote.client, pairs, method="eap-ig", steps=4, metric=metric)
+    assert close(got.scores, ref.scores) <= TOL * max(1.0, float(ref.scores.abs().max()))
+    assert abs(got.clean - ref.clean) <= TOL and abs(got.corrupted - ref.corrupted) <= TOL
+    assert len(remote.fake.requests) == sent + 1
+    scores = ref.layout.valid.numel() * 4  # the [sender, receiver, 1] float32 scores
+    assert remote.fake.result_bytes[-1] < scores + 4096
+    assert remote.states[-1] == "done" and not remote.server.has_hooks()
+    assert all(p.grad is None for p in remote.server.lm._module.parameters())
+
+
+def test_remote_eap_ig_with_a_callable_metric_is_two_jobs(remote, pairs):
+    """The user's metric runs here: the steps' readouts first, then their gradients."""
+    sent = len(remote.fake.requests)
+    ref = cv.circuit(remote.bridge, pairs, method="eap-ig", steps=3, metric=answer_margin)
+    got = cv.circuit(remote.client, pairs, method="eap-ig", steps=3, metric=answer_margin)
     assert close(got.scores, ref.scores) <= TOL * max(1.0, float(ref.scores.abs().max()))
     assert len(remote.fake.requests) == sent + 2
-    scores = ref.layout.valid.numel() * 4  # the [sender, receiver, 1] float32 scores
-    assert remote.fake.result_bytes[-2] < 2048 and remote.fake.result_bytes[-1] < scores + 4096
     assert remote.states[-1] == "done" and not remote.server.has_hooks()
     assert all(p.grad is None for p in remote.server.lm._module.parameters())
 

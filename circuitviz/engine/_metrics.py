@@ -14,6 +14,9 @@ import torch
 
 from ._pairs import InputError, Tokens
 
+# The built-in formulas live in a torch-only module, shipped to NDIF with the requests.
+from .backends._metric_program import baselines, formula, logit_diff  # noqa: F401
+
 MetricFn = Callable[[torch.Tensor], torch.Tensor | float]
 METRICS = ("logit_diff", "normalized_logit_diff", "answer_prob", "kl")
 
@@ -46,13 +49,6 @@ def check_gap(clean: float, corrupted: float, what: str) -> float:
             "such as 'logit_diff'."
         )
     return clean - corrupted
-
-
-def logit_diff(logits: torch.Tensor, answers: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
-    # Over several GPUs the logits come from the last one, the answer ids from the first.
-    here = logits.device
-    rows = torch.arange(logits.shape[0], device=here)
-    return logits[rows, answers.to(here)] - logits[rows, wrong.to(here)]
 
 
 @dataclass(eq=False)
@@ -121,27 +117,10 @@ def bind_metric(
     if callable(metric):
         name = getattr(metric, "__name__", "custom")
         return Metric(name, metric)
-    if metric == "logit_diff":
-        return Metric(metric, lambda lg: logit_diff(lg, a, w))
+    # The formulas are torch only, so a request can take their gradient on NDIF too.
     if metric == "normalized_logit_diff":
-        clean = float(logit_diff(clean_logits, a, w).float().mean())
-        corrupted = float(logit_diff(corrupted_logits, a, w).float().mean())
-        gap = check_gap(clean, corrupted, "metric='normalized_logit_diff'")
-        return Metric(metric, lambda lg: (logit_diff(lg, a, w) - corrupted) / gap)
-    if metric == "answer_prob":
-        return Metric(
-            metric,
-            lambda lg: lg.float().softmax(-1)[
-                torch.arange(lg.shape[0], device=lg.device), a.to(lg.device)
-            ],
-        )
-    if metric == "kl":
-        clean_logp = clean_logits.float().log_softmax(-1)
-
-        def kl(lg: torch.Tensor) -> torch.Tensor:
-            logp = lg.float().log_softmax(-1)
-            ref = clean_logp.to(logp.device)
-            return (ref.exp() * (ref - logp)).sum(-1)
-
-        return Metric(metric, kl)
+        clean, corrupted = baselines(a, w, clean_logits, corrupted_logits)
+        check_gap(clean, corrupted, "metric='normalized_logit_diff'")
+    if metric in METRICS:
+        return Metric(metric, formula(metric, a, w, clean_logits, corrupted_logits))
     raise AssertionError(metric)  # pragma: no cover - check_metric is closed

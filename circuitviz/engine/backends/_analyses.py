@@ -303,6 +303,28 @@ def _ablation_source(mode: str, cached: dict | None, key: tuple[str, int], token
     return ("tensor", tokens.masked_mean(corr) if mode == "mean" else corr)
 
 
+def server_metric(metric: str, short: Tokens, clean: int | str, corrupted: int | str) -> dict:
+    """A built-in metric's gradient taken in the request itself (see
+    :func:`._metric_program.weights`): its name, the renumbered answers, and which runs'
+    readouts are its clean and corrupted baselines (an index, or ``"own"``)."""
+    return {
+        "metric": metric,
+        "answers": short.answers,
+        "wrong": short.wrong_answers,
+        "clean": clean,
+        "corrupted": corrupted,
+    }
+
+
+def metric_grad(bound: Any, logits: torch.Tensor) -> torch.Tensor:
+    """The gradient of the batch-mean metric at ``logits`` (a readout), taken here: for a
+    callable metric, which only the client can run."""
+    with torch.enable_grad():
+        x = logits.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(bound.per_example(x).mean(), x)
+    return grad
+
+
 def _top(model: Any, out: Output) -> TopTokens:
     p, i = out.readout["top_p"], out.readout["top_i"]
     return TopTokens([model.to_string(int(t)) for t in i], [float(x) for x in p])
@@ -344,11 +366,13 @@ def attribution_patch(
     direction: str = "denoise",
     metric: str | MetricFn = "logit_diff",
 ) -> PatchResult:
-    """Attribution patching as two requests: the source and patched runs' readouts (the
-    metric, and its gradient with respect to the readout, are computed here), then the
-    patched run again with a graph, whose gradient of ``readout · (∂metric/∂readout)`` —
-    the metric's own gradient — meets the source activations on the server; only the
-    map's cells come back."""
+    """Attribution patching as one request: the source run keeps the target site at every
+    layer, and the patched run, with a graph, takes the gradient of ``readout ·
+    (∂metric/∂readout)`` — the metric's own — at its own readout, in the same trace
+    (:func:`._metric_program.weights`); it meets the source activations on the server and
+    only the map's cells come back. A callable metric is the user's code, which the server
+    does not have: then a first request brings the readouts, its gradient is taken here,
+    and a second runs the graph."""
     from .._patching import get_target, patch_result
 
     target = get_target(over)
@@ -372,30 +396,39 @@ def attribution_patch(
         else (tokens.corrupted, tokens.clean)
     )
     mask = tokens.attention_mask
-    first = backend.execute(
-        [Run(src, readout=spec, attention_mask=mask), Run(run, readout=spec, attention_mask=mask)],
-        desc="attribution",
-        progress=False,
-    )
-    src_l, run_l = _logits(first[0]), _logits(first[1])
-    clean_l, corr_l = (src_l, run_l) if direction == "denoise" else (run_l, src_l)
-    bound = bind_metric(metric, short, clean_l, corr_l)
-    with torch.enable_grad():
-        x = run_l.detach().clone().requires_grad_(True)
-        value = bound.per_example(x).mean()
-        (weights,) = torch.autograd.grad(value, x)
     n_layers = model.cfg.n_layers
     runs = [
-        Run(src, saves={(site, layer) for layer in range(n_layers)}, attention_mask=mask),
         Run(
-            run,
+            src,
+            saves={(site, layer) for layer in range(n_layers)},
             readout=spec,
-            grad={"kind": "attribution", "site": site, "cell": target.cell, "weights": weights},
             attention_mask=mask,
-        ),
+        )
     ]
-    effects = backend.execute(runs, desc="attribution", progress=False)[1].readout["effects"]
-    values = (float(value.detach()) + effects).float().cpu()
+    grad = {"kind": "attribution", "site": site, "cell": target.cell}
+    if callable(metric):
+        first = backend.execute(
+            [
+                Run(src, readout=spec, attention_mask=mask),
+                Run(run, readout=spec, attention_mask=mask),
+            ],
+            desc="attribution",
+            progress=False,
+        )
+        src_l, run_l = _logits(first[0]), _logits(first[1])
+        clean_l, corr_l = (src_l, run_l) if direction == "denoise" else (run_l, src_l)
+        grad["weights"] = metric_grad(bind_metric(metric, short, clean_l, corr_l), run_l)
+    else:  # the source run is run 0; the patched run reads its own readout
+        ends = (0, "own") if direction == "denoise" else ("own", 0)
+        grad["weights"] = server_metric(metric, short, *ends)
+    runs.append(Run(run, readout=spec, grad=grad, attention_mask=mask))
+    outs = backend.execute(runs, desc="attribution", progress=False)
+    src_l, run_l = _logits(outs[0]), _logits(outs[1])
+    clean_l, corr_l = (src_l, run_l) if direction == "denoise" else (run_l, src_l)
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    value = float(bound.per_example(run_l).mean())
+    values = (value + outs[1].readout["effects"]).float().cpu()
+    requests = 2 if callable(metric) else 1
     return patch_result(
         model,
         tokens,
@@ -406,5 +439,10 @@ def attribution_patch(
         metric=bound,
         clean=bound(clean_l),
         corrupted=bound(corr_l),
-        extra={"forward_passes": 4, "backward_passes": 1, "requests": 2, "backend": backend.name},
+        extra={
+            "forward_passes": 2 * requests,
+            "backward_passes": 1,
+            "requests": requests,
+            "backend": backend.name,
+        },
     )

@@ -2,9 +2,9 @@
 evaluation of circuits behind ``Graph.faithfulness``, ``faithfulness_curve``,
 ``patch_edges`` and ``mib_scores`` (:func:`graph_context`).
 
-Each is a few requests whatever its size: EAP(-IG) is two (the readouts of every
-interpolation step, then every step's gradient, summed on the server), and a batch of
-circuits — every size of a curve — is one request, its circuits rows of the same passes.
+Each is one request whatever its size: EAP(-IG) (every interpolation step's gradient, taken
+at its own readout and summed on the server; two with a callable metric), and a batch of
+circuits — every size of a curve — its circuits rows of the same passes.
 Only readouts and ``[sender, receiver, pos]`` scores come back.
 """
 
@@ -20,17 +20,9 @@ from .._metrics import MetricFn, bind_metric, check_metric
 from .._pairs import InputError, PromptPairs, tokenize
 from ..graph._faithfulness import Context, empty_mask, mask_source
 from ..graph._layout import Layout
-from ._analyses import _logits, _reduced
+from ._analyses import _logits, _reduced, metric_grad, server_metric
 from ._base import Run, backend_of, ported
 from ._edges import pack
-
-
-def _metric_grad(bound: Any, logits: torch.Tensor) -> torch.Tensor:
-    """The gradient of the batch-mean metric at ``logits`` (a readout)."""
-    with torch.enable_grad():
-        x = logits.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(bound.per_example(x).mean(), x)
-    return grad
 
 
 def circuit(
@@ -42,14 +34,15 @@ def circuit(
     per_position: bool = False,
     metric: str | MetricFn = "logit_diff",
 ) -> Any:
-    """The EAP (``steps=1``) or EAP-IG graph as two requests. The first brings back the
-    readouts of the corrupted run, the clean run and each interpolated step
+    """The EAP (``steps=1``) or EAP-IG graph as one request. The corrupted run keeps its
+    senders (and embeddings) on the server; the clean run and each interpolated step
     (``α = (steps−1)/steps … 1/steps`` of the way from the corrupted to the clean
-    embeddings, as the bridge's EAP-IG); the metric and its gradient with respect to each
-    readout are computed here. The second keeps the corrupted senders (and embeddings) on the
-    server, takes every step's receiver gradients there — the gradient of ``readout · weights``
-    with that step's weights is the metric's own — and sums them; only the
-    ``[sender, receiver, pos]`` scores come back."""
+    embeddings, as the bridge's EAP-IG) take their receiver gradients there — the gradient of
+    ``readout · weights``, with ``weights`` the metric's gradient at that run's own readout
+    (:func:`._metric_program.weights`), is the metric's own — and sum them; only the
+    readouts and the ``[sender, receiver, pos]`` scores come back. A callable metric is the
+    user's code, which the server does not have: then a first request brings every run's
+    readout, the gradients are taken here, and a second runs the graph."""
     from .._models import model_name
     from ..graph._graph import Graph
 
@@ -66,27 +59,15 @@ def circuit(
     mask = tokens.attention_mask  # every run carries it (None: one length)
     alphas = [k / steps for k in range(steps - 1, 0, -1)]  # after the clean run, α = 1
     corrupted = {"kind": "senders", "embed": True}
-    first = [
-        Run(tokens.corrupted, readout=spec, grad=corrupted if alphas else {}, attention_mask=mask)
-    ]
-    first.append(Run(tokens.clean, readout=spec, attention_mask=mask))
-    first += [
-        Run(
-            tokens.clean,
-            readout=spec,
-            grad={"kind": "interpolated", "alpha": a},
-            attention_mask=mask,
-        )
-        for a in alphas
-    ]
-    outs = backend.execute(first, desc=method.upper(), progress=False)
-    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
-    bound = bind_metric(metric, short, clean_l, corr_l)
-    runs = [Run(tokens.corrupted, grad=corrupted, attention_mask=mask)]
-    for k, out in enumerate(outs[1:]):
+    if callable(metric):  # the readouts first, to take the user's metric's gradient here
+        weights = _client_weights(backend, tokens, spec, short, metric, alphas, method)
+    else:  # each run's own readout, against the clean run's (1) and the corrupted run's (0)
+        weights = [server_metric(metric, short, "own" if k == 0 else 1, 0) for k in range(steps)]
+    runs = [Run(tokens.corrupted, readout=spec, grad=corrupted, attention_mask=mask)]
+    for k in range(steps):
         grad = {
             "kind": "eap",
-            "weights": _metric_grad(bound, _logits(out)),
+            "weights": weights[k],
             "valid": layout.valid,
             "eps": _norm_eps(model),
             "steps": steps,
@@ -95,7 +76,12 @@ def circuit(
         if k:
             grad["alpha"] = alphas[k - 1]
         runs.append(Run(tokens.clean, readout=spec, grad=grad, attention_mask=mask))
-    scores = backend.execute(runs, desc=method.upper(), progress=False)[-1].readout["scores"]
+    outs = backend.execute(runs, desc=method.upper(), progress=False)
+    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
+    bound = bind_metric(metric, short, clean_l, corr_l)
+    for out in outs[2:]:  # each step's metric passes the client's checks (finite, shaped)
+        bound.per_example(_logits(out))
+    scores = outs[-1].readout["scores"]
     if not per_position:
         scores = scores.sum(2, keepdim=True)
     graph = Graph.build(
@@ -115,6 +101,21 @@ def circuit(
     if callable(metric):
         graph._cache["metric_fn"] = metric
     return graph
+
+
+def _client_weights(backend, tokens, spec, short, metric, alphas, method) -> list:
+    """A callable metric's gradient at the clean run's and each step's readout, taken here
+    after a first request brings those readouts (the server cannot run the user's code)."""
+    mask = tokens.attention_mask
+    senders = {"kind": "senders", "embed": True} if alphas else {}
+    first = [Run(tokens.corrupted, readout=spec, grad=senders, attention_mask=mask)]
+    first.append(Run(tokens.clean, readout=spec, attention_mask=mask))
+    for alpha in alphas:
+        step = {"kind": "interpolated", "alpha": alpha}
+        first.append(Run(tokens.clean, readout=spec, grad=step, attention_mask=mask))
+    outs = backend.execute(first, desc=method.upper(), progress=False)
+    bound = bind_metric(metric, short, _logits(outs[1]), _logits(outs[0]))
+    return [metric_grad(bound, _logits(out)) for out in outs[1:]]
 
 
 # ----------------------------------------------------------------------------- circuits

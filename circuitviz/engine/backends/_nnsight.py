@@ -342,6 +342,8 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
         saved = {}
         results = []
         for index, run in enumerate(runs):
+            if index:  # earlier readouts: a later run's metric gradient reads its baselines
+                saved[("readout", index - 1)] = results[-1]["out"]
             back = {}
             kind = run["grad"].get("kind")
             if kind == "senders":  # every sender's output (and the embeddings), kept here

@@ -6,8 +6,9 @@ and end with a *readout* of the final-position logits. The functions here are th
 that touches activations; the bridge calls them from its hooks and nnsight from inside a
 trace, so both backends compute the same numbers with the same lines.
 
-This module imports nothing but torch: for a remote (NDIF) request it is shipped by value
-with the trace, because the server does not have circuitviz installed.
+This module imports nothing but torch (and :mod:`._metric_program`, torch only too): for a
+remote (NDIF) request both are shipped by value with the trace, because the server does not
+have circuitviz installed.
 
 Sites, in the order a forward pass reaches them within a layer, and their canonical shapes
 (TransformerLens's hook shapes):
@@ -25,6 +26,8 @@ Sites, in the order a forward pass reaches them within a layer, and their canoni
 from __future__ import annotations
 
 import torch
+
+from . import _metric_program
 
 SITES = ("resid_pre", "q", "k", "v", "z", "pattern", "attn_out", "mlp_out")
 
@@ -268,8 +271,9 @@ def _site_view(x: torch.Tensor, arch: str, site: str, shape: dict) -> torch.Tens
 def nnsight_attribution(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     """One attribution-patching run inside an nnsight trace (under ``torch.enable_grad``):
     the forward pass keeps the target site at every layer, the gradient of
-    ``(readout · weights).sum()`` — ``weights`` being ∂metric/∂readout, computed by the
-    client — equals the metric's own, and each layer's ``(a_src - a_run) · grad`` is summed
+    ``(readout · weights).sum()`` — ``weights`` being ∂metric/∂readout at this run's readout
+    (:func:`._metric_program.weights`: taken here for a built-in metric, sent by the client
+    for a callable) — equals the metric's own, and each layer's ``(a_src - a_run) · grad`` is summed
     into the map's cells here, so only ``[n_layers, *cells]`` numbers come back.
 
     Gradients come from ``torch.autograd.grad`` on the activations, so no parameter's
@@ -282,7 +286,8 @@ def nnsight_attribution(lm, arch: str, shape: dict, run: dict, saved: dict) -> d
     final = lm.lm_head.output[:, -1]
     out = readout(final, run["readout"])
     sel = grad_readout(final, run["readout"])
-    loss = (sel * spec["weights"].to(sel.device)).sum()
+    w = _metric_program.weights(spec["weights"], out, saved)
+    loss = (sel * w.to(sel.device)).sum()
     grads = torch.autograd.grad(loss, acts, allow_unused=True)
     effects = []
     for layer, (act, grad) in enumerate(zip(acts, grads, strict=True)):
@@ -404,8 +409,8 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     gradient reaching receiver ``r``'s pre-norm input through its own path only — a head's
     q, k or v projection (a KV head's k/v once for its GQA group) and ``ln1``, the MLP's
     ``ln2``, the final norm — as the bridge's graph takes it. ``saved[("senders",)]`` holds
-    the corrupted run's senders; ``run["grad"]["weights"]`` is ∂M/∂readout at this run's
-    readout.
+    the corrupted run's senders; ``run["grad"]["weights"]`` gives ∂M/∂readout at this run's
+    readout (:func:`._metric_program.weights`).
 
     EAP-IG: the clean run (no ``alpha``) keeps the clean senders; each later step (``alpha``:
     interpolated embeddings) adds its receiver gradients to theirs, and the last
@@ -437,7 +442,8 @@ def nnsight_eap(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
     final = lm.lm_head.output[:, -1]
     out = readout(final, run["readout"])
     sel = grad_readout(final, run["readout"])
-    loss = (sel * spec["weights"].to(sel.device)).sum()
+    w = _metric_program.weights(spec["weights"], out, saved)
+    loss = (sel * w.to(sel.device)).sum()
     wrt = [t for _, qkv, _, mlp_in, *_ in layers for t in (*qkv, mlp_in)] + [final_out]
     grads = torch.autograd.grad(loss, wrt, retain_graph=True)
     receivers = eap_receivers(layers, grads, (final_in, final_out), arch, shape, spec["eps"])
