@@ -359,7 +359,7 @@ def test_remote_head_roles_are_three_requests(remote, pairs):
     assert not remote.server.has_hooks()
 
 
-def test_remote_refusal_is_one_request_per_direction_and_per_generation(remote, refusal_words):
+def test_remote_refusal_is_one_request_per_direction_and_per_steering(remote, refusal_words):
     sent = len(remote.fake.requests)
     options = {"template": "{instruction}", "batch_size": 3}
     ref = cv.refusal_direction(remote.bridge, HARMFUL, HARMLESS, **options)
@@ -373,7 +373,10 @@ def test_remote_refusal_is_one_request_per_direction_and_per_generation(remote, 
         a, b = getattr(have, side), getattr(want, side)
         assert a.continuations == b.continuations
         assert close(torch.tensor(a.scores), torch.tensor(b.scores)) <= TOL
-    assert len(remote.fake.requests) == sent + 3  # before and after: one job each
+    assert len(remote.fake.requests) == sent + 2  # before and after: one job together
+    again = cv.steer_refusal(remote.client, STEER, got, before=have.before, **steer)
+    assert again.after.continuations == want.after.continuations
+    assert len(remote.fake.requests) == sent + 3  # before= given: the after side alone
     assert not remote.server.has_hooks()
 
 

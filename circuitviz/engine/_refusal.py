@@ -32,11 +32,6 @@ from transformer_lens.model_bridge import TransformerBridge
 from . import backends
 from ._hooks import hooks
 from ._pairs import InputError
-from .backends._toolkit_program import (
-    generation_result,
-    generation_start,
-    generation_step,
-)
 from .backends._toolkit_program import refusal_scores as refusal_scores  # shared, re-exported
 
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -411,82 +406,6 @@ class Generation:
         }
 
 
-def generate(
-    model: TransformerBridge,
-    prompts: Sequence[str],
-    *,
-    fwd: Sequence[tuple[str, Callable]] = (),
-    intervention: dict | None = None,
-    chat: bool = True,
-    max_new_tokens: int = 24,
-    batch_size: int = 16,
-    desc: str = "generating",
-) -> Generation:
-    """Greedy continuations of already formatted ``prompts`` with hooks ``fwd`` attached to
-    every forward pass (so an intervention acts on the generated tokens too); on an nnsight
-    model ``intervention`` (:func:`intervention_spec`) says the same, and every batch's
-    generation runs in one request.
-
-    A plain loop, one full forward pass per new token: the bridge's KV-cache path
-    (``model.generate(use_past_kv_cache=True)``) derails after the first token on the demo
-    model (greedy text turns into "-----"), so the cache is not used. Stops a batch when every
-    row has emitted EOS.
-    """
-    eos = getattr(model.tokenizer, "eos_token_id", None)
-    pad = _pad_id(model)
-    rows = [_encode(model, p, chat) for p in prompts]
-    batches = [left_pad(rows[s : s + batch_size], pad) for s in range(0, len(rows), batch_size)]
-    spec = {
-        "max_new_tokens": max_new_tokens,
-        "pad": pad,
-        "eos": eos,
-        "ids": refusal_token_ids(model),
-        "intervention": intervention,
-    }
-    if backends.is_nnsight(model):
-        from .backends._toolkit import generate_batches
-
-        outs = generate_batches(model, batches, spec, desc)
-    else:
-        outs = _generate_batches(model, batches, spec, fwd, desc)
-    texts: list[str] = []
-    scores: list[float | None] = []
-    for out in outs:
-        for row, finished in zip(out["new"], out["done"], strict=True):
-            ids = row.tolist()
-            if finished and eos in ids:
-                ids = ids[: ids.index(eos)]
-            texts.append(model.tokenizer.decode(ids, skip_special_tokens=True))
-        # None where no refusal word is one token here: no score
-        score = out["scores"]
-        scores += [None] * len(out["done"]) if score is None else [float(x) for x in score]
-    return Generation(texts, [is_refusal(t) for t in texts], scores)
-
-
-def _generate_batches(
-    model: TransformerBridge, batches: list, spec: dict, fwd: Sequence, desc: str
-) -> list[dict]:
-    """The bridge's generation of each batch: hooked forward passes, one per new token,
-    stepped by :func:`.backends._toolkit_program.generation_step` (the nnsight one's too)."""
-    steps = tqdm(
-        total=sum(len(t) for t, _ in batches) * spec["max_new_tokens"], desc=desc, leave=False
-    )
-    outs = []
-    try:
-        for tokens, mask in batches:
-            state = generation_start(spec, tokens, mask)
-            with torch.inference_mode(), hooks(model, fwd):
-                for step in range(spec["max_new_tokens"]):
-                    logits = _forward(model, state["tokens"], state["mask"])[:, -1]
-                    steps.update(tokens.shape[0])
-                    if generation_step(state, logits, step):
-                        break
-            outs.append(generation_result(state))
-    finally:
-        steps.close()
-    return outs
-
-
 @dataclass(eq=False)
 class SteeringResult:
     """Continuations of ``prompts`` before and after an intervention with a refusal direction."""
@@ -565,8 +484,8 @@ def steer(
     batch_size: int,
     before: Generation | None,
 ) -> SteeringResult:
-    """:func:`steer_refusal` on any backend: its generation (:func:`generate`) runs hooked
-    passes on the bridge and one request per generation on nnsight."""
+    """:func:`steer_refusal` on any backend: its generations (``_refusal_generation``) run
+    hooked passes on the bridge; on nnsight both (before, after) are one request."""
     prompts = _check_instructions("prompts", prompts)
     if not isinstance(direction, RefusalDirection):
         raise InputError(
@@ -586,13 +505,19 @@ def steer(
     batch_size = _check_int("batch_size", batch_size, 1, 10**6, "use a positive integer")
     if before is not None and len(before.continuations) != len(prompts):
         raise InputError("before= must be the Generation of these same prompts.")
+    from ._refusal_generation import generate, generate_sides
+
     formatted = [direction.format(p) for p in prompts]
+    after = None
     options = {"chat": direction.chat, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    if before is None:
-        before = generate(model, formatted, desc="before", **options)
-    fwd = intervention_hooks(model, direction, mode, float(coef))
     spec = intervention_spec(direction, mode, float(coef))
-    after = generate(
-        model, formatted, fwd=fwd, intervention=spec, desc=f"after ({mode})", **options
-    )
+    if before is None and backends.is_nnsight(model):  # both sides in one request
+        before, after = generate_sides(model, formatted, [None, spec], **options)
+    elif before is None:
+        before = generate(model, formatted, desc="before", **options)
+    if after is None:
+        fwd = intervention_hooks(model, direction, mode, float(coef))
+        after = generate(
+            model, formatted, fwd=fwd, intervention=spec, desc=f"after ({mode})", **options
+        )
     return SteeringResult(list(prompts), mode, float(coef), direction.layer, before, after)

@@ -292,15 +292,19 @@ def resid_at(
     return torch.cat([out.readout["resid"] for out in outs])
 
 
-def generate_batches(model: Any, batches: list, spec: dict, desc: str) -> list[dict]:
-    """Every batch's greedy generation in one request: on the server each new token is one
-    trace (with the intervention), stepped by the bridge's own step function; back come the
-    new tokens and the step-0 refusal scores."""
+def generate_batches(model: Any, plans: list[tuple[list, dict]], desc: str) -> list[list[dict]]:
+    """Every generation of ``plans`` (``(batches, spec)`` each: ``steer_refusal``'s before
+    and after) in one request: on the server each new token is one trace (with that side's
+    intervention), stepped by the bridge's own step function; back come each batch's new
+    tokens and step-0 refusal scores, per plan."""
     runs = [
-        Run(tokens, grad={"kind": "generate", **spec, "mask": mask}) for tokens, mask in batches
+        Run(tokens, grad={"kind": "generate", **spec, "mask": mask})
+        for batches, spec in plans
+        for tokens, mask in batches
     ]
-    outs = backend_of(model).execute(runs, desc=desc)
-    return [out.readout for out in outs]
+    outs = [out.readout for out in backend_of(model).execute(runs, desc=desc)]
+    sizes = [len(batches) for batches, _ in plans]
+    return [outs[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(len(plans))]
 
 
 def steer_refusal(
@@ -314,8 +318,9 @@ def steer_refusal(
     batch_size: int = 16,
     before: Any = None,
 ) -> Any:
-    """Greedy continuations without and with a refusal intervention: two requests (before,
-    after), each generating every batch token by token on the server."""
+    """Greedy continuations without and with a refusal intervention in one request (one, the
+    after side, when ``before`` is given), every batch generated token by token on the
+    server."""
     from .._refusal import steer
 
     return steer(model, prompts, direction, mode, coef, max_new_tokens, batch_size, before)
