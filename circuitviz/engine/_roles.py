@@ -296,8 +296,9 @@ def head_roles(
     )
 
 
-PatternReader = Callable[..., tuple[dict, torch.Tensor, tuple | None]]
-"""``read(model, clean, rand, first_io, answers, mask) -> (per_prompt, final, copy)``: the
+PatternReader = Callable[..., tuple[dict, torch.Tensor, tuple | None, Any]]
+"""``read(model, clean, rand, first_io, answers, mask, pairs=) -> (per_prompt, final, copy,
+dla)``: the
 attention-role scores ``{role: [prompt, layer, head]}`` of the clean prompts then the random
 repeats (``rand``, or None), NaN where a prompt has no destination for the role; the clean
 prompts' attention from the final position ``[batch, layer, head, src]``; and the OV copy
@@ -312,8 +313,10 @@ def read_bridge(
     first_io: torch.Tensor | None,
     answers: torch.Tensor,
     mask: torch.Tensor | None = None,
-) -> tuple[dict, torch.Tensor, tuple | None]:
-    """The bridge's :data:`PatternReader`: cached forward passes, then the weights here."""
+    pairs: PromptPairs | None = None,
+) -> tuple[dict, torch.Tensor, tuple | None, None]:
+    """The bridge's :data:`PatternReader`: cached forward passes, then the weights here
+    (DLA is left to :func:`logit_attribution`)."""
     patterns, acts = _patterns(model, clean, ("blocks.0.hook_resid_post",), mask)
     per_prompt = _attention_scores(patterns, clean.cpu(), None if mask is None else mask.cpu())
     if rand is not None:
@@ -325,7 +328,7 @@ def read_bridge(
     if first_io is not None:
         resid = acts["blocks.0.hook_resid_post"][torch.arange(clean.shape[0]), first_io]
         copy = copy_scores(model, resid, answers)
-    return per_prompt, final, copy
+    return per_prompt, final, copy, None
 
 
 def score_roles(
@@ -362,8 +365,8 @@ def score_roles(
             s = _positions(tokens, tokens.wrong_answers)
             have_io = bool(io.any(1).all())
             first_io = io.float().argmax(1) if have_io else None
-            per_prompt, final, copy = read(
-                model, tokens.clean, rand, first_io, tokens.answers, tokens.attention_mask
+            per_prompt, final, copy, dla = read(
+                model, tokens.clean, rand, first_io, tokens.answers, tokens.attention_mask, pairs
             )
             scores = {r: per_prompt[r].nanmean(0).nan_to_num(0.0) for r in per_prompt}
             bar.update()
@@ -382,7 +385,8 @@ def score_roles(
                 for key in ("io_attention", "s_attention", "copy", "negative_copy"):
                     scores[key] = nan.clone()
             bar.update()
-        dla = logit_attribution(model, pairs, by="heads")
+        if dla is None:  # the bridge: its own DLA (nnsight brought it with the patterns)
+            dla = logit_attribution(model, pairs, by="heads")
         clean, corrupted = dla.clean, dla.corrupted
         # A share of |clean|: positive always means "writes towards the answer".
         scores["dla"] = dla.values / abs(clean) if clean else nan.clone()

@@ -8,7 +8,7 @@ numbers equal the bridge's to 1e-4 in float32 (``tests/test_backends_toolkit.py`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +49,15 @@ def logit_attribution(
     """Direct logit attribution in one request: the clean run reduces every component's
     final-position write to its contribution on the server (only the map, the MLPs' and
     biases' terms come back), and the corrupted run returns its readout."""
+    runs, finish = attribution_plan(model, pairs, by, metric)
+    return finish(backend_of(model).execute(runs, desc="logit attribution", progress=False))
+
+
+def attribution_plan(
+    model: Any, pairs: PromptPairs, by: str, metric: str
+) -> tuple[list[Run], Callable[[list], PatchResult]]:
+    """:func:`logit_attribution`'s runs, and what turns their outputs into its result (so
+    another request — head roles' — can carry them)."""
     from .._logit_attribution import check_options, dla_result
 
     check_options(by, metric)
@@ -67,24 +76,27 @@ def logit_attribution(
         Run(tokens.clean, readout=spec, grad=dla, attention_mask=mask),
         Run(tokens.corrupted, readout=spec, attention_mask=mask),
     ]
-    backend = backend_of(model)
-    clean_out, corr_out = backend.execute(runs, desc="logit attribution", progress=False)
-    if "no_pattern" in clean_out.readout:
-        from .._attention import PATTERN_HELP
 
-        raise InputError(f"by='heads_by_pos' reads the attention pattern. {PATTERN_HELP}")
-    bound = bind_metric(metric, short, _logits(clean_out), _logits(corr_out))
-    return dla_result(
-        model,
-        tokens,
-        by,
-        clean_out.readout,
-        metric=bound.name,
-        clean=bound(_logits(clean_out)),
-        corrupted=bound(_logits(corr_out)),
-        kind="LN" if model.arch == "gpt2" else "RMS",
-        extra={"backend": backend.name, "requests": 1},
-    )
+    def finish(outs: list) -> PatchResult:
+        clean_out, corr_out = outs
+        if "no_pattern" in clean_out.readout:
+            from .._attention import PATTERN_HELP
+
+            raise InputError(f"by='heads_by_pos' reads the attention pattern. {PATTERN_HELP}")
+        bound = bind_metric(metric, short, _logits(clean_out), _logits(corr_out))
+        return dla_result(
+            model,
+            tokens,
+            by,
+            clean_out.readout,
+            metric=bound.name,
+            clean=bound(_logits(clean_out)),
+            corrupted=bound(_logits(corr_out)),
+            kind="LN" if model.arch == "gpt2" else "RMS",
+            extra={"backend": backend_of(model).name, "requests": 1},
+        )
+
+    return runs, finish
 
 
 def path_patch(
@@ -189,9 +201,11 @@ def head_roles(
     seed: int = 0,
     progress: bool = True,
 ) -> Any:
-    """Head roles on nnsight: the patterns and the OV copy scores in one request (the copy
-    scores reduced on the server), then :func:`logit_attribution` and, when some head is a
-    name mover, :func:`path_patch` — three requests, scored by the bridge's own code."""
+    """Head roles on nnsight: the patterns' role scores, the OV copy scores and direct logit
+    attribution in one request (reduced on the server), then, when some head is a name
+    mover, :func:`path_patch` into the name movers — two requests, scored by the bridge's own
+    code. Which heads are name movers (path patching's receivers, so the shape of its every
+    pass) is decided here from the first request's scores."""
     from .._roles import score_roles
 
     return score_roles(
@@ -213,11 +227,13 @@ def read_patterns(
     first_io: torch.Tensor | None,
     answers: torch.Tensor,
     mask: torch.Tensor | None = None,
-) -> tuple[dict, torch.Tensor, tuple | None]:
+    pairs: PromptPairs | None = None,
+) -> tuple[dict, torch.Tensor, tuple | None, PatchResult | None]:
     """Head roles' :data:`circuitviz.engine._roles.PatternReader` as one request: the
     attention-role scores of the clean prompts and of the random repeats and the clean
     prompts' final-position attention, reduced from the patterns on the server (the
-    patterns themselves stay there), and the copy scores. Left-padded prompts (``mask``,
+    patterns themselves stay there), the copy scores and (given ``pairs``) the heads' direct
+    logit attribution, all in one request. Left-padded prompts (``mask``,
     mixed lengths) run masked and are scored on their own tokens, as on the bridge: each
     prompt's role pairs are found in its tokens and shifted past its padding."""
     from .._attention import PATTERN_HELP, _RoleScorer
@@ -246,7 +262,12 @@ def read_patterns(
             "eps": norm_eps(model),
         }
         runs.append(Run(clean, grad=copy, attention_mask=mask))
-    outs = [out.readout for out in backend_of(model).execute(runs, desc="head roles")]
+    dla_runs, dla_finish = (
+        attribution_plan(model, pairs, "heads", "logit_diff") if pairs else ([], None)
+    )
+    got = backend_of(model).execute([*runs, *dla_runs], desc="head roles")
+    dla = dla_finish(got[len(runs) :]) if dla_finish else None
+    outs = [out.readout for out in got[: len(runs)]]
     if "no_pattern" in outs[0]:
         raise InputError(PATTERN_HELP)
     roles = [key[len("score_") :] for key in outs[0] if key.startswith("score_")]
@@ -255,7 +276,7 @@ def read_patterns(
     scores = None
     if first_io is not None:
         scores = (outs[-1]["copy"], outs[-1]["negative_copy"])
-    return per_prompt, outs[0]["final"], scores
+    return per_prompt, outs[0]["final"], scores, dla
 
 
 def refusal_direction(
