@@ -7,7 +7,8 @@ read once the job was over. Here the job runs in one worker thread per view; its
 (``queued`` → ``running`` → ``done`` / ``error`` / ``cancelled``) and its result are handed
 back to the kernel's main thread (its IO loop) before any trait changes, so traits are only
 ever written from one thread. A newer click supersedes the job in flight (it is cancelled);
-the cancel message stops waiting for it. Only the newest request's result reaches the view.
+the cancel message stops waiting for it. Both cancel this view's click job only (its
+``JobScope``): another view's job on the same model, or this view's faithfulness, runs on. Only the newest request's result reaches the view.
 The view's first job (its baselines, when it is built) runs the same way, as request
 ``FIRST_REQUEST``, so the cell that builds the view returns at once.
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..engine import ablate
+from ..engine.backends import JobScope
 
 if TYPE_CHECKING:
     from ._base import AblationView
@@ -68,14 +70,17 @@ class RemoteClicks:
         self.pending: tuple | None = None  # the newest click not started yet
         self.latest: Any = None  # the request whose result the view wants
         self.worker: threading.Thread | None = None
+        self.scope: JobScope | None = None  # the jobs of the click in flight, and only them
 
     def submit(self, request: Any, comps: list[str], mode: str, metric: str) -> None:
-        """Queue a (validated) click; the newest one wins, the job in flight is cancelled."""
+        """Queue a (validated) click; the newest one wins, the job in flight is cancelled
+        (this view's: another view's, or this one's faithfulness, runs on)."""
         with self.lock:
             self.latest = request
-            self.pending = (request, comps, mode, metric, time.monotonic())
+            self.pending = (request, comps, mode, metric, time.monotonic(), JobScope())
             if self.worker is not None:
-                self.jobs.cancel()  # its result would be dropped anyway
+                if self.scope is not None:
+                    self.scope.cancel()  # its result would be dropped anyway
             else:
                 self.worker = threading.Thread(target=self._work, daemon=True, name="cv-ablate")
                 self.worker.start()
@@ -88,7 +93,8 @@ class RemoteClicks:
                 return False
             self.pending = None
             self.latest = None  # whatever still arrives is dropped
-            self.jobs.cancel()
+            if self.scope is not None:
+                self.scope.cancel()
         return True
 
     def _work(self) -> None:
@@ -96,11 +102,14 @@ class RemoteClicks:
             with self.lock:
                 item, self.pending = self.pending, None
                 if item is None:
-                    self.worker = None
+                    self.worker = self.scope = None
                     return
+                self.scope = item[-1]
             self._run(*item)
 
-    def _run(self, request: Any, comps: list[str], mode: str, metric: str, t0: float) -> None:
+    def _run(
+        self, request: Any, comps: list[str], mode: str, metric: str, t0: float, scope: JobScope
+    ) -> None:
         view, post = self.view, self.view._post
 
         def on_state(state: str, detail: str) -> None:
@@ -110,7 +119,7 @@ class RemoteClicks:
         mlps = [c for c in comps if c.startswith("MLP")]
         res = err = None
         try:
-            with self.jobs.watching(on_state):
+            with self.jobs.watching(on_state, scope):
                 res = ablate(
                     view._model, view._pairs, heads=heads, mlps=mlps, mode=mode, metric=metric
                 )

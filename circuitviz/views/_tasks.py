@@ -9,8 +9,9 @@ thread (its IO loop, ``_jobs.kernel_post``), and only while its request is the s
 so traits are written from one thread and a superseded job's late news is dropped. On a
 local model the same work runs in place (the message handler returns when it is done).
 
-A newer request of a slot does not cancel the job in flight (cancelling is the model's, and
-would stop whatever job it is running, maybe another slot's); its result is dropped.
+Each slot's jobs run in their own ``JobScope``: a newer request of the slot cancels the
+slot's job in flight (its result would be dropped anyway), and Cancel stops that job only —
+never another slot's or another view's job on the same model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import traitlets as t
 
-from ..engine.backends import JobCancelled
+from ..engine.backends import JobCancelled, JobScope
 from ._base import MAX_TEXT, error_text
 from ._jobs import JOB_KEYS, JOB_STATES
 
@@ -39,6 +40,7 @@ class Slot:
         self.latest: Any = None
         self.live = False  # a request was submitted and has not finished or been cancelled
         self.worker: threading.Thread | None = None
+        self.scope: JobScope | None = None  # the jobs of the request in flight
 
 
 class RemoteTasks(t.HasTraits):
@@ -64,7 +66,9 @@ class RemoteTasks(t.HasTraits):
             return
         s = self._slot(slot)
         with s.lock:
-            s.latest, s.pending, s.live = request, (request, work, t0), True
+            s.latest, s.pending, s.live = request, (request, work, t0, JobScope()), True
+            if s.worker is not None and s.scope is not None:
+                s.scope.cancel()  # superseded: its result would be dropped anyway
             if s.worker is None:
                 s.worker = threading.Thread(
                     target=self._task_loop, args=(slot,), daemon=True, name=f"cv-{slot}"
@@ -78,11 +82,12 @@ class RemoteTasks(t.HasTraits):
             with s.lock:
                 item, s.pending = s.pending, None
                 if item is None:
-                    s.worker = None
+                    s.worker = s.scope = None
                     return
+                s.scope = item[-1]
             self._task_run(slot, *item)
 
-    def _task_run(self, slot: str, request: Any, work: Work, t0: float) -> None:
+    def _task_run(self, slot: str, request: Any, work: Work, t0: float, scope: JobScope) -> None:
         post = self._post  # type: ignore[attr-defined]
 
         def wanted() -> bool:
@@ -99,7 +104,7 @@ class RemoteTasks(t.HasTraits):
 
         err: BaseException | None = None
         try:
-            with self._task_jobs.watching(on_state):
+            with self._task_jobs.watching(on_state, scope):
                 work(deliver)
         except Exception as caught:  # delivered as the page's error reply, never raised here
             err = caught
@@ -148,8 +153,8 @@ class RemoteTasks(t.HasTraits):
                 live, s.live = s.live, False
                 queued, s.pending = s.pending, None
                 running = s.worker is not None
-            if live and running:
-                self._task_jobs.cancel()
+                if live and running and s.scope is not None:
+                    s.scope.cancel()  # this slot's job only
             if live and running and queued is None:
                 return  # the worker reports it when it lets go
             if live:

@@ -22,7 +22,7 @@ from ._base import (
     is_raw_nnsight,
     ported,
 )
-from ._nnsight import JobCancelled, RemoteJobError
+from ._nnsight import JobCancelled, JobScope, RemoteJobError
 from ._program import SITES
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "SITES",
     "Backend",
     "JobCancelled",
+    "JobScope",
     "Output",
     "RemoteJobError",
     "Run",
@@ -60,7 +61,8 @@ def require(model: Any, analysis: str) -> None:
 
 def remote_jobs(model: Any) -> Any | None:
     """The model itself when its analyses run as remote (NDIF) jobs — then it offers
-    ``watching(callback)``, ``cancel()`` and ``job_state`` — else ``None`` (a bridge, or
+    ``watching(callback, scope)`` (a :class:`JobScope` a caller cancels its own jobs by),
+    ``cancel()`` and ``job_state`` — else ``None`` (a bridge, or
     nnsight on this machine: nothing to watch or cancel)."""
     return model if is_nnsight(model) and model.remote else None
 

@@ -59,6 +59,31 @@ def _state(status: str) -> str | None:
     return {"COMPLETED": "done", "ERROR": "error"}.get(status)
 
 
+class JobScope:
+    """The jobs one caller submits inside ``model.watching(callback, scope)`` — a view's
+    click, its faithfulness, its steer — so that caller can cancel its own and no other:
+    :meth:`cancel` stops waiting for the scope's job in flight, and refuses its later ones
+    (also one still waiting for the model to be free) with :class:`JobCancelled`."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self.callback: StatusCallback | None = None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+def _cancelled_error(how: str = "its caller cancelled it") -> JobCancelled:
+    return JobCancelled(
+        f"Stopped waiting for the NDIF job ({how}): its result, if the server still "
+        "finishes it, is dropped. Run the analysis again to resubmit."
+    )
+
+
 class _JobWatch:
     """Stands in for nnsight's status display: reports each update to the model's callback,
     and — called every ~0.1 s while nnsight waits on the server — enforces the timeout and a
@@ -66,8 +91,8 @@ class _JobWatch:
 
     enabled = True  # makes nnsight poll with a short timeout, so refresh() runs while waiting
 
-    def __init__(self, model: NNsightModel, bar: tqdm):
-        self.model, self.bar = model, bar
+    def __init__(self, model: NNsightModel, bar: tqdm, scope: JobScope | None):
+        self.model, self.bar, self.scope = model, bar, scope
         self.start = time.monotonic()
         self.state: str | None = None
 
@@ -76,20 +101,19 @@ class _JobWatch:
         state = _state(status)
         if state is not None and state != self.state:  # RECEIVED and QUEUED are one state
             self.state = state
-            self.model._report(state, response.description or "")
+            self.model._report(state, response.description or "", self.scope)
             self.bar.set_postfix_str(state)
         self.refresh()
 
     def refresh(self) -> None:
-        if self.model._cancel.is_set():
-            self.model._report("cancelled", "cancelled from this side")
-            raise JobCancelled(
-                "Stopped waiting for the NDIF job (model.cancel()): its result, if the server "
-                "still finishes it, is dropped. Run the analysis again to resubmit."
-            )
+        # model.cancel() stops the job in flight, whoever's; a scope's cancel only its own
+        wide = self.model._cancel.is_set()
+        if wide or (self.scope is not None and self.scope.cancelled):
+            self.model._report("cancelled", "cancelled from this side", self.scope)
+            raise _cancelled_error("model.cancel()" if wide else "its caller cancelled it")
         limit = self.model.timeout_s
         if limit is not None and time.monotonic() - self.start > limit:
-            self.model._report("error", "timed out")
+            self.model._report("error", "timed out", self.scope)
             raise RemoteJobError(
                 f"The NDIF job did not finish within timeout_s={limit:g} s (the queue may be "
                 "long, or the model is still loading): raise model.timeout_s, or check the "
@@ -97,7 +121,7 @@ class _JobWatch:
             )
 
 
-def _remote_backend(model: NNsightModel, bar: tqdm):
+def _remote_backend(model: NNsightModel, bar: tqdm, scope: JobScope | None):
     """An nnsight ``RemoteBackend`` whose waiting reports job states; with a ``transport``
     (a test's fake NDIF) the serialised request goes there instead of the network."""
     from nnsight.intervention.backends.remote import RemoteBackend
@@ -113,7 +137,7 @@ def _remote_backend(model: NNsightModel, bar: tqdm):
     backend = CircuitvizRemote(
         key, api_key=model.api_key, host=getattr(model.transport, "host", None)
     )
-    backend.display = _JobWatch(model, bar)
+    backend.display = _JobWatch(model, bar, scope)
     return backend
 
 
@@ -161,7 +185,7 @@ class NNsightModel:
         # One request at a time: a view's worker thread (a click's ablation) and its message
         # loop (the faithfulness that click asks for) may both reach for the model.
         self._busy = threading.Lock()
-        self._watchers: list[StatusCallback] = []  # a view's, for the job it submitted
+        self._scopes = threading.local()  # this thread's JobScopes, innermost last
         self._memo: dict = {}
         n_heads = config.num_attention_heads if kind == "llama" else config.n_head
         d_model = config.hidden_size if kind == "llama" else config.n_embd
@@ -219,23 +243,39 @@ class NNsightModel:
         return [self.tokenizer.decode([int(t)]) for t in torch.as_tensor(text_or_tokens).flatten()]
 
     # -------------------------------------------------------------- remote jobs
-    def cancel(self) -> None:
-        """Stop waiting for the remote job in flight (it raises :class:`JobCancelled`)."""
-        self._cancel.set()
+    def cancel(self, scope: JobScope | None = None) -> None:
+        """Stop waiting for the remote job in flight (it raises :class:`JobCancelled`),
+        whoever submitted it; with ``scope``, only that scope's jobs (see :meth:`watching`)."""
+        if scope is not None:
+            scope.cancel()
+        else:
+            self._cancel.set()
 
     @contextmanager
-    def watching(self, callback: StatusCallback) -> Iterator[None]:
-        """Inside: ``callback(state, detail)`` also receives each job state (next to
-        ``on_status``, which stays the user's)."""
-        self._watchers.append(callback)
+    def watching(
+        self, callback: StatusCallback, scope: JobScope | None = None
+    ) -> Iterator[JobScope]:
+        """Inside, on this thread: the jobs submitted belong to ``scope`` (a new one if not
+        given), which is yielded — ``scope.cancel()`` stops them and no other caller's — and
+        ``callback(state, detail)`` receives their states (next to ``on_status``, which stays
+        the user's and hears every job's)."""
+        scope = scope or JobScope()
+        scope.callback = callback
+        stack = self._scopes.__dict__.setdefault("stack", [])
+        stack.append(scope)
         try:
-            yield
+            yield scope
         finally:
-            self._watchers.remove(callback)
+            stack.remove(scope)
 
-    def _report(self, state: str, detail: str) -> None:
+    def _scope(self) -> JobScope | None:
+        """The innermost scope this thread is watching, if any."""
+        stack = self._scopes.__dict__.get("stack")
+        return stack[-1] if stack else None
+
+    def _report(self, state: str, detail: str, scope: JobScope | None = None) -> None:
         self.job_state = state
-        for callback in [self.on_status, *self._watchers]:
+        for callback in [self.on_status, scope.callback if scope else None]:
             if callback is not None:
                 callback(state, detail)
 
@@ -278,10 +318,16 @@ class NNsightBackend:
                         f"{WRITABLE}. Patch it on the TransformerLens bridge: "
                         "circuitviz.load_model(name)."
                     )
-        with model._busy:
-            return self._execute(plain, desc, progress)
+        scope = model._scope()
+        _acquire(model, scope)
+        try:
+            return self._execute(plain, desc, progress, scope)
+        finally:
+            model._busy.release()
 
-    def _execute(self, plain: list[dict], desc: str, progress: bool) -> list[Output]:
+    def _execute(
+        self, plain: list[dict], desc: str, progress: bool, scope: JobScope | None
+    ) -> list[Output]:
         model, cfg = self.model, self.model.cfg
         shape = {
             "n_layers": cfg.n_layers,
@@ -297,7 +343,7 @@ class NNsightBackend:
 
                 _remote.preflight(model)
                 model._cancel.clear()
-                backend = _remote_backend(model, bar)
+                backend = _remote_backend(model, bar, scope)
                 _remote.ship_by_value()
             else:
                 backend = None
@@ -310,7 +356,7 @@ class NNsightBackend:
                 raise
             except Exception as err:  # the server's refusal or failure, as one error type
                 if model.remote and _from_the_wire(err):
-                    model._report("error", str(err))
+                    model._report("error", str(err), scope)
                     raise _remote.explain(err, model) from None
                 raise
             if model.remote:
@@ -319,6 +365,22 @@ class NNsightBackend:
             _program.TICK = None
             bar.close()
         return [Output(_detach(r["out"]), _detach(r["back"])) for r in results]
+
+
+def _acquire(model: NNsightModel, scope: JobScope | None) -> None:
+    """Wait for the model to be free (it runs one request at a time); a scope cancelled
+    meanwhile gives up at once, so its job is never sent."""
+    waited = False
+    while True:
+        if scope is not None and scope.cancelled:  # only its caller hears: nothing was sent
+            if scope.callback is not None:
+                scope.callback("cancelled", "cancelled before it was sent")
+            raise _cancelled_error()
+        if model._busy.acquire(timeout=0.05):
+            return
+        if not waited and scope is not None and scope.callback is not None:
+            scope.callback("queued", "waiting for this model's job in flight")
+        waited = True
 
 
 def _from_the_wire(err: Exception) -> bool:
