@@ -17,10 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 import traitlets as t
 
 from ..engine import InputError
 from ..engine._cells import is_covered
+from ..engine.backends import is_nnsight
 from ._tasks import RemoteTasks
 
 
@@ -52,8 +54,7 @@ class CircuitFaithfulness(RemoteTasks):
             return self._faithfulness_of(graph, drop, edges=edges, **options)
 
         def work(deliver: Any) -> None:
-            circuit_f = of(shown, [])
-            after = of(shown, dropped) if dropped else circuit_f
+            circuit_f, after = self._faithfulness_both(shown, dropped, edges)
             first = {
                 "circuit": float(circuit_f),
                 "ablated": float(after),
@@ -67,6 +68,24 @@ class CircuitFaithfulness(RemoteTasks):
             deliver(lambda: self.send({"type": "faithfulness", "request": request}))
 
         self._run_task("faithfulness", request, work)
+
+    def _faithfulness_both(
+        self, shown: Any, dropped: list[str], edges: bytes
+    ) -> tuple[float, float]:
+        """The shown circuit's faithfulness without and with the ablated nodes. On an
+        nnsight model, when neither is remembered, both circuits are rows of one pass — one
+        NDIF job, as a faithfulness curve's sizes are (a feature graph's go one by one)."""
+        keys = [(edges, tuple(d), ()) for d in ([], dropped)]
+        fresh = not any(key in self._faith_cache for key in keys)
+        if dropped and fresh and is_nnsight(self._model) and not self._feature_kwargs(shown):
+            from ..engine.graph import _faithfulness as _f
+
+            ctx = _f.context(shown, self._model, self._pairs)
+            masks = torch.stack([_f.circuit_mask(shown, ablated=d) for d in ([], dropped)])
+            for key, value in zip(keys, ctx.metrics(self._model, masks), strict=True):
+                self._faith_cache[key] = float(ctx.recovered(value))
+        circuit = self._faithfulness_of(shown, [], edges=edges)
+        return circuit, (self._faithfulness_of(shown, dropped, edges=edges) if dropped else circuit)
 
     def _faithfulness_of(
         self, shown: Any, dropped: list[str], *, edges: bytes | None = None, **options: Any
