@@ -123,3 +123,27 @@ def test_a_views_cancel_leaves_another_views_job_on_the_model(setup, pairs, rese
     assert abs(views[0].result["ablated"] - ref.ablated) <= TOL
     assert "cancelled" not in one.states and views[1].ablated == []
     assert len(setup.fake.requests) == sent + 1  # the cancelled click was never sent
+
+
+def test_circuit_views_faithfulness_cancel_leaves_its_click_running(setup, pairs, reset_fake):
+    """The issue's case: CircuitView's Cancel of its faithfulness job (waiting for the model)
+    used to be the model's cancel, which stopped the view's click ablation in flight."""
+    from tests.test_backends_graph import quiet_view
+
+    client = setup.make_client(model_name=setup.bridge.cfg.model_name)
+    graph = cv.circuit(setup.bridge, pairs, progress=False)
+    view = quiet_view(client, pairs, graph)
+    kernel = Kernel(view)
+    setup.fake.delay = 0.3
+    kernel.click(["L1H0"], request=1)
+    kernel.wait(lambda: view.job.get("state") == "running")
+    view._handle_custom_msg({"type": "faithfulness", "ablated": ["L1H0"], "request": 2})
+    kernel.wait(lambda: view.faithfulness_job.get("state") == "queued")
+    view._handle_custom_msg({"type": "cancel_job", "job": "faithfulness"})
+    kernel.wait(
+        lambda: kernel.reply(1) is not None and view.faithfulness_job["state"] == "cancelled"
+    )
+    assert kernel.reply(1)["type"] == "ablation" and view.ablated == ["L1H0"]
+    ref = cv.ablate(setup.bridge, pairs, heads=["L1H0"])
+    assert abs(view.result["ablated"] - ref.ablated) <= TOL
+    assert "cancelled" not in kernel.states
