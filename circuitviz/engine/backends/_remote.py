@@ -73,14 +73,13 @@ def ship_by_value() -> None:
         _edges,
         _feature_graph_program,
         _feature_program,
-        _metric_program,
         _program,
         _stats_program,
         _toolkit_program,
     )
 
-    nnsight.register(_metric_program)
     nnsight.register(_program)
+    nnsight.register(_program._metric_program)  # the built-in metrics' gradients
     nnsight.register(_edges)
     nnsight.register(_feature_program)
     nnsight.register(_feature_graph_program)
