@@ -98,7 +98,7 @@ def test_the_request_carries_the_session_code_by_value(setup, pairs):
     shipped by value (the fake server has circuitviz hidden when it deserialises)."""
     cv.patch(setup.client, pairs, over="mlp_out", progress=False)
     body = payload(setup.fake.requests[-1])
-    assert b"_program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back)" in body
+    assert b"_program.nnsight_layer(lm, arch, shape, layer, run, index, saved, back, at)" in body
     assert b"def nnsight_layer" in body and b"def readout" in body  # by value
     assert b"_original_component" not in body  # no weights, no bridge
 
