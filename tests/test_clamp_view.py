@@ -125,6 +125,8 @@ def test_groups_are_drawn_as_one_node_and_exported(view):
     nodes = {n["id"]: n for n in view.graph["nodes"]}
     assert group["id"] == "S1" and "S1" in nodes and not set(feats[3:5]) & set(nodes)
     assert nodes["S1"]["type"] == "supernode" and nodes["S1"]["members"] == feats[3:5]
+    sites = " + ".join(sorted({f"{f.split('F')[0]} resid_post" for f in feats[3:5]}))
+    assert nodes["S1"]["label"] == f"{sites}: two late ones"  # names its SAE site
     assert len(nodes) == n_before - 1
     # Edges into and out of members go to the group, parallel ones summed.
     shown = view.shown_graph()

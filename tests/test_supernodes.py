@@ -54,7 +54,7 @@ def test_suggestion_follows_the_logit_cosine_rule(tiny_llama, saes):
     assert [g["members"] for g in got] == [["L0F0:P3", "L0F1:P3"]]
     # Same latent at another position or another site is never grouped with these.
     assert got[0]["id"] == "S1" and "logit cosine" in got[0]["reason"]
-    assert got[0]["label"] == "L0 ×2"
+    assert got[0]["label"] == "L0 resid_post ×2"  # names the SAE site, not only the layer
 
 
 def test_coactivation_on_pairs_links_what_logits_do_not(tiny_llama, saes, tiny_pairs):
@@ -107,3 +107,40 @@ def test_check_supernodes_normalises_and_refuses():
     for groups, words in bad:
         with pytest.raises(circuitviz.InputError, match=words):
             check_supernodes(groups, NODES)
+
+
+def test_supernode_labels_name_their_site_in_the_view_and_the_export():
+    """Two groups with one label at two SAE sites of one block are told apart by the site
+    their drawn label names (in the view's payload and in the static figure)."""
+    from circuitviz.export import graph_figure
+    from circuitviz.views._clamp import collapse
+
+    def latent(site, i):
+        return {
+            "id": f"L3{site}F{i}:P2",
+            "type": "feature",
+            "layer": 3,
+            "pos": 2,
+            "site": site,
+            "score": 1.0 + i,
+        }
+
+    ends = [
+        {"id": "EMBED:P2", "type": "embed", "layer": -1, "pos": 2, "score": None},
+        {"id": "LOGITS:P2", "type": "logits", "layer": 4, "pos": 2, "score": None},
+    ]
+    nodes = [*ends, latent("attn", 1), latent("attn", 2), latent("", 1), latent("", 2)]
+    groups = [
+        {"id": "S1", "label": "names", "members": ["L3attnF1:P2", "L3attnF2:P2"]},
+        {"id": "S2", "label": "names", "members": ["L3F1:P2", "L3F2:P2"]},
+        {"id": "S3", "label": "L3 resid_post ×2", "members": []},  # nothing shown: not drawn
+    ]
+    out = collapse({"n_layers": 4, "n_heads": 2, "nodes": nodes, "edges": None}, groups)
+    drawn = {n["id"]: n["label"] for n in out["nodes"] if n["type"] == "supernode"}
+    assert drawn == {"S1": "L3 attn_out: names", "S2": "L3 resid_post: names"}
+    suggested = {**groups[2], "members": ["L3F1:P2", "L3F2:P2"]}  # already names its site
+    again = collapse({"n_layers": 4, "nodes": nodes, "edges": None}, [suggested])
+    assert [n["label"] for n in again["nodes"] if n["id"] == "S3"] == ["L3 resid_post ×2"]
+    fig = graph_figure({**out, "edges": []})
+    (labels,) = [tr for tr in fig.data if tr.name == "labels"]
+    assert {"L3 attn_out: names", "L3 resid_post: names"} <= set(labels.text)

@@ -35,6 +35,15 @@ SITE_HOOKS = {
     "tc": "hook_mlp_out",
 }
 SITE_PATTERN = "pre|mid|attn|mlp|tc"
+#: How labels name each site ("L11 attn_out"): the hook without its "hook_" prefix.
+SITE_NAMES = {
+    "": "resid_post",
+    "pre": "resid_pre",
+    "mid": "resid_mid",
+    "attn": "attn_out",
+    "mlp": "mlp_out",
+    "tc": "transcoder",
+}
 #: ``"L3attnF12"`` / ``"L3attnF12:P4"``: groups layer, site (None for resid_post), index, pos.
 FEATURE_ID = re.compile(rf"L(\d+)({SITE_PATTERN})?F(\d+)(?::P(\d+))?")
 
@@ -50,6 +59,11 @@ def site_code(sae: Any) -> str | None:
         if code != "tc" and sae.hook_name == f"blocks.{layer}.{suffix}":
             return code
     return None
+
+
+def site_name(layer: int, site: str | None) -> str:
+    """A site as labels show it: ``"L11 resid_post"``, ``"L3 attn_out"``."""
+    return f"L{layer} {SITE_NAMES.get(site or '', site)}"
 
 
 def feature_id(layer: int, site: str, index: int, pos: int | None = None) -> str:

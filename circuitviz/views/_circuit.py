@@ -27,6 +27,7 @@ from ..engine._columns import Columns
 from ..engine._components import parse_id
 from ..engine._sites import SITE_HOOKS
 from ..engine.graph import FeatureGraph, Graph, _select, circuit
+from ..engine.graph._placement import place_feature_nodes
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
 from ._circuit_faith import CircuitFaithfulness
@@ -422,7 +423,8 @@ class CircuitView(CircuitFaithfulness, CircuitExtras, FeatureNodes, FeatureSteer
             "nodes": int(c.ranked.sum()),
             "edges": int((np.isfinite(c.weight) & (c.weight != 0)).sum()),
         }
-        self.graph = collapse(payload, self.supernodes)
+        # where each SAE node sits in its cell: the kernel's rule (graph._placement)
+        self.graph = place_feature_nodes(collapse(payload, self.supernodes))
 
     def shown_graph(self) -> dict[str, Any]:
         """What the view draws now, as graph JSON: the nodes and edges the controls select

@@ -28,6 +28,7 @@ import traitlets as t
 
 from ..engine import InputError, backends
 from ..engine._pairs import tokenize
+from ..engine._sites import site_name
 from ..engine.features import as_sae_set, check_supernodes, steer, suggest_supernodes
 from ..engine.features._steer import (
     DEFAULT_SCALE,
@@ -327,6 +328,10 @@ def supernode_dict(group: dict[str, Any], shown: list[dict[str, Any]]) -> dict[s
     one), scored by the sum of their scores; ``members`` lists every member."""
     scores = [n["score"] for n in shown if n.get("score") is not None]
     positions = {n.get("pos") for n in shown}
+    sites = sorted({(n["layer"], n.get("site") or "") for n in shown})
+    # The drawn label names its SAE site(s): groups at two sites may share a label.
+    where = " + ".join(site_name(layer, site) for layer, site in sites)
+    label = group["label"] if group["label"].startswith(where) else f"{where}: {group['label']}"
     return {
         "id": group["id"],
         "type": "supernode",
@@ -334,7 +339,8 @@ def supernode_dict(group: dict[str, Any], shown: list[dict[str, Any]]) -> dict[s
         # the first member's slot, where the kernel gives feature nodes one
         "head": min((n["head"] for n in shown if n.get("head") is not None), default=None),
         "pos": positions.pop() if len(positions) == 1 else None,
-        "label": group["label"],
+        "label": label,
+        "site": sites[0][1] if len(sites) == 1 else "",
         "score": float(sum(scores)) if scores else None,
         "ablates": None,
         "members": list(group["members"]),

@@ -183,13 +183,16 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     overlayFrame = requestAnimationFrame(() => drawOverlay());
   }
 
+  /** Capped by the layout so that no two nodes overlap (a supernode's hexagon is 2 larger). */
   function radius(n: GraphNode, maxScore: number): number {
-    if (n.type === "embed" || n.type === "logits") return 9;
-    return 5 + 7 * Math.sqrt(Math.abs(n.score ?? 0) / maxScore);
+    if (n.type === "embed" || n.type === "logits") return Math.min(9, layout.maxRadius);
+    const cap = layout.maxRadius - (n.type === "supernode" ? 2 : 0);
+    return Math.min(cap, 5 + 7 * Math.sqrt(Math.abs(n.score ?? 0) / maxScore));
   }
 
   function labelText(n: GraphNode): string {
     if (n.type === "feature" || n.type === "error") return truncate(n.label ?? baseId(n.id), 18);
+    if (n.type === "supernode") return truncate(n.label ?? n.id, 32); // the kernel's label names its site
     return n.pos !== null && n.pos !== undefined ? baseId(n.id) : truncate(n.label ?? n.id, 18);
   }
 

@@ -29,6 +29,8 @@ export interface Layout {
   bands: { pos: number; x: number; w: number }[];
   /** One per drawn row, bottom-up: its layer (-1 embed, nLayers logits) and y. */
   rows: { layer: number; y: number }[];
+  /** The largest node radius (layout units) at which no two nodes' shapes overlap. */
+  maxRadius: number;
 }
 
 /** Feature graphs: how far above its layer's heads (in rows) each SAE site's latents and
@@ -41,26 +43,22 @@ export function siteLift(node: GraphNode): number {
   return SITE_LIFT[node.site ?? ""] ?? 0.5;
 }
 
-/** Feature graphs: SAE latents and error nodes sit at their site's lift (``SITE_LIFT``),
- * spread across their token's band, strongest first, the error node last; returns each
- * one's slot (in head-slot units: spread over 0 … nHeads, or one slot apart when more than
- * nHeads + 1 share a row, the band then widening to fit). */
-export function featureSlots(nodes: GraphNode[], nHeads: number): Map<string, number> {
-  const groups = new Map<string, GraphNode[]>();
-  for (const n of nodes) {
-    if (n.type !== "feature" && n.type !== "error" && n.type !== "supernode") continue;
-    const key = `${n.layer}:${n.site ?? ""}:${n.pos ?? -1}`;
-    if (!groups.has(key)) groups.set(key, []);
-    groups.get(key)!.push(n);
-  }
-  const out = new Map<string, number>();
-  for (const group of groups.values()) {
-    // A supernode stands for features of this site, so it is ranked among them.
-    const feats = group.filter((n) => n.type !== "error").sort((a, b) => Math.abs(b.score ?? 0) - Math.abs(a.score ?? 0) || a.id.localeCompare(b.id));
-    const ordered = [...feats, ...group.filter((n) => n.type === "error")];
-    const step = ordered.length > 1 ? Math.max(1, nHeads / (ordered.length - 1)) : 0;
-    ordered.forEach((n, i) => out.set(n.id, ordered.length > 1 ? i * step : nHeads / 2));
-  }
+/** Feature graphs: rows between a crowded cell's wrapped rows of SAE nodes (``tier``). */
+export const TIER_ROWS = 0.5;
+
+export interface Cell {
+  /** Column in head-slot units (0 … nHeads - 1). */
+  slot: number;
+  /** Row within the cell, 0 nearest its layer, each further one above. */
+  tier: number;
+}
+
+/** Feature graphs: where each SAE latent, error node and supernode sits in its cell (layer ×
+ * site × token), as the kernel decided it (``slot``/``tier``, engine/graph/_placement.py):
+ * the view draws what it is sent. */
+export function featureCells(nodes: GraphNode[]): Map<string, Cell> {
+  const out = new Map<string, Cell>();
+  for (const n of nodes) if (n.slot !== undefined && n.slot !== null) out.set(n.id, { slot: n.slot, tier: n.tier ?? 0 });
   return out;
 }
 
@@ -80,13 +78,13 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
   const nPos = perPos ? Math.max(opts.nPos ?? 0, maxPos + 1) : 1;
   const slotW = opts.slotWidth ?? (perPos ? 24 : 56);
   const bandW = slots * slotW + (perPos ? 12 : 0);
-  const featSlot = featureSlots(nodes, opts.nHeads);
+  const cells = featureCells(nodes);
   // Feature graphs: a band is as wide as its fullest row, a token without nodes 2 slots.
   const bandWidths = Array.from({ length: nPos }, () => bandW);
-  if (perPos && featSlot.size) {
+  if (perPos && cells.size) {
     const used = new Set(nodes.map((n) => n.pos ?? -1));
     const need = new Map<number, number>();
-    for (const n of nodes) if (featSlot.has(n.id)) need.set(n.pos ?? 0, Math.max(need.get(n.pos ?? 0) ?? 0, featSlot.get(n.id)! + 1));
+    for (const n of nodes) if (cells.has(n.id)) need.set(n.pos ?? 0, Math.max(need.get(n.pos ?? 0) ?? 0, cells.get(n.id)!.slot + 1));
     for (let p = 0; p < nPos; p++) bandWidths[p] = used.has(p) ? Math.max(slots, need.get(p) ?? 0) * slotW + 12 : 2 * slotW + 12;
   }
   const bandStart: number[] = [];
@@ -98,41 +96,49 @@ export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
   const width = 2 * margin + (perPos ? acc : bandW);
   const clampLayer = (l: number) => Math.min(Math.max(l, -1), opts.nLayers);
   const layers = opts.compact ? [...new Set(nodes.map((n) => clampLayer(n.layer)))].sort((a, b) => a - b) : Array.from({ length: opts.nLayers + 2 }, (_, i) => i - 1);
-  // Row offsets bottom-up. SAEs at several sites of one block (feature graphs): each site
-  // level gets at least half a row of its own, so forward order reads bottom-up unmixed.
-  const levelOf = (n: GraphNode) => clampLayer(n.layer) + (n.type === "mlp" ? 0.25 : featSlot.has(n.id) ? siteLift(n) : 0);
-  const multiSite = nodes.some((n) => featSlot.has(n.id) && (n.site ?? "") !== "");
-  const levels = multiSite ? [...new Set([...layers, ...nodes.map(levelOf)])].sort((a, b) => a - b) : layers;
-  const offset = new Map<number, number>();
-  levels.forEach((l, i) => {
-    if (!multiSite || i === 0) offset.set(l, multiSite ? 0 : i * rowH);
-    else {
-      const d = l - levels[i - 1];
-      offset.set(l, offset.get(levels[i - 1])! + rowH * Math.max(0.5, Math.min(1, d)));
-    }
+  // Vertical levels, bottom-up: a layer's heads, its MLP a quarter row up, SAE nodes at
+  // their site's lift (SITE_LIFT), a crowded cell's further tiers TIER_ROWS apart above
+  // that (everything higher moves up to make room). SAEs at several sites of one block: each
+  // site level gets at least half a row of its own, so forward order reads bottom-up unmixed.
+  const multiSite = nodes.some((n) => cells.has(n.id) && (n.site ?? "") !== "");
+  const rowIndex = new Map(layers.map((l, i) => [l, i]));
+  const rowBase = (layer: number) => (multiSite ? layer : rowIndex.get(layer) ?? 0);
+  const lift = (n: GraphNode) => (n.type === "mlp" ? 0.25 : cells.has(n.id) ? siteLift(n) : 0);
+  const levelOf = (n: GraphNode): [number, number] => [rowBase(clampLayer(n.layer)) + lift(n), cells.get(n.id)?.tier ?? 0];
+  const key = ([base, tier]: [number, number]) => `${base.toFixed(4)}|${tier}`;
+  const levels = new Map<string, [number, number]>(layers.map((l) => [key([rowBase(l), 0]), [rowBase(l), 0]]));
+  for (const n of nodes) levels.set(key(levelOf(n)), levelOf(n));
+  const sorted = [...levels.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const offset = new Map<string, number>();
+  sorted.forEach((lv, i) => {
+    if (i === 0) return offset.set(key(lv), 0);
+    const prev = sorted[i - 1];
+    const d = lv[0] - prev[0];
+    const gap = d < 1e-6 ? TIER_ROWS : multiSite ? Math.max(0.5, Math.min(1, d)) : d;
+    offset.set(key(lv), offset.get(key(prev))! + rowH * gap);
   });
-  const rows = Math.max(layers.length, 1);
-  const span = multiSite ? Math.max(0, ...offset.values()) : (rows - 1) * rowH;
+  const span = Math.max(0, ...offset.values());
   const height = 2 * margin + span;
   const positions = new Map<string, Point>();
   for (const n of nodes) {
-    const y = height - margin - (offset.get(clampLayer(n.layer)) ?? 0);
+    const y = height - margin - (offset.get(key(levelOf(n))) ?? 0);
     const band = perPos && n.pos !== null && n.pos !== undefined ? n.pos : null;
     let x: number;
     if (band === null) {
       x = perPos && (n.type === "embed" || n.type === "logits") ? margin + acc / 2 : margin + (slot(n, opts.nHeads) + 0.5) * slotW + (perPos ? (acc - bandW) / 2 : 0);
     } else {
-      x = margin + bandStart[band] + ((featSlot.get(n.id) ?? slot(n, opts.nHeads)) + 0.5) * slotW;
-      if (featSlot.size && (n.type === "embed" || n.type === "logits")) x = margin + bandStart[band] + (bandWidths[band] - 12) / 2;
+      x = margin + bandStart[band] + ((cells.get(n.id)?.slot ?? slot(n, opts.nHeads)) + 0.5) * slotW;
+      if (cells.size && (n.type === "embed" || n.type === "logits")) x = margin + bandStart[band] + (bandWidths[band] - 12) / 2;
     }
-    // MLPs sit a quarter row above their layer's heads (they read the heads' output), SAE
-    // latents and error nodes where their site is (SITE_LIFT: resid_post half a row up).
-    const lift = multiSite ? (offset.get(levelOf(n)) ?? 0) - (offset.get(clampLayer(n.layer)) ?? 0) : n.type === "mlp" ? rowH / 4 : featSlot.has(n.id) ? siteLift(n) * rowH : 0;
-    positions.set(n.id, { x, y: y - lift });
+    positions.set(n.id, { x, y });
   }
   const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + bandStart[pos] + (bandWidths[pos] - 12) / 2, w: bandWidths[pos] })) : [];
-  const rowYs = layers.map((layer) => ({ layer, y: height - margin - (offset.get(layer) ?? 0) }));
-  return { positions, width, height: height + (perPos ? 16 : 0), bands, rows: rowYs };
+  const rowYs = layers.map((layer) => ({ layer, y: height - margin - (offset.get(key([rowBase(layer), 0])) ?? 0) }));
+  // Nodes as large as fit: half a slot across, and half the closest vertical gap between
+  // levels whose nodes can share a column (a layer's heads and the SAE row above them; a
+  // latent's diamond is 1.1 r tall).
+  const maxRadius = Math.min(12, slotW / 2 - 1, ((cells.size ? TIER_ROWS : 1) * rowH) / 2.2 - 0.5);
+  return { positions, width, height: height + (perPos ? 16 : 0), bands, rows: rowYs, maxRadius };
 }
 
 export interface Box {

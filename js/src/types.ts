@@ -132,6 +132,10 @@ export interface GraphNode {
   /** Feature graphs: its SAE's site in its block ("" resid_post, "pre", "mid", "attn",
    * "mlp", "tc": engine/_sites.py); absent on other nodes. */
   site?: string;
+  /** Feature graphs: an SAE node's column and row within its cell, decided by the kernel
+   * (engine/graph/_placement.py); absent on other nodes. */
+  slot?: number;
+  tier?: number;
 }
 
 export interface GraphEdges {

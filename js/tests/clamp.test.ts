@@ -4,11 +4,12 @@ import { steerable } from "../src/clamp";
 import type { GraphNode } from "../src/types";
 
 describe("feature nodes and supernodes", () => {
-  it("features and supernodes of one site get slots of their own, strongest first, so none overlap", () => {
+  // Which slot is the kernel's rule (engine/graph/_placement.py, tests/test_circuit_layout.py).
+  it("features and supernodes of one site are drawn at the kernel's slots, so none overlap", () => {
     const nodes: GraphNode[] = [
-      { id: "L0F3:P2", type: "feature", layer: 0, head: 0, pos: 2, score: 1 },
-      { id: "L0F9:P2", type: "feature", layer: 0, head: 1, pos: 2, score: 1 },
-      { id: "S1", type: "supernode", layer: 0, head: 2, pos: 2, score: 1 },
+      { id: "L0F3:P2", type: "feature", layer: 0, head: 0, pos: 2, score: 1, slot: 0, tier: 0 },
+      { id: "L0F9:P2", type: "feature", layer: 0, head: 1, pos: 2, score: 1, slot: 1.5, tier: 0 },
+      { id: "S1", type: "supernode", layer: 0, head: 2, pos: 2, score: 1, slot: 3, tier: 0 },
     ];
     const { positions } = layoutGraph(nodes, { nLayers: 1, nHeads: 4, perPosition: true, nPos: 3 });
     const xs = nodes.map((n) => positions.get(n.id)!.x);

@@ -29,7 +29,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from .. import _devices, _hooks
 from .._pairs import InputError, PromptPairs, tokenize
-from .._sites import FEATURE_ID, SITE_HOOKS
+from .._sites import FEATURE_ID, SITE_HOOKS, site_code, site_name
 from ._sae import SAESet, as_sae_set, hook_layer
 
 #: Suggest a group when the cosine of two latents' direct logit effects is at least this.
@@ -211,8 +211,8 @@ def suggest_supernodes(
     groups.sort(key=lambda g: (-len(g[1]), g[1]))
     out = []
     for k, (hook, ids, reasons) in enumerate(groups[:MAX_GROUPS]):
-        layer = hook_layer(hook)
-        site = f"L{layer}" if layer is not None else hook
+        layer, code = hook_layer(hook), site_code(saes[hook])
+        site = site_name(layer, code) if layer is not None and code is not None else hook
         out.append(
             {
                 "id": f"S{k + 1}",
