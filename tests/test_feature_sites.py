@@ -543,7 +543,7 @@ def test_static_figure_places_each_site_in_its_own_columns(graph, tmp_path):
         len(t.x) for t in fig.data if t.mode == "markers" and t.name not in ("ablated", "selected")
     )
     assert len(points) == n_nodes  # no two nodes on one spot
-    from circuitviz.export._graph_figure import _feature_columns
+    from circuitviz.export._graph_layout import _feature_columns
 
     nodes = [n.to_dict() for n in small.nodes]
     columns = _feature_columns(nodes, small.n_heads)

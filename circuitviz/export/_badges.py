@@ -130,7 +130,7 @@ def head_suffix(roles: dict[str, list[str]], head: str) -> str:
 def node_badges(nodes, pos, size, geo, roles: dict[str, list[str]], font_px: float):
     """Badges to the upper right of each head node with roles, as one marker+text trace per
     role, and the badges' pixel boxes (for the label placer to avoid). ``geo`` maps data to
-    pixels (``_graph_figure._Geometry``); boxes are ``(x0, y0, x1, y1)`` pixels."""
+    pixels (``_graph_labels.Geometry``); boxes are ``(x0, y0, x1, y1)`` pixels."""
     import plotly.graph_objects as go
 
     w, h = font_px * BADGE_W, font_px * BADGE_H

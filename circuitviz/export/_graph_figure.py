@@ -1,22 +1,29 @@
 """Static figure of a circuit graph (``circuitviz.graph/1`` JSON or a ``Graph``).
 
-Layers run bottom (embeddings) to top (logits); within a layer, heads then the MLP run left
-to right (per position, positions side by side). Only columns that hold a node take space.
-Labels are placed greedily, most important node first, in the first of four spots around
-the node that overlaps no placed label and no other node; nodes that have no free spot stay
-unlabelled (their id is in the hover text), so graphs of hundreds of nodes stay legible.
+Where nodes go is ``_graph_layout``'s rule, where labels go ``_graph_labels``' (no label
+covers another or a node's marker; a node with no free spot stays unlabelled, its id in the
+hover text, so graphs of hundreds of nodes stay legible). This module prunes, draws edges
+and nodes by type with a legend, and sizes the figure.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 from ..engine.graph._schema import check_graph_json
 from ._badges import checked_roles, legend_layout, legend_margin, node_badges
+from ._graph_labels import (
+    CHAR_WIDTH,
+    LABEL_SCALE,
+    LINE_HEIGHT,
+    Geometry,
+    label_trace,
+    text_box_size,
+)
+from ._graph_layout import layout_positions, position_ticks
 from ._padding import column_spans, drawn_partial, legend_px, mark_graph_columns, pad_legend
 from ._style import (
     CATEGORICAL,
@@ -30,10 +37,6 @@ from ._style import (
     text_label,
 )
 
-# Width of a text character relative to the font size: generous for digits and capitals in
-# Arial/Liberation Sans (≈ 0.56–0.67), so estimated boxes contain the real ones.
-CHAR_WIDTH = 0.64
-LINE_HEIGHT = 1.25
 NODE_SYMBOLS = {
     "embed": "square",
     "head": "circle",
@@ -47,36 +50,8 @@ TYPE_ORDER = ("embed", "head", "mlp", "logits", "feature", "error", "supernode")
 #: Legend names of node types (the type itself where not listed).
 TYPE_NAMES = {"mlp": "MLP", "feature": "SAE feature", "error": "SAE error"}
 WIDTH_LEVELS = 4
-LABEL_SCALE = 0.9  # node labels and legend, relative to the style's font size
-EMPTY_RUN_ROWS = 0.5  # height of a collapsed run of empty layers, in rows
 # Beyond this many edges a figure is ink, not information: draw only the strongest.
 MAX_DRAWN_EDGES = 2000
-
-
-@dataclass(frozen=True)
-class Box:
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-
-    def overlaps(self, other: Box) -> bool:
-        return (
-            self.x0 < other.x1 and other.x0 < self.x1 and self.y0 < other.y1 and other.y0 < self.y1
-        )
-
-    def inside(self, outer: Box) -> bool:
-        return (
-            self.x0 >= outer.x0
-            and self.y0 >= outer.y0
-            and self.x1 <= outer.x1
-            and self.y1 <= outer.y1
-        )
-
-
-def text_box_size(text: str, font_px: float) -> tuple[float, float]:
-    """Estimated (width, height) in px of one line of text."""
-    return len(text) * font_px * CHAR_WIDTH + 2, font_px * LINE_HEIGHT
 
 
 def graph_json(graph: Any) -> dict[str, Any]:
@@ -121,172 +96,6 @@ def prune(graph: dict[str, Any], **options: Any) -> dict[str, Any]:
 
 PRUNE_OPTIONS = ("top_edges", "top_nodes", "min_weight", "min_rel_weight", "inputs", "sign")
 DEPRECATED_OPTIONS = ("top_n", "threshold")
-
-
-def _node_layer(node: dict[str, Any], n_layers: int) -> float:
-    kind = node.get("type")
-    if kind == "embed":
-        return -1
-    if kind == "logits":
-        return n_layers
-    if node.get("layer") is None:
-        raise ExportError(f"Graph node {node.get('id')!r} has no layer.")
-    return node["layer"]
-
-
-def layer_rows(used: set[int], n_layers: int) -> dict[int, float]:
-    """Layer → row height ``y`` (embeddings -1, logits on top). A run of two or more layers
-    without nodes shrinks to a half-row gap, so a pruned circuit isn't mostly empty rows."""
-    rows: dict[int, float] = {}
-    y, layer = -1.0, -1
-    while layer <= n_layers:
-        end = layer
-        while end < n_layers and end not in used and end != -1:
-            end += 1
-        if end - layer >= 2:
-            y += EMPTY_RUN_ROWS
-            layer = end
-            continue
-        rows[layer] = y
-        y += 1
-        layer += 1
-    return rows
-
-
-def layout_positions(
-    graph: dict[str, Any],
-) -> tuple[dict[str, tuple[float, float]], dict[int, float]]:
-    """Node id → (x, y), and layer → y. x packs the used (position, head/MLP) columns."""
-    nodes = graph["nodes"]
-    n_layers = graph.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
-    n_heads = graph.get("n_heads") or 1 + max((n.get("head") or 0) for n in nodes)
-
-    feature_column = _feature_columns(nodes, n_heads)
-
-    def slot(node: dict[str, Any]) -> tuple[int, int]:
-        column = {"head": node.get("head") or 0, "mlp": n_heads}.get(node.get("type"), n_heads + 1)
-        return (node.get("pos") or 0, feature_column.get(node["id"], column))
-
-    body = [n for n in nodes if n.get("type") not in ("embed", "logits")]
-    slots = sorted({slot(n) for n in body})
-    x_of: dict[tuple[int, int], float] = {}
-    x = 0.0
-    for i, s in enumerate(slots):
-        if i and s[0] != slots[i - 1][0]:
-            x += 0.6  # a gap between positions
-        x_of[s] = x
-        x += 1.0
-    centre = (max(x_of.values()) / 2) if x_of else 0.0
-    pos_centre: dict[int, list[float]] = {}
-    for s, sx in x_of.items():
-        pos_centre.setdefault(s[0], []).append(sx)
-    rows = layer_rows({_node_layer(n, n_layers) for n in body}, n_layers)
-    out = {}
-    for n in nodes:
-        y = rows[_node_layer(n, n_layers)]
-        if n.get("type") in ("embed", "logits"):
-            xs = pos_centre.get(n.get("pos")) if n.get("pos") is not None else None
-            out[n["id"]] = ((sum(xs) / len(xs)) if xs else centre, y)
-        else:
-            out[n["id"]] = (x_of[slot(n)], y)
-    return out, rows
-
-
-#: SAE sites of one block in forward order (the codes of ``engine._sites``; "" resid_post).
-_SITE_ORDER = {"pre": 0, "attn": 1, "mid": 2, "tc": 3, "mlp": 4, "": 5}
-
-
-def _feature_columns(nodes: list[dict[str, Any]], n_heads: int) -> dict[str, int]:
-    """Feature graphs: columns right of the MLP for each (layer, position)'s SAE sites in
-    forward order (``_SITE_ORDER``), each its error node then its latents, strongest first
-    (so none share a spot)."""
-    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for n in nodes:
-        if n.get("type") in ("feature", "error", "supernode"):  # a supernode: features grouped
-            groups.setdefault((n.get("layer"), n.get("pos")), []).append(n)
-    out = {}
-    for members in groups.values():
-        members.sort(
-            key=lambda n: (
-                _SITE_ORDER.get(n.get("site") or "", len(_SITE_ORDER)),
-                n.get("type") != "error",
-                -abs(n.get("score") or 0),
-                n["id"],
-            )
-        )
-        for k, n in enumerate(members):
-            out[n["id"]] = n_heads + 1 + k
-    return out
-
-
-def _position_ticks(graph: dict[str, Any], pos: dict[str, tuple[float, float]]):
-    """Tick positions and token texts (at most 12 characters) of a per-position graph."""
-    tokens = graph.get("tokens") or []
-    columns: dict[int, list[float]] = {}
-    for n in graph["nodes"]:
-        if n.get("pos") is not None and n.get("type") not in ("embed", "logits"):
-            columns.setdefault(n["pos"], []).append(pos[n["id"]][0])
-    if not graph.get("per_position") or not columns:
-        return [], []
-    ticks = sorted(columns)
-    texts = [f"{p}: {tokens[p]}" if p < len(tokens) else str(p) for p in ticks]
-    texts = [t if len(t) <= 12 else t[:11] + "…" for t in texts]
-    return [(min(columns[p]) + max(columns[p])) / 2 for p in ticks], texts
-
-
-class _Geometry:
-    """Data coordinates → figure pixels (y down), given fixed margins and axis ranges."""
-
-    def __init__(self, *, width, height, margin, x_range, y_range):
-        self.width, self.height, self.margin = width, height, margin
-        self.x_range, self.y_range = x_range, y_range
-        self.plot_w = width - margin["l"] - margin["r"]
-        self.plot_h = height - margin["t"] - margin["b"]
-
-    def px(self, x: float, y: float) -> tuple[float, float]:
-        (x0, x1), (y0, y1) = self.x_range, self.y_range
-        return (
-            self.margin["l"] + (x - x0) / (x1 - x0) * self.plot_w,
-            self.margin["t"] + (y1 - y) / (y1 - y0) * self.plot_h,
-        )
-
-    def data(self, px_x: float, px_y: float) -> tuple[float, float]:
-        (x0, x1), (y0, y1) = self.x_range, self.y_range
-        return (
-            x0 + (px_x - self.margin["l"]) / self.plot_w * (x1 - x0),
-            y1 - (px_y - self.margin["t"]) / self.plot_h * (y1 - y0),
-        )
-
-
-def place_labels(
-    items: list[tuple[str, str, float, float, float]],
-    obstacles: dict[str, Box],
-    *,
-    font_px: float,
-    bounds: Box,
-) -> list[tuple[str, str, str, Box]]:
-    """Greedy label placement. ``items``: (node id, text, px x, px y, marker radius) in
-    priority order. Returns (id, text, spot, box) for the labels that fit."""
-    placed: list[tuple[str, str, str, Box]] = []
-    boxes: list[Box] = []
-    for node_id, text, cx, cy, r in items:
-        w, h = text_box_size(text, font_px)
-        gap = r + 1.5
-        spots = {
-            "top": Box(cx - w / 2, cy - gap - h, cx + w / 2, cy - gap),
-            "right": Box(cx + gap, cy - h / 2, cx + gap + w, cy + h / 2),
-            "left": Box(cx - gap - w, cy - h / 2, cx - gap, cy + h / 2),
-            "bottom": Box(cx - w / 2, cy + gap, cx + w / 2, cy + gap + h),
-        }
-        for spot, box in spots.items():
-            if not box.inside(bounds) or any(box.overlaps(b) for b in boxes):
-                continue
-            if any(box.overlaps(o) for oid, o in obstacles.items() if oid != node_id):
-                continue
-            placed.append((node_id, text, spot, box))
-            boxes.append(box)
-            break
-    return placed
 
 
 def _edge_traces(graph, pos, ablated: set[str]):
@@ -409,57 +218,6 @@ def _node_traces(nodes, pos, size, ablated: set[str], selected: str | None):
     return traces
 
 
-def _label_trace(nodes, pos, size, geo: _Geometry, selected, *, short: bool, style, avoid=None):
-    """Node labels placed by :func:`place_labels`, as one text trace (hundreds of
-    annotations would be slow to build and render)."""
-    import plotly.graph_objects as go
-
-    # Most important first; a label may not cover another node's marker.
-    obstacles = {}
-    for n in nodes:
-        cx, cy = geo.px(*pos[n["id"]])
-        r = size[n["id"]] / 2 + (3 if n["id"] == selected else 0)
-        obstacles[n["id"]] = Box(cx - r, cy - r, cx + r, cy + r)
-    obstacles.update({k: Box(*b) for k, b in (avoid or {}).items()})  # e.g. role badges
-
-    def priority(n: dict[str, Any]):
-        return (
-            n["id"] != selected,
-            n.get("type") not in ("embed", "logits"),
-            -abs(n.get("score") or 0),
-        )
-
-    items = []
-    for n in sorted(nodes, key=priority):
-        cx, cy = geo.px(*pos[n["id"]])
-        text = str(n.get("label") or n["id"])
-        if short:
-            text = n["id"].split(":")[0]
-        items.append((n["id"], text, cx, cy, obstacles[n["id"]].x1 - cx))
-    plot_area = Box(geo.margin["l"] - 2, geo.margin["t"], geo.width - 1, geo.height - 1)
-    labels = place_labels(items, obstacles, font_px=style.font_px * LABEL_SCALE, bounds=plot_area)
-    centres = [geo.data((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2) for _, _, _, b in labels]
-    return go.Scatter(
-        x=[x for x, _ in centres],
-        y=[y for _, y in centres],
-        mode="text",
-        cliponaxis=False,  # labels may reach into the right margin; bounds keep them on the paper
-        text=[text_label(text) for _, text, _, _ in labels],
-        textposition="middle center",
-        # A white halo keeps labels readable over edges.
-        textfont={
-            "size": style.font_px * LABEL_SCALE,
-            "family": style.font_family,
-            "color": "#222222",
-            "shadow": "1px 1px 1px white, -1px -1px 1px white, 1px -1px 1px white, -1px 1px 1px white",
-        },
-        customdata=[text_label(node_id) for node_id, _, _, _ in labels],
-        hoverinfo="skip",
-        showlegend=False,
-        name="labels",
-    )
-
-
 def graph_figure(
     graph: Any,
     *,
@@ -530,14 +288,14 @@ def graph_figure(
     margin["b"] += pad_px
     xs = [x for x, _ in pos.values()]
     x_range = (min(xs) - 0.7, max(xs) + 0.7)
-    position_ticks = _position_ticks(data, pos)
+    ticks_of_positions = position_ticks(data, pos)
     tick_angle = 0
-    if position_ticks[0]:  # per-position graphs: tokens under their columns
-        widest = max(text_box_size(t, font_px)[0] for t in position_ticks[1])
+    if ticks_of_positions[0]:  # per-position graphs: tokens under their columns
+        widest = max(text_box_size(t, font_px)[0] for t in ticks_of_positions[1])
         unit_px = (style.width_in * PX_PER_INCH - margin["l"] - margin["r"]) / (
             x_range[1] - x_range[0]
         )
-        ticks = position_ticks[0]
+        ticks = ticks_of_positions[0]
         gap = min((b - a for a, b in pairwise(ticks)), default=x_range[1] - x_range[0])
         if widest < gap * unit_px * 0.95:
             margin["b"] += font_px * LINE_HEIGHT + 4
@@ -554,7 +312,7 @@ def graph_figure(
         fig.add_trace(trace)
     fig.update_layout(title=title_text)
     apply_style(fig, style, natural_height=natural)
-    geo = _Geometry(
+    geo = Geometry(
         width=fig.layout.width,
         height=fig.layout.height,
         margin=margin,
@@ -578,10 +336,10 @@ def graph_figure(
     fig.add_traces(badges)
 
     short = bool(
-        position_ticks[0]
+        ticks_of_positions[0]
     )  # the column's token is on the axis: "L3H5", not "L3H5 @ 4:Mary"
     fig.add_trace(
-        _label_trace(nodes, pos, size, geo, selected, short=short, style=style, avoid=avoid)
+        label_trace(nodes, pos, size, geo, selected, short=short, style=style, avoid=avoid)
     )
 
     every = max(1, int(font_px * 1.2 // lay_px) + 1)
@@ -601,9 +359,9 @@ def graph_figure(
         },
         xaxis={
             "range": list(x_range),
-            "visible": bool(position_ticks[0]),
-            "tickvals": position_ticks[0],
-            "ticktext": [text_label(t) for t in position_ticks[1]],
+            "visible": bool(ticks_of_positions[0]),
+            "tickvals": ticks_of_positions[0],
+            "ticktext": [text_label(t) for t in ticks_of_positions[1]],
             "tickangle": tick_angle,
             "ticks": "",
             "showline": False,

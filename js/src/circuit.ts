@@ -2,7 +2,7 @@
 // (the pruning rule lives in Python: circuitviz/engine/graph/_select.py) and sends only that;
 // this file lays it out, draws it, places labels where they fit, and sends the controls back.
 import { AblationPanel } from "./ablation";
-import { JobLine } from "./jobline";
+import { FaithfulnessTable } from "./circuit_faith";
 import { badgeLegendEl, badgesSVG, legendMap, NODE_BADGE_FONT, nodeBadgeBoxes, type BadgeBox } from "./badges";
 import { decode } from "./codec";
 import { NEGATIVE, NODE_COLORS, POSITIVE } from "./colors";
@@ -12,7 +12,7 @@ import { edgePath, edgePolyline, layoutGraph, placeLabels, rowLabel, type Point 
 import { attentionPreview, legend, CIRCUIT_STYLE } from "./circuit_parts";
 import { CLAMP_STYLE, FEATURE_COLOR, FeaturePanel, SUPERNODE_COLOR, pickedRing, supernodeShape, type ClampTraits } from "./clamp";
 import { clickedEdge, edgePanel, isSelectedEdge, mibPlot, MIB_STYLE } from "./circuit_mib";
-import { errorFaithRows, FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
+import { FEATURE_COLORS, featureCard, featureLegend, featureShape } from "./feature_card";
 import { bandsSVG, hatchDef, hatchId, legendEl, partialColumns } from "./padding";
 import { isCovered } from "./patchmap";
 import type { AnyModel, CircuitTraits, GraphNode } from "./types";
@@ -44,11 +44,8 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   rootEl.append(el("style", {}, CIRCUIT_STYLE + CLAMP_STYLE), el("style", {}, MIB_STYLE));
   const info = el("div", { class: "cv-muted", "data-role": "hover-info" }, "hover a node or edge");
   const panel = new AblationPanel(model, rootEl, () => draw());
-  const faith = el("table", { class: "cv-faith" });
-  const faithButton = el("button", { class: "cv-button", "data-role": "faithfulness-run", type: "button", title: "Exact faithfulness of the shown circuit (its shown edges), with and without your ablations" }, "Faithfulness");
-  faithButton.addEventListener("click", () => requestFaithfulness());
-  const faithJob = new JobLine(model, "faithfulness"); // a remote model's job: state, Cancel, latency
-  panel.extra.append(faith);
+  const faith = new FaithfulnessTable(model, () => nodes, () => panel.current());
+  panel.extra.append(faith.el);
   const num = (role: string, title: string) => el("input", { type: "number", min: 0, step: 1, class: "cv-num", "data-role": role, title });
   const topNodes = num("top-nodes", "Show at most this many head/MLP nodes, the strongest by |score|");
   const topEdges = num("top-edges", "Show at most this many edges, the strongest on EMBED→LOGITS paths");
@@ -289,7 +286,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       nodeLayer.append(g);
     });
     drawOverlay();
-    drawFaithfulness();
+    faith.draw();
   }
 
   /** Screen-space layer: the layer axis, token columns and node labels, re-placed on every
@@ -471,50 +468,6 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     model.save_changes();
   }
 
-  /** Faithfulness is live: whenever the shown circuit or the ablation set changes, the last
-   * values are marked stale and recomputed after a short pause (one request in flight at a
-   * time; a request that failed is not retried until something changes or the button is
-   * pressed). */
-  let faithInFlight = "";
-  let faithFailed = "";
-  let faithTimer: ReturnType<typeof setTimeout> | undefined;
-  const shownIds = () => nodes.map((n) => n.id);
-  const faithKey = () => JSON.stringify([shownIds(), panel.current()]);
-
-  function drawFaithfulness(): void {
-    clear(faith);
-    if (!model.get("has_faithfulness")) return;
-    const f = model.get("faithfulness") ?? {};
-    const same = (a: string[] | undefined, b: string[]) => !!a && a.length === b.length && a.every((x, i) => x === b[i]);
-    const shown = shownIds();
-    const current = new Set(panel.current());
-    const ablatedShown = nodes.filter((n) => isCovered(n.ablates ?? null, current)).map((n) => n.id);
-    const stale = f.circuit === undefined || !same(f.nodes, shown) || !same(f.ablated_nodes, ablatedShown);
-    const status = faithInFlight ? " (updating…)" : stale && f.circuit !== undefined ? " (stale)" : "";
-    faith.setAttribute("data-state", faithInFlight ? "running" : stale ? "stale" : "ready");
-    faith.append(
-      el("tr", {}, el("td", {}, "faithfulness (shown circuit)"), el("td", { "data-role": "faithfulness-circuit", "data-stale": String(stale) }, fmt(f.circuit ?? NaN, 3))),
-      el("tr", {}, el("td", {}, "… after your ablations"), el("td", { "data-role": "faithfulness-ablated", "data-stale": String(stale) }, fmt(f.ablated ?? NaN, 3))),
-      ...errorFaithRows(f, stale),
-      el("tr", {}, el("td", { colspan: 2 }, faithButton, el("span", { class: "cv-muted" }, status))),
-      el("tr", {}, el("td", { colspan: 2 }, faithJob.el)),
-    );
-    if (stale && !faithInFlight && faithKey() !== faithFailed) {
-      clearTimeout(faithTimer);
-      faithTimer = setTimeout(() => {
-        if (!faithInFlight && faithKey() !== faithFailed) requestFaithfulness();
-      }, 400);
-    }
-  }
-
-  function requestFaithfulness(): void {
-    if (!model.get("has_faithfulness")) return;
-    faithInFlight = faithKey();
-    faithFailed = "";
-    model.send({ type: "faithfulness", nodes: shownIds(), ablated: panel.current(), request: "faithfulness" });
-    drawFaithfulness();
-  }
-
   function exportSVG(): SVGSVGElement {
     const w = svgWidth();
     const h = Number(svg.getAttribute("height"));
@@ -594,13 +547,10 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
       return;
     }
     if (edgeBox.reply(msg) || mibBox.reply(msg)) return;
-    if (msg.request !== "faithfulness" || !faithInFlight) return;
-    if (msg.type === "error" || msg.type === "cancelled") faithFailed = faithInFlight; // not retried until something changes
-    faithInFlight = "";
-    drawFaithfulness();
+    faith.reply(msg);
   });
   for (const name of ["change:selected", "change:ablated", "change:pinned", "change:selected_edge"]) model.on(name, () => draw());
-  model.on("change:faithfulness", () => drawFaithfulness());
+  model.on("change:faithfulness", () => faith.draw());
   model.on("change:graph", () => load());
   model.on("change:searchable", () => syncControls());
   // Narrow outputs: the side panel goes below the graph and starts closed.
