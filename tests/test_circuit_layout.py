@@ -6,9 +6,16 @@ Screenshots: tests/artifacts/circuit_layout_{default,large}.png."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
-from circuitviz.engine.graph._placement import feature_cells, place_feature_nodes
+from circuitviz.engine.graph._placement import (
+    TIER_ROWS,
+    feature_cells,
+    graph_layout,
+    place_feature_nodes,
+)
 
 
 def sae_node(i: int, *, layer=3, pos=5, site="", score=None, kind="feature"):
@@ -64,6 +71,98 @@ def test_place_feature_nodes_copies_and_leaves_plain_graphs_alone():
     assert "slot" not in nodes[0] and "slot" not in placed["nodes"][1]
     plain = {"n_heads": 4, "nodes": nodes[1:]}
     assert place_feature_nodes(plain) is plain
+
+
+def laid_out(nodes, **meta):
+    out = graph_layout({"n_layers": 2, "n_heads": 2, "nodes": nodes, **meta})
+    return {n["id"]: (n["x"], n["y"]) for n in out["nodes"]}, out["layout"]
+
+
+def head(layer, h, pos=None):
+    suffix = "" if pos is None else f":P{pos}"
+    return {"id": f"L{layer}H{h}{suffix}", "type": "head", "layer": layer, "head": h, "pos": pos}
+
+
+def test_layers_run_bottom_up_heads_then_the_mlp_across_each_node_its_own_spot():
+    nodes = [
+        {"id": "EMBED", "type": "embed", "layer": -1},
+        head(0, 0),
+        head(0, 1),
+        {"id": "MLP0", "type": "mlp", "layer": 0},
+        head(1, 0),
+        {"id": "LOGITS", "type": "logits", "layer": 2},
+    ]
+    at, layout = laid_out(nodes)
+    y = {k: v[1] for k, v in at.items()}
+    assert y["EMBED"] < y["L0H0"] < y["MLP0"] < y["L1H0"] < y["LOGITS"]
+    assert y["MLP0"] - y["L0H0"] == 0.25  # the MLP reads the heads: a quarter row up
+    assert at["L0H0"][0] < at["L0H1"][0] < at["MLP0"][0]
+    assert len(set(at.values())) == len(nodes)
+    assert [r["layer"] for r in layout["rows"]] == [-1, 0, 1, 2] and layout["min_gap"] == 1
+
+
+def test_only_layers_with_nodes_get_rows_and_tokens_get_bands():
+    sparse = [
+        {"id": "EMBED", "type": "embed", "layer": -1},
+        head(7, 0),
+        head(20, 1),
+        {"id": "LOGITS", "type": "logits", "layer": 30},
+    ]
+    _, layout = laid_out(sparse, n_layers=30)
+    assert layout["height"] == 3 and [r["y"] for r in layout["rows"]] == [0, 1, 2, 3]
+    at, layout = laid_out([head(0, 0, 0), head(0, 1, 0), head(0, 0, 1)], per_position=True)
+    assert at["L0H0:P0"][0] < at["L0H1:P0"][0] < at["L0H0:P1"][0] < layout["width"]
+    assert [b["pos"] for b in layout["bands"]] == [0, 1]
+
+
+def test_sae_nodes_sit_half_a_row_up_in_their_cell_clear_of_the_mlp_column():
+    nodes = [
+        head(0, 1, 2),
+        {"id": "MLP0:P2", "type": "mlp", "layer": 0, "pos": 2},
+        sae_node(3, layer=0, pos=2, score=0.5),
+        sae_node(7, layer=0, pos=2, score=0.1),
+        sae_node(0, layer=0, pos=2, kind="error", score=0.2),
+        sae_node(3, layer=0, pos=1, score=0.3),
+    ]
+    at, layout = laid_out(nodes, n_heads=4, per_position=True, tokens=["a", "b", "c"])
+    f, h, mlp = at["L0F3:P2"], at["L0H1:P2"], at["MLP0:P2"]
+    assert f[1] - h[1] == 0.5 and f[1] > mlp[1]
+    xs = [at[i][0] for i in ("L0F3:P2", "L0F7:P2", "L0ERR:P2")]
+    assert xs == sorted(xs) and max(xs) <= mlp[0] - 1
+    assert at["L0F3:P1"][0] < min(xs) and layout["min_gap"] == TIER_ROWS
+
+
+def test_a_crowded_cell_stacks_its_tiers_and_moves_the_layers_above_up():
+    crowd = [head(0, 0, 0), head(1, 0, 0)] + [sae_node(i, layer=0, pos=0) for i in range(5)]
+    at, layout = laid_out(crowd, per_position=True)  # two head columns: five latents, 3 tiers
+    y = {k: v[1] for k, v in at.items()}
+    tiers = sorted({y[f"L0F{i}:P0"] for i in range(5)})
+    assert tiers == [0.5, 0.5 + TIER_ROWS, 0.5 + 2 * TIER_ROWS]
+    assert y["L1H0:P0"] - tiers[-1] == 0.5  # the next layer keeps its half row
+    _, flat = laid_out(crowd[:3], per_position=True)
+    assert layout["height"] - flat["height"] == 2 * TIER_ROWS
+
+
+def test_sae_sites_of_one_block_read_bottom_up_in_forward_order():
+    def at_site(site, i, kind="feature"):
+        return sae_node(i, layer=0, pos=1, site=site, kind=kind)
+
+    nodes = [
+        head(0, 0, 1),
+        {"id": "MLP0:P1", "type": "mlp", "layer": 0, "pos": 1},
+        at_site("pre", 1),
+        at_site("attn", 2),
+        at_site("attn", 0, kind="error"),
+        at_site("mid", 3),
+        at_site("mlp", 4),
+        at_site("", 5),
+    ]
+    at, _ = laid_out(nodes, n_heads=4, per_position=True)
+    order = ["L0preF1:P1", "L0H0:P1", "L0attnF2:P1", "L0midF3:P1", "MLP0:P1", "L0mlpF4:P1"]
+    ys = [at[i][1] for i in [*order, "L0F5:P1"]]
+    assert ys == sorted(ys) and len(set(ys)) == len(ys)
+    assert min(b - a for a, b in pairwise(ys)) >= 0.5
+    assert at["L0attnERR:P1"][1] == at["L0attnF2:P1"][1]
 
 
 # --------------------------------------------------------------------------- browser
@@ -124,3 +223,71 @@ def test_demo_feature_circuit_draws_without_overlaps(
     assert got["marks"] == n_nodes and got["labels"] >= n_nodes // 3
     assert got["markMark"] == [] and got["labelLabel"] == [] and got["labelMark"] == []
     assert not page.console_errors
+    # The static figure draws the same layout: screen = offset + scale × figure, per axis.
+    drawn = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('.cv-circuit g.cv-node')]
+             .map((g) => [g.dataset.component, g.getAttribute('transform')
+               .match(/translate\\(([-\\d.]+),([-\\d.]+)\\)/).slice(1).map(Number)]))"""
+    )
+    fig = view.figure()
+    placed = figure_positions(fig)
+    assert set(placed) == set(drawn)
+    for axis, sign in ((0, 1), (1, -1)):
+        a, b = sorted(placed, key=lambda k: placed[k][axis])[:: len(placed) - 1]
+        scale = (drawn[b][axis] - drawn[a][axis]) / (placed[b][axis] - placed[a][axis])
+        assert sign * scale > 0
+        for k in placed:
+            want = drawn[a][axis] + scale * (placed[k][axis] - placed[a][axis])
+            assert drawn[k][axis] == pytest.approx(want, abs=0.5), k
+    assert figure_overlaps(fig) == ([], [])
+
+
+def figure_positions(fig) -> dict[str, tuple[float, float]]:
+    """Node id → (x, y) of the static figure's node markers (data units)."""
+    out = {}
+    for tr in fig.data:
+        if tr.mode == "markers" and tr.name not in ("ablated", "selected") and tr.customdata:
+            for (node_id, _), x, y in zip(tr.customdata, tr.x, tr.y, strict=True):
+                out[node_id] = (x, y)
+    return out
+
+
+def figure_overlaps(fig):
+    """Pairs of node markers, and of labels, whose boxes overlap in the static figure's
+    pixels (markers: their size; labels: the export's own text box estimate)."""
+    from circuitviz.export._graph_labels import text_box_size
+
+    lay = fig.layout
+    m = lay.margin
+    (x0, x1), (y0, y1) = lay.xaxis.range, lay.yaxis.range
+    plot_w, plot_h = lay.width - m.l - m.r, lay.height - m.t - m.b
+
+    def px(x, y):
+        return m.l + (x - x0) / (x1 - x0) * plot_w, m.t + (y1 - y) / (y1 - y0) * plot_h
+
+    def clash(boxes):
+        return [
+            (a, b)
+            for i, (a, p) in enumerate(boxes)
+            for b, q in boxes[i + 1 :]
+            if p[0] < q[2] - 0.5 and q[0] < p[2] - 0.5 and p[1] < q[3] - 0.5 and q[1] < p[3] - 0.5
+        ]
+
+    marks, labels = [], []
+    for tr in fig.data:
+        if tr.mode == "markers" and tr.name not in ("ablated", "selected") and tr.customdata:
+            for (node_id, _), x, y, size in zip(
+                tr.customdata, tr.x, tr.y, tr.marker.size, strict=True
+            ):
+                cx, cy = px(x, y)
+                marks.append(
+                    (node_id, (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2))
+                )
+        if tr.name == "labels":
+            font = tr.textfont.size
+            for text, x, y in zip(tr.text, tr.x, tr.y, strict=True):
+                w, h = text_box_size(text, font)
+                cx, cy = px(x, y)
+                labels.append((text, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)))
+    assert marks and labels
+    return clash(marks), clash(labels)

@@ -533,7 +533,7 @@ def test_transcoder_inputs_before_and_after_ln2(request, pairs, model_name, tc_i
 
 
 # --------------------------------------------------------------------------- drawing
-def test_static_figure_places_each_site_in_its_own_columns(graph, tmp_path):
+def test_static_figure_places_each_site_on_its_own_level(graph, tmp_path):
     small = graph.prune(top_edges=150)
     fig = small.figure()
     points = {
@@ -543,18 +543,21 @@ def test_static_figure_places_each_site_in_its_own_columns(graph, tmp_path):
         len(t.x) for t in fig.data if t.mode == "markers" and t.name not in ("ablated", "selected")
     )
     assert len(points) == n_nodes  # no two nodes on one spot
-    from circuitviz.export._graph_layout import _feature_columns
+    from circuitviz.export._graph_layout import layout_positions
 
     nodes = [n.to_dict() for n in small.nodes]
-    columns = _feature_columns(nodes, small.n_heads)
+    at, _, _ = layout_positions(
+        {"n_layers": small.n_layers, "n_heads": small.n_heads, "per_position": True, "nodes": nodes}
+    )
+    order = ["pre", "attn", "mid", "tc", "mlp", ""]  # forward order within a block
     by_site: dict = {}
     for n in nodes:
         if n["type"] in ("feature", "error"):
-            by_site.setdefault((n["layer"], n["pos"], n["site"]), []).append(columns[n["id"]])
-    for (layer, pos, site), cols in by_site.items():  # sites in forward order, not interleaved
-        for (layer2, pos2, site2), cols2 in by_site.items():
-            if (layer, pos) == (layer2, pos2) and site != site2:
-                assert max(cols) < min(cols2) or max(cols2) < min(cols)
+            by_site.setdefault((n["layer"], n["pos"], n["site"]), []).append(at[n["id"]][1])
+    for (layer, pos, site), ys in by_site.items():  # sites in forward order, bottom-up
+        for (layer2, pos2, site2), ys2 in by_site.items():
+            if (layer, pos) == (layer2, pos2) and order.index(site) < order.index(site2):
+                assert max(ys) < min(ys2)
     assert small.save(tmp_path / "sites.svg").exists()
 
 

@@ -258,7 +258,7 @@ def graph_figure(
     check_graph_json(data)  # a shared file's shapes, before they size anything
     ablated = set(ablated)
     n_layers = data.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
-    pos, rows = layout_positions({**data, "n_layers": n_layers})
+    pos, rows, min_gap = layout_positions({**data, "n_layers": n_layers})
     font_px = style.font_px
     label_px = font_px * LABEL_SCALE
 
@@ -323,7 +323,8 @@ def graph_figure(
     # Node size by |score|, kept inside one column and row.
     col_px = geo.plot_w / max(1e-9, x_range[1] - x_range[0])
     lay_px = geo.plot_h / (y_range[1] - y_range[0])
-    cap = max(3.0, min(0.7 * col_px, 0.7 * lay_px, 12.0))
+    # (min_gap: rows between the closest levels that share a column, e.g. heads and latents)
+    cap = max(3.0, min(0.7 * col_px, 0.7 * min_gap * lay_px, 12.0))
     top_score = max((abs(n.get("score") or 0) for n in nodes), default=0.0) or 1.0
     size = {n["id"]: min(cap, 4.0 + 6.0 * abs(n.get("score") or 0) / top_score) for n in nodes}
     for n in nodes:

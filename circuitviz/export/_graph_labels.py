@@ -99,6 +99,22 @@ def place_labels(
     return placed
 
 
+def _truncate(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def node_caption(node: dict[str, Any], *, short: bool) -> str:
+    """A node's label text, as CircuitView writes it (``labelText`` in js/src/circuit.ts): an
+    SAE latent's or error node's label in 18 characters, a supernode's (which names its SAE
+    site) in 32; on per-position graphs (``short``) other nodes by id without the position."""
+    kind, label = node.get("type"), node.get("label")
+    if kind in ("feature", "error"):
+        return _truncate(str(label or node["id"].split(":")[0]), 18)
+    if kind == "supernode":
+        return _truncate(str(label or node["id"]), 32)
+    return node["id"].split(":")[0] if short else str(label or node["id"])
+
+
 def label_trace(nodes, pos, size, geo: Geometry, selected, *, short: bool, style, avoid=None):
     """Node labels placed by :func:`place_labels`, as one text trace (hundreds of
     annotations would be slow to build and render)."""
@@ -122,9 +138,7 @@ def label_trace(nodes, pos, size, geo: Geometry, selected, *, short: bool, style
     items = []
     for n in sorted(nodes, key=priority):
         cx, cy = geo.px(*pos[n["id"]])
-        text = str(n.get("label") or n["id"])
-        if short:
-            text = n["id"].split(":")[0]
+        text = node_caption(n, short=short)
         items.append((n["id"], text, cx, cy, obstacles[n["id"]].x1 - cx))
     plot_area = Box(geo.margin["l"] - 2, geo.margin["t"], geo.width - 1, geo.height - 1)
     labels = place_labels(items, obstacles, font_px=style.font_px * LABEL_SCALE, bounds=plot_area)

@@ -1,12 +1,14 @@
-"""Where the static circuit figure puts each node: layers bottom (embeddings) to top
-(logits), runs of empty layers collapsed; within a layer, heads then the MLP left to right,
-per position side by side; only columns that hold a node take space.
+"""Where the static circuit figure puts each node. A feature graph: where CircuitView puts it
+(the kernel's layout). Other graphs: layers bottom (embeddings) to top (logits), runs of
+empty layers collapsed; within a layer, heads then the MLP left to right, per position side
+by side; only columns that hold a node take space.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..engine.graph._placement import CELL_TYPES, graph_layout
 from ._style import ExportError
 
 EMPTY_RUN_ROWS = 0.5  # height of a collapsed run of empty layers, in rows
@@ -44,17 +46,23 @@ def layer_rows(used: set[int], n_layers: int) -> dict[int, float]:
 
 def layout_positions(
     graph: dict[str, Any],
-) -> tuple[dict[str, tuple[float, float]], dict[int, float]]:
-    """Node id → (x, y), and layer → y. x packs the used (position, head/MLP) columns."""
+) -> tuple[dict[str, tuple[float, float]], dict[int, float], float]:
+    """Node id → (x, y), layer → y, and the closest two levels whose nodes can share a
+    column (rows). A feature graph is laid out as CircuitView draws it (the kernel's
+    ``graph._placement.graph_layout``: SAE nodes in their cells, crowded cells in tiers);
+    otherwise x packs the used (position, head/MLP) columns."""
     nodes = graph["nodes"]
     n_layers = graph.get("n_layers") or 1 + max((n.get("layer") or 0) for n in nodes)
     n_heads = graph.get("n_heads") or 1 + max((n.get("head") or 0) for n in nodes)
-
-    feature_column = _feature_columns(nodes, n_heads)
+    if any(n.get("type") in CELL_TYPES for n in nodes):
+        laid = graph_layout({**graph, "n_layers": n_layers, "n_heads": n_heads})
+        rows = {r["layer"]: r["y"] for r in laid["layout"]["rows"]}
+        at = {n["id"]: (n["x"], n["y"]) for n in laid["nodes"]}
+        return at, rows, laid["layout"]["min_gap"]
 
     def slot(node: dict[str, Any]) -> tuple[int, int]:
         column = {"head": node.get("head") or 0, "mlp": n_heads}.get(node.get("type"), n_heads + 1)
-        return (node.get("pos") or 0, feature_column.get(node["id"], column))
+        return (node.get("pos") or 0, column)
 
     body = [n for n in nodes if n.get("type") not in ("embed", "logits")]
     slots = sorted({slot(n) for n in body})
@@ -78,34 +86,7 @@ def layout_positions(
             out[n["id"]] = ((sum(xs) / len(xs)) if xs else centre, y)
         else:
             out[n["id"]] = (x_of[slot(n)], y)
-    return out, rows
-
-
-#: SAE sites of one block in forward order (the codes of ``engine._sites``; "" resid_post).
-_SITE_ORDER = {"pre": 0, "attn": 1, "mid": 2, "tc": 3, "mlp": 4, "": 5}
-
-
-def _feature_columns(nodes: list[dict[str, Any]], n_heads: int) -> dict[str, int]:
-    """Feature graphs: columns right of the MLP for each (layer, position)'s SAE sites in
-    forward order (``_SITE_ORDER``), each its error node then its latents, strongest first
-    (so none share a spot)."""
-    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for n in nodes:
-        if n.get("type") in ("feature", "error", "supernode"):  # a supernode: features grouped
-            groups.setdefault((n.get("layer"), n.get("pos")), []).append(n)
-    out = {}
-    for members in groups.values():
-        members.sort(
-            key=lambda n: (
-                _SITE_ORDER.get(n.get("site") or "", len(_SITE_ORDER)),
-                n.get("type") != "error",
-                -abs(n.get("score") or 0),
-                n["id"],
-            )
-        )
-        for k, n in enumerate(members):
-            out[n["id"]] = n_heads + 1 + k
-    return out
+    return out, rows, 1.0
 
 
 def position_ticks(graph: dict[str, Any], pos: dict[str, tuple[float, float]]):

@@ -27,7 +27,7 @@ from ..engine._columns import Columns
 from ..engine._components import parse_id
 from ..engine._sites import SITE_HOOKS
 from ..engine.graph import FeatureGraph, Graph, _select, circuit
-from ..engine.graph._placement import place_feature_nodes
+from ..engine.graph._placement import LAYOUT_FIELDS, graph_layout
 from ..engine.graph._schema import GRAPH_META, check_graph_json
 from ._base import STATIC, AblationView
 from ._circuit_faith import CircuitFaithfulness
@@ -46,7 +46,7 @@ DEFAULT_TOP_NODES = 30
 DEFAULT_TOP_EDGES = 80
 #: Keys of the ``graph`` trait that describe the view, not the graph (left out of
 #: :meth:`CircuitView.shown_graph`).
-VIEW_ONLY_KEYS = ("nodes", "edges", "totals", "n_edges", "notice", "role_badges")
+VIEW_ONLY_KEYS = ("nodes", "edges", "totals", "n_edges", "notice", "role_badges", "layout")
 
 
 def graph_dict(graph: Any) -> tuple[dict[str, Any] | None, Graph | None]:
@@ -423,8 +423,8 @@ class CircuitView(CircuitFaithfulness, CircuitExtras, FeatureNodes, FeatureSteer
             "nodes": int(c.ranked.sum()),
             "edges": int((np.isfinite(c.weight) & (c.weight != 0)).sum()),
         }
-        # where each SAE node sits in its cell: the kernel's rule (graph._placement)
-        self.graph = place_feature_nodes(collapse(payload, self.supernodes))
+        # where every node sits is the kernel's rule (graph._placement): the page scales it
+        self.graph = graph_layout(collapse(payload, self.supernodes))
 
     def shown_graph(self) -> dict[str, Any]:
         """What the view draws now, as graph JSON: the nodes and edges the controls select
@@ -445,7 +445,9 @@ class CircuitView(CircuitFaithfulness, CircuitExtras, FeatureNodes, FeatureSteer
                     }
                 )
         meta = {k: v for k, v in g.items() if k not in VIEW_ONLY_KEYS}
-        return {**meta, "nodes": list(nodes), "edges": edges}
+        # without where the page draws them (the figure lays them out the same way again)
+        shown = [{k: v for k, v in n.items() if k not in LAYOUT_FIELDS} for n in nodes]
+        return {**meta, "nodes": shown, "edges": edges}
 
     def shown_circuit(self) -> Graph | FeatureGraph | None:
         """The shown subgraph as a ``Graph`` (None for hand-made graph JSON)."""

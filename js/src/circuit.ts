@@ -115,7 +115,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
   let nodes: GraphNode[] = [];
   let edges: Edges | null = null;
   let byId = new Map<string, number>();
-  let layout = layoutGraph([], { nLayers: 0, nHeads: 0 });
+  let layout = layoutGraph([], undefined);
   const view = { k: 1, x: 0, y: 0 };
   let pendingFocus: string | null = null;
   let live = true;
@@ -154,7 +154,7 @@ function render({ model, el: host }: { model: AnyModel<CircuitTraits>; el: HTMLE
     const nPos = g.per_position ? g.tokens?.length ?? 1 : 1;
     const rowHeight = Math.min(72, Math.max(42, (h - 60) / Math.max(1, rows - 1)));
     const slotWidth = g.per_position ? Math.max(22, (w - 60) / nPos / (g.n_heads + 1)) : Math.min(84, Math.max(46, (w - 60) / (g.n_heads + 1)));
-    layout = layoutGraph(nodes, { nLayers: g.n_layers, nHeads: g.n_heads, perPosition: !!g.per_position, nPos: g.tokens?.length, compact: true, rowHeight, slotWidth });
+    layout = layoutGraph(nodes, g.layout, { rowHeight, slotWidth });
     fitView();
   }
 

@@ -1,19 +1,13 @@
-// Graph layout and label placement, pure functions (unit-tested; the kernel decides what is
-// shown: js draws what it is sent): layers stacked bottom-up (embeddings
-// at the bottom, logits on top), heads then the MLP across each layer, and — for per-position
-// graphs — one band per token position.
-import type { GraphNode } from "./types";
+// Graph layout and label placement, pure functions (unit-tested). The kernel decides what is
+// shown and where each node sits (engine/graph/_placement.py: layers bottom-up, heads then
+// the MLP across, one band per token, SAE nodes in their cells); this scales that to pixels
+// and places labels, in screen pixels at every zoom, where they overlap nothing.
+import type { GraphLayout, GraphNode } from "./types";
 
 export interface LayoutOptions {
-  nLayers: number;
-  nHeads: number;
-  perPosition?: boolean;
-  nPos?: number;
   rowHeight?: number;
   slotWidth?: number;
   margin?: number;
-  /** One row per layer that has a node (pruned circuits span few of 30 layers). */
-  compact?: boolean;
 }
 
 export interface Point {
@@ -33,112 +27,30 @@ export interface Layout {
   maxRadius: number;
 }
 
-/** Feature graphs: how far above its layer's heads (in rows) each SAE site's latents and
- * error node sit, in forward order: resid_pre below the heads, attn_out just above them,
- * resid_mid, a transcoder where the MLP is (a quarter row), mlp_out, resid_post half a row
- * up (the site codes of engine/_sites.py; "" is resid_post). */
-export const SITE_LIFT: Record<string, number> = { pre: -0.3, attn: 0.12, mid: 0.19, tc: 0.25, mlp: 0.37, "": 0.5 };
+const NO_LAYOUT: GraphLayout = { width: 0, height: 0, bands: [], rows: [], min_gap: 1 };
 
-export function siteLift(node: GraphNode): number {
-  return SITE_LIFT[node.site ?? ""] ?? 0.5;
-}
-
-/** Feature graphs: rows between a crowded cell's wrapped rows of SAE nodes (``tier``). */
-export const TIER_ROWS = 0.5;
-
-export interface Cell {
-  /** Column in head-slot units (0 … nHeads - 1). */
-  slot: number;
-  /** Row within the cell, 0 nearest its layer, each further one above. */
-  tier: number;
-}
-
-/** Feature graphs: where each SAE latent, error node and supernode sits in its cell (layer ×
- * site × token), as the kernel decided it (``slot``/``tier``, engine/graph/_placement.py):
- * the view draws what it is sent. */
-export function featureCells(nodes: GraphNode[]): Map<string, Cell> {
-  const out = new Map<string, Cell>();
-  for (const n of nodes) if (n.slot !== undefined && n.slot !== null) out.set(n.id, { slot: n.slot, tier: n.tier ?? 0 });
-  return out;
-}
-
-/** Column of a node inside its layer: heads 0…H-1, the MLP after them. */
-function slot(node: GraphNode, nHeads: number): number {
-  if (node.type === "head") return node.head ?? 0;
-  if (node.type === "mlp") return nHeads;
-  return nHeads / 2; // embed and logits sit in the middle
-}
-
-export function layoutGraph(nodes: GraphNode[], opts: LayoutOptions): Layout {
-  const perPos = !!opts.perPosition;
+/** The kernel's layout (engine/graph/_placement.py: slots across, rows up, each node's x and
+ * y) in pixels: ``slotWidth`` per slot, ``rowHeight`` per row, y growing downwards. */
+export function layoutGraph(nodes: GraphNode[], layout: GraphLayout | undefined, opts: LayoutOptions = {}): Layout {
+  const lay = layout ?? NO_LAYOUT;
   const rowH = opts.rowHeight ?? 44;
+  const slotW = opts.slotWidth ?? 24;
   const margin = opts.margin ?? 30;
-  const slots = opts.nHeads + 1;
-  const maxPos = Math.max(0, ...nodes.map((n) => n.pos ?? 0));
-  const nPos = perPos ? Math.max(opts.nPos ?? 0, maxPos + 1) : 1;
-  const slotW = opts.slotWidth ?? (perPos ? 24 : 56);
-  const bandW = slots * slotW + (perPos ? 12 : 0);
-  const cells = featureCells(nodes);
-  // Feature graphs: a band is as wide as its fullest row, a token without nodes 2 slots.
-  const bandWidths = Array.from({ length: nPos }, () => bandW);
-  if (perPos && cells.size) {
-    const used = new Set(nodes.map((n) => n.pos ?? -1));
-    const need = new Map<number, number>();
-    for (const n of nodes) if (cells.has(n.id)) need.set(n.pos ?? 0, Math.max(need.get(n.pos ?? 0) ?? 0, cells.get(n.id)!.slot + 1));
-    for (let p = 0; p < nPos; p++) bandWidths[p] = used.has(p) ? Math.max(slots, need.get(p) ?? 0) * slotW + 12 : 2 * slotW + 12;
-  }
-  const bandStart: number[] = [];
-  let acc = 0;
-  for (const w of bandWidths) {
-    bandStart.push(acc);
-    acc += w;
-  }
-  const width = 2 * margin + (perPos ? acc : bandW);
-  const clampLayer = (l: number) => Math.min(Math.max(l, -1), opts.nLayers);
-  const layers = opts.compact ? [...new Set(nodes.map((n) => clampLayer(n.layer)))].sort((a, b) => a - b) : Array.from({ length: opts.nLayers + 2 }, (_, i) => i - 1);
-  // Vertical levels, bottom-up: a layer's heads, its MLP a quarter row up, SAE nodes at
-  // their site's lift (SITE_LIFT), a crowded cell's further tiers TIER_ROWS apart above
-  // that (everything higher moves up to make room). SAEs at several sites of one block: each
-  // site level gets at least half a row of its own, so forward order reads bottom-up unmixed.
-  const multiSite = nodes.some((n) => cells.has(n.id) && (n.site ?? "") !== "");
-  const rowIndex = new Map(layers.map((l, i) => [l, i]));
-  const rowBase = (layer: number) => (multiSite ? layer : rowIndex.get(layer) ?? 0);
-  const lift = (n: GraphNode) => (n.type === "mlp" ? 0.25 : cells.has(n.id) ? siteLift(n) : 0);
-  const levelOf = (n: GraphNode): [number, number] => [rowBase(clampLayer(n.layer)) + lift(n), cells.get(n.id)?.tier ?? 0];
-  const key = ([base, tier]: [number, number]) => `${base.toFixed(4)}|${tier}`;
-  const levels = new Map<string, [number, number]>(layers.map((l) => [key([rowBase(l), 0]), [rowBase(l), 0]]));
-  for (const n of nodes) levels.set(key(levelOf(n)), levelOf(n));
-  const sorted = [...levels.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  const offset = new Map<string, number>();
-  sorted.forEach((lv, i) => {
-    if (i === 0) return offset.set(key(lv), 0);
-    const prev = sorted[i - 1];
-    const d = lv[0] - prev[0];
-    const gap = d < 1e-6 ? TIER_ROWS : multiSite ? Math.max(0.5, Math.min(1, d)) : d;
-    offset.set(key(lv), offset.get(key(prev))! + rowH * gap);
-  });
-  const span = Math.max(0, ...offset.values());
-  const height = 2 * margin + span;
-  const positions = new Map<string, Point>();
-  for (const n of nodes) {
-    const y = height - margin - (offset.get(key(levelOf(n))) ?? 0);
-    const band = perPos && n.pos !== null && n.pos !== undefined ? n.pos : null;
-    let x: number;
-    if (band === null) {
-      x = perPos && (n.type === "embed" || n.type === "logits") ? margin + acc / 2 : margin + (slot(n, opts.nHeads) + 0.5) * slotW + (perPos ? (acc - bandW) / 2 : 0);
-    } else {
-      x = margin + bandStart[band] + ((cells.get(n.id)?.slot ?? slot(n, opts.nHeads)) + 0.5) * slotW;
-      if (cells.size && (n.type === "embed" || n.type === "logits")) x = margin + bandStart[band] + (bandWidths[band] - 12) / 2;
-    }
-    positions.set(n.id, { x, y });
-  }
-  const bands = perPos ? Array.from({ length: nPos }, (_, pos) => ({ pos, x: margin + bandStart[pos] + (bandWidths[pos] - 12) / 2, w: bandWidths[pos] })) : [];
-  const rowYs = layers.map((layer) => ({ layer, y: height - margin - (offset.get(key([rowBase(layer), 0])) ?? 0) }));
+  const height = 2 * margin + lay.height * rowH;
+  const px = (x: number) => margin + x * slotW;
+  const py = (y: number) => height - margin - y * rowH;
+  const positions = new Map<string, Point>(nodes.map((n) => [n.id, { x: px(n.x ?? 0), y: py(n.y ?? 0) }]));
   // Nodes as large as fit: half a slot across, and half the closest vertical gap between
-  // levels whose nodes can share a column (a layer's heads and the SAE row above them; a
-  // latent's diamond is 1.1 r tall).
-  const maxRadius = Math.min(12, slotW / 2 - 1, ((cells.size ? TIER_ROWS : 1) * rowH) / 2.2 - 0.5);
-  return { positions, width, height: height + (perPos ? 16 : 0), bands, rows: rowYs, maxRadius };
+  // levels whose nodes can share a column (a latent's diamond is 1.1 r tall).
+  const maxRadius = Math.min(12, slotW / 2 - 1, (lay.min_gap * rowH) / 2.2 - 0.5);
+  return {
+    positions,
+    width: 2 * margin + lay.width * slotW,
+    height: height + (lay.bands.length ? 16 : 0),
+    bands: lay.bands.map((b) => ({ pos: b.pos, x: px(b.x), w: b.w * slotW })),
+    rows: lay.rows.map((r) => ({ layer: r.layer, y: py(r.y) })),
+    maxRadius,
+  };
 }
 
 export interface Box {

@@ -136,6 +136,9 @@ export interface GraphNode {
    * (engine/graph/_placement.py); absent on other nodes. */
   slot?: number;
   tier?: number;
+  /** Where the kernel's layout puts it: head slots from the left, rows from the bottom. */
+  x?: number;
+  y?: number;
 }
 
 export interface GraphEdges {
@@ -174,6 +177,20 @@ export interface GraphPayload {
   role_badges?: Badge[];
   /** Feature graphs: the SAEs whose latents and error terms are nodes. */
   saes?: { hook: string; d_sae: number; name?: string }[];
+  /** Where things go, decided by the kernel (engine/graph/_placement.py): units of head slots
+   * across and rows up; each node carries its own x and y. */
+  layout?: GraphLayout;
+}
+
+export interface GraphLayout {
+  width: number;
+  height: number;
+  /** Per-position graphs: each token band's centre x and width. */
+  bands: { pos: number; x: number; w: number }[];
+  /** One per drawn row, bottom-up: its layer (-1 embed, n_layers logits) and y. */
+  rows: { layer: number; y: number }[];
+  /** The closest two levels whose nodes can share a column, in rows. */
+  min_gap: number;
 }
 
 export interface CircuitTraits extends AblationTraits {

@@ -4,59 +4,32 @@ import { arrange, fill, isCovered, isSelected } from "../src/patchmap";
 import { nextAblationSet } from "../src/ablation";
 import type { GraphNode } from "../src/types";
 
-const nodes: GraphNode[] = [
-  { id: "EMBED", type: "embed", layer: -1, score: null },
-  { id: "L0H0", type: "head", layer: 0, head: 0, score: 0.5 },
-  { id: "L0H1", type: "head", layer: 0, head: 1, score: -0.9 },
-  { id: "MLP0", type: "mlp", layer: 0, score: 0.1 },
-  { id: "L1H0", type: "head", layer: 1, head: 0, score: 0.05 },
-  { id: "LOGITS", type: "logits", layer: 2, score: null },
-];
-
 describe("graph layout", () => {
-  it("stacks layers bottom-up: embed lowest, logits highest", () => {
-    const { positions } = layoutGraph(nodes, { nLayers: 2, nHeads: 2 });
-    const y = (id: string) => positions.get(id)!.y;
-    expect(y("EMBED")).toBeGreaterThan(y("L0H0"));
-    expect(y("L0H0")).toBeGreaterThan(y("L1H0"));
-    expect(y("L1H0")).toBeGreaterThan(y("LOGITS"));
-    expect(y("MLP0")).toBeLessThan(y("L0H0")); // MLP above its layer's heads
-    expect(y("MLP0")).toBeGreaterThan(y("L1H0"));
+  // Where nodes go is the kernel's rule (engine/graph/_placement.py, tests/test_circuit_layout.py):
+  // this only scales its units (slots across, rows up) to pixels, y growing downwards.
+  const nodes: GraphNode[] = [
+    { id: "EMBED", type: "embed", layer: -1, x: 1.5, y: 0 },
+    { id: "L0H1", type: "head", layer: 0, head: 1, x: 1.5, y: 1 },
+    { id: "MLP0", type: "mlp", layer: 0, x: 2.5, y: 1.25 },
+  ];
+  const layout = { width: 3, height: 2, bands: [], rows: [{ layer: -1, y: 0 }, { layer: 0, y: 1 }], min_gap: 1 };
+
+  it("scales the kernel's slots and rows to pixels, bottom-up", () => {
+    const lay = layoutGraph(nodes, layout, { rowHeight: 40, slotWidth: 30, margin: 10 });
+    expect(lay.width).toBe(2 * 10 + 3 * 30);
+    expect(lay.height).toBe(2 * 10 + 2 * 40);
+    expect(lay.positions.get("EMBED")).toEqual({ x: 10 + 1.5 * 30, y: 10 + 2 * 40 });
+    expect(lay.positions.get("MLP0")).toEqual({ x: 10 + 2.5 * 30, y: 10 + 0.75 * 40 });
+    expect(lay.rows).toEqual([{ layer: -1, y: 90 }, { layer: 0, y: 50 }]);
+    expect(lay.maxRadius).toBe(12);
   });
 
-  it("orders heads left to right and gives every node its own spot", () => {
-    const { positions } = layoutGraph(nodes, { nLayers: 2, nHeads: 2 });
-    expect(positions.get("L0H0")!.x).toBeLessThan(positions.get("L0H1")!.x);
-    const spots = new Set([...positions.values()].map((p) => `${p.x},${p.y}`));
-    expect(spots.size).toBe(nodes.length);
-  });
-
-  it("compact layout gives rows only to layers with nodes, keeping their order", () => {
-    const sparse: GraphNode[] = [
-      { id: "EMBED", type: "embed", layer: -1 },
-      { id: "L7H0", type: "head", layer: 7, head: 0 },
-      { id: "L20H1", type: "head", layer: 20, head: 1 },
-      { id: "LOGITS", type: "logits", layer: 30 },
-    ];
-    const full = layoutGraph(sparse, { nLayers: 30, nHeads: 2 });
-    const compact = layoutGraph(sparse, { nLayers: 30, nHeads: 2, compact: true });
-    expect(compact.height).toBeLessThan(full.height / 5);
-    const y = (id: string) => compact.positions.get(id)!.y;
-    expect(y("EMBED")).toBeGreaterThan(y("L7H0"));
-    expect(y("L7H0")).toBeGreaterThan(y("L20H1"));
-    expect(y("L20H1")).toBeGreaterThan(y("LOGITS"));
-  });
-
-  it("puts per-position nodes in one band per token", () => {
-    const pp: GraphNode[] = [
-      { id: "L0H0:P0", type: "head", layer: 0, head: 0, pos: 0 },
-      { id: "L0H1:P0", type: "head", layer: 0, head: 1, pos: 0 },
-      { id: "L0H0:P1", type: "head", layer: 0, head: 0, pos: 1 },
-    ];
-    const { positions, width } = layoutGraph(pp, { nLayers: 1, nHeads: 2, perPosition: true, nPos: 2 });
-    const x = (id: string) => positions.get(id)!.x;
-    expect(x("L0H1:P0")).toBeLessThan(x("L0H0:P1"));
-    expect(x("L0H0:P1")).toBeLessThan(width);
+  it("keeps nodes small enough not to overlap in narrow slots and close rows", () => {
+    const lay = layoutGraph(nodes, { ...layout, min_gap: 0.5, bands: [{ pos: 0, x: 1.5, w: 3.5 }] }, { rowHeight: 42, slotWidth: 22 });
+    expect(2 * lay.maxRadius).toBeLessThanOrEqual(22);
+    expect(2.2 * lay.maxRadius).toBeLessThanOrEqual(0.5 * 42);
+    expect(lay.bands).toEqual([{ pos: 0, x: 30 + 1.5 * 22, w: 3.5 * 22 }]);
+    expect(lay.height).toBe(2 * 30 + 2 * 42 + 16); // room for the token axis
   });
 });
 
