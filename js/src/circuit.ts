@@ -1,6 +1,7 @@
 // CircuitView: the shown part of an attribution graph as SVG. The kernel decides what is shown
-// (the pruning rule lives in Python: circuitviz/engine/graph/_select.py) and sends only that;
-// this file lays it out, draws it, places labels where they fit, and sends the controls back.
+// (the pruning rule lives in Python: circuitviz/engine/graph/_select.py) and where each node
+// sits (engine/graph/_placement.py), and sends only that; this file scales the layout to the
+// box, draws it, places labels where they fit, and sends the controls back.
 import { AblationPanel } from "./ablation";
 import { FaithfulnessTable } from "./circuit_faith";
 import { badgeLegendEl, badgesSVG, legendMap, NODE_BADGE_FONT, nodeBadgeBoxes, type BadgeBox } from "./badges";
