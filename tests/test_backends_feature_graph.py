@@ -1,7 +1,7 @@
 """Feature graphs on nnsight — ``circuit(model, pairs, saes=...)`` (EAP and EAP-IG) and
 ``FeatureGraph.faithfulness`` (errors kept, ablated or following the graph; corrupted and
 mean ablation; the complement; nodes ablated by name) — locally and on the fake NDIF, with
-SAEs at resid_pre and resid_post.
+SAEs at resid_pre and resid_post (every other site kind: ``test_backends_feature_graph_sites``).
 
 Reference for every number: the same call on the TransformerLens bridge with the same
 weights, which ``test_feature_circuit.py`` and ``test_error_nodes.py`` check against autograd
@@ -265,14 +265,13 @@ def test_bad_feature_graph_input_on_nnsight_is_refused_and_changes_nothing(both,
     bridge, nn = both
     tokens = bridge.to_tokens("t1 t2 t3 t4")
     before = logits_of(nn, tokens)
-    elsewhere = tiny_site_saes(bridge, ["blocks.0.hook_mlp_out"])
-    with pytest.raises(cv.InputError, match=r"resid_pre.*bridge"):
-        cv.circuit(nn, pairs, saes=elsewhere, progress=False)
-    transcoder = tiny_site_saes(
-        bridge, [], transcoders=[("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")]
+    both_at_mlp1 = tiny_site_saes(
+        bridge,
+        ["blocks.1.hook_mlp_out"],
+        transcoders=[("blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out")],
     )
-    with pytest.raises(cv.InputError, match="bridge"):
-        cv.circuit(nn, pairs, saes=transcoder, progress=False)
+    with pytest.raises(cv.InputError, match="keep one of them"):
+        cv.circuit(nn, pairs, saes=both_at_mlp1, progress=False)
     saes = tiny_saes(bridge)
     mixed = cv.PromptPairs(
         ["t1 t2 t3 t4 t1", "t1 t2"], ["t5 t6 t7 t8 t5", "t5 t6"], [" t3"] * 2, [" t7"] * 2
@@ -294,17 +293,16 @@ def test_bad_feature_graph_input_on_nnsight_is_refused_and_changes_nothing(both,
     assert torch.equal(logits_of(nn, tokens), before)
 
 
-def test_a_site_nnsight_splices_but_feature_graphs_do_not_is_refused(both, pairs, monkeypatch):
-    """Sites join nnsight's splices (``_features.splice_key``) before feature graphs'
-    table (``_feature_graph_program.SPLICE_POINTS``) knows them: such an SAE is refused,
-    naming the bridge, rather than left out of the graph."""
-    from circuitviz.engine.backends import _feature_graph
-
+def test_a_site_no_feature_circuit_splices_is_refused_as_on_the_bridge(both, pairs):
+    """A transcoder writing another block's MLP output: the bridge's refusal (naming the
+    sites feature circuits splice), up front, with no hook left."""
     bridge, nn = both
-    saes = tiny_site_saes(bridge, ["blocks.1.hook_resid_pre"])
-    monkeypatch.setattr(_feature_graph, "SPLICE_POINTS", {"resid_post": ("block", "output")})
-    with pytest.raises(cv.InputError, match=r"resid_post, not 'blocks.1.hook_resid_pre'.*bridge"):
+    saes = tiny_site_saes(bridge, [], [("blocks.0.hook_resid_mid", "blocks.1.hook_mlp_out")])
+    with pytest.raises(cv.InputError, match=r"transcoders that write") as ref:
+        cv.circuit(bridge, pairs, saes=saes, progress=False)
+    with pytest.raises(cv.InputError, match=r"transcoders that write") as got:
         cv.circuit(nn, pairs, saes=saes, progress=False)
+    assert str(got.value) == str(ref.value)
     assert not nn.has_hooks()
 
 

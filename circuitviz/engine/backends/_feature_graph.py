@@ -24,8 +24,10 @@ decodes whole; back come ``[sender | receiver, batch, pos, d_model]`` difference
 gradients and ``[batch, pos, d_sae]`` latents — heavier than the component graph's scores,
 fine for the small models this is meant for.
 
-SAEs sit at ``resid_pre`` / ``resid_post`` here (``_features.splice_site``); the bridge also
-splices resid_mid, attn_out, mlp_out and transcoders.
+SAEs sit at every site the bridge's feature graphs take (resid_pre/mid/post, attn_out,
+mlp_out, transcoders reading the MLP's input before or after ln2), spliced where
+``_features.splice_site`` puts them; a transcoder reading ln2's output has its latents'
+receiver gradients mapped back through ln2 on the server (per step, at that step's residual).
 """
 
 from __future__ import annotations
@@ -35,30 +37,23 @@ from typing import Any
 import torch
 
 from .._metrics import MetricFn, bind_metric, check_gap, check_metric
-from .._pairs import InputError, PromptPairs, tokenize
+from .._pairs import PromptPairs, tokenize
 from ..graph._layout import Layout, model_info
 from ._analyses import _logits, _reduced
 from ._base import Run, backend_of, ported
-from ._feature_graph_program import SPLICE_POINTS
 from ._features import _compact, splice_site
+from ._features import check_saes as check_nnsight_saes
 
 
 def _checked(model: Any, saes: Any):
-    """The SAEs as a set, each at a site nnsight splices (naming the bridge for the rest)
-    and fit for a feature circuit (``graph._feature_sites.check_saes``)."""
+    """The SAEs as a set, each fit for a feature circuit (``graph._feature_sites.check_saes``,
+    as on the bridge) and where nnsight splices it (``_features.check_saes``)."""
     from ..features._sae import as_sae_set
     from ..graph._feature_sites import check_saes
 
-    saes = as_sae_set(saes)
-    for hook, sae in saes.items():
-        site = _key(model, hook, sae)[0]  # an InputError naming the bridge off nnsight's sites
-        if site not in SPLICE_POINTS:  # a site nnsight splices, but not yet in feature graphs
-            raise InputError(
-                f"Feature graphs on nnsight splice SAEs at {', '.join(SPLICE_POINTS)}, not "
-                f"{hook!r}: build this one on the TransformerLens bridge, "
-                f"circuitviz.load_model({model.cfg.model_name!r})."
-            )
-    return check_saes(model, saes)
+    saes = check_saes(model, as_sae_set(saes))  # the bridge's refusals first
+    check_nnsight_saes(model, saes)
+    return saes
 
 
 _PAYLOADS: dict[int, tuple[Any, dict]] = {}  # id(SAE) -> (SAE, payload): built once
@@ -96,7 +91,14 @@ def _key(model: Any, hook: str, sae: Any) -> tuple[str, int]:
 
 
 def _sites(model: Any, saes: Any) -> dict:
-    return {_key(model, hook, sae): sae_weights(sae) for hook, sae in saes.items()}
+    """Per splice key, the SAE's weights and where it reads and writes (a transcoder that
+    reads ln2's output: ``post_norm``, its receivers mapped back through ln2 there)."""
+    out = {}
+    for hook, sae in saes.items():
+        key, read, write = splice_site(model, hook, sae)
+        post_norm = key[0] == "transcoder" and read == "mlp_in"
+        out[key] = {**sae_weights(sae), "read": read, "write": write, "post_norm": post_norm}
+    return out
 
 
 def _norm_eps(model: Any) -> float:
@@ -168,6 +170,9 @@ def feature_circuit(
     for key, hook in hook_of.items():
         splice.g_out[hook] = last[("g_out", *key)].float()
         splice.g_pre[hook] = last[("g_pre", *key)].float()
+        if ("g_recv", *key) in last:  # per position: the node latents' rows, in order
+            sizes = [len(a) for a in splice._active()[hook]]
+            splice.g_recv[hook] = list(last[("g_recv", *key)].float().split(sizes))
     splice.finish(last["diff"].float(), last["grads"].float() / steps, steps)
     graph = FeatureGraph.build(
         scores=feature_scores(layout, splice, progress=progress),
@@ -205,7 +210,11 @@ def feature_faithfulness(model: Any, graph: Any, pairs: PromptPairs, **options: 
         """The masks a circuit run carries: only the layers where something is replaced."""
         return {
             "heads": {i: m for i, m in enumerate(masks.heads) if not bool(m.all())},
-            "mlp": {i: m for i, m in enumerate(masks.mlp) if not bool(m.all())},
+            "mlp": {
+                i: m
+                for i, m in enumerate(masks.mlp)
+                if not bool(m.all()) and i not in masks.replaced  # a transcoder's MLP
+            },
             "sites": {_key(model, h, checked[h]): fe for h, fe in masks.sites.items()},
         }
 

@@ -84,7 +84,9 @@ class SpliceSites:
         self.sae = {h: s.to(device, torch.float32) for h, s in saes.items()}
         self.sites: list[Site] = sites_of(saes)
         self.grad_hooks = list(dict.fromkeys(h for s in self.sites for h in s.grad_hooks))
-        self.ln2 = {s.hook: ln2_module(model, s.layer) for s in self.sites if s.post_norm}
+        # nnsight (model None) maps post-norm transcoders through ln2 on the server
+        post = [s for s in self.sites if s.post_norm and model is not None]
+        self.ln2 = {s.hook: ln2_module(model, s.layer) for s in post}
         # Called through _devices: an offloaded ln2's weight is read in for the call.
         self.ln2_call = {h: _devices.calling(model, m) for h, m in self.ln2.items()}
         self.latents: dict[str, dict[str, torch.Tensor]] = {}

@@ -124,7 +124,8 @@ def check_saes(model, saes) -> SAESet:
                     f"transcoders at blocks.{layer}.{{{', '.join(TRANSCODER_INPUTS)}}} (the "
                     "MLP's input, before or after ln2). Load it with one of these hooks."
                 )
-            if TRANSCODER_INPUTS[suffix] and _ln2(model, layer) is None:
+            # nnsight's Llama and GPT-2 layers always have one (no hook_dict there)
+            if TRANSCODER_INPUTS[suffix] and hook_dict is not None and _ln2(model, layer) is None:
                 raise InputError(
                     f"The transcoder {sae.name!r} reads after ln2, but block {layer} has no "
                     "ln2 module: load it on 'hook_resid_mid'."

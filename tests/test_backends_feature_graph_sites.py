@@ -1,0 +1,71 @@
+"""Feature graphs on nnsight with SAEs at every site kind — resid_pre, attn_out, resid_mid,
+mlp_out, resid_post and transcoders reading the MLP's input after ln2 or before it — and
+their faithfulness: the bridge's nodes, edges and metric values, locally and through the
+fake NDIF.
+
+Sites: ``SETS`` A and B of ``test_backends_feature_sites`` (A: L0 resid_pre, attn_out,
+resid_mid, a transcoder on MLP0 after ln2, L1 mlp_out, resid_post; B: L0 mlp_out,
+resid_post, L1 resid_pre, attn_out, resid_mid and a transcoder reading ln2's input).
+Reference: ``cv.circuit`` / ``FeatureGraph.faithfulness`` on the TransformerLens bridge with
+the same weights. Tolerance 1e-4 in float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import circuitviz as cv
+from circuitviz.engine.graph._feature_sites import SITE_CODES
+from tests._tiny_sae import feature_pairs, tiny_site_saes
+from tests.test_backends_feature_graph import assert_same_faithfulness, assert_same_graph
+from tests.test_backends_feature_sites import SETS
+
+pytest.importorskip("nnsight")
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return feature_pairs()
+
+
+@pytest.fixture(scope="module", params=sorted(SETS))
+def sites(request, both):
+    bridge, nn = both
+    hooks, transcoders = SETS[request.param]
+    return bridge, nn, tiny_site_saes(bridge, hooks, transcoders)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_feature_graph_at_every_site_equals_the_bridge(sites, pairs, method):
+    bridge, nn, saes = sites
+    steps = 3 if method == "eap-ig" else None
+    ref = cv.circuit(bridge, pairs, saes=saes, method=method, steps=steps, progress=False)
+    got = cv.circuit(nn, pairs, saes=saes, method=method, steps=steps, progress=False)
+    # every site kind (both sets have all six) has nodes in the graph
+    assert set(ref.site[ref.site >= 0].tolist()) == set(range(len(SITE_CODES)))
+    assert_same_graph(got, ref)
+    assert not nn.has_hooks() and all(p.grad is None for p in nn.lm._module.parameters())
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean"])
+def test_faithfulness_at_every_site_equals_the_bridge(sites, pairs, ablation):
+    """The bridge's graph, pruned, on each backend: errors kept, ablated and as the graph has
+    them, the complement, and an error node of each site kind ablated by name."""
+    bridge, nn, saes = sites
+    small = cv.circuit(bridge, pairs, saes=saes, progress=False).prune(top_edges=30)
+    errors = sorted({n.id.split(":")[0] for n in small.nodes if n.type == "error"})
+    cases = [
+        {},
+        {"errors": "ablated"},
+        {"errors": "graph"},
+        {"complement": True},
+        {"ablated": errors},
+    ]
+    values = set()
+    for options in cases:
+        ref = small.faithfulness(bridge, pairs, ablation=ablation, **options)
+        got = small.faithfulness(nn, pairs, ablation=ablation, **options)
+        assert_same_faithfulness(got, ref)
+        values.add(round(ref.metric, 6))
+    assert len(values) >= 3  # the cases differ
+    assert not nn.has_hooks()
