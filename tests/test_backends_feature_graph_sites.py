@@ -69,3 +69,32 @@ def test_faithfulness_at_every_site_equals_the_bridge(sites, pairs, ablation):
         values.add(round(ref.metric, 6))
     assert len(values) >= 3  # the cases differ
     assert not nn.has_hooks()
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def remote(request):
+    """The fake NDIF (its client named as the bridge) with the SAEs of set A."""
+    from tests.test_remote import Setup
+
+    setup = Setup(request.param)
+    setup.client = setup.make_client(model_name=setup.bridge.cfg.model_name)
+    hooks, transcoders = SETS["A"]
+    return setup, tiny_site_saes(setup.bridge, hooks, transcoders)
+
+
+def test_remote_feature_graph_at_every_site_is_two_jobs_and_equals_the_bridge(remote, pairs):
+    setup, saes = remote
+    options = {"method": "eap-ig", "steps": 2, "progress": False}
+    ref = cv.circuit(setup.bridge, pairs, saes=saes, **options)
+    sent = len(setup.fake.requests)
+    got = cv.circuit(setup.client, pairs, saes=saes, **options)
+    assert len(setup.fake.requests) == sent + 2
+    assert_same_graph(got, ref)
+    small = ref.prune(top_edges=30)
+    sent = len(setup.fake.requests)
+    got_f = small.faithfulness(setup.client, pairs, ablation="mean", errors="ablated")
+    assert len(setup.fake.requests) == sent + 1
+    assert_same_faithfulness(
+        got_f, small.faithfulness(setup.bridge, pairs, ablation="mean", errors="ablated")
+    )
+    assert setup.states[-1] == "done" and not setup.server.has_hooks()
