@@ -273,11 +273,9 @@ def test_bad_feature_graph_input_on_nnsight_is_refused_and_changes_nothing(both,
     with pytest.raises(cv.InputError, match="keep one of them"):
         cv.circuit(nn, pairs, saes=both_at_mlp1, progress=False)
     saes = tiny_saes(bridge)
-    mixed = cv.PromptPairs(
-        ["t1 t2 t3 t4 t1", "t1 t2"], ["t5 t6 t7 t8 t5", "t5 t6"], [" t3"] * 2, [" t7"] * 2
-    )
+    unequal = cv.PromptPairs(["t1 t2 t3 t4 t1"], ["t5 t6"], [" t3"], [" t7"])
     with pytest.raises(cv.InputError, match=r"length|token"):
-        cv.circuit(nn, mixed, saes=saes, progress=False)
+        cv.circuit(nn, unequal, saes=saes, progress=False)
     with pytest.raises(cv.InputError, match="steps"):
         cv.circuit(nn, pairs, saes=saes, method="eap-ig", steps=0)
     graph = cv.circuit(nn, pairs, saes=saes, progress=False)

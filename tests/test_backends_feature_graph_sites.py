@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 import circuitviz as cv
+from circuitviz.engine._pairs import tokenize
 from circuitviz.engine.graph._feature_sites import SITE_CODES
 from tests._tiny_sae import feature_pairs, tiny_site_saes
 from tests.test_backends_feature_graph import assert_same_faithfulness, assert_same_graph
@@ -98,3 +99,55 @@ def test_remote_feature_graph_at_every_site_is_two_jobs_and_equals_the_bridge(re
         got_f, small.faithfulness(setup.bridge, pairs, ablation="mean", errors="ablated")
     )
     assert setup.states[-1] == "done" and not setup.server.has_hooks()
+
+
+# ----------------------------------------------------------------------------- mixed lengths
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    from tests.test_feature_mixed_lengths import mixed_feature_pairs
+
+    return mixed_feature_pairs()
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_mixed_length_feature_graph_at_every_site_equals_the_bridge(sites, mixed, method):
+    """Left-padded and masked, as the bridge (``test_feature_mixed_lengths``): padding holds
+    no latent, error term or edge."""
+    bridge, nn, saes = sites
+    steps = 2 if method == "eap-ig" else None
+    ref = cv.circuit(bridge, mixed, saes=saes, method=method, steps=steps, progress=False)
+    got = cv.circuit(nn, mixed, saes=saes, method=method, steps=steps, progress=False)
+    assert tokenize(bridge, mixed, pad=True).attention_mask is not None  # really padded
+    assert_same_graph(got, ref)
+    assert not nn.has_hooks()
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean"])
+def test_mixed_length_faithfulness_at_every_site_equals_the_bridge(sites, mixed, ablation):
+    bridge, nn, saes = sites
+    small = cv.circuit(bridge, mixed, saes=saes, progress=False).prune(top_edges=30)
+    values = set()
+    for options in ({}, {"errors": "ablated"}, {"complement": True}):
+        ref = small.faithfulness(bridge, mixed, ablation=ablation, **options)
+        got = small.faithfulness(nn, mixed, ablation=ablation, **options)
+        assert_same_faithfulness(got, ref)
+        values.add(round(ref.metric, 6))
+    assert len(values) == 3
+    assert not nn.has_hooks()
+
+
+def test_remote_mixed_length_feature_graph_is_two_jobs_and_equals_the_bridge(remote, mixed):
+    setup, saes = remote
+    ref = cv.circuit(setup.bridge, mixed, saes=saes, progress=False)
+    sent = len(setup.fake.requests)
+    got = cv.circuit(setup.client, mixed, saes=saes, progress=False)
+    assert len(setup.fake.requests) == sent + 2
+    assert_same_graph(got, ref)
+    small = ref.prune(top_edges=30)
+    sent = len(setup.fake.requests)
+    got_f = small.faithfulness(setup.client, mixed, ablation="mean")
+    assert len(setup.fake.requests) == sent + 1
+    assert_same_faithfulness(got_f, small.faithfulness(setup.bridge, mixed, ablation="mean"))
+    assert not setup.server.has_hooks()

@@ -28,6 +28,8 @@ SAEs sit at every site the bridge's feature graphs take (resid_pre/mid/post, att
 mlp_out, transcoders reading the MLP's input before or after ln2), spliced where
 ``_features.splice_site`` puts them; a transcoder reading ln2's output has its latents'
 receiver gradients mapped back through ln2 on the server (per step, at that step's residual).
+Pairs of mixed lengths run left-padded and masked, as the bridge's feature graphs
+(``graph._feature_eap``: padding holds no latent, error term or edge).
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def feature_circuit(
     check_metric(metric)
     checked = _checked(model, saes)
     with ported():
-        tokens = tokenize(model, pairs)  # one length, as the bridge's feature graphs
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
+    mask = tokens.attention_mask  # every run carries it (None: one length)
     layout = Layout.of(model)
     backend = backend_of(model)
     sites = _sites(model, checked)
@@ -139,15 +142,24 @@ def feature_circuit(
     # The readouts need no SAE: spliced with its error term, the model computes the same
     # logits up to float rounding (the splice invariant), so the weights go once, below.
     embed = {"kind": "senders", "embed": True} if alphas else {}
-    first = [Run(tokens.corrupted, readout=spec, grad=embed), Run(tokens.clean, readout=spec)]
+    first = [
+        Run(tokens.corrupted, readout=spec, grad=embed, attention_mask=mask),
+        Run(tokens.clean, readout=spec, attention_mask=mask),
+    ]
     first += [
-        Run(tokens.clean, readout=spec, grad={"kind": "interpolated", "alpha": a}) for a in alphas
+        Run(
+            tokens.clean,
+            readout=spec,
+            grad={"kind": "interpolated", "alpha": a},
+            attention_mask=mask,
+        )
+        for a in alphas
     ]
     outs = backend.execute(first, desc=method.upper(), progress=False)
     corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
     bound = bind_metric(metric, short, clean_l, corr_l)
     corrupted = {"kind": "feature_senders", "sites": sites, "embed": bool(alphas)}
-    runs = [Run(tokens.corrupted, grad=corrupted)]
+    runs = [Run(tokens.corrupted, grad=corrupted, attention_mask=mask)]
     for k, out in enumerate(outs[1:]):
         grad = {
             "kind": "feature_eap",
@@ -158,14 +170,15 @@ def feature_circuit(
         }
         if k:
             grad["alpha"] = alphas[k - 1]
-        runs.append(Run(tokens.clean, readout=spec, grad=grad))
+        runs.append(Run(tokens.clean, readout=spec, grad=grad, attention_mask=mask))
     outs = backend.execute(runs, desc=method.upper(), progress=False)
     hook_of = {_key(model, h, sae): h for h, sae in checked.items()}
-    splice = SpliceSites(checked, None, device=torch.device("cpu"))
+    splice = SpliceSites(checked, None, device=torch.device("cpu"), tokens=tokens)
     for name, out in (("corrupted", outs[0]), ("clean", outs[1])):
         for (what, *key), value in out.returned.items():
             store = splice.latents if what == "latents" else splice.errors
-            store.setdefault(name, {})[hook_of[tuple(key)]] = value
+            # a pad token's latents and error term are not the prompt's: 0 (as the bridge)
+            store.setdefault(name, {})[hook_of[tuple(key)]] = splice._real(value)
     last = outs[-1].readout
     for key, hook in hook_of.items():
         splice.g_out[hook] = last[("g_out", *key)].float()
@@ -173,7 +186,8 @@ def feature_circuit(
         if ("g_recv", *key) in last:  # per position: the node latents' rows, in order
             sizes = [len(a) for a in splice._active()[hook]]
             splice.g_recv[hook] = list(last[("g_recv", *key)].float().split(sizes))
-    splice.finish(last["diff"].float(), last["grads"].float() / steps, steps)
+    diff = tokens.real(last["diff"].float(), batch_dim=1)  # padding sends nothing
+    splice.finish(diff, last["grads"].float() / steps, steps)
     graph = FeatureGraph.build(
         scores=feature_scores(layout, splice, progress=progress),
         saes=checked,
@@ -198,8 +212,9 @@ def feature_faithfulness(model: Any, graph: Any, pairs: PromptPairs, **options: 
 
     with ported():
         saes, inside, removed = graph._evaluation(model, pairs, **options)
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded and masked
     checked = _checked(model, saes)
+    mask = tokens.attention_mask
     metric = resolve_metric(graph, options["metric"])
     ablation, errors = options["ablation"], options["errors"]
     mean = ablation == "mean"
@@ -221,15 +236,20 @@ def feature_faithfulness(model: Any, graph: Any, pairs: PromptPairs, **options: 
     def circuit(masks) -> Run:
         grad = {"kind": "feature_circuit", "sites": sites, "masks": wire(masks)}
         grad["ref"] = "mean" if mean else "corrupted"
-        return Run(tokens.clean, readout=spec, grad=grad)
+        return Run(tokens.clean, readout=spec, grad=grad, attention_mask=mask)
 
     plain = {"kind": "feature_circuit", "sites": sites}
+    # "mean": each position's over the prompts that have a token there (mixed lengths)
+    weights = tokens.mean_weights()
     runs = [
-        Run(tokens.corrupted, readout=spec, grad={**plain, "keep": "corrupted"}),
+        Run(
+            tokens.corrupted, readout=spec, grad={**plain, "keep": "corrupted"}, attention_mask=mask
+        ),
         Run(
             tokens.clean,
             readout=spec,
-            grad={**plain, "keep": "clean", "mean": True} if mean else plain,
+            grad={**plain, "keep": "clean", "mean": True, "weights": weights} if mean else plain,
+            attention_mask=mask,
         ),
     ]
     if mean:  # the reference: the empty circuit, every value the clean batch mean

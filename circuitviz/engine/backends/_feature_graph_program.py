@@ -138,6 +138,13 @@ def _record(store: dict, back: dict | None, override_of=None):
     return visit
 
 
+def _real(f: torch.Tensor, run: dict) -> torch.Tensor:
+    """Latents ``[batch, pos, d_sae]`` with padding (left-padded mixed lengths) set to 0: a pad
+    token's latents are not the prompt's (no node, no edge; ``SpliceSites._real``)."""
+    mask = run.get("attention_mask")
+    return f if mask is None else f * mask.to(f.device, f.dtype)[:, :, None]
+
+
 def _run_sites(sites: dict) -> dict:
     """This pass's own copies of the site payloads (:func:`at_point` notes reads on them)."""
     return {key: dict(sae) for key, sae in sites.items()}
@@ -174,7 +181,7 @@ def feature_senders(lm, arch: str, shape: dict, run: dict, saved: dict, back: di
         at_point(lm, arch, layer, "mlp_out", sites, visit, mlp)
         at_point(lm, arch, layer, "resid_post", sites, visit)
     for key, (f, _) in store.items():  # the corrupted latents: which are nodes (post-norm TC)
-        saved[("latents_x", *key)] = f
+        saved[("latents_x", *key)] = _real(f, run)
     out = [t.to(out[0].device) for t in out]
     saved[("senders",)] = torch.cat(out, 2).permute(2, 0, 1, 3).detach().float()
     return _program.readout(lm.lm_head.output[:, -1], run["readout"])
@@ -258,13 +265,13 @@ def feature_eap(lm, arch: str, shape: dict, run: dict, saved: dict, back: dict) 
         clean = torch.cat([t.to(where) for t in senders], 2)
         saved[("clean",)] = clean.permute(2, 0, 1, 3).detach().float()
         for key in keys:
-            saved[("latents_c", *key)] = here[key][0]
+            saved[("latents_c", *key)] = _real(here[key][0], run)
     grad = grad if ("grads",) not in saved else saved.pop(("grads",)) + grad
     sums = {}
     for key in keys:
         sae = sites[key]
         g_out = site_grads[key].detach().float()
-        active = (here[key][0] != 0).float()
+        active = (_real(here[key][0], run) != 0).float()
         sums["g_out"] = g_out
         sums["g_pre"] = g_pre = active * (g_out @ _f32(sae["W_dec"]).to(g_out.device).T)
         if sae.get("post_norm"):
@@ -352,6 +359,13 @@ def feature_circuit(lm, arch: str, shape: dict, run: dict, saved: dict) -> dict:
             put(f, "f", *key)
             put(err, "err", *key)
         if spec.get("mean"):
+            w = spec.get("weights")  # mixed lengths: over the prompts with a token there
             for name in [k for k in saved if k[0] == keep]:
-                saved[("mean", *name[1:])] = saved[name].mean(0, keepdim=True)
+                value = saved[name]
+                if w is None:
+                    saved[("mean", *name[1:])] = value.mean(0, keepdim=True)
+                else:
+                    w_ = w.to(value.device, value.dtype)
+                    w_ = w_.reshape(*w_.shape, *([1] * (value.ndim - 2)))
+                    saved[("mean", *name[1:])] = (value * w_).sum(0, keepdim=True)
     return _program.readout(lm.lm_head.output[:, -1], run["readout"])
