@@ -177,17 +177,27 @@ def remote(request):
 
 
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
-def test_remote_feature_graph_is_two_jobs_and_equals_the_bridge(remote, pairs, method):
-    """The readouts (every EAP-IG step's) are one job, the gradients another, whatever the
-    steps; a faithfulness is one job, its baselines riding along."""
+def test_remote_feature_graph_is_one_job_and_equals_the_bridge(remote, pairs, method):
+    """A built-in metric's gradient is taken in the job itself: one job whatever the steps
+    (normalized_logit_diff: its baselines are that job's clean and corrupted readouts); a
+    callable metric's needs the readouts first: two. A faithfulness is one job, its
+    baselines riding along."""
     setup, saes = remote
     steps = 4 if method == "eap-ig" else None
-    ref = cv.circuit(setup.bridge, pairs, saes=saes, method=method, steps=steps, progress=False)
+    for metric in ("logit_diff", "normalized_logit_diff"):
+        options = {"method": method, "steps": steps, "metric": metric, "progress": False}
+        ref = cv.circuit(setup.bridge, pairs, saes=saes, **options)
+        sent = len(setup.fake.requests)
+        got = cv.circuit(setup.client, pairs, saes=saes, **options)
+        assert len(setup.fake.requests) == sent + 1
+        assert_same_graph(got, ref)
+    options = {"method": method, "steps": steps, "metric": answer_margin, "progress": False}
     sent = len(setup.fake.requests)
-    got = cv.circuit(setup.client, pairs, saes=saes, method=method, steps=steps, progress=False)
+    got = cv.circuit(setup.client, pairs, saes=saes, **options)
     assert len(setup.fake.requests) == sent + 2
-    assert_same_graph(got, ref)
-    assert setup.fake.result_bytes[-2] < 2048  # the first job: readouts only
+    # the first job: readouts only (full logits for a callable metric), no SAE data
+    assert setup.fake.result_bytes[-2] * 4 < setup.fake.result_bytes[-1]
+    assert_same_graph(got, cv.circuit(setup.bridge, pairs, saes=saes, **options))
     small = ref.prune(top_edges=20)
     for ablation in ("corrupted", "mean"):
         sent = len(setup.fake.requests)

@@ -83,13 +83,13 @@ def remote(request):
     return setup, tiny_site_saes(setup.bridge, hooks, transcoders)
 
 
-def test_remote_feature_graph_at_every_site_is_two_jobs_and_equals_the_bridge(remote, pairs):
+def test_remote_feature_graph_at_every_site_is_one_job_and_equals_the_bridge(remote, pairs):
     setup, saes = remote
     options = {"method": "eap-ig", "steps": 2, "progress": False}
     ref = cv.circuit(setup.bridge, pairs, saes=saes, **options)
     sent = len(setup.fake.requests)
     got = cv.circuit(setup.client, pairs, saes=saes, **options)
-    assert len(setup.fake.requests) == sent + 2
+    assert len(setup.fake.requests) == sent + 1
     assert_same_graph(got, ref)
     small = ref.prune(top_edges=30)
     sent = len(setup.fake.requests)
@@ -138,12 +138,12 @@ def test_mixed_length_faithfulness_at_every_site_equals_the_bridge(sites, mixed,
     assert not nn.has_hooks()
 
 
-def test_remote_mixed_length_feature_graph_is_two_jobs_and_equals_the_bridge(remote, mixed):
+def test_remote_mixed_length_feature_graph_is_one_job_and_equals_the_bridge(remote, mixed):
     setup, saes = remote
     ref = cv.circuit(setup.bridge, mixed, saes=saes, progress=False)
     sent = len(setup.fake.requests)
     got = cv.circuit(setup.client, mixed, saes=saes, progress=False)
-    assert len(setup.fake.requests) == sent + 2
+    assert len(setup.fake.requests) == sent + 1
     assert_same_graph(got, ref)
     small = ref.prune(top_edges=30)
     sent = len(setup.fake.requests)

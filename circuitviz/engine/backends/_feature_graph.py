@@ -4,17 +4,18 @@ the same numbers, as the TransformerLens bridge.
 
 Requests (the torch code inside the trace is :mod:`._feature_graph_program`):
 
-- ``circuit(..., saes=...)``, EAP or EAP-IG: **two**, whatever ``steps``. The first brings
-  back the readouts of the corrupted and clean runs and of each EAP-IG step (the component
-  graph's first request: without the SAEs, since spliced with their error terms the model
-  gives the same logits up to float rounding); the metric and its gradient at each readout
-  are computed here. The second sends the SAEs, keeps the corrupted
-  senders (and embeddings) on the server and runs the clean pass and every step with the
-  SAEs spliced, summing the receiver gradients and each site's ``∂M/∂out`` and
-  ``∂M/∂pre`` there; it brings back the latents and error terms of the corrupted and clean
-  runs, the senders' differences and those sums. The edges are then scored here by the
-  bridge's own code (``graph._feature_eap.feature_scores``), so the node table, the cuts and
-  the sparse edges are one implementation.
+- ``circuit(..., saes=...)``, EAP or EAP-IG, with a built-in metric: **one**, whatever
+  ``steps``. It sends the SAEs, keeps the corrupted senders (and embeddings) on the server
+  and runs the clean pass and every step with the SAEs spliced; each pass takes the
+  metric's gradient at its own readout there (``_metric_program.weights``, its baselines
+  the clean and corrupted runs' readouts), and the receiver gradients and each site's
+  ``∂M/∂out`` and ``∂M/∂pre`` are summed there; back come the latents and error terms of
+  the corrupted and clean runs, the senders' differences and those sums. The edges are then
+  scored here by the bridge's own code (``graph._feature_eap.feature_scores``), so the node
+  table, the cuts and the sparse edges are one implementation. A callable metric is the
+  user's code, which the server does not have: then a first request brings the readouts
+  (without the SAEs: spliced with its error term the model gives the same logits up to
+  float rounding), the gradients are taken here, and the second runs the graph.
 - ``FeatureGraph.faithfulness``: **one** — the reference runs (corrupted, or clean for the
   batch mean, and the empty circuit's for ``"mean"``) and the circuit's run, masks from
   ``graph._feature_faith.circuit_masks`` (the bridge's rule).
@@ -41,7 +42,7 @@ import torch
 from .._metrics import MetricFn, bind_metric, check_gap, check_metric
 from .._pairs import PromptPairs, tokenize
 from ..graph._layout import Layout, model_info
-from ._analyses import _logits, _reduced
+from ._analyses import _logits, _reduced, metric_grad, server_metric
 from ._base import Run, backend_of, ported
 from ._features import _compact, splice_site
 from ._features import check_saes as check_nnsight_saes
@@ -108,11 +109,23 @@ def _norm_eps(model: Any) -> float:
     return float(getattr(config, "rms_norm_eps", None) or config.layer_norm_epsilon)
 
 
-def _metric_grad(bound: Any, logits: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        x = logits.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(bound.per_example(x).mean(), x)
-    return grad
+def _client_weights(backend, tokens, spec, short, metric, alphas, method) -> tuple:
+    """A callable metric's gradient at the clean run's and each step's readout, taken here
+    after a first request brings those readouts (the server cannot run the user's code), and
+    the bound metric. The readouts need no SAE: spliced with its error term, the model
+    computes the same logits up to float rounding (the splice invariant)."""
+    mask = tokens.attention_mask
+    embed = {"kind": "senders", "embed": True} if alphas else {}
+    first = [
+        Run(tokens.corrupted, readout=spec, grad=embed, attention_mask=mask),
+        Run(tokens.clean, readout=spec, attention_mask=mask),
+    ]
+    for alpha in alphas:
+        step = {"kind": "interpolated", "alpha": alpha}
+        first.append(Run(tokens.clean, readout=spec, grad=step, attention_mask=mask))
+    outs = backend.execute(first, desc=method.upper(), progress=False)
+    bound = bind_metric(metric, short, _logits(outs[1]), _logits(outs[0]))
+    return [metric_grad(bound, _logits(out)) for out in outs[1:]], bound
 
 
 def feature_circuit(
@@ -139,32 +152,17 @@ def feature_circuit(
     sites = _sites(model, checked)
     spec, short = _reduced(metric, tokens)
     alphas = [k / steps for k in range(steps - 1, 0, -1)]  # after the clean run, α = 1
-    # The readouts need no SAE: spliced with its error term, the model computes the same
-    # logits up to float rounding (the splice invariant), so the weights go once, below.
-    embed = {"kind": "senders", "embed": True} if alphas else {}
-    first = [
-        Run(tokens.corrupted, readout=spec, grad=embed, attention_mask=mask),
-        Run(tokens.clean, readout=spec, attention_mask=mask),
-    ]
-    first += [
-        Run(
-            tokens.clean,
-            readout=spec,
-            grad={"kind": "interpolated", "alpha": a},
-            attention_mask=mask,
-        )
-        for a in alphas
-    ]
-    outs = backend.execute(first, desc=method.upper(), progress=False)
-    corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
-    bound = bind_metric(metric, short, clean_l, corr_l)
+    if callable(metric):  # the readouts first, to take the user's metric's gradient here
+        weights, bound = _client_weights(backend, tokens, spec, short, metric, alphas, method)
+    else:  # each run's own readout, against the clean run's (1) and the corrupted run's (0)
+        weights = [server_metric(metric, short, "own" if k == 0 else 1, 0) for k in range(steps)]
     corrupted = {"kind": "feature_senders", "sites": sites, "embed": bool(alphas)}
-    runs = [Run(tokens.corrupted, grad=corrupted, attention_mask=mask)]
-    for k, out in enumerate(outs[1:]):
+    runs = [Run(tokens.corrupted, readout=spec, grad=corrupted, attention_mask=mask)]
+    for k in range(steps):
         grad = {
             "kind": "feature_eap",
             "sites": sites,
-            "weights": _metric_grad(bound, _logits(out)),
+            "weights": weights[k],
             "eps": _norm_eps(model),
             "steps_left": steps - 1 - k,
         }
@@ -172,6 +170,11 @@ def feature_circuit(
             grad["alpha"] = alphas[k - 1]
         runs.append(Run(tokens.clean, readout=spec, grad=grad, attention_mask=mask))
     outs = backend.execute(runs, desc=method.upper(), progress=False)
+    if not callable(metric):  # the spliced runs' readouts (the bridge's baselines)
+        corr_l, clean_l = _logits(outs[0]), _logits(outs[1])
+        bound = bind_metric(metric, short, clean_l, corr_l)
+        for out in outs[2:]:  # each step's metric passes the client's checks (finite, shaped)
+            bound.per_example(_logits(out))
     hook_of = {_key(model, h, sae): h for h, sae in checked.items()}
     splice = SpliceSites(checked, None, device=torch.device("cpu"), tokens=tokens)
     for name, out in (("corrupted", outs[0]), ("clean", outs[1])):
@@ -195,8 +198,8 @@ def feature_circuit(
         tokens=tokens.str_tokens,
         method=method,
         metric=bound.name,
-        clean=float(bound(clean_l)),
-        corrupted=float(bound(corr_l)),
+        clean=float(bound(_logits(outs[1]))),
+        corrupted=float(bound(_logits(outs[0]))),
         steps=steps,
         **model_info(model),
     )

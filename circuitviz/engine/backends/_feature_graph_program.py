@@ -251,7 +251,8 @@ def feature_eap(lm, arch: str, shape: dict, run: dict, saved: dict, back: dict) 
     final = lm.lm_head.output[:, -1]
     out = _program.readout(final, run["readout"])
     sel = _program.grad_readout(final, run["readout"])
-    loss = (sel * spec["weights"].to(sel.device)).sum()
+    w = _program._metric_program.weights(spec["weights"], out, saved)  # ∂M/∂readout
+    loss = (sel * w.to(sel.device)).sum()
     keys = list(spliced)
     wrt = [t for _, qkv, _, mlp_in, *_ in layers for t in (*qkv, mlp_in)] + [final_out]
     grads = list(torch.autograd.grad(loss, wrt + [spliced[k] for k in keys], retain_graph=True))
