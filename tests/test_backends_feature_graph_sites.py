@@ -151,3 +151,54 @@ def test_remote_mixed_length_feature_graph_is_one_job_and_equals_the_bridge(remo
     assert len(setup.fake.requests) == sent + 1
     assert_same_faithfulness(got_f, small.faithfulness(setup.bridge, mixed, ablation="mean"))
     assert not setup.server.has_hooks()
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_mixed_length_feature_graph_at_other_sites_on_nnsight_equals_the_bridge(demo_model):
+    """SmolLM2-135M (30 layers, GQA) on IOI pairs of two templates (15 and 11 tokens): its
+    shipped resid_post SAEs plus — one shipped SAE's weights placed at other sites, a
+    stand-in since the demo ships resid_post SAEs only — an attn_out SAE and a transcoder on
+    MLP 5 reading after the norm. The EAP-IG feature graph (one request) and a pruned
+    circuit's faithfulness equal the bridge's."""
+    from circuitviz.engine.features import SAE, SAESet
+
+    nn = cv.load_model(demo_model, backend="nnsight")
+    shipped = cv.load_saes("demo")
+    s = shipped[shipped.hooks[0]]
+    weights = (s.W_enc, s.b_enc, s.W_dec, s.b_dec)
+    kind = {"activation": s.activation, "k": s.k, "threshold": s.threshold}
+    kind["apply_b_dec_to_input"] = s.apply_b_dec_to_input
+    saes = SAESet(
+        [
+            *(shipped[h] for h in shipped.hooks),
+            SAE("blocks.4.hook_attn_out", *weights, **kind),
+            SAE("blocks.5.mlp.hook_in", *weights, **kind, output_hook="blocks.5.hook_mlp_out"),
+        ]
+    )
+    pairs = cv.PromptPairs(
+        [
+            "When John and Mary went to the store, John gave a drink to",
+            "Tom and Anna met. Tom gave a ball to",
+        ],
+        [
+            "When John and Mary went to the store, Mary gave a drink to",
+            "Tom and Anna met. Anna gave a ball to",
+        ],
+        [" Mary", " Anna"],
+        [" John", " Tom"],
+    )
+    options = {"method": "eap-ig", "steps": 2, "progress": False}
+    ref = cv.circuit(demo_model, pairs, saes=saes, **options)
+    got = cv.circuit(nn, pairs, saes=saes, **options)
+    assert_same_graph(got, ref)
+    small = ref.prune(top_nodes=40)
+    for errors in ("kept", "ablated"):
+        assert_same_faithfulness(
+            small.faithfulness(nn, pairs, errors=errors),
+            small.faithfulness(demo_model, pairs, errors=errors),
+        )
+    assert not nn.has_hooks()
