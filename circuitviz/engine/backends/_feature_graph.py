@@ -138,7 +138,8 @@ def feature_circuit(
     metric: str | MetricFn = "logit_diff",
     progress: bool = True,
 ) -> Any:
-    """``circuit(model, pairs, saes=...)`` on nnsight, as two requests (see the module doc)."""
+    """``circuit(model, pairs, saes=...)`` on nnsight: one request for a built-in metric, two
+    for a callable one (see the module doc)."""
     from ..graph._feature_eap import SpliceSites, feature_scores
     from ..graph._feature_graph import FeatureGraph
 

@@ -82,8 +82,8 @@ def circuit(
             ``_feature_eap`` and ``_feature_sites``). Mixed lengths as above: a latent is a
             node at column ``p`` when it fires there on a prompt that has a token there;
             padding holds no latent or error term and sends or receives nothing. On nnsight
-            (locally or on NDIF, two requests): SAEs at ``hook_resid_pre`` /
-            ``hook_resid_post``, pairs of one length.
+            (locally or on NDIF: one request for a built-in metric, two for a callable
+            one) the same graph, at every site kind and over mixed lengths.
     """
     if not isinstance(per_position, bool):
         raise InputError(f"per_position must be True or False, got {per_position!r}.")
@@ -96,7 +96,7 @@ def circuit(
     if method == "eap" and steps != 1:
         raise InputError("steps applies to method='eap-ig'; EAP takes one gradient (steps=1).")
     if saes is not None and (seam := backends.route(model, "feature_circuit")) is not None:
-        # nnsight: the feature graph as two requests (SAEs at resid_pre / resid_post)
+        # nnsight: the feature graph as one request (two for a callable metric)
         return seam(
             model, pairs, saes=saes, method=method, steps=steps, metric=metric, progress=progress
         )
