@@ -101,6 +101,33 @@ def test_remote_feature_graph_at_every_site_is_one_job_and_equals_the_bridge(rem
     assert setup.states[-1] == "done" and not setup.server.has_hooks()
 
 
+def test_a_failing_feature_graph_request_leaves_the_model_untouched(sites, pairs, monkeypatch):
+    """A failure inside the clean gradient pass (its backward, after every splice wrote,
+    resid_mid's in place) propagates and leaves no hook and no gradient; the next forward pass gives the same
+    logits and the graph then builds as the bridge's."""
+    import torch
+
+    from circuitviz.engine.backends import _feature_graph_program
+
+    bridge, nn, saes = sites
+    tokens = nn.to_tokens("t1 t2 t3 t4 t1 t2")
+    with torch.no_grad():
+        before = nn.lm._module(tokens).logits
+
+    def failing(*args):
+        raise RuntimeError("boom in the receivers")
+
+    monkeypatch.setattr(_feature_graph_program._program, "eap_receivers", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        cv.circuit(nn, pairs, saes=saes, progress=False)
+    monkeypatch.undo()
+    assert not nn.has_hooks() and all(p.grad is None for p in nn.lm._module.parameters())
+    with torch.no_grad():
+        assert torch.equal(nn.lm._module(tokens).logits, before)
+    ref = cv.circuit(bridge, pairs, saes=saes, progress=False)
+    assert_same_graph(cv.circuit(nn, pairs, saes=saes, progress=False), ref)
+
+
 # ----------------------------------------------------------------------------- mixed lengths
 
 
