@@ -13,6 +13,7 @@ the same weights. Tolerance 1e-4 in float32.
 from __future__ import annotations
 
 import pytest
+import torch
 
 import circuitviz as cv
 from circuitviz.engine._pairs import tokenize
@@ -103,10 +104,8 @@ def test_remote_feature_graph_at_every_site_is_one_job_and_equals_the_bridge(rem
 
 def test_a_failing_feature_graph_request_leaves_the_model_untouched(sites, pairs, monkeypatch):
     """A failure inside the clean gradient pass (its backward, after every splice wrote,
-    resid_mid's in place) propagates and leaves no hook and no gradient; the next forward pass gives the same
-    logits and the graph then builds as the bridge's."""
-    import torch
-
+    resid_mid's in place) propagates and leaves no hook and no gradient; the next forward
+    pass gives the same logits and the graph then builds as the bridge's."""
     from circuitviz.engine.backends import _feature_graph_program
 
     bridge, nn, saes = sites
