@@ -7,21 +7,24 @@ tree, and its KV-cache path gives wrong logits after the first token on the mode
 the whole sequence for every token (3.3 s for 20 tokens on the demo model, 2-core CPU).
 The copy (:func:`twin`) is the same Hugging Face class built from the same config, whose
 parameters and buffers *are* the bridge's tensors (no copy, no extra memory); it runs Hugging
-Face's own cached attention. The SAE splice of :mod:`._splice` is attached where the bridge's
-hook reads the same value: ``blocks.L.hook_resid_post`` is the output of decoder layer ``L``,
-``blocks.L.hook_resid_pre`` its input. Other hooks (and models the copy cannot be built for)
-use the bridge-hooked loop without a cache (:func:`greedy_bridge`), which is exact and slow.
+Face's own cached attention. The SAE splice of :mod:`._splice` runs where the bridge's
+hook reads the same value: the same hook functions, attached to the module whose input or
+output the bridge hook is (:mod:`._twin_sites`: resid_pre/post at a decoder layer, attn_out
+and mlp_out at the attention and MLP outputs, resid_mid at the second norm's input, a
+transcoder's reads and its MLP-output write). Models the copy cannot be built for, and
+hooks it has no place for, use the bridge-hooked loop without a cache
+(:func:`greedy_bridge`), which is exact and slow.
 
-``tests/test_steer.py`` checks the two paths give the same tokens and first-token logits
-within 1e-4, on the tiny models and on the demo model.
+``tests/test_steer.py`` and ``tests/test_steer_sites.py`` check the two paths give the same
+tokens and first-token logits within 1e-4, at every site kind, on the tiny models and on
+the demo model.
 """
 
 from __future__ import annotations
 
-import re
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +33,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from .. import _devices
 from .._hooks import hooks, module_hooks
 from ._sae import SAESet
-from ._splice import LatentEdit, site_hooks, splice_hook
+from ._splice import ErrorEdit, LatentEdit
+from ._twin_sites import bridge_hooks, plain_name, twin_hooks
 
 #: Guessed tokens checked per pass. With :class:`SkinnyLinear` a pass over 1 + 1 tokens costs
 #: what a pass over 1 does, 1 + 3 about 1.3 times that and 1 + 6 about 2.8 times; a clamped
@@ -43,20 +47,17 @@ LOOKAHEAD = 1
 SKINNY_ROWS = 4
 
 
-_SITE = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|post)")
 _TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(eq=False)
 class Twin:
-    """A plain Hugging Face model sharing the bridge's tensors, and its decoder layers."""
+    """A plain Hugging Face model sharing the bridge's tensors, and its decoder layers;
+    ``points``: where each bridge hook runs on it (:func:`._twin_sites.twin_point`)."""
 
     model: torch.nn.Module
     layers: list[torch.nn.Module]
-
-
-def _plain_key(name: str) -> str:
-    return name.replace("._original_component", "").replace("_original_component.", "")
+    points: dict = field(default_factory=dict)
 
 
 def _build_twin(model: TransformerBridge) -> Twin | None:
@@ -71,9 +72,9 @@ def _build_twin(model: TransformerBridge) -> Twin | None:
     # aliases such as "attn.q"; the plain model never asks for those).
     tensors: dict[str, torch.Tensor] = {}
     for name, p in hf.named_parameters(remove_duplicate=False):
-        tensors.setdefault(_plain_key(name), p)
+        tensors.setdefault(plain_name(name), p)
     for name, b in hf.named_buffers(remove_duplicate=False):
-        tensors.setdefault(_plain_key(name), b)
+        tensors.setdefault(plain_name(name), b)
     try:
         with torch.device("meta"):
             twin = type(hf)(hf.config)
@@ -87,7 +88,7 @@ def _build_twin(model: TransformerBridge) -> Twin | None:
         owner = twin.get_submodule(owner_name)
         source = tensors.get(name)
         if source is None and leaf == "weight" and getattr(hf.config, "tie_word_embeddings", 0):
-            source = tensors.get(_plain_key(_embedding_name(hf)))  # a tied unembedding
+            source = tensors.get(plain_name(_embedding_name(hf)))  # a tied unembedding
         if source is None:
             return None
         if leaf in owner._parameters:
@@ -147,7 +148,7 @@ def _decoder_layers(
         if name is None:
             return None
         try:
-            out.append(twin.get_submodule(_plain_key(name)))
+            out.append(twin.get_submodule(plain_name(name)))
         except AttributeError:
             return None
     return out
@@ -172,10 +173,16 @@ def _agrees(model: TransformerBridge, tw: Twin) -> bool:
     return bool(ref.shape == got.shape and (ref - got).abs().max() <= 1e-4 * (1 + ref.abs().max()))
 
 
-def fast_sites(saes: SAESet, edits: Sequence[LatentEdit]) -> bool:
-    """Whether every edited hook is one the twin can reach (resid_pre / resid_post; an SAE,
-    not a transcoder, which writes elsewhere)."""
-    return all(_SITE.fullmatch(e.hook) and not saes[e.hook].is_transcoder for e in edits)
+def fast_sites(
+    model: TransformerBridge, saes: SAESet, edits: Sequence[LatentEdit | ErrorEdit]
+) -> bool:
+    """Whether :func:`greedy_cached` can run these edits: the twin exists and has a place for
+    every hook their splices attach to."""
+    tw = twin(model)
+    return (
+        tw is not None
+        and twin_hooks(model, tw.model, bridge_hooks(saes, edits), tw.points) is not None
+    )
 
 
 @dataclass(eq=False)
@@ -190,7 +197,7 @@ def greedy_bridge(
     model: TransformerBridge,
     tokens: torch.Tensor,
     saes: SAESet,
-    edits: Sequence[LatentEdit],
+    edits: Sequence[LatentEdit | ErrorEdit],
     *,
     n_tokens: int,
     eos: int | None,
@@ -198,8 +205,7 @@ def greedy_bridge(
 ) -> Greedy:
     """The reference loop: one full bridge forward pass per new token, splice hooks attached
     (edits at positions past the prompt never apply; pos edits are checked by the caller)."""
-    hooked = sorted({e.hook for e in edits})
-    fwd = [pair for h in hooked for pair in site_hooks(saes[h], [e for e in edits if e.hook == h])]
+    fwd = bridge_hooks(saes, edits)
     ids: list[int] = []
     first = None
     seq = tokens[None].to(model.cfg.device)
@@ -221,7 +227,7 @@ def greedy_cached(
     tw: Twin,
     tokens: torch.Tensor,
     saes: SAESet,
-    edits: Sequence[LatentEdit],
+    edits: Sequence[LatentEdit | ErrorEdit],
     *,
     n_tokens: int,
     eos: int | None,
@@ -242,17 +248,11 @@ def greedy_cached(
 
     lookahead = LOOKAHEAD if lookahead is None else lookahead
     state = {"offset": 0}
-    post: list[tuple[torch.nn.Module, Callable]] = []
-    pre: list[tuple[torch.nn.Module, Callable]] = []
-    for h in sorted({e.hook for e in edits}):
-        m = _SITE.fullmatch(h)
-        assert m is not None  # fast_sites() was checked
-        fn = splice_hook(saes[h], [e for e in edits if e.hook == h], offset=lambda: state["offset"])
-        layer = tw.layers[int(m[1])]
-        if m[2] == "post":
-            post.append((layer, _on_output(fn)))
-        else:
-            pre.append((layer, _on_input(fn)))
+    fns = bridge_hooks(saes, edits, offset=lambda: state["offset"])
+    attached = twin_hooks(model, tw.model, fns, tw.points)
+    if attached is None:
+        raise RuntimeError("an edited hook has no place on the twin: check fast_sites() first")
+    post, pre = attached
     prompt = [int(t) for t in tokens.tolist()]
     ids: list[int] = []
     first = None
@@ -323,23 +323,3 @@ def propose(prompt: Sequence[int], ids: Sequence[int], draft: Sequence[int], k: 
     # Nothing matches: the draft at the same place (an edit often changes a word, not the
     # rest); checking a wrong guess costs little.
     return list(draft[n : n + k])
-
-
-def _on_output(fn: Callable) -> Callable:
-    def hook(module: torch.nn.Module, args: object, output: object) -> object:
-        if isinstance(output, tuple):
-            return (fn(output[0], None), *output[1:])
-        return fn(output, None)
-
-    return hook
-
-
-def _on_input(fn: Callable) -> Callable:
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            return (fn(args[0], None), *args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = fn(kwargs["hidden_states"], None)
-        return args, kwargs
-
-    return hook

@@ -438,7 +438,7 @@ def steer(
         else clamp_values(saes, feats, scale, unedited.latent_max)
     )
     edits = feature_edits(feats, values)
-    tw = twin(model) if fast_sites(saes, edits) else None
+    tw = twin(model) if fast_sites(model, saes, edits) else None
     desc = f"after ({mode})" if progress else None
     options = {"n_tokens": n_tokens, "eos": _eos(model), "desc": desc}
     if tw is not None:
