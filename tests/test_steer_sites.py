@@ -14,6 +14,7 @@ import torch
 import circuitviz as cv
 from circuitviz.engine import has_hooks, hooks
 from circuitviz.engine._hooks import module_hooks
+from circuitviz.engine.features import SAE, SAESet
 from circuitviz.engine.features._generate import fast_sites, greedy_bridge, greedy_cached, twin
 from circuitviz.engine.features._splice import ErrorEdit, LatentEdit
 from circuitviz.engine.features._twin_sites import bridge_hooks, twin_hooks, twin_point
@@ -242,3 +243,52 @@ def test_steer_takes_the_cached_path_at_every_site(setup):
     )
     assert not res.cached and res.after_tokens == [model.to_string(t) for t in ref.ids]
     assert not has_hooks(model)
+
+
+@pytest.mark.demo
+@pytest.mark.slow
+def test_demo_cached_generation_at_every_site_equals_the_bridge_loop(demo_model):
+    """The demo model (SmolLM2-135M, 30 layers, GQA), with one shipped SAE's weights placed at
+    attn_out, mlp_out and resid_mid and as a transcoder on MLP 5 (a stand-in: the demo ships
+    resid_post SAEs only): ``steer`` clamps an attn_out latent through the KV cache with the
+    bridge loop's tokens; all four sites edited at once give the bridge loop's tokens and
+    first-token logits within 1e-4."""
+    shipped = cv.load_saes("demo")
+    s = shipped[shipped.hooks[0]]
+    weights = (s.W_enc, s.b_enc, s.W_dec, s.b_dec)
+    kind = {"activation": s.activation, "k": s.k, "threshold": s.threshold}
+    kind["apply_b_dec_to_input"] = s.apply_b_dec_to_input
+    moved = SAESet(
+        [
+            SAE("blocks.4.hook_attn_out", *weights, **kind),
+            SAE("blocks.6.hook_mlp_out", *weights, **kind),
+            SAE("blocks.8.hook_resid_mid", *weights, **kind),
+            SAE("blocks.5.mlp.hook_in", *weights, **kind, output_hook="blocks.5.hook_mlp_out"),
+        ]
+    )
+    prompt = "When John and Mary went to the store, John gave a drink to"
+    tokens = demo_model.to_tokens(prompt)[0]
+    eos = demo_model.tokenizer.eos_token_id
+    top = {h: prompt_latents(demo_model, tokens, moved[h]).amax(0) for h in moved}
+    latent = int(top["blocks.4.hook_attn_out"].argmax())
+    res = cv.steer(demo_model, prompt, features=f"L4attnF{latent}", saes=moved, n_tokens=8)
+    ref = greedy_bridge(
+        demo_model,
+        tokens,
+        moved,
+        [LatentEdit("blocks.4.hook_attn_out", latent, res.values[0])],
+        n_tokens=8,
+        eos=eos,
+        desc=None,
+    )
+    assert res.cached and res.after_tokens == [demo_model.to_string(t) for t in ref.ids]
+    edits = [
+        LatentEdit(h, int(top[h].argmax()), 4.0 * float(top[h].max()) if n % 2 else 0.0)
+        for n, h in enumerate(moved)
+    ]
+    base = greedy_bridge(demo_model, tokens, moved, [], n_tokens=1, eos=eos, desc=None)
+    assert fast_sites(demo_model, moved, edits)
+    fast = greedy_cached(demo_model, twin(demo_model), tokens, moved, edits, n_tokens=8, eos=eos)
+    slow = greedy_bridge(demo_model, tokens, moved, edits, n_tokens=8, eos=eos, desc=None)
+    assert_same(fast, slow, base)
+    assert not has_hooks(demo_model)
