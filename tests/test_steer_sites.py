@@ -245,6 +245,35 @@ def test_steer_takes_the_cached_path_at_every_site(setup):
     assert not has_hooks(model)
 
 
+def test_interrupt_at_a_transcoder_and_resid_mid_leaves_no_hook(setup, monkeypatch):
+    """A Ctrl-C while generating with a transcoder and a resid_mid SAE edited (hooks on the
+    twin's norm, MLP and layer output): no hook stays on the model or its twin, and the next
+    call gives the same continuation."""
+    import circuitviz.engine.features._generate as gen
+
+    model, saes = setup
+    tokens = model.to_tokens(PROMPTS[0])[0]
+    edits = [LatentEdit(HOOKS[-2], 1, 2.0), LatentEdit(SITES[2], 3, 0.0)]
+    first = greedy_cached(model, twin(model), tokens, saes, edits, n_tokens=20, eos=None)
+    calls = []
+    real = gen.propose
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(gen, "propose", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        greedy_cached(model, twin(model), tokens, saes, edits, n_tokens=20, eos=None)
+    monkeypatch.setattr(gen, "propose", real)
+    assert not has_hooks(model)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in twin(model).model.modules())
+    again = greedy_cached(model, twin(model), tokens, saes, edits, n_tokens=20, eos=None)
+    assert again.ids == first.ids
+
+
 @pytest.mark.demo
 @pytest.mark.slow
 def test_demo_cached_generation_at_every_site_equals_the_bridge_loop(demo_model):
