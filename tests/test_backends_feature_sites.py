@@ -162,9 +162,12 @@ def test_steer_at_every_site_equals_the_bridge(sites, pairs, mode):
     """Click-to-clamp at each site: the greedy tokens (KV-cached generation on nnsight, the
     bridge's loop) are identical, the first token's probabilities and the pairs' metric
     equal."""
-    bridge, nn, saes = sites
+    bridge, _, saes = sites
     changed = 0
     for hook in saes:
+        # a fresh model: the unedited side and the edit (a clamp to the latent's prompt
+        # maximum, read on the server) in one request, at every site
+        nn = cv.load_model(bridge, backend="nnsight")
         feats = [f"{code_of(saes, hook)}F{strongest(bridge, saes, hook)}"]
         options = {"features": feats, "saes": saes, "mode": mode, "n_tokens": 8}
         options |= {"scale": 8.0, "progress": False}
@@ -417,12 +420,14 @@ def test_remote_steer_at_a_transcoder_is_one_request_per_click(remote, pairs):
     options = {"features": feats, "saes": saes, "n_tokens": 8, "scale": 8.0}
     ref = steer(setup.bridge, PROMPT, **options, pairs=pairs, progress=False)
     got = steer(client, PROMPT, **options, pairs=pairs)
-    assert len(setup.fake.requests) == sent + 2  # the unedited side (kept), then the edit
+    # one request: the unedited side (then kept), and the edit clamped to the transcoder
+    # latent's prompt maximum, read on the server
+    assert len(setup.fake.requests) == sent + 1
     assert got.before_tokens == ref.before_tokens and got.after_tokens == ref.after_tokens
     assert close(got.top_after.probs, ref.top_after.probs) <= TOL
     assert abs(got.metric_after - ref.metric_after) <= TOL
     again = steer(client, PROMPT, **options, mode="ablate")
-    assert len(setup.fake.requests) == sent + 3
+    assert len(setup.fake.requests) == sent + 2
     ref = steer(setup.bridge, PROMPT, **options, mode="ablate", progress=False)
     assert again.after_tokens == ref.after_tokens
 

@@ -105,6 +105,56 @@ def test_steer_equals_the_bridge(both, pairs, case):
     assert not nn.has_hooks() and not has_hooks(bridge)
 
 
+@pytest.mark.parametrize("mode", ["clamp", "ablate"])
+def test_a_first_steer_is_one_request_and_equals_the_bridge(both, pairs, mode):
+    """Nothing kept yet: the unedited continuation, the edited one (clamped to the prompt's
+    maximum read on the server, at every position and at one) and the pairs' metric runs go
+    in one request, with the bridge's tokens and numbers; the next click reuses the unedited
+    side (one request)."""
+    bridge, _, saes = both
+    nn = cv.load_model(bridge, backend="nnsight")  # a fresh model: nothing kept
+    runs = recording(nn)
+    calls = []
+    execute = nn.backend.execute
+    nn.backend.execute = lambda r, **o: calls.append(len(r)) or execute(r, **o)
+    feats = [f"L1F{firing(bridge, saes, 1)}", f"L0F{firing(bridge, saes, 0)}:P2"]
+    options = {"mode": mode, "scale": 7.0, "n_tokens": 10, "pairs": pairs}
+    ref = steer(bridge, PROMPT, features=feats, saes=saes, **options)
+    got = steer(nn, PROMPT, features=feats, saes=saes, **options)
+    assert calls == [5]  # unedited, edited, the pairs' corrupted, clean, clean edited
+    assert got.before_tokens == ref.before_tokens and got.after_tokens == ref.after_tokens
+    assert abs(got.metric_after - got.metric_before) > 1e-5  # the edit does something
+    assert close(got.values, ref.values) <= TOL * max(1.0, max(abs(v) for v in ref.values))
+    assert close(got.top_before.probs, ref.top_before.probs) <= TOL
+    assert close(got.top_after.probs, ref.top_after.probs) <= TOL
+    assert abs(got.metric_before - ref.metric_before) <= TOL
+    assert abs(got.metric_after - ref.metric_after) <= TOL
+    sources = [src for _, _, src in runs[1].splices[("resid_post", 1)]["edits"]]
+    assert sources == ([("run", 0, "max", 7.0)] if mode == "clamp" else [("const", 0.0)])
+    again = steer(nn, PROMPT, features=feats, saes=saes, **options)
+    assert calls == [5, 4]  # the unedited side was kept
+    assert again.after_tokens == got.after_tokens and again.values == got.values
+    assert abs(again.metric_after - got.metric_after) <= TOL
+    assert not nn.has_hooks()
+
+
+def test_a_first_clamp_of_a_silent_latent_is_refused_and_keeps_the_unedited_side(both):
+    bridge, _, saes = both
+    nn = cv.load_model(bridge, backend="nnsight")
+    hook = saes.hooks[1]
+    silent = int(feature_activations(bridge, PROMPT, saes).latents[hook].amax(0).argmin())
+    calls = []
+    execute = nn.backend.execute
+    nn.backend.execute = lambda r, **o: calls.append(len(r)) or execute(r, **o)
+    with pytest.raises(cv.InputError, match="never fires on this prompt"):
+        steer(nn, PROMPT, features=[(hook, silent)], saes=saes, n_tokens=6)
+    assert not nn.has_hooks()
+    ref = steer(bridge, PROMPT, features=[(hook, silent)], saes=saes, n_tokens=6, mode="ablate")
+    got = steer(nn, PROMPT, features=[(hook, silent)], saes=saes, n_tokens=6, mode="ablate")
+    assert calls == [2, 1] and got.before_tokens == ref.before_tokens
+    assert got.after_tokens == ref.after_tokens
+
+
 def test_steer_changes_the_continuation(both):
     """The clamp acts at every generated position: the tokens differ from the unedited ones
     (on both backends alike, see above)."""
@@ -261,12 +311,14 @@ def test_remote_steer_is_one_request_for_the_whole_continuation(remote, pairs):
     sent = len(setup.fake.requests)
     ref = steer(setup.bridge, PROMPT, features=feats, saes=saes, n_tokens=12, pairs=pairs)
     got = steer(client, PROMPT, features=feats, saes=saes, n_tokens=12, pairs=pairs)
-    assert len(setup.fake.requests) == sent + 2  # the unedited side (kept), then the edit
+    # one request: the unedited side (then kept) and the edit, whose clamp reads the
+    # prompt's maximum on the server
+    assert len(setup.fake.requests) == sent + 1
     assert got.before_tokens == ref.before_tokens and got.after_tokens == ref.after_tokens
     assert close(got.top_after.probs, ref.top_after.probs) <= TOL
     assert abs(got.metric_after - ref.metric_after) <= TOL
     again = steer(client, PROMPT, features=feats, saes=saes, n_tokens=12, mode="ablate")
-    assert len(setup.fake.requests) == sent + 3  # a second click: one request
+    assert len(setup.fake.requests) == sent + 2  # a second click: one request
     assert again.before_tokens == ref.before_tokens
     back = setup.fake.results[-1]["results"][0]["out"]  # the edited first token: its top k
     assert "full" not in back and back["top_p"].shape == (10,) and len(back["ids"]) == 12

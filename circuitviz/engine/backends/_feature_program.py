@@ -113,10 +113,17 @@ def _value(src: tuple, sae: dict, saved: dict, key: tuple, column: int | None):
     """What an edit sets its latent (``column``; None: the error term) to: ``("const", v)``,
     ``("tensor", [batch|1, pos])``, or ``("run", i, "mean" | "rows")`` — the latent (error
     term) on run ``i``'s kept activation here; ``("run", i, "mean", weights [batch, pos])``:
-    mixed lengths, each position's mean over the prompts that have a token there."""
+    mixed lengths, each position's mean over the prompts that have a token there; ``("run",
+    i, "max", scale)``: ``scale`` × the latent's maximum over run ``i``'s prompt (a steer's
+    clamp, its unedited side in the same request)."""
     if src[0] in ("const", "tensor"):
         return src[1]
     x, y = _kept(saved, src[1], key)
+    if src[2] == "max":  # ("run", i, "max", scale): scale × the latent's maximum on run i
+        memo = ("max", src[1], *key, column)  # once per request, not once per generated token
+        if memo not in saved:
+            saved[memo] = latents(sae, x)[..., column].amax() * src[3]
+        return saved[memo]
     if column is None:
         value = error_term(sae, x, y)  # [batch, pos, d]
     else:
@@ -128,7 +135,7 @@ def read(x: torch.Tensor, spec: dict, key: tuple, index: int, saved, back, step:
     """A splice's read point: keep / bring back its input ``x``, and encode the latents its
     edits need (for the write point: the same one for an SAE, ``mlp_out`` for a
     transcoder)."""
-    if spec.get("save"):
+    if spec.get("save") and step == 0:  # a generation keeps its prompt's pass
         saved[(index, "splice", *key)] = x.detach().clone()
     if spec.get("back") and step == 0:
         back[("splice", *key)] = x.detach().float().clone()
@@ -142,7 +149,8 @@ def splice(y: torch.Tensor, spec: dict, key: tuple, index: int, saved, back, ste
 
     ``step`` counts generation passes: past the first (the prompt) a pass holds one new
     position, where an edit at a prompt position does not act (as the bridge's loop)."""
-    if spec.get("save") and spec["read"] != spec["write"]:  # a transcoder's MLP output
+    transcoder = spec["read"] != spec["write"]
+    if spec.get("save") and step == 0 and transcoder:  # keep its MLP output too
         saved[(index, "splice_out", *key)] = y.detach().clone()
     edits = spec.get("edits") or []
     if not edits:

@@ -283,19 +283,29 @@ def _continuation(model: Any, out: Output) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
 
 
-def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict:
-    """The unedited side of a steer — continuation, first logits, each latent's maximum over
-    the prompt — as one request, kept per (prompt, n_tokens, SAE set)."""
-    key = ("steer", tuple(tokens.tolist()), n_tokens, id(saes))
-    held = model._memo.get(key)
-    if held is not None and held[0] is saes:
-        return held[1]
-    check_saes(model, saes)
+def _unedited_key(tokens: torch.Tensor, saes: Any, n_tokens: int) -> tuple:
+    return ("steer", tuple(tokens.tolist()), n_tokens, id(saes))
+
+
+def _kept_unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict | None:
+    held = model._memo.get(_unedited_key(tokens, saes, n_tokens))
+    return held[1] if held is not None and held[0] is saes else None
+
+
+def _unedited_run(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> Run:
+    """The unedited continuation as a run: its prompt's activations at every SAE come back
+    (each latent's maximum, encoded here) and stay on the server for the request's later
+    runs (a clamp to the prompt's maximum reads them there)."""
     # The first token's logits come back whole here: kept, they answer any k and answer.
     run = _generation(model, tokens, n_tokens, {"full": True})
     keep(model, run, saes, saes, back=True)
-    with _early_stop_expected():
-        out = backend_of(model).execute([run], desc="steer: before", progress=False)[0]
+    keep(model, run, saes, saes)
+    return run
+
+
+def _read_unedited(model: Any, tokens, saes: Any, n_tokens: int, out: Output) -> dict:
+    """The unedited side from its run's output — continuation, first logits, each latent's
+    maximum over the prompt — kept per (prompt, n_tokens, SAE set)."""
     ids, first = _continuation(model, out), out.readout["full"][0]
     with torch.no_grad():
         latent_max = {
@@ -303,8 +313,38 @@ def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict
             for hook, sae in saes.items()
         }
     value = {"ids": ids, "first": first, "latent_max": latent_max}
-    model._memo[key] = (saes, value)
+    model._memo[_unedited_key(tokens, saes, n_tokens)] = (saes, value)
     return value
+
+
+def unedited(model: Any, tokens: torch.Tensor, saes: Any, n_tokens: int) -> dict:
+    """The unedited side of a steer as one request (see :func:`_read_unedited`), kept."""
+    held = _kept_unedited(model, tokens, saes, n_tokens)
+    if held is not None:
+        return held
+    check_saes(model, saes)
+    run = _unedited_run(model, tokens, saes, n_tokens)
+    with _early_stop_expected():
+        out = backend_of(model).execute([run], desc="steer: before", progress=False)[0]
+    return _read_unedited(model, tokens, saes, n_tokens, out)
+
+
+def _edit_sources(saes: Any, feats: Sequence[Any], mode: str, scale: float, before) -> list:
+    """What each feature is set to in the edited runs: 0 (ablate); ``scale`` × its maximum —
+    shipped, or over the prompt (kept: a number; else ``("run", 0, "max", scale)``, read on
+    the server from the unedited run 0 of the same request)."""
+    from ..features._steer import clamp_values, shipped_max
+
+    if mode == "ablate":
+        return [0.0] * len(feats)
+    if before is not None:
+        return clamp_values(saes, feats, scale, before["latent_max"])
+    return [
+        ("run", 0, "max", scale)
+        if shipped_max(saes, f) is None
+        else clamp_values(saes, [f], scale, None)[0]
+        for f in feats
+    ]
 
 
 def steer(
@@ -323,41 +363,50 @@ def steer(
     k: int,
 ) -> Any:
     """:func:`circuitviz.engine.features.steer` on nnsight (inputs already checked there):
-    the unedited side is one request per prompt (kept), and each edit one request — the
-    whole edited continuation, plus the pairs' metric runs when ``pairs`` are given."""
+    one request — the unedited continuation when it is not kept yet (the first steer of a
+    prompt; a clamp to the prompt's maximum reads it on the server), the whole edited
+    continuation, and the pairs' metric runs when ``pairs`` are given."""
     from .._ablation import top_tokens
     from ..features._steer import SteerResult, clamp_values
     from ._analyses import _top
 
     check_saes(model, saes)
-    before = unedited(model, tokens, saes, n_tokens)
-    values = (
-        [0.0] * len(feats)
-        if mode == "ablate"
-        else clamp_values(saes, feats, scale, before["latent_max"])
-    )
-    edits = [(f.hook, f.index, f.pos, v) for f, v in zip(feats, values, strict=True)]
+    before = _kept_unedited(model, tokens, saes, n_tokens)
+    runs = [] if before is not None else [_unedited_run(model, tokens, saes, n_tokens)]
+    sources = _edit_sources(saes, feats, mode, scale, before)
+    edits = [(f.hook, f.index, f.pos, v) for f, v in zip(feats, sources, strict=True)]
     # Only the top k (and the answers' logits) of the edited first token come back.
     readout: dict[str, Any] = {"topk": (k, 0)}
     if answer_ids is not None:
         readout["ids"] = torch.tensor(answer_ids)
     run = _generation(model, tokens, n_tokens, readout)
     add_edits(model, run, saes, edits)
-    runs = [run]
+    runs.append(run)
+    edited = len(runs) - 1
     if pairs is not None:
         metric_runs, read_metric = _metric_runs(model, pairs, saes, edits, metric)
         runs += metric_runs
+    desc = f"steer: {'after' if before is not None else 'before and after'} ({mode})"
     with _early_stop_expected():
-        outs = backend_of(model).execute(runs, desc=f"steer: after ({mode})", progress=False)
-    after_ids = _continuation(model, outs[0])
+        outs = backend_of(model).execute(runs, desc=desc, progress=False)
+    if before is None:
+        before = _read_unedited(model, tokens, saes, n_tokens, outs[0])
+    # What the edits set, as numbers (a clamp's prompt maximum came back with run 0): an
+    # InputError here for a latent that never fires — the unedited side is kept meanwhile.
+    values = (
+        [0.0] * len(feats)
+        if mode == "ablate"
+        else clamp_values(saes, feats, scale, before["latent_max"])
+    )
+    after_ids = _continuation(model, outs[edited])
     metric_name = metric_before = metric_after = None
     if pairs is not None:
-        metric_name, metric_before, metric_after = read_metric(outs[1:])
+        metric_name, metric_before, metric_after = read_metric(outs[edited + 1 :])
     elif answer_ids is not None:
         a, w = answer_ids
         metric_name = "logit_diff"
         metric_before = float(before["first"][a] - before["first"][w])
-        sel = outs[0].readout["sel"][0]  # [a, w, log-sum-exp of the rest]
+        sel = outs[edited].readout["sel"][0]  # [a, w, log-sum-exp of the rest]
         metric_after = float(sel[0] - sel[1])
     decode = model.tokenizer.decode
     return SteerResult(
@@ -372,7 +421,7 @@ def steer(
         before_tokens=[model.to_string(i) for i in before["ids"]],
         after_tokens=[model.to_string(i) for i in after_ids],
         top_before=top_tokens(model, before["first"], k),
-        top_after=_top(model, outs[0]),
+        top_after=_top(model, outs[edited]),
         metric=metric_name,
         metric_before=metric_before,
         metric_after=metric_after,

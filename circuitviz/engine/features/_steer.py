@@ -270,6 +270,27 @@ def warm(
     _unedited(model, tokens, saes, n_tokens, k)
 
 
+def shipped_max(saes: SAESet, f: Feature) -> float | None:
+    """Latent ``f``'s maximum activation as the set's statistics ship it
+    (``saes.stats[hook].top_values[index, 0]`` of a ``FeatureStats``, or
+    ``saes.stats[hook]["max_act"][index]`` / another of :data:`MAX_ACT_KEYS`); None without."""
+    stats = saes.stats.get(f.hook) if isinstance(saes.stats, dict) else None
+    top_values = getattr(stats, "top_values", None)  # a FeatureStats: peaks, descending
+    if top_values is not None and len(top_values) > f.index and len(top_values[f.index]):
+        return float(top_values[f.index][0])
+    if isinstance(stats, dict):
+        for key in MAX_ACT_KEYS:
+            if key in stats:
+                try:
+                    return float(torch.as_tensor(stats[key])[f.index])
+                except (IndexError, TypeError, ValueError, RuntimeError):
+                    raise InputError(
+                        f"saes.stats[{f.hook!r}][{key!r}] has no value for latent "
+                        f"{f.index}: it must hold one maximum per latent."
+                    ) from None
+    return None
+
+
 def clamp_values(
     saes: SAESet,
     features: Sequence[Feature],
@@ -277,28 +298,12 @@ def clamp_values(
     prompt_max: dict[str, torch.Tensor] | None,
 ) -> list[float]:
     """``scale`` × each latent's maximum activation: its corpus peak when the set ships
-    statistics (``saes.stats[hook].top_values[index, 0]`` of a ``FeatureStats``, or
-    ``saes.stats[hook]["max_act"][index]`` / another of :data:`MAX_ACT_KEYS`), else its maximum over
-    the prompt (``prompt_max``). A latent that never fires on the prompt, with no shipped
-    maximum, has no scale to clamp to: an :class:`InputError`."""
+    statistics (:func:`shipped_max`), else its maximum over the prompt (``prompt_max``). A
+    latent that never fires on the prompt, with no shipped maximum, has no scale to clamp
+    to: an :class:`InputError`."""
     out = []
     for f in features:
-        stats = saes.stats.get(f.hook) if isinstance(saes.stats, dict) else None
-        shipped = None
-        top_values = getattr(stats, "top_values", None)  # a FeatureStats: peaks, descending
-        if top_values is not None and len(top_values) > f.index and len(top_values[f.index]):
-            shipped = float(top_values[f.index][0])
-        elif isinstance(stats, dict):
-            for key in MAX_ACT_KEYS:
-                if key in stats:
-                    try:
-                        shipped = float(torch.as_tensor(stats[key])[f.index])
-                    except (IndexError, TypeError, ValueError, RuntimeError):
-                        raise InputError(
-                            f"saes.stats[{f.hook!r}][{key!r}] has no value for latent "
-                            f"{f.index}: it must hold one maximum per latent."
-                        ) from None
-                    break
+        shipped = shipped_max(saes, f)
         top = shipped if shipped is not None else float(prompt_max[f.hook][f.index])  # type: ignore[index]
         if not math.isfinite(top) or top <= 0:
             raise InputError(
