@@ -10,14 +10,12 @@ node indices, float32 weights).
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 import traitlets as t
 
 from ..engine import InputError, PromptPairs, backends
@@ -35,6 +33,7 @@ from ._circuit_mib import CircuitExtras
 from ._clamp import FeatureSteering, collapse
 from ._codec import decode, encode
 from ._feature_nodes import FeatureNodes
+from ._head_preview import HeadPreview
 
 NODE_TYPES = ("embed", "head", "mlp", "logits", "feature", "error")
 EDGE_INPUTS = _select.EDGE_INPUTS
@@ -190,7 +189,9 @@ def _deprecated_alias(old: str, new: str) -> property:
     return property(get, set_, doc=f"Deprecated: :attr:`{new}`.")
 
 
-class CircuitView(CircuitFaithfulness, CircuitExtras, FeatureNodes, FeatureSteering, AblationView):
+class CircuitView(
+    CircuitFaithfulness, CircuitExtras, FeatureNodes, FeatureSteering, HeadPreview, AblationView
+):
     """A circuit graph: one row per layer (embeddings at the bottom, logits on top), heads and
     MLPs across it (and one column band per token when the graph is per position); edge width
     and colour show |weight| and sign.
@@ -532,37 +533,6 @@ class CircuitView(CircuitFaithfulness, CircuitExtras, FeatureNodes, FeatureSteer
     def static_replies(self) -> list[dict[str, Any]]:
         """Replies a standalone HTML export replays: no kernel, so the controls are off."""
         return [{"match": {"type": "hello"}, "messages": [({"type": "hello", "live": False}, [])]}]
-
-    def _msg_head_pattern(self, content: dict[str, Any]) -> None:
-        """The attention pattern of one head on the first clean prompt (uint8, ×255) and its
-        role scores, for the side panel's hover preview; patterns are computed once."""
-        head = content.get("head")
-        m = re.fullmatch(r"L(\d+)H(\d+)(?::P\d+)?", head) if isinstance(head, str) else None
-        if m is None:
-            raise InputError(f"head_pattern: {head!r} is not a head id like 'L3H5'.")
-        if self._model is None or self._pairs is None:
-            raise InputError("The attention preview needs a live kernel with model= and pairs=.")
-        if self._attention is None:
-            from ..engine import attention
-
-            self._attention = attention(self._model, self._pairs.clean[0])
-        res = self._attention
-        layer, index = int(m[1]), int(m[2])
-        if layer >= res.n_layers or index >= res.n_heads:
-            raise InputError(f"head_pattern: {head} is not in this model.")
-        pattern = res.patterns[layer, index].float().clamp(0, 1)
-        data = (pattern * 255).round().to(torch.uint8).numpy().tobytes()
-        roles = {r: float(s[layer, index]) for r, s in res.scores.items()}
-        self.send(
-            {
-                "type": "head_pattern",
-                "head": m[0].split(":")[0],
-                "tokens": list(res.tokens),
-                "roles": roles,
-                "request": content.get("request"),
-            },
-            [data],
-        )
 
 
 OLD_STATE_KEYS = {"top_n": "top_nodes", "threshold": "min_rel_weight"}

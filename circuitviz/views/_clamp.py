@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import traitlets as t
 
-from ..engine import InputError, backends
-from ..engine._pairs import tokenize
+from ..engine import InputError
 from ..engine._sites import site_name
 from ..engine.features import as_sae_set, check_supernodes, steer, suggest_supernodes
 from ..engine.features._steer import (
@@ -40,6 +39,7 @@ from ..engine.features._steer import (
 )
 from ._base import MAX_TEXT, error_text, quote
 from ._codec import decode, encode
+from ._head_preview import column_prompt
 
 #: Clamp multiples the page may ask for.
 MAX_SCALE = 1000.0
@@ -89,9 +89,8 @@ class FeatureSteering(t.HasTraits):
 
     def _steer_prompt(self) -> str:
         """The clean prompt a steer generates from: the one whose positions are the graph's
-        columns (the first; with mixed lengths the longest, as the pairs are left-padded)."""
-        with backends.ported():  # tokenizing only: as for the bridge, on nnsight too
-            return self._pairs.clean[tokenize(self._model, self._pairs, pad=True).longest]
+        columns (:func:`._head_preview.column_prompt`)."""
+        return column_prompt(self._model, self._pairs)
 
     # -- validation --------------------------------------------------------------------------
     @t.validate("clamp_scale")
