@@ -353,23 +353,48 @@ def test_a_relu_sae_sends_only_the_edited_latents_encoder_columns(remote, pairs)
     assert torch.equal(sent["W_enc"].float(), half.W_enc[:, [5, 2]])  # nothing lost
 
 
-def test_remote_feature_view_is_one_request_per_card(remote):
-    """Latents: one request; each card's logit effects: one request (the decoder row goes to
-    the weights, the top tokens come back); labels without statistics: one request."""
+@pytest.mark.parametrize("bundled", [True, False], ids=["one-request", "large-saes"])
+def test_remote_feature_view_opens_in_one_request_and_a_card_is_one(remote, bundled, monkeypatch):
+    """Opening: the latents and every SAE's chip labels (SAEs without statistics) in one
+    request — the SAEs travel whole, the server picks the chips — or, for SAEs above
+    ``ONE_REQUEST_BYTES``, two (the second: the chips' decoder rows of every SAE). A card of
+    a chip sends nothing more; a card of a new latent is one request."""
+    from circuitviz.engine.backends import _feature_view
+    from circuitviz.engine.features._explorer import chip_latents
+
     setup, saes = remote
+    if not bundled:
+        monkeypatch.setattr(_feature_view, "ONE_REQUEST_BYTES", 0)
     client = setup.make_client()
-    feature = f"blocks.1.hook_resid_post:{firing(setup.bridge, saes, 1)}"
+    runs = recording(client)
+    hook = "blocks.1.hook_resid_post"
+    feature = f"{hook}:{firing(setup.bridge, saes, 1)}"
     sent = len(setup.fake.requests)
     got = card_of(client, saes, feature)
-    same_view(got, card_of(setup.bridge, saes, feature))
-    # the latents, then each SAE's chip labels; the card's latent is a chip: kept
-    assert len(setup.fake.requests) - sent == 1 + len(saes)
-    back = setup.fake.results[-1]["results"][0]["out"]
-    assert back["up_i"].shape[1] == 10  # each latent's top tokens come back, not d_vocab
-    other = f"blocks.1.hook_resid_post:{firing(setup.bridge, saes, 1) ^ 1}"
-    got.show_feature(other)
-    same_view(got, card_of(setup.bridge, saes, other))
-    assert len(setup.fake.requests) - sent <= 1 + len(saes) + 1  # a new latent: one request
+    same_view(got, card_of(setup.bridge, saes, feature))  # chip labels and the card
+    assert len(setup.fake.requests) - sent == (1 if bundled else 2)
+    assert got.activations.extra["requests"] == (1 if bundled else 2)
+    chips = {h: chip_latents(got.activations, h) for h in saes}
+    outs = [r["out"] for r in setup.fake.results[-1]["results"] if "up_i" in r["out"]]
+    back = outs[-1]
+    rows = sum(len(out["up_i"]) for out in outs)
+    assert rows == sum(map(len, chips.values())) and back["up_i"].shape[1] == 10  # not d_vocab
+    if bundled:  # the server picked the client's chips
+        assert back["chip_index"].tolist() == chips[saes.hooks[0]] + chips[hook]
+        whole = runs[1].grad["chips"][1][1]
+        assert whole["full"] and torch.equal(whole["W_dec"].float(), saes[hook].W_dec)
+    else:  # the latents' request sends no SAE weight; then only the chips' decoder rows
+        assert all("sae" not in spec for spec in runs[0].splices.values())
+        assert [tuple(r.grad["dirs"].shape) for r in runs[1:]] == [
+            (len(chips[h]), setup.bridge.cfg.d_model) for h in saes
+        ]
+    sent = len(setup.fake.requests)
+    other = next(i for i in range(saes[hook].d_sae) if i not in chips[hook])
+    got.show_feature(f"{hook}:{other}")
+    same_view(got, card_of(setup.bridge, saes, f"{hook}:{other}"))
+    assert len(setup.fake.requests) - sent == 1  # a new latent: one request
+    got.show_feature(feature)
+    assert len(setup.fake.requests) - sent == 1  # kept
 
 
 def test_resid_pre_saes_splice_the_layer_input(both):

@@ -29,12 +29,11 @@ from ..engine.features import (
     SAESet,
     as_sae_set,
     card,
-    feature_activations,
     feature_id,
     parse_feature,
     search,
 )
-from ..engine.features._explorer import MAX_LABEL
+from ..engine.features._explorer import MAX_LABEL, chip_latents, explorer_activations
 from ._base import STATIC, View, error_text, quote
 from ._codec import encode
 
@@ -138,7 +137,11 @@ class FeatureView(View):
                 st.check(saes[hook])
         self._model, self._saes = model, saes
         self._stats = {h: s for h, s in stats.items() if h in saes}
-        self._acts = feature_activations(model, prompt, saes, k=k, prepend_bos=prepend_bos)
+        # On nnsight the chips' label data rides with the latents (one request where it can).
+        unlabelled = [h for h in saes if h not in self._stats]
+        self._acts = explorer_activations(
+            model, prompt, saes, k=k, prepend_bos=prepend_bos, label=unlabelled
+        )
         super().__init__(**kwargs)
         with self.hold_trait_notifications():
             self.model_name = self._acts.model_name
@@ -174,8 +177,7 @@ class FeatureView(View):
 
         out, edited = {}, self.labels
         for h, sae in self._saes.items():
-            values, indices = self._acts.top_value[h], self._acts.top_index[h]
-            shown = sorted(set(indices[values > 0].tolist()))
+            shown = chip_latents(self._acts, h)
             auto = labels_for(self._model, sae, shown, self._stats.get(h))
             for i, label in zip(shown, auto, strict=True):
                 out[feature_id(h, i)] = edited.get(feature_id(h, i)) or label

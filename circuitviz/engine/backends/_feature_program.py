@@ -255,18 +255,50 @@ def nnsight_generate(lm, arch: str, shape: dict, gen, run: dict, index: int, sav
         out["ids"].append(logits[0].argmax().detach().cpu())
 
 
-def unembed(lm, arch: str, spec: dict) -> dict:
+def chips(spec: dict, saved: dict) -> tuple[torch.Tensor, dict]:
+    """The latents a FeatureView's chips show, decided here from run 0's kept activations:
+    for each ``(key, sae, top)`` of ``spec["chips"]`` (a full payload), the latents among
+    the ``top`` most active at some position with a positive value — the rule of
+    :func:`circuitviz.engine.features._explorer.chip_latents`, here because the client has
+    not seen the activations yet. Their decoder rows ``[n, d_model]``, and ``chip_index`` /
+    ``chip_count`` (which latents, how many per SAE) to send back."""
+    dirs, index, count = [], [], []
+    for key, sae, top in spec["chips"]:
+        f = latents(sae, saved[(0, "splice", *key)][0])  # [pos, d_sae]
+        best = f.topk(min(top, f.shape[-1]), dim=-1)
+        shown = torch.unique(best.indices[best.values > 0])  # sorted
+        w = sae["W_dec"]
+        dirs.append(w[shown.to(w.device)].float())
+        index.append(shown.cpu())
+        count.append(len(shown))
+    found = {"chip_index": torch.cat(index), "chip_count": torch.tensor(count)}
+    return torch.cat(dirs), found
+
+
+def unembed(lm, arch: str, spec: dict, saved: dict | None = None) -> dict:
     """The logit effects of residual directions ``spec["dirs"]`` ``[n, d_model]`` read off the
     model's weights (no forward pass): ``(c(d) ⊙ w) @ W_U`` — ``w`` the final norm's weight,
     ``c`` centring for GPT-2's LayerNorm — and only each row's ``k`` largest and smallest
-    come back (``[n, k]`` ids and values), not ``[n, d_vocab]``."""
+    come back (``[n, k]`` ids and values), not ``[n, d_vocab]``. With ``spec["chips"]``
+    the directions are the chips' decoder rows (:func:`chips`), named in what comes back."""
+    found: dict = {}
+    if "chips" in spec:  # a FeatureView's first request: its chips' rows, picked here
+        directions, found = chips(spec, saved or {})
+    else:
+        directions = spec["dirs"]
     norm = lm.model.norm if arch == "llama" else lm.transformer.ln_f
     # Offloaded (device_map with CPU or disk) weights are read from their offload store.
     W_U = _program.param(lm.lm_head)
-    d = spec["dirs"].to(W_U.device, torch.float32)
+    d = directions.to(W_U.device, torch.float32)
     if arch == "gpt2":
         d = d - d.mean(dim=-1, keepdim=True)
     weight = _program.param(norm).detach().float().to(W_U.device)
     effect = (d * weight) @ W_U.detach().float().T
     up, down = effect.topk(spec["k"], dim=-1), (-effect).topk(spec["k"], dim=-1)
-    return {"up_i": up.indices, "up_v": up.values, "down_i": down.indices, "down_v": -down.values}
+    return {
+        "up_i": up.indices,
+        "up_v": up.values,
+        "down_i": down.indices,
+        "down_v": -down.values,
+        **found,
+    }

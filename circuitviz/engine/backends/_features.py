@@ -204,11 +204,21 @@ def returned(model: Any, out: Output, saes: Any, hook: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- explorer
 
 
-def feature_activations(model: Any, prompt: str, saes: Any, *, k: int, prepend_bos: Any):
+def feature_activations(
+    model: Any, prompt: str, saes: Any, *, k: int, prepend_bos: Any, label: Sequence[str] = ()
+):
     """:func:`circuitviz.engine.features.feature_activations` on nnsight: one request brings
-    back the activations at the SAEs' hooks; the latents are encoded here."""
+    back the activations at the SAEs' hooks; the latents are encoded here. With ``label``
+    (a FeatureView's SAEs without statistics): their chips' logit effects too, kept
+    (:func:`._feature_view.feature_view_activations`)."""
     from ..features._explorer import encoded
 
+    if label:
+        from ._feature_view import feature_view_activations
+
+        return feature_view_activations(
+            model, prompt, saes, k=k, prepend_bos=prepend_bos, label=label
+        )
     check_saes(model, saes)
     with ported():
         ids = encode(model, prompt, prepend_bos=prepend_bos)
@@ -440,20 +450,52 @@ def unembedded(model: Any, sae: Any, latents: Sequence[int], k: int) -> dict:
     decoder rows go there and ``4·n·k`` numbers come back, not ``[n, d_vocab]`` (see
     :func:`._feature_program.unembed`). Kept per (SAE, latent): a card's click after its chip
     was labelled sends nothing."""
+    return unembedded_many(model, [(sae, latents)], k)[0]
+
+
+def unembedded_many(model: Any, wanted: Sequence[tuple[Any, Sequence[int]]], k: int) -> list:
+    """:func:`unembedded` of several ``(sae, latents)``: what is not kept yet, for every SAE,
+    in one request (a run per SAE)."""
+    runs, todo = [], []
+    for sae, latents in wanted:
+        rows = unembed_rows(model, sae)
+        missing = [i for i in dict.fromkeys(latents) if rows.get(i, {}).get("k", 0) < k]
+        if missing:
+            dirs = sae.W_dec[torch.as_tensor(missing, dtype=torch.long)].detach().float().cpu()
+            spec = {"kind": "unembed", "dirs": dirs, "k": unembed_k(model, k)}
+            runs.append(Run(torch.zeros(1, 1, dtype=torch.long), grad=spec))
+            todo.append((rows, missing, spec["k"]))
+    if runs:
+        outs = backend_of(model).execute(runs, desc="logit effects", progress=False)
+        for (rows, missing, got_k), out in zip(todo, outs, strict=True):
+            remember(rows, missing, out.readout, got_k)
+    return [
+        {
+            name: torch.stack([unembed_rows(model, sae)[i][name][:k] for i in latents])
+            for name in _PARTS
+        }
+        for sae, latents in wanted
+    ]
+
+
+def unembed_k(model: Any, k: int) -> int:
+    """How many top tokens a request fetches per latent for ``k`` wanted (at least
+    :data:`_UNEMBED_K`: a card's 10 and a chip's 2 in one go)."""
+    return min(max(k, _UNEMBED_K), model.cfg.d_vocab)
+
+
+def unembed_rows(model: Any, sae: Any) -> dict:
+    """The kept logit effects of ``sae``'s latents on ``model``, by latent."""
     memo = model._memo.setdefault(("unembed", id(sae)), (sae, {}))
     if memo[0] is not sae:  # another SAE now holds that id
         memo = model._memo[("unembed", id(sae))] = (sae, {})
-    rows = memo[1]
-    want = max(k, _UNEMBED_K)
-    missing = [i for i in dict.fromkeys(latents) if rows.get(i, {}).get("k", 0) < k]
-    if missing:
-        dirs = sae.W_dec[torch.as_tensor(missing, dtype=torch.long)].detach().float().cpu()
-        spec = {"kind": "unembed", "dirs": dirs, "k": min(want, model.cfg.d_vocab)}
-        run = Run(torch.zeros(1, 1, dtype=torch.long), grad=spec)
-        got = backend_of(model).execute([run], desc="logit effects", progress=False)[0].readout
-        for j, i in enumerate(missing):
-            rows[i] = {"k": spec["k"], **{name: got[name][j] for name in _PARTS}}
-    return {name: torch.stack([rows[i][name][:k] for i in latents]) for name in _PARTS}
+    return memo[1]
+
+
+def remember(rows: dict, latents: Sequence[int], got: dict, k: int, start: int = 0) -> None:
+    """Keep the logit effects ``got`` (rows ``start …``) of ``latents``, ``k`` tokens each."""
+    for j, i in enumerate(latents):
+        rows[int(i)] = {"k": k, **{name: got[name][start + j] for name in _PARTS}}
 
 
 _PARTS = ("up_i", "up_v", "down_i", "down_v")

@@ -431,7 +431,7 @@ def _session(lm, backend, arch: str, shape: dict, runs: list[dict]) -> list[dict
                 _program.tick()
                 continue
             if kind == "unembed":  # SAE decoder directions' logit effects, off the weights
-                out = _feature_program.unembed(lm, arch, run["grad"])
+                out = _feature_program.unembed(lm, arch, run["grad"], saved)
                 results.append({"out": out, "back": back})
                 _program.tick()
                 continue

@@ -97,6 +97,30 @@ def feature_activations(
 ) -> FeatureActivations:
     """Encode the prompt's activations at each SAE's hook: all latents, and the ``k`` most
     active per token (one forward pass, stopped after the last SAE's hook)."""
+    return explorer_activations(model, prompt, saes, k=k, prepend_bos=prepend_bos)
+
+
+def chip_latents(acts: FeatureActivations, hook: str) -> list[int]:
+    """The latents a FeatureView shows as chips for the SAE at ``hook``: those among the
+    ``k`` most active at some position, with a positive activation (ascending)."""
+    values, indices = acts.top_value[hook], acts.top_index[hook]
+    return sorted(set(indices[values > 0].tolist()))
+
+
+def explorer_activations(
+    model: TransformerBridge,
+    prompt: str,
+    saes: SAE | SAESet | Iterable[SAE],
+    *,
+    k: int = 5,
+    prepend_bos: bool | None = None,
+    label: Sequence[str] = (),
+) -> FeatureActivations:
+    """:func:`feature_activations`, and for the SAEs at ``label`` (a FeatureView's, without
+    statistics) what their chips' automatic labels need: on nnsight their logit effects,
+    kept, in the same request where the SAEs are small enough
+    (:mod:`circuitviz.engine.backends._feature_view`); the bridge computes them locally when
+    asked."""
     saes = as_sae_set(saes)
     if not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}.")
@@ -104,7 +128,7 @@ def feature_activations(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 64:
         raise InputError(f"k={k!r} must be an integer from 1 to 64.")
     if (seam := backends.route(model, "feature_activations")) is not None:  # nnsight
-        return seam(model, prompt, saes, k=k, prepend_bos=prepend_bos)
+        return seam(model, prompt, saes, k=k, prepend_bos=prepend_bos, label=tuple(label))
     check_sites(model, saes)
     ids = encode(model, prompt, prepend_bos=prepend_bos)
     device = next(iter(model.parameters())).device
