@@ -155,6 +155,46 @@ def test_a_first_clamp_of_a_silent_latent_is_refused_and_keeps_the_unedited_side
     assert got.after_tokens == ref.after_tokens
 
 
+def linear_bodies(nn) -> list:
+    """The forward nnsight's controller runs for each of the model's linear layers."""
+    states = [getattr(m.__dict__.get("forward"), "state", None) for m in nn.lm._module.modules()]
+    return [s.body for s in states if s is not None and hasattr(s, "body")]
+
+
+def test_a_local_generation_runs_skinny_linears_and_puts_them_back(both, monkeypatch):
+    """Locally a steer's generation computes its few-row linear layers as the bridge's twin
+    does (``SkinnyLinear``), and the model's own forward is back after — also after a
+    failure mid-generation."""
+    import circuitviz.engine.features._generate as generate
+    from circuitviz.engine.backends import _feature_program
+
+    bridge, nn, saes = both
+    feature = f"L1F{firing(bridge, saes, 1)}"
+    steer(nn, PROMPT, features=feature, saes=saes, n_tokens=3)  # nnsight's controllers exist
+    before = linear_bodies(nn)
+    assert torch.nn.Linear.forward in before
+    calls = []
+    real = generate.SkinnyLinear.forward
+    monkeypatch.setattr(
+        generate.SkinnyLinear, "forward", lambda m, x: calls.append(1) or real(m, x)
+    )
+    ref = steer(bridge, PROMPT, features=feature, saes=saes, scale=9.0, n_tokens=8)
+    got = steer(nn, PROMPT, features=feature, saes=saes, scale=9.0, n_tokens=8)
+    assert calls and got.after_tokens == ref.after_tokens
+    assert linear_bodies(nn) == before
+    n = len(calls)
+    cv.ablate(nn, cv.PromptPairs([PROMPT], [PROMPT], [" t3"], [" t7"]), heads=["L0H0"])
+    assert len(calls) == n  # no generation: untouched
+
+    def failing(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_feature_program, "splice", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        steer(nn, PROMPT, features=feature, saes=saes, scale=3.0, mode="ablate", n_tokens=4)
+    assert linear_bodies(nn) == before and not nn.has_hooks()
+
+
 def test_steer_changes_the_continuation(both):
     """The clamp acts at every generated position: the tokens differ from the unedited ones
     (on both backends alike, see above)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +23,7 @@ from . import (
     _edges,
     _feature_graph_program,
     _feature_program,
+    _local_fast,
     _program,
     _stats_program,
     _toolkit_program,
@@ -350,7 +351,10 @@ class NNsightBackend:
                 _program.TICK = bar.update
             try:
                 # no_grad, not inference_mode: nnsight writes into activations in place.
-                with torch.no_grad():
+                fast = (
+                    nullcontext() if model.remote else _local_fast.skinny_linears(model.lm, plain)
+                )
+                with torch.no_grad(), fast:
                     results = _session(model.lm, backend, model.arch, shape, plain)
             except RemoteJobError:
                 raise
