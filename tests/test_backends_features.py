@@ -437,6 +437,27 @@ def test_remote_feature_view_opens_in_one_request_and_a_card_is_one(remote, bund
     assert len(setup.fake.requests) - sent == 1  # kept
 
 
+def test_remote_static_cards_are_one_request(remote):
+    """A standalone page embeds the grid's cards: their logit effects in one request for
+    all of them (not a job per card), equal to the bridge's cards."""
+    setup, saes = remote
+    client = setup.make_client()
+    view = cv.FeatureView(client, PROMPT, saes=saes)
+    sent = len(setup.fake.requests)
+    got = view.static_replies()
+    assert len(setup.fake.requests) - sent <= 1  # the chips' latents are kept already
+    ref = cv.FeatureView(setup.bridge, PROMPT, saes=saes).static_replies()
+    assert [r["match"] for r in got] == [r["match"] for r in ref] and len(got) > 2
+    for g, r in zip(got, ref, strict=True):
+        g, r = g["messages"][0][0]["card"], r["messages"][0][0]["card"]
+        assert [t for t, _ in g["promoted"]] == [t for t, _ in r["promoted"]]
+        assert close([v for _, v in g["suppressed"]], [v for _, v in r["suppressed"]]) <= TOL
+    setup.fake.requests.clear()
+    view._model._memo.clear()  # nothing kept: still one request for every card
+    view.static_replies()
+    assert len(setup.fake.requests) == 1
+
+
 def test_resid_pre_saes_splice_the_layer_input(both):
     """An SAE on ``blocks.1.hook_resid_pre`` (block 0's output, read as block 1's input):
     its latents and a steer equal the bridge's."""

@@ -33,7 +33,12 @@ from ..engine.features import (
     parse_feature,
     search,
 )
-from ..engine.features._explorer import MAX_LABEL, chip_latents, explorer_activations
+from ..engine.features._explorer import (
+    MAX_LABEL,
+    chip_latents,
+    explorer_activations,
+    prefetch_logit_effects,
+)
 from ._base import STATIC, View, error_text, quote
 from ._codec import encode
 
@@ -368,6 +373,10 @@ class FeatureView(View):
                 if v > 0 and v > peak.get(fid, 0.0):
                     peak[fid] = v
         chosen = sorted(peak, key=lambda f: -peak[f])[:MAX_STATIC_CARDS]
+        # on nnsight: every card's logit effects in one request, not one per card
+        prefetch_logit_effects(
+            self._model, self._saes, [parse_feature(self._saes, f) for f in chosen]
+        )
         out = []
         bar = tqdm(chosen, desc="feature cards", unit="card", leave=False, disable=len(chosen) < 50)
         for fid in bar:

@@ -198,6 +198,23 @@ def logit_effects(
     }
 
 
+def prefetch_logit_effects(
+    model: TransformerBridge, saes: SAESet, features: Sequence[tuple[str, int]], *, k: int = 10
+) -> None:
+    """Make :func:`logit_effects` of ``features`` (``(hook, index)`` each) cheap: on nnsight
+    fetch every one not kept yet in one request (a run per SAE) — a page of cards, not a job
+    per card; the bridge computes them locally anyway."""
+    if not backends.is_nnsight(model):
+        return
+    from ..backends._features import unembedded_many
+
+    by_hook: dict[str, list[int]] = {}
+    for hook, index in features:
+        by_hook.setdefault(hook, []).append(index)
+    with torch.no_grad():
+        unembedded_many(model, [(saes[h], ii) for h, ii in by_hook.items()], k)
+
+
 def labels_for(
     model: TransformerBridge, sae: SAE, indices: Sequence[int], stats: FeatureStats | None
 ) -> list[str]:
