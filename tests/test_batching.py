@@ -231,16 +231,6 @@ def test_mixed_lengths_attribution_is_the_mean_of_each_pair_alone(model):
     assert (whole.values - torch.stack(alone).mean(0)).abs().max() <= TOL
 
 
-def test_mixed_lengths_elsewhere_raise_input_error_and_leave_no_hook(tiny_llama):
-    """Analyses that do not pass a mask on (feature graphs: the SAE sites) still refuse
-    mixed lengths, saying which accept them. tests/test_mixed_lengths.py covers those."""
-    from tests._tiny_sae import tiny_saes
-
-    with pytest.raises(cv.InputError, match="patch, attribution_patch, ablate"):
-        cv.circuit(tiny_llama, mixed_pairs(), saes=tiny_saes(tiny_llama), progress=False)
-    assert not has_hooks(tiny_llama)
-
-
 def test_a_corrupted_prompt_longer_than_its_clean_one_is_named(model):
     pairs = mixed_pairs()
     bad = cv.PromptPairs(

@@ -132,6 +132,24 @@ def test_feature_ablation_on_mixed_lengths_equals_the_bridge(both, pairs, mode):
     assert not has_hooks(bridge) and not nn.has_hooks()
 
 
+def test_the_clamp_panels_metric_on_mixed_lengths_equals_the_bridge(both, pairs):
+    """``edit_metric`` (the clamp panel's metric after a steer) left-pads as the bridge does:
+    a latent clamped everywhere and one at a column only the longest prompt has a token in."""
+    from circuitviz.engine.features import LatentEdit
+    from circuitviz.engine.features._steer import edit_metric
+
+    bridge, nn = both
+    saes = tiny_saes(bridge)
+    hook = saes.hooks[1]
+    latent = int(feature_activations(bridge, pairs.clean[0], saes).latents[hook][-1].argmax())
+    edits = [LatentEdit(hook, latent, 3.0), LatentEdit(saes.hooks[0], latent, 0.0, 1)]
+    ref = edit_metric(bridge, pairs, saes, edits, metric="logit_diff")
+    got = edit_metric(nn, pairs, saes, edits, metric="logit_diff")
+    assert got[0] == ref[0] and abs(got[1] - ref[1]) <= TOL and abs(got[2] - ref[2]) <= TOL
+    assert abs(got[2] - got[1]) > 1e-5  # the edit moves it
+    assert not has_hooks(bridge) and not nn.has_hooks()
+
+
 # ----------------------------------------------------------------------------- toolkit
 
 

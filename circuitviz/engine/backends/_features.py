@@ -510,14 +510,19 @@ def _metric_runs(model: Any, pairs: Any, saes: Any, edits: list, metric: Any):
     from ._analyses import _logits, _reduced
 
     with ported():
-        tokens = tokenize(model, pairs)
+        tokens = tokenize(model, pairs, pad=True)  # mixed lengths: left-padded, as the bridge
+    mask = tokens.attention_mask
     for _hook, _latent, pos, _value in edits:
         if pos is not None and pos >= tokens.n_pos:
             raise InputError(f"Position {pos} is past the pairs' {tokens.n_pos} tokens.")
     spec, short = _reduced(metric, tokens)
-    edited = Run(tokens.clean, readout=spec)
+    edited = Run(tokens.clean, readout=spec, attention_mask=mask)
     add_edits(model, edited, saes, edits)
-    runs = [Run(tokens.corrupted, readout=spec), Run(tokens.clean, readout=spec), edited]
+    runs = [
+        Run(tokens.corrupted, readout=spec, attention_mask=mask),
+        Run(tokens.clean, readout=spec, attention_mask=mask),
+        edited,
+    ]
 
     def read(outs: Sequence[Output]) -> tuple[str, float, float]:
         corr_l, clean_l, edited_l = (_logits(o) for o in outs)
