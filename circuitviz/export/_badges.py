@@ -43,8 +43,14 @@ ROLE_LEGEND = "legend2"
 
 
 def legend_layout(font_px: float) -> dict[str, Any]:
+    return bottom_legend(ROLE_LEGEND, font_px)
+
+
+def bottom_legend(name: str, font_px: float) -> dict[str, Any]:
+    """Layout of legend ``name``: one horizontal row at the very bottom of the figure, in a
+    margin of its own (the roles' and the partial columns' legends)."""
     return {
-        ROLE_LEGEND: {
+        name: {
             "orientation": "h",
             "x": 0,
             "xanchor": "left",

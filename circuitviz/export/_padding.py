@@ -10,6 +10,7 @@ import textwrap
 from typing import Any
 
 from ..engine._columns import PARTIAL_LEGEND, notes_of
+from ._badges import bottom_legend
 from ._style import PX_PER_INCH, apply_style, text_label
 
 #: Hatch colour and strip height (px), as ``js/src/padding.ts``.
@@ -56,18 +57,7 @@ def legend_px(font_px: float) -> float:
 
 def legend_layout(font_px: float) -> dict[str, Any]:
     """The entry's legend, at the very bottom of the figure (in a margin of its own)."""
-    return {
-        PAD_LEGEND: {
-            "orientation": "h",
-            "x": 0,
-            "xanchor": "left",
-            "yref": "container",
-            "y": 0,
-            "yanchor": "bottom",
-            "font": {"size": font_px},
-            "itemsizing": "constant",
-        }
-    }
+    return bottom_legend(PAD_LEGEND, font_px)
 
 
 def legend_entry() -> Any:

@@ -1,8 +1,8 @@
 """The toolkit analyses' server-side code: the logit lens, direct logit attribution and path
 patching, reduced inside an nnsight trace so only the result's numbers come back.
 
-Like :mod:`._program` this imports nothing but torch (it is shipped by value to NDIF), reads
-modules in forward order, and never calls a module (that would fire nnsight's hooks again):
+Like :mod:`._program` this imports nothing but torch and :mod:`._program` (both are shipped
+by value to NDIF), reads modules in forward order, and never calls a module (that would fire nnsight's hooks again):
 norms and projections are computed from the modules' weights, as HF computes them.
 
 The pure reductions here (:func:`final_scale`, :func:`direct_terms`) are also what the
@@ -12,6 +12,8 @@ bridge's own implementations call, so both backends share them line for line.
 from __future__ import annotations
 
 import torch
+
+from . import _program
 
 #: The run kinds (``Run.grad["kind"]``) this module carries out.
 KINDS = ("lens", "dla", "path", "copy", "resid_at", "roles")
@@ -33,20 +35,8 @@ def _ln1(lm, arch: str, layer: int):
     return block.input_layernorm if arch == "llama" else block.ln_1
 
 
-def param(module, name: str = "weight") -> torch.Tensor | None:
-    """``module``'s parameter ``name`` (None if it has none). Under accelerate offload
-    (``device_map`` with CPU or disk) it is on ``meta`` outside its module's forward: then it
-    is read from the offload store of the module's hook, on its execution device. (The same
-    as ``_program.param``: this module ships to NDIF on its own, importing nothing.)"""
-    value = getattr(module, name, None)
-    if value is None or value.device.type != "meta":
-        return value
-    hook = getattr(module, "_module", module).__dict__.get("_hf_hook")
-    for h in getattr(hook, "hooks", None) or [hook]:
-        store = getattr(h, "weights_map", None)
-        if store is not None and name in store:
-            return store[name].to(h.execution_device)
-    raise RuntimeError(f"A parameter {name!r} is on the meta device and has no offload store.")
+#: a parameter, from accelerate's offload store when offloaded (shipped with this module)
+param = _program.param
 
 
 def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
